@@ -1,0 +1,240 @@
+//! The blueprint format: an agent template and its idempotent tasks.
+//!
+//! Parsing is strict: unknown fields are errors, and the types that accept more
+//! than one shape (commands, conditions, durations, sizes) explain the shapes
+//! they accept when given something else. A task's `run` and `check` are argv
+//! lists; a shell line is only accepted through an explicit `shell:` key, so
+//! nothing is ever passed to `sh -c` by accident.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use serde::de::{self, Deserializer, MapAccess, SeqAccess, Visitor};
+use serde::{Deserialize, Serialize, Serializer};
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Blueprint {
+    pub name: String,
+    pub role: String,
+    /// The plan this agent belongs to; absent means the workspace's default plan.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub plan: Option<String>,
+    pub phase: String,
+    #[serde(default)]
+    pub description: String,
+    #[serde(default)]
+    pub skills: Vec<String>,
+    #[serde(default)]
+    pub depends_on: Vec<String>,
+    #[serde(default)]
+    pub resources: Resources,
+    #[serde(default)]
+    pub definition_of_done: Vec<String>,
+    #[serde(default)]
+    pub tasks: Vec<TaskSpec>,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Resources {
+    /// Memory a task of this agent may use before it is stopped, as `512MiB` or `2GB`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub memory: Option<bytesize::ByteSize>,
+    /// Wall time a task of this agent may take before it is stopped, as `90s` or `1h`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub wall_time: Option<HumanDuration>,
+    /// GPUs the agent needs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gpus: Option<u32>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TaskSpec {
+    pub id: String,
+    pub title: String,
+    /// The command that performs the step (used with `--apply`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub run: Option<CommandSpec>,
+    /// The command that tells whether the step is done: exit 0 means done.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub check: Option<CommandSpec>,
+    /// Conditions under which the task applies; otherwise it is skipped.
+    #[serde(default, skip_serializing_if = "When::is_empty")]
+    pub when: When,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub env: BTreeMap<String, String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cwd: Option<PathBuf>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeout: Option<HumanDuration>,
+    #[serde(default)]
+    pub retries: u32,
+}
+
+/// A command: an argv list, or a shell line under an explicit `shell:` key.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CommandSpec {
+    Argv(Vec<String>),
+    Shell(String),
+}
+
+impl CommandSpec {
+    /// The command as one line, for display.
+    pub fn display(&self) -> String {
+        match self {
+            CommandSpec::Argv(argv) => argv
+                .iter()
+                .map(|a| {
+                    if a.is_empty() || a.contains([' ', '"', '\'', '$']) {
+                        format!("{a:?}")
+                    } else {
+                        a.clone()
+                    }
+                })
+                .collect::<Vec<_>>()
+                .join(" "),
+            CommandSpec::Shell(line) => format!("sh -c {line:?}"),
+        }
+    }
+}
+
+const COMMAND_SHAPES: &str =
+    "an argv list such as [cargo, test] or a mapping {shell: \"a shell line\"}";
+
+impl<'de> Deserialize<'de> for CommandSpec {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = CommandSpec;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str(COMMAND_SHAPES)
+            }
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<CommandSpec, E> {
+                Err(E::custom(format!(
+                    "a command must be {COMMAND_SHAPES}; the plain string {v:?} is neither (write [prog, arg] or shell: ...)"
+                )))
+            }
+            fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<CommandSpec, A::Error> {
+                let mut argv = Vec::new();
+                while let Some(arg) = seq.next_element::<String>()? {
+                    argv.push(arg);
+                }
+                if argv.first().is_none_or(|p| p.trim().is_empty()) {
+                    return Err(de::Error::custom(
+                        "a command's argv list must start with a program name",
+                    ));
+                }
+                Ok(CommandSpec::Argv(argv))
+            }
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<CommandSpec, A::Error> {
+                let mut shell = None;
+                while let Some(key) = map.next_key::<String>()? {
+                    if key != "shell" {
+                        return Err(de::Error::unknown_field(&key, &["shell"]));
+                    }
+                    shell = Some(map.next_value::<String>()?);
+                }
+                match shell {
+                    Some(line) if !line.trim().is_empty() => Ok(CommandSpec::Shell(line)),
+                    Some(_) => Err(de::Error::custom("`shell:` must not be empty")),
+                    None => Err(de::Error::missing_field("shell")),
+                }
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
+impl Serialize for CommandSpec {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeMap;
+        match self {
+            CommandSpec::Argv(argv) => argv.serialize(s),
+            CommandSpec::Shell(line) => {
+                let mut map = s.serialize_map(Some(1))?;
+                map.serialize_entry("shell", line)?;
+                map.end()
+            }
+        }
+    }
+}
+
+/// Conditions for a task to apply. Each key takes one value or a list.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct When {
+    /// True when any of these paths exists (relative to the task's folder).
+    #[serde(
+        default,
+        skip_serializing_if = "Vec::is_empty",
+        deserialize_with = "one_or_many"
+    )]
+    pub file: Vec<String>,
+    /// True when every one of these programs is on `PATH`.
+    #[serde(
+        default,
+        skip_serializing_if = "Vec::is_empty",
+        deserialize_with = "one_or_many"
+    )]
+    pub command: Vec<String>,
+    /// True when every one of these environment variables is set and not empty.
+    #[serde(
+        default,
+        skip_serializing_if = "Vec::is_empty",
+        deserialize_with = "one_or_many"
+    )]
+    pub env: Vec<String>,
+    /// True when the operating system is one of these (`linux`, `macos`, ...).
+    #[serde(
+        default,
+        skip_serializing_if = "Vec::is_empty",
+        deserialize_with = "one_or_many"
+    )]
+    pub os: Vec<String>,
+}
+
+impl When {
+    pub fn is_empty(&self) -> bool {
+        self.file.is_empty() && self.command.is_empty() && self.env.is_empty() && self.os.is_empty()
+    }
+}
+
+fn one_or_many<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged, expecting = "a string or a list of strings")]
+    enum OneOrMany {
+        One(String),
+        Many(Vec<String>),
+    }
+    Ok(match OneOrMany::deserialize(d)? {
+        OneOrMany::One(s) => vec![s],
+        OneOrMany::Many(v) => v,
+    })
+}
+
+/// A duration written the human way: `500ms`, `30s`, `10m`, `1h 30m`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HumanDuration(pub Duration);
+
+impl<'de> Deserialize<'de> for HumanDuration {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let text = String::deserialize(d)?;
+        humantime::parse_duration(&text)
+            .map(HumanDuration)
+            .map_err(|e| {
+                de::Error::custom(format!(
+                    "{text:?} is not a duration ({e}); write it as 30s, 10m or 1h"
+                ))
+            })
+    }
+}
+
+impl Serialize for HumanDuration {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&humantime::format_duration(self.0).to_string())
+    }
+}

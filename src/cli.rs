@@ -1,0 +1,157 @@
+//! The command line, declared once with clap's derive API.
+//!
+//! Doc comments here are the help text; `nova completions` generates shell
+//! completions from the same definitions. Parsing only: what each command does
+//! lives in its own module.
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
+
+use crate::output::ColorChoice;
+use crate::store::TaskStatus;
+
+/// nova: prepare hosts, ship agent blueprints, and run multi-agent workflows as
+/// supervised processes in dependency phases.
+#[derive(Debug, Parser)]
+#[command(name = "nova", version, propagate_version = true, max_term_width = 100)]
+pub struct Cli {
+    /// Folder for nova's state (database, logs, runs, reports) [default: ./.nova]
+    #[arg(long, global = true, env = "NOVA_HOME", value_name = "DIR")]
+    pub home: Option<PathBuf>,
+
+    /// Print machine-readable JSON on stdout, and nothing else there
+    #[arg(long, global = true)]
+    pub json: bool,
+
+    /// Print nothing but errors
+    #[arg(short, long, global = true)]
+    pub quiet: bool,
+
+    /// Say more on stderr (repeat for more detail)
+    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
+    pub verbose: u8,
+
+    /// When to use colour; NO_COLOR and a non-terminal stdout turn `auto` off
+    #[arg(long, global = true, value_enum, default_value_t = ColorChoice::Auto, value_name = "WHEN")]
+    pub color: ColorChoice,
+
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// List, show, create and validate agent blueprints
+    Blueprints(BlueprintsArgs),
+    /// Show a plan's phases, their agents and each agent's dependencies
+    Plan(PlanArgs),
+    /// Show every agent's tasks with their last known status
+    Tasks(TasksArgs),
+    /// Phase-by-phase progress: share of tasks done and each specialist's remaining steps
+    Roadmap(RoadmapArgs),
+    /// Print shell completions for bash, zsh or fish
+    Completions {
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
+}
+
+#[derive(Debug, Args)]
+#[command(args_conflicts_with_subcommands = true)]
+pub struct BlueprintsArgs {
+    #[command(subcommand)]
+    pub action: Option<BlueprintsAction>,
+
+    /// Only blueprints of this plan
+    #[arg(long, value_name = "NAME")]
+    pub plan: Option<String>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum BlueprintsAction {
+    /// Print a blueprint's YAML (by agent name or role)
+    Show {
+        /// Agent name or role, case-insensitive
+        name: String,
+    },
+    /// Write a commented blueprint template into the workspace's blueprint folder
+    New {
+        /// The agent's role (a built-in role's skills and definition of done are used as a start)
+        role: String,
+        /// The agent's name; the file is <folder>/<name>.yaml
+        #[arg(long)]
+        name: String,
+        /// The plan the agent joins [default: the workspace plan]
+        #[arg(long, value_name = "NAME")]
+        plan: Option<String>,
+        /// The phase the agent runs in [default: the plan's first phase]
+        #[arg(long, value_name = "PHASE")]
+        phase: Option<String>,
+    },
+    /// Check blueprint files and folders (default: the whole catalog); exit 2 on any problem
+    Validate {
+        /// Files or folders of blueprints to check on top of the catalog
+        paths: Vec<PathBuf>,
+    },
+}
+
+#[derive(Debug, Args)]
+pub struct PlanArgs {
+    /// The plan to show [default: the plan of --agents, else nova.yaml's `plan`, else spark-sophia]
+    #[arg(long, value_name = "NAME")]
+    pub plan: Option<String>,
+
+    /// Only these agents and the agents they depend on
+    #[arg(long, num_args = 1.., value_name = "AGENT")]
+    pub agents: Vec<String>,
+
+    /// With --agents: leave out the agents they depend on
+    #[arg(long, requires = "agents")]
+    pub only: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct TasksArgs {
+    /// Only this agent's tasks (name or role, case-insensitive)
+    #[arg(long, value_name = "NAME")]
+    pub agent: Option<String>,
+
+    /// Only tasks of agents in this phase
+    #[arg(long, value_name = "PHASE")]
+    pub phase: Option<String>,
+
+    /// Only tasks of this plan
+    #[arg(long, value_name = "NAME")]
+    pub plan: Option<String>,
+
+    /// Only tasks with this status
+    #[arg(long, value_enum)]
+    pub status: Option<TaskStatus>,
+
+    /// Render a Markdown checklist grouped by agent
+    #[arg(long)]
+    pub checklist: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum RoadmapFormat {
+    Table,
+    Markdown,
+    Json,
+}
+
+#[derive(Debug, Args)]
+pub struct RoadmapArgs {
+    /// Only these phases
+    #[arg(long, num_args = 1.., value_name = "PHASE")]
+    pub phase: Vec<String>,
+
+    /// The plan to report on [default: the plan of --phase, else nova.yaml's `plan`, else spark-sophia]
+    #[arg(long, value_name = "NAME")]
+    pub plan: Option<String>,
+
+    /// Output format (--json is the same as --format json)
+    #[arg(long, value_enum, default_value_t = RoadmapFormat::Table)]
+    pub format: RoadmapFormat,
+}

@@ -1,0 +1,69 @@
+//! `nova.yaml`: the workspace's optional defaults.
+//!
+//! The file sits at the workspace root (the folder nova runs in). It is read
+//! strictly: an unknown key or a value of the wrong type is an error that names
+//! the key and its line. Precedence is fixed by DESIGN.md: flags override
+//! environment variables, which override this file.
+
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Error, Result};
+use crate::plan::{PhaseSpec, PlanSpec};
+use crate::yaml;
+
+pub const FILE_NAME: &str = "nova.yaml";
+
+/// How the agents of one phase run: one after another, or side by side.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum ExecutionMode {
+    Sequential,
+    Parallel,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// Queue and state store: `sqlite:PATH` or `redis://HOST:PORT/DB`.
+    pub store: Option<String>,
+    /// URL of an Open Policy Agent server; unset means the embedded evaluator.
+    pub opa_url: Option<String>,
+    /// Default execution mode for `orchestrate`.
+    pub execution_mode: Option<ExecutionMode>,
+    /// Folder of the workspace's own blueprints (default: `blueprints/`).
+    pub blueprints: Option<PathBuf>,
+    /// Plan used when a command is given neither `--plan` nor agents or phases.
+    pub plan: Option<String>,
+    /// Phases of the workspace's default plan, to which blueprints without a `plan` belong.
+    #[serde(default)]
+    pub phases: Vec<PhaseSpec>,
+    /// Further plans declared by the workspace.
+    #[serde(default)]
+    pub plans: Vec<PlanSpec>,
+}
+
+impl Config {
+    /// Read `nova.yaml` from `root`; `Ok(None)` when there is none.
+    pub fn load(root: &Path) -> Result<Option<(PathBuf, Config)>> {
+        let path = root.join(FILE_NAME);
+        let text = match std::fs::read_to_string(&path) {
+            Ok(text) => text,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(Error::io(&path, e)),
+        };
+        let config = if yaml::is_blank(&text) {
+            Config::default()
+        } else {
+            yaml::parse(&path.display().to_string(), &text)?
+        };
+        Ok(Some((path, config)))
+    }
+}
+
+impl From<yaml::Diagnostic> for Error {
+    fn from(d: yaml::Diagnostic) -> Self {
+        Error::Invalid(d.into())
+    }
+}

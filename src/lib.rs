@@ -1,0 +1,23 @@
+//! nova: a single-binary orchestrator for multi-agent systems.
+//!
+//! The binary in `src/main.rs` only calls [`app::main`]; every command, and every
+//! service the commands share, lives in this library so integration tests and
+//! benchmarks run the same code the binary does. Dependencies point downwards:
+//! command modules (`blueprints::command`, `plan::command`, `tasks`, `roadmap`)
+//! use the subsystems (`store`, `blueprints`, `plan`, `workspace`), never the
+//! other way round.
+
+pub mod app;
+pub mod blueprints;
+pub mod cli;
+pub mod config;
+pub mod error;
+pub mod output;
+pub mod plan;
+pub mod roadmap;
+pub mod store;
+pub mod tasks;
+pub mod workspace;
+pub mod yaml;
+
+pub use error::{Error, Result};

@@ -1,0 +1,60 @@
+//! Versioned schema migrations, tracked in `PRAGMA user_version`.
+//!
+//! Migration `n` (1-based) takes the schema from version `n - 1` to `n`. All
+//! pending migrations run in one `IMMEDIATE` transaction, so two nova processes
+//! starting at once cannot both migrate, and a failed migration changes nothing.
+//! Never edit a migration that has shipped; add a new one.
+
+use std::path::Path;
+
+use rusqlite::{Connection, Transaction, TransactionBehavior};
+
+use super::{StoreError, StoreResult, sqlite_err};
+
+const MIGRATIONS: &[&str] = &[
+    // 1: the last verified state of every agent task.
+    "CREATE TABLE task_states (
+        agent      TEXT NOT NULL,
+        task       TEXT NOT NULL,
+        status     TEXT NOT NULL CHECK (status IN ('pending', 'done', 'failed', 'skipped')),
+        run_id     TEXT,
+        updated_at INTEGER NOT NULL,
+        detail     TEXT,
+        PRIMARY KEY (agent, task)
+    ) WITHOUT ROWID;",
+];
+
+/// The schema version this nova writes.
+pub const SCHEMA_VERSION: u32 = MIGRATIONS.len() as u32;
+
+pub(super) fn read_version(conn: &Connection, path: &Path) -> StoreResult<u32> {
+    let version: u32 = conn
+        .query_row("PRAGMA user_version", [], |r| r.get(0))
+        .map_err(sqlite_err(path))?;
+    if version > SCHEMA_VERSION {
+        return Err(StoreError::TooNew {
+            path: path.to_path_buf(),
+            found: version,
+            supported: SCHEMA_VERSION,
+        });
+    }
+    Ok(version)
+}
+
+/// Bring the schema up to [`SCHEMA_VERSION`]; returns the version reached.
+pub(super) fn apply(conn: &Connection, path: &Path) -> StoreResult<u32> {
+    if read_version(conn, path)? == SCHEMA_VERSION {
+        return Ok(SCHEMA_VERSION);
+    }
+    let tx = Transaction::new_unchecked(conn, TransactionBehavior::Immediate)
+        .map_err(sqlite_err(path))?;
+    // Re-read inside the write lock: another process may have migrated meanwhile.
+    let current = read_version(&tx, path)?;
+    for (i, sql) in MIGRATIONS.iter().enumerate().skip(current as usize) {
+        tx.execute_batch(sql).map_err(sqlite_err(path))?;
+        tx.pragma_update(None, "user_version", (i + 1) as u32)
+            .map_err(sqlite_err(path))?;
+    }
+    tx.commit().map_err(sqlite_err(path))?;
+    Ok(SCHEMA_VERSION)
+}

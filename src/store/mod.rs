@@ -1,0 +1,168 @@
+//! The workspace database: one SQLite file, `$NOVA_HOME/nova.db`.
+//!
+//! This module owns the connection: it checks that the file really is a SQLite
+//! database before SQLite touches it, applies the versioned schema migrations
+//! (`PRAGMA user_version`) in one transaction, and refuses a database written
+//! by a newer nova. Connections run in WAL mode with a busy timeout, foreign
+//! keys on and `synchronous = FULL`, so a committed write survives a power cut.
+//! Read-only commands open the file read-only and never migrate it.
+
+mod migrations;
+mod task_states;
+
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use rusqlite::{Connection, OpenFlags};
+
+pub use migrations::SCHEMA_VERSION;
+pub use task_states::{TaskState, TaskStatus};
+
+const SQLITE_MAGIC: &[u8; 16] = b"SQLite format 3\0";
+const BUSY_TIMEOUT: Duration = Duration::from_secs(10);
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error(
+        "{} is not a SQLite database (its first bytes are {found:?}); nova left it untouched: move it away or point --home/NOVA_HOME elsewhere",
+        path.display()
+    )]
+    NotADatabase { path: PathBuf, found: String },
+
+    #[error(
+        "{} was written by a newer nova: its schema version is {found}, and this nova ({}) knows versions up to {supported}; upgrade nova to use it",
+        path.display(),
+        env!("CARGO_PKG_VERSION")
+    )]
+    TooNew {
+        path: PathBuf,
+        found: u32,
+        supported: u32,
+    },
+
+    #[error("{}: {source}", path.display())]
+    Sqlite {
+        path: PathBuf,
+        #[source]
+        source: rusqlite::Error,
+    },
+
+    #[error("{}: {source}", path.display())]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+impl StoreError {
+    /// True when the file itself is unusable input rather than a failure at run time.
+    pub fn is_bad_input(&self) -> bool {
+        matches!(
+            self,
+            StoreError::NotADatabase { .. } | StoreError::TooNew { .. }
+        )
+    }
+}
+
+pub type StoreResult<T> = Result<T, StoreError>;
+
+pub struct Store {
+    conn: Connection,
+    path: PathBuf,
+    /// Schema version of the file as opened (read-only stores may be older).
+    version: u32,
+}
+
+impl Store {
+    /// Open (creating if needed) and migrate the database at `path`.
+    pub fn open(path: &Path) -> StoreResult<Store> {
+        check_header(path)?;
+        let conn = Connection::open(path).map_err(sqlite_err(path))?;
+        configure(&conn, path)?;
+        let version = migrations::apply(&conn, path)?;
+        Ok(Store {
+            conn,
+            path: path.to_path_buf(),
+            version,
+        })
+    }
+
+    /// Open an existing database for reading only; it is neither created nor migrated.
+    pub fn open_read_only(path: &Path) -> StoreResult<Store> {
+        check_header(path)?;
+        let flags = OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX;
+        let conn = Connection::open_with_flags(path, flags).map_err(sqlite_err(path))?;
+        conn.busy_timeout(BUSY_TIMEOUT).map_err(sqlite_err(path))?;
+        let version = migrations::read_version(&conn, path)?;
+        Ok(Store {
+            conn,
+            path: path.to_path_buf(),
+            version,
+        })
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// The schema version of the open file.
+    pub fn version(&self) -> u32 {
+        self.version
+    }
+
+    pub(crate) fn conn(&self) -> &Connection {
+        &self.conn
+    }
+
+    pub(crate) fn err(&self) -> impl Fn(rusqlite::Error) -> StoreError + '_ {
+        sqlite_err(&self.path)
+    }
+}
+
+fn sqlite_err(path: &Path) -> impl Fn(rusqlite::Error) -> StoreError + '_ {
+    move |source| StoreError::Sqlite {
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+/// Refuse a file that exists, is not empty and does not start with SQLite's magic
+/// string, before SQLite opens it (SQLite would otherwise add `-wal`/`-shm` files).
+fn check_header(path: &Path) -> StoreResult<()> {
+    let mut file = match std::fs::File::open(path) {
+        Ok(file) => file,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(source) => {
+            return Err(StoreError::Io {
+                path: path.to_path_buf(),
+                source,
+            });
+        }
+    };
+    let mut head = Vec::with_capacity(16);
+    (&mut file)
+        .take(16)
+        .read_to_end(&mut head)
+        .map_err(|source| StoreError::Io {
+            path: path.to_path_buf(),
+            source,
+        })?;
+    if head.is_empty() || head == SQLITE_MAGIC {
+        return Ok(());
+    }
+    Err(StoreError::NotADatabase {
+        path: path.to_path_buf(),
+        found: String::from_utf8_lossy(&head).into_owned(),
+    })
+}
+
+fn configure(conn: &Connection, path: &Path) -> StoreResult<()> {
+    conn.busy_timeout(BUSY_TIMEOUT).map_err(sqlite_err(path))?;
+    conn.query_row("PRAGMA journal_mode = WAL", [], |_| Ok(()))
+        .map_err(sqlite_err(path))?;
+    conn.execute_batch("PRAGMA synchronous = FULL; PRAGMA foreign_keys = ON;")
+        .map_err(sqlite_err(path))?;
+    Ok(())
+}
