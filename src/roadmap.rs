@@ -39,11 +39,7 @@ impl Progress {
             total += 1;
             done += usize::from(r.status == TaskStatus::Done);
         }
-        let percent = if total == 0 {
-            0
-        } else {
-            (done * 100 / total) as u32
-        };
+        let percent = (done * 100).checked_div(total).unwrap_or(0) as u32;
         Progress {
             done,
             total,

@@ -109,13 +109,31 @@ pub fn parse<T: DeserializeOwned>(file: &str, text: &str) -> Result<T, Diagnosti
         if let Some(at) = message.rfind(" at line ") {
             message.truncate(at);
         }
-        if let Some(rest) = message.strip_prefix(&format!("{path}: ")) {
+        if let Some((head, rest)) = message.split_once(": ")
+            && !head.contains(' ')
+            && (head == path || head.contains('.') || head.contains('['))
+        {
             message = rest.to_string();
         }
+        // Errors raised inside a nested value point at the start of its mapping;
+        // move them to the key the field path names when it follows.
+        let key = path
+            .rsplit('.')
+            .next()
+            .filter(|k| !k.contains('[') && *k != "?")
+            .unwrap_or("");
+        let (line, column) = match location.as_ref().map(|l| (l.line(), l.column())) {
+            Some((line, column)) if !key.is_empty() => match key_line_from(text, key, line) {
+                Some(found) if found != line => (Some(found), None),
+                _ => (Some(line), Some(column)),
+            },
+            Some((line, column)) => (Some(line), Some(column)),
+            None => (None, None),
+        };
         Diagnostic {
             file: file.to_string(),
-            line: location.as_ref().map(|l| l.line()),
-            column: location.as_ref().map(|l| l.column()),
+            line,
+            column,
             field: (path != "." && !path.is_empty()).then_some(path),
             message,
         }
@@ -138,6 +156,27 @@ fn value_of<'a>(line: &'a str, key: &str) -> Option<&'a str> {
     let rest = body.strip_prefix(key)?.strip_prefix(':')?;
     let rest = rest.split(" #").next().unwrap_or(rest);
     Some(rest.trim())
+}
+
+/// The first line at or after `from` (1-based) that holds `key:` no less
+/// indented than line `from`, before the block it starts in ends.
+fn key_line_from(text: &str, key: &str, from: usize) -> Option<usize> {
+    let lines: Vec<&str> = text.lines().collect();
+    let indent = |l: &str| l.len() - l.trim_start_matches([' ', '-']).len();
+    let base = indent(lines.get(from.checked_sub(1)?)?);
+    for (i, line) in lines.iter().enumerate().skip(from - 1) {
+        let trimmed = line.trim_start();
+        if trimmed.is_empty() || trimmed.starts_with('#') {
+            continue;
+        }
+        if i + 1 > from && indent(line) < base {
+            return None;
+        }
+        if value_of(line, key).is_some() {
+            return Some(i + 1);
+        }
+    }
+    None
 }
 
 /// Line (1-based) of the top-level `key:` in a YAML text.

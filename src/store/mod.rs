@@ -80,6 +80,9 @@ impl Store {
     pub fn open(path: &Path) -> StoreResult<Store> {
         check_header(path)?;
         let conn = Connection::open(path).map_err(sqlite_err(path))?;
+        conn.busy_timeout(BUSY_TIMEOUT).map_err(sqlite_err(path))?;
+        // Refuse a newer schema before anything (even the journal mode) is changed.
+        migrations::read_version(&conn, path)?;
         configure(&conn, path)?;
         let version = migrations::apply(&conn, path)?;
         Ok(Store {
@@ -159,7 +162,6 @@ fn check_header(path: &Path) -> StoreResult<()> {
 }
 
 fn configure(conn: &Connection, path: &Path) -> StoreResult<()> {
-    conn.busy_timeout(BUSY_TIMEOUT).map_err(sqlite_err(path))?;
     conn.query_row("PRAGMA journal_mode = WAL", [], |_| Ok(()))
         .map_err(sqlite_err(path))?;
     conn.execute_batch("PRAGMA synchronous = FULL; PRAGMA foreign_keys = ON;")

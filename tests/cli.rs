@@ -1,0 +1,140 @@
+//! The command line itself: version, help, completions, global flags, exit codes.
+
+mod common;
+
+use common::Workspace;
+
+#[test]
+fn version_names_the_package_version() {
+    let ws = Workspace::new();
+    ws.run(&["--version"])
+        .success()
+        .stdout_has(env!("CARGO_PKG_VERSION"));
+}
+
+#[test]
+fn help_exits_zero_and_a_bad_flag_exits_two() {
+    let ws = Workspace::new();
+    ws.run(&["--help"]).success().stdout_has("roadmap");
+    ws.run(&["--no-such-flag"])
+        .code(2)
+        .stderr_has("--no-such-flag");
+    ws.run(&["roadmap", "--format", "pdf"])
+        .code(2)
+        .stderr_has("pdf");
+    ws.run(&["tasks", "--status", "sleeping"])
+        .code(2)
+        .stderr_has("sleeping");
+}
+
+#[test]
+fn completions_for_each_shell_mention_the_subcommands() {
+    let ws = Workspace::new();
+    for shell in ["bash", "zsh", "fish"] {
+        let out = ws.run(&["completions", shell]).success();
+        for sub in ["blueprints", "roadmap", "tasks"] {
+            assert!(out.stdout.contains(sub), "{shell} completions lack {sub}");
+        }
+    }
+    ws.run(&["completions", "tcsh"]).code(2);
+}
+
+#[test]
+fn json_output_is_only_json_and_no_colour_when_piped() {
+    let ws = Workspace::new();
+    for args in [
+        &["blueprints", "--json"][..],
+        &["tasks", "--json"],
+        &["roadmap", "--json"],
+        &["plan", "--json"],
+    ] {
+        let out = ws.run(args).success();
+        out.json();
+        assert!(
+            !out.stdout.contains('\x1b'),
+            "{args:?} printed escape codes"
+        );
+    }
+    let out = ws
+        .command()
+        .args(["blueprints"])
+        .env_remove("NO_COLOR")
+        .output()
+        .unwrap();
+    assert!(
+        !String::from_utf8_lossy(&out.stdout).contains('\x1b'),
+        "colour on a pipe"
+    );
+}
+
+#[test]
+fn color_always_colours_and_quiet_prints_nothing() {
+    let ws = Workspace::new();
+    let out = ws.run(&["roadmap", "--color", "always"]).success();
+    assert!(
+        out.stdout.contains("\x1b["),
+        "no escape codes with --color always"
+    );
+    let out = ws.run(&["roadmap", "--quiet"]).success();
+    assert!(out.stdout.is_empty(), "quiet printed: {}", out.stdout);
+}
+
+#[test]
+fn home_flag_beats_the_variable() {
+    let ws = Workspace::new();
+    std::fs::create_dir_all(ws.path().join("flag")).unwrap();
+    std::fs::write(ws.path().join("flag/nova.db"), "not a database at all").unwrap();
+    // The variable points at a folder with nothing in it; the flag at the bad file.
+    let out = ws
+        .command()
+        .args(["--home", "flag", "tasks"])
+        .env("NOVA_HOME", ws.path().join("var"))
+        .output()
+        .unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(2),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = ws
+        .command()
+        .args(["tasks"])
+        .env("NOVA_HOME", ws.path().join("flag"))
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let out = ws
+        .command()
+        .args(["tasks"])
+        .env("NOVA_HOME", ws.path().join("var"))
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0));
+}
+
+#[test]
+fn a_closed_pipe_is_not_an_error() {
+    use std::io::Read;
+    use std::process::Stdio;
+    let ws = Workspace::new();
+    let mut child = std::process::Command::new(assert_cmd::cargo::cargo_bin("nova"))
+        .args(["tasks", "--checklist"])
+        .current_dir(ws.path())
+        .env_remove("NOVA_HOME")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    drop(child.stdout.take());
+    let status = child.wait().unwrap();
+    let mut stderr = String::new();
+    child
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut stderr)
+        .unwrap();
+    assert!(status.success(), "exit {status:?}, stderr: {stderr}");
+    assert!(!stderr.contains("panicked"), "{stderr}");
+}
