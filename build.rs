@@ -1,11 +1,40 @@
-//! Build script: embeds every built-in blueprint and plan file (`blueprints/**.yaml`)
-//! into the binary as a sorted table of (relative path, text), so `nova` needs no
-//! data files at run time and the catalog always matches the source tree.
+//! Build script: compiles `proto/` into Rust (tonic and prost, with the vendored
+//! `protoc`, so no system install is needed), and embeds every built-in
+//! blueprint and plan file (`blueprints/**.yaml`) into the binary as a sorted
+//! table of (relative path, text), so `nova` needs no data files at run time.
 
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 
 fn main() {
+    compile_protos();
+    embed_blueprints();
+}
+
+fn compile_protos() {
+    println!("cargo:rerun-if-changed=proto");
+    // SAFETY: build scripts are single-threaded; nothing else reads the environment concurrently.
+    unsafe {
+        std::env::set_var(
+            "PROTOC",
+            protoc_bin_vendored::protoc_bin_path().expect("vendored protoc"),
+        )
+    };
+    tonic_prost_build::configure()
+        .compile_protos(&["proto/task_queue.proto"], &["proto"])
+        .expect("compile proto/task_queue.proto");
+    // The unmodified original proto, for the wire-compatibility test's client.
+    println!("cargo:rerun-if-changed=tests/proto");
+    let original = PathBuf::from(std::env::var("OUT_DIR").unwrap()).join("original");
+    std::fs::create_dir_all(&original).unwrap();
+    tonic_prost_build::configure()
+        .build_server(false)
+        .out_dir(original)
+        .compile_protos(&["tests/proto/original_task_queue.proto"], &["tests/proto"])
+        .expect("compile tests/proto/original_task_queue.proto");
+}
+
+fn embed_blueprints() {
     let root = PathBuf::from(std::env::var("CARGO_MANIFEST_DIR").unwrap());
     let dir = root.join("blueprints");
     println!("cargo:rerun-if-changed=blueprints");

@@ -14,7 +14,7 @@ use crate::cli::{Cli, Command};
 use crate::error::{Error, Result};
 use crate::output::{self, ColorChoice, Output};
 use crate::workspace::Workspace;
-use crate::{blueprints, plan, roadmap, tasks};
+use crate::{blueprints, plan, queue, roadmap, tasks};
 
 pub fn main() -> ExitCode {
     let cli = match Cli::try_parse() {
@@ -48,6 +48,8 @@ pub fn try_main(cli: &Cli, out: &Output) -> Result<()> {
         Command::Plan(args) => plan::command::run(&ws, out, args),
         Command::Tasks(args) => tasks::run(&ws, out, args),
         Command::Roadmap(args) => roadmap::run(&ws, out, args),
+        Command::Serve(args) => queue::command::serve(&ws, out, args),
+        Command::Queue(args) => queue::command::run(&ws, out, args),
         Command::Completions { .. } => unreachable!("handled above"),
     }
 }

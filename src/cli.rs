@@ -50,6 +50,10 @@ pub enum Command {
     Tasks(TasksArgs),
     /// Phase-by-phase progress: share of tasks done and each specialist's remaining steps
     Roadmap(RoadmapArgs),
+    /// Run the task queue's gRPC server
+    Serve(ServeArgs),
+    /// Enqueue, list, inspect, cancel and retry queue tasks
+    Queue(QueueArgs),
     /// Print shell completions for bash, zsh or fish
     Completions {
         #[arg(value_enum)]
@@ -154,4 +158,95 @@ pub struct RoadmapArgs {
     /// Output format (--json is the same as --format json)
     #[arg(long, value_enum, default_value_t = RoadmapFormat::Table)]
     pub format: RoadmapFormat,
+}
+
+#[derive(Debug, Args)]
+pub struct StoreArg {
+    /// Queue store: sqlite:PATH or redis://HOST:PORT/DB [default: sqlite:$NOVA_HOME/nova.db]
+    #[arg(long, env = "NOVA_STORE", value_name = "URL")]
+    pub store: Option<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct ServeArgs {
+    /// Address to listen on; anything but loopback needs --token-file or --insecure
+    #[arg(long, default_value = "127.0.0.1:6682", value_name = "ADDR")]
+    pub listen: std::net::SocketAddr,
+
+    #[command(flatten)]
+    pub store: StoreArg,
+
+    /// File holding the bearer token every call must present
+    #[arg(long, value_name = "FILE")]
+    pub token_file: Option<PathBuf>,
+
+    /// Allow a non-loopback address without a token
+    #[arg(long)]
+    pub insecure: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct QueueArgs {
+    /// A running server (http://HOST:PORT); without it, an in-process server on the workspace's store
+    #[arg(long, value_name = "URL", global = true)]
+    pub server: Option<String>,
+
+    /// File holding the bearer token for --server
+    #[arg(long, value_name = "FILE", global = true)]
+    pub token_file: Option<PathBuf>,
+
+    #[command(flatten)]
+    pub store: StoreArg,
+
+    #[command(subcommand)]
+    pub action: QueueAction,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum QueueAction {
+    /// Add a task
+    Enqueue {
+        /// The task's type
+        #[arg(value_name = "TYPE")]
+        kind: String,
+        /// The payload, a JSON document
+        #[arg(long, default_value = "{}")]
+        payload: String,
+        /// Metadata entries
+        #[arg(long = "meta", value_name = "KEY=VALUE")]
+        meta: Vec<String>,
+        #[arg(long, default_value = "default")]
+        queue: String,
+        /// Higher runs first
+        #[arg(long, default_value_t = 0, allow_negative_numbers = true)]
+        priority: i32,
+        /// Run no earlier than this from now (e.g. 5s, 10m)
+        #[arg(long, value_parser = humantime::parse_duration)]
+        delay: Option<std::time::Duration>,
+        /// Attempts before the task is parked as FAILED
+        #[arg(long, default_value_t = 1)]
+        max_attempts: u32,
+        /// A second enqueue with the same key returns the first task
+        #[arg(long, value_name = "KEY")]
+        idempotency_key: Option<String>,
+    },
+    /// List tasks, oldest first
+    List {
+        /// PENDING, IN_PROGRESS, COMPLETED, FAILED or CANCELLED
+        #[arg(long)]
+        status: Option<String>,
+        #[arg(long)]
+        queue: Option<String>,
+        /// At most this many tasks
+        #[arg(long, default_value_t = 0)]
+        limit: u32,
+    },
+    /// Show one task
+    Get { id: String },
+    /// Cancel a pending or running task
+    Cancel { id: String },
+    /// Put a failed or cancelled task back in the queue
+    Retry { id: String },
+    /// Counts by queue and status, oldest pending age, leases in flight
+    Stats,
 }

@@ -14,6 +14,7 @@ pub mod config;
 pub mod error;
 pub mod output;
 pub mod plan;
+pub mod queue;
 pub mod roadmap;
 pub mod store;
 pub mod tasks;

@@ -22,6 +22,31 @@ const MIGRATIONS: &[&str] = &[
         detail     TEXT,
         PRIMARY KEY (agent, task)
     ) WITHOUT ROWID;",
+    // 2: the task queue (queue::sqlite). `seq` orders tasks oldest first.
+    "CREATE TABLE queue_tasks (
+        seq              INTEGER PRIMARY KEY AUTOINCREMENT,
+        id               TEXT NOT NULL UNIQUE,
+        queue            TEXT NOT NULL,
+        type             TEXT NOT NULL,
+        payload          TEXT NOT NULL,
+        metadata         TEXT NOT NULL,
+        status           TEXT NOT NULL CHECK (status IN ('PENDING', 'IN_PROGRESS', 'COMPLETED', 'FAILED', 'CANCELLED')),
+        priority         INTEGER NOT NULL,
+        attempts         INTEGER NOT NULL,
+        max_attempts     INTEGER NOT NULL,
+        retry_backoff_ms INTEGER NOT NULL,
+        run_at           INTEGER NOT NULL,
+        created_at       INTEGER NOT NULL,
+        updated_at       INTEGER NOT NULL,
+        result           TEXT NOT NULL DEFAULT '',
+        worker_id        TEXT NOT NULL DEFAULT '',
+        lease_id         TEXT NOT NULL DEFAULT '',
+        lease_expires_at INTEGER NOT NULL DEFAULT 0,
+        idempotency_key  TEXT UNIQUE,
+        last_error       TEXT NOT NULL DEFAULT ''
+    );
+    CREATE INDEX queue_tasks_due ON queue_tasks (status, priority DESC, run_at, seq);
+    CREATE INDEX queue_tasks_leases ON queue_tasks (status, lease_expires_at);",
 ];
 
 /// The schema version this nova writes.

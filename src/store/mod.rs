@@ -115,6 +115,11 @@ impl Store {
         self.version
     }
 
+    /// Hand over the configured, migrated connection (the queue's writer uses it).
+    pub fn into_connection(self) -> Connection {
+        self.conn
+    }
+
     pub(crate) fn conn(&self) -> &Connection {
         &self.conn
     }

@@ -1,0 +1,80 @@
+//! The interface every queue backend implements, and its errors.
+//!
+//! Each method is one atomic step: a backend either applies all of it or none
+//! of it, and the rules (lease checks, retry backoff, idempotency) are the same
+//! whichever backend runs them. `now` is passed in so a server's clock, not
+//! the store's, decides what is due and what has expired.
+
+use std::future::Future;
+
+use super::model::{AckSpec, DequeueSpec, NewTask, Stats, Status, Task};
+
+#[derive(Debug, Clone, thiserror::Error, PartialEq, Eq)]
+pub enum QueueError {
+    #[error("task {0} not found")]
+    NotFound(String),
+    /// The task is not in a state that allows the operation (a lost lease, a finished task).
+    #[error("{0}")]
+    FailedPrecondition(String),
+    #[error("{0}")]
+    InvalidArgument(String),
+    /// The store failed; the operation may be retried.
+    #[error("store error: {0}")]
+    Unavailable(String),
+}
+
+pub type QueueResult<T> = Result<T, QueueError>;
+
+pub trait QueueBackend: Send + Sync + 'static {
+    /// Enqueue tasks; for each, the stored task and whether it already existed
+    /// (an idempotency key matched).
+    fn enqueue(
+        &self,
+        tasks: Vec<NewTask>,
+        now: i64,
+    ) -> impl Future<Output = QueueResult<Vec<(Task, bool)>>> + Send;
+
+    /// Lease up to `spec.max_tasks` due tasks, highest priority first, then oldest.
+    fn dequeue(
+        &self,
+        spec: DequeueSpec,
+        now: i64,
+    ) -> impl Future<Output = QueueResult<Vec<Task>>> + Send;
+
+    /// Apply acks; each succeeds or fails on its own.
+    fn ack(
+        &self,
+        acks: Vec<AckSpec>,
+        now: i64,
+    ) -> impl Future<Output = QueueResult<Vec<QueueResult<Task>>>> + Send;
+
+    /// Extend a lease the caller still holds.
+    fn heartbeat(
+        &self,
+        task_id: String,
+        lease_id: String,
+        lease_ms: u32,
+        now: i64,
+    ) -> impl Future<Output = QueueResult<Task>> + Send;
+
+    fn get(&self, task_id: String) -> impl Future<Output = QueueResult<Task>> + Send;
+
+    /// Tasks oldest first, optionally of one status and one queue; `limit` 0 means all.
+    fn list(
+        &self,
+        status: Option<Status>,
+        queue: Option<String>,
+        limit: u32,
+    ) -> impl Future<Output = QueueResult<Vec<Task>>> + Send;
+
+    /// Cancel a pending or running task.
+    fn cancel(&self, task_id: String, now: i64) -> impl Future<Output = QueueResult<Task>> + Send;
+
+    /// Put a failed or cancelled task back in the queue with a fresh attempt budget.
+    fn retry(&self, task_id: String, now: i64) -> impl Future<Output = QueueResult<Task>> + Send;
+
+    fn stats(&self, now: i64) -> impl Future<Output = QueueResult<Stats>> + Send;
+
+    /// Return tasks whose lease expired before `now` to the queue; how many.
+    fn reap(&self, now: i64) -> impl Future<Output = QueueResult<u64>> + Send;
+}

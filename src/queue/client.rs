@@ -1,0 +1,66 @@
+//! The typed client the rest of nova uses to talk to a queue server, local or
+//! remote, with an optional bearer token.
+
+use tonic::metadata::AsciiMetadataValue;
+use tonic::service::interceptor::InterceptedService;
+use tonic::transport::{Channel, Endpoint};
+use tonic::{Request, Status};
+
+use super::proto::task_queue_client::TaskQueueClient;
+
+pub type Client = TaskQueueClient<InterceptedService<Channel, AddToken>>;
+
+#[derive(Clone)]
+pub struct AddToken(Option<AsciiMetadataValue>);
+
+impl tonic::service::Interceptor for AddToken {
+    fn call(&mut self, mut request: Request<()>) -> Result<Request<()>, Status> {
+        if let Some(value) = &self.0 {
+            request
+                .metadata_mut()
+                .insert("authorization", value.clone());
+        }
+        Ok(request)
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConnectError {
+    #[error("bad server URL {url:?}: {reason}")]
+    BadUrl { url: String, reason: String },
+    #[error("cannot connect to {url}: {source}")]
+    Connect {
+        url: String,
+        #[source]
+        source: tonic::transport::Error,
+    },
+}
+
+/// Connect to `url` (`http://host:port`); `token` is sent as a bearer token.
+pub async fn connect(url: &str, token: Option<&str>) -> Result<Client, ConnectError> {
+    let bad = |reason: String| ConnectError::BadUrl {
+        url: url.to_string(),
+        reason,
+    };
+    let endpoint = Endpoint::from_shared(url.to_string()).map_err(|e| bad(e.to_string()))?;
+    let token = match token {
+        Some(t) => Some(
+            format!("Bearer {t}")
+                .parse::<AsciiMetadataValue>()
+                .map_err(|_| bad("the token is not printable ASCII".into()))?,
+        ),
+        None => None,
+    };
+    let channel = endpoint
+        .connect_timeout(std::time::Duration::from_secs(5))
+        .tcp_nodelay(true)
+        .connect()
+        .await
+        .map_err(|source| ConnectError::Connect {
+            url: url.to_string(),
+            source,
+        })?;
+    Ok(TaskQueueClient::with_interceptor(channel, AddToken(token))
+        .max_decoding_message_size(super::server::MAX_MESSAGE)
+        .max_encoding_message_size(super::server::MAX_MESSAGE))
+}

@@ -1,0 +1,417 @@
+//! `nova serve` and `nova queue`: the queue's server and its command-line client.
+//!
+//! Without `--server`, `nova queue` starts the same gRPC server in process on
+//! a loopback port over the workspace's store and talks to it like any remote
+//! client would, so both paths run the same code.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use serde_json::{Value, json};
+use tonic::Code;
+
+use super::client::{self, Client};
+use super::model::Status;
+use super::proto::*;
+use super::server;
+use super::sqlite::SqliteQueue;
+use crate::cli::{QueueAction, QueueArgs, ServeArgs, StoreArg};
+use crate::error::{Error, Result};
+use crate::output::Output;
+use crate::tasks::rfc3339;
+use crate::workspace::{Workspace, ensure_dir};
+
+/// Where queue state lives.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StoreUrl {
+    Sqlite(PathBuf),
+    Redis(String),
+}
+
+impl StoreUrl {
+    /// `--store`/`NOVA_STORE`, else `nova.yaml`'s `store`, else the workspace database.
+    pub fn resolve(ws: &Workspace, arg: &StoreArg) -> Result<StoreUrl> {
+        match arg.store.as_deref().or(ws.config.store.as_deref()) {
+            Some(url) => StoreUrl::parse(url, &ws.root),
+            None => Ok(StoreUrl::Sqlite(ws.db_path())),
+        }
+    }
+
+    pub fn parse(url: &str, root: &Path) -> Result<StoreUrl> {
+        if let Some(path) = url.strip_prefix("sqlite:") {
+            if path.is_empty() {
+                return Err(Error::usage(format!(
+                    "--store {url:?}: give a path after sqlite:"
+                )));
+            }
+            let path = PathBuf::from(path);
+            return Ok(StoreUrl::Sqlite(if path.is_absolute() {
+                path
+            } else {
+                root.join(path)
+            }));
+        }
+        if url.starts_with("redis://") || url.starts_with("rediss://") {
+            return Ok(StoreUrl::Redis(url.to_string()));
+        }
+        Err(Error::usage(format!(
+            "--store {url:?}: expected sqlite:PATH or redis://HOST:PORT/DB"
+        )))
+    }
+}
+
+fn runtime() -> Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| Error::Failed(format!("cannot start the async runtime: {e}")))
+}
+
+fn open_sqlite(path: &Path) -> Result<SqliteQueue> {
+    if let Some(parent) = path.parent() {
+        ensure_dir(parent)?;
+    }
+    SqliteQueue::open(path).map_err(|e| {
+        // A file that is not a database (or a newer one) is bad input, as for every other command.
+        match crate::store::Store::open(path) {
+            Err(store) if store.is_bad_input() => Error::Store(store),
+            _ => Error::Failed(e.to_string()),
+        }
+    })
+}
+
+fn redis_unsupported(url: &str) -> Error {
+    Error::usage(format!(
+        "--store {url}: this build of nova has no Redis queue backend yet; use sqlite:PATH"
+    ))
+}
+
+fn read_token(file: Option<&Path>) -> Result<Option<String>> {
+    let Some(file) = file else { return Ok(None) };
+    let text = std::fs::read_to_string(file).map_err(|e| Error::io(file, e))?;
+    let token = text.trim().to_string();
+    if token.is_empty() {
+        return Err(Error::usage(format!(
+            "--token-file {}: the file is empty",
+            file.display()
+        )));
+    }
+    Ok(Some(token))
+}
+
+pub fn serve(ws: &Workspace, out: &Output, args: &ServeArgs) -> Result<()> {
+    let token = read_token(args.token_file.as_deref())?;
+    if !args.listen.ip().is_loopback() && token.is_none() && !args.insecure {
+        return Err(Error::usage(format!(
+            "--listen {}: a non-loopback address needs --token-file FILE (or --insecure to serve without one)",
+            args.listen
+        )));
+    }
+    let store = StoreUrl::resolve(ws, &args.store)?;
+    let rt = runtime()?;
+    rt.block_on(async {
+        let listener = tokio::net::TcpListener::bind(args.listen)
+            .await
+            .map_err(|e| Error::Failed(format!("cannot listen on {}: {e}", args.listen)))?;
+        let addr = listener
+            .local_addr()
+            .map_err(|e| Error::Failed(e.to_string()))?;
+        let served = match &store {
+            StoreUrl::Sqlite(path) => {
+                let backend = open_sqlite(path)?;
+                announce(
+                    out,
+                    addr,
+                    &format!("sqlite:{}", path.display()),
+                    token.is_some(),
+                )?;
+                server::serve(backend, listener, token, server::signal()).await
+            }
+            StoreUrl::Redis(url) => return Err(redis_unsupported(url)),
+        };
+        served.map_err(|e| Error::Failed(format!("server error: {e}")))?;
+        tracing::info!("server stopped");
+        Ok(())
+    })
+}
+
+fn announce(out: &Output, addr: SocketAddr, store: &str, auth: bool) -> Result<()> {
+    if out.json {
+        return out
+            .json(&json!({"listening": format!("http://{addr}"), "store": store, "auth": auth}));
+    }
+    out.text(&format!(
+        "nova queue server listening on http://{addr} (store {store}{})\n",
+        if auth { ", bearer token required" } else { "" }
+    ))
+}
+
+pub fn run(ws: &Workspace, out: &Output, args: &QueueArgs) -> Result<()> {
+    let action = parse_action(&args.action)?;
+    let rt = runtime()?;
+    rt.block_on(async {
+        match &args.server {
+            Some(url) => {
+                let token = read_token(args.token_file.as_deref())?;
+                let mut client = client::connect(url, token.as_deref())
+                    .await
+                    .map_err(|e| Error::Failed(e.to_string()))?;
+                execute(&mut client, out, action).await
+            }
+            None => {
+                let StoreUrl::Sqlite(path) = StoreUrl::resolve(ws, &args.store)? else {
+                    return Err(redis_unsupported(
+                        args.store.store.as_deref().unwrap_or("redis"),
+                    ));
+                };
+                let backend = open_sqlite(&path)?;
+                let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+                    .await
+                    .map_err(|e| Error::Failed(e.to_string()))?;
+                let addr = listener
+                    .local_addr()
+                    .map_err(|e| Error::Failed(e.to_string()))?;
+                let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+                let server = tokio::spawn(server::serve(backend, listener, None, async {
+                    let _ = stopped.await;
+                }));
+                let mut client = client::connect(&format!("http://{addr}"), None)
+                    .await
+                    .map_err(|e| Error::Failed(e.to_string()))?;
+                let result = execute(&mut client, out, action).await;
+                let _ = stop.send(());
+                let _ = server.await;
+                result
+            }
+        }
+    })
+}
+
+/// A queue action with its arguments checked before any connection is made.
+enum Action {
+    Enqueue(EnqueueRequest),
+    List(ListTasksRequest),
+    Get(String),
+    Cancel(String),
+    Retry(String),
+    Stats,
+}
+
+fn parse_action(action: &QueueAction) -> Result<Action> {
+    Ok(match action {
+        QueueAction::Enqueue {
+            kind,
+            payload,
+            meta,
+            queue,
+            priority,
+            delay,
+            max_attempts,
+            idempotency_key,
+        } => {
+            serde_json::from_str::<Value>(payload)
+                .map_err(|e| Error::usage(format!("--payload: not valid JSON: {e}")))?;
+            let metadata = meta
+                .iter()
+                .map(|m| {
+                    m.split_once('=')
+                        .map(|(k, v)| TaskMetadataEntry {
+                            key: k.to_string(),
+                            value: v.to_string(),
+                        })
+                        .ok_or_else(|| Error::usage(format!("--meta {m:?}: expected KEY=VALUE")))
+                })
+                .collect::<Result<_>>()?;
+            Action::Enqueue(EnqueueRequest {
+                r#type: kind.clone(),
+                payload: payload.clone(),
+                metadata,
+                queue: queue.clone(),
+                priority: *priority,
+                max_attempts: *max_attempts,
+                delay_ms: delay.map(|d| d.as_millis() as u64).unwrap_or(0),
+                idempotency_key: idempotency_key.clone().unwrap_or_default(),
+                retry_backoff_ms: 0,
+            })
+        }
+        QueueAction::List {
+            status,
+            queue,
+            limit,
+        } => {
+            let status = match status {
+                Some(s) => Status::parse(s)
+                    .ok_or_else(|| {
+                        let valid: Vec<&str> = Status::ALL.iter().map(|s| s.as_str()).collect();
+                        Error::usage(format!(
+                            "--status {s:?}: valid statuses: {}",
+                            valid.join(", ")
+                        ))
+                    })?
+                    .as_str()
+                    .to_string(),
+                None => String::new(),
+            };
+            Action::List(ListTasksRequest {
+                status,
+                queue: queue.clone().unwrap_or_default(),
+                limit: *limit,
+            })
+        }
+        QueueAction::Get { id } => Action::Get(id.clone()),
+        QueueAction::Cancel { id } => Action::Cancel(id.clone()),
+        QueueAction::Retry { id } => Action::Retry(id.clone()),
+        QueueAction::Stats => Action::Stats,
+    })
+}
+
+fn grpc_error(status: tonic::Status) -> Error {
+    let message = status.message().to_string();
+    match status.code() {
+        Code::InvalidArgument | Code::NotFound | Code::ResourceExhausted => Error::usage(message),
+        Code::Unauthenticated => Error::Denied(message),
+        _ => Error::Failed(format!("{:?}: {message}", status.code())),
+    }
+}
+
+async fn execute(client: &mut Client, out: &Output, action: Action) -> Result<()> {
+    match action {
+        Action::Enqueue(req) => {
+            let resp = client.enqueue(req).await.map_err(grpc_error)?.into_inner();
+            let task = resp.task.unwrap_or_default();
+            if out.json {
+                let mut v = task_json(&task);
+                v["existing"] = json!(resp.existing);
+                return out.json(&v);
+            }
+            let note = if resp.existing {
+                " (existing task with this idempotency key)"
+            } else {
+                ""
+            };
+            out.text(&format!(
+                "{} {} {}{note}\n",
+                task.id, task.queue, task.status
+            ))
+        }
+        Action::List(req) => {
+            let tasks = client
+                .list_tasks(req)
+                .await
+                .map_err(grpc_error)?
+                .into_inner()
+                .tasks;
+            if out.json {
+                return out.json(&tasks.iter().map(task_json).collect::<Vec<_>>());
+            }
+            let mut table = out.table(&[
+                "id", "queue", "type", "status", "priority", "attempts", "created",
+            ]);
+            for t in &tasks {
+                table.add_row(vec![
+                    t.id.clone(),
+                    t.queue.clone(),
+                    t.r#type.clone(),
+                    t.status.clone(),
+                    t.priority.to_string(),
+                    format!("{}/{}", t.attempts, t.max_attempts),
+                    rfc3339(t.created_at),
+                ]);
+            }
+            out.print_table(&table)
+        }
+        Action::Get(id) => {
+            let task = client
+                .get_task(GetTaskRequest { task_id: id })
+                .await
+                .map_err(grpc_error)?
+                .into_inner()
+                .task
+                .unwrap_or_default();
+            show_task(out, &task)
+        }
+        Action::Cancel(id) => {
+            let task = client
+                .cancel(CancelRequest { task_id: id })
+                .await
+                .map_err(grpc_error)?
+                .into_inner()
+                .task
+                .unwrap_or_default();
+            show_task(out, &task)
+        }
+        Action::Retry(id) => {
+            let task = client
+                .retry(RetryRequest { task_id: id })
+                .await
+                .map_err(grpc_error)?
+                .into_inner()
+                .task
+                .unwrap_or_default();
+            show_task(out, &task)
+        }
+        Action::Stats => {
+            let stats = client
+                .stats(StatsRequest {})
+                .await
+                .map_err(grpc_error)?
+                .into_inner();
+            if out.json {
+                return out.json(&json!({
+                    "counts": stats.counts.iter().map(|c| json!({"queue": c.queue, "status": c.status, "count": c.count})).collect::<Vec<_>>(),
+                    "oldest_pending_age_ms": stats.oldest_pending_age_ms,
+                    "in_flight_leases": stats.in_flight_leases,
+                }));
+            }
+            let mut table = out.table(&["queue", "status", "count"]);
+            for c in &stats.counts {
+                table.add_row(vec![c.queue.clone(), c.status.clone(), c.count.to_string()]);
+            }
+            out.print_table(&table)?;
+            out.text(&format!(
+                "\noldest pending: {} ms, leases in flight: {}\n",
+                stats.oldest_pending_age_ms, stats.in_flight_leases
+            ))
+        }
+    }
+}
+
+fn show_task(out: &Output, task: &Task) -> Result<()> {
+    let v = task_json(task);
+    if out.json {
+        return out.json(&v);
+    }
+    let mut text = String::new();
+    for (k, val) in v.as_object().expect("an object") {
+        let shown = match val {
+            Value::String(s) => s.clone(),
+            other => other.to_string(),
+        };
+        text.push_str(&format!("{k:<18} {shown}\n"));
+    }
+    out.text(&text)
+}
+
+/// A task as JSON, with times as RFC 3339 beside the raw milliseconds.
+pub fn task_json(t: &Task) -> Value {
+    json!({
+        "id": t.id,
+        "queue": t.queue,
+        "type": t.r#type,
+        "status": t.status,
+        "priority": t.priority,
+        "attempts": t.attempts,
+        "max_attempts": t.max_attempts,
+        "payload": t.payload,
+        "metadata": t.metadata.iter().map(|m| (m.key.clone(), Value::String(m.value.clone()))).collect::<serde_json::Map<_, _>>(),
+        "created_at": t.created_at,
+        "updated_at": t.updated_at,
+        "run_at": t.run_at,
+        "created": rfc3339(t.created_at),
+        "worker_id": t.worker_id,
+        "lease_expires_at": t.lease_expires_at,
+        "result": t.result,
+        "last_error": t.last_error,
+        "idempotency_key": t.idempotency_key,
+    })
+}

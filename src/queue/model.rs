@@ -1,0 +1,170 @@
+//! Task states and the requests the backends carry out.
+//!
+//! A task's record on the wire and in the backends is the proto [`Task`]; this
+//! module adds the status type, the inputs of each operation, and the retry
+//! backoff rule, so both backends compute the same thing.
+
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use rand::Rng;
+
+pub use super::proto::Task;
+
+pub const DEFAULT_QUEUE: &str = "default";
+pub const DEFAULT_LEASE_MS: u32 = 30_000;
+pub const DEFAULT_BACKOFF_MS: u32 = 1_000;
+pub const MAX_BACKOFF: Duration = Duration::from_secs(3600);
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Status {
+    Pending,
+    InProgress,
+    Completed,
+    Failed,
+    Cancelled,
+}
+
+impl Status {
+    pub const ALL: [Status; 5] = [
+        Status::Pending,
+        Status::InProgress,
+        Status::Completed,
+        Status::Failed,
+        Status::Cancelled,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Status::Pending => "PENDING",
+            Status::InProgress => "IN_PROGRESS",
+            Status::Completed => "COMPLETED",
+            Status::Failed => "FAILED",
+            Status::Cancelled => "CANCELLED",
+        }
+    }
+
+    /// Parse a status name, case-insensitively (`in_progress` and `IN_PROGRESS` both work).
+    pub fn parse(s: &str) -> Option<Status> {
+        Status::ALL
+            .into_iter()
+            .find(|st| st.as_str().eq_ignore_ascii_case(s))
+    }
+}
+
+impl std::fmt::Display for Status {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// A task to enqueue, already validated.
+#[derive(Debug, Clone, PartialEq)]
+pub struct NewTask {
+    pub queue: String,
+    pub kind: String,
+    pub payload: String,
+    pub metadata: Vec<(String, String)>,
+    pub priority: i32,
+    pub max_attempts: u32,
+    pub delay_ms: u64,
+    pub idempotency_key: Option<String>,
+    pub retry_backoff_ms: u32,
+}
+
+impl NewTask {
+    pub fn new(kind: impl Into<String>, payload: impl Into<String>) -> Self {
+        NewTask {
+            queue: DEFAULT_QUEUE.into(),
+            kind: kind.into(),
+            payload: payload.into(),
+            metadata: Vec::new(),
+            priority: 0,
+            max_attempts: 1,
+            delay_ms: 0,
+            idempotency_key: None,
+            retry_backoff_ms: DEFAULT_BACKOFF_MS,
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct DequeueSpec {
+    pub worker_id: String,
+    /// Empty means every queue.
+    pub queues: Vec<String>,
+    pub lease_ms: u32,
+    pub max_tasks: u32,
+}
+
+#[derive(Debug, Clone)]
+pub struct AckSpec {
+    pub task_id: String,
+    pub success: bool,
+    pub result: String,
+    /// When set, the ack only applies if this lease still holds the task.
+    pub lease_id: Option<String>,
+    pub retry: bool,
+    pub error: String,
+}
+
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Stats {
+    /// (queue, status, count), sorted.
+    pub counts: Vec<(String, String, u64)>,
+    pub oldest_pending_age_ms: i64,
+    pub in_flight_leases: u64,
+}
+
+/// Milliseconds since the Unix epoch, now.
+pub fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+
+pub fn new_id() -> String {
+    uuid::Uuid::now_v7().to_string()
+}
+
+/// Delay before the retry that follows attempt number `attempts` (1-based):
+/// `base * 2^(attempts - 1)`, capped at an hour, with jitter drawn from the
+/// upper half so retries of many tasks spread out without coming early.
+pub fn backoff_ms(base_ms: u32, attempts: u32) -> i64 {
+    let base = if base_ms == 0 {
+        DEFAULT_BACKOFF_MS
+    } else {
+        base_ms
+    } as u64;
+    let exp = attempts.saturating_sub(1).min(32);
+    let full = base
+        .saturating_mul(1u64 << exp)
+        .min(MAX_BACKOFF.as_millis() as u64);
+    let low = full / 2;
+    rand::rng().random_range(low..=full) as i64
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_grows_and_is_capped() {
+        for _ in 0..100 {
+            let first = backoff_ms(100, 1);
+            assert!((50..=100).contains(&first), "{first}");
+            let third = backoff_ms(100, 3);
+            assert!((200..=400).contains(&third), "{third}");
+            assert!(backoff_ms(1000, 40) <= 3_600_000);
+        }
+    }
+
+    #[test]
+    fn statuses_round_trip() {
+        for s in Status::ALL {
+            assert_eq!(Status::parse(s.as_str()), Some(s));
+        }
+        assert_eq!(Status::parse("in_progress"), Some(Status::InProgress));
+        assert_eq!(Status::parse("DONE"), None);
+    }
+}

@@ -1,0 +1,137 @@
+//! Running the queue as a gRPC server: the `TaskQueue` service, the standard
+//! `grpc.health.v1` service, bearer-token checks, the lease reaper, and a
+//! graceful stop (stop accepting, finish in-flight calls; leases are left to
+//! expire, so tasks held by workers are neither lost nor run twice early).
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use subtle::ConstantTimeEq;
+use tokio::net::TcpListener;
+use tonic::service::Interceptor;
+use tonic::transport::Server;
+use tonic::{Request, Status};
+
+use super::backend::QueueBackend;
+use super::model::now_ms;
+use super::proto::task_queue_server::TaskQueueServer;
+use super::service::QueueService;
+
+/// Largest request the server decodes: a 1 MiB payload plus metadata, or a batch.
+pub const MAX_MESSAGE: usize = 16 * 1024 * 1024;
+const REAP_EVERY: Duration = Duration::from_millis(500);
+
+/// Checks `authorization: Bearer <token>` in constant time when a token is set.
+#[derive(Clone)]
+pub struct BearerAuth {
+    token: Option<Arc<str>>,
+}
+
+impl BearerAuth {
+    pub fn new(token: Option<String>) -> Self {
+        BearerAuth {
+            token: token.map(Arc::from),
+        }
+    }
+}
+
+impl Interceptor for BearerAuth {
+    fn call(&mut self, request: Request<()>) -> Result<Request<()>, Status> {
+        let Some(expected) = &self.token else {
+            return Ok(request);
+        };
+        let given = request
+            .metadata()
+            .get("authorization")
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "))
+            .unwrap_or("");
+        if bool::from(given.as_bytes().ct_eq(expected.as_bytes())) {
+            Ok(request)
+        } else {
+            Err(Status::unauthenticated(
+                "missing or wrong bearer token (authorization: Bearer ...)",
+            ))
+        }
+    }
+}
+
+/// tonic answers a request over the size limit with OUT_OF_RANGE; gRPC's
+/// convention (and grpc-go's behaviour) is RESOURCE_EXHAUSTED.
+fn size_limit_code<B>(mut response: http::Response<B>) -> http::Response<B> {
+    let too_large = response
+        .headers()
+        .get("grpc-status")
+        .is_some_and(|v| v == "11")
+        && response
+            .headers()
+            .get("grpc-message")
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|m| m.contains("message length too large"));
+    if too_large {
+        response
+            .headers_mut()
+            .insert("grpc-status", http::HeaderValue::from_static("8"));
+    }
+    response
+}
+
+/// Serve `backend` on `listener` until `shutdown` resolves.
+pub async fn serve<B: QueueBackend>(
+    backend: B,
+    listener: TcpListener,
+    token: Option<String>,
+    shutdown: impl Future<Output = ()> + Send,
+) -> Result<(), tonic::transport::Error> {
+    let backend = Arc::new(backend);
+    let reaper = tokio::spawn(reap_loop(backend.clone()));
+    let (health, health_service) = tonic_health::server::health_reporter();
+    health
+        .set_serving::<TaskQueueServer<QueueService<B>>>()
+        .await;
+
+    let queue = TaskQueueServer::new(QueueService::new(backend))
+        .max_decoding_message_size(MAX_MESSAGE)
+        .max_encoding_message_size(MAX_MESSAGE);
+    let queue = tonic::service::interceptor::InterceptedService::new(queue, BearerAuth::new(token));
+    let result = Server::builder()
+        .layer(tower::util::MapResponseLayer::new(size_limit_code))
+        .add_service(health_service)
+        .add_service(queue)
+        .serve_with_incoming_shutdown(
+            tokio_stream::wrappers::TcpListenerStream::new(listener),
+            shutdown,
+        )
+        .await;
+    reaper.abort();
+    result
+}
+
+async fn reap_loop<B: QueueBackend>(backend: Arc<B>) {
+    let mut tick = tokio::time::interval(REAP_EVERY);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        match backend.reap(now_ms()).await {
+            Ok(0) => {}
+            Ok(n) => tracing::info!(tasks = n, "leases expired; tasks returned to the queue"),
+            Err(e) => tracing::warn!(error = %e, "lease reaper failed"),
+        }
+    }
+}
+
+/// Resolves on SIGINT or SIGTERM.
+pub async fn signal() {
+    #[cfg(unix)]
+    {
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+            .expect("SIGTERM handler");
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = tokio::signal::ctrl_c().await;
+}

@@ -1,0 +1,381 @@
+//! The `TaskQueue` gRPC service over any [`QueueBackend`].
+//!
+//! It validates every request (see [`super::validate`]), maps backend errors
+//! to gRPC codes, and implements the long poll of `Dequeue`: a caller that
+//! asks to wait is woken by an enqueue on this server, and polls the backend
+//! every [`POLL`] in case another server (or process) enqueued.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::Notify;
+use tonic::{Request, Response, Status as GrpcStatus};
+
+use super::backend::{QueueBackend, QueueError};
+use super::model::{AckSpec, DequeueSpec, Status, now_ms};
+use super::proto::task_queue_server::TaskQueue;
+use super::proto::*;
+use super::validate;
+
+/// How often a long poll looks at the backend when nothing wakes it.
+pub const POLL: Duration = Duration::from_millis(50);
+pub const MAX_WAIT_MS: u32 = 60_000;
+pub const MAX_LEASE_MS: u32 = 24 * 3600 * 1000;
+pub const MAX_DEQUEUE: u32 = 256;
+
+pub struct QueueService<B> {
+    backend: Arc<B>,
+    wakeup: Arc<Notify>,
+}
+
+impl<B> Clone for QueueService<B> {
+    fn clone(&self) -> Self {
+        QueueService {
+            backend: self.backend.clone(),
+            wakeup: self.wakeup.clone(),
+        }
+    }
+}
+
+impl<B: QueueBackend> QueueService<B> {
+    pub fn new(backend: Arc<B>) -> Self {
+        QueueService {
+            backend,
+            wakeup: Arc::new(Notify::new()),
+        }
+    }
+
+    fn wake(&self) {
+        self.wakeup.notify_waiters();
+    }
+}
+
+pub fn to_status(e: QueueError) -> GrpcStatus {
+    match e {
+        QueueError::NotFound(_) => GrpcStatus::not_found(e.to_string()),
+        QueueError::FailedPrecondition(m) => GrpcStatus::failed_precondition(m),
+        QueueError::InvalidArgument(m) => GrpcStatus::invalid_argument(m),
+        QueueError::Unavailable(m) => GrpcStatus::unavailable(m),
+    }
+}
+
+fn invalid(message: String) -> GrpcStatus {
+    GrpcStatus::invalid_argument(message)
+}
+
+fn ack_spec(field: &str, req: AckRequest) -> Result<AckSpec, GrpcStatus> {
+    validate::task_id(&format!("{field}task_id"), &req.task_id).map_err(invalid)?;
+    if req.error.len() > validate::MAX_PAYLOAD || req.result.len() > validate::MAX_PAYLOAD {
+        return Err(invalid(format!("{field}result/error: at most 1 MiB each")));
+    }
+    Ok(AckSpec {
+        task_id: req.task_id,
+        success: req.success,
+        result: req.result,
+        lease_id: (!req.lease_id.is_empty()).then_some(req.lease_id),
+        retry: req.retry,
+        error: req.error,
+    })
+}
+
+#[tonic::async_trait]
+impl<B: QueueBackend> TaskQueue for QueueService<B> {
+    async fn enqueue(
+        &self,
+        request: Request<EnqueueRequest>,
+    ) -> Result<Response<EnqueueResponse>, GrpcStatus> {
+        let task = validate::enqueue("", request.into_inner()).map_err(invalid)?;
+        let mut stored = self
+            .backend
+            .enqueue(vec![task], now_ms())
+            .await
+            .map_err(to_status)?;
+        let (task, existing) = stored.pop().expect("one task in, one task out");
+        tracing::debug!(task = %task.id, queue = %task.queue, existing, "enqueued");
+        self.wake();
+        Ok(Response::new(EnqueueResponse {
+            task: Some(task),
+            existing,
+        }))
+    }
+
+    async fn dequeue(
+        &self,
+        request: Request<DequeueRequest>,
+    ) -> Result<Response<DequeueResponse>, GrpcStatus> {
+        let req = request.into_inner();
+        if req.worker_id.len() > 128 {
+            return Err(invalid("worker_id: at most 128 characters".into()));
+        }
+        for (i, queue) in req.queues.iter().enumerate() {
+            if !validate::is_name(queue) {
+                return Err(invalid(format!(
+                    "queues[{i}]: queue name {queue:?} must match [A-Za-z0-9_.-]{{1,128}}"
+                )));
+            }
+        }
+        if req.wait_ms > MAX_WAIT_MS {
+            return Err(invalid(format!(
+                "wait_ms: {} is more than {MAX_WAIT_MS}",
+                req.wait_ms
+            )));
+        }
+        if req.lease_ms > MAX_LEASE_MS {
+            return Err(invalid(format!(
+                "lease_ms: {} is more than {MAX_LEASE_MS} (a day)",
+                req.lease_ms
+            )));
+        }
+        if req.max_tasks > MAX_DEQUEUE {
+            return Err(invalid(format!(
+                "max_tasks: {} is more than {MAX_DEQUEUE}",
+                req.max_tasks
+            )));
+        }
+        let spec = DequeueSpec {
+            worker_id: req.worker_id,
+            queues: req.queues,
+            lease_ms: req.lease_ms,
+            max_tasks: req.max_tasks.max(1),
+        };
+        let deadline = tokio::time::Instant::now() + Duration::from_millis(req.wait_ms as u64);
+        loop {
+            let notified = self.wakeup.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            let tasks = self
+                .backend
+                .dequeue(spec.clone(), now_ms())
+                .await
+                .map_err(to_status)?;
+            let now = tokio::time::Instant::now();
+            if !tasks.is_empty() || now >= deadline {
+                for task in &tasks {
+                    tracing::debug!(task = %task.id, worker = %task.worker_id, attempt = task.attempts, "leased");
+                }
+                return Ok(Response::new(DequeueResponse {
+                    has_task: !tasks.is_empty(),
+                    task: tasks.first().cloned(),
+                    tasks,
+                }));
+            }
+            tokio::select! {
+                _ = notified => {}
+                _ = tokio::time::sleep(POLL.min(deadline - now)) => {}
+            }
+        }
+    }
+
+    async fn ack(&self, request: Request<AckRequest>) -> Result<Response<AckResponse>, GrpcStatus> {
+        let spec = ack_spec("", request.into_inner())?;
+        let mut outcomes = self
+            .backend
+            .ack(vec![spec], now_ms())
+            .await
+            .map_err(to_status)?;
+        let task = outcomes
+            .pop()
+            .expect("one ack in, one outcome out")
+            .map_err(to_status)?;
+        tracing::debug!(task = %task.id, status = %task.status, "acknowledged");
+        if task.status == Status::Pending.as_str() {
+            self.wake();
+        }
+        Ok(Response::new(AckResponse { task: Some(task) }))
+    }
+
+    async fn list_tasks(
+        &self,
+        request: Request<ListTasksRequest>,
+    ) -> Result<Response<ListTasksResponse>, GrpcStatus> {
+        let req = request.into_inner();
+        let status = match req.status.as_str() {
+            "" => None,
+            s => Some(
+                Status::parse(s)
+                    .filter(|st| st.as_str() == s)
+                    .ok_or_else(|| {
+                        let valid: Vec<&str> = Status::ALL.iter().map(|s| s.as_str()).collect();
+                        invalid(format!(
+                            "status: unknown status {s:?}; valid statuses: {}",
+                            valid.join(", ")
+                        ))
+                    })?,
+            ),
+        };
+        let queue = if req.queue.is_empty() {
+            None
+        } else {
+            Some(validate::queue_name("queue", &req.queue).map_err(invalid)?)
+        };
+        let tasks = self
+            .backend
+            .list(status, queue, req.limit)
+            .await
+            .map_err(to_status)?;
+        Ok(Response::new(ListTasksResponse { tasks }))
+    }
+
+    async fn heartbeat(
+        &self,
+        request: Request<HeartbeatRequest>,
+    ) -> Result<Response<HeartbeatResponse>, GrpcStatus> {
+        let req = request.into_inner();
+        validate::task_id("task_id", &req.task_id).map_err(invalid)?;
+        validate::task_id("lease_id", &req.lease_id).map_err(invalid)?;
+        if req.lease_ms > MAX_LEASE_MS {
+            return Err(invalid(format!(
+                "lease_ms: {} is more than {MAX_LEASE_MS} (a day)",
+                req.lease_ms
+            )));
+        }
+        let task = self
+            .backend
+            .heartbeat(req.task_id, req.lease_id, req.lease_ms, now_ms())
+            .await
+            .map_err(to_status)?;
+        Ok(Response::new(HeartbeatResponse { task: Some(task) }))
+    }
+
+    async fn get_task(
+        &self,
+        request: Request<GetTaskRequest>,
+    ) -> Result<Response<GetTaskResponse>, GrpcStatus> {
+        let req = request.into_inner();
+        validate::task_id("task_id", &req.task_id).map_err(invalid)?;
+        let task = self.backend.get(req.task_id).await.map_err(to_status)?;
+        Ok(Response::new(GetTaskResponse { task: Some(task) }))
+    }
+
+    async fn cancel(
+        &self,
+        request: Request<CancelRequest>,
+    ) -> Result<Response<CancelResponse>, GrpcStatus> {
+        let req = request.into_inner();
+        validate::task_id("task_id", &req.task_id).map_err(invalid)?;
+        let task = self
+            .backend
+            .cancel(req.task_id, now_ms())
+            .await
+            .map_err(to_status)?;
+        tracing::info!(task = %task.id, "cancelled");
+        Ok(Response::new(CancelResponse { task: Some(task) }))
+    }
+
+    async fn retry(
+        &self,
+        request: Request<RetryRequest>,
+    ) -> Result<Response<RetryResponse>, GrpcStatus> {
+        let req = request.into_inner();
+        validate::task_id("task_id", &req.task_id).map_err(invalid)?;
+        let task = self
+            .backend
+            .retry(req.task_id, now_ms())
+            .await
+            .map_err(to_status)?;
+        tracing::info!(task = %task.id, "re-queued");
+        self.wake();
+        Ok(Response::new(RetryResponse { task: Some(task) }))
+    }
+
+    async fn stats(
+        &self,
+        _request: Request<StatsRequest>,
+    ) -> Result<Response<StatsResponse>, GrpcStatus> {
+        let stats = self.backend.stats(now_ms()).await.map_err(to_status)?;
+        Ok(Response::new(StatsResponse {
+            counts: stats
+                .counts
+                .into_iter()
+                .map(|(queue, status, count)| QueueStatusCount {
+                    queue,
+                    status,
+                    count,
+                })
+                .collect(),
+            oldest_pending_age_ms: stats.oldest_pending_age_ms,
+            in_flight_leases: stats.in_flight_leases,
+        }))
+    }
+
+    async fn enqueue_batch(
+        &self,
+        request: Request<EnqueueBatchRequest>,
+    ) -> Result<Response<EnqueueBatchResponse>, GrpcStatus> {
+        let req = request.into_inner();
+        if req.tasks.len() > validate::MAX_BATCH {
+            return Err(invalid(format!(
+                "tasks: {} tasks; at most {} per batch",
+                req.tasks.len(),
+                validate::MAX_BATCH
+            )));
+        }
+        let tasks = req
+            .tasks
+            .into_iter()
+            .enumerate()
+            .map(|(i, t)| validate::enqueue(&format!("tasks[{i}]."), t))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(invalid)?;
+        let stored = self
+            .backend
+            .enqueue(tasks, now_ms())
+            .await
+            .map_err(to_status)?;
+        self.wake();
+        Ok(Response::new(EnqueueBatchResponse {
+            tasks: stored.into_iter().map(|(t, _)| t).collect(),
+        }))
+    }
+
+    async fn ack_batch(
+        &self,
+        request: Request<AckBatchRequest>,
+    ) -> Result<Response<AckBatchResponse>, GrpcStatus> {
+        let req = request.into_inner();
+        if req.acks.len() > validate::MAX_BATCH {
+            return Err(invalid(format!(
+                "acks: {} acks; at most {} per batch",
+                req.acks.len(),
+                validate::MAX_BATCH
+            )));
+        }
+        let specs = req
+            .acks
+            .into_iter()
+            .enumerate()
+            .map(|(i, a)| ack_spec(&format!("acks[{i}]."), a))
+            .collect::<Result<Vec<_>, _>>()?;
+        let ids: Vec<String> = specs.iter().map(|s| s.task_id.clone()).collect();
+        let outcomes = self.backend.ack(specs, now_ms()).await.map_err(to_status)?;
+        let mut requeued = false;
+        let outcomes = ids
+            .into_iter()
+            .zip(outcomes)
+            .map(|(task_id, outcome)| match outcome {
+                Ok(task) => {
+                    requeued |= task.status == Status::Pending.as_str();
+                    AckOutcome {
+                        task_id,
+                        code: 0,
+                        message: String::new(),
+                        task: Some(task),
+                    }
+                }
+                Err(e) => {
+                    let status = to_status(e);
+                    AckOutcome {
+                        task_id,
+                        code: status.code() as i32,
+                        message: status.message().to_string(),
+                        task: None,
+                    }
+                }
+            })
+            .collect();
+        if requeued {
+            self.wake();
+        }
+        Ok(Response::new(AckBatchResponse { outcomes }))
+    }
+}

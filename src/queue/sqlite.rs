@@ -1,0 +1,500 @@
+//! The SQLite queue backend: the embedded default.
+//!
+//! One writer thread owns the write connection and applies operations in
+//! batches: it takes every operation waiting, runs each inside its own
+//! savepoint of one `IMMEDIATE` transaction, commits once, and only then
+//! answers the callers. With `synchronous = FULL` an answered enqueue or ack
+//! is on disk, and the fsync is shared by the whole batch (group commit), so
+//! throughput is not bound to one fsync per operation. Reads (get, list,
+//! stats) use their own connection and run beside the writer (WAL).
+
+use std::path::Path;
+use std::sync::mpsc;
+use std::sync::{Arc, Mutex};
+
+use rusqlite::{Connection, OptionalExtension, Row, params, params_from_iter};
+use tokio::sync::oneshot;
+
+use super::backend::{QueueBackend, QueueError, QueueResult};
+use super::model::{
+    AckSpec, DEFAULT_LEASE_MS, DequeueSpec, NewTask, Stats, Status, Task, backoff_ms, new_id,
+};
+use super::proto::TaskMetadataEntry;
+use crate::store::Store;
+
+/// Most operations applied in one transaction.
+const MAX_BATCH: usize = 2048;
+
+type Reply = Box<dyn FnOnce(Result<(), String>) + Send>;
+/// An operation: run against the connection inside the batch transaction, or
+/// (given `None`) told that the transaction could not begin.
+type Job = Box<dyn FnOnce(Option<&Connection>) -> (Reply, bool) + Send>;
+
+#[derive(Clone)]
+pub struct SqliteQueue {
+    jobs: mpsc::Sender<Job>,
+    reader: Arc<Mutex<Connection>>,
+}
+
+impl SqliteQueue {
+    /// Open (creating and migrating if needed) the queue in the database at `path`.
+    pub fn open(path: &Path) -> QueueResult<SqliteQueue> {
+        let unavailable = |e: crate::store::StoreError| QueueError::Unavailable(e.to_string());
+        let writer = Store::open(path).map_err(unavailable)?.into_connection();
+        let reader = Store::open(path).map_err(unavailable)?.into_connection();
+        let (jobs, rx) = mpsc::channel::<Job>();
+        std::thread::Builder::new()
+            .name("nova-queue-writer".into())
+            .spawn(move || write_loop(writer, rx))
+            .map_err(|e| QueueError::Unavailable(format!("cannot start the queue writer: {e}")))?;
+        Ok(SqliteQueue {
+            jobs,
+            reader: Arc::new(Mutex::new(reader)),
+        })
+    }
+
+    async fn write<T: Send + 'static>(
+        &self,
+        op: impl FnOnce(&Connection) -> QueueResult<T> + Send + 'static,
+    ) -> QueueResult<T> {
+        let (tx, rx) = oneshot::channel();
+        let job: Job = Box::new(move |conn| {
+            let result = match conn {
+                Some(conn) => op(conn),
+                None => Err(QueueError::Unavailable(
+                    "the store could not start a transaction".into(),
+                )),
+            };
+            let ok = result.is_ok();
+            let reply: Reply = Box::new(move |commit| {
+                let _ = tx.send(match commit {
+                    Ok(()) => result,
+                    Err(e) => Err(QueueError::Unavailable(e)),
+                });
+            });
+            (reply, ok)
+        });
+        self.jobs
+            .send(job)
+            .map_err(|_| QueueError::Unavailable("the queue writer has stopped".into()))?;
+        rx.await
+            .map_err(|_| QueueError::Unavailable("the queue writer has stopped".into()))?
+    }
+
+    async fn read<T: Send + 'static>(
+        &self,
+        op: impl FnOnce(&Connection) -> QueueResult<T> + Send + 'static,
+    ) -> QueueResult<T> {
+        let reader = self.reader.clone();
+        tokio::task::spawn_blocking(move || {
+            let conn = reader.lock().unwrap_or_else(|p| p.into_inner());
+            op(&conn)
+        })
+        .await
+        .map_err(|e| QueueError::Unavailable(e.to_string()))?
+    }
+}
+
+fn write_loop(conn: Connection, rx: mpsc::Receiver<Job>) {
+    while let Ok(first) = rx.recv() {
+        let mut jobs = vec![first];
+        while jobs.len() < MAX_BATCH {
+            match rx.try_recv() {
+                Ok(job) => jobs.push(job),
+                Err(_) => break,
+            }
+        }
+        if let Err(e) = conn.execute_batch("BEGIN IMMEDIATE") {
+            let message = e.to_string();
+            for job in jobs {
+                let (reply, _) = job(None);
+                reply(Err(message.clone()));
+            }
+            continue;
+        }
+        let mut replies = Vec::with_capacity(jobs.len());
+        for job in jobs {
+            let _ = conn.execute_batch("SAVEPOINT op");
+            let (reply, ok) = job(Some(&conn));
+            if !ok {
+                let _ = conn.execute_batch("ROLLBACK TO op");
+            }
+            let _ = conn.execute_batch("RELEASE op");
+            replies.push(reply);
+        }
+        let commit = conn.execute_batch("COMMIT").map_err(|e| e.to_string());
+        if commit.is_err() {
+            let _ = conn.execute_batch("ROLLBACK");
+        }
+        for reply in replies {
+            reply(commit.clone());
+        }
+    }
+}
+
+const COLUMNS: &str = "id, type, payload, metadata, status, created_at, updated_at, result, worker_id, queue, \
+    priority, attempts, max_attempts, run_at, idempotency_key, last_error, lease_expires_at, lease_id, retry_backoff_ms";
+
+fn task_from_row(row: &Row) -> rusqlite::Result<Task> {
+    let metadata: String = row.get(3)?;
+    let pairs: Vec<(String, String)> = serde_json::from_str(&metadata).unwrap_or_default();
+    Ok(Task {
+        id: row.get(0)?,
+        r#type: row.get(1)?,
+        payload: row.get(2)?,
+        metadata: pairs
+            .into_iter()
+            .map(|(key, value)| TaskMetadataEntry { key, value })
+            .collect(),
+        status: row.get(4)?,
+        created_at: row.get(5)?,
+        updated_at: row.get(6)?,
+        result: row.get(7)?,
+        worker_id: row.get(8)?,
+        queue: row.get(9)?,
+        priority: row.get(10)?,
+        attempts: row.get(11)?,
+        max_attempts: row.get(12)?,
+        run_at: row.get(13)?,
+        idempotency_key: row.get::<_, Option<String>>(14)?.unwrap_or_default(),
+        last_error: row.get(15)?,
+        lease_expires_at: row.get(16)?,
+        lease_id: row.get(17)?,
+        retry_backoff_ms: row.get(18)?,
+    })
+}
+
+fn sql_err(e: rusqlite::Error) -> QueueError {
+    QueueError::Unavailable(e.to_string())
+}
+
+fn find(conn: &Connection, id: &str) -> QueueResult<Task> {
+    conn.prepare_cached(&format!("SELECT {COLUMNS} FROM queue_tasks WHERE id = ?1"))
+        .map_err(sql_err)?
+        .query_row([id], task_from_row)
+        .optional()
+        .map_err(sql_err)?
+        .ok_or_else(|| QueueError::NotFound(id.to_string()))
+}
+
+fn not_in_progress(task: &Task) -> QueueError {
+    QueueError::FailedPrecondition(format!(
+        "task {} is {}, not IN_PROGRESS",
+        task.id, task.status
+    ))
+}
+
+/// The task, if the caller's lease (when given) still holds it at `now`.
+fn held(conn: &Connection, id: &str, lease_id: Option<&str>, now: i64) -> QueueResult<Task> {
+    let task = find(conn, id)?;
+    if task.status != Status::InProgress.as_str() {
+        return Err(not_in_progress(&task));
+    }
+    if let Some(lease) = lease_id
+        && lease != task.lease_id
+    {
+        return Err(QueueError::FailedPrecondition(format!(
+            "lease {lease} no longer holds task {id}; it was handed out again"
+        )));
+    }
+    if task.lease_expires_at <= now {
+        return Err(QueueError::FailedPrecondition(format!(
+            "the lease on task {id} expired; it will be handed out again"
+        )));
+    }
+    Ok(task)
+}
+
+fn reap_expired(conn: &Connection, now: i64) -> QueueResult<u64> {
+    let n = conn
+        .prepare_cached(
+            "UPDATE queue_tasks SET status = 'PENDING', last_error = 'lease expired (worker ' || worker_id || ')',
+                 worker_id = '', lease_id = '', lease_expires_at = 0, updated_at = ?1
+             WHERE status = 'IN_PROGRESS' AND lease_expires_at <= ?1",
+        )
+        .map_err(sql_err)?
+        .execute([now])
+        .map_err(sql_err)?;
+    Ok(n as u64)
+}
+
+fn enqueue_one(conn: &Connection, task: NewTask, now: i64) -> QueueResult<(Task, bool)> {
+    if let Some(key) = &task.idempotency_key {
+        let existing = conn
+            .prepare_cached(&format!(
+                "SELECT {COLUMNS} FROM queue_tasks WHERE idempotency_key = ?1"
+            ))
+            .map_err(sql_err)?
+            .query_row([key], task_from_row)
+            .optional()
+            .map_err(sql_err)?;
+        if let Some(existing) = existing {
+            return Ok((existing, true));
+        }
+    }
+    let id = new_id();
+    let metadata = serde_json::to_string(&task.metadata).expect("metadata serializes");
+    let run_at = now.saturating_add(task.delay_ms.min(i64::MAX as u64) as i64);
+    conn.prepare_cached(
+        "INSERT INTO queue_tasks (id, queue, type, payload, metadata, status, priority, attempts, max_attempts,
+             retry_backoff_ms, run_at, created_at, updated_at, idempotency_key)
+         VALUES (?1, ?2, ?3, ?4, ?5, 'PENDING', ?6, 0, ?7, ?8, ?9, ?10, ?10, ?11)",
+    )
+    .map_err(sql_err)?
+    .execute(params![
+        id,
+        task.queue,
+        task.kind,
+        task.payload,
+        metadata,
+        task.priority,
+        task.max_attempts.max(1),
+        task.retry_backoff_ms,
+        run_at,
+        now,
+        task.idempotency_key
+    ])
+    .map_err(sql_err)?;
+    Ok((find(conn, &id)?, false))
+}
+
+fn dequeue(conn: &Connection, spec: &DequeueSpec, now: i64) -> QueueResult<Vec<Task>> {
+    reap_expired(conn, now)?;
+    let limit = spec.max_tasks.clamp(1, 256) as i64;
+    let mut sql =
+        String::from("SELECT seq FROM queue_tasks WHERE status = 'PENDING' AND run_at <= ?");
+    if !spec.queues.is_empty() {
+        sql.push_str(&format!(
+            " AND queue IN ({})",
+            vec!["?"; spec.queues.len()].join(", ")
+        ));
+    }
+    sql.push_str(" ORDER BY priority DESC, run_at, seq LIMIT ?");
+    let mut args: Vec<rusqlite::types::Value> = vec![now.into()];
+    args.extend(spec.queues.iter().map(|q| q.clone().into()));
+    args.push(limit.into());
+    let seqs: Vec<i64> = conn
+        .prepare_cached(&sql)
+        .map_err(sql_err)?
+        .query_map(params_from_iter(args), |r| r.get(0))
+        .map_err(sql_err)?
+        .collect::<Result<_, _>>()
+        .map_err(sql_err)?;
+
+    let lease_ms = if spec.lease_ms == 0 {
+        DEFAULT_LEASE_MS
+    } else {
+        spec.lease_ms
+    } as i64;
+    let mut stmt = conn
+        .prepare_cached(&format!(
+            "UPDATE queue_tasks SET status = 'IN_PROGRESS', worker_id = ?1, lease_id = ?2, lease_expires_at = ?3,
+                 attempts = attempts + 1, updated_at = ?4
+             WHERE seq = ?5 RETURNING {COLUMNS}"
+        ))
+        .map_err(sql_err)?;
+    seqs.into_iter()
+        .map(|seq| {
+            stmt.query_row(
+                params![spec.worker_id, new_id(), now + lease_ms, now, seq],
+                task_from_row,
+            )
+            .map_err(sql_err)
+        })
+        .collect()
+}
+
+fn ack_one(conn: &Connection, ack: &AckSpec, now: i64) -> QueueResult<Task> {
+    let task = held(conn, &ack.task_id, ack.lease_id.as_deref(), now)?;
+    if ack.success {
+        conn.prepare_cached(
+            "UPDATE queue_tasks SET status = 'COMPLETED', result = ?1, lease_id = '', lease_expires_at = 0,
+                 updated_at = ?2 WHERE id = ?3",
+        )
+        .map_err(sql_err)?
+        .execute(params![ack.result, now, ack.task_id])
+        .map_err(sql_err)?;
+    } else if ack.retry && task.attempts < task.max_attempts {
+        let run_at = now + backoff_ms(task.retry_backoff_ms, task.attempts);
+        conn.prepare_cached(
+            "UPDATE queue_tasks SET status = 'PENDING', result = ?1, last_error = ?2, run_at = ?3, worker_id = '',
+                 lease_id = '', lease_expires_at = 0, updated_at = ?4 WHERE id = ?5",
+        )
+        .map_err(sql_err)?
+        .execute(params![ack.result, ack.error, run_at, now, ack.task_id])
+        .map_err(sql_err)?;
+    } else {
+        conn.prepare_cached(
+            "UPDATE queue_tasks SET status = 'FAILED', result = ?1, last_error = ?2, lease_id = '',
+                 lease_expires_at = 0, updated_at = ?3 WHERE id = ?4",
+        )
+        .map_err(sql_err)?
+        .execute(params![ack.result, ack.error, now, ack.task_id])
+        .map_err(sql_err)?;
+    }
+    find(conn, &ack.task_id)
+}
+
+impl QueueBackend for SqliteQueue {
+    async fn enqueue(&self, tasks: Vec<NewTask>, now: i64) -> QueueResult<Vec<(Task, bool)>> {
+        self.write(move |conn| {
+            tasks
+                .into_iter()
+                .map(|t| enqueue_one(conn, t, now))
+                .collect()
+        })
+        .await
+    }
+
+    async fn dequeue(&self, spec: DequeueSpec, now: i64) -> QueueResult<Vec<Task>> {
+        self.write(move |conn| dequeue(conn, &spec, now)).await
+    }
+
+    async fn ack(&self, acks: Vec<AckSpec>, now: i64) -> QueueResult<Vec<QueueResult<Task>>> {
+        self.write(move |conn| {
+            let mut outcomes = Vec::with_capacity(acks.len());
+            for ack in &acks {
+                match ack_one(conn, ack, now) {
+                    Err(QueueError::Unavailable(e)) => return Err(QueueError::Unavailable(e)),
+                    other => outcomes.push(other),
+                }
+            }
+            Ok(outcomes)
+        })
+        .await
+    }
+
+    async fn heartbeat(
+        &self,
+        task_id: String,
+        lease_id: String,
+        lease_ms: u32,
+        now: i64,
+    ) -> QueueResult<Task> {
+        self.write(move |conn| {
+            held(conn, &task_id, Some(&lease_id), now)?;
+            let lease_ms = if lease_ms == 0 {
+                DEFAULT_LEASE_MS
+            } else {
+                lease_ms
+            } as i64;
+            conn.prepare_cached(
+                "UPDATE queue_tasks SET lease_expires_at = ?1, updated_at = ?2 WHERE id = ?3",
+            )
+            .map_err(sql_err)?
+            .execute(params![now + lease_ms, now, task_id])
+            .map_err(sql_err)?;
+            find(conn, &task_id)
+        })
+        .await
+    }
+
+    async fn get(&self, task_id: String) -> QueueResult<Task> {
+        self.read(move |conn| find(conn, &task_id)).await
+    }
+
+    async fn list(
+        &self,
+        status: Option<Status>,
+        queue: Option<String>,
+        limit: u32,
+    ) -> QueueResult<Vec<Task>> {
+        self.read(move |conn| {
+            let mut sql = format!("SELECT {COLUMNS} FROM queue_tasks WHERE 1 = 1");
+            let mut args: Vec<rusqlite::types::Value> = Vec::new();
+            if let Some(status) = status {
+                sql.push_str(" AND status = ?");
+                args.push(status.as_str().to_string().into());
+            }
+            if let Some(queue) = queue {
+                sql.push_str(" AND queue = ?");
+                args.push(queue.into());
+            }
+            sql.push_str(" ORDER BY seq");
+            if limit > 0 {
+                sql.push_str(&format!(" LIMIT {limit}"));
+            }
+            conn.prepare_cached(&sql)
+                .map_err(sql_err)?
+                .query_map(params_from_iter(args), task_from_row)
+                .map_err(sql_err)?
+                .collect::<Result<_, _>>()
+                .map_err(sql_err)
+        })
+        .await
+    }
+
+    async fn cancel(&self, task_id: String, now: i64) -> QueueResult<Task> {
+        self.write(move |conn| {
+            let task = find(conn, &task_id)?;
+            if task.status != Status::Pending.as_str() && task.status != Status::InProgress.as_str() {
+                return Err(QueueError::FailedPrecondition(format!(
+                    "task {task_id} is {}; only PENDING and IN_PROGRESS tasks can be cancelled",
+                    task.status
+                )));
+            }
+            conn.prepare_cached(
+                "UPDATE queue_tasks SET status = 'CANCELLED', lease_id = '', lease_expires_at = 0, updated_at = ?1
+                 WHERE id = ?2",
+            )
+            .map_err(sql_err)?
+            .execute(params![now, task_id])
+            .map_err(sql_err)?;
+            find(conn, &task_id)
+        })
+        .await
+    }
+
+    async fn retry(&self, task_id: String, now: i64) -> QueueResult<Task> {
+        self.write(move |conn| {
+            let task = find(conn, &task_id)?;
+            if task.status != Status::Failed.as_str() && task.status != Status::Cancelled.as_str() {
+                return Err(QueueError::FailedPrecondition(format!(
+                    "task {task_id} is {}; only FAILED and CANCELLED tasks can be retried",
+                    task.status
+                )));
+            }
+            conn.prepare_cached(
+                "UPDATE queue_tasks SET status = 'PENDING', attempts = 0, run_at = ?1, worker_id = '', lease_id = '',
+                     lease_expires_at = 0, updated_at = ?1 WHERE id = ?2",
+            )
+            .map_err(sql_err)?
+            .execute(params![now, task_id])
+            .map_err(sql_err)?;
+            find(conn, &task_id)
+        })
+        .await
+    }
+
+    async fn stats(&self, now: i64) -> QueueResult<Stats> {
+        self.read(move |conn| {
+            let counts = conn
+                .prepare_cached("SELECT queue, status, COUNT(*) FROM queue_tasks GROUP BY queue, status ORDER BY queue, status")
+                .map_err(sql_err)?
+                .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get::<_, i64>(2)? as u64)))
+                .map_err(sql_err)?
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(sql_err)?;
+            let oldest: Option<i64> = conn
+                .query_row("SELECT MIN(run_at) FROM queue_tasks WHERE status = 'PENDING' AND run_at <= ?1", [now], |r| r.get(0))
+                .map_err(sql_err)?;
+            let in_flight: i64 = conn
+                .query_row(
+                    "SELECT COUNT(*) FROM queue_tasks WHERE status = 'IN_PROGRESS' AND lease_expires_at > ?1",
+                    [now],
+                    |r| r.get(0),
+                )
+                .map_err(sql_err)?;
+            Ok(Stats {
+                counts,
+                oldest_pending_age_ms: oldest.map(|t| (now - t).max(0)).unwrap_or(0),
+                in_flight_leases: in_flight as u64,
+            })
+        })
+        .await
+    }
+
+    async fn reap(&self, now: i64) -> QueueResult<u64> {
+        self.write(move |conn| reap_expired(conn, now)).await
+    }
+}
