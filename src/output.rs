@@ -68,6 +68,13 @@ impl Output {
         write_stdout(&text)
     }
 
+    /// Print `value` as one line of JSON (for streams of events, such as a server's).
+    pub fn json_line<T: Serialize + ?Sized>(&self, value: &T) -> Result<()> {
+        let mut text = serde_json::to_string(value).expect("output values serialize");
+        text.push('\n');
+        write_stdout(&text)
+    }
+
     /// Print human text as is (unless `--quiet`).
     pub fn text(&self, text: &str) -> Result<()> {
         if self.quiet {

@@ -62,5 +62,5 @@ pub async fn connect(url: &str, token: Option<&str>) -> Result<Client, ConnectEr
         })?;
     Ok(TaskQueueClient::with_interceptor(channel, AddToken(token))
         .max_decoding_message_size(super::server::MAX_MESSAGE)
-        .max_encoding_message_size(super::server::MAX_MESSAGE))
+        .max_encoding_message_size(4 * super::server::MAX_MESSAGE))
 }

@@ -137,8 +137,9 @@ pub fn serve(ws: &Workspace, out: &Output, args: &ServeArgs) -> Result<()> {
 
 fn announce(out: &Output, addr: SocketAddr, store: &str, auth: bool) -> Result<()> {
     if out.json {
-        return out
-            .json(&json!({"listening": format!("http://{addr}"), "store": store, "auth": auth}));
+        return out.json_line(
+            &json!({"listening": format!("http://{addr}"), "store": store, "auth": auth}),
+        );
     }
     out.text(&format!(
         "nova queue server listening on http://{addr} (store {store}{})\n",

@@ -18,8 +18,10 @@ use super::model::now_ms;
 use super::proto::task_queue_server::TaskQueueServer;
 use super::service::QueueService;
 
-/// Largest request the server decodes: a 1 MiB payload plus metadata, or a batch.
+/// Largest request the server accepts: a 1 MiB payload plus metadata, or a batch.
 pub const MAX_MESSAGE: usize = 16 * 1024 * 1024;
+/// What the transport decodes before the service checks [`MAX_MESSAGE`].
+const TRANSPORT_LIMIT: usize = 4 * MAX_MESSAGE;
 const REAP_EVERY: Duration = Duration::from_millis(500);
 
 /// Checks `authorization: Bearer <token>` in constant time when a token is set.
@@ -92,7 +94,7 @@ pub async fn serve<B: QueueBackend>(
         .await;
 
     let queue = TaskQueueServer::new(QueueService::new(backend))
-        .max_decoding_message_size(MAX_MESSAGE)
+        .max_decoding_message_size(TRANSPORT_LIMIT)
         .max_encoding_message_size(MAX_MESSAGE);
     let queue = tonic::service::interceptor::InterceptedService::new(queue, BearerAuth::new(token));
     let result = Server::builder()

@@ -15,6 +15,7 @@ use super::backend::{QueueBackend, QueueError};
 use super::model::{AckSpec, DequeueSpec, Status, now_ms};
 use super::proto::task_queue_server::TaskQueue;
 use super::proto::*;
+use super::server::MAX_MESSAGE;
 use super::validate;
 
 /// How often a long poll looks at the backend when nothing wakes it.
@@ -59,6 +60,19 @@ pub fn to_status(e: QueueError) -> GrpcStatus {
     }
 }
 
+/// Refuse a request larger than [`MAX_MESSAGE`]. The transport accepts up to
+/// four times that, so a client that sends too much reads this status rather
+/// than a reset stream.
+fn check_size(message: &impl prost::Message) -> Result<(), GrpcStatus> {
+    let len = message.encoded_len();
+    if len > MAX_MESSAGE {
+        return Err(GrpcStatus::resource_exhausted(format!(
+            "request is {len} bytes; the limit is {MAX_MESSAGE} bytes"
+        )));
+    }
+    Ok(())
+}
+
 fn invalid(message: String) -> GrpcStatus {
     GrpcStatus::invalid_argument(message)
 }
@@ -84,7 +98,9 @@ impl<B: QueueBackend> TaskQueue for QueueService<B> {
         &self,
         request: Request<EnqueueRequest>,
     ) -> Result<Response<EnqueueResponse>, GrpcStatus> {
-        let task = validate::enqueue("", request.into_inner()).map_err(invalid)?;
+        let request = request.into_inner();
+        check_size(&request)?;
+        let task = validate::enqueue("", request).map_err(invalid)?;
         let mut stored = self
             .backend
             .enqueue(vec![task], now_ms())
@@ -167,7 +183,9 @@ impl<B: QueueBackend> TaskQueue for QueueService<B> {
     }
 
     async fn ack(&self, request: Request<AckRequest>) -> Result<Response<AckResponse>, GrpcStatus> {
-        let spec = ack_spec("", request.into_inner())?;
+        let request = request.into_inner();
+        check_size(&request)?;
+        let spec = ack_spec("", request)?;
         let mut outcomes = self
             .backend
             .ack(vec![spec], now_ms())
@@ -303,6 +321,7 @@ impl<B: QueueBackend> TaskQueue for QueueService<B> {
         request: Request<EnqueueBatchRequest>,
     ) -> Result<Response<EnqueueBatchResponse>, GrpcStatus> {
         let req = request.into_inner();
+        check_size(&req)?;
         if req.tasks.len() > validate::MAX_BATCH {
             return Err(invalid(format!(
                 "tasks: {} tasks; at most {} per batch",
@@ -333,6 +352,7 @@ impl<B: QueueBackend> TaskQueue for QueueService<B> {
         request: Request<AckBatchRequest>,
     ) -> Result<Response<AckBatchResponse>, GrpcStatus> {
         let req = request.into_inner();
+        check_size(&req)?;
         if req.acks.len() > validate::MAX_BATCH {
             return Err(invalid(format!(
                 "acks: {} acks; at most {} per batch",

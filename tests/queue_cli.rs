@@ -1,0 +1,203 @@
+//! `nova queue` and `nova serve` through the real binary.
+
+mod common;
+
+use common::Workspace;
+
+#[test]
+fn enqueue_list_get_cancel_retry_stats_in_process() {
+    let ws = Workspace::new();
+    let task = ws
+        .run(&[
+            "queue",
+            "enqueue",
+            "build",
+            "--payload",
+            "{\"a\":1}",
+            "--meta",
+            "team=core",
+            "--priority",
+            "5",
+            "--json",
+        ])
+        .success()
+        .json();
+    let id = task["id"].as_str().unwrap().to_string();
+    assert_eq!(task["status"], "PENDING");
+    assert_eq!(task["metadata"]["team"], "core");
+    assert!(
+        ws.home().join("nova.db").exists(),
+        "the first write creates the store"
+    );
+
+    let again = ws
+        .run(&[
+            "queue",
+            "enqueue",
+            "build",
+            "--idempotency-key",
+            "k",
+            "--json",
+        ])
+        .success()
+        .json();
+    let same = ws
+        .run(&[
+            "queue",
+            "enqueue",
+            "build",
+            "--idempotency-key",
+            "k",
+            "--json",
+        ])
+        .success()
+        .json();
+    assert_eq!(again["id"], same["id"]);
+    assert_eq!(same["existing"], true);
+
+    let listed = ws.run(&["queue", "list", "--json"]).success().json();
+    assert_eq!(listed.as_array().unwrap().len(), 2);
+    assert_eq!(
+        ws.run(&["queue", "get", &id, "--json"]).success().json()["priority"],
+        5
+    );
+    assert_eq!(
+        ws.run(&["queue", "cancel", &id, "--json"]).success().json()["status"],
+        "CANCELLED"
+    );
+    assert_eq!(
+        ws.run(&["queue", "retry", &id, "--json"]).success().json()["status"],
+        "PENDING"
+    );
+    let stats = ws.run(&["queue", "stats", "--json"]).success().json();
+    assert_eq!(stats["counts"][0]["count"], 2);
+}
+
+#[test]
+fn bad_queue_input() {
+    let ws = Workspace::new();
+    ws.run(&["queue", "enqueue", "x", "--payload", "{nope"])
+        .code(2)
+        .stderr_has("--payload: not valid JSON");
+    ws.run(&["queue", "enqueue", "x", "--meta", "novalue"])
+        .code(2)
+        .stderr_has("--meta \"novalue\": expected KEY=VALUE");
+    ws.run(&["queue", "enqueue", "", "--json"])
+        .code(2)
+        .stderr_has("type: must not be empty");
+    ws.run(&["queue", "enqueue", "x", "--queue", "bad queue"])
+        .code(2)
+        .stderr_has("queue name");
+    ws.run(&["queue", "list", "--status", "DONE"])
+        .code(2)
+        .stderr_has("valid statuses");
+    ws.run(&["queue", "get", "missing"])
+        .code(2)
+        .stderr_has("task missing not found");
+    ws.run(&["queue", "--store", "mysql://x", "stats"])
+        .code(2)
+        .stderr_has("expected sqlite:PATH or redis://");
+}
+
+#[test]
+fn the_queue_refuses_a_store_that_is_not_sqlite() {
+    let ws = Workspace::new();
+    ws.write(".nova/nova.db", "plain text, not a database");
+    ws.run(&["queue", "stats"])
+        .code(2)
+        .stderr_has("is not a SQLite database");
+    assert_eq!(
+        std::fs::read_to_string(ws.home().join("nova.db")).unwrap(),
+        "plain text, not a database"
+    );
+}
+
+#[test]
+fn serve_refuses_a_public_address_without_a_token() {
+    let ws = Workspace::new();
+    ws.run(&["serve", "--listen", "0.0.0.0:0"])
+        .code(2)
+        .stderr_has("needs --token-file");
+    ws.write("empty-token", "\n");
+    ws.run(&[
+        "serve",
+        "--listen",
+        "0.0.0.0:0",
+        "--token-file",
+        "empty-token",
+    ])
+    .code(2)
+    .stderr_has("the file is empty");
+}
+
+#[test]
+fn serve_answers_remote_clients_and_stops_on_sigterm() {
+    use std::io::{BufRead, BufReader};
+    let ws = Workspace::new();
+    ws.write("token", "tok-123\n");
+    let mut server = std::process::Command::new(assert_cmd::cargo::cargo_bin("nova"))
+        .args([
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--token-file",
+            "token",
+            "--json",
+        ])
+        .current_dir(ws.path())
+        .env_remove("NOVA_HOME")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    BufReader::new(server.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    let announced: serde_json::Value = serde_json::from_str(&line).unwrap();
+    let url = announced["listening"].as_str().unwrap().to_string();
+
+    ws.run(&["queue", "--server", &url, "stats"])
+        .code(3)
+        .stderr_has("bearer token");
+    let task = ws
+        .run(&[
+            "queue",
+            "--server",
+            &url,
+            "--token-file",
+            "token",
+            "enqueue",
+            "remote",
+            "--json",
+        ])
+        .success()
+        .json();
+    let listed = ws
+        .run(&[
+            "queue",
+            "--server",
+            &url,
+            "--token-file",
+            "token",
+            "list",
+            "--json",
+        ])
+        .success()
+        .json();
+    assert_eq!(listed[0]["id"], task["id"]);
+
+    let pid = server.id().to_string();
+    assert!(
+        std::process::Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .unwrap()
+            .success()
+    );
+    let status = server.wait().unwrap();
+    assert!(
+        status.success(),
+        "nova serve exited with {status:?} on SIGTERM"
+    );
+}

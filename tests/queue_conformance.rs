@@ -1,0 +1,656 @@
+//! The queue's delivery rules, checked over real gRPC against a real store.
+//!
+//! Each test starts `queue::server::serve` on a free loopback port with a
+//! fresh backend and talks to it through nova's client. The same tests are
+//! meant to run unchanged against every backend: `backends()` lists them.
+
+use std::time::Duration;
+
+use nova::queue::client::{self, Client};
+use nova::queue::proto::*;
+use nova::queue::server;
+use nova::queue::sqlite::SqliteQueue;
+use tonic::Code;
+
+struct Harness {
+    client: Client,
+    url: String,
+    _stop: tokio::sync::oneshot::Sender<()>,
+    _dir: tempfile::TempDir,
+}
+
+async fn start(token: Option<&str>) -> Harness {
+    let dir = tempfile::tempdir().unwrap();
+    let backend = SqliteQueue::open(&dir.path().join("nova.db")).unwrap();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    tokio::spawn(server::serve(
+        backend,
+        listener,
+        token.map(String::from),
+        async {
+            let _ = stopped.await;
+        },
+    ));
+    let client = client::connect(&url, token).await.unwrap();
+    Harness {
+        client,
+        url,
+        _stop: stop,
+        _dir: dir,
+    }
+}
+
+fn req(kind: &str) -> EnqueueRequest {
+    EnqueueRequest {
+        r#type: kind.into(),
+        payload: "{}".into(),
+        ..Default::default()
+    }
+}
+
+async fn enqueue(c: &mut Client, r: EnqueueRequest) -> Task {
+    c.enqueue(r).await.unwrap().into_inner().task.unwrap()
+}
+
+async fn dequeue(c: &mut Client, worker: &str, lease_ms: u32) -> Option<Task> {
+    let resp = c
+        .dequeue(DequeueRequest {
+            worker_id: worker.into(),
+            lease_ms,
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(resp.has_task, resp.task.is_some());
+    resp.task
+}
+
+async fn list(c: &mut Client) -> Vec<Task> {
+    c.list_tasks(ListTasksRequest::default())
+        .await
+        .unwrap()
+        .into_inner()
+        .tasks
+}
+
+fn ack(task: &Task, success: bool) -> AckRequest {
+    AckRequest {
+        task_id: task.id.clone(),
+        success,
+        lease_id: task.lease_id.clone(),
+        ..Default::default()
+    }
+}
+
+#[tokio::test]
+async fn original_semantics_hold() {
+    let mut h = start(None).await;
+    let c = &mut h.client;
+    let before = nova::queue::model::now_ms();
+    let a = enqueue(c, req("a")).await;
+    let b = enqueue(c, req("b")).await;
+    assert_eq!(a.status, "PENDING");
+    assert!(
+        a.created_at >= before && a.created_at < before + 60_000,
+        "created_at is epoch milliseconds"
+    );
+
+    let got = dequeue(c, "w1", 0).await.unwrap();
+    assert_eq!(
+        (got.id.as_str(), got.status.as_str(), got.worker_id.as_str()),
+        (a.id.as_str(), "IN_PROGRESS", "w1")
+    );
+    let done = c
+        .ack(ack(&got, true))
+        .await
+        .unwrap()
+        .into_inner()
+        .task
+        .unwrap();
+    assert_eq!(done.status, "COMPLETED");
+
+    let got = dequeue(c, "w1", 0).await.unwrap();
+    assert_eq!(got.id, b.id);
+    let failed = c
+        .ack(AckRequest {
+            task_id: got.id.clone(),
+            success: false,
+            result: "boom".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .task
+        .unwrap();
+    assert_eq!(
+        failed.status, "FAILED",
+        "a failed ack without retry is final"
+    );
+    assert!(dequeue(c, "w1", 0).await.is_none());
+
+    let all = list(c).await;
+    assert_eq!(
+        all.iter().map(|t| t.id.as_str()).collect::<Vec<_>>(),
+        [a.id.as_str(), b.id.as_str()]
+    );
+    let err = c
+        .list_tasks(ListTasksRequest {
+            status: "DONE".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::InvalidArgument);
+    assert!(err.message().contains("status"), "{}", err.message());
+    let err = c
+        .ack(AckRequest {
+            task_id: "no-such-task".into(),
+            success: true,
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::NotFound);
+}
+
+#[tokio::test]
+async fn priority_then_age_and_delay() {
+    let mut h = start(None).await;
+    let c = &mut h.client;
+    let low = enqueue(c, req("low")).await;
+    let high = enqueue(
+        c,
+        EnqueueRequest {
+            priority: 10,
+            ..req("high")
+        },
+    )
+    .await;
+    let later = enqueue(
+        c,
+        EnqueueRequest {
+            delay_ms: 400,
+            priority: 100,
+            ..req("later")
+        },
+    )
+    .await;
+    assert_eq!(dequeue(c, "w", 0).await.unwrap().id, high.id);
+    assert_eq!(dequeue(c, "w", 0).await.unwrap().id, low.id);
+    assert!(
+        dequeue(c, "w", 0).await.is_none(),
+        "a delayed task is not due yet"
+    );
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(dequeue(c, "w", 0).await.unwrap().id, later.id);
+}
+
+#[tokio::test]
+async fn an_expired_lease_moves_the_task_and_the_late_ack_is_refused() {
+    let mut h = start(None).await;
+    let c = &mut h.client;
+    let t = enqueue(c, req("slow")).await;
+    let first = dequeue(c, "w1", 300).await.unwrap();
+    assert!(
+        dequeue(c, "w2", 300).await.is_none(),
+        "leased tasks are not handed out twice"
+    );
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let second = dequeue(c, "w2", 10_000)
+        .await
+        .expect("the task comes back after the lease");
+    assert_eq!(second.id, t.id);
+    assert_eq!(second.attempts, 2);
+    assert_ne!(second.lease_id, first.lease_id);
+
+    let late = c.ack(ack(&first, true)).await.unwrap_err();
+    assert_eq!(late.code(), Code::FailedPrecondition, "{}", late.message());
+    let hb = c
+        .heartbeat(HeartbeatRequest {
+            task_id: t.id.clone(),
+            lease_id: first.lease_id.clone(),
+            lease_ms: 0,
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(hb.code(), Code::FailedPrecondition);
+    let now = c
+        .get_task(GetTaskRequest {
+            task_id: t.id.clone(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .task
+        .unwrap();
+    assert_eq!(
+        (now.status.as_str(), now.worker_id.as_str()),
+        ("IN_PROGRESS", "w2")
+    );
+    assert_eq!(
+        c.ack(ack(&second, true))
+            .await
+            .unwrap()
+            .into_inner()
+            .task
+            .unwrap()
+            .status,
+        "COMPLETED"
+    );
+}
+
+#[tokio::test]
+async fn a_heartbeat_keeps_the_lease() {
+    let mut h = start(None).await;
+    let c = &mut h.client;
+    let t = enqueue(c, req("long")).await;
+    let held = dequeue(c, "w1", 300).await.unwrap();
+    for _ in 0..6 {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        c.heartbeat(HeartbeatRequest {
+            task_id: t.id.clone(),
+            lease_id: held.lease_id.clone(),
+            lease_ms: 300,
+        })
+        .await
+        .unwrap();
+        assert!(dequeue(c, "w2", 300).await.is_none());
+    }
+    c.ack(ack(&held, true)).await.unwrap();
+}
+
+#[tokio::test]
+async fn failed_attempts_retry_with_backoff_then_park() {
+    let mut h = start(None).await;
+    let c = &mut h.client;
+    let t = enqueue(
+        c,
+        EnqueueRequest {
+            max_attempts: 3,
+            retry_backoff_ms: 50,
+            ..req("flaky")
+        },
+    )
+    .await;
+    for attempt in 1..=3u32 {
+        let mut got = None;
+        for _ in 0..50 {
+            got = dequeue(c, "w", 0).await;
+            if got.is_some() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let got = got.expect("the retry becomes due");
+        assert_eq!(got.attempts, attempt);
+        let r = AckRequest {
+            retry: true,
+            error: format!("failure {attempt}"),
+            ..ack(&got, false)
+        };
+        let after = c.ack(r).await.unwrap().into_inner().task.unwrap();
+        if attempt < 3 {
+            assert_eq!(after.status, "PENDING");
+            assert!(
+                after.run_at > after.updated_at,
+                "a retry waits for its backoff"
+            );
+        } else {
+            assert_eq!(after.status, "FAILED");
+            assert_eq!(after.last_error, "failure 3");
+        }
+    }
+    let dead = c
+        .list_tasks(ListTasksRequest {
+            status: "FAILED".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .tasks;
+    assert_eq!(dead.len(), 1);
+    let again = c
+        .retry(RetryRequest {
+            task_id: t.id.clone(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .task
+        .unwrap();
+    assert_eq!((again.status.as_str(), again.attempts), ("PENDING", 0));
+    assert_eq!(dequeue(c, "w", 0).await.unwrap().id, t.id);
+}
+
+#[tokio::test]
+async fn idempotency_cancel_and_stats() {
+    let mut h = start(None).await;
+    let c = &mut h.client;
+    let first = c
+        .enqueue(EnqueueRequest {
+            idempotency_key: "k".into(),
+            ..req("once")
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let second = c
+        .enqueue(EnqueueRequest {
+            idempotency_key: "k".into(),
+            ..req("once")
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(!first.existing && second.existing);
+    assert_eq!(first.task.unwrap().id, second.task.as_ref().unwrap().id);
+    assert_eq!(list(c).await.len(), 1);
+
+    let other = enqueue(
+        c,
+        EnqueueRequest {
+            queue: "mail".into(),
+            ..req("send")
+        },
+    )
+    .await;
+    let cancelled = c
+        .cancel(CancelRequest {
+            task_id: other.id.clone(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .task
+        .unwrap();
+    assert_eq!(cancelled.status, "CANCELLED");
+    let again = c
+        .cancel(CancelRequest {
+            task_id: other.id.clone(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(again.code(), Code::FailedPrecondition);
+
+    let held = dequeue(c, "w", 0).await.unwrap();
+    let stats = c.stats(StatsRequest {}).await.unwrap().into_inner();
+    assert_eq!(stats.in_flight_leases, 1);
+    let counts: Vec<(String, String, u64)> = stats
+        .counts
+        .into_iter()
+        .map(|c| (c.queue, c.status, c.count))
+        .collect();
+    assert_eq!(
+        counts,
+        [
+            ("default".into(), "IN_PROGRESS".into(), 1),
+            ("mail".into(), "CANCELLED".into(), 1)
+        ]
+    );
+    c.ack(ack(&held, true)).await.unwrap();
+}
+
+#[tokio::test]
+async fn batches_and_queue_selection() {
+    let mut h = start(None).await;
+    let c = &mut h.client;
+    let tasks = (0..10)
+        .map(|i| EnqueueRequest {
+            queue: if i % 2 == 0 { "even" } else { "odd" }.into(),
+            ..req(&format!("t{i}"))
+        })
+        .collect();
+    let stored = c
+        .enqueue_batch(EnqueueBatchRequest { tasks })
+        .await
+        .unwrap()
+        .into_inner()
+        .tasks;
+    assert_eq!(stored.len(), 10);
+    let got = c
+        .dequeue(DequeueRequest {
+            worker_id: "w".into(),
+            queues: vec!["odd".into()],
+            max_tasks: 10,
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(got.tasks.len(), 5);
+    assert!(got.tasks.iter().all(|t| t.queue == "odd"));
+    let mut acks: Vec<AckRequest> = got.tasks.iter().map(|t| ack(t, true)).collect();
+    acks.push(AckRequest {
+        task_id: "missing".into(),
+        success: true,
+        ..Default::default()
+    });
+    let outcomes = c
+        .ack_batch(AckBatchRequest { acks })
+        .await
+        .unwrap()
+        .into_inner()
+        .outcomes;
+    assert!(outcomes[..5].iter().all(|o| o.code == 0));
+    assert_eq!(outcomes[5].code, Code::NotFound as i32);
+}
+
+#[tokio::test]
+async fn a_long_poll_wakes_on_enqueue() {
+    let h = start(None).await;
+    let mut waiter = h.client.clone();
+    let poll = tokio::spawn(async move {
+        waiter
+            .dequeue(DequeueRequest {
+                worker_id: "w".into(),
+                wait_ms: 10_000,
+                ..Default::default()
+            })
+            .await
+            .unwrap()
+            .into_inner()
+    });
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let mut c = h.client.clone();
+    let t = enqueue(&mut c, req("wake")).await;
+    let got = poll.await.unwrap();
+    assert_eq!(got.task.unwrap().id, t.id);
+}
+
+#[tokio::test]
+async fn bad_requests_are_refused_and_change_nothing() {
+    let mut h = start(None).await;
+    let c = &mut h.client;
+    enqueue(c, req("keep")).await;
+    let stored = list(c).await;
+    let meta = |k: &str, v: usize| TaskMetadataEntry {
+        key: k.into(),
+        value: "v".repeat(v),
+    };
+    let cases: Vec<(EnqueueRequest, Code, &str)> = vec![
+        (req(""), Code::InvalidArgument, "type"),
+        (req(&"x".repeat(129)), Code::InvalidArgument, "type"),
+        (
+            EnqueueRequest {
+                payload: "p".repeat(1024 * 1024 + 1),
+                ..req("big")
+            },
+            Code::InvalidArgument,
+            "payload",
+        ),
+        (
+            EnqueueRequest {
+                metadata: (0..65).map(|i| meta(&format!("k{i}"), 1)).collect(),
+                ..req("m")
+            },
+            Code::InvalidArgument,
+            "metadata",
+        ),
+        (
+            EnqueueRequest {
+                metadata: vec![meta("bad key", 1)],
+                ..req("m")
+            },
+            Code::InvalidArgument,
+            "metadata[0].key",
+        ),
+        (
+            EnqueueRequest {
+                metadata: vec![meta("", 1)],
+                ..req("m")
+            },
+            Code::InvalidArgument,
+            "metadata[0].key",
+        ),
+        (
+            EnqueueRequest {
+                metadata: vec![meta("k", 4097)],
+                ..req("m")
+            },
+            Code::InvalidArgument,
+            "metadata[0].value",
+        ),
+        (
+            EnqueueRequest {
+                queue: "no spaces".into(),
+                ..req("q")
+            },
+            Code::InvalidArgument,
+            "queue",
+        ),
+        (
+            EnqueueRequest {
+                payload: "p".repeat(17 * 1024 * 1024),
+                ..req("huge")
+            },
+            Code::ResourceExhausted,
+            "limit",
+        ),
+    ];
+    for (request, code, field) in cases {
+        let err = c.enqueue(request).await.unwrap_err();
+        assert_eq!(err.code(), code, "{field}: {}", err.message());
+        assert!(
+            err.message().contains(field),
+            "message {:?} does not name {field}",
+            err.message()
+        );
+    }
+    let batch = EnqueueBatchRequest {
+        tasks: vec![req("fine"), req("")],
+    };
+    let err = c.enqueue_batch(batch).await.unwrap_err();
+    assert_eq!(err.code(), Code::InvalidArgument);
+    assert!(err.message().contains("tasks[1].type"), "{}", err.message());
+    let err = c
+        .dequeue(DequeueRequest {
+            queues: vec!["bad queue".into()],
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    assert!(err.message().contains("queues[0]"), "{}", err.message());
+    let err = c
+        .dequeue(DequeueRequest {
+            wait_ms: 60_001,
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    assert!(err.message().contains("wait_ms"), "{}", err.message());
+
+    assert_eq!(
+        list(c).await,
+        stored,
+        "a refused request changed stored tasks"
+    );
+}
+
+#[tokio::test]
+async fn a_token_is_required_when_set() {
+    let h = start(Some("s3cret")).await;
+    let mut anonymous = client::connect(&h.url, None).await.unwrap();
+    assert_eq!(
+        anonymous.stats(StatsRequest {}).await.unwrap_err().code(),
+        Code::Unauthenticated
+    );
+    let mut wrong = client::connect(&h.url, Some("guess")).await.unwrap();
+    assert_eq!(
+        wrong.stats(StatsRequest {}).await.unwrap_err().code(),
+        Code::Unauthenticated
+    );
+    let mut right = h.client.clone();
+    right.stats(StatsRequest {}).await.unwrap();
+}
+
+mod original {
+    include!(concat!(env!("OUT_DIR"), "/original/nova.taskqueue.rs"));
+}
+
+#[tokio::test]
+async fn a_client_of_the_original_proto_still_works() {
+    use original::task_queue_client::TaskQueueClient;
+    let h = start(None).await;
+    let mut c = TaskQueueClient::connect(h.url.clone()).await.unwrap();
+    let task = c
+        .enqueue(original::EnqueueRequest {
+            r#type: "legacy".into(),
+            payload: "{\"x\":1}".into(),
+            metadata: vec![original::TaskMetadataEntry {
+                key: "k".into(),
+                value: "v".into(),
+            }],
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .task
+        .unwrap();
+    assert_eq!(task.status, "PENDING");
+    let got = c
+        .dequeue(original::DequeueRequest {
+            worker_id: "old-worker".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(got.has_task);
+    let got = got.task.unwrap();
+    assert_eq!(
+        (got.id.as_str(), got.worker_id.as_str(), got.status.as_str()),
+        (task.id.as_str(), "old-worker", "IN_PROGRESS")
+    );
+    assert_eq!(got.metadata[0].key, "k");
+    let acked = c
+        .ack(original::AckRequest {
+            task_id: got.id.clone(),
+            success: true,
+            result: "ok".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(acked.task.unwrap().status, "COMPLETED");
+    let all = c
+        .list_tasks(original::ListTasksRequest {
+            status: String::new(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .tasks;
+    assert_eq!(all.len(), 1);
+    assert_eq!(all[0].result, "ok");
+    let err = c
+        .list_tasks(original::ListTasksRequest {
+            status: "nope".into(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::InvalidArgument);
+}
