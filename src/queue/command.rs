@@ -327,9 +327,8 @@ async fn execute(client: &mut Client, out: &Output, action: Action) -> Result<()
                 .await
                 .map_err(grpc_error)?
                 .into_inner()
-                .task
-                .unwrap_or_default();
-            show_task(out, &task)
+                .task;
+            show_task(out, &task.unwrap_or_default())
         }
         Action::Cancel(id) => {
             let task = client
@@ -337,9 +336,8 @@ async fn execute(client: &mut Client, out: &Output, action: Action) -> Result<()
                 .await
                 .map_err(grpc_error)?
                 .into_inner()
-                .task
-                .unwrap_or_default();
-            show_task(out, &task)
+                .task;
+            show_task(out, &task.unwrap_or_default())
         }
         Action::Retry(id) => {
             let task = client
@@ -347,9 +345,8 @@ async fn execute(client: &mut Client, out: &Output, action: Action) -> Result<()
                 .await
                 .map_err(grpc_error)?
                 .into_inner()
-                .task
-                .unwrap_or_default();
-            show_task(out, &task)
+                .task;
+            show_task(out, &task.unwrap_or_default())
         }
         Action::Stats => {
             let stats = client
