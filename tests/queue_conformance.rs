@@ -1,13 +1,20 @@
 //! The queue's delivery rules, checked over real gRPC against a real store.
 //!
 //! Each test starts `queue::server::serve` on a free loopback port with a
-//! fresh backend and talks to it through nova's client. The same tests are
-//! meant to run unchanged against every backend: `backends()` lists them.
+//! fresh backend and talks to it through nova's client. Every test runs
+//! unchanged against each backend (`conformance!` at the bottom makes a
+//! `sqlite::` and a `redis::` copy): a SQLite file in a temporary folder, and
+//! a `redis-server` the test starts on a free port and stops.
+
+mod common;
 
 use std::time::Duration;
 
+use common::redis_server::RedisServer;
+use nova::queue::any::AnyQueue;
 use nova::queue::client::{self, Client};
 use nova::queue::proto::*;
+use nova::queue::redis::RedisQueue;
 use nova::queue::server;
 use nova::queue::sqlite::SqliteQueue;
 use tonic::Code;
@@ -17,11 +24,28 @@ struct Harness {
     url: String,
     _stop: tokio::sync::oneshot::Sender<()>,
     _dir: tempfile::TempDir,
+    _redis: Option<RedisServer>,
 }
 
-async fn start(token: Option<&str>) -> Harness {
+#[derive(Clone, Copy)]
+enum Backend {
+    Sqlite,
+    Redis,
+}
+
+async fn start(backend: Backend, token: Option<&str>) -> Harness {
     let dir = tempfile::tempdir().unwrap();
-    let backend = SqliteQueue::open(&dir.path().join("nova.db")).unwrap();
+    let (backend, redis) = match backend {
+        Backend::Sqlite => (
+            AnyQueue::Sqlite(SqliteQueue::open(&dir.path().join("nova.db")).unwrap()),
+            None,
+        ),
+        Backend::Redis => {
+            let server = RedisServer::start();
+            let queue = RedisQueue::connect(&server.url()).await.unwrap();
+            (AnyQueue::Redis(queue), Some(server))
+        }
+    };
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let url = format!("http://{}", listener.local_addr().unwrap());
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
@@ -39,6 +63,7 @@ async fn start(token: Option<&str>) -> Harness {
         url,
         _stop: stop,
         _dir: dir,
+        _redis: redis,
     }
 }
 
@@ -85,9 +110,8 @@ fn ack(task: &Task, success: bool) -> AckRequest {
     }
 }
 
-#[tokio::test]
-async fn original_semantics_hold() {
-    let mut h = start(None).await;
+async fn original_semantics_hold(backend: Backend) {
+    let mut h = start(backend, None).await;
     let c = &mut h.client;
     let before = nova::queue::model::now_ms();
     let a = enqueue(c, req("a")).await;
@@ -157,9 +181,8 @@ async fn original_semantics_hold() {
     assert_eq!(err.code(), Code::NotFound);
 }
 
-#[tokio::test]
-async fn priority_then_age_and_delay() {
-    let mut h = start(None).await;
+async fn priority_then_age_and_delay(backend: Backend) {
+    let mut h = start(backend, None).await;
     let c = &mut h.client;
     let low = enqueue(c, req("low")).await;
     let high = enqueue(
@@ -189,9 +212,8 @@ async fn priority_then_age_and_delay() {
     assert_eq!(dequeue(c, "w", 0).await.unwrap().id, later.id);
 }
 
-#[tokio::test]
-async fn an_expired_lease_moves_the_task_and_the_late_ack_is_refused() {
-    let mut h = start(None).await;
+async fn an_expired_lease_moves_the_task_and_the_late_ack_is_refused(backend: Backend) {
+    let mut h = start(backend, None).await;
     let c = &mut h.client;
     let t = enqueue(c, req("slow")).await;
     let first = dequeue(c, "w1", 300).await.unwrap();
@@ -243,9 +265,8 @@ async fn an_expired_lease_moves_the_task_and_the_late_ack_is_refused() {
     );
 }
 
-#[tokio::test]
-async fn a_heartbeat_keeps_the_lease() {
-    let mut h = start(None).await;
+async fn a_heartbeat_keeps_the_lease(backend: Backend) {
+    let mut h = start(backend, None).await;
     let c = &mut h.client;
     let t = enqueue(c, req("long")).await;
     let held = dequeue(c, "w1", 300).await.unwrap();
@@ -261,11 +282,37 @@ async fn a_heartbeat_keeps_the_lease() {
         assert!(dequeue(c, "w2", 300).await.is_none());
     }
     c.ack(ack(&held, true)).await.unwrap();
+
+    // Once a lease has run out, its holder can neither extend it nor ack,
+    // even before the reaper or another worker has taken the task back.
+    let t = enqueue(c, req("short")).await;
+    let held = dequeue(c, "w1", 50).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(80)).await;
+    let err = c
+        .heartbeat(HeartbeatRequest {
+            task_id: t.id.clone(),
+            lease_id: held.lease_id.clone(),
+            lease_ms: 300,
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::FailedPrecondition, "{err:?}");
+    let err = c.ack(ack(&held, true)).await.unwrap_err();
+    assert_eq!(err.code(), Code::FailedPrecondition, "{err:?}");
+    assert_ne!(
+        c.get_task(GetTaskRequest { task_id: t.id })
+            .await
+            .unwrap()
+            .into_inner()
+            .task
+            .unwrap()
+            .status,
+        "COMPLETED"
+    );
 }
 
-#[tokio::test]
-async fn failed_attempts_retry_with_backoff_then_park() {
-    let mut h = start(None).await;
+async fn failed_attempts_retry_with_backoff_then_park(backend: Backend) {
+    let mut h = start(backend, None).await;
     let c = &mut h.client;
     let t = enqueue(
         c,
@@ -327,9 +374,8 @@ async fn failed_attempts_retry_with_backoff_then_park() {
     assert_eq!(dequeue(c, "w", 0).await.unwrap().id, t.id);
 }
 
-#[tokio::test]
-async fn idempotency_cancel_and_stats() {
-    let mut h = start(None).await;
+async fn idempotency_cancel_and_stats(backend: Backend) {
+    let mut h = start(backend, None).await;
     let c = &mut h.client;
     let first = c
         .enqueue(EnqueueRequest {
@@ -395,9 +441,8 @@ async fn idempotency_cancel_and_stats() {
     c.ack(ack(&held, true)).await.unwrap();
 }
 
-#[tokio::test]
-async fn batches_and_queue_selection() {
-    let mut h = start(None).await;
+async fn batches_and_queue_selection(backend: Backend) {
+    let mut h = start(backend, None).await;
     let c = &mut h.client;
     let tasks = (0..10)
         .map(|i| EnqueueRequest {
@@ -440,9 +485,8 @@ async fn batches_and_queue_selection() {
     assert_eq!(outcomes[5].code, Code::NotFound as i32);
 }
 
-#[tokio::test]
-async fn a_long_poll_wakes_on_enqueue() {
-    let h = start(None).await;
+async fn a_long_poll_wakes_on_enqueue(backend: Backend) {
+    let h = start(backend, None).await;
     let mut waiter = h.client.clone();
     let poll = tokio::spawn(async move {
         waiter
@@ -462,9 +506,8 @@ async fn a_long_poll_wakes_on_enqueue() {
     assert_eq!(got.task.unwrap().id, t.id);
 }
 
-#[tokio::test]
-async fn bad_requests_are_refused_and_change_nothing() {
-    let mut h = start(None).await;
+async fn bad_requests_are_refused_and_change_nothing(backend: Backend) {
+    let mut h = start(backend, None).await;
     let c = &mut h.client;
     enqueue(c, req("keep")).await;
     let stored = list(c).await;
@@ -571,9 +614,8 @@ async fn bad_requests_are_refused_and_change_nothing() {
     );
 }
 
-#[tokio::test]
-async fn a_token_is_required_when_set() {
-    let h = start(Some("s3cret")).await;
+async fn a_token_is_required_when_set(backend: Backend) {
+    let h = start(backend, Some("s3cret")).await;
     let mut anonymous = client::connect(&h.url, None).await.unwrap();
     assert_eq!(
         anonymous.stats(StatsRequest {}).await.unwrap_err().code(),
@@ -592,10 +634,9 @@ mod original {
     include!(concat!(env!("OUT_DIR"), "/original/nova.taskqueue.rs"));
 }
 
-#[tokio::test]
-async fn a_client_of_the_original_proto_still_works() {
+async fn a_client_of_the_original_proto_still_works(backend: Backend) {
     use original::task_queue_client::TaskQueueClient;
-    let h = start(None).await;
+    let h = start(backend, None).await;
     let mut c = TaskQueueClient::connect(h.url.clone()).await.unwrap();
     let task = c
         .enqueue(original::EnqueueRequest {
@@ -654,3 +695,34 @@ async fn a_client_of_the_original_proto_still_works() {
         .unwrap_err();
     assert_eq!(err.code(), Code::InvalidArgument);
 }
+
+macro_rules! conformance {
+    ($($name:ident),* $(,)?) => {
+        mod sqlite {
+            $(#[tokio::test]
+            async fn $name() {
+                super::$name(super::Backend::Sqlite).await
+            })*
+        }
+        mod redis {
+            $(#[tokio::test]
+            async fn $name() {
+                super::$name(super::Backend::Redis).await
+            })*
+        }
+    };
+}
+
+conformance!(
+    original_semantics_hold,
+    priority_then_age_and_delay,
+    an_expired_lease_moves_the_task_and_the_late_ack_is_refused,
+    a_heartbeat_keeps_the_lease,
+    failed_attempts_retry_with_backoff_then_park,
+    idempotency_cancel_and_stats,
+    batches_and_queue_selection,
+    a_long_poll_wakes_on_enqueue,
+    bad_requests_are_refused_and_change_nothing,
+    a_token_is_required_when_set,
+    a_client_of_the_original_proto_still_works
+);

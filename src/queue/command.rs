@@ -10,9 +10,12 @@ use std::path::{Path, PathBuf};
 use serde_json::{Value, json};
 use tonic::Code;
 
+use super::any::AnyQueue;
+use super::backend::QueueError;
 use super::client::{self, Client};
 use super::model::Status;
 use super::proto::*;
+use super::redis::RedisQueue;
 use super::server;
 use super::sqlite::SqliteQueue;
 use crate::cli::{QueueAction, QueueArgs, ServeArgs, StoreArg};
@@ -80,10 +83,21 @@ fn open_sqlite(path: &Path) -> Result<SqliteQueue> {
     })
 }
 
-fn redis_unsupported(url: &str) -> Error {
-    Error::usage(format!(
-        "--store {url}: this build of nova has no Redis queue backend yet; use sqlite:PATH"
-    ))
+/// Open the backend `store` names; `label` is how messages name it.
+pub async fn open_queue(store: &StoreUrl) -> Result<(AnyQueue, String)> {
+    match store {
+        StoreUrl::Sqlite(path) => Ok((
+            AnyQueue::Sqlite(open_sqlite(path)?),
+            format!("sqlite:{}", path.display()),
+        )),
+        StoreUrl::Redis(url) => {
+            let queue = RedisQueue::connect(url).await.map_err(|e| match e {
+                QueueError::InvalidArgument(m) => Error::usage(format!("--store: {m}")),
+                other => Error::Failed(other.to_string()),
+            })?;
+            Ok((AnyQueue::Redis(queue), url.clone()))
+        }
+    }
 }
 
 fn read_token(file: Option<&Path>) -> Result<Option<String>> {
@@ -116,19 +130,9 @@ pub fn serve(ws: &Workspace, out: &Output, args: &ServeArgs) -> Result<()> {
         let addr = listener
             .local_addr()
             .map_err(|e| Error::Failed(e.to_string()))?;
-        let served = match &store {
-            StoreUrl::Sqlite(path) => {
-                let backend = open_sqlite(path)?;
-                announce(
-                    out,
-                    addr,
-                    &format!("sqlite:{}", path.display()),
-                    token.is_some(),
-                )?;
-                server::serve(backend, listener, token, server::signal()).await
-            }
-            StoreUrl::Redis(url) => return Err(redis_unsupported(url)),
-        };
+        let (backend, label) = open_queue(&store).await?;
+        announce(out, addr, &label, token.is_some())?;
+        let served = server::serve(backend, listener, token, server::signal()).await;
         served.map_err(|e| Error::Failed(format!("server error: {e}")))?;
         tracing::info!("server stopped");
         Ok(())
@@ -160,12 +164,7 @@ pub fn run(ws: &Workspace, out: &Output, args: &QueueArgs) -> Result<()> {
                 execute(&mut client, out, action).await
             }
             None => {
-                let StoreUrl::Sqlite(path) = StoreUrl::resolve(ws, &args.store)? else {
-                    return Err(redis_unsupported(
-                        args.store.store.as_deref().unwrap_or("redis"),
-                    ));
-                };
-                let backend = open_sqlite(&path)?;
+                let (backend, _) = open_queue(&StoreUrl::resolve(ws, &args.store)?).await?;
                 let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
                     .await
                     .map_err(|e| Error::Failed(e.to_string()))?;

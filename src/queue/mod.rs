@@ -8,11 +8,13 @@
 //! [`backend::QueueBackend`] with the same rules; `tests/queue_conformance.rs`
 //! checks them against each other.
 
+pub mod any;
 pub mod backend;
 pub mod client;
 pub mod command;
 pub mod model;
 pub mod proto;
+pub mod redis;
 pub mod server;
 pub mod service;
 pub mod sqlite;

@@ -131,6 +131,13 @@ pub fn new_id() -> String {
 /// `base * 2^(attempts - 1)`, capped at an hour, with jitter drawn from the
 /// upper half so retries of many tasks spread out without coming early.
 pub fn backoff_ms(base_ms: u32, attempts: u32) -> i64 {
+    backoff_at(base_ms, attempts, rand::rng().random::<f64>())
+}
+
+/// [`backoff_ms`] with the jitter given: `fraction` in `[0, 1)` picks the
+/// point in the upper half. The Redis backend's Lua computes the same thing
+/// (`backoff` in `redis/prelude.lua`) from a fraction this side draws.
+pub fn backoff_at(base_ms: u32, attempts: u32, fraction: f64) -> i64 {
     let base = if base_ms == 0 {
         DEFAULT_BACKOFF_MS
     } else {
@@ -141,7 +148,8 @@ pub fn backoff_ms(base_ms: u32, attempts: u32) -> i64 {
         .saturating_mul(1u64 << exp)
         .min(MAX_BACKOFF.as_millis() as u64);
     let low = full / 2;
-    rand::rng().random_range(low..=full) as i64
+    let jitter = ((full - low + 1) as f64 * fraction.clamp(0.0, 1.0)) as u64;
+    (low + jitter).min(full) as i64
 }
 
 #[cfg(test)]
@@ -157,6 +165,9 @@ mod tests {
             assert!((200..=400).contains(&third), "{third}");
             assert!(backoff_ms(1000, 40) <= 3_600_000);
         }
+        assert_eq!(backoff_at(100, 2, 0.0), 100);
+        assert_eq!(backoff_at(100, 2, 0.999_999), 200);
+        assert_eq!(backoff_at(0, 1, 0.0), 500, "0 means the default base");
     }
 
     #[test]

@@ -11,6 +11,8 @@ pub const MAX_KEY_LEN: usize = 128;
 pub const MAX_VALUE_LEN: usize = 4 * 1024;
 pub const MAX_ATTEMPTS: u32 = 1000;
 pub const MAX_BATCH: usize = 1000;
+/// A year: longer delays are more likely a unit mistake than a plan.
+pub const MAX_DELAY_MS: u64 = 365 * 24 * 3600 * 1000;
 
 /// True for names of the form `[A-Za-z0-9_.-]{1,128}` (metadata keys, queue names).
 pub fn is_name(s: &str) -> bool {
@@ -74,6 +76,12 @@ pub fn enqueue(field: &str, req: EnqueueRequest) -> Result<NewTask, String> {
         return Err(format!(
             "{field}max_attempts: {} is more than {MAX_ATTEMPTS}",
             req.max_attempts
+        ));
+    }
+    if req.delay_ms > MAX_DELAY_MS {
+        return Err(format!(
+            "{field}delay_ms: {} is more than a year ({MAX_DELAY_MS} ms)",
+            req.delay_ms
         ));
     }
     if req.idempotency_key.len() > 256 {

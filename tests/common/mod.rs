@@ -128,3 +128,4 @@ impl Workspace {
         out
     }
 }
+pub mod redis_server;

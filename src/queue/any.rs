@@ -1,0 +1,75 @@
+//! [`AnyQueue`]: whichever backend the store URL names, as one type, so the
+//! server and the commands are written once.
+
+use super::backend::{QueueBackend, QueueResult};
+use super::model::{AckSpec, DequeueSpec, NewTask, Stats, Status, Task};
+use super::redis::RedisQueue;
+use super::sqlite::SqliteQueue;
+
+#[derive(Clone)]
+pub enum AnyQueue {
+    Sqlite(SqliteQueue),
+    Redis(RedisQueue),
+}
+
+macro_rules! each {
+    ($self:ident, $q:ident => $call:expr) => {
+        match $self {
+            AnyQueue::Sqlite($q) => $call.await,
+            AnyQueue::Redis($q) => $call.await,
+        }
+    };
+}
+
+impl QueueBackend for AnyQueue {
+    async fn enqueue(&self, tasks: Vec<NewTask>, now: i64) -> QueueResult<Vec<(Task, bool)>> {
+        each!(self, q => q.enqueue(tasks, now))
+    }
+
+    async fn dequeue(&self, spec: DequeueSpec, now: i64) -> QueueResult<Vec<Task>> {
+        each!(self, q => q.dequeue(spec, now))
+    }
+
+    async fn ack(&self, acks: Vec<AckSpec>, now: i64) -> QueueResult<Vec<QueueResult<Task>>> {
+        each!(self, q => q.ack(acks, now))
+    }
+
+    async fn heartbeat(
+        &self,
+        task_id: String,
+        lease_id: String,
+        lease_ms: u32,
+        now: i64,
+    ) -> QueueResult<Task> {
+        each!(self, q => q.heartbeat(task_id, lease_id, lease_ms, now))
+    }
+
+    async fn get(&self, task_id: String) -> QueueResult<Task> {
+        each!(self, q => q.get(task_id))
+    }
+
+    async fn list(
+        &self,
+        status: Option<Status>,
+        queue: Option<String>,
+        limit: u32,
+    ) -> QueueResult<Vec<Task>> {
+        each!(self, q => q.list(status, queue, limit))
+    }
+
+    async fn cancel(&self, task_id: String, now: i64) -> QueueResult<Task> {
+        each!(self, q => q.cancel(task_id, now))
+    }
+
+    async fn retry(&self, task_id: String, now: i64) -> QueueResult<Task> {
+        each!(self, q => q.retry(task_id, now))
+    }
+
+    async fn stats(&self, now: i64) -> QueueResult<Stats> {
+        each!(self, q => q.stats(now))
+    }
+
+    async fn reap(&self, now: i64) -> QueueResult<u64> {
+        each!(self, q => q.reap(now))
+    }
+}

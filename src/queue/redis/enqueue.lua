@@ -1,0 +1,30 @@
+-- ARGV: P, now, then 10 per task: id, queue, type, payload, metadata,
+-- priority, max_attempts, retry_backoff_ms, run_at, idempotency_key.
+-- Answers, per task, {'new' or 'existing', fields...}.
+local out = {}
+for i = 3, #ARGV, 10 do
+  local id, queue, idem = ARGV[i], ARGV[i + 1], ARGV[i + 9]
+  local existing = idem ~= '' and redis.call('GET', P .. 'idem:' .. idem)
+  if existing then
+    local t = fetch(existing)
+    table.insert(t, 1, 'existing')
+    out[#out + 1] = t
+  else
+    local priority, run_at = tonumber(ARGV[i + 5]), tonumber(ARGV[i + 8])
+    local seq = redis.call('INCR', P .. 'seq')
+    redis.call('HSET', tkey(id), 'id', id, 'queue', queue, 'type', ARGV[i + 2], 'payload', ARGV[i + 3],
+      'metadata', ARGV[i + 4], 'status', 'PENDING', 'priority', priority, 'attempts', 0,
+      'max_attempts', ARGV[i + 6], 'retry_backoff_ms', ARGV[i + 7], 'run_at', run_at, 'created_at', NOW,
+      'updated_at', NOW, 'result', '', 'worker_id', '', 'idempotency_key', idem, 'last_error', '',
+      'lease_expires_at', 0, 'lease_id', '', 'seq', seq)
+    if idem ~= '' then redis.call('SET', P .. 'idem:' .. idem, id) end
+    redis.call('SADD', P .. 'queues', queue)
+    redis.call('ZADD', P .. 'all', seq, id)
+    count(queue, 'PENDING', 1)
+    file_pending(id, queue, priority, run_at, seq)
+    local t = fetch(id)
+    table.insert(t, 1, 'new')
+    out[#out + 1] = t
+  end
+end
+return out

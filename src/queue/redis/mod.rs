@@ -1,0 +1,431 @@
+//! The Redis queue backend: for many machines sharing one queue.
+//!
+//! Every step that changes a task is one Lua script (in this folder), so
+//! Redis applies it whole or not at all, and several `nova serve` processes
+//! can share a Redis without locks of their own. A server or worker that dies
+//! between two steps leaves each task in exactly one state: pending (in a
+//! ready or delayed set), leased (in the lease set, reaped when it expires),
+//! or finished. The key layout is described in `prelude.lua`. Durability is
+//! Redis's own: run it with `--appendonly yes --appendfsync always` when an
+//! acknowledged enqueue must survive a power cut.
+
+use std::sync::LazyLock;
+
+use ::redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use ::redis::{RedisError, Script, Value};
+use rand::Rng;
+
+use super::backend::{QueueBackend, QueueError, QueueResult};
+use super::model::{AckSpec, DEFAULT_LEASE_MS, DequeueSpec, NewTask, Stats, Status, Task, new_id};
+use super::proto::TaskMetadataEntry;
+
+const PRELUDE: &str = include_str!("prelude.lua");
+/// The key prefix of the queue's data in Redis.
+pub const PREFIX: &str = "nova:q:";
+/// Most expired leases one script returns to the queue.
+const REAP_LIMIT: u32 = 1000;
+/// How many tasks `list` reads from Redis per round trip.
+const LIST_CHUNK: isize = 200;
+
+fn script(body: &str) -> Script {
+    Script::new(&format!("{PRELUDE}\n{body}"))
+}
+
+struct Scripts {
+    enqueue: Script,
+    dequeue: Script,
+    ack: Script,
+    heartbeat: Script,
+    cancel: Script,
+    retry: Script,
+    reap: Script,
+}
+
+static SCRIPTS: LazyLock<Scripts> = LazyLock::new(|| Scripts {
+    enqueue: script(include_str!("enqueue.lua")),
+    dequeue: script(include_str!("dequeue.lua")),
+    ack: script(include_str!("ack.lua")),
+    heartbeat: script(include_str!("heartbeat.lua")),
+    cancel: script(include_str!("cancel.lua")),
+    retry: script(include_str!("retry.lua")),
+    reap: script(include_str!("reap.lua")),
+});
+
+/// The field order of `FIELDS` in `prelude.lua`.
+const FIELDS: [&str; 19] = [
+    "id",
+    "type",
+    "payload",
+    "metadata",
+    "status",
+    "created_at",
+    "updated_at",
+    "result",
+    "worker_id",
+    "queue",
+    "priority",
+    "attempts",
+    "max_attempts",
+    "run_at",
+    "idempotency_key",
+    "last_error",
+    "lease_expires_at",
+    "lease_id",
+    "retry_backoff_ms",
+];
+
+#[derive(Clone)]
+pub struct RedisQueue {
+    conn: ConnectionManager,
+    url: String,
+}
+
+fn unavailable(e: RedisError) -> QueueError {
+    QueueError::Unavailable(format!("redis: {e}"))
+}
+
+fn corrupt(what: &str) -> QueueError {
+    QueueError::Unavailable(format!("redis: unexpected reply: {what}"))
+}
+
+impl RedisQueue {
+    /// Connect to the Redis at `url` (`redis://HOST:PORT/DB`). The connection
+    /// is re-established by itself if it drops.
+    pub async fn connect(url: &str) -> QueueResult<RedisQueue> {
+        let client = ::redis::Client::open(url)
+            .map_err(|e| QueueError::InvalidArgument(format!("bad Redis URL {url:?}: {e}")))?;
+        let config = ConnectionManagerConfig::new()
+            .set_connection_timeout(Some(std::time::Duration::from_secs(5)))
+            .set_number_of_retries(3);
+        let conn = client
+            .get_connection_manager_with_config(config)
+            .await
+            .map_err(|e| QueueError::Unavailable(format!("cannot connect to {url}: {e}")))?;
+        Ok(RedisQueue {
+            conn,
+            url: url.to_string(),
+        })
+    }
+
+    pub fn url(&self) -> &str {
+        &self.url
+    }
+
+    async fn invoke(&self, script: &Script, args: Vec<Vec<u8>>) -> QueueResult<Value> {
+        let mut call = script.prepare_invoke();
+        call.arg(PREFIX);
+        for arg in args {
+            call.arg(arg);
+        }
+        call.invoke_async(&mut self.conn.clone())
+            .await
+            .map_err(unavailable)
+    }
+
+    /// Run a script that answers one outcome for one task.
+    async fn one(&self, script: &Script, id: &str, args: Vec<Vec<u8>>) -> QueueResult<Task> {
+        let reply = self.invoke(script, args).await?;
+        outcome(id, as_array(reply)?)
+    }
+}
+
+fn arg(value: impl ToString) -> Vec<u8> {
+    value.to_string().into_bytes()
+}
+
+fn as_array(value: Value) -> QueueResult<Vec<Value>> {
+    match value {
+        Value::Array(items) => Ok(items),
+        Value::Nil => Ok(Vec::new()),
+        other => Err(corrupt(&format!("{other:?}"))),
+    }
+}
+
+fn as_string(value: Value) -> QueueResult<String> {
+    match value {
+        Value::BulkString(bytes) => String::from_utf8(bytes).map_err(|_| corrupt("not UTF-8")),
+        Value::SimpleString(s) => Ok(s),
+        Value::Int(n) => Ok(n.to_string()),
+        Value::Nil => Ok(String::new()),
+        other => Err(corrupt(&format!("{other:?}"))),
+    }
+}
+
+/// A task from its fields in `FIELDS` order.
+fn task(values: Vec<Value>) -> QueueResult<Task> {
+    if values.len() != FIELDS.len() {
+        return Err(corrupt(&format!(
+            "{} task fields, expected {}",
+            values.len(),
+            FIELDS.len()
+        )));
+    }
+    let f: Vec<String> = values
+        .into_iter()
+        .map(as_string)
+        .collect::<QueueResult<_>>()?;
+    let int = |i: usize| -> QueueResult<i64> {
+        f[i].parse::<f64>()
+            .map(|n| n as i64)
+            .map_err(|_| corrupt(&format!("{} = {:?}", FIELDS[i], f[i])))
+    };
+    let pairs: Vec<(String, String)> = serde_json::from_str(&f[3]).unwrap_or_default();
+    Ok(Task {
+        id: f[0].clone(),
+        r#type: f[1].clone(),
+        payload: f[2].clone(),
+        metadata: pairs
+            .into_iter()
+            .map(|(key, value)| TaskMetadataEntry { key, value })
+            .collect(),
+        status: f[4].clone(),
+        created_at: int(5)?,
+        updated_at: int(6)?,
+        result: f[7].clone(),
+        worker_id: f[8].clone(),
+        queue: f[9].clone(),
+        priority: int(10)? as i32,
+        attempts: int(11)? as u32,
+        max_attempts: int(12)? as u32,
+        run_at: int(13)?,
+        idempotency_key: f[14].clone(),
+        last_error: f[15].clone(),
+        lease_expires_at: int(16)?,
+        lease_id: f[17].clone(),
+        retry_backoff_ms: int(18)? as u32,
+    })
+}
+
+/// `{'ok', fields...}`, `{'notfound'}` or `{'precondition', message}`.
+fn outcome(id: &str, mut reply: Vec<Value>) -> QueueResult<Task> {
+    if reply.is_empty() {
+        return Err(corrupt("empty outcome"));
+    }
+    let code = as_string(reply.remove(0))?;
+    match code.as_str() {
+        "ok" => task(reply),
+        "notfound" => Err(QueueError::NotFound(id.to_string())),
+        "precondition" => Err(QueueError::FailedPrecondition(as_string(
+            reply.into_iter().next().unwrap_or(Value::Nil),
+        )?)),
+        other => Err(corrupt(other)),
+    }
+}
+
+/// Counts by `queue\tstatus`, the oldest due pending task with its run_at,
+/// and the number of live leases.
+type StatsReply = (Vec<(String, i64)>, Vec<(String, f64)>, u64);
+
+fn lease_ms(ms: u32) -> u32 {
+    if ms == 0 { DEFAULT_LEASE_MS } else { ms }
+}
+
+impl QueueBackend for RedisQueue {
+    async fn enqueue(&self, tasks: Vec<NewTask>, now: i64) -> QueueResult<Vec<(Task, bool)>> {
+        let mut args = vec![arg(now)];
+        for t in tasks {
+            let metadata = serde_json::to_string(&t.metadata).expect("metadata serializes");
+            let run_at = now.saturating_add(t.delay_ms.min(i64::MAX as u64) as i64);
+            args.extend([
+                arg(new_id()),
+                arg(&t.queue),
+                t.kind.into_bytes(),
+                t.payload.into_bytes(),
+                metadata.into_bytes(),
+                arg(t.priority),
+                arg(t.max_attempts.max(1)),
+                arg(t.retry_backoff_ms),
+                arg(run_at),
+                t.idempotency_key.unwrap_or_default().into_bytes(),
+            ]);
+        }
+        let reply = self.invoke(&SCRIPTS.enqueue, args).await?;
+        as_array(reply)?
+            .into_iter()
+            .map(|item| {
+                let mut fields = as_array(item)?;
+                if fields.is_empty() {
+                    return Err(corrupt("empty enqueue answer"));
+                }
+                let existing = as_string(fields.remove(0))? == "existing";
+                Ok((task(fields)?, existing))
+            })
+            .collect()
+    }
+
+    async fn dequeue(&self, spec: DequeueSpec, now: i64) -> QueueResult<Vec<Task>> {
+        let max = spec.max_tasks.clamp(1, 256);
+        let mut args = vec![
+            arg(now),
+            spec.worker_id.into_bytes(),
+            arg(lease_ms(spec.lease_ms)),
+            arg(max),
+            arg(spec.queues.len()),
+        ];
+        args.extend(spec.queues.into_iter().map(String::into_bytes));
+        args.extend((0..max).map(|_| arg(new_id())));
+        let reply = self.invoke(&SCRIPTS.dequeue, args).await?;
+        as_array(reply)?
+            .into_iter()
+            .map(|item| task(as_array(item)?))
+            .collect()
+    }
+
+    async fn ack(&self, acks: Vec<AckSpec>, now: i64) -> QueueResult<Vec<QueueResult<Task>>> {
+        let mut args = vec![arg(now)];
+        for a in &acks {
+            args.extend([
+                arg(&a.task_id),
+                arg(if a.success { 1 } else { 0 }),
+                arg(&a.result),
+                arg(a.lease_id.as_deref().unwrap_or("")),
+                arg(if a.retry { 1 } else { 0 }),
+                arg(&a.error),
+                arg(rand::rng().random::<f64>()),
+            ]);
+        }
+        let reply = as_array(self.invoke(&SCRIPTS.ack, args).await?)?;
+        if reply.len() != acks.len() {
+            return Err(corrupt("one outcome per ack"));
+        }
+        reply
+            .into_iter()
+            .zip(&acks)
+            .map(|(item, a)| Ok(outcome(&a.task_id, as_array(item)?)))
+            .collect()
+    }
+
+    async fn heartbeat(
+        &self,
+        task_id: String,
+        lease_id: String,
+        ms: u32,
+        now: i64,
+    ) -> QueueResult<Task> {
+        let args = vec![arg(now), arg(&task_id), arg(lease_id), arg(lease_ms(ms))];
+        self.one(&SCRIPTS.heartbeat, &task_id, args).await
+    }
+
+    async fn get(&self, task_id: String) -> QueueResult<Task> {
+        let mut conn = self.conn.clone();
+        let values: Vec<Value> = ::redis::cmd("HMGET")
+            .arg(format!("{PREFIX}t:{task_id}"))
+            .arg(&FIELDS[..])
+            .query_async(&mut conn)
+            .await
+            .map_err(unavailable)?;
+        if values.first().is_none_or(|v| *v == Value::Nil) {
+            return Err(QueueError::NotFound(task_id));
+        }
+        task(values)
+    }
+
+    async fn list(
+        &self,
+        status: Option<Status>,
+        queue: Option<String>,
+        limit: u32,
+    ) -> QueueResult<Vec<Task>> {
+        let mut conn = self.conn.clone();
+        let mut found = Vec::new();
+        let mut start: isize = 0;
+        loop {
+            let ids: Vec<String> = ::redis::cmd("ZRANGE")
+                .arg(format!("{PREFIX}all"))
+                .arg(start)
+                .arg(start + LIST_CHUNK - 1)
+                .query_async(&mut conn)
+                .await
+                .map_err(unavailable)?;
+            if ids.is_empty() {
+                return Ok(found);
+            }
+            let mut pipe = ::redis::pipe();
+            for id in &ids {
+                pipe.cmd("HMGET")
+                    .arg(format!("{PREFIX}t:{id}"))
+                    .arg(&FIELDS[..]);
+            }
+            let rows: Vec<Vec<Value>> = pipe.query_async(&mut conn).await.map_err(unavailable)?;
+            for row in rows {
+                let task = task(row)?;
+                if status.is_some_and(|s| task.status != s.as_str())
+                    || queue.as_ref().is_some_and(|q| &task.queue != q)
+                {
+                    continue;
+                }
+                found.push(task);
+                if limit > 0 && found.len() >= limit as usize {
+                    return Ok(found);
+                }
+            }
+            start += LIST_CHUNK;
+        }
+    }
+
+    async fn cancel(&self, task_id: String, now: i64) -> QueueResult<Task> {
+        let args = vec![arg(now), arg(&task_id)];
+        self.one(&SCRIPTS.cancel, &task_id, args).await
+    }
+
+    async fn retry(&self, task_id: String, now: i64) -> QueueResult<Task> {
+        let args = vec![arg(now), arg(&task_id)];
+        self.one(&SCRIPTS.retry, &task_id, args).await
+    }
+
+    async fn stats(&self, now: i64) -> QueueResult<Stats> {
+        let mut conn = self.conn.clone();
+        let (counts, oldest, in_flight): StatsReply = ::redis::pipe()
+            .atomic()
+            .cmd("HGETALL")
+            .arg(format!("{PREFIX}counts"))
+            .cmd("ZRANGEBYSCORE")
+            .arg(format!("{PREFIX}pending"))
+            .arg("-inf")
+            .arg(now)
+            .arg("WITHSCORES")
+            .arg("LIMIT")
+            .arg(0)
+            .arg(1)
+            .cmd("ZCOUNT")
+            .arg(format!("{PREFIX}leases"))
+            .arg(format!("({now}"))
+            .arg("+inf")
+            .query_async(&mut conn)
+            .await
+            .map_err(unavailable)?;
+        let mut counts: Vec<(String, String, u64)> = counts
+            .into_iter()
+            .filter(|(_, n)| *n > 0)
+            .filter_map(|(key, n)| {
+                let (queue, status) = key.split_once('\t')?;
+                Some((queue.to_string(), status.to_string(), n as u64))
+            })
+            .collect();
+        counts.sort();
+        Ok(Stats {
+            counts,
+            oldest_pending_age_ms: oldest
+                .first()
+                .map(|(_, t)| (now - *t as i64).max(0))
+                .unwrap_or(0),
+            in_flight_leases: in_flight,
+        })
+    }
+
+    async fn reap(&self, now: i64) -> QueueResult<u64> {
+        let mut total = 0;
+        loop {
+            let reply = self
+                .invoke(&SCRIPTS.reap, vec![arg(now), arg(REAP_LIMIT)])
+                .await?;
+            let Value::Int(n) = reply else {
+                return Err(corrupt(&format!("{reply:?}")));
+            };
+            total += n as u64;
+            if n < REAP_LIMIT as i64 {
+                return Ok(total);
+            }
+        }
+    }
+}

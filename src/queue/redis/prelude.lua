@@ -1,0 +1,116 @@
+-- Shared by every script (redis.rs puts it in front of each one).
+--
+-- Keys, under the prefix P (ARGV[1]):
+--   P..'t:'..id        hash: one task, the fields of FIELDS plus 'seq'
+--   P..'seq'           counter: enqueue order
+--   P..'all'           zset id -> seq: every task, for listing oldest first
+--   P..'queues'        set: every queue name ever used
+--   P..'ready:'..q     zset, all scores 0: due pending tasks of queue q, as
+--                      rank(priority, run_at, seq)..id, so the first member
+--                      is the next to hand out
+--   P..'delayed'       zset id -> run_at: pending tasks not yet due
+--   P..'pending'       zset id -> run_at: every pending task (oldest age)
+--   P..'leases'        zset id -> lease_expires_at: tasks IN_PROGRESS
+--   P..'idem:'..key    string: the task an idempotency key created
+--   P..'counts'        hash queue..'\t'..status -> count
+local P = ARGV[1]
+local NOW = tonumber(ARGV[2])
+
+local FIELDS = {'id', 'type', 'payload', 'metadata', 'status', 'created_at', 'updated_at', 'result',
+  'worker_id', 'queue', 'priority', 'attempts', 'max_attempts', 'run_at', 'idempotency_key',
+  'last_error', 'lease_expires_at', 'lease_id', 'retry_backoff_ms'}
+
+local function tkey(id) return P .. 't:' .. id end
+
+local function fetch(id) return redis.call('HMGET', tkey(id), unpack(FIELDS)) end
+
+-- Highest priority first, then earliest due, then oldest: 36 hex digits that
+-- sort as strings in that order.
+local function rank(priority, run_at, seq)
+  return string.format('%08x%012x%016x', 2147483647 - priority, run_at, seq)
+end
+local RANK_LEN = 36
+
+local function count(queue, status, by)
+  redis.call('HINCRBY', P .. 'counts', queue .. '\t' .. status, by)
+end
+
+local function move(queue, from, to)
+  count(queue, from, -1)
+  count(queue, to, 1)
+end
+
+-- File a task that has just become PENDING where dequeue will find it.
+local function file_pending(id, queue, priority, run_at, seq)
+  if run_at <= NOW then
+    redis.call('ZADD', P .. 'ready:' .. queue, 0, rank(priority, run_at, seq) .. id)
+  else
+    redis.call('ZADD', P .. 'delayed', run_at, id)
+  end
+  redis.call('ZADD', P .. 'pending', run_at, id)
+end
+
+local function unfile_pending(id, queue, priority, run_at, seq)
+  redis.call('ZREM', P .. 'ready:' .. queue, rank(priority, run_at, seq) .. id)
+  redis.call('ZREM', P .. 'delayed', id)
+  redis.call('ZREM', P .. 'pending', id)
+end
+
+-- The same rule as model::backoff_at.
+local function backoff(base, attempts, fraction)
+  if base == 0 then base = 1000 end
+  local exp = math.min(math.max(attempts - 1, 0), 32)
+  local full = math.min(base * 2 ^ exp, 3600000)
+  local low = math.floor(full / 2)
+  return math.min(low + math.floor((full - low + 1) * fraction), full)
+end
+
+-- nil when the caller may act on task id as the holder of its lease (lease
+-- '' skips the lease check, for clients of the original proto); otherwise
+-- the outcome to answer: {'notfound'} or {'precondition', message}.
+local function not_held(id, lease)
+  local t = redis.call('HMGET', tkey(id), 'status', 'lease_id', 'lease_expires_at')
+  if not t[1] then return {'notfound'} end
+  if t[1] ~= 'IN_PROGRESS' then
+    return {'precondition', 'task ' .. id .. ' is ' .. t[1] .. ', not IN_PROGRESS'}
+  end
+  if lease ~= '' and lease ~= t[2] then
+    return {'precondition', 'lease ' .. lease .. ' no longer holds task ' .. id .. '; it was handed out again'}
+  end
+  if tonumber(t[3]) <= NOW then
+    return {'precondition', 'the lease on task ' .. id .. ' expired; it will be handed out again'}
+  end
+  return nil
+end
+
+local function ok(id)
+  local out = fetch(id)
+  table.insert(out, 1, 'ok')
+  return out
+end
+
+-- Return up to `limit` tasks whose lease expired to the queue; how many.
+local function reap(limit)
+  local ids = redis.call('ZRANGEBYSCORE', P .. 'leases', '-inf', NOW, 'LIMIT', 0, limit)
+  for _, id in ipairs(ids) do
+    redis.call('ZREM', P .. 'leases', id)
+    local t = redis.call('HMGET', tkey(id), 'status', 'queue', 'priority', 'run_at', 'seq', 'worker_id')
+    if t[1] == 'IN_PROGRESS' then
+      redis.call('HSET', tkey(id), 'status', 'PENDING', 'last_error', 'lease expired (worker ' .. t[6] .. ')',
+        'worker_id', '', 'lease_id', '', 'lease_expires_at', 0, 'updated_at', NOW)
+      move(t[2], 'IN_PROGRESS', 'PENDING')
+      file_pending(id, t[2], tonumber(t[3]), tonumber(t[4]), tonumber(t[5]))
+    end
+  end
+  return #ids
+end
+
+-- Move up to `limit` delayed tasks that are now due into their ready sets.
+local function promote(limit)
+  local ids = redis.call('ZRANGEBYSCORE', P .. 'delayed', '-inf', NOW, 'LIMIT', 0, limit)
+  for _, id in ipairs(ids) do
+    redis.call('ZREM', P .. 'delayed', id)
+    local t = redis.call('HMGET', tkey(id), 'queue', 'priority', 'run_at', 'seq')
+    redis.call('ZADD', P .. 'ready:' .. t[1], 0, rank(tonumber(t[2]), tonumber(t[3]), tonumber(t[4])) .. id)
+  end
+end
