@@ -201,3 +201,37 @@ fn serve_answers_remote_clients_and_stops_on_sigterm() {
         "nova serve exited with {status:?} on SIGTERM"
     );
 }
+
+#[test]
+fn the_queue_commands_work_on_redis() {
+    let redis = common::redis_server::RedisServer::start();
+    let ws = Workspace::new();
+    ws.write("nova.yaml", &format!("store: {}\n", redis.url()));
+    let task = ws
+        .run(&["queue", "enqueue", "deploy", "--priority", "2", "--json"])
+        .success()
+        .json();
+    assert_eq!(task["status"], "PENDING");
+    let id = task["id"].as_str().unwrap();
+    let got = ws.run(&["queue", "get", id, "--json"]).success().json();
+    assert_eq!(got["type"], "deploy");
+    ws.run(&["queue", "stats"])
+        .success()
+        .stdout_has("default  PENDING  1");
+    assert!(
+        !ws.home().join("nova.db").exists(),
+        "a Redis store leaves no SQLite file behind"
+    );
+}
+
+#[test]
+fn a_bad_or_unreachable_redis_is_named() {
+    let ws = Workspace::new();
+    ws.run(&["queue", "--store", "redis://:::x", "stats"])
+        .code(2)
+        .stderr_has("bad Redis URL");
+    // Port 1 on loopback: nothing listens there.
+    ws.run(&["queue", "--store", "redis://127.0.0.1:1/0", "stats"])
+        .code(1)
+        .stderr_has("cannot connect to redis://127.0.0.1:1/0");
+}

@@ -46,6 +46,21 @@ async fn start(backend: Backend, token: Option<&str>) -> Harness {
             (AnyQueue::Redis(queue), Some(server))
         }
     };
+    let (client, url, stop) = serve(backend, token).await;
+    Harness {
+        client,
+        url,
+        _stop: stop,
+        _dir: dir,
+        _redis: redis,
+    }
+}
+
+/// Serve `backend` on a free loopback port; the server stops when the sender drops.
+async fn serve(
+    backend: AnyQueue,
+    token: Option<&str>,
+) -> (Client, String, tokio::sync::oneshot::Sender<()>) {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let url = format!("http://{}", listener.local_addr().unwrap());
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
@@ -58,13 +73,7 @@ async fn start(backend: Backend, token: Option<&str>) -> Harness {
         },
     ));
     let client = client::connect(&url, token).await.unwrap();
-    Harness {
-        client,
-        url,
-        _stop: stop,
-        _dir: dir,
-        _redis: redis,
-    }
+    (client, url, stop)
 }
 
 fn req(kind: &str) -> EnqueueRequest {
@@ -696,6 +705,104 @@ async fn a_client_of_the_original_proto_still_works(backend: Backend) {
     assert_eq!(err.code(), Code::InvalidArgument);
 }
 
+async fn a_repeated_final_ack_is_answered_and_changes_nothing(backend: Backend) {
+    let mut h = start(backend, None).await;
+    let c = &mut h.client;
+    enqueue(c, req("once")).await;
+    let held = dequeue(c, "w1", 0).await.unwrap();
+    let done = c
+        .ack(ack(&held, true))
+        .await
+        .unwrap()
+        .into_inner()
+        .task
+        .unwrap();
+    assert_eq!(done.status, "COMPLETED");
+    // The worker did not see the answer (a restart, say) and sends it again.
+    let again = c
+        .ack(ack(&held, true))
+        .await
+        .unwrap()
+        .into_inner()
+        .task
+        .unwrap();
+    assert_eq!(again, done, "the repeat changes nothing");
+    // A different outcome, or another lease, is still refused.
+    let err = c.ack(ack(&held, false)).await.unwrap_err();
+    assert_eq!(err.code(), Code::FailedPrecondition, "{err:?}");
+    let mut other = held.clone();
+    other.lease_id = "not-the-lease".into();
+    let err = c.ack(ack(&other, true)).await.unwrap_err();
+    assert_eq!(err.code(), Code::FailedPrecondition, "{err:?}");
+}
+
+/// Two servers on one Redis are one queue: a task enqueued through one is
+/// handed out once across both, and either can finish it.
+#[tokio::test]
+async fn two_servers_share_one_redis() {
+    let redis = RedisServer::start();
+    let mut servers = Vec::new();
+    for _ in 0..2 {
+        let queue = RedisQueue::connect(&redis.url()).await.unwrap();
+        servers.push(serve(AnyQueue::Redis(queue), None).await);
+    }
+    let mut a = servers[0].0.clone();
+    let ids: Vec<String> = a
+        .enqueue_batch(EnqueueBatchRequest {
+            tasks: (0..300).map(|i| req(&format!("t{i}"))).collect(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .tasks
+        .into_iter()
+        .map(|t| t.id)
+        .collect();
+
+    let mut workers = Vec::new();
+    for (i, (client, _, _)) in servers.iter().enumerate() {
+        for j in 0..2 {
+            let mut c = client.clone();
+            workers.push(tokio::spawn(async move {
+                let mut got = Vec::new();
+                while let Some(t) = dequeue(&mut c, &format!("s{i}w{j}"), 0).await {
+                    got.push(t.clone());
+                }
+                got
+            }));
+        }
+    }
+    let mut handed_out = Vec::new();
+    for w in workers {
+        handed_out.extend(w.await.unwrap());
+    }
+    let mut seen: Vec<String> = handed_out.iter().map(|t| t.id.clone()).collect();
+    seen.sort();
+    let mut expected = ids.clone();
+    expected.sort();
+    assert_eq!(seen, expected, "each task handed out exactly once");
+
+    // Leases taken through one server are acked through the other.
+    let mut b = servers[1].0.clone();
+    for t in &handed_out {
+        let via = if t.worker_id.starts_with("s0") {
+            &mut b
+        } else {
+            &mut a
+        };
+        via.ack(ack(t, true)).await.unwrap();
+    }
+    let stats = b.stats(StatsRequest {}).await.unwrap().into_inner();
+    assert_eq!(
+        stats
+            .counts
+            .iter()
+            .map(|c| (c.status.as_str(), c.count))
+            .collect::<Vec<_>>(),
+        [("COMPLETED", 300)]
+    );
+}
+
 macro_rules! conformance {
     ($($name:ident),* $(,)?) => {
         mod sqlite {
@@ -714,6 +821,7 @@ macro_rules! conformance {
 }
 
 conformance!(
+    a_repeated_final_ack_is_answered_and_changes_nothing,
     original_semantics_hold,
     priority_then_age_and_delay,
     an_expired_lease_moves_the_task_and_the_late_ack_is_refused,

@@ -205,6 +205,21 @@ fn held(conn: &Connection, id: &str, lease_id: Option<&str>, now: i64) -> QueueR
     Ok(task)
 }
 
+/// A final ack sent again by the lease that gave it (its answer was lost, say
+/// to a server restart): answered with the task as it stands, changing nothing.
+/// A finished task keeps the id of the lease that finished it for this.
+fn repeated_ack(task: &Task, ack: &AckSpec) -> bool {
+    let outcome = if ack.success {
+        Status::Completed
+    } else {
+        Status::Failed
+    };
+    ack.lease_id
+        .as_deref()
+        .is_some_and(|lease| lease == task.lease_id)
+        && task.status == outcome.as_str()
+}
+
 fn reap_expired(conn: &Connection, now: i64) -> QueueResult<u64> {
     let n = conn
         .prepare_cached(
@@ -305,11 +320,15 @@ fn dequeue(conn: &Connection, spec: &DequeueSpec, now: i64) -> QueueResult<Vec<T
 }
 
 fn ack_one(conn: &Connection, ack: &AckSpec, now: i64) -> QueueResult<Task> {
+    let task = find(conn, &ack.task_id)?;
+    if repeated_ack(&task, ack) {
+        return Ok(task);
+    }
     let task = held(conn, &ack.task_id, ack.lease_id.as_deref(), now)?;
     if ack.success {
         conn.prepare_cached(
-            "UPDATE queue_tasks SET status = 'COMPLETED', result = ?1, lease_id = '', lease_expires_at = 0,
-                 updated_at = ?2 WHERE id = ?3",
+            "UPDATE queue_tasks SET status = 'COMPLETED', result = ?1, lease_expires_at = 0, updated_at = ?2
+             WHERE id = ?3",
         )
         .map_err(sql_err)?
         .execute(params![ack.result, now, ack.task_id])
@@ -325,8 +344,8 @@ fn ack_one(conn: &Connection, ack: &AckSpec, now: i64) -> QueueResult<Task> {
         .map_err(sql_err)?;
     } else {
         conn.prepare_cached(
-            "UPDATE queue_tasks SET status = 'FAILED', result = ?1, last_error = ?2, lease_id = '',
-                 lease_expires_at = 0, updated_at = ?3 WHERE id = ?4",
+            "UPDATE queue_tasks SET status = 'FAILED', result = ?1, last_error = ?2, lease_expires_at = 0,
+                 updated_at = ?3 WHERE id = ?4",
         )
         .map_err(sql_err)?
         .execute(params![ack.result, ack.error, now, ack.task_id])
