@@ -14,7 +14,7 @@ use crate::cli::{Cli, Command};
 use crate::error::{Error, Result};
 use crate::output::{self, ColorChoice, Output};
 use crate::workspace::Workspace;
-use crate::{blueprints, plan, queue, roadmap, tasks};
+use crate::{bench, blueprints, plan, queue, roadmap, tasks};
 
 pub fn main() -> ExitCode {
     let cli = match Cli::try_parse() {
@@ -50,6 +50,7 @@ pub fn try_main(cli: &Cli, out: &Output) -> Result<()> {
         Command::Roadmap(args) => roadmap::run(&ws, out, args),
         Command::Serve(args) => queue::command::serve(&ws, out, args),
         Command::Queue(args) => queue::command::run(&ws, out, args),
+        Command::Bench(args) => bench::run(&ws, out, args),
         Command::Completions { .. } => unreachable!("handled above"),
     }
 }

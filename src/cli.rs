@@ -54,6 +54,8 @@ pub enum Command {
     Serve(ServeArgs),
     /// Enqueue, list, inspect, cancel and retry queue tasks
     Queue(QueueArgs),
+    /// Measure nova's own speed (the queue, end to end)
+    Bench(BenchArgs),
     /// Print shell completions for bash, zsh or fish
     Completions {
         #[arg(value_enum)]
@@ -183,6 +185,46 @@ pub struct ServeArgs {
     /// Allow a non-loopback address without a token
     #[arg(long)]
     pub insecure: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct BenchArgs {
+    #[command(subcommand)]
+    pub what: BenchWhat,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum BenchWhat {
+    /// Drive the queue server over gRPC, then the same store directly, and compare
+    Queue(BenchQueueArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct BenchQueueArgs {
+    /// sqlite:PATH or redis://HOST:PORT/DB; default: a new SQLite file in a temporary folder.
+    /// On Redis the run uses keys of its own and deletes them afterwards
+    #[arg(long, value_name = "URL")]
+    pub store: Option<String>,
+
+    /// Tasks per run
+    #[arg(long, default_value_t = 20_000, value_parser = clap::value_parser!(u32).range(1..=10_000_000))]
+    pub tasks: u32,
+
+    /// Concurrent producers
+    #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u32).range(1..=1024))]
+    pub producers: u32,
+
+    /// Concurrent workers
+    #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u32).range(1..=1024))]
+    pub workers: u32,
+
+    /// Tasks per enqueue, dequeue and ack call (1: one call per task)
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=256))]
+    pub batch: u32,
+
+    /// Only the run over gRPC (skip the direct one)
+    #[arg(long)]
+    pub grpc_only: bool,
 }
 
 #[derive(Debug, Args)]

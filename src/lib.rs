@@ -8,6 +8,7 @@
 //! other way round.
 
 pub mod app;
+pub mod bench;
 pub mod blueprints;
 pub mod cli;
 pub mod config;

@@ -126,6 +126,16 @@ async fn original_semantics_hold(backend: Backend) {
     let a = enqueue(c, req("a")).await;
     let b = enqueue(c, req("b")).await;
     assert_eq!(a.status, "PENDING");
+    let stored = c
+        .get_task(GetTaskRequest {
+            task_id: a.id.clone(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .task
+        .unwrap();
+    assert_eq!(stored, a, "enqueue answers the task as stored");
     assert!(
         a.created_at >= before && a.created_at < before + 60_000,
         "created_at is epoch milliseconds"

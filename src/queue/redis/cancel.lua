@@ -1,14 +1,16 @@
 -- ARGV: P, now, task id.
 local id = ARGV[3]
-local t = redis.call('HMGET', tkey(id), 'status', 'queue', 'priority', 'run_at', 'seq')
-if not t[1] then return {'notfound'} end
-if t[1] == 'PENDING' then
-  unfile_pending(id, t[2], tonumber(t[3]), tonumber(t[4]), tonumber(t[5]))
-elseif t[1] == 'IN_PROGRESS' then
+local t = fetch(id)
+local status = t[F.status]
+if not status then return {'notfound'} end
+if status == 'PENDING' then
+  local seq = tonumber(redis.call('HGET', tkey(id), 'seq'))
+  unfile_pending(id, t[F.queue], tonumber(t[F.priority]), tonumber(t[F.run_at]), seq)
+elseif status == 'IN_PROGRESS' then
   redis.call('ZREM', P .. 'leases', id)
 else
-  return {'precondition', 'task ' .. id .. ' is ' .. t[1] .. '; only PENDING and IN_PROGRESS tasks can be cancelled'}
+  return {'precondition', 'task ' .. id .. ' is ' .. status .. '; only PENDING and IN_PROGRESS tasks can be cancelled'}
 end
-redis.call('HSET', tkey(id), 'status', 'CANCELLED', 'lease_id', '', 'lease_expires_at', 0, 'updated_at', NOW)
-move(t[2], t[1], 'CANCELLED')
-return ok(id)
+update(t, 'status', 'CANCELLED', 'lease_id', '', 'lease_expires_at', 0, 'updated_at', NOW)
+move(t[F.queue], status, 'CANCELLED')
+return finish(ok(t))

@@ -12,30 +12,39 @@ if nq == 0 then
 else
   for i = 1, nq do queues[i] = ARGV[6 + i] end
 end
-local leases = 7 + nq
 
--- The head of each ready set; only the set a task came from is read again.
-local heads = {}
-for _, q in ipairs(queues) do heads[q] = redis.call('ZRANGE', P .. 'ready:' .. q, 0, 0)[1] or false end
+-- The next ready members, in order, with the queue each came from.
+local picked = {}
+if #queues == 1 then
+  local popped = redis.call('ZPOPMIN', P .. 'ready:' .. queues[1], max)
+  for i = 1, #popped, 2 do picked[#picked + 1] = {popped[i], queues[1]} end
+else
+  -- The head of each ready set; only the set a task came from is read again.
+  local heads = {}
+  for _, q in ipairs(queues) do heads[q] = redis.call('ZRANGE', P .. 'ready:' .. q, 0, 0)[1] or false end
+  for _ = 1, max do
+    local best, from = false, nil
+    for q, head in pairs(heads) do
+      if head and (not best or head < best) then best, from = head, q end
+    end
+    if not best then break end
+    redis.call('ZREM', P .. 'ready:' .. from, best)
+    heads[from] = redis.call('ZRANGE', P .. 'ready:' .. from, 0, 0)[1] or false
+    picked[#picked + 1] = {best, from}
+  end
+end
 
 local out = {}
-for n = 1, max do
-  local best, from = false, nil
-  for q, head in pairs(heads) do
-    if head and (not best or head < best) then best, from = head, q end
-  end
-  if not best then break end
-  redis.call('ZREM', P .. 'ready:' .. from, best)
-  heads[from] = redis.call('ZRANGE', P .. 'ready:' .. from, 0, 0)[1] or false
-
-  local id = string.sub(best, RANK_LEN + 1)
+local leases = 6 + nq
+for n, p in ipairs(picked) do
+  local id = string.sub(p[1], RANK_LEN + 1)
+  local t = fetch(id)
   local expires = NOW + lease_ms
-  redis.call('HINCRBY', tkey(id), 'attempts', 1)
-  redis.call('HSET', tkey(id), 'status', 'IN_PROGRESS', 'worker_id', worker, 'lease_id', ARGV[leases + n - 1],
-    'lease_expires_at', expires, 'updated_at', NOW)
+  update(t, 'status', 'IN_PROGRESS', 'worker_id', worker, 'lease_id', ARGV[leases + n],
+    'lease_expires_at', expires, 'attempts', tonumber(t[F.attempts]) + 1, 'updated_at', NOW)
   redis.call('ZADD', P .. 'leases', expires, id)
   redis.call('ZREM', P .. 'pending', id)
-  move(from, 'PENDING', 'IN_PROGRESS')
-  out[#out + 1] = fetch(id)
+  move(p[2], 'PENDING', 'IN_PROGRESS')
+  out[#out + 1] = t
 end
-return out
+return finish(out)

@@ -1,7 +1,8 @@
 -- ARGV: P, now, then 10 per task: id, queue, type, payload, metadata,
 -- priority, max_attempts, retry_backoff_ms, run_at, idempotency_key.
--- Answers, per task, {'new' or 'existing', fields...}.
+-- Answers, per task, {'new'} (stored as given) or {'existing', fields...}.
 local out = {}
+local queues = {}
 for i = 3, #ARGV, 10 do
   local id, queue, idem = ARGV[i], ARGV[i + 1], ARGV[i + 9]
   local existing = idem ~= '' and redis.call('GET', P .. 'idem:' .. idem)
@@ -14,17 +15,18 @@ for i = 3, #ARGV, 10 do
     local seq = redis.call('INCR', P .. 'seq')
     redis.call('HSET', tkey(id), 'id', id, 'queue', queue, 'type', ARGV[i + 2], 'payload', ARGV[i + 3],
       'metadata', ARGV[i + 4], 'status', 'PENDING', 'priority', priority, 'attempts', 0,
-      'max_attempts', ARGV[i + 6], 'retry_backoff_ms', ARGV[i + 7], 'run_at', run_at, 'created_at', NOW,
-      'updated_at', NOW, 'result', '', 'worker_id', '', 'idempotency_key', idem, 'last_error', '',
+      'max_attempts', ARGV[i + 6], 'retry_backoff_ms', ARGV[i + 7], 'run_at', ARGV[i + 8], 'created_at', ARGV[2],
+      'updated_at', ARGV[2], 'result', '', 'worker_id', '', 'idempotency_key', idem, 'last_error', '',
       'lease_expires_at', 0, 'lease_id', '', 'seq', seq)
     if idem ~= '' then redis.call('SET', P .. 'idem:' .. idem, id) end
-    redis.call('SADD', P .. 'queues', queue)
+    if not queues[queue] then
+      redis.call('SADD', P .. 'queues', queue)
+      queues[queue] = true
+    end
     redis.call('ZADD', P .. 'all', seq, id)
     count(queue, 'PENDING', 1)
     file_pending(id, queue, priority, run_at, seq)
-    local t = fetch(id)
-    table.insert(t, 1, 'new')
-    out[#out + 1] = t
+    out[#out + 1] = {'new'}
   end
 end
-return out
+return finish(out)

@@ -9,7 +9,7 @@
 //! Redis's own: run it with `--appendonly yes --appendfsync always` when an
 //! acknowledged enqueue must survive a power cut.
 
-use std::sync::LazyLock;
+use std::sync::{Arc, LazyLock};
 
 use ::redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use ::redis::{RedisError, Script, Value};
@@ -21,7 +21,7 @@ use super::proto::TaskMetadataEntry;
 
 const PRELUDE: &str = include_str!("prelude.lua");
 /// The key prefix of the queue's data in Redis.
-pub const PREFIX: &str = "nova:q:";
+pub const DEFAULT_PREFIX: &str = "nova:q:";
 /// Most expired leases one script returns to the queue.
 const REAP_LIMIT: u32 = 1000;
 /// How many tasks `list` reads from Redis per round trip.
@@ -78,6 +78,7 @@ const FIELDS: [&str; 19] = [
 pub struct RedisQueue {
     conn: ConnectionManager,
     url: String,
+    prefix: Arc<str>,
 }
 
 fn unavailable(e: RedisError) -> QueueError {
@@ -92,6 +93,12 @@ impl RedisQueue {
     /// Connect to the Redis at `url` (`redis://HOST:PORT/DB`). The connection
     /// is re-established by itself if it drops.
     pub async fn connect(url: &str) -> QueueResult<RedisQueue> {
+        Self::connect_with_prefix(url, DEFAULT_PREFIX).await
+    }
+
+    /// Connect, keeping this queue's keys under `prefix` (several queues can
+    /// share one Redis database this way; `nova bench` uses its own).
+    pub async fn connect_with_prefix(url: &str, prefix: &str) -> QueueResult<RedisQueue> {
         let client = ::redis::Client::open(url)
             .map_err(|e| QueueError::InvalidArgument(format!("bad Redis URL {url:?}: {e}")))?;
         let config = ConnectionManagerConfig::new()
@@ -104,7 +111,42 @@ impl RedisQueue {
         Ok(RedisQueue {
             conn,
             url: url.to_string(),
+            prefix: Arc::from(prefix),
         })
+    }
+
+    fn key(&self, name: &str) -> String {
+        format!("{}{name}", self.prefix)
+    }
+
+    /// Delete every key under this queue's prefix: all its tasks, gone.
+    pub async fn delete_all(&self) -> QueueResult<u64> {
+        let mut conn = self.conn.clone();
+        let mut cursor: u64 = 0;
+        let mut deleted = 0;
+        loop {
+            let (next, keys): (u64, Vec<String>) = ::redis::cmd("SCAN")
+                .arg(cursor)
+                .arg("MATCH")
+                .arg(format!("{}*", self.prefix))
+                .arg("COUNT")
+                .arg(1000)
+                .query_async(&mut conn)
+                .await
+                .map_err(unavailable)?;
+            if !keys.is_empty() {
+                let n: u64 = ::redis::cmd("UNLINK")
+                    .arg(&keys)
+                    .query_async(&mut conn)
+                    .await
+                    .map_err(unavailable)?;
+                deleted += n;
+            }
+            if next == 0 {
+                return Ok(deleted);
+            }
+            cursor = next;
+        }
     }
 
     pub fn url(&self) -> &str {
@@ -113,7 +155,7 @@ impl RedisQueue {
 
     async fn invoke(&self, script: &Script, args: Vec<Vec<u8>>) -> QueueResult<Value> {
         let mut call = script.prepare_invoke();
-        call.arg(PREFIX);
+        call.arg(&*self.prefix);
         for arg in args {
             call.arg(arg);
         }
@@ -223,32 +265,61 @@ fn lease_ms(ms: u32) -> u32 {
 impl QueueBackend for RedisQueue {
     async fn enqueue(&self, tasks: Vec<NewTask>, now: i64) -> QueueResult<Vec<(Task, bool)>> {
         let mut args = vec![arg(now)];
+        // What each task will be if it is new; Redis answers only when it is not.
+        let mut stored = Vec::with_capacity(tasks.len());
         for t in tasks {
             let metadata = serde_json::to_string(&t.metadata).expect("metadata serializes");
-            let run_at = now.saturating_add(t.delay_ms.min(i64::MAX as u64) as i64);
+            let task = Task {
+                id: new_id(),
+                r#type: t.kind,
+                payload: t.payload,
+                metadata: t
+                    .metadata
+                    .into_iter()
+                    .map(|(key, value)| TaskMetadataEntry { key, value })
+                    .collect(),
+                status: Status::Pending.as_str().to_string(),
+                created_at: now,
+                updated_at: now,
+                queue: t.queue,
+                priority: t.priority,
+                max_attempts: t.max_attempts.max(1),
+                run_at: now.saturating_add(t.delay_ms.min(i64::MAX as u64) as i64),
+                idempotency_key: t.idempotency_key.unwrap_or_default(),
+                retry_backoff_ms: t.retry_backoff_ms,
+                ..Default::default()
+            };
             args.extend([
-                arg(new_id()),
-                arg(&t.queue),
-                t.kind.into_bytes(),
-                t.payload.into_bytes(),
+                arg(&task.id),
+                arg(&task.queue),
+                arg(&task.r#type),
+                arg(&task.payload),
                 metadata.into_bytes(),
-                arg(t.priority),
-                arg(t.max_attempts.max(1)),
-                arg(t.retry_backoff_ms),
-                arg(run_at),
-                t.idempotency_key.unwrap_or_default().into_bytes(),
+                arg(task.priority),
+                arg(task.max_attempts),
+                arg(task.retry_backoff_ms),
+                arg(task.run_at),
+                arg(&task.idempotency_key),
             ]);
+            stored.push(task);
         }
-        let reply = self.invoke(&SCRIPTS.enqueue, args).await?;
-        as_array(reply)?
+        let reply = as_array(self.invoke(&SCRIPTS.enqueue, args).await?)?;
+        if reply.len() != stored.len() {
+            return Err(corrupt("one answer per enqueued task"));
+        }
+        reply
             .into_iter()
-            .map(|item| {
+            .zip(stored)
+            .map(|(item, new)| {
                 let mut fields = as_array(item)?;
                 if fields.is_empty() {
                     return Err(corrupt("empty enqueue answer"));
                 }
-                let existing = as_string(fields.remove(0))? == "existing";
-                Ok((task(fields)?, existing))
+                match as_string(fields.remove(0))?.as_str() {
+                    "new" => Ok((new, false)),
+                    "existing" => Ok((task(fields)?, true)),
+                    other => Err(corrupt(other)),
+                }
             })
             .collect()
     }
@@ -309,7 +380,7 @@ impl QueueBackend for RedisQueue {
     async fn get(&self, task_id: String) -> QueueResult<Task> {
         let mut conn = self.conn.clone();
         let values: Vec<Value> = ::redis::cmd("HMGET")
-            .arg(format!("{PREFIX}t:{task_id}"))
+            .arg(self.key(&format!("t:{task_id}")))
             .arg(&FIELDS[..])
             .query_async(&mut conn)
             .await
@@ -331,7 +402,7 @@ impl QueueBackend for RedisQueue {
         let mut start: isize = 0;
         loop {
             let ids: Vec<String> = ::redis::cmd("ZRANGE")
-                .arg(format!("{PREFIX}all"))
+                .arg(self.key("all"))
                 .arg(start)
                 .arg(start + LIST_CHUNK - 1)
                 .query_async(&mut conn)
@@ -343,7 +414,7 @@ impl QueueBackend for RedisQueue {
             let mut pipe = ::redis::pipe();
             for id in &ids {
                 pipe.cmd("HMGET")
-                    .arg(format!("{PREFIX}t:{id}"))
+                    .arg(self.key(&format!("t:{id}")))
                     .arg(&FIELDS[..]);
             }
             let rows: Vec<Vec<Value>> = pipe.query_async(&mut conn).await.map_err(unavailable)?;
@@ -378,9 +449,9 @@ impl QueueBackend for RedisQueue {
         let (counts, oldest, in_flight): StatsReply = ::redis::pipe()
             .atomic()
             .cmd("HGETALL")
-            .arg(format!("{PREFIX}counts"))
+            .arg(self.key("counts"))
             .cmd("ZRANGEBYSCORE")
-            .arg(format!("{PREFIX}pending"))
+            .arg(self.key("pending"))
             .arg("-inf")
             .arg(now)
             .arg("WITHSCORES")
@@ -388,7 +459,7 @@ impl QueueBackend for RedisQueue {
             .arg(0)
             .arg(1)
             .cmd("ZCOUNT")
-            .arg(format!("{PREFIX}leases"))
+            .arg(self.key("leases"))
             .arg(format!("({now}"))
             .arg("+inf")
             .query_async(&mut conn)

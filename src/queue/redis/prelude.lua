@@ -20,9 +20,24 @@ local FIELDS = {'id', 'type', 'payload', 'metadata', 'status', 'created_at', 'up
   'worker_id', 'queue', 'priority', 'attempts', 'max_attempts', 'run_at', 'idempotency_key',
   'last_error', 'lease_expires_at', 'lease_id', 'retry_backoff_ms'}
 
+-- Index of each field in FIELDS, for tasks read with fetch().
+local F = {}
+for i, name in ipairs(FIELDS) do F[name] = i end
+
 local function tkey(id) return P .. 't:' .. id end
 
+-- The task's fields in FIELDS order; t[F.id] is false when there is no such task.
 local function fetch(id) return redis.call('HMGET', tkey(id), unpack(FIELDS)) end
+
+-- Set fields of task t (as read by fetch) in Redis and in t: update(t, 'status', 'PENDING', ...).
+local function update(t, ...)
+  local args = {...}
+  for i = 2, #args, 2 do
+    if type(args[i]) == 'number' then args[i] = string.format('%d', args[i]) end
+    t[F[args[i - 1]]] = args[i]
+  end
+  redis.call('HSET', tkey(t[F.id]), unpack(args))
+end
 
 -- Highest priority first, then earliest due, then oldest: 36 hex digits that
 -- sort as strings in that order.
@@ -31,13 +46,24 @@ local function rank(priority, run_at, seq)
 end
 local RANK_LEN = 36
 
+-- Count changes are summed here and written once, by finish().
+local deltas = {}
 local function count(queue, status, by)
-  redis.call('HINCRBY', P .. 'counts', queue .. '\t' .. status, by)
+  local k = queue .. '\t' .. status
+  deltas[k] = (deltas[k] or 0) + by
 end
 
 local function move(queue, from, to)
   count(queue, from, -1)
   count(queue, to, 1)
+end
+
+-- Every script returns through this, so the counts are written.
+local function finish(reply)
+  for k, by in pairs(deltas) do
+    if by ~= 0 then redis.call('HINCRBY', P .. 'counts', k, by) end
+  end
+  return reply
 end
 
 -- File a task that has just become PENDING where dequeue will find it.
@@ -65,27 +91,28 @@ local function backoff(base, attempts, fraction)
   return math.min(low + math.floor((full - low + 1) * fraction), full)
 end
 
--- nil when the caller may act on task id as the holder of its lease (lease
--- '' skips the lease check, for clients of the original proto); otherwise
--- the outcome to answer: {'notfound'} or {'precondition', message}.
-local function not_held(id, lease)
-  local t = redis.call('HMGET', tkey(id), 'status', 'lease_id', 'lease_expires_at')
-  if not t[1] then return {'notfound'} end
-  if t[1] ~= 'IN_PROGRESS' then
-    return {'precondition', 'task ' .. id .. ' is ' .. t[1] .. ', not IN_PROGRESS'}
+-- nil when the caller may act on task t (as read by fetch) as the holder of
+-- its lease (lease '' skips the lease check, for clients of the original
+-- proto); otherwise the outcome to answer: {'notfound'} or {'precondition', message}.
+local function not_held(t, id, lease)
+  local status = t[F.status]
+  if not status then return {'notfound'} end
+  if status ~= 'IN_PROGRESS' then
+    return {'precondition', 'task ' .. id .. ' is ' .. status .. ', not IN_PROGRESS'}
   end
-  if lease ~= '' and lease ~= t[2] then
+  if lease ~= '' and lease ~= t[F.lease_id] then
     return {'precondition', 'lease ' .. lease .. ' no longer holds task ' .. id .. '; it was handed out again'}
   end
-  if tonumber(t[3]) <= NOW then
+  if tonumber(t[F.lease_expires_at]) <= NOW then
     return {'precondition', 'the lease on task ' .. id .. ' expired; it will be handed out again'}
   end
   return nil
 end
 
-local function ok(id)
-  local out = fetch(id)
-  table.insert(out, 1, 'ok')
+-- The outcome {'ok', fields...} for task t.
+local function ok(t)
+  local out = {'ok'}
+  for i = 1, #FIELDS do out[i + 1] = t[i] end
   return out
 end
 

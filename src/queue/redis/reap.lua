@@ -1,2 +1,2 @@
 -- ARGV: P, now, most tasks to return. Answers how many leases had expired.
-return reap(tonumber(ARGV[3]))
+return finish(reap(tonumber(ARGV[3])))

@@ -1,12 +1,13 @@
 -- ARGV: P, now, task id.
 local id = ARGV[3]
-local t = redis.call('HMGET', tkey(id), 'status', 'queue', 'priority', 'seq')
-if not t[1] then return {'notfound'} end
-if t[1] ~= 'FAILED' and t[1] ~= 'CANCELLED' then
-  return {'precondition', 'task ' .. id .. ' is ' .. t[1] .. '; only FAILED and CANCELLED tasks can be retried'}
+local t = fetch(id)
+local status = t[F.status]
+if not status then return {'notfound'} end
+if status ~= 'FAILED' and status ~= 'CANCELLED' then
+  return {'precondition', 'task ' .. id .. ' is ' .. status .. '; only FAILED and CANCELLED tasks can be retried'}
 end
-redis.call('HSET', tkey(id), 'status', 'PENDING', 'attempts', 0, 'run_at', NOW, 'worker_id', '', 'lease_id', '',
+update(t, 'status', 'PENDING', 'attempts', 0, 'run_at', NOW, 'worker_id', '', 'lease_id', '',
   'lease_expires_at', 0, 'updated_at', NOW)
-move(t[2], t[1], 'PENDING')
-file_pending(id, t[2], tonumber(t[3]), NOW, tonumber(t[4]))
-return ok(id)
+move(t[F.queue], status, 'PENDING')
+file_pending(id, t[F.queue], tonumber(t[F.priority]), NOW, tonumber(redis.call('HGET', tkey(id), 'seq')))
+return finish(ok(t))

@@ -1,0 +1,15 @@
+//! `nova bench`: measurements of nova's own speed, run on demand (never in
+//! timed tests; the machines that run tests are shared and noisy).
+
+pub mod queue;
+
+use crate::cli::{BenchArgs, BenchWhat};
+use crate::error::Result;
+use crate::output::Output;
+use crate::workspace::Workspace;
+
+pub fn run(ws: &Workspace, out: &Output, args: &BenchArgs) -> Result<()> {
+    match &args.what {
+        BenchWhat::Queue(args) => queue::run(ws, out, args),
+    }
+}

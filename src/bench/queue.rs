@@ -1,0 +1,476 @@
+//! `nova bench queue`: the queue's throughput and latency, end to end.
+//!
+//! Producers enqueue `--tasks` tasks while workers dequeue and ack them, in
+//! calls of `--batch` tasks. The run is made twice on fresh stores of the same
+//! kind: once through a real gRPC server on loopback (each producer and worker
+//! with its own connection), once against the backend directly, so the cost of
+//! the network layer shows as the difference. Each task carries the time it
+//! was sent; its latency is from then until its ack returned.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use serde::Serialize;
+use tokio::sync::Mutex;
+
+use crate::cli::BenchQueueArgs;
+use crate::error::{Error, Result};
+use crate::output::Output;
+use crate::queue::any::AnyQueue;
+use crate::queue::backend::QueueBackend;
+use crate::queue::client::{self, Client};
+use crate::queue::command::StoreUrl;
+use crate::queue::model::{AckSpec, DequeueSpec, now_ms};
+use crate::queue::proto::*;
+use crate::queue::redis::RedisQueue;
+use crate::queue::sqlite::SqliteQueue;
+use crate::queue::{server, validate};
+use crate::workspace::Workspace;
+
+/// How long a worker's dequeue waits for work over gRPC (a long poll).
+const WAIT_MS: u32 = 50;
+/// Long enough that no lease expires during a run.
+const LEASE_MS: u32 = 600_000;
+
+#[derive(Debug, Serialize)]
+pub struct Report {
+    pub store: String,
+    pub tasks: u32,
+    pub producers: u32,
+    pub workers: u32,
+    pub batch: u32,
+    pub runs: Vec<RunResult>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct RunResult {
+    /// `grpc` or `direct`.
+    pub path: &'static str,
+    /// Seconds until the last enqueue returned.
+    pub enqueue_seconds: f64,
+    /// Seconds until the last ack returned.
+    pub total_seconds: f64,
+    pub enqueue_per_second: f64,
+    pub end_to_end_per_second: f64,
+    pub latency_p50_ms: f64,
+    pub latency_p99_ms: f64,
+    pub latency_max_ms: f64,
+}
+
+/// A fresh store for one run, removed afterwards.
+enum Scratch {
+    Sqlite(PathBuf),
+    Redis(RedisQueue),
+}
+
+impl Scratch {
+    async fn cleanup(self) {
+        match self {
+            Scratch::Sqlite(path) => {
+                for suffix in ["", "-wal", "-shm"] {
+                    let mut p = path.clone().into_os_string();
+                    p.push(suffix);
+                    let _ = std::fs::remove_file(p);
+                }
+            }
+            Scratch::Redis(queue) => {
+                let _ = queue.delete_all().await;
+            }
+        }
+    }
+}
+
+async fn fresh_store(
+    base: &StoreUrl,
+    tmp: &tempfile::TempDir,
+    run: &str,
+) -> Result<(AnyQueue, Scratch)> {
+    match base {
+        StoreUrl::Sqlite(path) => {
+            let path = if path.as_os_str().is_empty() {
+                tmp.path().join(format!("bench-{run}.db"))
+            } else {
+                let mut p = path.clone().into_os_string();
+                p.push(format!(".{run}"));
+                PathBuf::from(p)
+            };
+            if path.exists() {
+                return Err(Error::usage(format!(
+                    "--store: {} exists; the benchmark writes only to files it creates",
+                    path.display()
+                )));
+            }
+            let queue = SqliteQueue::open(&path).map_err(|e| Error::Failed(e.to_string()))?;
+            Ok((AnyQueue::Sqlite(queue), Scratch::Sqlite(path)))
+        }
+        StoreUrl::Redis(url) => {
+            let prefix = format!("nova:bench:{}:{run}:", crate::queue::model::new_id());
+            let queue = RedisQueue::connect_with_prefix(url, &prefix)
+                .await
+                .map_err(|e| Error::Failed(e.to_string()))?;
+            Ok((AnyQueue::Redis(queue.clone()), Scratch::Redis(queue)))
+        }
+    }
+}
+
+/// How producers and workers reach the queue.
+#[derive(Clone)]
+enum Endpoint {
+    Grpc(Client),
+    Direct(Arc<AnyQueue>),
+}
+
+type Failure = String;
+
+impl Endpoint {
+    async fn enqueue(&mut self, requests: Vec<EnqueueRequest>) -> std::result::Result<(), Failure> {
+        match self {
+            Endpoint::Grpc(c) if requests.len() == 1 => {
+                let request = requests.into_iter().next().expect("one request");
+                c.enqueue(request).await.map_err(|e| e.to_string())?;
+            }
+            Endpoint::Grpc(c) => {
+                c.enqueue_batch(EnqueueBatchRequest { tasks: requests })
+                    .await
+                    .map_err(|e| e.to_string())?;
+            }
+            Endpoint::Direct(q) => {
+                // The service validates every request; so does this path.
+                let tasks = requests
+                    .into_iter()
+                    .map(|r| validate::enqueue("", r))
+                    .collect::<std::result::Result<Vec<_>, _>>()?;
+                q.enqueue(tasks, now_ms())
+                    .await
+                    .map_err(|e| e.to_string())?;
+            }
+        }
+        Ok(())
+    }
+
+    async fn dequeue(&mut self, worker: &str, max: u32) -> std::result::Result<Vec<Task>, Failure> {
+        match self {
+            Endpoint::Grpc(c) => Ok(c
+                .dequeue(DequeueRequest {
+                    worker_id: worker.to_string(),
+                    lease_ms: LEASE_MS,
+                    wait_ms: WAIT_MS,
+                    max_tasks: max,
+                    ..Default::default()
+                })
+                .await
+                .map_err(|e| e.to_string())?
+                .into_inner()
+                .tasks),
+            Endpoint::Direct(q) => {
+                let spec = DequeueSpec {
+                    worker_id: worker.to_string(),
+                    queues: Vec::new(),
+                    lease_ms: LEASE_MS,
+                    max_tasks: max,
+                };
+                let tasks = q.dequeue(spec, now_ms()).await.map_err(|e| e.to_string())?;
+                if tasks.is_empty() {
+                    tokio::time::sleep(Duration::from_millis(1)).await;
+                }
+                Ok(tasks)
+            }
+        }
+    }
+
+    async fn ack(&mut self, tasks: &[Task]) -> std::result::Result<(), Failure> {
+        let request = |t: &Task| AckRequest {
+            task_id: t.id.clone(),
+            success: true,
+            lease_id: t.lease_id.clone(),
+            ..Default::default()
+        };
+        match self {
+            Endpoint::Grpc(c) if tasks.len() == 1 => {
+                c.ack(request(&tasks[0])).await.map_err(|e| e.to_string())?;
+            }
+            Endpoint::Grpc(c) => {
+                let outcomes = c
+                    .ack_batch(AckBatchRequest {
+                        acks: tasks.iter().map(request).collect(),
+                    })
+                    .await
+                    .map_err(|e| e.to_string())?
+                    .into_inner()
+                    .outcomes;
+                if let Some(bad) = outcomes.iter().find(|o| o.code != 0) {
+                    return Err(format!("ack of {} refused: {}", bad.task_id, bad.message));
+                }
+            }
+            Endpoint::Direct(q) => {
+                let acks = tasks
+                    .iter()
+                    .map(|t| AckSpec {
+                        task_id: t.id.clone(),
+                        success: true,
+                        result: String::new(),
+                        lease_id: Some(t.lease_id.clone()),
+                        retry: false,
+                        error: String::new(),
+                    })
+                    .collect();
+                for outcome in q.ack(acks, now_ms()).await.map_err(|e| e.to_string())? {
+                    outcome.map_err(|e| e.to_string())?;
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+struct Shared {
+    start: Instant,
+    acked: AtomicU64,
+    latencies_us: Mutex<Vec<u64>>,
+}
+
+async fn produce(
+    mut endpoint: Endpoint,
+    shared: Arc<Shared>,
+    count: u32,
+    batch: u32,
+) -> std::result::Result<Duration, Failure> {
+    let mut left = count;
+    while left > 0 {
+        let n = left.min(batch);
+        let sent = shared.start.elapsed().as_micros() as u64;
+        let requests = (0..n)
+            .map(|_| EnqueueRequest {
+                r#type: "bench".into(),
+                payload: sent.to_string(),
+                ..Default::default()
+            })
+            .collect();
+        endpoint.enqueue(requests).await?;
+        left -= n;
+    }
+    Ok(shared.start.elapsed())
+}
+
+async fn work(
+    mut endpoint: Endpoint,
+    shared: Arc<Shared>,
+    name: String,
+    total: u64,
+    batch: u32,
+) -> std::result::Result<(), Failure> {
+    let mut latencies = Vec::new();
+    while shared.acked.load(Ordering::Relaxed) < total {
+        let tasks = endpoint.dequeue(&name, batch).await?;
+        if tasks.is_empty() {
+            continue;
+        }
+        endpoint.ack(&tasks).await?;
+        let now = shared.start.elapsed().as_micros() as u64;
+        for t in &tasks {
+            let sent: u64 = t
+                .payload
+                .parse()
+                .map_err(|_| "a bench task lost its payload")?;
+            latencies.push(now.saturating_sub(sent));
+        }
+        shared
+            .acked
+            .fetch_add(tasks.len() as u64, Ordering::Relaxed);
+    }
+    shared.latencies_us.lock().await.extend(latencies);
+    Ok(())
+}
+
+/// Connect a client per producer and worker, or hand each the backend.
+async fn endpoints(queue: &AnyQueue, url: Option<&str>, n: u32) -> Result<Vec<Endpoint>> {
+    let mut out = Vec::new();
+    let direct = Arc::new(queue.clone());
+    for _ in 0..n {
+        out.push(match url {
+            Some(url) => Endpoint::Grpc(
+                client::connect(url, None)
+                    .await
+                    .map_err(|e| Error::Failed(e.to_string()))?,
+            ),
+            None => Endpoint::Direct(direct.clone()),
+        });
+    }
+    Ok(out)
+}
+
+fn percentile(sorted: &[u64], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return 0.0;
+    }
+    let rank = ((p / 100.0) * sorted.len() as f64).ceil() as usize;
+    sorted[rank.clamp(1, sorted.len()) - 1] as f64 / 1000.0
+}
+
+async fn one_run(path: &'static str, queue: AnyQueue, args: &BenchQueueArgs) -> Result<RunResult> {
+    let mut stop_server = None;
+    let url = if path == "grpc" {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .map_err(|e| Error::Failed(format!("cannot listen on loopback: {e}")))?;
+        let addr = listener
+            .local_addr()
+            .map_err(|e| Error::Failed(e.to_string()))?;
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let handle = tokio::spawn(server::serve(queue.clone(), listener, None, async {
+            let _ = stopped.await;
+        }));
+        stop_server = Some((stop, handle));
+        Some(format!("http://{addr}"))
+    } else {
+        None
+    };
+    let producers = endpoints(&queue, url.as_deref(), args.producers).await?;
+    let workers = endpoints(&queue, url.as_deref(), args.workers).await?;
+
+    let shared = Arc::new(Shared {
+        start: Instant::now(),
+        acked: AtomicU64::new(0),
+        latencies_us: Mutex::new(Vec::with_capacity(args.tasks as usize)),
+    });
+    let total = args.tasks as u64;
+    let worker_handles: Vec<_> = workers
+        .into_iter()
+        .enumerate()
+        .map(|(i, e)| {
+            tokio::spawn(work(
+                e,
+                shared.clone(),
+                format!("bench-worker-{i}"),
+                total,
+                args.batch,
+            ))
+        })
+        .collect();
+    let producer_handles: Vec<_> = producers
+        .into_iter()
+        .enumerate()
+        .map(|(i, e)| {
+            // Spread the tasks; the first producers take the remainder.
+            let share =
+                args.tasks / args.producers + u32::from((i as u32) < args.tasks % args.producers);
+            tokio::spawn(produce(e, shared.clone(), share, args.batch))
+        })
+        .collect();
+
+    let failed = |e: Failure| Error::Failed(format!("benchmark ({path}): {e}"));
+    let joined = |e: tokio::task::JoinError| Error::Failed(format!("benchmark ({path}): {e}"));
+    let mut enqueue_done = Duration::ZERO;
+    for h in producer_handles {
+        enqueue_done = enqueue_done.max(h.await.map_err(joined)?.map_err(failed)?);
+    }
+    for h in worker_handles {
+        h.await.map_err(joined)?.map_err(failed)?;
+    }
+    let total_time = shared.start.elapsed();
+    if let Some((stop, handle)) = stop_server {
+        let _ = stop.send(());
+        let _ = handle.await;
+    }
+
+    let mut latencies = std::mem::take(&mut *shared.latencies_us.lock().await);
+    latencies.sort_unstable();
+    let n = args.tasks as f64;
+    Ok(RunResult {
+        path,
+        enqueue_seconds: enqueue_done.as_secs_f64(),
+        total_seconds: total_time.as_secs_f64(),
+        enqueue_per_second: n / enqueue_done.as_secs_f64().max(1e-9),
+        end_to_end_per_second: n / total_time.as_secs_f64().max(1e-9),
+        latency_p50_ms: percentile(&latencies, 50.0),
+        latency_p99_ms: percentile(&latencies, 99.0),
+        latency_max_ms: latencies.last().copied().unwrap_or(0) as f64 / 1000.0,
+    })
+}
+
+pub fn run(ws: &Workspace, out: &Output, args: &BenchQueueArgs) -> Result<()> {
+    let base = match &args.store {
+        Some(url) => StoreUrl::parse(url, &ws.root)?,
+        None => StoreUrl::Sqlite(PathBuf::new()),
+    };
+    let label = match (&base, &args.store) {
+        (StoreUrl::Sqlite(_), None) => "sqlite (temporary file, durable)".to_string(),
+        (_, Some(url)) => url.clone(),
+        (StoreUrl::Redis(url), None) => url.clone(),
+    };
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| Error::Failed(format!("cannot start the async runtime: {e}")))?;
+    let report = rt.block_on(async {
+        let tmp = tempfile::tempdir().map_err(|e| Error::io(std::env::temp_dir(), e))?;
+        let mut runs = Vec::new();
+        let paths: &[&'static str] = if args.grpc_only {
+            &["grpc"]
+        } else {
+            &["grpc", "direct"]
+        };
+        for &path in paths {
+            let (queue, scratch) = fresh_store(&base, &tmp, path).await?;
+            let result = one_run(path, queue, args).await;
+            scratch.cleanup().await;
+            runs.push(result?);
+        }
+        Ok::<_, Error>(Report {
+            store: label,
+            tasks: args.tasks,
+            producers: args.producers,
+            workers: args.workers,
+            batch: args.batch,
+            runs,
+        })
+    })?;
+    print(out, &report)
+}
+
+fn print(out: &Output, report: &Report) -> Result<()> {
+    if out.json {
+        return out.json(report);
+    }
+    out.text(&format!(
+        "queue benchmark: {} tasks, {} producers, {} workers, batch {}, store {}\n",
+        report.tasks, report.producers, report.workers, report.batch, report.store
+    ))?;
+    let mut table = out.table(&[
+        "path",
+        "enqueue/s",
+        "end-to-end/s",
+        "p50 ms",
+        "p99 ms",
+        "max ms",
+        "seconds",
+    ]);
+    for r in &report.runs {
+        table.add_row(vec![
+            r.path.to_string(),
+            format!("{:.0}", r.enqueue_per_second),
+            format!("{:.0}", r.end_to_end_per_second),
+            format!("{:.2}", r.latency_p50_ms),
+            format!("{:.2}", r.latency_p99_ms),
+            format!("{:.2}", r.latency_max_ms),
+            format!("{:.2}", r.total_seconds),
+        ]);
+    }
+    out.print_table(&table)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::percentile;
+
+    #[test]
+    fn percentiles_use_the_nearest_rank() {
+        let v: Vec<u64> = (1..=100).map(|i| i * 1000).collect();
+        assert_eq!(percentile(&v, 50.0), 50.0);
+        assert_eq!(percentile(&v, 99.0), 99.0);
+        assert_eq!(percentile(&v, 100.0), 100.0);
+        assert_eq!(percentile(&[], 50.0), 0.0);
+    }
+}

@@ -1,0 +1,111 @@
+//! `nova bench queue` runs end to end on both stores and reports what it
+//! measured. (Its figures are not checked against targets here: the test
+//! machines are shared and noisy; see the README for measured figures.)
+
+mod common;
+
+use common::Workspace;
+use common::redis_server::RedisServer;
+
+fn check_report(report: &serde_json::Value, tasks: u64) {
+    assert_eq!(report["tasks"], tasks);
+    let runs = report["runs"].as_array().unwrap();
+    let paths: Vec<&str> = runs.iter().map(|r| r["path"].as_str().unwrap()).collect();
+    assert_eq!(paths, ["grpc", "direct"]);
+    for r in runs {
+        for key in [
+            "enqueue_per_second",
+            "end_to_end_per_second",
+            "total_seconds",
+        ] {
+            assert!(r[key].as_f64().unwrap() > 0.0, "{key} in {r}");
+        }
+        let p50 = r["latency_p50_ms"].as_f64().unwrap();
+        let p99 = r["latency_p99_ms"].as_f64().unwrap();
+        let max = r["latency_max_ms"].as_f64().unwrap();
+        assert!(p50 <= p99 && p99 <= max, "{r}");
+    }
+}
+
+#[test]
+fn bench_queue_on_sqlite_reports_both_paths_and_leaves_nothing() {
+    let ws = Workspace::new();
+    let report = ws
+        .run(&[
+            "bench", "queue", "--tasks", "300", "--batch", "10", "--json",
+        ])
+        .success()
+        .json();
+    check_report(&report, 300);
+    assert!(ws.files().is_empty(), "{:?}", ws.files());
+
+    // Into a file it would create: fine; over an existing one: refused.
+    ws.write("taken.db.grpc", "precious");
+    ws.run(&[
+        "bench",
+        "queue",
+        "--store",
+        "sqlite:taken.db",
+        "--tasks",
+        "10",
+    ])
+    .code(2)
+    .stderr_has("taken.db.grpc exists");
+    assert_eq!(
+        std::fs::read_to_string(ws.path().join("taken.db.grpc")).unwrap(),
+        "precious"
+    );
+}
+
+#[test]
+fn bench_queue_on_redis_cleans_up_its_keys() {
+    let redis = RedisServer::start();
+    let ws = Workspace::new();
+    let report = ws
+        .run(&[
+            "bench",
+            "queue",
+            "--store",
+            &redis.url(),
+            "--tasks",
+            "300",
+            "--json",
+        ])
+        .success()
+        .json();
+    check_report(&report, 300);
+    // The benchmark's own keys are gone afterwards; the queue's are untouched.
+    ws.run(&["queue", "--store", &redis.url(), "enqueue", "keep"])
+        .success();
+    ws.run(&["bench", "queue", "--store", &redis.url(), "--tasks", "50"])
+        .success()
+        .stdout_has("grpc");
+    let listed = ws
+        .run(&["queue", "--store", &redis.url(), "list", "--json"])
+        .success()
+        .json();
+    assert_eq!(listed.as_array().unwrap().len(), 1);
+    let mut con = redis::Client::open(redis.url())
+        .unwrap()
+        .get_connection()
+        .unwrap();
+    let left: Vec<String> = redis::cmd("KEYS")
+        .arg("nova:bench:*")
+        .query(&mut con)
+        .unwrap();
+    assert!(left.is_empty(), "{left:?}");
+}
+
+#[test]
+fn bench_queue_flags_are_checked() {
+    let ws = Workspace::new();
+    ws.run(&["bench", "queue", "--batch", "0"])
+        .code(2)
+        .stderr_has("--batch");
+    ws.run(&["bench", "queue", "--tasks", "0"])
+        .code(2)
+        .stderr_has("--tasks");
+    ws.run(&["bench", "queue", "--store", "postgres://x"])
+        .code(2)
+        .stderr_has("expected sqlite:PATH or redis://");
+}
