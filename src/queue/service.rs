@@ -194,7 +194,10 @@ impl<B: QueueBackend> TaskQueue for QueueService<B> {
         let task = outcomes
             .pop()
             .expect("one ack in, one outcome out")
-            .map_err(to_status)?;
+            .map_err(|e| {
+                tracing::info!(reason = %e, "ack refused");
+                to_status(e)
+            })?;
         tracing::debug!(task = %task.id, status = %task.status, "acknowledged");
         if task.status == Status::Pending.as_str() {
             self.wake();
@@ -252,6 +255,7 @@ impl<B: QueueBackend> TaskQueue for QueueService<B> {
             .heartbeat(req.task_id, req.lease_id, req.lease_ms, now_ms())
             .await
             .map_err(to_status)?;
+        tracing::trace!(task = %task.id, until = task.lease_expires_at, "lease extended");
         Ok(Response::new(HeartbeatResponse { task: Some(task) }))
     }
 
@@ -341,6 +345,9 @@ impl<B: QueueBackend> TaskQueue for QueueService<B> {
             .enqueue(tasks, now_ms())
             .await
             .map_err(to_status)?;
+        for (task, existing) in &stored {
+            tracing::debug!(task = %task.id, queue = %task.queue, existing, "enqueued");
+        }
         self.wake();
         Ok(Response::new(EnqueueBatchResponse {
             tasks: stored.into_iter().map(|(t, _)| t).collect(),
@@ -374,6 +381,7 @@ impl<B: QueueBackend> TaskQueue for QueueService<B> {
             .zip(outcomes)
             .map(|(task_id, outcome)| match outcome {
                 Ok(task) => {
+                    tracing::debug!(task = %task.id, status = %task.status, "acknowledged");
                     requeued |= task.status == Status::Pending.as_str();
                     AckOutcome {
                         task_id,
@@ -383,6 +391,7 @@ impl<B: QueueBackend> TaskQueue for QueueService<B> {
                     }
                 }
                 Err(e) => {
+                    tracing::info!(task = %task_id, reason = %e, "ack refused");
                     let status = to_status(e);
                     AckOutcome {
                         task_id,
