@@ -13,8 +13,8 @@ use clap::{CommandFactory, Parser};
 use crate::cli::{Cli, Command};
 use crate::error::{Error, Result};
 use crate::output::{self, ColorChoice, Output};
-use crate::workspace::Workspace;
-use crate::{bench, blueprints, plan, queue, roadmap, tasks};
+use crate::workspace::{Workspace, ensure_dir};
+use crate::{bench, blueprints, logging, plan, queue, roadmap, tasks};
 
 pub fn main() -> ExitCode {
     let cli = match Cli::try_parse() {
@@ -24,25 +24,37 @@ pub fn main() -> ExitCode {
             return ExitCode::from(e.exit_code().clamp(0, 255) as u8);
         }
     };
-    init_logging(cli.verbose, cli.quiet);
     let out = Output::new(cli.json, cli.quiet, cli.color);
-    match try_main(&cli, &out) {
+    let mut logs = None;
+    let code = match try_main(&cli, &out, &mut logs) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) if output::is_broken_pipe(&e) => ExitCode::SUCCESS,
         Err(e) => {
+            // On stderr the error is printed below; this puts it in the log files.
+            tracing::info!(error = %e, exit_code = e.exit_code(), "command failed");
             report(&e, cli.color);
             ExitCode::from(e.exit_code())
         }
-    }
+    };
+    drop(logs); // flushes the log files
+    code
 }
 
-pub fn try_main(cli: &Cli, out: &Output) -> Result<()> {
+/// Run the command; `logs` receives the log files' guard once logging is up.
+pub fn try_main(cli: &Cli, out: &Output, logs: &mut Option<logging::LogGuard>) -> Result<()> {
     if let Command::Completions { shell } = &cli.command {
         let mut buf = Vec::new();
         clap_complete::generate(*shell, &mut Cli::command(), "nova", &mut buf);
         return out.text(&String::from_utf8_lossy(&buf));
     }
     let ws = Workspace::discover(cli.home.clone())?;
+    let log_dir = ws.home.join("logs");
+    let keep_files = cli.command.keeps_log_files() && ensure_dir(&log_dir).is_ok();
+    *logs = Some(logging::init(
+        cli.verbose,
+        cli.quiet,
+        keep_files.then_some(log_dir.as_path()),
+    ));
     match &cli.command {
         Command::Blueprints(args) => blueprints::command::run(&ws, out, args),
         Command::Plan(args) => plan::command::run(&ws, out, args),
@@ -78,24 +90,4 @@ fn report(err: &Error, choice: ColorChoice) {
         }
         other => eprintln!("{label} {other}"),
     }
-}
-
-fn init_logging(verbose: u8, quiet: bool) {
-    use tracing_subscriber::EnvFilter;
-    let default = match (quiet, verbose) {
-        (true, _) => "error",
-        (false, 0) => "warn",
-        (false, 1) => "info",
-        (false, 2) => "debug",
-        _ => "trace",
-    };
-    let filter = std::env::var("NOVA_LOG")
-        .ok()
-        .and_then(|f| EnvFilter::try_new(f).ok())
-        .unwrap_or_else(|| EnvFilter::new(default));
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_target(false)
-        .try_init();
 }

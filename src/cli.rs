@@ -63,6 +63,14 @@ pub enum Command {
     },
 }
 
+impl Command {
+    /// Commands that change state or run for long keep JSON log files in
+    /// `$NOVA_HOME/logs`; the read-only views create nothing.
+    pub fn keeps_log_files(&self) -> bool {
+        matches!(self, Command::Serve(_) | Command::Queue(_))
+    }
+}
+
 #[derive(Debug, Args)]
 #[command(args_conflicts_with_subcommands = true)]
 pub struct BlueprintsArgs {

@@ -13,6 +13,7 @@ pub mod blueprints;
 pub mod cli;
 pub mod config;
 pub mod error;
+pub mod logging;
 pub mod output;
 pub mod plan;
 pub mod queue;

@@ -200,6 +200,47 @@ fn serve_answers_remote_clients_and_stops_on_sigterm() {
         status.success(),
         "nova serve exited with {status:?} on SIGTERM"
     );
+    // The JSON log file was flushed on the way out.
+    let logs = log_lines(&ws);
+    assert!(
+        logs.iter()
+            .any(|l| l["fields"]["message"] == "server stopped"),
+        "{logs:?}"
+    );
+}
+
+/// Every JSON line in the workspace's log files.
+fn log_lines(ws: &Workspace) -> Vec<serde_json::Value> {
+    let dir = ws.home().join("logs");
+    let mut lines = Vec::new();
+    for entry in std::fs::read_dir(&dir).unwrap() {
+        let path = entry.unwrap().path();
+        let name = path.file_name().unwrap().to_string_lossy().to_string();
+        assert!(name.starts_with("nova.log."), "{name}");
+        for line in std::fs::read_to_string(&path).unwrap().lines() {
+            lines.push(serde_json::from_str(line).unwrap_or_else(|e| panic!("{line:?}: {e}")));
+        }
+    }
+    lines
+}
+
+#[test]
+fn a_failing_queue_command_leaves_its_error_in_the_log_file() {
+    let ws = Workspace::new();
+    ws.run(&["queue", "get", "no-such-task"])
+        .code(2)
+        .stderr_has("task no-such-task not found");
+    let logs = log_lines(&ws);
+    let failed = logs
+        .iter()
+        .find(|l| l["fields"]["message"] == "command failed")
+        .unwrap_or_else(|| panic!("{logs:?}"));
+    assert_eq!(failed["fields"]["exit_code"], 2);
+    assert_eq!(failed["level"], "INFO");
+    // Views keep no log files.
+    let fresh = Workspace::new();
+    fresh.run(&["roadmap"]).success();
+    assert!(fresh.files().is_empty(), "{:?}", fresh.files());
 }
 
 #[test]
