@@ -54,6 +54,8 @@ pub enum Command {
     Serve(ServeArgs),
     /// Enqueue, list, inspect, cancel and retry queue tasks
     Queue(QueueArgs),
+    /// Counters and latency percentiles recorded by nova's long-running commands
+    Kpi,
     /// Measure nova's own speed (the queue, end to end)
     Bench(BenchArgs),
     /// Print shell completions for bash, zsh or fish
@@ -193,6 +195,10 @@ pub struct ServeArgs {
     /// Allow a non-loopback address without a token
     #[arg(long)]
     pub insecure: bool,
+
+    /// Serve KPIs and queue depth in the Prometheus text format at http://ADDR/metrics
+    #[arg(long, value_name = "ADDR")]
+    pub metrics: Option<std::net::SocketAddr>,
 }
 
 #[derive(Debug, Args)]
@@ -205,6 +211,19 @@ pub struct BenchArgs {
 pub enum BenchWhat {
     /// Drive the queue server over gRPC, then the same store directly, and compare
     Queue(BenchQueueArgs),
+    /// The cost of recording a KPI (counter, histogram, timer) per call
+    Kpi(BenchKpiArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct BenchKpiArgs {
+    /// Calls per thread
+    #[arg(long, default_value_t = 10_000_000, value_parser = clap::value_parser!(u64).range(1..))]
+    pub calls: u64,
+
+    /// Threads recording into the same metric at once (the second round)
+    #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u32).range(1..=256))]
+    pub threads: u32,
 }
 
 #[derive(Debug, Args)]

@@ -13,6 +13,7 @@ pub mod blueprints;
 pub mod cli;
 pub mod config;
 pub mod error;
+pub mod kpi;
 pub mod logging;
 pub mod output;
 pub mod plan;

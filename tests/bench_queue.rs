@@ -109,3 +109,28 @@ fn bench_queue_flags_are_checked() {
         .code(2)
         .stderr_has("expected sqlite:PATH or redis://");
 }
+
+#[test]
+fn bench_kpi_reports_the_cost_per_call() {
+    let ws = Workspace::new();
+    let rows = ws
+        .run(&[
+            "bench",
+            "kpi",
+            "--calls",
+            "1000",
+            "--threads",
+            "3",
+            "--json",
+        ])
+        .success()
+        .json();
+    let rows = rows.as_array().unwrap();
+    assert_eq!(rows.len(), 6);
+    assert!(
+        rows.iter()
+            .all(|r| r["ns_per_call"].as_f64().unwrap() > 0.0)
+    );
+    assert_eq!(rows[5]["threads"], 3);
+    ws.run(&["bench", "kpi", "--calls", "0"]).code(2);
+}

@@ -1,6 +1,7 @@
 //! `nova bench`: measurements of nova's own speed, run on demand (never in
 //! timed tests; the machines that run tests are shared and noisy).
 
+pub mod kpi;
 pub mod queue;
 
 use crate::cli::{BenchArgs, BenchWhat};
@@ -11,5 +12,6 @@ use crate::workspace::Workspace;
 pub fn run(ws: &Workspace, out: &Output, args: &BenchArgs) -> Result<()> {
     match &args.what {
         BenchWhat::Queue(args) => queue::run(ws, out, args),
+        BenchWhat::Kpi(args) => kpi::run(out, args),
     }
 }

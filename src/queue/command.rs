@@ -130,24 +130,151 @@ pub fn serve(ws: &Workspace, out: &Output, args: &ServeArgs) -> Result<()> {
         let addr = listener
             .local_addr()
             .map_err(|e| Error::Failed(e.to_string()))?;
+        let metrics =
+            match args.metrics {
+                Some(addr) => Some(tokio::net::TcpListener::bind(addr).await.map_err(|e| {
+                    Error::Failed(format!("--metrics: cannot listen on {addr}: {e}"))
+                })?),
+                None => None,
+            };
+        let metrics_url = match &metrics {
+            Some(l) => Some(format!(
+                "http://{}/metrics",
+                l.local_addr().map_err(|e| Error::Failed(e.to_string()))?
+            )),
+            None => None,
+        };
         let (backend, label) = open_queue(&store).await?;
-        announce(out, addr, &label, token.is_some())?;
+        announce(out, addr, &label, token.is_some(), metrics_url.as_deref())?;
+
+        let (stopped, stop) = tokio::sync::watch::channel(false);
+        let metrics_server = metrics.map(|listener| {
+            let mut stop = stop.clone();
+            tokio::spawn(crate::kpi::prometheus::serve(
+                listener,
+                metrics_page(backend.clone()),
+                async move {
+                    let _ = stop.changed().await;
+                },
+            ))
+        });
+        let db = ws.db_path();
+        let saver = tokio::spawn(save_kpis_every(db.clone()));
+
         let served = server::serve(backend, listener, token, server::signal()).await;
+        let _ = stopped.send(true);
+        if let Some(m) = metrics_server {
+            let _ = m.await;
+        }
+        saver.abort();
+        let _ = tokio::task::spawn_blocking(move || save_kpis(&db)).await;
         served.map_err(|e| Error::Failed(format!("server error: {e}")))?;
         tracing::info!("server stopped");
         Ok(())
     })
 }
 
-fn announce(out: &Output, addr: SocketAddr, store: &str, auth: bool) -> Result<()> {
+/// How often `nova serve` writes its KPI snapshot to the workspace database.
+const KPI_SNAPSHOT_EVERY: std::time::Duration = std::time::Duration::from_secs(60);
+
+fn save_kpis(db: &Path) {
+    let saved = db
+        .parent()
+        .map_or(Ok(()), ensure_dir)
+        .map_err(|e| e.to_string())
+        .and_then(|()| crate::store::Store::open(db).map_err(|e| e.to_string()))
+        .and_then(|store| {
+            crate::kpi::store::save(store.connection(), "serve", &crate::kpi::snapshot())
+                .map_err(|e| e.to_string())
+        });
+    if let Err(e) = saved {
+        tracing::warn!(error = %e, "could not save the KPI snapshot");
+    }
+}
+
+async fn save_kpis_every(db: PathBuf) {
+    let mut tick = tokio::time::interval(KPI_SNAPSHOT_EVERY);
+    tick.tick().await;
+    loop {
+        tick.tick().await;
+        let db = db.clone();
+        let _ = tokio::task::spawn_blocking(move || save_kpis(&db)).await;
+    }
+}
+
+/// The `/metrics` page: this process's KPIs and the queue's depth now.
+fn metrics_page(
+    backend: AnyQueue,
+) -> impl Fn() -> std::pin::Pin<Box<dyn std::future::Future<Output = String> + Send>>
++ Clone
++ Send
++ Sync
++ 'static {
+    use crate::kpi::prometheus;
+    move || {
+        let backend = backend.clone();
+        Box::pin(async move {
+            let mut text = prometheus::render(&crate::kpi::snapshot());
+            match crate::queue::backend::QueueBackend::stats(&backend, super::model::now_ms()).await
+            {
+                Ok(stats) => {
+                    let samples: Vec<_> = stats
+                        .counts
+                        .iter()
+                        .map(|(q, st, n)| {
+                            (
+                                vec![("queue", q.as_str()), ("status", st.as_str())],
+                                *n as f64,
+                            )
+                        })
+                        .collect();
+                    prometheus::gauge(
+                        &mut text,
+                        "queue.tasks",
+                        "Tasks by queue and status.",
+                        &samples,
+                    );
+                    prometheus::gauge(
+                        &mut text,
+                        "queue.oldest_pending_age_seconds",
+                        "Age of the oldest due pending task.",
+                        &[(vec![], stats.oldest_pending_age_ms as f64 / 1000.0)],
+                    );
+                    prometheus::gauge(
+                        &mut text,
+                        "queue.leases_in_flight",
+                        "Tasks held by a live lease.",
+                        &[(vec![], stats.in_flight_leases as f64)],
+                    );
+                }
+                Err(e) => tracing::warn!(error = %e, "queue stats for /metrics failed"),
+            }
+            text
+        })
+    }
+}
+
+fn announce(
+    out: &Output,
+    addr: SocketAddr,
+    store: &str,
+    auth: bool,
+    metrics: Option<&str>,
+) -> Result<()> {
     if out.json {
-        return out.json_line(
-            &json!({"listening": format!("http://{addr}"), "store": store, "auth": auth}),
-        );
+        return out.json_line(&json!({
+            "listening": format!("http://{addr}"),
+            "store": store,
+            "auth": auth,
+            "metrics": metrics,
+        }));
     }
     out.text(&format!(
-        "nova queue server listening on http://{addr} (store {store}{})\n",
-        if auth { ", bearer token required" } else { "" }
+        "nova queue server listening on http://{addr} (store {store}{}){}\n",
+        if auth { ", bearer token required" } else { "" },
+        metrics
+            .map(|m| format!("; metrics at {m}"))
+            .unwrap_or_default()
     ))
 }
 

@@ -129,7 +129,10 @@ async fn reap_loop<B: QueueBackend>(backend: Arc<B>) {
         tick.tick().await;
         match backend.reap(now_ms()).await {
             Ok(0) => {}
-            Ok(n) => tracing::info!(tasks = n, "leases expired; tasks returned to the queue"),
+            Ok(n) => {
+                crate::counter!("queue.leases.expired").add(n);
+                tracing::info!(tasks = n, "leases expired; tasks returned to the queue")
+            }
             Err(e) => tracing::warn!(error = %e, "lease reaper failed"),
         }
     }

@@ -98,6 +98,7 @@ impl<B: QueueBackend> TaskQueue for QueueService<B> {
         &self,
         request: Request<EnqueueRequest>,
     ) -> Result<Response<EnqueueResponse>, GrpcStatus> {
+        let _timer = crate::timer!("queue.grpc.enqueue");
         let request = request.into_inner();
         check_size(&request)?;
         let task = validate::enqueue("", request).map_err(invalid)?;
@@ -107,6 +108,7 @@ impl<B: QueueBackend> TaskQueue for QueueService<B> {
             .await
             .map_err(to_status)?;
         let (task, existing) = stored.pop().expect("one task in, one task out");
+        crate::counter!("queue.tasks.enqueued").inc();
         tracing::debug!(task = %task.id, queue = %task.queue, existing, "enqueued");
         self.wake();
         Ok(Response::new(EnqueueResponse {
@@ -119,6 +121,7 @@ impl<B: QueueBackend> TaskQueue for QueueService<B> {
         &self,
         request: Request<DequeueRequest>,
     ) -> Result<Response<DequeueResponse>, GrpcStatus> {
+        let _timer = crate::timer!("queue.grpc.dequeue");
         let req = request.into_inner();
         if req.worker_id.len() > 128 {
             return Err(invalid("worker_id: at most 128 characters".into()));
@@ -166,6 +169,7 @@ impl<B: QueueBackend> TaskQueue for QueueService<B> {
                 .map_err(to_status)?;
             let now = tokio::time::Instant::now();
             if !tasks.is_empty() || now >= deadline {
+                crate::counter!("queue.tasks.leased").add(tasks.len() as u64);
                 for task in &tasks {
                     tracing::debug!(task = %task.id, worker = %task.worker_id, attempt = task.attempts, "leased");
                 }
@@ -183,6 +187,7 @@ impl<B: QueueBackend> TaskQueue for QueueService<B> {
     }
 
     async fn ack(&self, request: Request<AckRequest>) -> Result<Response<AckResponse>, GrpcStatus> {
+        let _timer = crate::timer!("queue.grpc.ack");
         let request = request.into_inner();
         check_size(&request)?;
         let spec = ack_spec("", request)?;
@@ -195,9 +200,11 @@ impl<B: QueueBackend> TaskQueue for QueueService<B> {
             .pop()
             .expect("one ack in, one outcome out")
             .map_err(|e| {
+                crate::counter!("queue.acks.refused").inc();
                 tracing::info!(reason = %e, "ack refused");
                 to_status(e)
             })?;
+        crate::counter!("queue.acks.applied").inc();
         tracing::debug!(task = %task.id, status = %task.status, "acknowledged");
         if task.status == Status::Pending.as_str() {
             self.wake();
@@ -209,6 +216,7 @@ impl<B: QueueBackend> TaskQueue for QueueService<B> {
         &self,
         request: Request<ListTasksRequest>,
     ) -> Result<Response<ListTasksResponse>, GrpcStatus> {
+        let _timer = crate::timer!("queue.grpc.list_tasks");
         let req = request.into_inner();
         let status = match req.status.as_str() {
             "" => None,
@@ -241,6 +249,7 @@ impl<B: QueueBackend> TaskQueue for QueueService<B> {
         &self,
         request: Request<HeartbeatRequest>,
     ) -> Result<Response<HeartbeatResponse>, GrpcStatus> {
+        let _timer = crate::timer!("queue.grpc.heartbeat");
         let req = request.into_inner();
         validate::task_id("task_id", &req.task_id).map_err(invalid)?;
         validate::task_id("lease_id", &req.lease_id).map_err(invalid)?;
@@ -263,6 +272,7 @@ impl<B: QueueBackend> TaskQueue for QueueService<B> {
         &self,
         request: Request<GetTaskRequest>,
     ) -> Result<Response<GetTaskResponse>, GrpcStatus> {
+        let _timer = crate::timer!("queue.grpc.get_task");
         let req = request.into_inner();
         validate::task_id("task_id", &req.task_id).map_err(invalid)?;
         let task = self.backend.get(req.task_id).await.map_err(to_status)?;
@@ -273,6 +283,7 @@ impl<B: QueueBackend> TaskQueue for QueueService<B> {
         &self,
         request: Request<CancelRequest>,
     ) -> Result<Response<CancelResponse>, GrpcStatus> {
+        let _timer = crate::timer!("queue.grpc.cancel");
         let req = request.into_inner();
         validate::task_id("task_id", &req.task_id).map_err(invalid)?;
         let task = self
@@ -288,6 +299,7 @@ impl<B: QueueBackend> TaskQueue for QueueService<B> {
         &self,
         request: Request<RetryRequest>,
     ) -> Result<Response<RetryResponse>, GrpcStatus> {
+        let _timer = crate::timer!("queue.grpc.retry");
         let req = request.into_inner();
         validate::task_id("task_id", &req.task_id).map_err(invalid)?;
         let task = self
@@ -304,6 +316,7 @@ impl<B: QueueBackend> TaskQueue for QueueService<B> {
         &self,
         _request: Request<StatsRequest>,
     ) -> Result<Response<StatsResponse>, GrpcStatus> {
+        let _timer = crate::timer!("queue.grpc.stats");
         let stats = self.backend.stats(now_ms()).await.map_err(to_status)?;
         Ok(Response::new(StatsResponse {
             counts: stats
@@ -324,6 +337,7 @@ impl<B: QueueBackend> TaskQueue for QueueService<B> {
         &self,
         request: Request<EnqueueBatchRequest>,
     ) -> Result<Response<EnqueueBatchResponse>, GrpcStatus> {
+        let _timer = crate::timer!("queue.grpc.enqueue_batch");
         let req = request.into_inner();
         check_size(&req)?;
         if req.tasks.len() > validate::MAX_BATCH {
@@ -345,6 +359,7 @@ impl<B: QueueBackend> TaskQueue for QueueService<B> {
             .enqueue(tasks, now_ms())
             .await
             .map_err(to_status)?;
+        crate::counter!("queue.tasks.enqueued").add(stored.len() as u64);
         for (task, existing) in &stored {
             tracing::debug!(task = %task.id, queue = %task.queue, existing, "enqueued");
         }
@@ -358,6 +373,7 @@ impl<B: QueueBackend> TaskQueue for QueueService<B> {
         &self,
         request: Request<AckBatchRequest>,
     ) -> Result<Response<AckBatchResponse>, GrpcStatus> {
+        let _timer = crate::timer!("queue.grpc.ack_batch");
         let req = request.into_inner();
         check_size(&req)?;
         if req.acks.len() > validate::MAX_BATCH {
@@ -381,6 +397,7 @@ impl<B: QueueBackend> TaskQueue for QueueService<B> {
             .zip(outcomes)
             .map(|(task_id, outcome)| match outcome {
                 Ok(task) => {
+                    crate::counter!("queue.acks.applied").inc();
                     tracing::debug!(task = %task.id, status = %task.status, "acknowledged");
                     requeued |= task.status == Status::Pending.as_str();
                     AckOutcome {
@@ -391,6 +408,7 @@ impl<B: QueueBackend> TaskQueue for QueueService<B> {
                     }
                 }
                 Err(e) => {
+                    crate::counter!("queue.acks.refused").inc();
                     tracing::info!(task = %task_id, reason = %e, "ack refused");
                     let status = to_status(e);
                     AckOutcome {

@@ -122,7 +122,12 @@ fn write_loop(conn: Connection, rx: mpsc::Receiver<Job>) {
             let _ = conn.execute_batch("RELEASE op");
             replies.push(reply);
         }
-        let commit = conn.execute_batch("COMMIT").map_err(|e| e.to_string());
+        let commit = {
+            let _timer = crate::timer!("queue.sqlite.commit");
+            conn.execute_batch("COMMIT").map_err(|e| e.to_string())
+        };
+        crate::counter!("queue.sqlite.commits").inc();
+        crate::counter!("queue.sqlite.operations").add(replies.len() as u64);
         if commit.is_err() {
             let _ = conn.execute_batch("ROLLBACK");
         }

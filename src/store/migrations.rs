@@ -47,6 +47,27 @@ const MIGRATIONS: &[&str] = &[
     );
     CREATE INDEX queue_tasks_due ON queue_tasks (status, priority DESC, run_at, seq);
     CREATE INDEX queue_tasks_leases ON queue_tasks (status, lease_expires_at);",
+    // 3: KPI snapshots (kpi::store) and the hash-chained audit log (audit).
+    "CREATE TABLE kpi_snapshots (
+        seq      INTEGER PRIMARY KEY AUTOINCREMENT,
+        taken_at INTEGER NOT NULL,
+        source   TEXT NOT NULL,
+        snapshot TEXT NOT NULL
+    );
+    CREATE INDEX kpi_snapshots_source ON kpi_snapshots (source, seq);
+    CREATE TABLE audit_log (
+        seq       INTEGER PRIMARY KEY,
+        at        INTEGER NOT NULL,
+        actor     TEXT NOT NULL,
+        action    TEXT NOT NULL,
+        target    TEXT NOT NULL,
+        outcome   TEXT NOT NULL,
+        details   TEXT NOT NULL,
+        controls  TEXT NOT NULL,
+        prev_hash TEXT NOT NULL,
+        hash      TEXT NOT NULL
+    );
+    CREATE INDEX audit_log_action ON audit_log (action, seq);",
 ];
 
 /// The schema version this nova writes.

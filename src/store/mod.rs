@@ -120,6 +120,11 @@ impl Store {
         self.conn
     }
 
+    /// The connection, for the subsystems that keep their own tables here.
+    pub fn connection(&self) -> &Connection {
+        &self.conn
+    }
+
     pub(crate) fn conn(&self) -> &Connection {
         &self.conn
     }

@@ -1,0 +1,65 @@
+//! `nova kpi`: the latest KPI snapshot of each source in the workspace.
+
+use serde_json::json;
+
+use super::store;
+use crate::error::{Error, Result};
+use crate::output::Output;
+use crate::workspace::Workspace;
+
+/// A duration in nanoseconds, in the unit that reads best.
+pub fn human_ns(ns: u64) -> String {
+    match ns {
+        0..1_000 => format!("{ns} ns"),
+        1_000..1_000_000 => format!("{:.1} µs", ns as f64 / 1e3),
+        1_000_000..1_000_000_000 => format!("{:.2} ms", ns as f64 / 1e6),
+        _ => format!("{:.2} s", ns as f64 / 1e9),
+    }
+}
+
+pub fn run(ws: &Workspace, out: &Output) -> Result<()> {
+    let Some(db) = ws.open_store_read()?.filter(|db| db.version() >= 3) else {
+        return out.text("no KPIs recorded yet\n");
+    };
+    let latest = store::latest(db.connection())
+        .map_err(|e| Error::Failed(format!("cannot read KPI snapshots: {e}")))?;
+    let mut sources = Vec::new();
+    for (source, snapshot) in latest {
+        let snapshot = snapshot.map_err(|e| {
+            Error::Failed(format!("the KPI snapshot of {source} does not parse: {e}"))
+        })?;
+        sources.push((source, snapshot));
+    }
+    if out.json {
+        let list: Vec<_> = sources
+            .iter()
+            .map(|(source, s)| json!({"source": source, "snapshot": s}))
+            .collect();
+        return out.json(&list);
+    }
+    if sources.is_empty() {
+        return out.text("no KPIs recorded yet\n");
+    }
+    let mut counters = out.table(&["source", "counter", "value"]);
+    let mut timings = out.table(&["source", "operation", "count", "p50", "p90", "p99", "max"]);
+    for (source, s) in &sources {
+        let label = format!("{source} @ {}", crate::tasks::rfc3339(s.taken_at));
+        for (name, value) in &s.counters {
+            counters.add_row(vec![label.clone(), name.clone(), value.to_string()]);
+        }
+        for h in &s.histograms {
+            timings.add_row(vec![
+                label.clone(),
+                h.name.clone(),
+                h.count.to_string(),
+                human_ns(h.p50_ns),
+                human_ns(h.p90_ns),
+                human_ns(h.p99_ns),
+                human_ns(h.max_ns),
+            ]);
+        }
+    }
+    out.print_table(&timings)?;
+    out.text("\n")?;
+    out.print_table(&counters)
+}
