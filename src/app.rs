@@ -14,7 +14,7 @@ use crate::cli::{Cli, Command};
 use crate::error::{Error, Result};
 use crate::output::{self, ColorChoice, Output};
 use crate::workspace::{Workspace, ensure_dir};
-use crate::{bench, blueprints, kpi, logging, plan, queue, roadmap, tasks};
+use crate::{audit, bench, blueprints, kpi, logging, plan, queue, roadmap, tasks};
 
 pub fn main() -> ExitCode {
     let cli = match Cli::try_parse() {
@@ -64,6 +64,7 @@ pub fn try_main(cli: &Cli, out: &Output, logs: &mut Option<logging::LogGuard>) -
         Command::Queue(args) => queue::command::run(&ws, out, args),
         Command::Bench(args) => bench::run(&ws, out, args),
         Command::Kpi => kpi::command::run(&ws, out),
+        Command::Audit(args) => audit::command::run(&ws, out, args),
         Command::Completions { .. } => unreachable!("handled above"),
     }
 }

@@ -54,6 +54,8 @@ pub enum Command {
     Serve(ServeArgs),
     /// Enqueue, list, inspect, cancel and retry queue tasks
     Queue(QueueArgs),
+    /// The hash-chained audit log: show, verify, export, and ISO 27001 evidence
+    Audit(AuditArgs),
     /// Counters and latency percentiles recorded by nova's long-running commands
     Kpi,
     /// Measure nova's own speed (the queue, end to end)
@@ -202,6 +204,49 @@ pub struct ServeArgs {
 }
 
 #[derive(Debug, Args)]
+pub struct AuditArgs {
+    #[command(flatten)]
+    pub store: StoreArg,
+
+    #[command(subcommand)]
+    pub action: AuditAction,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum AuditAction {
+    /// Show records, oldest first
+    Log {
+        /// Only records from this time on: 2026-11-24T09:00:00Z, or a duration back (2h, 7d)
+        #[arg(long, value_name = "T")]
+        since: Option<String>,
+        /// Only this action (`run.*` for a family)
+        #[arg(long, value_name = "A")]
+        action: Option<String>,
+        /// Only the last N of them
+        #[arg(long, value_name = "N")]
+        limit: Option<usize>,
+    },
+    /// Check the whole chain; exit 1 naming the first record that does not hold
+    Verify,
+    /// Write every record as JSON lines or CSV
+    Export {
+        #[arg(long, value_enum, default_value = "jsonl")]
+        format: ExportFormat,
+        /// Write to this file instead of stdout
+        #[arg(long, short, value_name = "FILE")]
+        output: Option<PathBuf>,
+    },
+    /// The ISO/IEC 27001:2022 controls nova evidences, with how many records each has
+    Controls,
+}
+
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+pub enum ExportFormat {
+    Jsonl,
+    Csv,
+}
+
+#[derive(Debug, Args)]
 pub struct BenchArgs {
     #[command(subcommand)]
     pub what: BenchWhat,
@@ -213,6 +258,23 @@ pub enum BenchWhat {
     Queue(BenchQueueArgs),
     /// The cost of recording a KPI (counter, histogram, timer) per call
     Kpi(BenchKpiArgs),
+    /// Audit log appends per second (each a durable transaction)
+    Audit(BenchAuditArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct BenchAuditArgs {
+    /// Records to append
+    #[arg(long, default_value_t = 2_000, value_parser = clap::value_parser!(u64).range(1..))]
+    pub records: u64,
+
+    /// Append to the chain in this SQLite file (default: a temporary one)
+    #[arg(long, value_name = "PATH", conflicts_with = "redis")]
+    pub db: Option<PathBuf>,
+
+    /// Append to the chain in this Redis instead (redis://HOST:PORT/DB)
+    #[arg(long, value_name = "URL")]
+    pub redis: Option<String>,
 }
 
 #[derive(Debug, Args)]

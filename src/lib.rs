@@ -8,6 +8,7 @@
 //! other way round.
 
 pub mod app;
+pub mod audit;
 pub mod bench;
 pub mod blueprints;
 pub mod cli;

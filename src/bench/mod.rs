@@ -1,6 +1,7 @@
 //! `nova bench`: measurements of nova's own speed, run on demand (never in
 //! timed tests; the machines that run tests are shared and noisy).
 
+pub mod audit;
 pub mod kpi;
 pub mod queue;
 
@@ -13,5 +14,6 @@ pub fn run(ws: &Workspace, out: &Output, args: &BenchArgs) -> Result<()> {
     match &args.what {
         BenchWhat::Queue(args) => queue::run(ws, out, args),
         BenchWhat::Kpi(args) => kpi::run(out, args),
+        BenchWhat::Audit(args) => audit::run(out, args),
     }
 }

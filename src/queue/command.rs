@@ -18,6 +18,8 @@ use super::proto::*;
 use super::redis::RedisQueue;
 use super::server;
 use super::sqlite::SqliteQueue;
+use crate::audit::Event;
+use crate::audit::command::operator;
 use crate::cli::{QueueAction, QueueArgs, ServeArgs, StoreArg};
 use crate::error::{Error, Result};
 use crate::output::Output;
@@ -160,8 +162,33 @@ pub fn serve(ws: &Workspace, out: &Output, args: &ServeArgs) -> Result<()> {
         });
         let db = ws.db_path();
         let saver = tokio::spawn(save_kpis_every(db.clone()));
+        let audit = crate::audit::command::workspace_log(ws, &args.store, true).await?;
+        let details = json!({
+            "listen": addr.to_string(),
+            "store": label,
+            "auth": token.is_some(),
+            "metrics": metrics_url,
+        });
+        if let Some(log) = &audit {
+            crate::audit::record(
+                log,
+                Event::new(operator(), "serve.start", format!("http://{addr}"), "ok")
+                    .details(details.clone()),
+            )
+            .await;
+        }
 
-        let served = server::serve(backend, listener, token, server::signal()).await;
+        let served =
+            server::serve_audited(backend, listener, token, audit.clone(), server::signal()).await;
+        if let Some(log) = &audit {
+            let outcome = if served.is_ok() { "ok" } else { "failed" };
+            crate::audit::record(
+                log,
+                Event::new(operator(), "serve.stop", format!("http://{addr}"), outcome)
+                    .details(details),
+            )
+            .await;
+        }
         let _ = stopped.send(true);
         if let Some(m) = metrics_server {
             let _ = m.await;
@@ -292,6 +319,7 @@ pub fn run(ws: &Workspace, out: &Output, args: &QueueArgs) -> Result<()> {
             }
             None => {
                 let (backend, _) = open_queue(&StoreUrl::resolve(ws, &args.store)?).await?;
+                let audit = crate::audit::command::workspace_log(ws, &args.store, true).await?;
                 let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
                     .await
                     .map_err(|e| Error::Failed(e.to_string()))?;
@@ -299,9 +327,15 @@ pub fn run(ws: &Workspace, out: &Output, args: &QueueArgs) -> Result<()> {
                     .local_addr()
                     .map_err(|e| Error::Failed(e.to_string()))?;
                 let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-                let server = tokio::spawn(server::serve(backend, listener, None, async {
-                    let _ = stopped.await;
-                }));
+                let server = tokio::spawn(server::serve_audited(
+                    backend,
+                    listener,
+                    None,
+                    audit,
+                    async {
+                        let _ = stopped.await;
+                    },
+                ));
                 let mut client = client::connect(&format!("http://{addr}"), None)
                     .await
                     .map_err(|e| Error::Failed(e.to_string()))?;

@@ -17,6 +17,7 @@ use super::backend::QueueBackend;
 use super::model::now_ms;
 use super::proto::task_queue_server::TaskQueueServer;
 use super::service::QueueService;
+use crate::audit::AuditLog;
 
 /// Largest request the server accepts: a 1 MiB payload plus metadata, or a batch.
 pub const MAX_MESSAGE: usize = 16 * 1024 * 1024;
@@ -86,6 +87,17 @@ pub async fn serve<B: QueueBackend>(
     token: Option<String>,
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<(), tonic::transport::Error> {
+    serve_audited(backend, listener, token, None, shutdown).await
+}
+
+/// [`serve`], recording cancels and re-queues in `audit`.
+pub async fn serve_audited<B: QueueBackend>(
+    backend: B,
+    listener: TcpListener,
+    token: Option<String>,
+    audit: Option<AuditLog>,
+    shutdown: impl Future<Output = ()> + Send,
+) -> Result<(), tonic::transport::Error> {
     let backend = Arc::new(backend);
     let reaper = tokio::spawn(reap_loop(backend.clone()));
     let (health, health_service) = tonic_health::server::health_reporter();
@@ -93,7 +105,7 @@ pub async fn serve<B: QueueBackend>(
         .set_serving::<TaskQueueServer<QueueService<B>>>()
         .await;
 
-    let queue = TaskQueueServer::new(QueueService::new(backend))
+    let queue = TaskQueueServer::new(QueueService::new(backend).with_audit(audit))
         .max_decoding_message_size(TRANSPORT_LIMIT)
         .max_encoding_message_size(MAX_MESSAGE);
     let queue = tonic::service::interceptor::InterceptedService::new(queue, BearerAuth::new(token));

@@ -17,6 +17,7 @@ use super::proto::task_queue_server::TaskQueue;
 use super::proto::*;
 use super::server::MAX_MESSAGE;
 use super::validate;
+use crate::audit::{AuditLog, Event};
 
 /// How often a long poll looks at the backend when nothing wakes it.
 pub const POLL: Duration = Duration::from_millis(50);
@@ -27,6 +28,7 @@ pub const MAX_DEQUEUE: u32 = 256;
 pub struct QueueService<B> {
     backend: Arc<B>,
     wakeup: Arc<Notify>,
+    audit: Option<AuditLog>,
 }
 
 impl<B> Clone for QueueService<B> {
@@ -34,6 +36,7 @@ impl<B> Clone for QueueService<B> {
         QueueService {
             backend: self.backend.clone(),
             wakeup: self.wakeup.clone(),
+            audit: self.audit.clone(),
         }
     }
 }
@@ -43,6 +46,26 @@ impl<B: QueueBackend> QueueService<B> {
         QueueService {
             backend,
             wakeup: Arc::new(Notify::new()),
+            audit: None,
+        }
+    }
+
+    /// Record cancels and re-queues (changes made by hand) in `audit`.
+    pub fn with_audit(mut self, audit: Option<AuditLog>) -> Self {
+        self.audit = audit;
+        self
+    }
+
+    async fn audit(&self, action: &str, task: &Task, peer: Option<std::net::SocketAddr>) {
+        if let Some(log) = &self.audit {
+            let actor = peer.map_or_else(|| "client".to_string(), |p| format!("client:{}", p.ip()));
+            crate::audit::record(
+                log,
+                Event::new(actor, action, format!("task {}", task.id), "ok").details(
+                    serde_json::json!({"queue": task.queue, "type": task.r#type, "status": task.status}),
+                ),
+            )
+            .await;
         }
     }
 
@@ -284,6 +307,7 @@ impl<B: QueueBackend> TaskQueue for QueueService<B> {
         request: Request<CancelRequest>,
     ) -> Result<Response<CancelResponse>, GrpcStatus> {
         let _timer = crate::timer!("queue.grpc.cancel");
+        let peer = request.remote_addr();
         let req = request.into_inner();
         validate::task_id("task_id", &req.task_id).map_err(invalid)?;
         let task = self
@@ -292,6 +316,7 @@ impl<B: QueueBackend> TaskQueue for QueueService<B> {
             .await
             .map_err(to_status)?;
         tracing::info!(task = %task.id, "cancelled");
+        self.audit("queue.cancel", &task, peer).await;
         Ok(Response::new(CancelResponse { task: Some(task) }))
     }
 
@@ -300,6 +325,7 @@ impl<B: QueueBackend> TaskQueue for QueueService<B> {
         request: Request<RetryRequest>,
     ) -> Result<Response<RetryResponse>, GrpcStatus> {
         let _timer = crate::timer!("queue.grpc.retry");
+        let peer = request.remote_addr();
         let req = request.into_inner();
         validate::task_id("task_id", &req.task_id).map_err(invalid)?;
         let task = self
@@ -308,6 +334,7 @@ impl<B: QueueBackend> TaskQueue for QueueService<B> {
             .await
             .map_err(to_status)?;
         tracing::info!(task = %task.id, "re-queued");
+        self.audit("queue.retry", &task, peer).await;
         self.wake();
         Ok(Response::new(RetryResponse { task: Some(task) }))
     }

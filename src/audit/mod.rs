@@ -1,0 +1,262 @@
+//! The audit log: an append-only, hash-chained record of what nova did, who
+//! asked, and how it ended, with the ISO 27001 controls each record evidences.
+//!
+//! Records live in the workspace database (`audit_log`), or in Redis when the
+//! queue does, so a fleet of servers writes one chain. Appends are serialized
+//! by the store (an `IMMEDIATE` transaction; a compare-and-set script), so two
+//! processes appending at once never fork the chain. [`verify`] walks the
+//! chain and names the first record that does not hold.
+
+pub mod command;
+pub mod controls;
+pub mod record;
+pub mod redis;
+pub mod sqlite;
+
+use std::path::Path;
+
+use serde::Serialize;
+
+pub use record::{Event, GENESIS, Record};
+
+#[derive(Debug, thiserror::Error)]
+pub enum AuditError {
+    #[error("audit log: {0}")]
+    Store(String),
+    /// A stored record that cannot be read back (damaged or edited by hand).
+    #[error("audit record {seq} is unreadable: {reason}")]
+    Unreadable { seq: u64, reason: String },
+}
+
+pub type AuditResult<T> = Result<T, AuditError>;
+
+/// Where the chain lives.
+#[derive(Clone)]
+pub enum AuditLog {
+    Sqlite(sqlite::SqliteAudit),
+    Redis(redis::RedisAudit),
+}
+
+impl AuditLog {
+    /// The chain in the SQLite database at `path` (created if needed).
+    pub fn sqlite(path: &Path) -> AuditResult<AuditLog> {
+        Ok(AuditLog::Sqlite(sqlite::SqliteAudit::open(path)?))
+    }
+
+    pub async fn redis(url: &str) -> AuditResult<AuditLog> {
+        Ok(AuditLog::Redis(redis::RedisAudit::connect(url).await?))
+    }
+
+    /// Append `event` after the last record; the sealed record as stored.
+    pub async fn append(&self, event: Event) -> AuditResult<Record> {
+        let _timer = crate::timer!("audit.append");
+        match self {
+            AuditLog::Sqlite(log) => {
+                let log = log.clone();
+                tokio::task::spawn_blocking(move || log.append(event))
+                    .await
+                    .map_err(|e| AuditError::Store(e.to_string()))?
+            }
+            AuditLog::Redis(log) => log.append(event).await,
+        }
+    }
+
+    /// Every record, oldest first.
+    pub async fn records(&self) -> AuditResult<Vec<Record>> {
+        match self {
+            AuditLog::Sqlite(log) => {
+                let log = log.clone();
+                tokio::task::spawn_blocking(move || log.records())
+                    .await
+                    .map_err(|e| AuditError::Store(e.to_string()))?
+            }
+            AuditLog::Redis(log) => log.records().await,
+        }
+    }
+}
+
+impl AuditLog {
+    /// Check the whole chain.
+    pub async fn verify(&self) -> AuditResult<Verification> {
+        let rows = match self {
+            AuditLog::Sqlite(log) => {
+                let log = log.clone();
+                tokio::task::spawn_blocking(move || log.read_all())
+                    .await
+                    .map_err(|e| AuditError::Store(e.to_string()))??
+            }
+            AuditLog::Redis(log) => log.read_all().await?,
+        };
+        Ok(verify(rows))
+    }
+}
+
+/// Append `event` and log a failure to do so (the action it records has
+/// already happened; losing its record is worth a warning, not a crash).
+pub async fn record(log: &AuditLog, event: Event) {
+    let action = event.action.clone();
+    if let Err(e) = log.append(event).await {
+        tracing::warn!(action = %action, error = %e, "could not append to the audit log");
+    }
+}
+
+/// Why the chain breaks at a record.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Break {
+    /// The first record that does not hold (for a removed record: the one missing).
+    pub seq: u64,
+    pub reason: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Verification {
+    pub records: u64,
+    /// The hash of the last record, when the chain holds.
+    pub head: Option<String>,
+    pub broken: Option<Break>,
+}
+
+/// Walk `records` (in stored order) and find the first that does not chain.
+pub fn verify<I>(records: I) -> Verification
+where
+    I: IntoIterator<Item = AuditResult<Record>>,
+{
+    let mut count = 0;
+    let mut prev: Option<Record> = None;
+    let broken = |seq: u64, reason: String, count: u64| Verification {
+        records: count,
+        head: None,
+        broken: Some(Break { seq, reason }),
+    };
+    for item in records {
+        let record = match item {
+            Ok(r) => r,
+            Err(AuditError::Unreadable { seq, reason }) => {
+                return broken(seq, format!("record {seq} is unreadable: {reason}"), count);
+            }
+            Err(e) => return broken(count + 1, e.to_string(), count),
+        };
+        count += 1;
+        let (want_seq, want_prev) = match &prev {
+            None => (1, GENESIS.to_string()),
+            Some(p) => (p.seq + 1, p.hash.clone()),
+        };
+        if record.seq > want_seq {
+            let missing = if record.seq == want_seq + 1 {
+                format!("record {want_seq} is missing")
+            } else {
+                format!("records {want_seq} to {} are missing", record.seq - 1)
+            };
+            return broken(
+                want_seq,
+                format!(
+                    "{missing}: the chain jumps from {} to {}",
+                    want_seq - 1,
+                    record.seq
+                ),
+                count,
+            );
+        }
+        if record.seq < want_seq {
+            return broken(
+                record.seq,
+                format!(
+                    "record {} appears again after record {}",
+                    record.seq,
+                    want_seq - 1
+                ),
+                count,
+            );
+        }
+        if record.hash != record.expected_hash() {
+            return broken(
+                record.seq,
+                format!(
+                    "record {} was changed: its contents do not match its hash",
+                    record.seq
+                ),
+                count,
+            );
+        }
+        if record.prev_hash != want_prev {
+            return broken(
+                record.seq,
+                format!(
+                    "record {} does not follow record {}: its previous hash does not match (a record was inserted or replaced)",
+                    record.seq,
+                    want_seq - 1
+                ),
+                count,
+            );
+        }
+        prev = Some(record);
+    }
+    Verification {
+        records: count,
+        head: Some(prev.map_or_else(|| GENESIS.to_string(), |p| p.hash)),
+        broken: None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn chain(n: u64) -> Vec<Record> {
+        let mut out: Vec<Record> = Vec::new();
+        for i in 0..n {
+            let (seq, hash) = out
+                .last()
+                .map_or((0, GENESIS.to_string()), |r| (r.seq, r.hash.clone()));
+            out.push(
+                Event::new("me", "run.start", format!("t{i}"), "ok").seal(seq, &hash, i as i64),
+            );
+        }
+        out
+    }
+
+    fn check(records: Vec<Record>) -> Verification {
+        verify(records.into_iter().map(Ok))
+    }
+
+    #[test]
+    fn a_whole_chain_holds() {
+        let v = check(chain(5));
+        assert_eq!(v.records, 5);
+        assert!(v.broken.is_none());
+        assert!(check(Vec::new()).broken.is_none());
+    }
+
+    #[test]
+    fn changes_removals_and_insertions_are_named() {
+        let mut changed = chain(5);
+        changed[2].outcome = "denied".into();
+        assert_eq!(check(changed).broken.unwrap().seq, 3);
+
+        let mut removed = chain(5);
+        removed.remove(3);
+        let b = check(removed).broken.unwrap();
+        assert_eq!(b.seq, 4);
+        assert!(b.reason.contains("record 4 is missing"), "{}", b.reason);
+
+        let mut first_gone = chain(3);
+        first_gone.remove(0);
+        assert_eq!(check(first_gone).broken.unwrap().seq, 1);
+
+        // An insertion that renumbers what follows and seals itself properly.
+        let mut inserted = chain(5);
+        let fake = Event::new("intruder", "run.start", "x", "ok").seal(2, &inserted[1].hash, 0);
+        inserted.insert(2, fake);
+        for r in inserted.iter_mut().skip(3) {
+            r.seq += 1;
+            r.hash = r.expected_hash();
+        }
+        let b = check(inserted).broken.unwrap();
+        assert_eq!(b.seq, 4);
+        assert!(
+            b.reason.contains("does not follow record 3"),
+            "{}",
+            b.reason
+        );
+    }
+}

@@ -1,0 +1,252 @@
+//! One audit record: its fields, canonical form and hash, and the scrubbing
+//! that keeps secrets out of it.
+//!
+//! A record's hash is SHA-256 over the previous record's hash, a newline, and
+//! the record's canonical form: compact JSON of `seq`, `at`, `actor`,
+//! `action`, `target`, `outcome`, `details` and `controls`, every object's
+//! keys sorted. The first record's previous hash is [`GENESIS`].
+
+use std::sync::LazyLock;
+
+use regex::Regex;
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value, json};
+use sha2::{Digest, Sha256};
+
+pub const GENESIS: &str = "0000000000000000000000000000000000000000000000000000000000000000";
+pub const REDACTED: &str = "[redacted]";
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Record {
+    pub seq: u64,
+    /// Milliseconds since the Unix epoch.
+    pub at: i64,
+    pub actor: String,
+    pub action: String,
+    pub target: String,
+    pub outcome: String,
+    pub details: Value,
+    /// ISO/IEC 27001:2022 Annex A control ids this record evidences.
+    pub controls: Vec<String>,
+    pub prev_hash: String,
+    pub hash: String,
+}
+
+/// What a caller records; the log adds the sequence number, time, controls and hashes.
+#[derive(Debug, Clone)]
+pub struct Event {
+    pub actor: String,
+    pub action: String,
+    pub target: String,
+    pub outcome: String,
+    pub details: Value,
+}
+
+impl Event {
+    pub fn new(
+        actor: impl Into<String>,
+        action: impl Into<String>,
+        target: impl Into<String>,
+        outcome: impl Into<String>,
+    ) -> Event {
+        Event {
+            actor: actor.into(),
+            action: action.into(),
+            target: target.into(),
+            outcome: outcome.into(),
+            details: Value::Object(Map::new()),
+        }
+    }
+
+    pub fn details(mut self, details: Value) -> Event {
+        self.details = details;
+        self
+    }
+
+    /// The record that follows `prev` (sequence number and hash), scrubbed.
+    pub fn seal(self, prev_seq: u64, prev_hash: &str, at: i64) -> Record {
+        let mut record = Record {
+            seq: prev_seq + 1,
+            at,
+            actor: scrub_text(&self.actor),
+            controls: super::controls::for_action(&self.action),
+            action: self.action,
+            target: scrub_text(&self.target),
+            outcome: self.outcome,
+            details: scrub_value(self.details),
+            prev_hash: prev_hash.to_string(),
+            hash: String::new(),
+        };
+        record.hash = record.expected_hash();
+        record
+    }
+}
+
+/// `value` with every object's keys in order, recursively.
+fn sorted(value: &Value) -> Value {
+    match value {
+        Value::Object(map) => {
+            let mut keys: Vec<&String> = map.keys().collect();
+            keys.sort();
+            let mut out = Map::new();
+            for k in keys {
+                out.insert(k.clone(), sorted(&map[k]));
+            }
+            Value::Object(out)
+        }
+        Value::Array(items) => Value::Array(items.iter().map(sorted).collect()),
+        other => other.clone(),
+    }
+}
+
+/// Compact JSON with sorted keys. serde_json keeps insertion order when its
+/// `preserve_order` feature is on somewhere in the build, so the keys are
+/// written in order by hand rather than trusted to the map type.
+fn canonical_json(value: &Value) -> String {
+    match value {
+        Value::Object(map) => {
+            let mut keys: Vec<&String> = map.keys().collect();
+            keys.sort();
+            let fields: Vec<String> = keys
+                .into_iter()
+                .map(|k| format!("{}:{}", Value::String(k.clone()), canonical_json(&map[k])))
+                .collect();
+            format!("{{{}}}", fields.join(","))
+        }
+        Value::Array(items) => format!(
+            "[{}]",
+            items
+                .iter()
+                .map(canonical_json)
+                .collect::<Vec<_>>()
+                .join(",")
+        ),
+        other => other.to_string(),
+    }
+}
+
+impl Record {
+    pub fn canonical(&self) -> String {
+        canonical_json(&json!({
+            "seq": self.seq,
+            "at": self.at,
+            "actor": self.actor,
+            "action": self.action,
+            "target": self.target,
+            "outcome": self.outcome,
+            "details": sorted(&self.details),
+            "controls": self.controls,
+        }))
+    }
+
+    /// The hash this record must carry, given its contents and `prev_hash`.
+    pub fn expected_hash(&self) -> String {
+        let mut h = Sha256::new();
+        h.update(self.prev_hash.as_bytes());
+        h.update(b"\n");
+        h.update(self.canonical().as_bytes());
+        h.finalize().iter().map(|b| format!("{b:02x}")).collect()
+    }
+}
+
+/// Keys whose values are secrets, whatever they hold.
+static SECRET_KEY: LazyLock<Regex> = LazyLock::new(|| {
+    Regex::new(r"(?i)(passw(or)?d|passphrase|secret|token|api[_-]?key|private[_-]?key|credential|authorization|cookie|session[_-]?id)")
+        .expect("valid regex")
+});
+
+/// Secrets inside free text: `password=...`, `--token ...`, `Bearer ...`, URL credentials.
+static SECRET_TEXT: LazyLock<Vec<(Regex, &'static str)>> = LazyLock::new(|| {
+    vec![
+        (
+            Regex::new(r"(?i)\b(bearer|basic)\s+[A-Za-z0-9._~+/=-]+").expect("valid regex"),
+            "$1 [redacted]",
+        ),
+        (
+            Regex::new(r"(?i)((?:passw(?:or)?d|passphrase|secret|token|api[_-]?key)[A-Za-z_-]*)(\s*[=:]\s*|\s+)([^\s,;&]+)")
+                .expect("valid regex"),
+            "$1$2[redacted]",
+        ),
+        (
+            Regex::new(r"([a-z][a-z0-9+.-]*://[^/\s:@]*):[^@\s/]+@").expect("valid regex"),
+            "$1:[redacted]@",
+        ),
+    ]
+});
+
+pub fn scrub_text(text: &str) -> String {
+    let mut out = text.to_string();
+    for (pattern, replacement) in SECRET_TEXT.iter() {
+        out = pattern.replace_all(&out, *replacement).into_owned();
+    }
+    out
+}
+
+/// `value` with secrets replaced by [`REDACTED`]: the values of keys that name
+/// a secret, and secrets spotted inside strings.
+pub fn scrub_value(value: Value) -> Value {
+    match value {
+        Value::Object(map) => Value::Object(
+            map.into_iter()
+                .map(|(k, v)| {
+                    if SECRET_KEY.is_match(&k) && !v.is_null() {
+                        (k, Value::String(REDACTED.into()))
+                    } else {
+                        (k, scrub_value(v))
+                    }
+                })
+                .collect(),
+        ),
+        Value::Array(items) => Value::Array(items.into_iter().map(scrub_value).collect()),
+        Value::String(s) => Value::String(scrub_text(&s)),
+        other => other,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_canonical_form_sorts_keys_at_every_depth() {
+        let a = Event::new("me", "x", "t", "ok")
+            .details(json!({"b": 1, "a": {"d": 2, "c": [ {"z": 1, "y": 2} ]}}))
+            .seal(0, GENESIS, 5);
+        assert_eq!(
+            a.canonical(),
+            r#"{"action":"x","actor":"me","at":5,"controls":[],"details":{"a":{"c":[{"y":2,"z":1}],"d":2},"b":1},"outcome":"ok","seq":1,"target":"t"}"#
+        );
+        assert_eq!(a.hash, a.expected_hash());
+        assert_eq!(a.hash.len(), 64);
+        let mut changed = a.clone();
+        changed.outcome = "denied".into();
+        assert_ne!(changed.expected_hash(), a.hash);
+    }
+
+    #[test]
+    fn secrets_never_enter_a_record() {
+        let r = Event::new(
+            "ops",
+            "package.install",
+            "curl -H 'Authorization: Bearer abc.def' https://user:hunter2@example.com --token s3cr3t",
+            "ok",
+        )
+        .details(json!({
+            "password": "hunter2",
+            "nested": {"api_key": "k-123", "note": "password=hunter2 and more"},
+            "list": [{"GITHUB_TOKEN": "ghp_x"}],
+            "count": 3,
+        }))
+        .seal(0, GENESIS, 0);
+        let text = serde_json::to_string(&r).unwrap();
+        for secret in ["hunter2", "abc.def", "s3cr3t", "k-123", "ghp_x"] {
+            assert!(!text.contains(secret), "{secret} leaked: {text}");
+        }
+        assert_eq!(r.details["count"], 3);
+        assert!(
+            r.target.contains("https://user:[redacted]@example.com"),
+            "{}",
+            r.target
+        );
+    }
+}

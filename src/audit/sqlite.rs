@@ -1,0 +1,123 @@
+//! The audit chain in the workspace's SQLite database (`audit_log`).
+//!
+//! An append reads the last record and inserts the next inside one
+//! `IMMEDIATE` transaction: SQLite lets one writer in at a time, across
+//! processes, so each append sees the true head and the chain cannot fork.
+
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+
+use rusqlite::{Connection, OptionalExtension, Row, TransactionBehavior, params};
+
+use super::record::{Event, GENESIS, Record};
+use super::{AuditError, AuditResult};
+use crate::store::Store;
+
+#[derive(Clone)]
+pub struct SqliteAudit {
+    conn: Arc<Mutex<Connection>>,
+}
+
+fn store_err(e: impl std::fmt::Display) -> AuditError {
+    AuditError::Store(e.to_string())
+}
+
+const COLUMNS: &str = "seq, at, actor, action, target, outcome, details, controls, prev_hash, hash";
+
+fn record_from_row(row: &Row) -> rusqlite::Result<AuditResult<Record>> {
+    let seq: i64 = row.get(0)?;
+    let seq = seq as u64;
+    let details: String = row.get(6)?;
+    let controls: String = row.get(7)?;
+    let unreadable = |what: &str, e: serde_json::Error| AuditError::Unreadable {
+        seq,
+        reason: format!("{what}: {e}"),
+    };
+    let details = match serde_json::from_str(&details) {
+        Ok(v) => v,
+        Err(e) => return Ok(Err(unreadable("details", e))),
+    };
+    let controls = match serde_json::from_str(&controls) {
+        Ok(v) => v,
+        Err(e) => return Ok(Err(unreadable("controls", e))),
+    };
+    Ok(Ok(Record {
+        seq,
+        at: row.get(1)?,
+        actor: row.get(2)?,
+        action: row.get(3)?,
+        target: row.get(4)?,
+        outcome: row.get(5)?,
+        details,
+        controls,
+        prev_hash: row.get(8)?,
+        hash: row.get(9)?,
+    }))
+}
+
+impl SqliteAudit {
+    pub fn open(path: &Path) -> AuditResult<SqliteAudit> {
+        if let Some(parent) = path.parent() {
+            std::fs::create_dir_all(parent).map_err(store_err)?;
+        }
+        let conn = Store::open(path).map_err(store_err)?.into_connection();
+        Ok(SqliteAudit {
+            conn: Arc::new(Mutex::new(conn)),
+        })
+    }
+
+    pub fn append(&self, event: Event) -> AuditResult<Record> {
+        let mut conn = self.conn.lock().unwrap_or_else(|p| p.into_inner());
+        let tx = conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)
+            .map_err(store_err)?;
+        let head: Option<(i64, String)> = tx
+            .query_row(
+                "SELECT seq, hash FROM audit_log ORDER BY seq DESC LIMIT 1",
+                [],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )
+            .optional()
+            .map_err(store_err)?;
+        let (seq, hash) = head.unwrap_or((0, GENESIS.to_string()));
+        let record = event.seal(seq as u64, &hash, crate::queue::model::now_ms());
+        tx.execute(
+            &format!(
+                "INSERT INTO audit_log ({COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)"
+            ),
+            params![
+                record.seq as i64,
+                record.at,
+                record.actor,
+                record.action,
+                record.target,
+                record.outcome,
+                record.details.to_string(),
+                serde_json::to_string(&record.controls).expect("controls serialize"),
+                record.prev_hash,
+                record.hash,
+            ],
+        )
+        .map_err(store_err)?;
+        tx.commit().map_err(store_err)?;
+        Ok(record)
+    }
+
+    /// Every record in sequence order; unreadable ones as errors in place.
+    pub fn read_all(&self) -> AuditResult<Vec<AuditResult<Record>>> {
+        let conn = self.conn.lock().unwrap_or_else(|p| p.into_inner());
+        let mut stmt = conn
+            .prepare(&format!("SELECT {COLUMNS} FROM audit_log ORDER BY seq"))
+            .map_err(store_err)?;
+        let rows = stmt
+            .query_map([], record_from_row)
+            .map_err(store_err)?
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(store_err)?;
+        Ok(rows)
+    }
+
+    pub fn records(&self) -> AuditResult<Vec<Record>> {
+        self.read_all()?.into_iter().collect()
+    }
+}
