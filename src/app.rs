@@ -13,8 +13,8 @@ use clap::{CommandFactory, Parser};
 use crate::cli::{Cli, Command};
 use crate::error::{Error, Result};
 use crate::output::{self, ColorChoice, Output};
-use crate::workspace::{Workspace, ensure_dir};
-use crate::{audit, bench, blueprints, kpi, logging, plan, queue, roadmap, tasks};
+use crate::workspace::{OpaSettings, Workspace, ensure_dir};
+use crate::{audit, bench, blueprints, kpi, logging, plan, policy, queue, roadmap, tasks};
 
 pub fn main() -> ExitCode {
     let cli = match Cli::try_parse() {
@@ -47,7 +47,12 @@ pub fn try_main(cli: &Cli, out: &Output, logs: &mut Option<logging::LogGuard>) -
         clap_complete::generate(*shell, &mut Cli::command(), "nova", &mut buf);
         return out.text(&String::from_utf8_lossy(&buf));
     }
-    let ws = Workspace::discover(cli.home.clone())?;
+    let mut ws = Workspace::discover(cli.home.clone())?;
+    ws.opa = OpaSettings {
+        url: cli.opa_url.clone().filter(|u| !u.is_empty()),
+        token_file: cli.opa_token_file.clone(),
+        timeout: cli.opa_timeout,
+    };
     let log_dir = ws.home.join("logs");
     let keep_files = cli.command.keeps_log_files() && ensure_dir(&log_dir).is_ok();
     *logs = Some(logging::init(
@@ -65,6 +70,7 @@ pub fn try_main(cli: &Cli, out: &Output, logs: &mut Option<logging::LogGuard>) -
         Command::Bench(args) => bench::run(&ws, out, args),
         Command::Kpi => kpi::command::run(&ws, out),
         Command::Audit(args) => audit::command::run(&ws, out, args),
+        Command::Policy(args) => policy::command::run(&ws, out, args),
         Command::Completions { .. } => unreachable!("handled above"),
     }
 }

@@ -36,6 +36,18 @@ pub struct Cli {
     #[arg(long, global = true, value_enum, default_value_t = ColorChoice::Auto, value_name = "WHEN")]
     pub color: ColorChoice,
 
+    /// Ask this OPA server (http://HOST:8181) instead of the embedded policies [default: nova.yaml's opa_url]
+    #[arg(long, global = true, env = "NOVA_OPA_URL", value_name = "URL")]
+    pub opa_url: Option<String>,
+
+    /// File holding a bearer token for the OPA server
+    #[arg(long, global = true, env = "NOVA_OPA_TOKEN_FILE", value_name = "FILE")]
+    pub opa_token_file: Option<PathBuf>,
+
+    /// How long to wait for OPA before denying
+    #[arg(long, global = true, env = "NOVA_OPA_TIMEOUT", default_value = "500ms", value_parser = humantime::parse_duration, value_name = "DURATION")]
+    pub opa_timeout: std::time::Duration,
+
     #[command(subcommand)]
     pub command: Command,
 }
@@ -56,6 +68,8 @@ pub enum Command {
     Queue(QueueArgs),
     /// The hash-chained audit log: show, verify, export, and ISO 27001 evidence
     Audit(AuditArgs),
+    /// Evaluate, test, list and push the authorization policies
+    Policy(PolicyArgs),
     /// Counters and latency percentiles recorded by nova's long-running commands
     Kpi,
     /// Measure nova's own speed (the queue, end to end)
@@ -201,6 +215,31 @@ pub struct ServeArgs {
     /// Serve KPIs and queue depth in the Prometheus text format at http://ADDR/metrics
     #[arg(long, value_name = "ADDR")]
     pub metrics: Option<std::net::SocketAddr>,
+}
+
+#[derive(Debug, Args)]
+pub struct PolicyArgs {
+    #[command(flatten)]
+    pub store: StoreArg,
+
+    #[command(subcommand)]
+    pub action: PolicyAction,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum PolicyAction {
+    /// Decide on one policy input (JSON); exit 0 when allowed, 3 when denied
+    Eval {
+        /// A JSON file, or - for stdin
+        #[arg(long, value_name = "FILE")]
+        input: PathBuf,
+    },
+    /// Run the policies' tests (rules named test_*) with the embedded evaluator
+    Test,
+    /// List the policy files in effect and where each comes from
+    List,
+    /// Upload the policies in effect to the OPA server (PUT /v1/policies/{id})
+    Push,
 }
 
 #[derive(Debug, Args)]

@@ -18,6 +18,7 @@ pub mod kpi;
 pub mod logging;
 pub mod output;
 pub mod plan;
+pub mod policy;
 pub mod queue;
 pub mod roadmap;
 pub mod store;

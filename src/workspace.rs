@@ -23,6 +23,26 @@ pub struct Workspace {
     pub config: Config,
     /// The `nova.yaml` that was read, if any.
     pub config_file: Option<PathBuf>,
+    /// How to reach the policy engine (flags and environment; see `policy::open`).
+    pub opa: OpaSettings,
+}
+
+/// The OPA flags: `--opa-url` (else nova.yaml's `opa_url`), token file, timeout.
+#[derive(Debug, Clone)]
+pub struct OpaSettings {
+    pub url: Option<String>,
+    pub token_file: Option<PathBuf>,
+    pub timeout: std::time::Duration,
+}
+
+impl Default for OpaSettings {
+    fn default() -> Self {
+        OpaSettings {
+            url: None,
+            token_file: None,
+            timeout: crate::policy::opa::DEFAULT_TIMEOUT,
+        }
+    }
 }
 
 impl Workspace {
@@ -55,6 +75,7 @@ impl Workspace {
             home,
             config,
             config_file,
+            opa: OpaSettings::default(),
         })
     }
 
@@ -63,6 +84,11 @@ impl Workspace {
     }
 
     /// The workspace's own blueprint folder (it may not exist).
+    /// The workspace's own policies: `policies/` beside nova.yaml.
+    pub fn policy_dir(&self) -> PathBuf {
+        self.root.join("policies")
+    }
+
     pub fn blueprint_dir(&self) -> PathBuf {
         match &self.config.blueprints {
             Some(dir) => self.root.join(dir),

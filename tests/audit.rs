@@ -6,7 +6,8 @@ mod common;
 use common::Workspace;
 use common::redis_server::RedisServer;
 
-/// Make some audit records the way a user would: cancel and re-queue a task.
+/// Make audit records the way a user would: enqueue a task (a policy
+/// decision) and cancel it, `n` times: `2n` records.
 fn some_records(ws: &Workspace, n: usize) {
     for i in 0..n {
         let t = ws
@@ -28,18 +29,18 @@ fn tampering_is_caught_and_the_record_named() {
     some_records(&ws, 6);
     ws.run(&["audit", "verify"])
         .success()
-        .stdout_has("audit chain holds: 6 records");
-    // verify itself leaves a record: now 7.
+        .stdout_has("audit chain holds: 12 records");
+    // verify itself leaves a record: now 13.
 
     // 1. One field of one record changed.
     db(&ws)
-        .execute("UPDATE audit_log SET outcome = 'denied' WHERE seq = 3", [])
+        .execute("UPDATE audit_log SET outcome = 'denied' WHERE seq = 2", [])
         .unwrap();
     ws.run(&["audit", "verify"])
         .code(1)
-        .stderr_has("audit chain broken at record 3: record 3 was changed");
+        .stderr_has("audit chain broken at record 2: record 2 was changed");
     db(&ws)
-        .execute("UPDATE audit_log SET outcome = 'ok' WHERE seq = 3", [])
+        .execute("UPDATE audit_log SET outcome = 'ok' WHERE seq = 2", [])
         .unwrap();
     ws.run(&["audit", "verify"]).success();
 
@@ -147,9 +148,12 @@ fn log_filters_export_and_controls() {
     let ws = Workspace::new();
     some_records(&ws, 3);
     let all = ws.run(&["audit", "log", "--json"]).success().json();
-    assert_eq!(all.as_array().unwrap().len(), 3);
-    assert_eq!(all[0]["action"], "queue.cancel");
-    assert_eq!(all[0]["controls"], serde_json::json!(["A.8.32"]));
+    assert_eq!(all.as_array().unwrap().len(), 6);
+    assert_eq!(all[0]["action"], "policy.decision");
+    assert_eq!(all[0]["outcome"], "allowed");
+    assert_eq!(all[0]["controls"], serde_json::json!(["A.5.15", "A.8.2"]));
+    assert_eq!(all[1]["action"], "queue.cancel");
+    assert_eq!(all[1]["controls"], serde_json::json!(["A.8.32"]));
     assert_eq!(
         ws.run(&[
             "audit", "log", "--action", "queue.*", "--limit", "2", "--json"
@@ -183,7 +187,7 @@ fn log_filters_export_and_controls() {
         .lines()
         .map(|l| serde_json::from_str(l).unwrap())
         .collect();
-    assert_eq!(lines.len(), 3);
+    assert_eq!(lines.len(), 6);
     assert_eq!(lines[1]["prev_hash"], lines[0]["hash"]);
     ws.run(&["audit", "export", "--format", "csv", "-o", "audit.csv"])
         .success();
@@ -194,7 +198,7 @@ fn log_filters_export_and_controls() {
             .unwrap()
             .starts_with("seq,time,at_ms,actor,action")
     );
-    assert_eq!(rows.count(), 4, "3 records (the json export added a 4th)");
+    assert_eq!(rows.count(), 7, "6 records (the JSON export added a 7th)");
 
     let controls = ws.run(&["audit", "controls", "--json"]).success().json();
     let ids: Vec<&str> = controls
@@ -232,7 +236,7 @@ fn the_chain_lives_in_redis_when_the_queue_does() {
         .run(&["bench", "audit", "--records", "50", "--redis", &redis.url()])
         .success();
     let v = other.run(&["audit", "verify", "--json"]).success().json();
-    assert_eq!(v["records"], 52);
+    assert_eq!(v["records"], 54);
     assert!(
         !ws.home().join("nova.db").exists() || {
             let c = db(&ws);

@@ -102,7 +102,7 @@ fn sorted(value: &Value) -> Value {
 /// Compact JSON with sorted keys. serde_json keeps insertion order when its
 /// `preserve_order` feature is on somewhere in the build, so the keys are
 /// written in order by hand rather than trusted to the map type.
-fn canonical_json(value: &Value) -> String {
+pub fn canonical_json(value: &Value) -> String {
     match value {
         Value::Object(map) => {
             let mut keys: Vec<&String> = map.keys().collect();

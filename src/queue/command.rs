@@ -102,6 +102,14 @@ pub async fn open_queue(store: &StoreUrl) -> Result<(AnyQueue, String)> {
     }
 }
 
+/// The login name of the person running nova, as the policy subject's agent.
+fn operator_name() -> String {
+    operator()
+        .strip_prefix("operator:")
+        .unwrap_or("unknown")
+        .to_string()
+}
+
 fn read_token(file: Option<&Path>) -> Result<Option<String>> {
     let Some(file) = file else { return Ok(None) };
     let text = std::fs::read_to_string(file).map_err(|e| Error::io(file, e))?;
@@ -124,8 +132,22 @@ pub fn serve(ws: &Workspace, out: &Output, args: &ServeArgs) -> Result<()> {
         )));
     }
     let store = StoreUrl::resolve(ws, &args.store)?;
+    let policy = crate::policy::command::open(ws)?;
     let rt = runtime()?;
     rt.block_on(async {
+        let input = crate::policy::input(
+            &operator_name(),
+            "operator",
+            "serve",
+            &args.listen.to_string(),
+            json!({
+                "loopback": args.listen.ip().is_loopback(),
+                "auth": token.is_some(),
+                "insecure": args.insecure,
+            }),
+        );
+        let decision_log = crate::audit::command::workspace_log(ws, &args.store, true).await?;
+        policy.authorize(decision_log.as_ref(), &input).await?;
         let listener = tokio::net::TcpListener::bind(args.listen)
             .await
             .map_err(|e| Error::Failed(format!("cannot listen on {}: {e}", args.listen)))?;
@@ -309,6 +331,23 @@ pub fn run(ws: &Workspace, out: &Output, args: &QueueArgs) -> Result<()> {
     let action = parse_action(&args.action)?;
     let rt = runtime()?;
     rt.block_on(async {
+        if let Action::Enqueue(req) = &action {
+            let policy = crate::policy::command::open(ws)?;
+            let audit = crate::audit::command::workspace_log(ws, &args.store, true).await?;
+            let queue = if req.queue.is_empty() {
+                "default"
+            } else {
+                req.queue.as_str()
+            };
+            let input = crate::policy::input(
+                &operator_name(),
+                "operator",
+                "enqueue",
+                &req.r#type,
+                json!({"queue": queue, "server": args.server}),
+            );
+            policy.authorize(audit.as_ref(), &input).await?;
+        }
         match &args.server {
             Some(url) => {
                 let token = read_token(args.token_file.as_deref())?;

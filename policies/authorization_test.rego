@@ -1,0 +1,36 @@
+# Tests of authorization.rego, run by `nova policy test`.
+package nova.authz_test
+
+import rego.v1
+
+import data.nova.authz
+
+subject(role) := {"agent": "a", "role": role}
+
+test_the_operator_may_install if {
+	authz.allow with input as {"subject": subject("operator"), "action": "install", "resource": "tree"}
+}
+
+test_an_implementation_agent_may_not_install if {
+	not authz.allow with input as {"subject": subject("implementation"), "action": "install", "resource": "tree"}
+	authz.reasons["role \"implementation\" may not install"] with input as {"subject": subject("implementation"), "action": "install", "resource": "tree"}
+}
+
+test_root_needs_the_blueprint if {
+	not authz.allow with input as {"subject": subject("infrastructure"), "action": "run", "context": {"as_root": true}}
+	authz.allow with input as {"subject": subject("infrastructure"), "action": "run", "context": {"as_root": true, "blueprint_allows_root": true}}
+}
+
+test_root_is_never_for_a_coder if {
+	not authz.allow with input as {"subject": subject("implementation"), "action": "run", "context": {"as_root": true, "blueprint_allows_root": true}}
+}
+
+test_unknown_roles_and_actions_are_denied if {
+	not authz.allow with input as {"subject": subject("stranger"), "action": "run"}
+	not authz.allow with input as {"subject": subject("operator"), "action": "launch-missiles"}
+}
+
+test_serving_beyond_loopback_needs_a_token if {
+	not authz.allow with input as {"subject": subject("operator"), "action": "serve", "context": {"loopback": false, "auth": false}}
+	authz.allow with input as {"subject": subject("operator"), "action": "serve", "context": {"loopback": false, "auth": true}}
+}

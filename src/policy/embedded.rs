@@ -1,0 +1,171 @@
+//! The embedded evaluator: Rego policies run in process by regorus.
+//!
+//! The built-in policies (`policies/*.rego` in the repository) are compiled
+//! into the binary; a workspace's `policies/` folder replaces a built-in file
+//! of the same name or adds new ones.
+
+use std::path::{Path, PathBuf};
+
+use serde_json::Value;
+
+use super::Decision;
+
+/// The policies shipped with nova: (file name, text).
+pub const BUILTIN: &[(&str, &str)] = &[
+    (
+        "authorization.rego",
+        include_str!("../../policies/authorization.rego"),
+    ),
+    (
+        "authorization_test.rego",
+        include_str!("../../policies/authorization_test.rego"),
+    ),
+];
+
+/// One policy file and where it came from.
+#[derive(Debug, Clone)]
+pub struct PolicyFile {
+    pub name: String,
+    pub text: String,
+    /// `None` for a built-in policy.
+    pub path: Option<PathBuf>,
+}
+
+impl PolicyFile {
+    /// The id it gets in OPA: `nova/<name without .rego>`.
+    pub fn id(&self) -> String {
+        format!("nova/{}", self.name.trim_end_matches(".rego"))
+    }
+
+    pub fn origin(&self) -> String {
+        self.path
+            .as_ref()
+            .map_or_else(|| "built-in".to_string(), |p| p.display().to_string())
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum LoadError {
+    #[error("{path}: {source}")]
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{origin}: {message}")]
+    Rego { origin: String, message: String },
+}
+
+/// The built-in policies with the workspace's folder laid over them.
+pub fn policy_files(workspace_dir: &Path) -> Result<Vec<PolicyFile>, LoadError> {
+    let mut files: Vec<PolicyFile> = BUILTIN
+        .iter()
+        .map(|(name, text)| PolicyFile {
+            name: name.to_string(),
+            text: text.to_string(),
+            path: None,
+        })
+        .collect();
+    let entries = match std::fs::read_dir(workspace_dir) {
+        Ok(entries) => entries,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(files),
+        Err(source) => {
+            return Err(LoadError::Io {
+                path: workspace_dir.to_path_buf(),
+                source,
+            });
+        }
+    };
+    let mut own: Vec<PathBuf> = entries
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.extension().is_some_and(|x| x == "rego"))
+        .collect();
+    own.sort();
+    for path in own {
+        let text = std::fs::read_to_string(&path).map_err(|source| LoadError::Io {
+            path: path.clone(),
+            source,
+        })?;
+        let name = path
+            .file_name()
+            .map(|n| n.to_string_lossy().to_string())
+            .unwrap_or_default();
+        let file = PolicyFile {
+            name: name.clone(),
+            text,
+            path: Some(path),
+        };
+        match files.iter_mut().find(|f| f.name == name) {
+            Some(existing) => *existing = file,
+            None => files.push(file),
+        }
+    }
+    Ok(files)
+}
+
+/// A compiled set of policies, ready to evaluate.
+#[derive(Clone)]
+pub struct Embedded {
+    engine: regorus::Engine,
+}
+
+impl Embedded {
+    pub fn new(files: &[PolicyFile]) -> Result<Embedded, LoadError> {
+        let mut engine = regorus::Engine::new();
+        for f in files {
+            engine
+                .add_policy(f.origin(), f.text.clone())
+                .map_err(|e| LoadError::Rego {
+                    origin: f.origin(),
+                    message: e.to_string(),
+                })?;
+        }
+        Ok(Embedded { engine })
+    }
+
+    pub fn engine(&self) -> regorus::Engine {
+        self.engine.clone()
+    }
+
+    /// Evaluate `data.nova.authz` for `input`. Anything but `allow == true`
+    /// is a denial; an evaluation error is one too, with its message.
+    pub fn decide(&self, input: &Value) -> Decision {
+        let deny = |reason: String| Decision::deny("embedded", vec![reason]);
+        let mut engine = self.engine.clone();
+        let input = match regorus::Value::from_json_str(&input.to_string()) {
+            Ok(v) => v,
+            Err(e) => return deny(format!("the input is not valid JSON: {e}")),
+        };
+        engine.set_input(input);
+        let allow = match engine.eval_rule("data.nova.authz.allow".to_string()) {
+            Ok(v) => v,
+            Err(e) => return deny(format!("policy evaluation failed: {e}")),
+        };
+        let reasons = match engine.eval_rule("data.nova.authz.reasons".to_string()) {
+            Ok(v) => reasons_of(&v),
+            Err(e) => return deny(format!("policy evaluation failed: {e}")),
+        };
+        match allow {
+            regorus::Value::Bool(true) => Decision::allow("embedded", reasons),
+            regorus::Value::Bool(false) => Decision::deny("embedded", reasons),
+            regorus::Value::Undefined => deny(
+                "the policy decision is undefined: no policy defines data.nova.authz.allow"
+                    .to_string(),
+            ),
+            other => deny(format!("data.nova.authz.allow is not a boolean: {other:?}")),
+        }
+    }
+}
+
+fn reasons_of(v: &regorus::Value) -> Vec<String> {
+    let json = v.to_json_str().unwrap_or_default();
+    match serde_json::from_str::<Value>(&json) {
+        Ok(Value::Array(items)) => items
+            .into_iter()
+            .map(|i| match i {
+                Value::String(s) => s,
+                other => other.to_string(),
+            })
+            .collect(),
+        _ => Vec::new(),
+    }
+}
