@@ -299,6 +299,15 @@ pub enum BenchWhat {
     Kpi(BenchKpiArgs),
     /// Audit log appends per second (each a durable transaction)
     Audit(BenchAuditArgs),
+    /// Embedded policy decision latency, evaluated and cached
+    Policy(BenchPolicyArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct BenchPolicyArgs {
+    /// Decisions per round
+    #[arg(long, default_value_t = 5_000, value_parser = clap::value_parser!(u64).range(1..))]
+    pub decisions: u64,
 }
 
 #[derive(Debug, Args)]

@@ -134,3 +134,21 @@ fn bench_kpi_reports_the_cost_per_call() {
     assert_eq!(rows[5]["threads"], 3);
     ws.run(&["bench", "kpi", "--calls", "0"]).code(2);
 }
+
+#[test]
+fn bench_policy_and_audit_report_their_figures() {
+    let ws = Workspace::new();
+    let rows = ws
+        .run(&["bench", "policy", "--decisions", "200", "--json"])
+        .success()
+        .json();
+    let rows = rows.as_array().unwrap();
+    assert_eq!(rows.len(), 2);
+    assert!(rows.iter().all(|r| r["p50_us"].as_f64().unwrap() > 0.0));
+    let audit = ws
+        .run(&["bench", "audit", "--records", "50", "--json"])
+        .success()
+        .json();
+    assert_eq!(audit["records"], 50);
+    assert!(ws.files().is_empty(), "{:?}", ws.files());
+}

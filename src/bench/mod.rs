@@ -3,6 +3,7 @@
 
 pub mod audit;
 pub mod kpi;
+pub mod policy;
 pub mod queue;
 
 use crate::cli::{BenchArgs, BenchWhat};
@@ -15,5 +16,6 @@ pub fn run(ws: &Workspace, out: &Output, args: &BenchArgs) -> Result<()> {
         BenchWhat::Queue(args) => queue::run(ws, out, args),
         BenchWhat::Kpi(args) => kpi::run(out, args),
         BenchWhat::Audit(args) => audit::run(out, args),
+        BenchWhat::Policy(args) => policy::run(ws, out, args),
     }
 }

@@ -102,10 +102,12 @@ pub fn policy_files(workspace_dir: &Path) -> Result<Vec<PolicyFile>, LoadError> 
     Ok(files)
 }
 
-/// A compiled set of policies, ready to evaluate.
-#[derive(Clone)]
+/// A compiled set of policies, ready to evaluate. Decisions share one
+/// engine behind a lock: cloning the engine per decision cost more than the
+/// evaluation itself.
 pub struct Embedded {
     engine: regorus::Engine,
+    shared: std::sync::Mutex<regorus::Engine>,
 }
 
 impl Embedded {
@@ -119,7 +121,10 @@ impl Embedded {
                     message: e.to_string(),
                 })?;
         }
-        Ok(Embedded { engine })
+        Ok(Embedded {
+            shared: std::sync::Mutex::new(engine.clone()),
+            engine,
+        })
     }
 
     pub fn engine(&self) -> regorus::Engine {
@@ -130,7 +135,7 @@ impl Embedded {
     /// is a denial; an evaluation error is one too, with its message.
     pub fn decide(&self, input: &Value) -> Decision {
         let deny = |reason: String| Decision::deny("embedded", vec![reason]);
-        let mut engine = self.engine.clone();
+        let mut engine = self.shared.lock().unwrap_or_else(|p| p.into_inner());
         let input = match regorus::Value::from_json_str(&input.to_string()) {
             Ok(v) => v,
             Err(e) => return deny(format!("the input is not valid JSON: {e}")),
@@ -167,5 +172,26 @@ fn reasons_of(v: &regorus::Value) -> Vec<String> {
             })
             .collect(),
         _ => Vec::new(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn one_engine_decides_each_input_on_its_own() {
+        let files = policy_files(Path::new("/nonexistent")).unwrap();
+        let e = Embedded::new(&files).unwrap();
+        let ask = |role: &str| {
+            e.decide(&json!({"subject": {"agent": "a", "role": role}, "action": "install", "resource": "tree"}))
+        };
+        for _ in 0..3 {
+            assert!(ask("operator").allow);
+            let denied = ask("implementation");
+            assert!(!denied.allow);
+            assert_eq!(denied.reasons, ["role \"implementation\" may not install"]);
+        }
     }
 }
