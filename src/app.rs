@@ -60,6 +60,9 @@ pub fn try_main(cli: &Cli, out: &Output, logs: &mut Option<logging::LogGuard>) -
         cli.quiet,
         keep_files.then_some(log_dir.as_path()),
     ));
+    if keep_files && !cli.command.handles_signals() {
+        logging::flush_on_signals();
+    }
     match &cli.command {
         Command::Blueprints(args) => blueprints::command::run(&ws, out, args),
         Command::Plan(args) => plan::command::run(&ws, out, args),

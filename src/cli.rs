@@ -87,6 +87,11 @@ impl Command {
     pub fn keeps_log_files(&self) -> bool {
         matches!(self, Command::Serve(_) | Command::Queue(_))
     }
+
+    /// Commands that stop gracefully on SIGINT and SIGTERM by themselves.
+    pub fn handles_signals(&self) -> bool {
+        matches!(self, Command::Serve(_))
+    }
 }
 
 #[derive(Debug, Args)]

@@ -6,7 +6,8 @@
 //! filters both; without it stderr shows warnings (more with `-v`, less with
 //! `-q`) and the files keep `info` and up. The file writer runs on its own
 //! thread; the [`LogGuard`] flushes it when dropped, which `app::main` does on
-//! every way out, errors and Ctrl-C included.
+//! every way out, errors included, and [`flush_on_signals`] on Ctrl-C and
+//! SIGTERM for the commands that do not stop gracefully by themselves.
 
 use std::io::IsTerminal;
 use std::path::Path;
@@ -17,8 +18,42 @@ use tracing_subscriber::{EnvFilter, Layer};
 
 pub const KEEP_FILES: usize = 14;
 
+/// The file writer's guard: dropping it flushes what is queued.
+static FILE_GUARD: std::sync::Mutex<Option<tracing_appender::non_blocking::WorkerGuard>> =
+    std::sync::Mutex::new(None);
+
 /// Flushes the log files when dropped.
-pub struct LogGuard(#[allow(dead_code)] Option<tracing_appender::non_blocking::WorkerGuard>);
+pub struct LogGuard;
+
+impl Drop for LogGuard {
+    fn drop(&mut self) {
+        flush();
+    }
+}
+
+/// Write out every queued log line and close the files.
+pub fn flush() {
+    let guard = FILE_GUARD.lock().unwrap_or_else(|p| p.into_inner()).take();
+    drop(guard);
+}
+
+/// For commands that do not handle signals themselves: on SIGINT or SIGTERM,
+/// log it, flush the files and exit with 128 + the signal's number.
+pub fn flush_on_signals() {
+    use signal_hook::consts::{SIGINT, SIGTERM};
+    let Ok(mut signals) = signal_hook::iterator::Signals::new([SIGINT, SIGTERM]) else {
+        return;
+    };
+    let _ = std::thread::Builder::new()
+        .name("nova-signals".into())
+        .spawn(move || {
+            if let Some(signal) = signals.forever().next() {
+                tracing::info!(signal, "interrupted");
+                flush();
+                std::process::exit(128 + signal);
+            }
+        });
+}
 
 fn filter(default: &str) -> EnvFilter {
     std::env::var("NOVA_LOG")
@@ -44,7 +79,6 @@ pub fn init(verbose: u8, quiet: bool, files: Option<&Path>) -> LogGuard {
         .with_target(false)
         .with_filter(filter(stderr_level));
 
-    let mut guard = None;
     let file = files.and_then(|dir| {
         let appender = tracing_appender::rolling::Builder::new()
             .rotation(tracing_appender::rolling::Rotation::DAILY)
@@ -54,7 +88,7 @@ pub fn init(verbose: u8, quiet: bool, files: Option<&Path>) -> LogGuard {
             .map_err(|e| eprintln!("warning: no log files in {}: {e}", dir.display()))
             .ok()?;
         let (writer, g) = tracing_appender::non_blocking(appender);
-        guard = Some(g);
+        *FILE_GUARD.lock().unwrap_or_else(|p| p.into_inner()) = Some(g);
         Some(
             tracing_subscriber::fmt::layer()
                 .json()
@@ -66,5 +100,5 @@ pub fn init(verbose: u8, quiet: bool, files: Option<&Path>) -> LogGuard {
         .with(stderr)
         .with(file)
         .try_init();
-    LogGuard(guard)
+    LogGuard
 }

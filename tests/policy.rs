@@ -483,3 +483,32 @@ fn policy_tests_pass_and_bad_policies_or_inputs_are_named() {
     .code(2)
     .stderr_has("--opa-url");
 }
+
+#[test]
+fn nova_yaml_can_name_the_opa_server_and_the_flag_wins() {
+    let ws = Workspace::new();
+    let closed = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        format!("http://{}", l.local_addr().unwrap())
+    };
+    ws.write("nova.yaml", &format!("opa_url: {closed}\n"));
+    ws.write(
+        "input.json",
+        r#"{"subject": {"agent": "me", "role": "operator"}, "action": "run"}"#,
+    );
+    ws.run(&["policy", "eval", "--input", "input.json"])
+        .code(3)
+        .stdout_has(&format!("cannot reach OPA at {closed}"));
+    let opa = Opa::start(None);
+    ws.run(&["policy", "push", "--opa-url", &opa.url]).success();
+    ws.run(&[
+        "policy",
+        "eval",
+        "--input",
+        "input.json",
+        "--opa-url",
+        &opa.url,
+    ])
+    .success()
+    .stdout_has("allowed (opa)");
+}

@@ -276,3 +276,34 @@ fn a_bad_or_unreachable_redis_is_named() {
         .code(1)
         .stderr_has("cannot connect to redis://127.0.0.1:1/0");
 }
+
+#[test]
+fn ctrl_c_flushes_the_log_file() {
+    // A "server" that accepts connections and never answers: the command waits.
+    let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("http://{}", silent.local_addr().unwrap());
+    let ws = Workspace::new();
+    let mut child = std::process::Command::new(assert_cmd::cargo::cargo_bin("nova"))
+        .args(["queue", "--server", &url, "stats"])
+        .current_dir(ws.path())
+        .env_remove("NOVA_HOME")
+        .env("NOVA_LOG", "info")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    // Wait until it is connected and waiting.
+    let (_conn, _) = silent.accept().unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(200));
+    std::process::Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status()
+        .unwrap();
+    let status = child.wait().unwrap();
+    assert_eq!(status.code(), Some(130), "128 + SIGINT");
+    let logs = log_lines(&ws);
+    assert!(
+        logs.iter().any(|l| l["fields"]["message"] == "interrupted"),
+        "{logs:?}"
+    );
+}
