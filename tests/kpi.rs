@@ -3,7 +3,7 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{Read, Write};
 
 use common::Workspace;
 
@@ -30,26 +30,8 @@ fn serve_exposes_metrics_and_leaves_a_snapshot_for_nova_kpi() {
         .stdout_has("no KPIs recorded yet");
     assert!(ws.files().is_empty(), "nova kpi creates nothing");
 
-    let mut server = std::process::Command::new(assert_cmd::cargo::cargo_bin("nova"))
-        .args([
-            "serve",
-            "--listen",
-            "127.0.0.1:0",
-            "--metrics",
-            "127.0.0.1:0",
-            "--json",
-        ])
-        .current_dir(ws.path())
-        .env_remove("NOVA_HOME")
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
-    let mut line = String::new();
-    BufReader::new(server.stdout.take().unwrap())
-        .read_line(&mut line)
-        .unwrap();
-    let announced: serde_json::Value = serde_json::from_str(&line).unwrap();
+    let (mut server, announced) =
+        ws.serve(&["--listen", "127.0.0.1:0", "--metrics", "127.0.0.1:0"]);
     let url = announced["listening"].as_str().unwrap();
     let metrics = announced["metrics"].as_str().unwrap();
 

@@ -132,29 +132,9 @@ fn serve_refuses_a_public_address_without_a_token() {
 
 #[test]
 fn serve_answers_remote_clients_and_stops_on_sigterm() {
-    use std::io::{BufRead, BufReader};
     let ws = Workspace::new();
     ws.write("token", "tok-123\n");
-    let mut server = std::process::Command::new(assert_cmd::cargo::cargo_bin("nova"))
-        .args([
-            "serve",
-            "--listen",
-            "127.0.0.1:0",
-            "--token-file",
-            "token",
-            "--json",
-        ])
-        .current_dir(ws.path())
-        .env_remove("NOVA_HOME")
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
-    let mut line = String::new();
-    BufReader::new(server.stdout.take().unwrap())
-        .read_line(&mut line)
-        .unwrap();
-    let announced: serde_json::Value = serde_json::from_str(&line).unwrap();
+    let (mut server, announced) = ws.serve(&["--listen", "127.0.0.1:0", "--token-file", "token"]);
     let url = announced["listening"].as_str().unwrap().to_string();
 
     ws.run(&["queue", "--server", &url, "stats"])

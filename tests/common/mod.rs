@@ -129,3 +129,29 @@ impl Workspace {
     }
 }
 pub mod redis_server;
+
+impl Workspace {
+    /// Start `nova --json serve ARGS...` in this workspace; the child and the
+    /// line it announced itself with (`listening`, `store`, `metrics`...).
+    pub fn serve(&self, args: &[&str]) -> (std::process::Child, serde_json::Value) {
+        use std::io::BufRead;
+        let mut child = std::process::Command::new(assert_cmd::cargo::cargo_bin("nova"))
+            .args(["--json", "serve"])
+            .args(args)
+            .current_dir(self.path())
+            .env_remove("NOVA_HOME")
+            .env_remove("NOVA_STORE")
+            .env_remove("NOVA_OPA_URL")
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("nova serve starts");
+        let mut line = String::new();
+        std::io::BufReader::new(child.stdout.take().expect("piped stdout"))
+            .read_line(&mut line)
+            .expect("nova serve announces itself");
+        let announced = serde_json::from_str(&line)
+            .unwrap_or_else(|e| panic!("nova serve announced {line:?}: {e}"));
+        (child, announced)
+    }
+}
