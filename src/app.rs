@@ -14,7 +14,9 @@ use crate::cli::{Cli, Command};
 use crate::error::{Error, Result};
 use crate::output::{self, ColorChoice, Output};
 use crate::workspace::{OpaSettings, Workspace, ensure_dir};
-use crate::{audit, bench, blueprints, kpi, logging, plan, policy, queue, roadmap, tasks};
+use crate::{
+    audit, bench, blueprints, kpi, logging, orchestrate, plan, policy, queue, roadmap, tasks,
+};
 
 pub fn main() -> ExitCode {
     let cli = match Cli::try_parse() {
@@ -69,6 +71,9 @@ pub fn try_main(cli: &Cli, out: &Output, logs: &mut Option<logging::LogGuard>) -
         Command::Tasks(args) => tasks::run(&ws, out, args),
         Command::Roadmap(args) => roadmap::run(&ws, out, args),
         Command::Serve(args) => queue::command::serve(&ws, out, args),
+        Command::Orchestrate(args) => orchestrate::command::run(&ws, out, args, cli.verbose),
+        Command::Runs(args) => orchestrate::command::runs_command(&ws, out, args),
+        Command::Worker(args) => orchestrate::command::worker_command(&ws, out, args, cli.verbose),
         Command::Queue(args) => queue::command::run(&ws, out, args),
         Command::Bench(args) => bench::run(&ws, out, args),
         Command::Kpi => kpi::command::run(&ws, out),

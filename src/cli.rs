@@ -62,6 +62,12 @@ pub enum Command {
     Tasks(TasksArgs),
     /// Phase-by-phase progress: share of tasks done and each specialist's remaining steps
     Roadmap(RoadmapArgs),
+    /// Run a plan's agents: phases in order, tasks as supervised processes through the queue
+    Orchestrate(OrchestrateArgs),
+    /// Past runs, and one run's tasks, report and messages
+    Runs(RunsArgs),
+    /// Take agents' tasks from a queue server and run them (for runs spread over machines)
+    Worker(WorkerArgs),
     /// Run the task queue's gRPC server
     Serve(ServeArgs),
     /// Enqueue, list, inspect, cancel and retry queue tasks
@@ -85,12 +91,18 @@ impl Command {
     /// Commands that change state or run for long keep JSON log files in
     /// `$NOVA_HOME/logs`; the read-only views create nothing.
     pub fn keeps_log_files(&self) -> bool {
-        matches!(self, Command::Serve(_) | Command::Queue(_))
+        matches!(
+            self,
+            Command::Serve(_) | Command::Queue(_) | Command::Orchestrate(_) | Command::Worker(_)
+        )
     }
 
     /// Commands that stop gracefully on SIGINT and SIGTERM by themselves.
     pub fn handles_signals(&self) -> bool {
-        matches!(self, Command::Serve(_))
+        matches!(
+            self,
+            Command::Serve(_) | Command::Orchestrate(_) | Command::Worker(_)
+        )
     }
 }
 
@@ -220,6 +232,108 @@ pub struct ServeArgs {
     /// Serve KPIs and queue depth in the Prometheus text format at http://ADDR/metrics
     #[arg(long, value_name = "ADDR")]
     pub metrics: Option<std::net::SocketAddr>,
+}
+
+#[derive(Debug, Args)]
+pub struct OrchestrateArgs {
+    /// The plan to run [default: the plan of --agents, else nova.yaml's `plan`, else spark-sophia]
+    #[arg(long, value_name = "NAME")]
+    pub plan: Option<String>,
+
+    /// Only these agents and (unless --only) the agents they depend on
+    #[arg(long, num_args = 1.., value_name = "AGENT")]
+    pub agents: Vec<String>,
+
+    /// With --agents: leave out the agents they depend on
+    #[arg(long, requires = "agents")]
+    pub only: bool,
+
+    /// Only these phases
+    #[arg(long, num_args = 1.., value_name = "PHASE")]
+    pub phase: Vec<String>,
+
+    /// One agent at a time, or independent agents side by side [default: NOVA_EXECUTION_MODE, nova.yaml, sequential]
+    #[arg(long, value_enum)]
+    pub mode: Option<crate::config::ExecutionMode>,
+
+    /// Most tasks at once (and local workers) [default: the number of cores]
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(0..=1024))]
+    pub jobs: Option<u32>,
+
+    /// Run the fix of every task whose check fails (without it, only checks run)
+    #[arg(long)]
+    pub apply: bool,
+
+    /// Print the schedule and the commands that would run; run nothing
+    #[arg(long)]
+    pub dry_run: bool,
+
+    /// Finish an interrupted run (the last one, or RUN_ID) without redoing finished tasks
+    #[arg(long, value_name = "RUN_ID", num_args = 0..=1)]
+    pub resume: Option<Option<String>>,
+
+    /// Stop starting agents after the first failure (the default)
+    #[arg(long, conflicts_with = "keep_going")]
+    pub fail_fast: bool,
+
+    /// After a failure, still run the agents that do not depend on it
+    #[arg(long)]
+    pub keep_going: bool,
+
+    /// Use this queue server instead of one in process (its workers may be elsewhere)
+    #[arg(long, value_name = "URL")]
+    pub server: Option<String>,
+
+    /// Bearer token file for --server
+    #[arg(long, value_name = "FILE", requires = "server")]
+    pub token_file: Option<PathBuf>,
+
+    /// Also write the Markdown report here
+    #[arg(long, value_name = "FILE")]
+    pub report: Option<PathBuf>,
+
+    #[command(flatten)]
+    pub store: StoreArg,
+}
+
+#[derive(Debug, Args)]
+pub struct RunsArgs {
+    #[command(subcommand)]
+    pub action: Option<RunsAction>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum RunsAction {
+    /// One run: its tasks (and with --messages, the hub's timeline)
+    Show {
+        /// The run's id (a unique prefix will do)
+        run: String,
+        /// Also show the messages of the hub
+        #[arg(long)]
+        messages: bool,
+    },
+}
+
+#[derive(Debug, Args)]
+pub struct WorkerArgs {
+    /// The queue server (http://HOST:PORT)
+    #[arg(long, value_name = "URL")]
+    pub server: String,
+
+    /// Bearer token file for the server
+    #[arg(long, value_name = "FILE")]
+    pub token_file: Option<PathBuf>,
+
+    /// Tasks at once
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=256))]
+    pub concurrency: u32,
+
+    /// Only these queues (a run's queue is run-<RUN_ID>) [default: every queue]
+    #[arg(long, num_args = 1.., value_name = "QUEUE")]
+    pub queues: Vec<String>,
+
+    #[command(flatten)]
+    pub store: StoreArg,
 }
 
 #[derive(Debug, Args)]

@@ -40,6 +40,10 @@ pub enum Error {
     /// The policy engine denied the action.
     #[error("{0}")]
     Denied(String),
+
+    /// Stopped by SIGINT or SIGTERM; exits 128 + the signal (130 for Ctrl-C).
+    #[error("{0}")]
+    Interrupted(String),
 }
 
 impl Error {
@@ -61,6 +65,7 @@ impl Error {
             Error::Store(e) if e.is_bad_input() => 2,
             Error::Store(_) | Error::Io { .. } | Error::Failed(_) => 1,
             Error::Denied(_) => 3,
+            Error::Interrupted(_) => 130,
         }
     }
 }

@@ -16,6 +16,7 @@ pub mod config;
 pub mod error;
 pub mod kpi;
 pub mod logging;
+pub mod orchestrate;
 pub mod output;
 pub mod plan;
 pub mod policy;

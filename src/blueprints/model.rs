@@ -201,6 +201,35 @@ impl When {
     pub fn is_empty(&self) -> bool {
         self.file.is_empty() && self.command.is_empty() && self.env.is_empty() && self.os.is_empty()
     }
+
+    /// `None` when the task applies on this host in folder `dir`, else why not.
+    pub fn unmet(&self, dir: &std::path::Path) -> Option<String> {
+        if !self.os.is_empty() && !self.os.iter().any(|o| o == std::env::consts::OS) {
+            return Some(format!("only on {}", self.os.join(", ")));
+        }
+        if !self.file.is_empty() && !self.file.iter().any(|f| dir.join(f).exists()) {
+            return Some(format!("no {} here", self.file.join(" or ")));
+        }
+        if let Some(missing) = self.command.iter().find(|c| !on_path(c)) {
+            return Some(format!("{missing} is not on PATH"));
+        }
+        if let Some(unset) = self
+            .env
+            .iter()
+            .find(|v| std::env::var_os(v).is_none_or(|x| x.is_empty()))
+        {
+            return Some(format!("{unset} is not set"));
+        }
+        None
+    }
+}
+
+fn on_path(program: &str) -> bool {
+    if program.contains('/') {
+        return std::path::Path::new(program).is_file();
+    }
+    std::env::var_os("PATH")
+        .is_some_and(|paths| std::env::split_paths(&paths).any(|dir| dir.join(program).is_file()))
 }
 
 fn one_or_many<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error> {

@@ -110,7 +110,7 @@ fn operator_name() -> String {
         .to_string()
 }
 
-fn read_token(file: Option<&Path>) -> Result<Option<String>> {
+pub fn read_token(file: Option<&Path>) -> Result<Option<String>> {
     let Some(file) = file else { return Ok(None) };
     let text = std::fs::read_to_string(file).map_err(|e| Error::io(file, e))?;
     let token = text.trim().to_string();

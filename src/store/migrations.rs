@@ -68,6 +68,44 @@ const MIGRATIONS: &[&str] = &[
         hash      TEXT NOT NULL
     );
     CREATE INDEX audit_log_action ON audit_log (action, seq);",
+    // 4: orchestration runs (orchestrate): the run, each task's outcome, and the hub's messages.
+    "CREATE TABLE runs (
+        id          TEXT PRIMARY KEY,
+        plan        TEXT NOT NULL,
+        mode        TEXT NOT NULL,
+        apply       INTEGER NOT NULL,
+        status      TEXT NOT NULL CHECK (status IN ('running', 'done', 'failed', 'denied', 'interrupted')),
+        started_at  INTEGER NOT NULL,
+        finished_at INTEGER,
+        args        TEXT NOT NULL,
+        report      TEXT
+    );
+    CREATE TABLE run_tasks (
+        run_id      TEXT NOT NULL REFERENCES runs (id),
+        agent       TEXT NOT NULL,
+        task        TEXT NOT NULL,
+        phase       TEXT NOT NULL,
+        status      TEXT NOT NULL,
+        attempts    INTEGER NOT NULL,
+        exit_code   INTEGER,
+        started_at  INTEGER,
+        finished_at INTEGER,
+        peak_rss    INTEGER,
+        mean_cpu    REAL,
+        worker      TEXT NOT NULL DEFAULT '',
+        detail      TEXT NOT NULL DEFAULT '',
+        log_tail    TEXT NOT NULL DEFAULT '',
+        PRIMARY KEY (run_id, agent, task)
+    ) WITHOUT ROWID;
+    CREATE TABLE run_messages (
+        run_id  TEXT NOT NULL REFERENCES runs (id),
+        seq     INTEGER NOT NULL,
+        at      INTEGER NOT NULL,
+        kind    TEXT NOT NULL,
+        agent   TEXT NOT NULL DEFAULT '',
+        body    TEXT NOT NULL,
+        PRIMARY KEY (run_id, seq)
+    ) WITHOUT ROWID;",
 ];
 
 /// The schema version this nova writes.

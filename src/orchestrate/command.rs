@@ -1,0 +1,1016 @@
+//! The `nova orchestrate` command: choose, schedule, run, record, report.
+
+use std::collections::{HashMap, HashSet};
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use rusqlite::Connection;
+use serde_json::{Value, json};
+
+use super::runs::{self, Message, RunRow, TaskRow};
+use super::worker::{self, JOB_TYPE, Job, JobResult, WorkerConfig};
+use super::{AgentOutcome, AgentRun, report};
+use crate::audit::command::{operator, workspace_log};
+use crate::audit::{AuditLog, Event};
+use crate::blueprints::{Catalog, TaskSpec};
+use crate::cli::OrchestrateArgs;
+use crate::config::ExecutionMode;
+use crate::error::{Error, Result};
+use crate::output::Output;
+use crate::plan::dag::Schedule;
+use crate::queue::client::{self, Client};
+use crate::queue::command::{StoreUrl, open_queue};
+use crate::queue::model::now_ms;
+use crate::queue::proto::{EnqueueRequest, GetTaskRequest};
+use crate::store::{Store, TaskStatus};
+use crate::workspace::Workspace;
+
+const POLL: Duration = Duration::from_millis(5);
+/// Base of the backoff between attempts of a failing task.
+const RETRY_BACKOFF_MS: u32 = 200;
+
+struct Run {
+    id: String,
+    apply: bool,
+    workdir: PathBuf,
+    db: Mutex<Connection>,
+    audit: Option<AuditLog>,
+    messages: Mutex<Vec<Message>>,
+    /// Tasks a resumed run already finished: (agent key, task id).
+    finished: HashSet<(String, String)>,
+    quiet: bool,
+}
+
+impl Run {
+    fn say(&self, text: &str) {
+        if !self.quiet {
+            eprintln!("{text}");
+        }
+    }
+
+    fn hub(&self, kind: &str, agent: &str, body: Value) {
+        let mut messages = self.messages.lock().unwrap_or_else(|p| p.into_inner());
+        let m = Message {
+            seq: messages.len() as u64 + 1,
+            at: now_ms(),
+            kind: kind.to_string(),
+            agent: agent.to_string(),
+            body,
+        };
+        let db = self.db.lock().unwrap_or_else(|p| p.into_inner());
+        if let Err(e) = runs::add_message(&db, &self.id, &m) {
+            tracing::warn!(error = %e, "could not store a hub message");
+        }
+        messages.push(m);
+    }
+
+    /// The messages addressed to `agent`: every broadcast, and agents'
+    /// messages whose `to` is the agent's name or `*`.
+    fn inbox(&self, agent: &str) -> Vec<Value> {
+        self.messages
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+            .filter(|m| {
+                m.kind != "agent"
+                    || m.body["to"]
+                        .as_str()
+                        .is_some_and(|to| to == "*" || to.eq_ignore_ascii_case(agent))
+            })
+            .map(|m| json!({"seq": m.seq, "kind": m.kind, "from": m.agent, "body": m.body}))
+            .collect()
+    }
+
+    fn record(&self, agent: &AgentRun, task: &TaskSpec, result: &JobResult, attempts: u32) {
+        let row = TaskRow {
+            agent: agent.name.clone(),
+            task: task.id.clone(),
+            phase: agent.phase.clone(),
+            status: result.status.clone(),
+            attempts,
+            exit_code: result.exit_code,
+            started_at: Some(result.started_at),
+            finished_at: Some(result.finished_at),
+            peak_rss: Some(result.peak_rss),
+            mean_cpu: Some(result.mean_cpu),
+            worker: result.worker.clone(),
+            detail: result.detail.clone(),
+            log_tail: result.tail.clone(),
+        };
+        let status = match result.status.as_str() {
+            "done" => TaskStatus::Done,
+            "skipped" => TaskStatus::Skipped,
+            "pending" => TaskStatus::Pending,
+            _ => TaskStatus::Failed,
+        };
+        let db = self.db.lock().unwrap_or_else(|p| p.into_inner());
+        let stored = runs::upsert_task(&db, &self.id, &row).map_err(|e| e.to_string());
+        if let Err(e) = stored {
+            tracing::warn!(error = %e, "could not record a task outcome");
+        }
+        // Task states feed `nova tasks` and `nova roadmap`.
+        let _ = db.execute(
+            "INSERT INTO task_states (agent, task, status, run_id, updated_at, detail) VALUES (?1, ?2, ?3, ?4, ?5, ?6)
+             ON CONFLICT (agent, task) DO UPDATE SET status = excluded.status, run_id = excluded.run_id,
+                 updated_at = excluded.updated_at, detail = excluded.detail",
+            rusqlite::params![
+                agent.key,
+                task.id,
+                status.as_str(),
+                self.id,
+                result.finished_at,
+                result.detail
+            ],
+        );
+    }
+}
+
+fn mode_of(ws: &Workspace, args: &OrchestrateArgs) -> Result<ExecutionMode> {
+    if let Some(m) = args.mode {
+        return Ok(m);
+    }
+    if let Ok(v) = std::env::var("NOVA_EXECUTION_MODE")
+        && !v.is_empty()
+    {
+        return match v.to_lowercase().as_str() {
+            "sequential" => Ok(ExecutionMode::Sequential),
+            "parallel" => Ok(ExecutionMode::Parallel),
+            other => Err(Error::usage(format!(
+                "NOVA_EXECUTION_MODE={other:?}: expected sequential or parallel"
+            ))),
+        };
+    }
+    Ok(ws
+        .config
+        .execution_mode
+        .unwrap_or(ExecutionMode::Sequential))
+}
+
+fn new_run_id() -> String {
+    let now = humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string();
+    let stamp: String = now
+        .chars()
+        .filter(|c| c.is_ascii_digit())
+        .take(14)
+        .collect();
+    let tail = crate::queue::model::new_id();
+    format!("{stamp}-{}", &tail[tail.len() - 6..])
+}
+
+pub fn run(ws: &Workspace, out: &Output, args: &OrchestrateArgs, verbose: u8) -> Result<()> {
+    let catalog = Catalog::load(ws)?;
+    let plan = crate::plan::resolve(&catalog, args.plan.as_deref(), &args.agents, &args.phase)?;
+    crate::plan::check_phases(plan, &args.phase)?;
+    let mut schedule = Schedule::build(&catalog, plan, &args.agents, !args.only)?;
+    if !args.phase.is_empty() {
+        schedule
+            .phases
+            .retain(|p| args.phase.iter().any(|w| w.eq_ignore_ascii_case(&p.name)));
+    }
+    let mode = mode_of(ws, args)?;
+    let jobs = args
+        .jobs
+        .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get() as u32));
+    if args.dry_run {
+        return dry_run(out, &catalog, &schedule, args.apply, mode, jobs);
+    }
+
+    let policy = crate::policy::command::open(ws)?;
+    crate::workspace::ensure_dir(&ws.home)?;
+    let store = Store::open(&ws.db_path())?;
+    let conn = store.into_connection();
+
+    let (id, finished) = match &args.resume {
+        None => (new_run_id(), HashSet::new()),
+        Some(which) => {
+            let found = match which {
+                Some(id) => runs::find_run(&conn, id),
+                None => runs::last_interrupted(&conn),
+            }
+            .map_err(|e| Error::Failed(e.to_string()))?;
+            let Some(run) = found else {
+                return Err(Error::usage(match which {
+                    Some(id) => format!("--resume {id}: no such run (see nova runs)"),
+                    None => "--resume: no interrupted run to resume".to_string(),
+                }));
+            };
+            let done: HashSet<(String, String)> = runs::tasks(&conn, &run.id)
+                .map_err(|e| Error::Failed(e.to_string()))?
+                .into_iter()
+                .filter(|t| t.status == "done" || t.status == "skipped")
+                .map(|t| (t.agent.to_lowercase(), t.task))
+                .collect();
+            (run.id, done)
+        }
+    };
+
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| Error::Failed(format!("cannot start the async runtime: {e}")))?;
+    rt.block_on(async {
+        let audit = workspace_log(ws, &args.store, true).await?;
+        let run = Arc::new(Run {
+            id: id.clone(),
+            apply: args.apply,
+            workdir: ws.root.clone(),
+            db: Mutex::new(conn),
+            audit: audit.clone(),
+            messages: Mutex::new(Vec::new()),
+            finished,
+            quiet: out.quiet || out.json,
+        });
+        {
+            let db = run.db.lock().unwrap_or_else(|p| p.into_inner());
+            let row = RunRow {
+                id: id.clone(),
+                plan: schedule.plan.clone(),
+                mode: format!("{mode:?}").to_lowercase(),
+                apply: args.apply,
+                status: "running".into(),
+                started_at: now_ms(),
+                finished_at: None,
+                args: json!({
+                    "agents": args.agents, "phases": args.phase, "jobs": jobs,
+                    "keep_going": args.keep_going, "server": args.server,
+                }),
+                report: None,
+            };
+            if args.resume.is_some() {
+                runs::set_status(&db, &id, "running", None)
+            } else {
+                runs::insert_run(&db, &row)
+            }
+            .map_err(|e| Error::Failed(format!("cannot record the run: {e}")))?;
+            if args.resume.is_some() {
+                // The hub's history continues where it stopped.
+                let old = runs::messages(&db, &id).unwrap_or_default();
+                *run.messages.lock().unwrap_or_else(|p| p.into_inner()) = old;
+            }
+        }
+        if args.resume.is_some() {
+            run.hub(
+                "run-resumed",
+                "",
+                json!({"finished_tasks": run.finished.len()}),
+            );
+        }
+        if let Some(log) = &audit {
+            crate::audit::record(
+                log,
+                Event::new(operator(), "run.start", format!("run {id}"), "started").details(
+                    json!({
+                        "plan": schedule.plan, "mode": format!("{mode:?}").to_lowercase(),
+                        "apply": args.apply, "resume": args.resume.is_some(),
+                    }),
+                ),
+            )
+            .await;
+        }
+        run.say(&format!(
+            "run {id}: plan {}, {} mode, {} {}",
+            schedule.plan,
+            format!("{mode:?}").to_lowercase(),
+            if args.apply {
+                "applying fixes"
+            } else {
+                "checks only (--apply runs fixes)"
+            },
+            if args.resume.is_some() {
+                "(resumed)"
+            } else {
+                ""
+            }
+        ));
+
+        // The queue: in process on the workspace's store, or the given server.
+        let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+        let mut server_task = None;
+        let (url, token) = match &args.server {
+            Some(url) => (
+                url.clone(),
+                crate::queue::command::read_token(args.token_file.as_deref())?,
+            ),
+            None => {
+                let (backend, _) = open_queue(&StoreUrl::resolve(ws, &args.store)?).await?;
+                let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+                    .await
+                    .map_err(|e| Error::Failed(format!("cannot listen on loopback: {e}")))?;
+                let addr = listener
+                    .local_addr()
+                    .map_err(|e| Error::Failed(e.to_string()))?;
+                let mut stop = stop_rx.clone();
+                server_task = Some(tokio::spawn(crate::queue::server::serve_audited(
+                    backend,
+                    listener,
+                    None,
+                    audit.clone(),
+                    async move {
+                        let _ = stop.changed().await;
+                    },
+                )));
+                (format!("http://{addr}"), None)
+            }
+        };
+        let connect = || async {
+            client::connect(&url, token.as_deref())
+                .await
+                .map_err(|e| Error::Failed(e.to_string()))
+        };
+        let mut client = connect().await?;
+        let queue_name = format!(
+            "run-{}",
+            id.replace(|c: char| !c.is_ascii_alphanumeric() && c != '-', "-")
+        );
+        let local_workers = if args.server.is_some() {
+            args.jobs.unwrap_or(0)
+        } else {
+            jobs.max(1)
+        };
+        if local_workers == 0 {
+            run.say(&format!(
+                "no local workers: waiting for remote workers on {url} (queue {queue_name})"
+            ));
+        }
+        let cfg = Arc::new(WorkerConfig {
+            name: format!("{}-local", hostname()),
+            home: ws.home.clone(),
+            policy: policy.clone(),
+            audit: audit.clone(),
+            echo: verbose > 0 && !out.quiet,
+            queues: vec![queue_name.clone()],
+        });
+        let (work_stop_tx, work_stop_rx) = tokio::sync::watch::channel(false);
+        let mut workers = Vec::new();
+        for i in 0..local_workers {
+            let cfg = Arc::new(WorkerConfig {
+                name: format!("{}-{i}", cfg.name),
+                home: cfg.home.clone(),
+                policy: cfg.policy.clone(),
+                audit: cfg.audit.clone(),
+                echo: cfg.echo,
+                queues: cfg.queues.clone(),
+            });
+            workers.push(tokio::spawn(worker::work(
+                connect().await?,
+                cfg,
+                work_stop_rx.clone(),
+            )));
+        }
+
+        // Ctrl-C and SIGTERM stop the run; its processes are killed by the workers.
+        let interrupted = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let on_signal = {
+            let interrupted = interrupted.clone();
+            let work_stop_tx = work_stop_tx.clone();
+            tokio::spawn(async move {
+                crate::queue::server::signal().await;
+                interrupted.store(true, std::sync::atomic::Ordering::SeqCst);
+                let _ = work_stop_tx.send(true);
+            })
+        };
+
+        let concurrency = match mode {
+            ExecutionMode::Sequential => 1,
+            ExecutionMode::Parallel => jobs.max(1) as usize,
+        };
+        let outcome = schedule_run(
+            &run,
+            &catalog,
+            &schedule,
+            &mut client,
+            &queue_name,
+            concurrency,
+            args.keep_going,
+            &interrupted,
+        )
+        .await;
+
+        on_signal.abort();
+        let _ = work_stop_tx.send(true);
+        for w in workers {
+            let _ = tokio::time::timeout(Duration::from_secs(10), w).await;
+        }
+        let _ = stop_tx.send(true);
+        if let Some(s) = server_task {
+            let _ = s.await;
+        }
+
+        let agents = outcome?;
+        finish(
+            ws,
+            out,
+            &run,
+            &schedule.plan,
+            &agents,
+            interrupted.load(std::sync::atomic::Ordering::SeqCst),
+            args.report.as_deref(),
+        )
+        .await
+    })
+}
+
+fn hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|s| s.trim().to_string())
+        .ok()
+        .filter(|s| !s.is_empty())
+        .unwrap_or_else(|| "nova".into())
+}
+
+/// Drive every phase of `schedule` to its end; the agents as they finished.
+#[allow(clippy::too_many_arguments)]
+async fn schedule_run(
+    run: &Arc<Run>,
+    catalog: &Catalog,
+    schedule: &Schedule,
+    client: &mut Client,
+    queue: &str,
+    concurrency: usize,
+    keep_going: bool,
+    interrupted: &std::sync::atomic::AtomicBool,
+) -> Result<Vec<AgentRun>> {
+    let mut finished: Vec<AgentRun> = Vec::new();
+    let mut outcomes: HashMap<String, AgentOutcome> = HashMap::new();
+    let mut stop_starting = false;
+    for phase in &schedule.phases {
+        let mut agents: Vec<AgentRun> = phase
+            .agents
+            .iter()
+            .map(|a| {
+                let agent = catalog
+                    .find_agent(&a.name, Some(&schedule.plan))
+                    .expect("scheduled agents exist");
+                AgentRun {
+                    key: agent.key(),
+                    name: agent.spec.name.clone(),
+                    role: agent.spec.role.clone(),
+                    phase: phase.name.clone(),
+                    deps: agent
+                        .spec
+                        .depends_on
+                        .iter()
+                        .map(|d| d.to_lowercase())
+                        .collect(),
+                    tasks: agent.spec.tasks.clone(),
+                    memory_limit: agent.spec.resources.memory.map(|m| m.as_u64()),
+                    wall_time: agent.spec.resources.wall_time.map(|w| w.0),
+                    next: 0,
+                    in_flight: None,
+                    saw_pending: false,
+                    outcome: None,
+                }
+            })
+            .collect();
+        run.hub(
+            "phase-start",
+            "",
+            json!({
+                "phase": phase.name, "goal": phase.goal,
+                "agents": phase.agents.iter().map(|a| json!({"name": a.name, "role": a.role, "depends_on": a.depends_on})).collect::<Vec<_>>(),
+            }),
+        );
+        run.say(&format!("phase {}: {}", phase.name, phase.goal.trim()));
+
+        loop {
+            if interrupted.load(std::sync::atomic::Ordering::SeqCst) {
+                for a in agents.iter_mut().filter(|a| a.outcome.is_none()) {
+                    a.outcome = Some(AgentOutcome::Interrupted);
+                }
+            }
+            // Start what may start.
+            let active = agents
+                .iter()
+                .filter(|a| a.outcome.is_none() && a.in_flight.is_some())
+                .count();
+            let mut slots = concurrency.saturating_sub(active);
+            for a in agents.iter_mut() {
+                if a.outcome.is_some() || a.in_flight.is_some() {
+                    continue;
+                }
+                let blocked = a.deps.iter().find(|d| {
+                    matches!(
+                        outcomes.get(*d),
+                        Some(
+                            AgentOutcome::Failed
+                                | AgentOutcome::Denied
+                                | AgentOutcome::Skipped
+                                | AgentOutcome::Interrupted
+                        )
+                    )
+                });
+                if let Some(dep) = blocked {
+                    let dep = dep.clone();
+                    a.outcome = Some(AgentOutcome::Skipped);
+                    outcomes.insert(a.key.clone(), AgentOutcome::Skipped);
+                    run.hub("agent-done", &a.name, json!({"agent": a.name, "outcome": "skipped", "reason": format!("{dep} did not finish")}));
+                    run.say(&format!("  {}: skipped ({dep} did not finish)", a.name));
+                    continue;
+                }
+                if stop_starting {
+                    a.outcome = Some(AgentOutcome::Skipped);
+                    outcomes.insert(a.key.clone(), AgentOutcome::Skipped);
+                    run.hub("agent-done", &a.name, json!({"agent": a.name, "outcome": "skipped", "reason": "the run stops after a failure (--keep-going runs on)"}));
+                    continue;
+                }
+                let ready = a
+                    .deps
+                    .iter()
+                    .all(|d| outcomes.contains_key(d) || !schedule_has(schedule, d));
+                if !ready || slots == 0 {
+                    continue;
+                }
+                slots -= 1;
+                run.hub("agent-start", &a.name, json!({"agent": a.name, "role": a.role, "phase": a.phase, "depends_on": a.deps}));
+                if !advance(run, a, client, queue).await? {
+                    finish_agent(run, a, &mut outcomes);
+                }
+            }
+
+            // Collect what finished.
+            let mut progressed = false;
+            for a in agents.iter_mut().filter(|a| a.outcome.is_none()) {
+                let Some((task_id, idx)) = a.in_flight.clone() else {
+                    continue;
+                };
+                let task = client
+                    .get_task(GetTaskRequest {
+                        task_id: task_id.clone(),
+                    })
+                    .await
+                    .map_err(|e| {
+                        Error::Failed(format!("the queue did not answer: {}", e.message()))
+                    })?
+                    .into_inner()
+                    .task
+                    .unwrap_or_default();
+                if task.status != "COMPLETED"
+                    && task.status != "FAILED"
+                    && task.status != "CANCELLED"
+                {
+                    continue;
+                }
+                progressed = true;
+                let mut result: JobResult =
+                    serde_json::from_str(&task.result).unwrap_or_else(|_| JobResult {
+                        status: "failed".into(),
+                        detail: if task.last_error.is_empty() {
+                            format!("the task ended {}", task.status)
+                        } else {
+                            task.last_error.clone()
+                        },
+                        started_at: task.created_at,
+                        finished_at: task.updated_at,
+                        ..Default::default()
+                    });
+                if task.status == "CANCELLED" {
+                    result.status = "failed".into();
+                    result.detail = "cancelled".into();
+                }
+                let spec = a.tasks[idx].clone();
+                run.record(a, &spec, &result, task.attempts);
+                for m in &result.messages {
+                    run.hub("agent", &a.name, m.clone());
+                }
+                crate::counter!("orchestrate.tasks").inc();
+                crate::kpi::histogram("orchestrate.task")
+                    .record(((result.finished_at - result.started_at).max(0) as u64) * 1_000_000);
+                run.say(&format!(
+                    "  {}/{}: {}{}{}",
+                    a.name,
+                    spec.id,
+                    result.status,
+                    if task.attempts > 1 {
+                        format!(" after {} attempts", task.attempts)
+                    } else {
+                        String::new()
+                    },
+                    if result.detail.is_empty() {
+                        String::new()
+                    } else {
+                        format!(" ({})", result.detail)
+                    }
+                ));
+                a.in_flight = None;
+                match result.status.as_str() {
+                    "done" | "skipped" => {}
+                    "pending" => a.saw_pending = true,
+                    "denied" => a.outcome = Some(AgentOutcome::Denied),
+                    _ => a.outcome = Some(AgentOutcome::Failed),
+                }
+                if a.outcome.is_some() || !advance(run, a, client, queue).await? {
+                    finish_agent(run, a, &mut outcomes);
+                    if matches!(a.outcome, Some(AgentOutcome::Failed | AgentOutcome::Denied))
+                        && !keep_going
+                    {
+                        stop_starting = true;
+                    }
+                }
+            }
+            if agents.iter().all(|a| a.outcome.is_some()) {
+                break;
+            }
+            if !progressed {
+                tokio::time::sleep(POLL).await;
+            }
+        }
+        finished.extend(agents);
+    }
+    Ok(finished)
+}
+
+fn schedule_has(schedule: &Schedule, key: &str) -> bool {
+    schedule
+        .phases
+        .iter()
+        .any(|p| p.agents.iter().any(|a| a.name.eq_ignore_ascii_case(key)))
+}
+
+fn finish_agent(run: &Run, a: &mut AgentRun, outcomes: &mut HashMap<String, AgentOutcome>) {
+    let outcome = a.outcome.unwrap_or(if a.saw_pending {
+        AgentOutcome::Pending
+    } else {
+        AgentOutcome::Done
+    });
+    a.outcome = Some(outcome);
+    outcomes.insert(a.key.clone(), outcome);
+    run.hub(
+        "agent-done",
+        &a.name,
+        json!({"agent": a.name, "outcome": outcome.as_str()}),
+    );
+}
+
+/// Enqueue the agent's next task that still needs running; false when none is left.
+async fn advance(run: &Run, a: &mut AgentRun, client: &mut Client, queue: &str) -> Result<bool> {
+    while a.next < a.tasks.len() {
+        let idx = a.next;
+        a.next += 1;
+        let spec = &a.tasks[idx];
+        if run.finished.contains(&(a.key.clone(), spec.id.clone())) {
+            continue;
+        }
+        let job = Job {
+            run: run.id.clone(),
+            agent: a.name.clone(),
+            role: a.role.clone(),
+            phase: a.phase.clone(),
+            task: spec.clone(),
+            apply: run.apply,
+            workdir: run.workdir.clone(),
+            memory_limit: a.memory_limit,
+            wall_time: a.wall_time,
+            messages: run.inbox(&a.name),
+        };
+        let request = EnqueueRequest {
+            r#type: JOB_TYPE.into(),
+            payload: serde_json::to_string(&job).expect("a job serializes"),
+            queue: queue.to_string(),
+            max_attempts: spec.retries + 1,
+            retry_backoff_ms: RETRY_BACKOFF_MS,
+            // One queue task per run, agent and task, whatever restarts in between.
+            idempotency_key: format!("{}/{}/{}/{}", run.id, a.key, spec.id, resume_round(run)),
+            ..Default::default()
+        };
+        let task = client
+            .enqueue(request)
+            .await
+            .map_err(|e| {
+                Error::Failed(format!(
+                    "cannot enqueue {}/{}: {}",
+                    a.name,
+                    spec.id,
+                    e.message()
+                ))
+            })?
+            .into_inner()
+            .task
+            .unwrap_or_default();
+        a.in_flight = Some((task.id, idx));
+        return Ok(true);
+    }
+    Ok(false)
+}
+
+/// A resumed run enqueues its unfinished tasks afresh (their old queue tasks
+/// may have been left to expired leases), so each round gets its own keys.
+fn resume_round(run: &Run) -> usize {
+    run.messages
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .iter()
+        .filter(|m| m.kind == "run-resumed")
+        .count()
+}
+
+async fn finish(
+    ws: &Workspace,
+    out: &Output,
+    run: &Arc<Run>,
+    plan: &str,
+    agents: &[AgentRun],
+    interrupted: bool,
+    report_file: Option<&std::path::Path>,
+) -> Result<()> {
+    let count = |o: AgentOutcome| agents.iter().filter(|a| a.outcome == Some(o)).count();
+    let (tasks, messages) = {
+        let db = run.db.lock().unwrap_or_else(|p| p.into_inner());
+        (
+            runs::tasks(&db, &run.id).unwrap_or_default(),
+            runs::messages(&db, &run.id).unwrap_or_default(),
+        )
+    };
+    let denied = tasks.iter().filter(|t| t.status == "denied").count();
+    let failed = tasks.iter().filter(|t| t.status == "failed").count();
+    let pending = tasks.iter().filter(|t| t.status == "pending").count();
+    let status = if interrupted {
+        "interrupted"
+    } else if denied > 0 {
+        "denied"
+    } else if failed > 0 || pending > 0 || count(AgentOutcome::Skipped) > 0 {
+        "failed"
+    } else {
+        "done"
+    };
+    let finished_at = now_ms();
+    let row = {
+        let db = run.db.lock().unwrap_or_else(|p| p.into_inner());
+        let _ = runs::set_status(&db, &run.id, status, Some(finished_at));
+        runs::find_run(&db, &run.id).ok().flatten()
+    };
+    let snapshot = crate::kpi::snapshot();
+    let text = report::markdown(row.as_ref(), plan, agents, &tasks, &messages, &snapshot);
+    let reports = ws.home.join("reports");
+    crate::workspace::ensure_dir(&reports)?;
+    let path = reports.join(format!("run-{}.md", run.id));
+    std::fs::write(&path, &text).map_err(|e| Error::io(&path, e))?;
+    if let Some(extra) = report_file {
+        std::fs::write(extra, &text).map_err(|e| Error::io(extra, e))?;
+    }
+    {
+        let db = run.db.lock().unwrap_or_else(|p| p.into_inner());
+        let _ = runs::set_report(&db, &run.id, &path.display().to_string());
+        if let Ok(store) = Store::open(&ws.db_path()) {
+            let _ = crate::kpi::store::save(store.connection(), "orchestrate", &snapshot);
+        }
+    }
+    if let Some(log) = &run.audit {
+        crate::audit::record(
+            log,
+            Event::new(operator(), "run.finish", format!("run {}", run.id), status).details(
+                json!({
+                    "tasks": tasks.len(), "failed": failed, "denied": denied, "pending": pending,
+                    "report": path.display().to_string(),
+                }),
+            ),
+        )
+        .await;
+    }
+    if out.json {
+        out.json(&json!({
+            "run": run.id, "status": status, "report": path.display().to_string(),
+            "agents": agents.iter().map(|a| json!({"agent": a.name, "phase": a.phase, "outcome": a.outcome.map(|o| o.as_str())})).collect::<Vec<_>>(),
+            "tasks": tasks,
+        }))?;
+    } else {
+        out.text(&report::summary(
+            out, &run.id, status, agents, &tasks, &path,
+        ))?;
+    }
+    let summary = format!(
+        "run {} {status}: {} tasks, {failed} failed, {pending} not done, {denied} denied by policy",
+        run.id,
+        tasks.len()
+    );
+    match status {
+        "done" => Ok(()),
+        "interrupted" => Err(Error::Interrupted(format!(
+            "run {} interrupted; nova orchestrate --resume {} finishes it",
+            run.id, run.id
+        ))),
+        "denied" => Err(Error::Denied(summary)),
+        _ => Err(Error::Failed(summary)),
+    }
+}
+
+fn dry_run(
+    out: &Output,
+    catalog: &Catalog,
+    schedule: &Schedule,
+    apply: bool,
+    mode: ExecutionMode,
+    jobs: u32,
+) -> Result<()> {
+    let mut plan = Vec::new();
+    for phase in &schedule.phases {
+        let mut agents = Vec::new();
+        for a in &phase.agents {
+            let agent = catalog.find_agent(&a.name, Some(&schedule.plan))?;
+            let tasks: Vec<Value> = agent
+                .spec
+                .tasks
+                .iter()
+                .map(|t| {
+                    let steps = match (&t.check, &t.run, apply) {
+                        (Some(c), Some(r), true) => format!("check {}; if it fails: run {}, check again", c.display(), r.display()),
+                        (Some(c), _, _) => format!("check {}", c.display()),
+                        (None, Some(r), true) => format!("run {}", r.display()),
+                        (None, Some(_), false) => "nothing (no check; --apply runs it)".to_string(),
+                        (None, None, _) => "nothing".to_string(),
+                    };
+                    json!({"task": t.id, "title": t.title, "steps": steps, "retries": t.retries,
+                           "timeout": t.timeout.map(|d| humantime::format_duration(d.0).to_string())})
+                })
+                .collect();
+            agents.push(json!({"agent": a.name, "role": a.role, "depends_on": a.depends_on, "tasks": tasks}));
+        }
+        plan.push(json!({"phase": phase.name, "agents": agents}));
+    }
+    if out.json {
+        return out.json(&json!({
+            "dry_run": true, "plan": schedule.plan, "mode": format!("{mode:?}").to_lowercase(),
+            "jobs": jobs, "apply": apply, "phases": plan,
+        }));
+    }
+    let mut text = format!(
+        "dry run: nothing will be run. Plan {}, {} mode, {} jobs, {}\n",
+        schedule.plan,
+        format!("{mode:?}").to_lowercase(),
+        jobs,
+        if apply { "with --apply" } else { "checks only" }
+    );
+    for p in &plan {
+        text.push_str(&format!("\nphase {}\n", p["phase"].as_str().unwrap_or("")));
+        for a in p["agents"].as_array().into_iter().flatten() {
+            let deps: Vec<&str> = a["depends_on"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter_map(|d| d.as_str())
+                .collect();
+            text.push_str(&format!(
+                "  {} ({}){}\n",
+                a["agent"].as_str().unwrap_or(""),
+                a["role"].as_str().unwrap_or(""),
+                if deps.is_empty() {
+                    String::new()
+                } else {
+                    format!(", after {}", deps.join(", "))
+                }
+            ));
+            for t in a["tasks"].as_array().into_iter().flatten() {
+                text.push_str(&format!(
+                    "    {}: {}\n",
+                    t["task"].as_str().unwrap_or(""),
+                    t["steps"].as_str().unwrap_or("")
+                ));
+            }
+        }
+    }
+    out.text(&text)
+}
+
+/// `nova worker --server URL`: take agents' tasks and run them until stopped.
+pub fn worker_command(
+    ws: &Workspace,
+    out: &Output,
+    args: &crate::cli::WorkerArgs,
+    verbose: u8,
+) -> Result<()> {
+    let token = crate::queue::command::read_token(args.token_file.as_deref())?;
+    let policy = crate::policy::command::open(ws)?;
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| Error::Failed(format!("cannot start the async runtime: {e}")))?;
+    rt.block_on(async {
+        let audit = workspace_log(ws, &args.store, true).await?;
+        let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+        let mut workers = Vec::new();
+        for i in 0..args.concurrency {
+            let client = client::connect(&args.server, token.as_deref())
+                .await
+                .map_err(|e| Error::Failed(e.to_string()))?;
+            let cfg = Arc::new(WorkerConfig {
+                name: format!("{}-{}-{i}", hostname(), std::process::id()),
+                home: ws.home.clone(),
+                policy: policy.clone(),
+                audit: audit.clone(),
+                echo: verbose > 0 && !out.quiet,
+                queues: args.queues.clone(),
+            });
+            workers.push(tokio::spawn(worker::work(client, cfg, stop_rx.clone())));
+        }
+        if !out.quiet {
+            eprintln!(
+                "nova worker: {} at once from {}{}",
+                args.concurrency,
+                args.server,
+                if args.queues.is_empty() {
+                    String::new()
+                } else {
+                    format!(" (queues {})", args.queues.join(", "))
+                }
+            );
+        }
+        crate::queue::server::signal().await;
+        let _ = stop_tx.send(true);
+        for w in workers {
+            let _ = tokio::time::timeout(Duration::from_secs(10), w).await;
+        }
+        Err(Error::Interrupted("nova worker stopped".into()))
+    })
+}
+
+/// `nova runs` and `nova runs show RUN`.
+pub fn runs_command(ws: &Workspace, out: &Output, args: &crate::cli::RunsArgs) -> Result<()> {
+    let Some(store) = ws.open_store_read()?.filter(|s| s.version() >= 4) else {
+        return if out.json {
+            out.json(&json!([]))
+        } else {
+            out.text("no runs yet\n")
+        };
+    };
+    let conn = store.connection();
+    let failed = |e: rusqlite::Error| Error::Failed(format!("cannot read runs: {e}"));
+    match &args.action {
+        None => {
+            let list = runs::runs(conn).map_err(failed)?;
+            if out.json {
+                return out.json(&list);
+            }
+            if list.is_empty() {
+                return out.text("no runs yet\n");
+            }
+            let mut table = out.table(&["run", "plan", "mode", "status", "started", "finished"]);
+            for r in &list {
+                table.add_row(vec![
+                    r.id.clone(),
+                    r.plan.clone(),
+                    format!("{}{}", r.mode, if r.apply { ", apply" } else { "" }),
+                    r.status.clone(),
+                    crate::tasks::rfc3339(r.started_at),
+                    r.finished_at
+                        .map(crate::tasks::rfc3339)
+                        .unwrap_or_else(|| "-".into()),
+                ]);
+            }
+            out.print_table(&table)
+        }
+        Some(crate::cli::RunsAction::Show { run, messages }) => {
+            let Some(row) = runs::find_run(conn, run).map_err(failed)? else {
+                return Err(Error::usage(format!("no run {run:?} (see nova runs)")));
+            };
+            let tasks = runs::tasks(conn, &row.id).map_err(failed)?;
+            let hub = runs::messages(conn, &row.id).map_err(failed)?;
+            if out.json {
+                return out.json(&json!({"run": row, "tasks": tasks, "messages": hub}));
+            }
+            let mut text = format!(
+                "run {}: {} (plan {}, {}{}), started {}\nreport: {}\n\n",
+                row.id,
+                row.status,
+                row.plan,
+                row.mode,
+                if row.apply { ", apply" } else { "" },
+                crate::tasks::rfc3339(row.started_at),
+                row.report.clone().unwrap_or_else(|| "-".into())
+            );
+            let mut table = out.table(&[
+                "phase", "agent", "task", "status", "attempts", "exit", "detail",
+            ]);
+            for t in &tasks {
+                table.add_row(vec![
+                    t.phase.clone(),
+                    t.agent.clone(),
+                    t.task.clone(),
+                    t.status.clone(),
+                    t.attempts.to_string(),
+                    t.exit_code.map_or("-".into(), |c| c.to_string()),
+                    t.detail.clone(),
+                ]);
+            }
+            text.push_str(&table.trim_fmt());
+            text.push('\n');
+            if *messages {
+                text.push_str("\nmessages:\n");
+                for m in &hub {
+                    text.push_str(&format!(
+                        "  {} {} {}{} {}\n",
+                        m.seq,
+                        crate::tasks::rfc3339(m.at),
+                        m.kind,
+                        if m.agent.is_empty() {
+                            String::new()
+                        } else {
+                            format!(" {}", m.agent)
+                        },
+                        m.body
+                    ));
+                }
+            }
+            out.text(&text)
+        }
+    }
+}

@@ -1,0 +1,214 @@
+//! Runs in the workspace database: the run, each task's last outcome, and the
+//! hub's messages (`runs`, `run_tasks`, `run_messages`).
+
+use rusqlite::{Connection, OptionalExtension, params};
+use serde::Serialize;
+use serde_json::Value;
+
+#[derive(Debug, Clone, Serialize)]
+pub struct RunRow {
+    pub id: String,
+    pub plan: String,
+    pub mode: String,
+    pub apply: bool,
+    pub status: String,
+    pub started_at: i64,
+    pub finished_at: Option<i64>,
+    pub args: Value,
+    pub report: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct TaskRow {
+    pub agent: String,
+    pub task: String,
+    pub phase: String,
+    pub status: String,
+    pub attempts: u32,
+    pub exit_code: Option<i32>,
+    pub started_at: Option<i64>,
+    pub finished_at: Option<i64>,
+    pub peak_rss: Option<u64>,
+    pub mean_cpu: Option<f32>,
+    pub worker: String,
+    pub detail: String,
+    pub log_tail: Vec<String>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Message {
+    pub seq: u64,
+    pub at: i64,
+    /// `phase-start`, `agent-start`, `agent-done` or `agent` (an agent's own `::nova::` line).
+    pub kind: String,
+    pub agent: String,
+    pub body: Value,
+}
+
+pub fn insert_run(conn: &Connection, run: &RunRow) -> rusqlite::Result<()> {
+    conn.execute(
+        "INSERT INTO runs (id, plan, mode, apply, status, started_at, args) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+        params![run.id, run.plan, run.mode, run.apply, run.status, run.started_at, run.args.to_string()],
+    )?;
+    Ok(())
+}
+
+pub fn set_status(
+    conn: &Connection,
+    id: &str,
+    status: &str,
+    finished_at: Option<i64>,
+) -> rusqlite::Result<()> {
+    conn.execute(
+        "UPDATE runs SET status = ?2, finished_at = ?3 WHERE id = ?1",
+        params![id, status, finished_at],
+    )?;
+    Ok(())
+}
+
+pub fn set_report(conn: &Connection, id: &str, report: &str) -> rusqlite::Result<()> {
+    conn.execute(
+        "UPDATE runs SET report = ?2 WHERE id = ?1",
+        params![id, report],
+    )?;
+    Ok(())
+}
+
+fn run_from_row(r: &rusqlite::Row) -> rusqlite::Result<RunRow> {
+    let args: String = r.get(7)?;
+    Ok(RunRow {
+        id: r.get(0)?,
+        plan: r.get(1)?,
+        mode: r.get(2)?,
+        apply: r.get(3)?,
+        status: r.get(4)?,
+        started_at: r.get(5)?,
+        finished_at: r.get(6)?,
+        args: serde_json::from_str(&args).unwrap_or(Value::Null),
+        report: r.get(8)?,
+    })
+}
+
+const RUN_COLUMNS: &str = "id, plan, mode, apply, status, started_at, finished_at, args, report";
+
+pub fn runs(conn: &Connection) -> rusqlite::Result<Vec<RunRow>> {
+    conn.prepare(&format!(
+        "SELECT {RUN_COLUMNS} FROM runs ORDER BY started_at, id"
+    ))?
+    .query_map([], run_from_row)?
+    .collect()
+}
+
+/// The run `id`, or (with a prefix) the one run whose id starts with it.
+pub fn find_run(conn: &Connection, id: &str) -> rusqlite::Result<Option<RunRow>> {
+    let exact = conn
+        .query_row(
+            &format!("SELECT {RUN_COLUMNS} FROM runs WHERE id = ?1"),
+            [id],
+            run_from_row,
+        )
+        .optional()?;
+    if exact.is_some() {
+        return Ok(exact);
+    }
+    let mut matches: Vec<RunRow> = conn
+        .prepare(&format!(
+            "SELECT {RUN_COLUMNS} FROM runs WHERE id LIKE ?1 || '%'"
+        ))?
+        .query_map([id], run_from_row)?
+        .collect::<rusqlite::Result<_>>()?;
+    Ok(if matches.len() == 1 {
+        matches.pop()
+    } else {
+        None
+    })
+}
+
+pub fn last_interrupted(conn: &Connection) -> rusqlite::Result<Option<RunRow>> {
+    conn.query_row(
+        &format!("SELECT {RUN_COLUMNS} FROM runs WHERE status IN ('interrupted', 'running') ORDER BY started_at DESC LIMIT 1"),
+        [],
+        run_from_row,
+    )
+    .optional()
+}
+
+pub fn upsert_task(conn: &Connection, run: &str, t: &TaskRow) -> rusqlite::Result<()> {
+    conn.execute(
+        "INSERT INTO run_tasks (run_id, agent, task, phase, status, attempts, exit_code, started_at, finished_at,
+             peak_rss, mean_cpu, worker, detail, log_tail)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14)
+         ON CONFLICT (run_id, agent, task) DO UPDATE SET status = excluded.status, attempts = excluded.attempts,
+             exit_code = excluded.exit_code, started_at = excluded.started_at, finished_at = excluded.finished_at,
+             peak_rss = excluded.peak_rss, mean_cpu = excluded.mean_cpu, worker = excluded.worker,
+             detail = excluded.detail, log_tail = excluded.log_tail",
+        params![
+            run,
+            t.agent,
+            t.task,
+            t.phase,
+            t.status,
+            t.attempts,
+            t.exit_code,
+            t.started_at,
+            t.finished_at,
+            t.peak_rss.map(|v| v as i64),
+            t.mean_cpu,
+            t.worker,
+            t.detail,
+            serde_json::to_string(&t.log_tail).expect("lines serialize"),
+        ],
+    )?;
+    Ok(())
+}
+
+pub fn tasks(conn: &Connection, run: &str) -> rusqlite::Result<Vec<TaskRow>> {
+    conn.prepare(
+        "SELECT agent, task, phase, status, attempts, exit_code, started_at, finished_at, peak_rss, mean_cpu,
+             worker, detail, log_tail FROM run_tasks WHERE run_id = ?1 ORDER BY COALESCE(started_at, 0), agent, task",
+    )?
+    .query_map([run], |r| {
+        let tail: String = r.get(12)?;
+        Ok(TaskRow {
+            agent: r.get(0)?,
+            task: r.get(1)?,
+            phase: r.get(2)?,
+            status: r.get(3)?,
+            attempts: r.get(4)?,
+            exit_code: r.get(5)?,
+            started_at: r.get(6)?,
+            finished_at: r.get(7)?,
+            peak_rss: r.get::<_, Option<i64>>(8)?.map(|v| v as u64),
+            mean_cpu: r.get(9)?,
+            worker: r.get(10)?,
+            detail: r.get(11)?,
+            log_tail: serde_json::from_str(&tail).unwrap_or_default(),
+        })
+    })?
+    .collect()
+}
+
+pub fn add_message(conn: &Connection, run: &str, m: &Message) -> rusqlite::Result<()> {
+    conn.execute(
+        "INSERT INTO run_messages (run_id, seq, at, kind, agent, body) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+        params![run, m.seq as i64, m.at, m.kind, m.agent, m.body.to_string()],
+    )?;
+    Ok(())
+}
+
+pub fn messages(conn: &Connection, run: &str) -> rusqlite::Result<Vec<Message>> {
+    conn.prepare(
+        "SELECT seq, at, kind, agent, body FROM run_messages WHERE run_id = ?1 ORDER BY seq",
+    )?
+    .query_map([run], |r| {
+        let body: String = r.get(4)?;
+        Ok(Message {
+            seq: r.get::<_, i64>(0)? as u64,
+            at: r.get(1)?,
+            kind: r.get(2)?,
+            agent: r.get(3)?,
+            body: serde_json::from_str(&body).unwrap_or(Value::Null),
+        })
+    })?
+    .collect()
+}

@@ -1,0 +1,431 @@
+//! A worker: takes agents' tasks from the queue and runs them.
+//!
+//! The same loop serves the local workers of `nova orchestrate` and
+//! `nova worker --server URL` on other machines. A queue task carries a whole
+//! [`Job`] (the blueprint task, the agent, the run, its messages), so a
+//! worker needs nothing but the queue. For each job it checks `when`, asks
+//! the policy engine for `run`, then runs the check (and, with `--apply`, the
+//! run step and the check again), holding its lease by heartbeat, and acks
+//! with a [`JobResult`]. A failed attempt is acked for retry; the queue brings
+//! it back after a backoff until the task's retries are spent.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use serde_json::{Value, json};
+
+use super::supervisor::{self, Outcome};
+use crate::audit::{AuditLog, Event};
+use crate::blueprints::{CommandSpec, TaskSpec};
+use crate::policy::Policy;
+use crate::queue::client::Client;
+use crate::queue::model::now_ms;
+use crate::queue::proto::{AckRequest, DequeueRequest, HeartbeatRequest, Task};
+
+/// The queue task type of an agent's task.
+pub const JOB_TYPE: &str = "nova.task";
+pub const LEASE_MS: u32 = 30_000;
+
+/// Everything a worker needs to run one blueprint task.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Job {
+    pub run: String,
+    pub agent: String,
+    pub role: String,
+    pub phase: String,
+    pub task: TaskSpec,
+    pub apply: bool,
+    /// The folder tasks run in (the workspace root), unless the task says otherwise.
+    pub workdir: PathBuf,
+    pub memory_limit: Option<u64>,
+    pub wall_time: Option<Duration>,
+    /// Messages addressed to this agent so far (broadcasts included).
+    pub messages: Vec<Value>,
+}
+
+/// What a worker reports in its ack.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct JobResult {
+    /// `done`, `pending` (its check fails and `--apply` was not given),
+    /// `skipped` (its `when` does not hold here), `failed` or `denied`.
+    pub status: String,
+    pub attempt: u32,
+    pub exit_code: Option<i32>,
+    pub started_at: i64,
+    pub finished_at: i64,
+    pub peak_rss: u64,
+    pub mean_cpu: f32,
+    pub detail: String,
+    pub tail: Vec<String>,
+    pub messages: Vec<Value>,
+    pub worker: String,
+}
+
+pub struct WorkerConfig {
+    pub name: String,
+    pub home: PathBuf,
+    pub policy: Policy,
+    pub audit: Option<AuditLog>,
+    /// Echo task output to stderr (`-v`).
+    pub echo: bool,
+    pub queues: Vec<String>,
+}
+
+/// Take and run jobs until `stop` turns true. Transport errors (a server
+/// restarting) are waited out.
+pub async fn work(
+    mut client: Client,
+    cfg: Arc<WorkerConfig>,
+    stop: tokio::sync::watch::Receiver<bool>,
+) {
+    let mut stop_wait = stop.clone();
+    while !*stop.borrow() {
+        let request = DequeueRequest {
+            worker_id: cfg.name.clone(),
+            queues: cfg.queues.clone(),
+            lease_ms: LEASE_MS,
+            wait_ms: 1_000,
+            max_tasks: 1,
+        };
+        let tasks = tokio::select! {
+            r = client.dequeue(request) => match r {
+                Ok(r) => r.into_inner().tasks,
+                Err(e) => {
+                    tracing::debug!(error = %e, "dequeue failed; retrying");
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                    continue;
+                }
+            },
+            _ = stop_wait.changed() => break,
+        };
+        for task in tasks {
+            handle(&mut client, &cfg, task, stop.clone()).await;
+        }
+    }
+}
+
+async fn handle(
+    client: &mut Client,
+    cfg: &WorkerConfig,
+    task: Task,
+    stop: tokio::sync::watch::Receiver<bool>,
+) {
+    let job: Job = match serde_json::from_str(&task.payload) {
+        Ok(job) if task.r#type == JOB_TYPE => job,
+        other => {
+            let why = match other {
+                Err(e) => format!("not a nova job: {e}"),
+                Ok(_) => format!("unknown task type {:?}", task.r#type),
+            };
+            let _ = client
+                .ack(AckRequest {
+                    task_id: task.id.clone(),
+                    success: false,
+                    lease_id: task.lease_id.clone(),
+                    error: why,
+                    ..Default::default()
+                })
+                .await;
+            return;
+        }
+    };
+
+    // Keep the lease while the job runs.
+    let (done_tx, mut done_rx) = tokio::sync::oneshot::channel::<()>();
+    let mut hb_client = client.clone();
+    let (hb_id, hb_lease) = (task.id.clone(), task.lease_id.clone());
+    let heartbeat = tokio::spawn(async move {
+        let mut tick = tokio::time::interval(Duration::from_millis(LEASE_MS as u64 / 3));
+        tick.tick().await;
+        loop {
+            tokio::select! {
+                _ = tick.tick() => {
+                    let _ = hb_client.heartbeat(HeartbeatRequest {
+                        task_id: hb_id.clone(),
+                        lease_id: hb_lease.clone(),
+                        lease_ms: LEASE_MS,
+                    }).await;
+                }
+                _ = &mut done_rx => break,
+            }
+        }
+    });
+
+    let mut result = execute(cfg, &job, task.attempts, stop.clone()).await;
+    result.worker = cfg.name.clone();
+    let _ = done_tx.send(());
+    let _ = heartbeat.await;
+    if *stop.borrow() && result.detail.contains("interrupted") {
+        // The run was stopped: leave the task to its lease, so a resume runs it again.
+        return;
+    }
+    let success = matches!(result.status.as_str(), "done" | "pending" | "skipped");
+    let ack = AckRequest {
+        task_id: task.id.clone(),
+        success,
+        result: serde_json::to_string(&result).expect("a result serializes"),
+        lease_id: task.lease_id.clone(),
+        retry: result.status == "failed",
+        error: if success {
+            String::new()
+        } else {
+            result.detail.clone()
+        },
+    };
+    // Deliver the ack even across a server restart; give up once the lease
+    // is gone (the task runs again elsewhere).
+    for _ in 0..50 {
+        match client.ack(ack.clone()).await {
+            Ok(_) => return,
+            Err(e)
+                if e.code() == tonic::Code::FailedPrecondition
+                    || e.code() == tonic::Code::NotFound =>
+            {
+                tracing::warn!(task = %task.id, error = %e, "ack refused");
+                return;
+            }
+            Err(_) => tokio::time::sleep(Duration::from_millis(200)).await,
+        }
+    }
+}
+
+fn log_path(home: &std::path::Path, job: &Job) -> PathBuf {
+    home.join("runs")
+        .join(&job.run)
+        .join(&job.agent)
+        .join(format!("{}.log", job.task.id))
+}
+
+async fn audit(cfg: &WorkerConfig, action: &str, job: &Job, outcome: &str, details: Value) {
+    if let Some(log) = &cfg.audit {
+        crate::audit::record(
+            log,
+            Event::new(
+                format!("agent:{}", job.agent),
+                action,
+                format!("{}/{}", job.agent, job.task.id),
+                outcome,
+            )
+            .details(details),
+        )
+        .await;
+    }
+}
+
+/// Run one attempt of `job`.
+pub async fn execute(
+    cfg: &WorkerConfig,
+    job: &Job,
+    attempt: u32,
+    stop: tokio::sync::watch::Receiver<bool>,
+) -> JobResult {
+    let started_at = now_ms();
+    let mut result = JobResult {
+        attempt,
+        started_at,
+        ..Default::default()
+    };
+    let finish = |mut r: JobResult, status: &str, detail: String| {
+        r.status = status.to_string();
+        r.detail = detail;
+        r.finished_at = now_ms();
+        r
+    };
+    let workdir = match &job.task.cwd {
+        Some(cwd) => job.workdir.join(cwd),
+        None => job.workdir.clone(),
+    };
+    if let Some(why) = job.task.when.unmet(&workdir) {
+        return finish(result, "skipped", format!("does not apply: {why}"));
+    }
+
+    let input = crate::policy::input(
+        &job.agent,
+        &job.role,
+        "run",
+        &job.task.id,
+        json!({"run": job.run, "phase": job.phase, "as_root": false}),
+    );
+    if let Err(denied) = cfg.policy.authorize(cfg.audit.as_ref(), &input).await {
+        return finish(result, "denied", denied.to_string());
+    }
+    audit(
+        cfg,
+        "task.start",
+        job,
+        "started",
+        json!({"run": job.run, "attempt": attempt, "worker": cfg.name}),
+    )
+    .await;
+
+    let inbox = home_inbox(&cfg.home, job);
+    let mut env: BTreeMap<String, String> = job.task.env.clone();
+    env.extend([
+        ("NOVA_RUN_ID".to_string(), job.run.clone()),
+        ("NOVA_AGENT".to_string(), job.agent.clone()),
+        ("NOVA_TASK".to_string(), job.task.id.clone()),
+        ("NOVA_PHASE".to_string(), job.phase.clone()),
+        ("NOVA_HOME".to_string(), cfg.home.display().to_string()),
+        ("NOVA_INBOX".to_string(), inbox.display().to_string()),
+    ]);
+    if let Some(dir) = inbox.parent() {
+        let _ = std::fs::create_dir_all(dir);
+    }
+    let lines: String = job.messages.iter().map(|m| format!("{m}\n")).collect();
+    let _ = std::fs::write(&inbox, lines);
+
+    let log = log_path(&cfg.home, job);
+    let timeout = match (job.task.timeout.map(|t| t.0), job.wall_time) {
+        (Some(a), Some(b)) => Some(a.min(b)),
+        (a, b) => a.or(b),
+    };
+    let step = |command: &CommandSpec| supervisor::Spec {
+        command: command.clone(),
+        env: env.clone(),
+        cwd: Some(workdir.clone()),
+        timeout,
+        memory_limit: job.memory_limit,
+        echo: cfg.echo.then(|| format!("[{}/{}]", job.agent, job.task.id)),
+    };
+    let run_step = async |name: &str,
+                          command: &CommandSpec,
+                          result: &mut JobResult|
+           -> Result<Outcome, String> {
+        append_line(
+            &log,
+            &format!("== attempt {attempt}: {name}: {}", command.display()),
+        );
+        let outcome = supervisor::run(&step(command), &log, stop.clone())
+            .await
+            .map_err(|e| format!("cannot start {}: {e}", command.display()))?;
+        result.exit_code = outcome.exit_code;
+        result.peak_rss = result.peak_rss.max(outcome.peak_rss);
+        result.mean_cpu = outcome.mean_cpu;
+        result.tail = outcome.tail.clone();
+        result.messages.extend(outcome.messages.iter().cloned());
+        Ok(outcome)
+    };
+
+    let status_of = |o: &Outcome| -> Option<String> {
+        match &o.stopped {
+            Some(supervisor::Stopped::Cancelled) => Some("interrupted".to_string()),
+            Some(s) => Some(s.to_string()),
+            None => None,
+        }
+    };
+    let outcome = 'steps: {
+        if let Some(check) = &job.task.check {
+            let o = match run_step("check", check, &mut result).await {
+                Ok(o) => o,
+                Err(e) => break 'steps ("failed", e),
+            };
+            if let Some(why) = status_of(&o) {
+                break 'steps ("failed", format!("check {why}"));
+            }
+            if o.success() {
+                break 'steps ("done", "check passes".to_string());
+            }
+            if !job.apply {
+                break 'steps (
+                    "pending",
+                    format!("check fails (exit {}); --apply runs the fix", code(&o)),
+                );
+            }
+            let Some(run) = &job.task.run else {
+                break 'steps (
+                    "failed",
+                    format!(
+                        "check fails (exit {}) and the task has no run step",
+                        code(&o)
+                    ),
+                );
+            };
+            let o = match run_step("run", run, &mut result).await {
+                Ok(o) => o,
+                Err(e) => break 'steps ("failed", e),
+            };
+            if let Some(why) = status_of(&o) {
+                break 'steps ("failed", format!("run {why}"));
+            }
+            if !o.success() {
+                break 'steps ("failed", format!("run failed (exit {})", code(&o)));
+            }
+            let o = match run_step("check", check, &mut result).await {
+                Ok(o) => o,
+                Err(e) => break 'steps ("failed", e),
+            };
+            if let Some(why) = status_of(&o) {
+                break 'steps ("failed", format!("check {why}"));
+            }
+            if o.success() {
+                ("done", "run, then check passes".to_string())
+            } else {
+                (
+                    "failed",
+                    format!("check still fails after run (exit {})", code(&o)),
+                )
+            }
+        } else if let Some(run) = &job.task.run {
+            if !job.apply {
+                break 'steps (
+                    "pending",
+                    "no check to verify it; --apply runs it".to_string(),
+                );
+            }
+            let o = match run_step("run", run, &mut result).await {
+                Ok(o) => o,
+                Err(e) => break 'steps ("failed", e),
+            };
+            if let Some(why) = status_of(&o) {
+                break 'steps ("failed", format!("run {why}"));
+            }
+            if o.success() {
+                ("done", "run succeeded".to_string())
+            } else {
+                ("failed", format!("run failed (exit {})", code(&o)))
+            }
+        } else {
+            ("skipped", "the task has neither check nor run".to_string())
+        }
+    };
+    let (status, detail) = outcome;
+    let r = finish(result, status, detail);
+    audit(
+        cfg,
+        "task.finish",
+        job,
+        &r.status,
+        json!({"run": job.run, "attempt": attempt, "exit_code": r.exit_code, "detail": r.detail}),
+    )
+    .await;
+    r
+}
+
+fn code(o: &Outcome) -> String {
+    o.exit_code
+        .map_or_else(|| "by signal".to_string(), |c| c.to_string())
+}
+
+fn home_inbox(home: &std::path::Path, job: &Job) -> PathBuf {
+    home.join("runs")
+        .join(&job.run)
+        .join(&job.agent)
+        .join("inbox.jsonl")
+}
+
+fn append_line(path: &std::path::Path, line: &str) {
+    use std::io::Write;
+    if let Some(dir) = path.parent() {
+        let _ = std::fs::create_dir_all(dir);
+    }
+    if let Ok(mut f) = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)
+    {
+        let _ = writeln!(f, "{line}");
+    }
+}
