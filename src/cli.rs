@@ -91,10 +91,13 @@ impl Command {
     /// Commands that change state or run for long keep JSON log files in
     /// `$NOVA_HOME/logs`; the read-only views create nothing.
     pub fn keeps_log_files(&self) -> bool {
-        matches!(
-            self,
-            Command::Serve(_) | Command::Queue(_) | Command::Orchestrate(_) | Command::Worker(_)
-        )
+        match self {
+            Command::Orchestrate(args) => !args.dry_run,
+            other => matches!(
+                other,
+                Command::Serve(_) | Command::Queue(_) | Command::Worker(_)
+            ),
+        }
     }
 
     /// Commands that stop gracefully on SIGINT and SIGTERM by themselves.

@@ -155,3 +155,19 @@ impl Workspace {
         (child, announced)
     }
 }
+
+impl Workspace {
+    /// The same as [`Workspace::command`], as a plain `std::process::Command`
+    /// (for a child the test signals or waits on itself).
+    pub fn std_command(&self) -> std::process::Command {
+        let mut cmd = std::process::Command::new(assert_cmd::cargo::cargo_bin("nova"));
+        cmd.current_dir(self.path())
+            .env_remove("NOVA_HOME")
+            .env_remove("NOVA_LOG")
+            .env_remove("NOVA_STORE")
+            .env_remove("NOVA_OPA_URL")
+            .env_remove("NOVA_EXECUTION_MODE")
+            .env("NO_COLOR", "1");
+        cmd
+    }
+}

@@ -1,0 +1,403 @@
+//! `nova orchestrate` end to end: real child processes, real queue, real
+//! store, in temporary workspaces with blueprints written by each test.
+
+mod common;
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use common::Workspace;
+use serde_json::Value;
+
+/// A workspace plan with phases `one` and `two`.
+fn workspace() -> Workspace {
+    let ws = Workspace::new();
+    ws.write(
+        "nova.yaml",
+        "plan: workspace\nphases:\n  - name: one\n    goal: first\n  - name: two\n    goal: second\n",
+    );
+    ws
+}
+
+fn agent(ws: &Workspace, name: &str, role: &str, phase: &str, deps: &[&str], tasks: &str) {
+    ws.write(
+        &format!("blueprints/{name}.yaml"),
+        &format!(
+            "name: {name}\nrole: {role}\nphase: {phase}\ndepends_on: [{}]\ntasks:\n{tasks}",
+            deps.join(", ")
+        ),
+    );
+}
+
+fn alive(pid: i32) -> bool {
+    Path::new(&format!("/proc/{pid}")).exists()
+        && !std::fs::read_to_string(format!("/proc/{pid}/stat"))
+            .unwrap_or_default()
+            .contains(") Z ")
+}
+
+fn run_json(ws: &Workspace, args: &[&str]) -> (i32, Value) {
+    let mut all = vec!["orchestrate", "--json"];
+    all.extend_from_slice(args);
+    let out = ws.run(&all);
+    let json = if out.stdout.trim().is_empty() {
+        Value::Null
+    } else {
+        out.json()
+    };
+    (out.code, json)
+}
+
+fn task<'a>(report: &'a Value, agent: &str, task: &str) -> &'a Value {
+    report["tasks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|t| t["agent"] == agent && t["task"] == task)
+        .unwrap_or_else(|| panic!("{agent}/{task} not in {report}"))
+}
+
+#[test]
+fn built_in_plans_run_end_to_end_in_a_fresh_workspace() {
+    let ws = Workspace::new();
+    // Only checks run, and in a fresh folder the planner's checks fail: exit 1, a report.
+    let out = ws.run(&["orchestrate", "--agents", "planner", "coder"]);
+    assert_eq!(out.code, 1, "{}", out.stderr);
+    assert!(out.stdout.contains("planner"), "{}", out.stdout);
+    let reports: Vec<_> = std::fs::read_dir(ws.home().join("reports"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    assert_eq!(reports.len(), 1);
+    let md = std::fs::read_to_string(&reports[0]).unwrap();
+    for section in [
+        "## Phase plan",
+        "## Phase build",
+        "## Failures",
+        "## Messages",
+        "## KPIs",
+    ] {
+        assert!(md.contains(section), "{section} missing:\n{md}");
+    }
+    let (code, report) = run_json(&ws, &["--plan", "spark-sophia"]);
+    assert_eq!(code, 1);
+    assert_eq!(report["tasks"].as_array().unwrap().len(), 22);
+    let runs = ws.run(&["runs", "--json"]).success().json();
+    assert_eq!(runs.as_array().unwrap().len(), 2);
+    // nova tasks shows what the runs verified.
+    ws.run(&["tasks", "--agent", "planner"])
+        .success()
+        .stdout_has("pending");
+}
+
+#[test]
+fn a_task_that_fails_twice_then_succeeds_is_done_after_three_attempts() {
+    let ws = workspace();
+    agent(
+        &ws,
+        "flaky",
+        "implementation",
+        "one",
+        &[],
+        "  - id: third-time\n    title: works on the third try\n    retries: 2\n    run: {shell: \"n=$(cat count 2>/dev/null || echo 0); n=$((n+1)); echo $n > count; echo attempt $n; [ $n -ge 3 ]\"}\n",
+    );
+    let (code, report) = run_json(&ws, &["--apply"]);
+    assert_eq!(code, 0, "{report}");
+    let t = task(&report, "flaky", "third-time");
+    assert_eq!(t["status"], "done");
+    assert_eq!(t["attempts"], 3);
+    assert_eq!(
+        std::fs::read_to_string(ws.path().join("count"))
+            .unwrap()
+            .trim(),
+        "3"
+    );
+    let run = report["run"].as_str().unwrap();
+    let log = std::fs::read_to_string(ws.home().join(format!("runs/{run}/flaky/third-time.log")))
+        .unwrap();
+    assert!(
+        log.contains("attempt 1") && log.contains("attempt 3"),
+        "{log}"
+    );
+
+    // With too few retries it fails, and the exit status says so.
+    std::fs::remove_file(ws.path().join("count")).unwrap();
+    agent(
+        &ws,
+        "flaky",
+        "implementation",
+        "one",
+        &[],
+        "  - id: third-time\n    title: works on the third try\n    retries: 1\n    run: {shell: \"n=$(cat count 2>/dev/null || echo 0); n=$((n+1)); echo $n > count; [ $n -ge 3 ]\"}\n",
+    );
+    let (code, report) = run_json(&ws, &["--apply"]);
+    assert_eq!(code, 1);
+    let t = task(&report, "flaky", "third-time");
+    assert_eq!(
+        (t["status"].as_str(), t["attempts"].as_u64()),
+        (Some("failed"), Some(2))
+    );
+}
+
+#[test]
+fn a_timeout_kills_the_whole_process_group() {
+    let ws = workspace();
+    agent(
+        &ws,
+        "sleepy",
+        "implementation",
+        "one",
+        &[],
+        "  - id: hang\n    title: never ends\n    timeout: 1s\n    run: {shell: \"sleep 300 & echo $! > grandchild.pid; wait\"}\n",
+    );
+    let started = Instant::now();
+    let (code, report) = run_json(&ws, &["--apply"]);
+    assert_eq!(code, 1);
+    assert!(started.elapsed() < Duration::from_secs(60));
+    let t = task(&report, "sleepy", "hang");
+    assert_eq!(t["status"], "failed");
+    assert!(
+        t["detail"]
+            .as_str()
+            .unwrap()
+            .contains("killed after its timeout of 1s"),
+        "{t}"
+    );
+    let pid: i32 = std::fs::read_to_string(ws.path().join("grandchild.pid"))
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    assert!(!alive(pid), "the grandchild {pid} survived");
+}
+
+fn timing_agents(ws: &Workspace) {
+    for name in ["left", "right"] {
+        agent(
+            ws,
+            name,
+            "implementation",
+            "one",
+            &[],
+            "  - id: work\n    title: takes a while\n    run: {shell: \"date +%s%N > $NOVA_AGENT.start; sleep 0.4; date +%s%N > $NOVA_AGENT.end\"}\n",
+        );
+    }
+    agent(
+        ws,
+        "after",
+        "implementation",
+        "two",
+        &["left"],
+        "  - id: check\n    title: sees both\n    check: {shell: \"test -f left.end && test -f right.end\"}\n",
+    );
+}
+
+fn stamp(ws: &Workspace, file: &str) -> u128 {
+    std::fs::read_to_string(ws.path().join(file))
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap()
+}
+
+#[test]
+fn sequential_and_parallel_reach_the_same_states_and_parallel_overlaps() {
+    let seq = workspace();
+    timing_agents(&seq);
+    let (code, s) = run_json(&seq, &["--apply", "--mode", "sequential", "--jobs", "2"]);
+    assert_eq!(code, 0, "{s}");
+    assert!(
+        stamp(&seq, "left.end") <= stamp(&seq, "right.start")
+            || stamp(&seq, "right.end") <= stamp(&seq, "left.start"),
+        "sequential runs do not overlap"
+    );
+
+    let par = workspace();
+    timing_agents(&par);
+    let (code, p) = run_json(&par, &["--apply", "--mode", "parallel", "--jobs", "2"]);
+    assert_eq!(code, 0, "{p}");
+    assert!(
+        stamp(&par, "left.start") < stamp(&par, "right.end")
+            && stamp(&par, "right.start") < stamp(&par, "left.end"),
+        "independent agents overlap in parallel mode"
+    );
+    let states = |r: &Value| {
+        let mut v: Vec<(String, String, String)> = r["tasks"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|t| {
+                (
+                    t["agent"].as_str().unwrap().to_string(),
+                    t["task"].as_str().unwrap().to_string(),
+                    t["status"].as_str().unwrap().to_string(),
+                )
+            })
+            .collect();
+        v.sort();
+        v
+    };
+    assert_eq!(states(&s), states(&p));
+    // NOVA_EXECUTION_MODE picks the mode when the flag is absent.
+    let env = workspace();
+    timing_agents(&env);
+    let out = env
+        .command()
+        .args(["orchestrate", "--apply", "--jobs", "2", "--json"])
+        .env("NOVA_EXECUTION_MODE", "parallel")
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    assert!(
+        stamp(&env, "left.start") < stamp(&env, "right.end")
+            && stamp(&env, "right.start") < stamp(&env, "left.end")
+    );
+}
+
+#[test]
+fn a_policy_that_denies_run_stops_that_agent_with_exit_3() {
+    let ws = workspace();
+    agent(
+        &ws,
+        "prober",
+        "testing",
+        "one",
+        &[],
+        "  - id: probe\n    title: would run\n    check: [\"true\"]\n",
+    );
+    agent(
+        &ws,
+        "dependent",
+        "implementation",
+        "two",
+        &["prober"],
+        "  - id: later\n    title: needs the prober\n    check: [\"true\"]\n",
+    );
+    ws.write(
+        "policies/no-testers.rego",
+        "package nova.authz\nimport rego.v1\ndeny contains \"testers are frozen today\" if input.subject.role == \"testing\"\n",
+    );
+    let (code, report) = run_json(&ws, &[]);
+    assert_eq!(code, 3, "{report}");
+    let t = task(&report, "prober", "probe");
+    assert_eq!(t["status"], "denied");
+    assert!(
+        t["detail"]
+            .as_str()
+            .unwrap()
+            .contains("testers are frozen today")
+    );
+    let agents = report["agents"].as_array().unwrap();
+    let dependent = agents.iter().find(|a| a["agent"] == "dependent").unwrap();
+    assert_eq!(dependent["outcome"], "skipped");
+    let md = std::fs::read_to_string(report["report"].as_str().unwrap()).unwrap();
+    assert!(md.contains("## Policy denials\n\n- prober/probe:"), "{md}");
+    assert!(md.contains("testers are frozen today"));
+    let denials = ws
+        .run(&["audit", "log", "--action", "policy.decision", "--json"])
+        .success()
+        .json();
+    assert!(
+        denials
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|r| r["outcome"] == "denied")
+    );
+}
+
+#[test]
+fn dry_run_runs_nothing_and_bad_input_exits_2() {
+    let ws = workspace();
+    agent(
+        &ws,
+        "solo",
+        "implementation",
+        "one",
+        &[],
+        "  - id: make\n    title: makes a file\n    check: {shell: \"test -f made\"}\n    run: [touch, made]\n",
+    );
+    ws.run(&["orchestrate", "--dry-run", "--apply"])
+        .success()
+        .stdout_has("dry run: nothing will be run")
+        .stdout_has("make: check sh -c \"test -f made\"; if it fails: run touch made, check again");
+    assert!(!ws.path().join("made").exists());
+    assert!(!ws.home().exists(), "a dry run creates nothing");
+    ws.run(&["orchestrate", "--agents", "nobody"]).code(2);
+    ws.run(&["orchestrate", "--mode", "sideways"]).code(2);
+    ws.run(&["orchestrate", "--phase", "zero"])
+        .code(2)
+        .stderr_has("zero");
+    ws.command()
+        .args(["orchestrate"])
+        .env("NOVA_EXECUTION_MODE", "diagonal")
+        .assert()
+        .code(2);
+    // Without --apply the check fails and nothing is made; with it, the file appears.
+    ws.run(&["orchestrate"]).code(1);
+    assert!(!ws.path().join("made").exists());
+    ws.run(&["orchestrate", "--apply"]).success();
+    assert!(ws.path().join("made").exists());
+}
+
+#[test]
+fn ctrl_c_leaves_no_child_and_resume_finishes_only_what_was_left() {
+    let ws = workspace();
+    agent(
+        &ws,
+        "steps",
+        "implementation",
+        "one",
+        &[],
+        "  - id: first\n    title: quick\n    run: {shell: \"echo x >> first.count\"}\n  - id: second\n    title: slow while the flag is there\n    run: {shell: \"if [ -f slow ]; then sleep 300 & echo $! > sleeper.pid; wait; fi; echo x >> second.count\"}\n",
+    );
+    ws.write("slow", "");
+    let mut child = ws
+        .std_command()
+        .args(["orchestrate", "--apply", "--json"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !ws.path().join("sleeper.pid").exists() {
+        assert!(Instant::now() < deadline, "the second task never started");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    std::thread::sleep(Duration::from_millis(100));
+    std::process::Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status()
+        .unwrap();
+    let status = child.wait().unwrap();
+    assert_eq!(status.code(), Some(130));
+    let sleeper: i32 = std::fs::read_to_string(ws.path().join("sleeper.pid"))
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    assert!(
+        !alive(sleeper),
+        "the task's process {sleeper} outlived the run"
+    );
+    let runs = ws.run(&["runs", "--json"]).success().json();
+    assert_eq!(runs[0]["status"], "interrupted");
+
+    std::fs::remove_file(ws.path().join("slow")).unwrap();
+    let (code, report) = run_json(&ws, &["--apply", "--resume"]);
+    assert_eq!(code, 0, "{report}");
+    assert_eq!(report["run"], runs[0]["id"], "the same run resumed");
+    let count = |f: &str| {
+        std::fs::read_to_string(ws.path().join(f))
+            .unwrap()
+            .lines()
+            .count()
+    };
+    assert_eq!(
+        count("first.count"),
+        1,
+        "the finished task did not run again"
+    );
+    assert_eq!(count("second.count"), 1);
+    ws.run(&["runs"]).success().stdout_has("done");
+}
