@@ -335,6 +335,10 @@ pub struct WorkerArgs {
     #[arg(long, num_args = 1.., value_name = "QUEUE")]
     pub queues: Vec<String>,
 
+    /// Lease length: if this worker dies, its task goes to another after this long
+    #[arg(long, default_value = "30s", value_parser = humantime::parse_duration, value_name = "DURATION")]
+    pub lease: std::time::Duration,
+
     #[command(flatten)]
     pub store: StoreArg,
 }

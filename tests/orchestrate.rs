@@ -401,3 +401,123 @@ fn ctrl_c_leaves_no_child_and_resume_finishes_only_what_was_left() {
     assert_eq!(count("second.count"), 1);
     ws.run(&["runs"]).success().stdout_has("done");
 }
+
+#[test]
+fn a_worker_killed_mid_task_loses_it_to_another_worker() {
+    let ws = workspace();
+    agent(
+        &ws,
+        "slow",
+        "implementation",
+        "one",
+        &[],
+        "  - id: once-slow\n    title: slow the first time\n    run: {shell: \"echo $NOVA_RUN_ID >> ran.txt; if [ ! -f once ]; then touch once; sleep 4; fi\"}\n",
+    );
+    let (mut server, announced) = ws.serve(&["--listen", "127.0.0.1:0"]);
+    let url = announced["listening"].as_str().unwrap().to_string();
+    // The run has no local workers: it waits for remote ones.
+    let run = ws
+        .std_command()
+        .args([
+            "orchestrate",
+            "--apply",
+            "--server",
+            &url,
+            "--jobs",
+            "0",
+            "--json",
+        ])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let worker = |_name: &str| {
+        ws.std_command()
+            .args(["worker", "--server", &url, "--lease", "1s"])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap()
+    };
+    let mut first = worker("first");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !ws.path().join("ran.txt").exists() {
+        assert!(
+            Instant::now() < deadline,
+            "the first worker never started the task"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    first.kill().unwrap(); // SIGKILL: no ack, no goodbye
+    first.wait().unwrap();
+    let mut second = worker("second");
+    let out = run.wait_with_output().unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    let report: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let t = task(&report, "slow", "once-slow");
+    assert_eq!(t["status"], "done");
+    assert_eq!(t["attempts"], 2, "handed out twice: {t}");
+    let ran = std::fs::read_to_string(ws.path().join("ran.txt")).unwrap();
+    assert_eq!(ran.lines().count(), 2, "it ran again on the second worker");
+    for child in [&mut second, &mut server] {
+        std::process::Command::new("kill")
+            .args(["-TERM", &child.id().to_string()])
+            .status()
+            .unwrap();
+        child.wait().unwrap();
+    }
+}
+
+#[test]
+fn agents_get_their_environment_and_messages_reach_the_hub_and_inboxes() {
+    let ws = workspace();
+    agent(
+        &ws,
+        "writer",
+        "implementation",
+        "one",
+        &[],
+        "  - id: say\n    title: says hello\n    run: {shell: \"echo '::nova:: {\\\"to\\\": \\\"reader\\\", \\\"note\\\": \\\"hello reader\\\"}'; env | grep ^NOVA_ | sort > env.txt\"}\n",
+    );
+    agent(
+        &ws,
+        "reader",
+        "implementation",
+        "two",
+        &["writer"],
+        "  - id: listen\n    title: reads its inbox\n    check: {shell: \"grep -q 'hello reader' \\\"$NOVA_INBOX\\\" && grep -q phase-start \\\"$NOVA_INBOX\\\"\"}\n",
+    );
+    let (code, report) = run_json(&ws, &["--apply"]);
+    assert_eq!(code, 0, "{report}");
+    let run = report["run"].as_str().unwrap();
+    let env = std::fs::read_to_string(ws.path().join("env.txt")).unwrap();
+    for var in [
+        format!("NOVA_RUN_ID={run}"),
+        "NOVA_AGENT=writer".into(),
+        "NOVA_TASK=say".into(),
+        "NOVA_PHASE=one".into(),
+        format!("NOVA_HOME={}", ws.home().display()),
+        "NOVA_INBOX=".into(),
+    ] {
+        assert!(env.contains(&var), "{var} missing from\n{env}");
+    }
+    let shown = ws.run(&["runs", "show", run, "--json"]).success().json();
+    let kinds: Vec<&str> = shown["messages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["kind"].as_str().unwrap())
+        .collect();
+    for kind in ["phase-start", "agent-start", "agent", "agent-done"] {
+        assert!(kinds.contains(&kind), "{kind} not in {kinds:?}");
+    }
+    ws.run(&["runs", "show", &run[..10], "--messages"])
+        .success()
+        .stdout_has("hello reader");
+    ws.run(&["runs", "show", "no-such-run"]).code(2);
+}

@@ -340,6 +340,7 @@ pub fn run(ws: &Workspace, out: &Output, args: &OrchestrateArgs, verbose: u8) ->
             audit: audit.clone(),
             echo: verbose > 0 && !out.quiet,
             queues: vec![queue_name.clone()],
+            lease_ms: worker::LEASE_MS,
         });
         let (work_stop_tx, work_stop_rx) = tokio::sync::watch::channel(false);
         let mut workers = Vec::new();
@@ -351,6 +352,7 @@ pub fn run(ws: &Workspace, out: &Output, args: &OrchestrateArgs, verbose: u8) ->
                 audit: cfg.audit.clone(),
                 echo: cfg.echo,
                 queues: cfg.queues.clone(),
+                lease_ms: cfg.lease_ms,
             });
             workers.push(tokio::spawn(worker::work(
                 connect().await?,
@@ -899,6 +901,7 @@ pub fn worker_command(
                 audit: audit.clone(),
                 echo: verbose > 0 && !out.quiet,
                 queues: args.queues.clone(),
+                lease_ms: args.lease.as_millis().clamp(100, u32::MAX as u128) as u32,
             });
             workers.push(tokio::spawn(worker::work(client, cfg, stop_rx.clone())));
         }

@@ -72,6 +72,8 @@ pub struct WorkerConfig {
     /// Echo task output to stderr (`-v`).
     pub echo: bool,
     pub queues: Vec<String>,
+    /// How long a lease lasts; heartbeats renew it every third of that.
+    pub lease_ms: u32,
 }
 
 /// Take and run jobs until `stop` turns true. Transport errors (a server
@@ -86,7 +88,7 @@ pub async fn work(
         let request = DequeueRequest {
             worker_id: cfg.name.clone(),
             queues: cfg.queues.clone(),
-            lease_ms: LEASE_MS,
+            lease_ms: cfg.lease_ms,
             wait_ms: 1_000,
             max_tasks: 1,
         };
@@ -136,9 +138,9 @@ async fn handle(
     // Keep the lease while the job runs.
     let (done_tx, mut done_rx) = tokio::sync::oneshot::channel::<()>();
     let mut hb_client = client.clone();
-    let (hb_id, hb_lease) = (task.id.clone(), task.lease_id.clone());
+    let (hb_id, hb_lease, lease_ms) = (task.id.clone(), task.lease_id.clone(), cfg.lease_ms);
     let heartbeat = tokio::spawn(async move {
-        let mut tick = tokio::time::interval(Duration::from_millis(LEASE_MS as u64 / 3));
+        let mut tick = tokio::time::interval(Duration::from_millis(lease_ms as u64 / 3));
         tick.tick().await;
         loop {
             tokio::select! {
@@ -146,7 +148,7 @@ async fn handle(
                     let _ = hb_client.heartbeat(HeartbeatRequest {
                         task_id: hb_id.clone(),
                         lease_id: hb_lease.clone(),
-                        lease_ms: LEASE_MS,
+                        lease_ms,
                     }).await;
                 }
                 _ = &mut done_rx => break,
