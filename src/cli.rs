@@ -427,6 +427,19 @@ pub enum BenchWhat {
     Audit(BenchAuditArgs),
     /// Embedded policy decision latency, evaluated and cached
     Policy(BenchPolicyArgs),
+    /// nova orchestrate's overhead on trivial tasks, against xargs -P
+    Orchestrate(BenchOrchestrateArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct BenchOrchestrateArgs {
+    /// Tasks of `true` to run
+    #[arg(long, default_value_t = 1_000, value_parser = clap::value_parser!(u32).range(1..=100_000))]
+    pub tasks: u32,
+
+    /// Tasks at once (nova --jobs, xargs -P)
+    #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u32).range(1..=64))]
+    pub jobs: u32,
 }
 
 #[derive(Debug, Args)]

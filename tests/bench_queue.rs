@@ -152,3 +152,18 @@ fn bench_policy_and_audit_report_their_figures() {
     assert_eq!(audit["records"], 50);
     assert!(ws.files().is_empty(), "{:?}", ws.files());
 }
+
+#[test]
+fn bench_orchestrate_compares_with_xargs() {
+    let ws = Workspace::new();
+    let report = ws
+        .run(&["bench", "orchestrate", "--tasks", "20", "--jobs", "2", "--json"])
+        .success()
+        .json();
+    assert_eq!(report["tasks"], 20);
+    for key in ["nova_seconds", "xargs_seconds", "ratio"] {
+        assert!(report[key].as_f64().unwrap() > 0.0, "{key}: {report}");
+    }
+    assert!(report["nova_peak_rss_bytes"].as_u64().unwrap() > 1_000_000);
+    assert!(ws.files().is_empty(), "{:?}", ws.files());
+}

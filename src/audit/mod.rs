@@ -61,6 +61,26 @@ impl AuditLog {
         }
     }
 
+    /// Append several events in order, as one write where the store allows.
+    pub async fn append_all(&self, events: Vec<Event>) -> AuditResult<Vec<Record>> {
+        let _timer = crate::timer!("audit.append");
+        match self {
+            AuditLog::Sqlite(log) => {
+                let log = log.clone();
+                tokio::task::spawn_blocking(move || log.append_all(events))
+                    .await
+                    .map_err(|e| AuditError::Store(e.to_string()))?
+            }
+            AuditLog::Redis(log) => {
+                let mut out = Vec::with_capacity(events.len());
+                for e in events {
+                    out.push(log.append(e).await?);
+                }
+                Ok(out)
+            }
+        }
+    }
+
     /// Every record, oldest first.
     pub async fn records(&self) -> AuditResult<Vec<Record>> {
         match self {

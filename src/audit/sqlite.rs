@@ -1,20 +1,25 @@
 //! The audit chain in the workspace's SQLite database (`audit_log`).
 //!
 //! An append reads the last record and inserts the next inside one
-//! `IMMEDIATE` transaction: SQLite lets one writer in at a time, across
-//! processes, so each append sees the true head and the chain cannot fork.
+//! transaction of the file's writer ([`Writer`]): in this process appends are
+//! applied one after another (and share fsyncs with everything else written
+//! at the time); across processes the transaction is `IMMEDIATE`, so SQLite
+//! lets one writer in at a time. Each append sees the true head and the chain
+//! cannot fork.
 
 use std::path::Path;
 use std::sync::{Arc, Mutex};
 
-use rusqlite::{Connection, OptionalExtension, Row, TransactionBehavior, params};
+use rusqlite::{Connection, OptionalExtension, Row, params};
 
 use super::record::{Event, GENESIS, Record};
 use super::{AuditError, AuditResult};
 use crate::store::Store;
+use crate::store::writer::Writer;
 
 #[derive(Clone)]
 pub struct SqliteAudit {
+    writer: Arc<Writer>,
     conn: Arc<Mutex<Connection>>,
 }
 
@@ -55,52 +60,62 @@ fn record_from_row(row: &Row) -> rusqlite::Result<AuditResult<Record>> {
     }))
 }
 
+/// Seal `event` on the chain's head and insert it, inside the writer's transaction.
+fn append_in(conn: &Connection, event: Event) -> AuditResult<Record> {
+    let head: Option<(i64, String)> = conn
+        .query_row(
+            "SELECT seq, hash FROM audit_log ORDER BY seq DESC LIMIT 1",
+            [],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )
+        .optional()
+        .map_err(store_err)?;
+    let (seq, hash) = head.unwrap_or((0, GENESIS.to_string()));
+    let record = event.seal(seq as u64, &hash, crate::queue::model::now_ms());
+    conn.prepare_cached(&format!(
+        "INSERT INTO audit_log ({COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)"
+    ))
+    .map_err(store_err)?
+    .execute(params![
+        record.seq as i64,
+        record.at,
+        record.actor,
+        record.action,
+        record.target,
+        record.outcome,
+        record.details.to_string(),
+        serde_json::to_string(&record.controls).expect("controls serialize"),
+        record.prev_hash,
+        record.hash,
+    ])
+    .map_err(store_err)?;
+    Ok(record)
+}
+
 impl SqliteAudit {
     pub fn open(path: &Path) -> AuditResult<SqliteAudit> {
         if let Some(parent) = path.parent() {
             std::fs::create_dir_all(parent).map_err(store_err)?;
         }
+        let writer = Writer::shared(path).map_err(store_err)?;
         let conn = Store::open(path).map_err(store_err)?.into_connection();
         Ok(SqliteAudit {
+            writer,
             conn: Arc::new(Mutex::new(conn)),
         })
     }
 
     pub fn append(&self, event: Event) -> AuditResult<Record> {
-        let mut conn = self.conn.lock().unwrap_or_else(|p| p.into_inner());
-        let tx = conn
-            .transaction_with_behavior(TransactionBehavior::Immediate)
-            .map_err(store_err)?;
-        let head: Option<(i64, String)> = tx
-            .query_row(
-                "SELECT seq, hash FROM audit_log ORDER BY seq DESC LIMIT 1",
-                [],
-                |r| Ok((r.get(0)?, r.get(1)?)),
-            )
-            .optional()
-            .map_err(store_err)?;
-        let (seq, hash) = head.unwrap_or((0, GENESIS.to_string()));
-        let record = event.seal(seq as u64, &hash, crate::queue::model::now_ms());
-        tx.execute(
-            &format!(
-                "INSERT INTO audit_log ({COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)"
-            ),
-            params![
-                record.seq as i64,
-                record.at,
-                record.actor,
-                record.action,
-                record.target,
-                record.outcome,
-                record.details.to_string(),
-                serde_json::to_string(&record.controls).expect("controls serialize"),
-                record.prev_hash,
-                record.hash,
-            ],
+        self.writer
+            .write_blocking(move |conn| append_in(conn, event), AuditError::Store)
+    }
+
+    /// Append `events` in order in one transaction.
+    pub fn append_all(&self, events: Vec<Event>) -> AuditResult<Vec<Record>> {
+        self.writer.write_blocking(
+            move |conn| events.into_iter().map(|e| append_in(conn, e)).collect(),
+            AuditError::Store,
         )
-        .map_err(store_err)?;
-        tx.commit().map_err(store_err)?;
-        Ok(record)
     }
 
     /// Every record in sequence order; unreadable ones as errors in place.

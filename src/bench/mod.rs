@@ -3,6 +3,7 @@
 
 pub mod audit;
 pub mod kpi;
+pub mod orchestrate;
 pub mod policy;
 pub mod queue;
 
@@ -17,5 +18,6 @@ pub fn run(ws: &Workspace, out: &Output, args: &BenchArgs) -> Result<()> {
         BenchWhat::Kpi(args) => kpi::run(out, args),
         BenchWhat::Audit(args) => audit::run(out, args),
         BenchWhat::Policy(args) => policy::run(ws, out, args),
+        BenchWhat::Orchestrate(args) => orchestrate::run(out, args),
     }
 }

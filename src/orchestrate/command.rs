@@ -26,12 +26,14 @@ use crate::queue::proto::{EnqueueRequest, GetTaskRequest};
 use crate::store::{Store, TaskStatus};
 use crate::workspace::Workspace;
 
-const POLL: Duration = Duration::from_millis(5);
+/// How often the queue is asked about tasks when no local worker said it acked.
+const POLL: Duration = Duration::from_millis(50);
 /// Base of the backoff between attempts of a failing task.
 const RETRY_BACKOFF_MS: u32 = 200;
 
 struct Run {
     id: String,
+    writer: Arc<crate::store::writer::Writer>,
     apply: bool,
     workdir: PathBuf,
     db: Mutex<Connection>,
@@ -49,20 +51,30 @@ impl Run {
         }
     }
 
-    fn hub(&self, kind: &str, agent: &str, body: Value) {
-        let mut messages = self.messages.lock().unwrap_or_else(|p| p.into_inner());
-        let m = Message {
-            seq: messages.len() as u64 + 1,
-            at: now_ms(),
-            kind: kind.to_string(),
-            agent: agent.to_string(),
-            body,
+    async fn hub(&self, kind: &str, agent: &str, body: Value) {
+        let m = {
+            let mut messages = self.messages.lock().unwrap_or_else(|p| p.into_inner());
+            let m = Message {
+                seq: messages.len() as u64 + 1,
+                at: now_ms(),
+                kind: kind.to_string(),
+                agent: agent.to_string(),
+                body,
+            };
+            messages.push(m.clone());
+            m
         };
-        let db = self.db.lock().unwrap_or_else(|p| p.into_inner());
-        if let Err(e) = runs::add_message(&db, &self.id, &m) {
+        let id = self.id.clone();
+        let stored = self
+            .writer
+            .write(
+                move |conn| runs::add_message(conn, &id, &m).map_err(|e| e.to_string()),
+                |e| e,
+            )
+            .await;
+        if let Err(e) = stored {
             tracing::warn!(error = %e, "could not store a hub message");
         }
-        messages.push(m);
     }
 
     /// The messages addressed to `agent`: every broadcast, and agents'
@@ -82,7 +94,7 @@ impl Run {
             .collect()
     }
 
-    fn record(&self, agent: &AgentRun, task: &TaskSpec, result: &JobResult, attempts: u32) {
+    async fn record(&self, agent: &AgentRun, task: &TaskSpec, result: &JobResult, attempts: u32) {
         let row = TaskRow {
             agent: agent.name.clone(),
             task: task.id.clone(),
@@ -104,25 +116,29 @@ impl Run {
             "pending" => TaskStatus::Pending,
             _ => TaskStatus::Failed,
         };
-        let db = self.db.lock().unwrap_or_else(|p| p.into_inner());
-        let stored = runs::upsert_task(&db, &self.id, &row).map_err(|e| e.to_string());
+        let (id, key, task_id) = (self.id.clone(), agent.key.clone(), task.id.clone());
+        let (finished_at, detail) = (result.finished_at, result.detail.clone());
+        // The run's record and the task state that `nova tasks` shows, in one commit.
+        let stored = self
+            .writer
+            .write(
+                move |conn| {
+                    runs::upsert_task(conn, &id, &row).map_err(|e| e.to_string())?;
+                    conn.execute(
+                        "INSERT INTO task_states (agent, task, status, run_id, updated_at, detail) VALUES (?1, ?2, ?3, ?4, ?5, ?6)
+                         ON CONFLICT (agent, task) DO UPDATE SET status = excluded.status, run_id = excluded.run_id,
+                             updated_at = excluded.updated_at, detail = excluded.detail",
+                        rusqlite::params![key, task_id, status.as_str(), id, finished_at, detail],
+                    )
+                    .map(|_| ())
+                    .map_err(|e| e.to_string())
+                },
+                |e| e,
+            )
+            .await;
         if let Err(e) = stored {
             tracing::warn!(error = %e, "could not record a task outcome");
         }
-        // Task states feed `nova tasks` and `nova roadmap`.
-        let _ = db.execute(
-            "INSERT INTO task_states (agent, task, status, run_id, updated_at, detail) VALUES (?1, ?2, ?3, ?4, ?5, ?6)
-             ON CONFLICT (agent, task) DO UPDATE SET status = excluded.status, run_id = excluded.run_id,
-                 updated_at = excluded.updated_at, detail = excluded.detail",
-            rusqlite::params![
-                agent.key,
-                task.id,
-                status.as_str(),
-                self.id,
-                result.finished_at,
-                result.detail
-            ],
-        );
     }
 }
 
@@ -213,6 +229,7 @@ pub fn run(ws: &Workspace, out: &Output, args: &OrchestrateArgs, verbose: u8) ->
         let audit = workspace_log(ws, &args.store, true).await?;
         let run = Arc::new(Run {
             id: id.clone(),
+            writer: crate::store::writer::Writer::shared(&ws.db_path())?,
             apply: args.apply,
             workdir: ws.root.clone(),
             db: Mutex::new(conn),
@@ -254,7 +271,8 @@ pub fn run(ws: &Workspace, out: &Output, args: &OrchestrateArgs, verbose: u8) ->
                 "run-resumed",
                 "",
                 json!({"finished_tasks": run.finished.len()}),
-            );
+            )
+            .await;
         }
         if let Some(log) = &audit {
             crate::audit::record(
@@ -333,6 +351,7 @@ pub fn run(ws: &Workspace, out: &Output, args: &OrchestrateArgs, verbose: u8) ->
                 "no local workers: waiting for remote workers on {url} (queue {queue_name})"
             ));
         }
+        let acked = Arc::new(tokio::sync::Notify::new());
         let cfg = Arc::new(WorkerConfig {
             name: format!("{}-local", hostname()),
             home: ws.home.clone(),
@@ -341,6 +360,8 @@ pub fn run(ws: &Workspace, out: &Output, args: &OrchestrateArgs, verbose: u8) ->
             echo: verbose > 0 && !out.quiet,
             queues: vec![queue_name.clone()],
             lease_ms: worker::LEASE_MS,
+            on_ack: Some(acked.clone()),
+            pending_audit: Default::default(),
         });
         let (work_stop_tx, work_stop_rx) = tokio::sync::watch::channel(false);
         let mut workers = Vec::new();
@@ -353,6 +374,8 @@ pub fn run(ws: &Workspace, out: &Output, args: &OrchestrateArgs, verbose: u8) ->
                 echo: cfg.echo,
                 queues: cfg.queues.clone(),
                 lease_ms: cfg.lease_ms,
+                on_ack: cfg.on_ack.clone(),
+                pending_audit: Default::default(),
             });
             workers.push(tokio::spawn(worker::work(
                 connect().await?,
@@ -386,6 +409,7 @@ pub fn run(ws: &Workspace, out: &Output, args: &OrchestrateArgs, verbose: u8) ->
             concurrency,
             args.keep_going,
             &interrupted,
+            &acked,
         )
         .await;
 
@@ -432,6 +456,7 @@ async fn schedule_run(
     concurrency: usize,
     keep_going: bool,
     interrupted: &std::sync::atomic::AtomicBool,
+    acked: &tokio::sync::Notify,
 ) -> Result<Vec<AgentRun>> {
     let mut finished: Vec<AgentRun> = Vec::new();
     let mut outcomes: HashMap<String, AgentOutcome> = HashMap::new();
@@ -472,7 +497,7 @@ async fn schedule_run(
                 "phase": phase.name, "goal": phase.goal,
                 "agents": phase.agents.iter().map(|a| json!({"name": a.name, "role": a.role, "depends_on": a.depends_on})).collect::<Vec<_>>(),
             }),
-        );
+        ).await;
         run.say(&format!("phase {}: {}", phase.name, phase.goal.trim()));
 
         loop {
@@ -506,14 +531,14 @@ async fn schedule_run(
                     let dep = dep.clone();
                     a.outcome = Some(AgentOutcome::Skipped);
                     outcomes.insert(a.key.clone(), AgentOutcome::Skipped);
-                    run.hub("agent-done", &a.name, json!({"agent": a.name, "outcome": "skipped", "reason": format!("{dep} did not finish")}));
+                    run.hub("agent-done", &a.name, json!({"agent": a.name, "outcome": "skipped", "reason": format!("{dep} did not finish")})).await;
                     run.say(&format!("  {}: skipped ({dep} did not finish)", a.name));
                     continue;
                 }
                 if stop_starting {
                     a.outcome = Some(AgentOutcome::Skipped);
                     outcomes.insert(a.key.clone(), AgentOutcome::Skipped);
-                    run.hub("agent-done", &a.name, json!({"agent": a.name, "outcome": "skipped", "reason": "the run stops after a failure (--keep-going runs on)"}));
+                    run.hub("agent-done", &a.name, json!({"agent": a.name, "outcome": "skipped", "reason": "the run stops after a failure (--keep-going runs on)"})).await;
                     continue;
                 }
                 let ready = a
@@ -524,9 +549,9 @@ async fn schedule_run(
                     continue;
                 }
                 slots -= 1;
-                run.hub("agent-start", &a.name, json!({"agent": a.name, "role": a.role, "phase": a.phase, "depends_on": a.deps}));
+                run.hub("agent-start", &a.name, json!({"agent": a.name, "role": a.role, "phase": a.phase, "depends_on": a.deps})).await;
                 if !advance(run, a, client, queue).await? {
-                    finish_agent(run, a, &mut outcomes);
+                    finish_agent(run, a, &mut outcomes).await;
                 }
             }
 
@@ -571,9 +596,9 @@ async fn schedule_run(
                     result.detail = "cancelled".into();
                 }
                 let spec = a.tasks[idx].clone();
-                run.record(a, &spec, &result, task.attempts);
+                run.record(a, &spec, &result, task.attempts).await;
                 for m in &result.messages {
-                    run.hub("agent", &a.name, m.clone());
+                    run.hub("agent", &a.name, m.clone()).await;
                 }
                 crate::counter!("orchestrate.tasks").inc();
                 crate::kpi::histogram("orchestrate.task")
@@ -602,7 +627,7 @@ async fn schedule_run(
                     _ => a.outcome = Some(AgentOutcome::Failed),
                 }
                 if a.outcome.is_some() || !advance(run, a, client, queue).await? {
-                    finish_agent(run, a, &mut outcomes);
+                    finish_agent(run, a, &mut outcomes).await;
                     if matches!(a.outcome, Some(AgentOutcome::Failed | AgentOutcome::Denied))
                         && !keep_going
                     {
@@ -614,7 +639,8 @@ async fn schedule_run(
                 break;
             }
             if !progressed {
-                tokio::time::sleep(POLL).await;
+                // Local workers say when they ack; remote ones are polled for.
+                let _ = tokio::time::timeout(POLL, acked.notified()).await;
             }
         }
         finished.extend(agents);
@@ -629,7 +655,7 @@ fn schedule_has(schedule: &Schedule, key: &str) -> bool {
         .any(|p| p.agents.iter().any(|a| a.name.eq_ignore_ascii_case(key)))
 }
 
-fn finish_agent(run: &Run, a: &mut AgentRun, outcomes: &mut HashMap<String, AgentOutcome>) {
+async fn finish_agent(run: &Run, a: &mut AgentRun, outcomes: &mut HashMap<String, AgentOutcome>) {
     let outcome = a.outcome.unwrap_or(if a.saw_pending {
         AgentOutcome::Pending
     } else {
@@ -641,7 +667,8 @@ fn finish_agent(run: &Run, a: &mut AgentRun, outcomes: &mut HashMap<String, Agen
         "agent-done",
         &a.name,
         json!({"agent": a.name, "outcome": outcome.as_str()}),
-    );
+    )
+    .await;
 }
 
 /// Enqueue the agent's next task that still needs running; false when none is left.
@@ -902,6 +929,8 @@ pub fn worker_command(
                 echo: verbose > 0 && !out.quiet,
                 queues: args.queues.clone(),
                 lease_ms: args.lease.as_millis().clamp(100, u32::MAX as u128) as u32,
+                on_ack: None,
+                pending_audit: Default::default(),
             });
             workers.push(tokio::spawn(worker::work(client, cfg, stop_rx.clone())));
         }

@@ -74,6 +74,11 @@ pub struct WorkerConfig {
     pub queues: Vec<String>,
     /// How long a lease lasts; heartbeats renew it every third of that.
     pub lease_ms: u32,
+    /// Told after each ack (the orchestrator of a local run waits on it
+    /// instead of polling the queue).
+    pub on_ack: Option<Arc<tokio::sync::Notify>>,
+    /// Audit appends in flight; [`work`] waits for them before it returns.
+    pub pending_audit: std::sync::Mutex<tokio::task::JoinSet<()>>,
 }
 
 /// Take and run jobs until `stop` turns true. Transport errors (a server
@@ -106,7 +111,12 @@ pub async fn work(
         for task in tasks {
             handle(&mut client, &cfg, task, stop.clone()).await;
         }
+        // Let go of the audit appends that are done (a long-lived worker would pile them up).
+        let mut pending = cfg.pending_audit.lock().unwrap_or_else(|p| p.into_inner());
+        while pending.try_join_next().is_some() {}
     }
+    let pending = std::mem::take(&mut *cfg.pending_audit.lock().unwrap_or_else(|p| p.into_inner()));
+    pending.join_all().await;
 }
 
 async fn handle(
@@ -181,7 +191,12 @@ async fn handle(
     // is gone (the task runs again elsewhere).
     for _ in 0..50 {
         match client.ack(ack.clone()).await {
-            Ok(_) => return,
+            Ok(_) => {
+                if let Some(n) = &cfg.on_ack {
+                    n.notify_one();
+                }
+                return;
+            }
             Err(e)
                 if e.code() == tonic::Code::FailedPrecondition
                     || e.code() == tonic::Code::NotFound =>
@@ -201,20 +216,14 @@ fn log_path(home: &std::path::Path, job: &Job) -> PathBuf {
         .join(format!("{}.log", job.task.id))
 }
 
-async fn audit(cfg: &WorkerConfig, action: &str, job: &Job, outcome: &str, details: Value) {
-    if let Some(log) = &cfg.audit {
-        crate::audit::record(
-            log,
-            Event::new(
-                format!("agent:{}", job.agent),
-                action,
-                format!("{}/{}", job.agent, job.task.id),
-                outcome,
-            )
-            .details(details),
-        )
-        .await;
-    }
+fn task_event(job: &Job, action: &str, outcome: &str, details: Value) -> Event {
+    Event::new(
+        format!("agent:{}", job.agent),
+        action,
+        format!("{}/{}", job.agent, job.task.id),
+        outcome,
+    )
+    .details(details)
 }
 
 /// Run one attempt of `job`.
@@ -251,17 +260,34 @@ pub async fn execute(
         &job.task.id,
         json!({"run": job.run, "phase": job.phase, "as_root": false}),
     );
-    if let Err(denied) = cfg.policy.authorize(cfg.audit.as_ref(), &input).await {
-        return finish(result, "denied", denied.to_string());
+    // The decision and the start go to the audit log together (one commit).
+    let decision = cfg.policy.decide(&input).await;
+    if let Some(log) = &cfg.audit {
+        let mut events = vec![crate::policy::decision_event(&input, &decision)];
+        if decision.allow {
+            events.push(task_event(
+                job,
+                "task.start",
+                "started",
+                json!({"run": job.run, "attempt": attempt, "worker": cfg.name}),
+            ));
+        }
+        if let Err(e) = log.append_all(events).await {
+            tracing::warn!(error = %e, "could not append to the audit log");
+        }
     }
-    audit(
-        cfg,
-        "task.start",
-        job,
-        "started",
-        json!({"run": job.run, "attempt": attempt, "worker": cfg.name}),
-    )
-    .await;
+    if !decision.allow {
+        let reasons = if decision.reasons.is_empty() {
+            "no rule allows it".to_string()
+        } else {
+            decision.reasons.join("; ")
+        };
+        return finish(
+            result,
+            "denied",
+            format!("run {} denied by policy: {reasons}", job.task.id),
+        );
+    }
 
     let inbox = home_inbox(&cfg.home, job);
     let mut env: BTreeMap<String, String> = job.task.env.clone();
@@ -395,14 +421,21 @@ pub async fn execute(
     };
     let (status, detail) = outcome;
     let r = finish(result, status, detail);
-    audit(
-        cfg,
-        "task.finish",
-        job,
-        &r.status,
-        json!({"run": job.run, "attempt": attempt, "exit_code": r.exit_code, "detail": r.detail}),
-    )
-    .await;
+    if let Some(log) = &cfg.audit {
+        // Not waited for: the writer keeps records in order, and the ack need
+        // not wait for this one's commit. `work` waits for it before it ends.
+        let event = task_event(
+            job,
+            "task.finish",
+            &r.status,
+            json!({"run": job.run, "attempt": attempt, "exit_code": r.exit_code, "detail": r.detail}),
+        );
+        let log = log.clone();
+        cfg.pending_audit
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .spawn(async move { crate::audit::record(&log, event).await });
+    }
     r
 }
 

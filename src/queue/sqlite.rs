@@ -1,19 +1,17 @@
 //! The SQLite queue backend: the embedded default.
 //!
-//! One writer thread owns the write connection and applies operations in
-//! batches: it takes every operation waiting, runs each inside its own
-//! savepoint of one `IMMEDIATE` transaction, commits once, and only then
-//! answers the callers. With `synchronous = FULL` an answered enqueue or ack
-//! is on disk, and the fsync is shared by the whole batch (group commit), so
-//! throughput is not bound to one fsync per operation. Reads (get, list,
-//! stats) use their own connection and run beside the writer (WAL).
+//! Writes go through the file's one writer ([`Writer`]): every operation
+//! waiting is applied in its own savepoint of one `IMMEDIATE` transaction,
+//! committed once, and only then answered. With `synchronous = FULL` an
+//! answered enqueue or ack is on disk, and the fsync is shared by the whole
+//! batch (group commit), so throughput is not bound to one fsync per
+//! operation. Reads (get, list, stats) use their own connection and run
+//! beside the writer (WAL).
 
 use std::path::Path;
-use std::sync::mpsc;
 use std::sync::{Arc, Mutex};
 
 use rusqlite::{Connection, OptionalExtension, Row, params, params_from_iter};
-use tokio::sync::oneshot;
 
 use super::backend::{QueueBackend, QueueError, QueueResult};
 use super::model::{
@@ -21,18 +19,11 @@ use super::model::{
 };
 use super::proto::TaskMetadataEntry;
 use crate::store::Store;
-
-/// Most operations applied in one transaction.
-const MAX_BATCH: usize = 2048;
-
-type Reply = Box<dyn FnOnce(Result<(), String>) + Send>;
-/// An operation: run against the connection inside the batch transaction, or
-/// (given `None`) told that the transaction could not begin.
-type Job = Box<dyn FnOnce(Option<&Connection>) -> (Reply, bool) + Send>;
+use crate::store::writer::Writer;
 
 #[derive(Clone)]
 pub struct SqliteQueue {
-    jobs: mpsc::Sender<Job>,
+    writer: Arc<Writer>,
     reader: Arc<Mutex<Connection>>,
 }
 
@@ -40,15 +31,10 @@ impl SqliteQueue {
     /// Open (creating and migrating if needed) the queue in the database at `path`.
     pub fn open(path: &Path) -> QueueResult<SqliteQueue> {
         let unavailable = |e: crate::store::StoreError| QueueError::Unavailable(e.to_string());
-        let writer = Store::open(path).map_err(unavailable)?.into_connection();
+        let writer = Writer::shared(path).map_err(unavailable)?;
         let reader = Store::open(path).map_err(unavailable)?.into_connection();
-        let (jobs, rx) = mpsc::channel::<Job>();
-        std::thread::Builder::new()
-            .name("nova-queue-writer".into())
-            .spawn(move || write_loop(writer, rx))
-            .map_err(|e| QueueError::Unavailable(format!("cannot start the queue writer: {e}")))?;
         Ok(SqliteQueue {
-            jobs,
+            writer,
             reader: Arc::new(Mutex::new(reader)),
         })
     }
@@ -57,28 +43,7 @@ impl SqliteQueue {
         &self,
         op: impl FnOnce(&Connection) -> QueueResult<T> + Send + 'static,
     ) -> QueueResult<T> {
-        let (tx, rx) = oneshot::channel();
-        let job: Job = Box::new(move |conn| {
-            let result = match conn {
-                Some(conn) => op(conn),
-                None => Err(QueueError::Unavailable(
-                    "the store could not start a transaction".into(),
-                )),
-            };
-            let ok = result.is_ok();
-            let reply: Reply = Box::new(move |commit| {
-                let _ = tx.send(match commit {
-                    Ok(()) => result,
-                    Err(e) => Err(QueueError::Unavailable(e)),
-                });
-            });
-            (reply, ok)
-        });
-        self.jobs
-            .send(job)
-            .map_err(|_| QueueError::Unavailable("the queue writer has stopped".into()))?;
-        rx.await
-            .map_err(|_| QueueError::Unavailable("the queue writer has stopped".into()))?
+        self.writer.write(op, QueueError::Unavailable).await
     }
 
     async fn read<T: Send + 'static>(
@@ -92,48 +57,6 @@ impl SqliteQueue {
         })
         .await
         .map_err(|e| QueueError::Unavailable(e.to_string()))?
-    }
-}
-
-fn write_loop(conn: Connection, rx: mpsc::Receiver<Job>) {
-    while let Ok(first) = rx.recv() {
-        let mut jobs = vec![first];
-        while jobs.len() < MAX_BATCH {
-            match rx.try_recv() {
-                Ok(job) => jobs.push(job),
-                Err(_) => break,
-            }
-        }
-        if let Err(e) = conn.execute_batch("BEGIN IMMEDIATE") {
-            let message = e.to_string();
-            for job in jobs {
-                let (reply, _) = job(None);
-                reply(Err(message.clone()));
-            }
-            continue;
-        }
-        let mut replies = Vec::with_capacity(jobs.len());
-        for job in jobs {
-            let _ = conn.execute_batch("SAVEPOINT op");
-            let (reply, ok) = job(Some(&conn));
-            if !ok {
-                let _ = conn.execute_batch("ROLLBACK TO op");
-            }
-            let _ = conn.execute_batch("RELEASE op");
-            replies.push(reply);
-        }
-        let commit = {
-            let _timer = crate::timer!("queue.sqlite.commit");
-            conn.execute_batch("COMMIT").map_err(|e| e.to_string())
-        };
-        crate::counter!("queue.sqlite.commits").inc();
-        crate::counter!("queue.sqlite.operations").add(replies.len() as u64);
-        if commit.is_err() {
-            let _ = conn.execute_batch("ROLLBACK");
-        }
-        for reply in replies {
-            reply(commit.clone());
-        }
     }
 }
 

@@ -9,6 +9,7 @@
 
 mod migrations;
 mod task_states;
+pub mod writer;
 
 use std::io::Read;
 use std::path::{Path, PathBuf};

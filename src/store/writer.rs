@@ -1,0 +1,172 @@
+//! The one writer of a database file in this process, with group commit.
+//!
+//! Everything nova writes to `nova.db` (queue operations, audit records, run
+//! outcomes) goes through one thread that owns the write connection. It takes
+//! every operation waiting, runs each in its own savepoint of one `IMMEDIATE`
+//! transaction, commits once, and only then answers the callers. With
+//! `synchronous = FULL` an answered write is on disk, the fsync is shared by
+//! the whole batch, and writers in one process never wait on each other's
+//! file lock. [`Writer::shared`] hands every caller in the process the same
+//! writer for the same file. Other processes are kept in order by SQLite's
+//! own lock (the transaction is `IMMEDIATE`).
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::mpsc;
+use std::sync::{Arc, Mutex, OnceLock, Weak};
+
+use rusqlite::Connection;
+
+use super::{Store, StoreError};
+
+/// Most operations applied in one transaction.
+const MAX_BATCH: usize = 2048;
+
+type Reply = Box<dyn FnOnce(Result<(), String>) + Send>;
+/// An operation: run against the connection inside the batch transaction, or
+/// (given `None`) told that the transaction could not begin. It answers with
+/// what to tell its caller once the commit is known, and whether it succeeded
+/// (a failed one is rolled back to its savepoint; the batch goes on).
+type Job = Box<dyn FnOnce(Option<&Connection>) -> (Reply, bool) + Send>;
+
+pub struct Writer {
+    jobs: Mutex<mpsc::Sender<Job>>,
+}
+
+fn registry() -> &'static Mutex<HashMap<PathBuf, Weak<Writer>>> {
+    static WRITERS: OnceLock<Mutex<HashMap<PathBuf, Weak<Writer>>>> = OnceLock::new();
+    WRITERS.get_or_init(Default::default)
+}
+
+impl Writer {
+    /// The writer of the database at `path` (opened, created and migrated if
+    /// need be), shared with every other user of that file in this process.
+    pub fn shared(path: &Path) -> Result<Arc<Writer>, StoreError> {
+        let key = std::fs::canonicalize(path).unwrap_or_else(|_| path.to_path_buf());
+        let mut reg = registry().lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(w) = reg.get(&key).and_then(Weak::upgrade) {
+            return Ok(w);
+        }
+        let conn = Store::open(path)?.into_connection();
+        let key = std::fs::canonicalize(path).unwrap_or(key);
+        let (jobs, rx) = mpsc::channel::<Job>();
+        std::thread::Builder::new()
+            .name("nova-db-writer".into())
+            .spawn(move || write_loop(conn, rx))
+            .map_err(|source| StoreError::Io {
+                path: path.to_path_buf(),
+                source,
+            })?;
+        let writer = Arc::new(Writer {
+            jobs: Mutex::new(jobs),
+        });
+        reg.insert(key, Arc::downgrade(&writer));
+        Ok(writer)
+    }
+
+    fn submit<T: Send + 'static, E: Send + 'static>(
+        &self,
+        op: impl FnOnce(&Connection) -> Result<T, E> + Send + 'static,
+        unavailable: impl Fn(String) -> E + Send + 'static,
+        answer: impl FnOnce(Result<T, E>) + Send + 'static,
+    ) -> bool {
+        let job: Job = Box::new(move |conn| {
+            let result = match conn {
+                Some(conn) => op(conn),
+                None => Err(unavailable(
+                    "the store could not start a transaction".into(),
+                )),
+            };
+            let ok = result.is_ok();
+            let reply: Reply = Box::new(move |commit| {
+                answer(match commit {
+                    Ok(()) => result,
+                    Err(e) => Err(unavailable(e)),
+                })
+            });
+            (reply, ok)
+        });
+        self.jobs
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .send(job)
+            .is_ok()
+    }
+
+    /// Run `op` in the next batch; its result once the batch is committed.
+    /// `unavailable` makes the caller's error from a store failure.
+    pub async fn write<T: Send + 'static, E: Send + 'static>(
+        &self,
+        op: impl FnOnce(&Connection) -> Result<T, E> + Send + 'static,
+        unavailable: impl Fn(String) -> E + Send + Clone + 'static,
+    ) -> Result<T, E> {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let stopped = unavailable.clone();
+        if !self.submit(op, unavailable, move |r| {
+            let _ = tx.send(r);
+        }) {
+            return Err(stopped("the database writer has stopped".into()));
+        }
+        rx.await
+            .unwrap_or_else(|_| Err(stopped("the database writer has stopped".into())))
+    }
+
+    /// [`Writer::write`] for a caller that is not async (it blocks).
+    pub fn write_blocking<T: Send + 'static, E: Send + 'static>(
+        &self,
+        op: impl FnOnce(&Connection) -> Result<T, E> + Send + 'static,
+        unavailable: impl Fn(String) -> E + Send + Clone + 'static,
+    ) -> Result<T, E> {
+        let (tx, rx) = mpsc::sync_channel(1);
+        let stopped = unavailable.clone();
+        if !self.submit(op, unavailable, move |r| {
+            let _ = tx.send(r);
+        }) {
+            return Err(stopped("the database writer has stopped".into()));
+        }
+        rx.recv()
+            .unwrap_or_else(|_| Err(stopped("the database writer has stopped".into())))
+    }
+}
+
+fn write_loop(conn: Connection, rx: mpsc::Receiver<Job>) {
+    while let Ok(first) = rx.recv() {
+        let mut jobs = vec![first];
+        while jobs.len() < MAX_BATCH {
+            match rx.try_recv() {
+                Ok(job) => jobs.push(job),
+                Err(_) => break,
+            }
+        }
+        if let Err(e) = conn.execute_batch("BEGIN IMMEDIATE") {
+            let message = e.to_string();
+            for job in jobs {
+                let (reply, _) = job(None);
+                reply(Err(message.clone()));
+            }
+            continue;
+        }
+        let mut replies = Vec::with_capacity(jobs.len());
+        for job in jobs {
+            let _ = conn.execute_batch("SAVEPOINT op");
+            let (reply, ok) = job(Some(&conn));
+            if !ok {
+                let _ = conn.execute_batch("ROLLBACK TO op");
+            }
+            let _ = conn.execute_batch("RELEASE op");
+            replies.push(reply);
+        }
+        let commit = {
+            let _timer = crate::timer!("store.commit");
+            conn.execute_batch("COMMIT").map_err(|e| e.to_string())
+        };
+        crate::counter!("store.commits").inc();
+        crate::counter!("store.operations").add(replies.len() as u64);
+        if commit.is_err() {
+            let _ = conn.execute_batch("ROLLBACK");
+        }
+        for reply in replies {
+            reply(commit.clone());
+        }
+    }
+}
