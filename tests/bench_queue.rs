@@ -157,7 +157,15 @@ fn bench_policy_and_audit_report_their_figures() {
 fn bench_orchestrate_compares_with_xargs() {
     let ws = Workspace::new();
     let report = ws
-        .run(&["bench", "orchestrate", "--tasks", "20", "--jobs", "2", "--json"])
+        .run(&[
+            "bench",
+            "orchestrate",
+            "--tasks",
+            "20",
+            "--jobs",
+            "2",
+            "--json",
+        ])
         .success()
         .json();
     assert_eq!(report["tasks"], 20);

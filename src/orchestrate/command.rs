@@ -41,14 +41,12 @@ struct Run {
     messages: Mutex<Vec<Message>>,
     /// Tasks a resumed run already finished: (agent key, task id).
     finished: HashSet<(String, String)>,
-    quiet: bool,
+    progress: super::progress::Progress,
 }
 
 impl Run {
     fn say(&self, text: &str) {
-        if !self.quiet {
-            eprintln!("{text}");
-        }
+        self.progress.say(text);
     }
 
     async fn hub(&self, kind: &str, agent: &str, body: Value) {
@@ -236,7 +234,7 @@ pub fn run(ws: &Workspace, out: &Output, args: &OrchestrateArgs, verbose: u8) ->
             audit: audit.clone(),
             messages: Mutex::new(Vec::new()),
             finished,
-            quiet: out.quiet || out.json,
+            progress: super::progress::Progress::new(out.is_terminal(), out.quiet || out.json),
         });
         {
             let db = run.db.lock().unwrap_or_else(|p| p.into_inner());
@@ -413,6 +411,7 @@ pub fn run(ws: &Workspace, out: &Output, args: &OrchestrateArgs, verbose: u8) ->
         )
         .await;
 
+        run.progress.finish();
         on_signal.abort();
         let _ = work_stop_tx.send(true);
         for w in workers {
@@ -499,6 +498,8 @@ async fn schedule_run(
             }),
         ).await;
         run.say(&format!("phase {}: {}", phase.name, phase.goal.trim()));
+        let phase_tasks: usize = agents.iter().map(|a| a.tasks.len()).sum();
+        run.progress.phase(&phase.name, phase_tasks as u64);
 
         loop {
             if interrupted.load(std::sync::atomic::Ordering::SeqCst) {
@@ -550,6 +551,7 @@ async fn schedule_run(
                 }
                 slots -= 1;
                 run.hub("agent-start", &a.name, json!({"agent": a.name, "role": a.role, "phase": a.phase, "depends_on": a.deps})).await;
+                run.progress.agent_started(&a.name);
                 if !advance(run, a, client, queue).await? {
                     finish_agent(run, a, &mut outcomes).await;
                 }
@@ -603,6 +605,8 @@ async fn schedule_run(
                 crate::counter!("orchestrate.tasks").inc();
                 crate::kpi::histogram("orchestrate.task")
                     .record(((result.finished_at - result.started_at).max(0) as u64) * 1_000_000);
+                run.progress
+                    .task_finished(&a.name, &spec.id, &result.status);
                 run.say(&format!(
                     "  {}/{}: {}{}{}",
                     a.name,

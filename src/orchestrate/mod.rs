@@ -12,6 +12,7 @@
 //! `--resume` picks it up without redoing finished tasks.
 
 pub mod command;
+pub mod progress;
 pub mod report;
 pub mod runs;
 pub mod supervisor;
