@@ -521,3 +521,46 @@ fn agents_get_their_environment_and_messages_reach_the_hub_and_inboxes() {
         .stdout_has("hello reader");
     ws.run(&["runs", "show", "no-such-run"]).code(2);
 }
+
+#[test]
+fn a_task_past_its_memory_limit_is_stopped_and_kills_and_retries_are_audited() {
+    let ws = workspace();
+    ws.write(
+        "blueprints/hungry.yaml",
+        "name: hungry\nrole: implementation\nphase: one\nresources:\n  memory: 64MB\ntasks:\n  - id: hog\n    title: holds 400 MB\n    retries: 1\n    run: {shell: \"head -c 400000000 /dev/zero | tail > /dev/null\"}\n",
+    );
+    let (code, report) = run_json(&ws, &["--apply"]);
+    assert_eq!(code, 1, "{report}");
+    let t = task(&report, "hungry", "hog");
+    assert_eq!(t["status"], "failed");
+    assert!(
+        t["detail"]
+            .as_str()
+            .unwrap()
+            .contains("passed its limit of 61.0 MiB"),
+        "{t}"
+    );
+    assert!(t["peak_rss"].as_u64().unwrap() > 64_000_000, "{t}");
+    let log = ws
+        .run(&["audit", "log", "--action", "task.*", "--json"])
+        .success()
+        .json();
+    let actions: Vec<&str> = log
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["action"].as_str().unwrap())
+        .collect();
+    for action in ["task.start", "task.kill", "task.retry", "task.finish"] {
+        assert!(actions.contains(&action), "{action} not in {actions:?}");
+    }
+    let runs = ws
+        .run(&["audit", "log", "--action", "run.*", "--json"])
+        .success()
+        .json();
+    assert_eq!(
+        runs.as_array().unwrap().len(),
+        2,
+        "run.start and run.finish"
+    );
+}

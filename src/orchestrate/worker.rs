@@ -174,6 +174,21 @@ async fn handle(
         // The run was stopped: leave the task to its lease, so a resume runs it again.
         return;
     }
+    if result.status == "failed"
+        && task.attempts < task.max_attempts
+        && let Some(log) = &cfg.audit
+    {
+        crate::audit::record(
+            log,
+            task_event(
+                &job,
+                "task.retry",
+                "will retry",
+                json!({"run": job.run, "attempt": task.attempts, "of": task.max_attempts, "detail": result.detail}),
+            ),
+        )
+        .await;
+    }
     let success = matches!(result.status.as_str(), "done" | "pending" | "skipped");
     let ack = AckRequest {
         task_id: task.id.clone(),
@@ -334,6 +349,18 @@ pub async fn execute(
         result.mean_cpu = outcome.mean_cpu;
         result.tail = outcome.tail.clone();
         result.messages.extend(outcome.messages.iter().cloned());
+        if let (Some(stopped), Some(log)) = (&outcome.stopped, &cfg.audit) {
+            crate::audit::record(
+                log,
+                task_event(
+                    job,
+                    "task.kill",
+                    "killed",
+                    json!({"run": job.run, "attempt": attempt, "step": name, "reason": stopped.to_string()}),
+                ),
+            )
+            .await;
+        }
         Ok(outcome)
     };
 
