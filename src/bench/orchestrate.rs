@@ -1,7 +1,7 @@
 //! `nova bench orchestrate`: nova's overhead on trivial tasks. It runs
 //! `--tasks` tasks of `true` with `nova orchestrate --apply --mode parallel
-//! --jobs J` in a temporary workspace (J agents side by side, each with its
-//! share of the tasks), then the same number of `true` with `xargs -P J`, and
+//! --jobs J` in a temporary workspace (independent agents of ten tasks each),
+//! then the same number of `true` with `xargs -P J`, and
 //! reports both times and their ratio, from the same run, with nova's peak
 //! memory.
 
@@ -26,7 +26,7 @@ struct Report {
     nova_tasks_per_second: f64,
 }
 
-fn write_workspace(dir: &Path, tasks: u32, jobs: u32) -> Result<()> {
+fn write_workspace(dir: &Path, tasks: u32) -> Result<()> {
     let io = |p: &Path, e| Error::io(p, e);
     let bp = dir.join("blueprints");
     std::fs::create_dir_all(&bp).map_err(|e| io(&bp, e))?;
@@ -36,8 +36,11 @@ fn write_workspace(dir: &Path, tasks: u32, jobs: u32) -> Result<()> {
         "plan: workspace\nphases:\n  - name: bench\n    goal: trivial tasks\n",
     )
     .map_err(|e| io(&yaml, e))?;
-    for a in 0..jobs {
-        let share = tasks / jobs + u32::from(a < tasks % jobs);
+    // Agents of ten tasks each: a task waits for the one before it in its
+    // agent, and agents are independent.
+    let agents = tasks.div_ceil(10);
+    for a in 0..agents {
+        let share = tasks / agents + u32::from(a < tasks % agents);
         let mut text = format!("name: bench-{a}\nrole: implementation\nphase: bench\ntasks:\n");
         for t in 0..share {
             text.push_str(&format!(
@@ -59,7 +62,7 @@ fn children_max_rss() -> u64 {
 
 pub fn run(out: &Output, args: &BenchOrchestrateArgs) -> Result<()> {
     let tmp = tempfile::tempdir().map_err(|e| Error::io(std::env::temp_dir(), e))?;
-    write_workspace(tmp.path(), args.tasks, args.jobs)?;
+    write_workspace(tmp.path(), args.tasks)?;
     let exe = std::env::current_exe().map_err(|e| Error::io("current executable", e))?;
 
     let start = Instant::now();

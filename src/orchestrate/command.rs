@@ -75,18 +75,26 @@ impl Run {
         }
     }
 
-    /// The messages addressed to `agent`: every broadcast, and agents'
-    /// messages whose `to` is the agent's name or `*`.
-    fn inbox(&self, agent: &str) -> Vec<Value> {
+    /// The messages addressed to `agent`: the `phase-start` of its phase, the
+    /// `agent-start` and `agent-done` of itself and the agents it depends on,
+    /// and agents' messages whose `to` is its name or `*`. (Not every
+    /// broadcast: in a run of many agents that would grow without bound.)
+    fn inbox(&self, agent: &AgentRun) -> Vec<Value> {
+        let concerns = |name: &str| {
+            name.eq_ignore_ascii_case(&agent.name)
+                || agent.deps.iter().any(|d| d.eq_ignore_ascii_case(name))
+        };
         self.messages
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .iter()
-            .filter(|m| {
-                m.kind != "agent"
-                    || m.body["to"]
-                        .as_str()
-                        .is_some_and(|to| to == "*" || to.eq_ignore_ascii_case(agent))
+            .filter(|m| match m.kind.as_str() {
+                "phase-start" => m.body["phase"].as_str() == Some(agent.phase.as_str()),
+                "agent-start" | "agent-done" => concerns(&m.agent),
+                "agent" => m.body["to"]
+                    .as_str()
+                    .is_some_and(|to| to == "*" || to.eq_ignore_ascii_case(&agent.name)),
+                _ => false,
             })
             .map(|m| json!({"seq": m.seq, "kind": m.kind, "from": m.agent, "body": m.body}))
             .collect()
@@ -394,9 +402,13 @@ pub fn run(ws: &Workspace, out: &Output, args: &OrchestrateArgs, verbose: u8) ->
             })
         };
 
+        // In parallel mode the workers bound how many tasks run at once
+        // (`--jobs` of them); the scheduler keeps twice that many agents'
+        // tasks queued, so a worker that finishes finds the next task waiting
+        // instead of waiting for the scheduler's round trip.
         let concurrency = match mode {
             ExecutionMode::Sequential => 1,
-            ExecutionMode::Parallel => jobs.max(1) as usize,
+            ExecutionMode::Parallel => 2 * jobs.max(1) as usize,
         };
         let outcome = schedule_run(
             &run,
@@ -694,7 +706,7 @@ async fn advance(run: &Run, a: &mut AgentRun, client: &mut Client, queue: &str) 
             workdir: run.workdir.clone(),
             memory_limit: a.memory_limit,
             wall_time: a.wall_time,
-            messages: run.inbox(&a.name),
+            messages: run.inbox(a),
         };
         let request = EnqueueRequest {
             r#type: JOB_TYPE.into(),
