@@ -564,3 +564,70 @@ fn a_task_past_its_memory_limit_is_stopped_and_kills_and_retries_are_audited() {
         "run.start and run.finish"
     );
 }
+
+#[test]
+fn fail_fast_stops_starting_agents_and_keep_going_runs_the_independent_ones() {
+    let ws = workspace();
+    agent(
+        &ws,
+        "a-bad",
+        "implementation",
+        "one",
+        &[],
+        "  - id: fail\n    title: fails\n    run: [\"false\"]\n",
+    );
+    agent(
+        &ws,
+        "b-independent",
+        "implementation",
+        "one",
+        &[],
+        "  - id: ok\n    title: works\n    run: [touch, independent-ran]\n",
+    );
+    agent(
+        &ws,
+        "c-dependent",
+        "implementation",
+        "one",
+        &["a-bad"],
+        "  - id: ok\n    title: works\n    run: [touch, dependent-ran]\n",
+    );
+    let outcomes = |r: &Value| -> Vec<(String, String)> {
+        r["agents"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|a| {
+                (
+                    a["agent"].as_str().unwrap().to_string(),
+                    a["outcome"].as_str().unwrap().to_string(),
+                )
+            })
+            .collect()
+    };
+    let (code, fast) = run_json(&ws, &["--apply"]);
+    assert_eq!(code, 1);
+    assert_eq!(
+        outcomes(&fast),
+        [
+            ("a-bad".into(), "failed".into()),
+            ("b-independent".into(), "skipped".into()),
+            ("c-dependent".into(), "skipped".into())
+        ]
+    );
+    assert!(!ws.path().join("independent-ran").exists());
+    let (code, going) = run_json(&ws, &["--apply", "--keep-going"]);
+    assert_eq!(code, 1);
+    assert_eq!(
+        outcomes(&going),
+        [
+            ("a-bad".into(), "failed".into()),
+            ("b-independent".into(), "done".into()),
+            ("c-dependent".into(), "skipped".into())
+        ]
+    );
+    assert!(ws.path().join("independent-ran").exists());
+    assert!(!ws.path().join("dependent-ran").exists());
+    ws.run(&["orchestrate", "--fail-fast", "--keep-going"])
+        .code(2);
+}

@@ -111,6 +111,7 @@ impl Run {
             started_at: Some(result.started_at),
             finished_at: Some(result.finished_at),
             peak_rss: Some(result.peak_rss),
+            mean_rss: Some(result.mean_rss),
             mean_cpu: Some(result.mean_cpu),
             worker: result.worker.clone(),
             detail: result.detail.clone(),

@@ -29,6 +29,7 @@ pub struct TaskRow {
     pub started_at: Option<i64>,
     pub finished_at: Option<i64>,
     pub peak_rss: Option<u64>,
+    pub mean_rss: Option<u64>,
     pub mean_cpu: Option<f32>,
     pub worker: String,
     pub detail: String,
@@ -136,11 +137,11 @@ pub fn last_interrupted(conn: &Connection) -> rusqlite::Result<Option<RunRow>> {
 pub fn upsert_task(conn: &Connection, run: &str, t: &TaskRow) -> rusqlite::Result<()> {
     conn.execute(
         "INSERT INTO run_tasks (run_id, agent, task, phase, status, attempts, exit_code, started_at, finished_at,
-             peak_rss, mean_cpu, worker, detail, log_tail)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14)
+             peak_rss, mean_rss, mean_cpu, worker, detail, log_tail)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15)
          ON CONFLICT (run_id, agent, task) DO UPDATE SET status = excluded.status, attempts = excluded.attempts,
              exit_code = excluded.exit_code, started_at = excluded.started_at, finished_at = excluded.finished_at,
-             peak_rss = excluded.peak_rss, mean_cpu = excluded.mean_cpu, worker = excluded.worker,
+             peak_rss = excluded.peak_rss, mean_rss = excluded.mean_rss, mean_cpu = excluded.mean_cpu, worker = excluded.worker,
              detail = excluded.detail, log_tail = excluded.log_tail",
         params![
             run,
@@ -153,6 +154,7 @@ pub fn upsert_task(conn: &Connection, run: &str, t: &TaskRow) -> rusqlite::Resul
             t.started_at,
             t.finished_at,
             t.peak_rss.map(|v| v as i64),
+            t.mean_rss.map(|v| v as i64),
             t.mean_cpu,
             t.worker,
             t.detail,
@@ -165,7 +167,7 @@ pub fn upsert_task(conn: &Connection, run: &str, t: &TaskRow) -> rusqlite::Resul
 pub fn tasks(conn: &Connection, run: &str) -> rusqlite::Result<Vec<TaskRow>> {
     conn.prepare(
         "SELECT agent, task, phase, status, attempts, exit_code, started_at, finished_at, peak_rss, mean_cpu,
-             worker, detail, log_tail FROM run_tasks WHERE run_id = ?1 ORDER BY COALESCE(started_at, 0), agent, task",
+             worker, detail, log_tail, mean_rss FROM run_tasks WHERE run_id = ?1 ORDER BY COALESCE(started_at, 0), agent, task",
     )?
     .query_map([run], |r| {
         let tail: String = r.get(12)?;
@@ -183,6 +185,7 @@ pub fn tasks(conn: &Connection, run: &str) -> rusqlite::Result<Vec<TaskRow>> {
             worker: r.get(10)?,
             detail: r.get(11)?,
             log_tail: serde_json::from_str(&tail).unwrap_or_default(),
+            mean_rss: r.get::<_, Option<i64>>(13)?.map(|v| v as u64),
         })
     })?
     .collect()

@@ -70,6 +70,7 @@ pub struct Outcome {
     pub exit_code: Option<i32>,
     pub stopped: Option<Stopped>,
     pub peak_rss: u64,
+    pub mean_rss: u64,
     pub mean_cpu: f32,
     pub messages: Vec<Value>,
     pub tail: Vec<String>,
@@ -208,7 +209,7 @@ pub async fn run(
 
     // Without process information (an odd platform), run unsampled.
     let mut sys = sysinfo::System::new().ok();
-    let (mut peak, mut cpu_sum, mut samples) = (0u64, 0f32, 0u32);
+    let (mut peak, mut mem_sum, mut cpu_sum, mut samples) = (0u64, 0u64, 0f32, 0u32);
     let mut tick = tokio::time::interval_at(
         tokio::time::Instant::now() + Duration::from_millis(50),
         SAMPLE_EVERY,
@@ -234,6 +235,7 @@ pub async fn run(
                 let Some(sys) = sys.as_mut() else { continue };
                 let (mem, cpu) = sample_tree(sys, pid);
                 peak = peak.max(mem);
+                mem_sum += mem;
                 cpu_sum += cpu;
                 samples += 1;
                 if let Some(limit) = spec.memory_limit && mem > limit {
@@ -261,6 +263,11 @@ pub async fn run(
         exit_code: status.code(),
         stopped,
         peak_rss: peak,
+        mean_rss: if samples == 0 {
+            0
+        } else {
+            mem_sum / samples as u64
+        },
         mean_cpu: if samples == 0 {
             0.0
         } else {

@@ -57,6 +57,7 @@ pub struct JobResult {
     pub started_at: i64,
     pub finished_at: i64,
     pub peak_rss: u64,
+    pub mean_rss: u64,
     pub mean_cpu: f32,
     pub detail: String,
     pub tail: Vec<String>,
@@ -347,6 +348,7 @@ pub async fn execute(
         result.exit_code = outcome.exit_code;
         result.peak_rss = result.peak_rss.max(outcome.peak_rss);
         result.mean_cpu = outcome.mean_cpu;
+        result.mean_rss = outcome.mean_rss;
         result.tail = outcome.tail.clone();
         result.messages.extend(outcome.messages.iter().cloned());
         if let (Some(stopped), Some(log)) = (&outcome.stopped, &cfg.audit) {

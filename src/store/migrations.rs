@@ -91,6 +91,7 @@ const MIGRATIONS: &[&str] = &[
         started_at  INTEGER,
         finished_at INTEGER,
         peak_rss    INTEGER,
+        mean_rss    INTEGER,
         mean_cpu    REAL,
         worker      TEXT NOT NULL DEFAULT '',
         detail      TEXT NOT NULL DEFAULT '',
