@@ -14,6 +14,7 @@ pub mod blueprints;
 pub mod cli;
 pub mod config;
 pub mod error;
+pub mod gpu;
 pub mod kpi;
 pub mod logging;
 pub mod orchestrate;

@@ -113,6 +113,8 @@ impl Run {
             peak_rss: Some(result.peak_rss),
             mean_rss: Some(result.mean_rss),
             mean_cpu: Some(result.mean_cpu),
+            gpu_memory: result.gpu_peak_memory,
+            gpu_util: result.gpu_mean_utilization,
             worker: result.worker.clone(),
             detail: result.detail.clone(),
             log_tail: result.tail.clone(),

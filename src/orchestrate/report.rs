@@ -25,6 +25,14 @@ fn memory(t: &TaskRow) -> String {
     }
 }
 
+fn gpu(t: &TaskRow) -> String {
+    match (t.gpu_memory, t.gpu_util) {
+        (None, _) => "-".into(),
+        (Some(m), Some(u)) => format!("{}, {u:.0}%", bytesize::ByteSize(m)),
+        (Some(m), None) => bytesize::ByteSize(m).to_string(),
+    }
+}
+
 /// Markdown table cells must not break the table.
 fn cell(text: &str) -> String {
     text.replace('|', "\\|").replace('\n', " ")
@@ -66,7 +74,7 @@ pub fn markdown(
         let _ = writeln!(md, "## Phase {phase}\n");
         let _ = writeln!(
             md,
-            "| agent | outcome | task | status | attempts | duration | peak memory | exit code |\n|---|---|---|---|---|---|---|---|"
+            "| agent | outcome | task | status | attempts | duration | peak memory | GPU memory, use | exit code |\n|---|---|---|---|---|---|---|---|---|"
         );
         for a in agents.iter().filter(|a| a.phase == phase) {
             let outcome = a.outcome.map_or("-", |o| o.as_str());
@@ -75,18 +83,19 @@ pub fn markdown(
                 .filter(|t| t.agent.eq_ignore_ascii_case(&a.name))
                 .collect();
             if rows.is_empty() {
-                let _ = writeln!(md, "| {} | {outcome} | - | - | - | - | - | - |", a.name);
+                let _ = writeln!(md, "| {} | {outcome} | - | - | - | - | - | - | - |", a.name);
             }
             for t in rows {
                 let _ = writeln!(
                     md,
-                    "| {} | {outcome} | {} | {} | {} | {} | {} | {} |",
+                    "| {} | {outcome} | {} | {} | {} | {} | {} | {} | {} |",
                     a.name,
                     t.task,
                     t.status,
                     t.attempts,
                     duration_ms(t),
                     memory(t),
+                    gpu(t),
                     t.exit_code.map_or("-".into(), |c| c.to_string())
                 );
             }

@@ -31,6 +31,8 @@ pub struct TaskRow {
     pub peak_rss: Option<u64>,
     pub mean_rss: Option<u64>,
     pub mean_cpu: Option<f32>,
+    pub gpu_memory: Option<u64>,
+    pub gpu_util: Option<f32>,
     pub worker: String,
     pub detail: String,
     pub log_tail: Vec<String>,
@@ -137,12 +139,13 @@ pub fn last_interrupted(conn: &Connection) -> rusqlite::Result<Option<RunRow>> {
 pub fn upsert_task(conn: &Connection, run: &str, t: &TaskRow) -> rusqlite::Result<()> {
     conn.execute(
         "INSERT INTO run_tasks (run_id, agent, task, phase, status, attempts, exit_code, started_at, finished_at,
-             peak_rss, mean_rss, mean_cpu, worker, detail, log_tail)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15)
+             peak_rss, mean_rss, mean_cpu, worker, detail, log_tail, gpu_memory, gpu_util)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17)
          ON CONFLICT (run_id, agent, task) DO UPDATE SET status = excluded.status, attempts = excluded.attempts,
              exit_code = excluded.exit_code, started_at = excluded.started_at, finished_at = excluded.finished_at,
              peak_rss = excluded.peak_rss, mean_rss = excluded.mean_rss, mean_cpu = excluded.mean_cpu, worker = excluded.worker,
-             detail = excluded.detail, log_tail = excluded.log_tail",
+             detail = excluded.detail, log_tail = excluded.log_tail, gpu_memory = excluded.gpu_memory,
+             gpu_util = excluded.gpu_util",
         params![
             run,
             t.agent,
@@ -159,6 +162,8 @@ pub fn upsert_task(conn: &Connection, run: &str, t: &TaskRow) -> rusqlite::Resul
             t.worker,
             t.detail,
             serde_json::to_string(&t.log_tail).expect("lines serialize"),
+            t.gpu_memory.map(|v| v as i64),
+            t.gpu_util,
         ],
     )?;
     Ok(())
@@ -167,7 +172,7 @@ pub fn upsert_task(conn: &Connection, run: &str, t: &TaskRow) -> rusqlite::Resul
 pub fn tasks(conn: &Connection, run: &str) -> rusqlite::Result<Vec<TaskRow>> {
     conn.prepare(
         "SELECT agent, task, phase, status, attempts, exit_code, started_at, finished_at, peak_rss, mean_cpu,
-             worker, detail, log_tail, mean_rss FROM run_tasks WHERE run_id = ?1 ORDER BY COALESCE(started_at, 0), agent, task",
+             worker, detail, log_tail, mean_rss, gpu_memory, gpu_util FROM run_tasks WHERE run_id = ?1 ORDER BY COALESCE(started_at, 0), agent, task",
     )?
     .query_map([run], |r| {
         let tail: String = r.get(12)?;
@@ -186,6 +191,8 @@ pub fn tasks(conn: &Connection, run: &str) -> rusqlite::Result<Vec<TaskRow>> {
             detail: r.get(11)?,
             log_tail: serde_json::from_str(&tail).unwrap_or_default(),
             mean_rss: r.get::<_, Option<i64>>(13)?.map(|v| v as u64),
+            gpu_memory: r.get::<_, Option<i64>>(14)?.map(|v| v as u64),
+            gpu_util: r.get(15)?,
         })
     })?
     .collect()

@@ -72,6 +72,10 @@ pub struct Outcome {
     pub peak_rss: u64,
     pub mean_rss: u64,
     pub mean_cpu: f32,
+    /// GPU memory held by the process tree at its peak, where NVML sees a GPU.
+    pub gpu_peak_memory: Option<u64>,
+    /// Mean utilisation of the GPUs the task used.
+    pub gpu_mean_utilization: Option<f32>,
     pub messages: Vec<Value>,
     pub tail: Vec<String>,
     pub duration: Duration,
@@ -87,8 +91,8 @@ fn signal_group(pgid: i32, signal: Signal) {
     let _ = killpg(Pid::from_raw(pgid), signal);
 }
 
-/// The memory (bytes) and CPU (%) of `root` and its descendants.
-fn sample_tree(sys: &mut sysinfo::System, root: u32) -> (u64, f32) {
+/// The memory (bytes) and CPU (%) of `root` and its descendants, and their pids.
+fn sample_tree(sys: &mut sysinfo::System, root: u32) -> (u64, f32, Vec<u32>) {
     sys.refresh_processes(sysinfo::ProcessesToUpdate::All, true);
     let procs = sys.processes();
     let mut tree = vec![sysinfo::Pid::from_u32(root)];
@@ -103,9 +107,11 @@ fn sample_tree(sys: &mut sysinfo::System, root: u32) -> (u64, f32) {
         );
         i += 1;
     }
-    tree.iter()
+    let (mem, cpu) = tree
+        .iter()
         .filter_map(|pid| procs.get(pid))
-        .fold((0, 0.0), |(m, c), p| (m + p.memory(), c + p.cpu_usage()))
+        .fold((0, 0.0), |(m, c), p| (m + p.memory(), c + p.cpu_usage()));
+    (mem, cpu, tree.iter().map(|p| p.as_u32()).collect())
 }
 
 fn build(spec: &Spec) -> tokio::process::Command {
@@ -210,6 +216,7 @@ pub async fn run(
     // Without process information (an odd platform), run unsampled.
     let mut sys = sysinfo::System::new().ok();
     let (mut peak, mut mem_sum, mut cpu_sum, mut samples) = (0u64, 0u64, 0f32, 0u32);
+    let (mut gpu_peak, mut gpu_util_sum, mut gpu_samples) = (None::<u64>, 0f32, 0u32);
     let mut tick = tokio::time::interval_at(
         tokio::time::Instant::now() + Duration::from_millis(50),
         SAMPLE_EVERY,
@@ -233,7 +240,14 @@ pub async fn run(
             }
             _ = tick.tick(), if sys.is_some() => {
                 let Some(sys) = sys.as_mut() else { continue };
-                let (mem, cpu) = sample_tree(sys, pid);
+                let (mem, cpu, pids) = sample_tree(sys, pid);
+                if let Some((gpu_mem, util)) = crate::gpu::usage_of(&pids) {
+                    gpu_peak = Some(gpu_peak.unwrap_or(0).max(gpu_mem));
+                    if let Some(u) = util {
+                        gpu_util_sum += u as f32;
+                        gpu_samples += 1;
+                    }
+                }
                 peak = peak.max(mem);
                 mem_sum += mem;
                 cpu_sum += cpu;
@@ -273,6 +287,8 @@ pub async fn run(
         } else {
             cpu_sum / samples as f32
         },
+        gpu_peak_memory: gpu_peak,
+        gpu_mean_utilization: (gpu_samples > 0).then(|| gpu_util_sum / gpu_samples as f32),
         messages,
         tail,
         duration: started.elapsed(),

@@ -59,6 +59,10 @@ pub struct JobResult {
     pub peak_rss: u64,
     pub mean_rss: u64,
     pub mean_cpu: f32,
+    #[serde(default)]
+    pub gpu_peak_memory: Option<u64>,
+    #[serde(default)]
+    pub gpu_mean_utilization: Option<f32>,
     pub detail: String,
     pub tail: Vec<String>,
     pub messages: Vec<Value>,
@@ -349,6 +353,12 @@ pub async fn execute(
         result.peak_rss = result.peak_rss.max(outcome.peak_rss);
         result.mean_cpu = outcome.mean_cpu;
         result.mean_rss = outcome.mean_rss;
+        if let Some(g) = outcome.gpu_peak_memory {
+            result.gpu_peak_memory = Some(result.gpu_peak_memory.unwrap_or(0).max(g));
+        }
+        if outcome.gpu_mean_utilization.is_some() {
+            result.gpu_mean_utilization = outcome.gpu_mean_utilization;
+        }
         result.tail = outcome.tail.clone();
         result.messages.extend(outcome.messages.iter().cloned());
         if let (Some(stopped), Some(log)) = (&outcome.stopped, &cfg.audit) {

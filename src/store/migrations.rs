@@ -93,6 +93,8 @@ const MIGRATIONS: &[&str] = &[
         peak_rss    INTEGER,
         mean_rss    INTEGER,
         mean_cpu    REAL,
+        gpu_memory  INTEGER,
+        gpu_util    REAL,
         worker      TEXT NOT NULL DEFAULT '',
         detail      TEXT NOT NULL DEFAULT '',
         log_tail    TEXT NOT NULL DEFAULT '',
