@@ -15,7 +15,8 @@ use crate::error::{Error, Result};
 use crate::output::{self, ColorChoice, Output};
 use crate::workspace::{OpaSettings, Workspace, ensure_dir};
 use crate::{
-    audit, bench, blueprints, kpi, logging, orchestrate, plan, policy, queue, roadmap, tasks,
+    audit, bench, blueprints, kpi, logging, monitor, orchestrate, plan, policy, queue, roadmap,
+    setup, tasks,
 };
 
 pub fn main() -> ExitCode {
@@ -71,6 +72,8 @@ pub fn try_main(cli: &Cli, out: &Output, logs: &mut Option<logging::LogGuard>) -
         Command::Tasks(args) => tasks::run(&ws, out, args),
         Command::Roadmap(args) => roadmap::run(&ws, out, args),
         Command::Serve(args) => queue::command::serve(&ws, out, args),
+        Command::Setup(args) => setup::run(&ws, out, args),
+        Command::Monitor(args) => monitor::run(&ws, out, args),
         Command::Orchestrate(args) => orchestrate::command::run(&ws, out, args, cli.verbose),
         Command::Runs(args) => orchestrate::command::runs_command(&ws, out, args),
         Command::Worker(args) => orchestrate::command::worker_command(&ws, out, args, cli.verbose),

@@ -68,6 +68,10 @@ pub enum Command {
     Runs(RunsArgs),
     /// Take agents' tasks from a queue server and run them (for runs spread over machines)
     Worker(WorkerArgs),
+    /// Prepare the workspace, check the host, and plan (or --apply) packages, firewall ports and users
+    Setup(SetupArgs),
+    /// Watch the host: CPU, memory, disk, network, GPUs; raise alerts past thresholds
+    Monitor(MonitorArgs),
     /// Run the task queue's gRPC server
     Serve(ServeArgs),
     /// Enqueue, list, inspect, cancel and retry queue tasks
@@ -104,7 +108,7 @@ impl Command {
     pub fn handles_signals(&self) -> bool {
         matches!(
             self,
-            Command::Serve(_) | Command::Orchestrate(_) | Command::Worker(_)
+            Command::Serve(_) | Command::Orchestrate(_) | Command::Worker(_) | Command::Monitor(_)
         )
     }
 }
@@ -294,6 +298,39 @@ pub struct OrchestrateArgs {
     /// Also write the Markdown report here
     #[arg(long, value_name = "FILE")]
     pub report: Option<PathBuf>,
+
+    #[command(flatten)]
+    pub store: StoreArg,
+}
+
+#[derive(Debug, Args)]
+pub struct SetupArgs {
+    /// Packages to install: docker, kubernetes, python, git, wireguard,
+    /// nvidia-container-toolkit, redis, postgresql, tree, or MANAGER:PACKAGE
+    #[arg(long, num_args = 1.., value_name = "NAME")]
+    pub packages: Vec<String>,
+
+    /// Carry out the plan (installs, firewall ports, users), each step allowed by policy first
+    #[arg(long)]
+    pub apply: bool,
+
+    #[command(flatten)]
+    pub store: StoreArg,
+}
+
+#[derive(Debug, Args)]
+pub struct MonitorArgs {
+    /// Time between samples
+    #[arg(long, default_value = "5s", value_parser = humantime::parse_duration, value_name = "DURATION")]
+    pub interval: std::time::Duration,
+
+    /// Take one sample and stop
+    #[arg(long)]
+    pub once: bool,
+
+    /// Stop after this long
+    #[arg(long = "for", value_parser = humantime::parse_duration, value_name = "DURATION")]
+    pub duration: Option<std::time::Duration>,
 
     #[command(flatten)]
     pub store: StoreArg,

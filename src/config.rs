@@ -42,6 +42,58 @@ pub struct Config {
     /// Further plans declared by the workspace.
     #[serde(default)]
     pub plans: Vec<PlanSpec>,
+    /// Thresholds and host settings for `nova setup`.
+    #[serde(default)]
+    pub setup: SetupConfig,
+    /// Thresholds and alerting for `nova monitor`.
+    #[serde(default)]
+    pub monitor: MonitorConfig,
+}
+
+/// `setup:` in nova.yaml.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SetupConfig {
+    /// Least free disk for $NOVA_HOME and `/` (default 5 GiB).
+    pub min_disk_free: Option<bytesize::ByteSize>,
+    /// Least total memory (default 2 GiB).
+    pub min_memory: Option<bytesize::ByteSize>,
+    /// Least number of NVIDIA GPUs (default 0: GPUs optional).
+    pub min_gpus: Option<u32>,
+    /// Least NVIDIA driver version, as `535` or `535.104` (default: any).
+    pub min_driver: Option<String>,
+    /// Names that must resolve in DNS.
+    #[serde(default)]
+    pub resolve: Vec<String>,
+    /// `host:port` endpoints that must accept a TCP connection.
+    #[serde(default)]
+    pub endpoints: Vec<String>,
+    /// Ports to open in the firewall, as `22/tcp` or `8080`.
+    #[serde(default)]
+    pub open_ports: Vec<String>,
+    /// Service users to create (system users, no login shell).
+    #[serde(default)]
+    pub users: Vec<String>,
+}
+
+/// `monitor:` in nova.yaml.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MonitorConfig {
+    /// Alert when CPU use stays above this percentage (default 90)...
+    pub cpu_percent: Option<f32>,
+    /// ...for this long (default 1m).
+    pub cpu_for: Option<crate::blueprints::HumanDuration>,
+    /// Alert when memory use is above this percentage (default 95).
+    pub memory_percent: Option<f32>,
+    /// Alert when a disk has less than this percentage free (default 10).
+    pub disk_free_percent: Option<f32>,
+    /// Alert when a GPU is hotter than this, in °C (default 85).
+    pub gpu_temperature: Option<u32>,
+    /// POST every alert as JSON to this URL.
+    pub webhook: Option<String>,
+    /// Samples kept in the store (default 10000).
+    pub history: Option<u32>,
 }
 
 impl Config {

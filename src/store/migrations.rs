@@ -109,6 +109,12 @@ const MIGRATIONS: &[&str] = &[
         body    TEXT NOT NULL,
         PRIMARY KEY (run_id, seq)
     ) WITHOUT ROWID;",
+    // 5: the host samples nova monitor keeps (a bounded history).
+    "CREATE TABLE monitor_samples (
+        seq    INTEGER PRIMARY KEY AUTOINCREMENT,
+        at     INTEGER NOT NULL,
+        sample TEXT NOT NULL
+    );",
 ];
 
 /// The schema version this nova writes.

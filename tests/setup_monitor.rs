@@ -1,0 +1,349 @@
+//! `nova setup` and `nova monitor` on this real host.
+
+mod common;
+
+use std::io::{Read, Write};
+
+use common::Workspace;
+use serde_json::Value;
+
+fn is_apt_host() -> bool {
+    std::process::Command::new("apt-get")
+        .arg("--version")
+        .output()
+        .is_ok_and(|o| o.status.success())
+}
+
+fn check<'a>(report: &'a Value, name: &str) -> &'a Value {
+    report["checks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["name"] == name)
+        .unwrap_or_else(|| panic!("no check {name} in {report}"))
+}
+
+#[test]
+fn setup_checks_the_host_plans_packages_and_changes_nothing_the_second_time() {
+    let ws = Workspace::new();
+    let out = ws.run(&["setup", "--packages", "docker", "kubernetes", "--json"]);
+    let report = out.json();
+    let failed_required = report["checks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|c| c["required"] == true && c["status"] == "fail");
+    assert_eq!(
+        out.code,
+        if failed_required { 1 } else { 0 },
+        "{}",
+        out.stderr
+    );
+    for name in [
+        "cpu",
+        "memory",
+        "os",
+        "time sync",
+        "disk $NOVA_HOME",
+        "disk /",
+        "gpu",
+        "default route",
+        "tool docker",
+        "tool kubectl",
+    ] {
+        let c = check(&report, name);
+        assert!(
+            ["ok", "warn", "fail", "skipped"].contains(&c["status"].as_str().unwrap()),
+            "{c}"
+        );
+        assert!(!c["detail"].as_str().unwrap().is_empty(), "{c}");
+    }
+    let gpu = check(&report, "gpu");
+    if gpu["status"] == "skipped" {
+        assert!(
+            gpu["detail"]
+                .as_str()
+                .unwrap()
+                .contains("no NVIDIA driver found"),
+            "{gpu}"
+        );
+    }
+    let created: Vec<&str> = report["created"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_str().unwrap())
+        .collect();
+    assert!(
+        created.iter().any(|c| c.ends_with("nova.db")),
+        "{created:?}"
+    );
+    assert!(
+        created.iter().any(|c| c.ends_with("nova.yaml")),
+        "{created:?}"
+    );
+    assert!(ws.home().join("reports/host.md").exists());
+    if is_apt_host() {
+        assert_eq!(report["package_manager"], "apt");
+        let names: Vec<&str> = report["packages"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .flat_map(|w| {
+                w["packages"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .map(|p| p["name"].as_str().unwrap())
+            })
+            .collect();
+        assert_eq!(names, ["docker.io", "kubernetes-client"]);
+        let steps = report["steps"].as_array().unwrap();
+        for s in steps {
+            assert_eq!(s["outcome"], "planned", "a plan changes nothing: {s}");
+        }
+    }
+    let yaml = std::fs::read(ws.path().join("nova.yaml")).unwrap();
+
+    // Again: nothing new is created and nova.yaml is left as it is.
+    let again = ws
+        .run(&["setup", "--packages", "docker", "kubernetes", "--json"])
+        .json();
+    assert_eq!(again["created"], serde_json::json!([]));
+    assert_eq!(std::fs::read(ws.path().join("nova.yaml")).unwrap(), yaml);
+    let text = ws.run(&["setup", "--packages", "docker", "kubernetes"]);
+    assert!(
+        text.stdout
+            .contains("plan (nothing was changed; --apply runs these)")
+            || text.stdout.contains("nothing to install"),
+        "{}",
+        text.stdout
+    );
+    let audit = ws
+        .run(&["audit", "log", "--action", "setup.check", "--json"])
+        .success()
+        .json();
+    assert_eq!(audit.as_array().unwrap().len(), 3);
+}
+
+#[test]
+fn setup_refuses_bad_names_and_settings() {
+    let ws = Workspace::new();
+    ws.run(&["setup", "--packages", "teapot"])
+        .code(2)
+        .stderr_has("unknown package name; known: docker, kubernetes");
+    if is_apt_host() {
+        ws.run(&["setup", "--packages", "dnf:tree"])
+            .code(2)
+            .stderr_has("not dnf");
+        let plan = ws.run(&["setup", "--packages", "apt:sl", "--json"]).json();
+        assert_eq!(plan["packages"][0]["packages"][0]["name"], "sl");
+    }
+    ws.write("nova.yaml", "setup:\n  open_ports: [\"99999/tcp\"]\n");
+    ws.run(&["setup"]).code(2).stderr_has("99999/tcp");
+    ws.write("nova.yaml", "setup:\n  users: [\"Bad User\"]\n");
+    ws.run(&["setup"])
+        .code(2)
+        .stderr_has("not a valid user name");
+    ws.write("nova.yaml", "setup:\n  min_memory: lots\n");
+    ws.run(&["setup"]).code(2).stderr_has("min_memory");
+    ws.write(
+        "nova.yaml",
+        "setup:\n  users: [nova-plan-only-user]\n  min_disk_free: 1MB\n",
+    );
+    let plan = ws.run(&["setup", "--json"]).json();
+    let step = &plan["steps"][0];
+    assert_eq!(step["outcome"], "planned");
+    assert!(
+        step["command"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|a| a == "useradd"),
+        "{step}"
+    );
+    assert!(
+        !std::process::Command::new("id")
+            .args(["-u", "nova-plan-only-user"])
+            .output()
+            .unwrap()
+            .status
+            .success(),
+        "a plan creates no user"
+    );
+}
+
+#[test]
+fn apply_installs_a_real_package_once_and_policy_can_stop_it() {
+    let root = nix::unistd::Uid::effective().is_root();
+    if !(root && is_apt_host()) {
+        eprintln!("skipped: installing packages needs root on an apt host");
+        return;
+    }
+    let ws = Workspace::new();
+    ws.write(
+        "nova.yaml",
+        "setup:\n  min_disk_free: 1MB\n  min_memory: 1MB\n",
+    );
+    // A policy that denies installs stops it before the package manager runs.
+    ws.write(
+        "policies/no-installs.rego",
+        "package nova.authz\nimport rego.v1\ndeny contains \"installs are frozen\" if input.action == \"install\"\n",
+    );
+    let before = std::process::Command::new("dpkg-query")
+        .args(["-W", "tree"])
+        .output()
+        .unwrap()
+        .status
+        .success();
+    if !before {
+        ws.run(&["setup", "--packages", "tree", "--apply"])
+            .code(3)
+            .stderr_has("installs are frozen");
+        assert!(
+            !std::process::Command::new("dpkg-query")
+                .args(["-W", "-f", "${Status}", "tree"])
+                .output()
+                .unwrap()
+                .stdout
+                .ends_with(b" installed")
+        );
+    }
+    std::fs::remove_file(ws.path().join("policies/no-installs.rego")).unwrap();
+    let first = ws.run(&["setup", "--packages", "tree", "--apply", "--json"]);
+    assert_eq!(first.code, 0, "{}", first.stderr);
+    let report = first.json();
+    assert!(
+        report["packages"][0]["packages"][0]["installed"].is_string(),
+        "{report}"
+    );
+    assert!(std::path::Path::new("/usr/bin/tree").exists());
+    let second = ws
+        .run(&["setup", "--packages", "tree", "--apply"])
+        .success();
+    assert!(
+        second.stdout.contains("nothing to install or change"),
+        "{}",
+        second.stdout
+    );
+    if !before {
+        let installs = ws
+            .run(&["audit", "log", "--action", "package.install", "--json"])
+            .success()
+            .json();
+        assert_eq!(
+            installs.as_array().unwrap().len(),
+            1,
+            "one install, recorded once"
+        );
+        assert_eq!(installs[0]["outcome"], "done");
+    }
+}
+
+/// A one-request HTTP server: the body of the first POST it gets.
+fn webhook_server() -> (String, std::thread::JoinHandle<String>) {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("http://{}/hook", listener.local_addr().unwrap());
+    let handle = std::thread::spawn(move || {
+        let (mut s, _) = listener.accept().unwrap();
+        s.set_read_timeout(Some(std::time::Duration::from_secs(10)))
+            .unwrap();
+        let mut buf = Vec::new();
+        let mut chunk = [0u8; 4096];
+        loop {
+            let n = s.read(&mut chunk).unwrap_or(0);
+            if n == 0 {
+                break;
+            }
+            buf.extend_from_slice(&chunk[..n]);
+            let text = String::from_utf8_lossy(&buf);
+            if let Some((head, body)) = text.split_once("\r\n\r\n") {
+                let len: usize = head
+                    .lines()
+                    .find_map(|l| {
+                        l.to_lowercase()
+                            .strip_prefix("content-length:")
+                            .map(|v| v.trim().parse().unwrap_or(0))
+                    })
+                    .unwrap_or(0);
+                if body.len() >= len {
+                    let _ = s.write_all(b"HTTP/1.1 204 No Content\r\nContent-Length: 0\r\n\r\n");
+                    return body.to_string();
+                }
+            }
+        }
+        String::new()
+    });
+    (url, handle)
+}
+
+#[test]
+fn monitor_samples_keeps_history_and_alerts_once() {
+    let ws = Workspace::new();
+    let sample = ws.run(&["monitor", "--once", "--json"]).success();
+    let s: Value = serde_json::from_str(sample.stdout.trim()).unwrap();
+    for key in [
+        "cpu_percent",
+        "memory_used",
+        "memory_total",
+        "disks",
+        "load",
+        "net_rx_bytes_per_second",
+    ] {
+        assert!(!s[key].is_null(), "{key} missing: {s}");
+    }
+    if s["gpus"].as_array().unwrap().is_empty() {
+        assert!(s["gpu_note"].as_str().unwrap().contains("NVIDIA"), "{s}");
+    }
+    let lines = ws
+        .run(&["monitor", "--json", "--interval", "300ms", "--for", "1s"])
+        .success();
+    assert!(lines.stdout.lines().count() >= 3, "{}", lines.stdout);
+    let db = rusqlite::Connection::open(ws.home().join("nova.db")).unwrap();
+    let kept: i64 = db
+        .query_row("SELECT COUNT(*) FROM monitor_samples", [], |r| r.get(0))
+        .unwrap();
+    assert!(kept >= 4, "{kept}");
+
+    // Every disk is "low" when 100% free is required: the alert fires once
+    // over several samples, reaches the audit log and the webhook.
+    let (url, hook) = webhook_server();
+    ws.write(
+        "nova.yaml",
+        &format!("monitor:\n  disk_free_percent: 100\n  webhook: {url}\n  history: 2\n"),
+    );
+    let out = ws
+        .run(&["monitor", "--json", "--interval", "300ms", "--for", "1s"])
+        .success();
+    let fired: Vec<Value> = out
+        .stdout
+        .lines()
+        .map(|l| serde_json::from_str::<Value>(l).unwrap())
+        .flat_map(|s| s["alerts"].as_array().unwrap().clone())
+        .collect();
+    assert!(!fired.is_empty());
+    let keys: Vec<&str> = fired.iter().map(|a| a["key"].as_str().unwrap()).collect();
+    let mut unique = keys.clone();
+    unique.dedup();
+    assert_eq!(keys.len(), unique.len(), "each alert fires once: {keys:?}");
+    assert!(fired.iter().all(|a| a["state"] == "fired"));
+    let body = hook.join().unwrap();
+    let posted: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(posted["state"], "fired");
+    assert!(posted["key"].as_str().unwrap().starts_with("disk:"));
+    let audit = ws
+        .run(&["audit", "log", "--action", "monitor.alert", "--json"])
+        .success()
+        .json();
+    assert_eq!(audit.as_array().unwrap().len(), fired.len());
+    let kept: i64 = db
+        .query_row("SELECT COUNT(*) FROM monitor_samples", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(kept, 2, "the history is bounded");
+
+    ws.run(&["monitor", "--interval", "1ms", "--once"]).code(2);
+    ws.write("nova.yaml", "monitor:\n  webhook: ftp://x\n");
+    ws.run(&["monitor", "--once"])
+        .code(2)
+        .stderr_has("monitor.webhook");
+}
