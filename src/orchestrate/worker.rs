@@ -373,25 +373,25 @@ pub async fn execute(
             )
             .await;
         }
-        Ok(outcome)
-    };
-
-    let status_of = |o: &Outcome| -> Option<String> {
-        match &o.stopped {
-            Some(supervisor::Stopped::Cancelled) => Some("interrupted".to_string()),
-            Some(s) => Some(s.to_string()),
-            None => None,
+        // A step that was stopped (timeout, memory, interrupt) failed, whatever its exit code.
+        match &outcome.stopped {
+            Some(supervisor::Stopped::Cancelled) => Err(format!("{name} interrupted")),
+            Some(why) => Err(format!("{name} {why}")),
+            None => Ok(outcome),
         }
     };
+    // Run a step, or leave the steps with `failed` and why.
+    macro_rules! step {
+        ($label:lifetime, $name:expr, $command:expr) => {
+            match run_step($name, $command, &mut result).await {
+                Ok(o) => o,
+                Err(e) => break $label("failed", e),
+            }
+        };
+    }
     let outcome = 'steps: {
         if let Some(check) = &job.task.check {
-            let o = match run_step("check", check, &mut result).await {
-                Ok(o) => o,
-                Err(e) => break 'steps ("failed", e),
-            };
-            if let Some(why) = status_of(&o) {
-                break 'steps ("failed", format!("check {why}"));
-            }
+            let o = step!('steps, "check", check);
             if o.success() {
                 break 'steps ("done", "check passes".to_string());
             }
@@ -410,23 +410,11 @@ pub async fn execute(
                     ),
                 );
             };
-            let o = match run_step("run", run, &mut result).await {
-                Ok(o) => o,
-                Err(e) => break 'steps ("failed", e),
-            };
-            if let Some(why) = status_of(&o) {
-                break 'steps ("failed", format!("run {why}"));
-            }
+            let o = step!('steps, "run", run);
             if !o.success() {
                 break 'steps ("failed", format!("run failed (exit {})", code(&o)));
             }
-            let o = match run_step("check", check, &mut result).await {
-                Ok(o) => o,
-                Err(e) => break 'steps ("failed", e),
-            };
-            if let Some(why) = status_of(&o) {
-                break 'steps ("failed", format!("check {why}"));
-            }
+            let o = step!('steps, "check", check);
             if o.success() {
                 ("done", "run, then check passes".to_string())
             } else {
@@ -442,13 +430,7 @@ pub async fn execute(
                     "no check to verify it; --apply runs it".to_string(),
                 );
             }
-            let o = match run_step("run", run, &mut result).await {
-                Ok(o) => o,
-                Err(e) => break 'steps ("failed", e),
-            };
-            if let Some(why) = status_of(&o) {
-                break 'steps ("failed", format!("run {why}"));
-            }
+            let o = step!('steps, "run", run);
             if o.success() {
                 ("done", "run succeeded".to_string())
             } else {

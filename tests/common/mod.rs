@@ -91,15 +91,7 @@ impl Workspace {
     }
 
     pub fn command(&self) -> Command {
-        let mut cmd = Command::cargo_bin("nova").expect("nova binary");
-        cmd.current_dir(self.path())
-            .env_remove("NOVA_HOME")
-            .env_remove("NOVA_LOG")
-            .env_remove("NOVA_STORE")
-            .env_remove("NOVA_OPA_URL")
-            .env_remove("NOVA_EXECUTION_MODE")
-            .env("NO_COLOR", "1");
-        cmd
+        Command::from_std(self.std_command())
     }
 
     pub fn run(&self, args: &[&str]) -> Outcome {
