@@ -83,9 +83,11 @@ impl Store {
         let conn = Connection::open(path).map_err(sqlite_err(path))?;
         conn.busy_timeout(BUSY_TIMEOUT).map_err(sqlite_err(path))?;
         // Refuse a newer schema before anything (even the journal mode) is changed.
-        migrations::read_version(&conn, path)?;
-        configure(&conn, path)?;
-        let version = migrations::apply(&conn, path)?;
+        let version = retry_while_busy(|| {
+            migrations::read_version(&conn, path)?;
+            configure(&conn, path)?;
+            migrations::apply(&conn, path)
+        })?;
         Ok(Store {
             conn,
             path: path.to_path_buf(),
@@ -170,6 +172,28 @@ fn check_header(path: &Path) -> StoreResult<()> {
         path: path.to_path_buf(),
         found: String::from_utf8_lossy(&head).into_owned(),
     })
+}
+
+/// Run `step` again while another process holds the lock it needs. Switching a
+/// new file to WAL answers "locked" at once instead of waiting for the busy
+/// timeout, so several processes opening one new database need this.
+fn retry_while_busy<T>(mut step: impl FnMut() -> StoreResult<T>) -> StoreResult<T> {
+    let deadline = std::time::Instant::now() + BUSY_TIMEOUT;
+    loop {
+        match step() {
+            Err(StoreError::Sqlite {
+                source: rusqlite::Error::SqliteFailure(e, _),
+                ..
+            }) if matches!(
+                e.code,
+                rusqlite::ErrorCode::DatabaseBusy | rusqlite::ErrorCode::DatabaseLocked
+            ) && std::time::Instant::now() < deadline =>
+            {
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            other => return other,
+        }
+    }
 }
 
 fn configure(conn: &Connection, path: &Path) -> StoreResult<()> {
