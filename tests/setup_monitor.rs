@@ -347,3 +347,45 @@ fn monitor_samples_keeps_history_and_alerts_once() {
         .code(2)
         .stderr_has("monitor.webhook");
 }
+
+#[test]
+fn apply_creates_a_service_user_once() {
+    let root = nix::unistd::Uid::effective().is_root();
+    let has_useradd = std::path::Path::new("/usr/sbin/useradd").exists();
+    if !(root && has_useradd) {
+        eprintln!("skipped: creating users needs root and useradd");
+        return;
+    }
+    let name = format!("nova-t{}", std::process::id() % 100_000);
+    let ws = Workspace::new();
+    ws.write(
+        "nova.yaml",
+        &format!("setup:\n  users: [{name}]\n  min_disk_free: 1MB\n  min_memory: 1MB\n"),
+    );
+    let first = ws.run(&["setup", "--apply", "--json"]);
+    let cleanup = || {
+        let _ = std::process::Command::new("userdel").arg(&name).status();
+    };
+    if first.code != 0 {
+        cleanup();
+        panic!("{}", first.stderr);
+    }
+    let exists = std::process::Command::new("id")
+        .args(["-u", &name])
+        .output()
+        .unwrap()
+        .status
+        .success();
+    let second = ws.run(&["setup", "--apply", "--json"]).json();
+    let audit = ws
+        .run(&["audit", "log", "--action", "user.create", "--json"])
+        .json();
+    cleanup();
+    assert!(exists, "the user was created");
+    assert_eq!(first.json()["steps"][0]["outcome"], "done");
+    assert_eq!(
+        second["steps"][0]["outcome"], "already",
+        "the second run leaves it alone"
+    );
+    assert_eq!(audit.as_array().unwrap().len(), 1);
+}
