@@ -631,3 +631,41 @@ fn fail_fast_stops_starting_agents_and_keep_going_runs_the_independent_ones() {
     ws.run(&["orchestrate", "--fail-fast", "--keep-going"])
         .code(2);
 }
+
+#[test]
+fn a_run_goes_through_a_redis_queue_when_the_store_is_redis() {
+    let redis = common::redis_server::RedisServer::start();
+    let ws = workspace();
+    ws.write(
+        "nova.yaml",
+        &format!(
+            "plan: workspace\nstore: {}\nphases:\n  - name: one\n    goal: first\n",
+            redis.url()
+        ),
+    );
+    agent(
+        &ws,
+        "solo",
+        "implementation",
+        "one",
+        &[],
+        "  - id: make\n    title: makes a file\n    run: [touch, made]\n",
+    );
+    let (code, report) = run_json(&ws, &["--apply"]);
+    assert_eq!(code, 0, "{report}");
+    assert!(ws.path().join("made").exists());
+    // The task went through Redis, and the chain of records lives there too.
+    ws.run(&["queue", "stats"])
+        .success()
+        .stdout_has("COMPLETED");
+    let log = ws
+        .run(&["audit", "log", "--action", "task.*", "--json"])
+        .success()
+        .json();
+    assert_eq!(
+        log.as_array().unwrap().len(),
+        2,
+        "task.start and task.finish"
+    );
+    ws.run(&["audit", "verify"]).success();
+}
