@@ -368,7 +368,7 @@ pub struct WorkerArgs {
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=256))]
     pub concurrency: u32,
 
-    /// Only these queues (a run's queue is run-<RUN_ID>) [default: every queue]
+    /// Take tasks from these queues [default: nova-jobs, where runs on a shared server put theirs]
     #[arg(long, num_args = 1.., value_name = "QUEUE")]
     pub queues: Vec<String>,
 

@@ -415,6 +415,11 @@ fn a_worker_killed_mid_task_loses_it_to_another_worker() {
     );
     let (mut server, announced) = ws.serve(&["--listen", "127.0.0.1:0"]);
     let url = announced["listening"].as_str().unwrap().to_string();
+    // A task of someone else's, in another queue: workers leave it alone.
+    let unrelated = ws
+        .run(&["queue", "--server", &url, "enqueue", "unrelated", "--json"])
+        .success()
+        .json();
     // The run has no local workers: it waits for remote ones.
     let run = ws
         .std_command()
@@ -464,6 +469,18 @@ fn a_worker_killed_mid_task_loses_it_to_another_worker() {
     assert_eq!(t["attempts"], 2, "handed out twice: {t}");
     let ran = std::fs::read_to_string(ws.path().join("ran.txt")).unwrap();
     assert_eq!(ran.lines().count(), 2, "it ran again on the second worker");
+    let still = ws
+        .run(&[
+            "queue",
+            "--server",
+            &url,
+            "get",
+            unrelated["id"].as_str().unwrap(),
+            "--json",
+        ])
+        .success()
+        .json();
+    assert_eq!(still["status"], "PENDING", "{still}");
     for child in [&mut second, &mut server] {
         std::process::Command::new("kill")
             .args(["-TERM", &child.id().to_string()])

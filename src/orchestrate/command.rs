@@ -346,10 +346,16 @@ pub fn run(ws: &Workspace, out: &Output, args: &OrchestrateArgs, verbose: u8) ->
                 .map_err(|e| Error::Failed(e.to_string()))
         };
         let mut client = connect().await?;
-        let queue_name = format!(
-            "run-{}",
-            id.replace(|c: char| !c.is_ascii_alphanumeric() && c != '-', "-")
-        );
+        // A run on its own in-process server keeps its tasks in a queue of its
+        // own; on a shared server they go where `nova worker`s look.
+        let queue_name = if args.server.is_some() {
+            worker::JOBS_QUEUE.to_string()
+        } else {
+            format!(
+                "run-{}",
+                id.replace(|c: char| !c.is_ascii_alphanumeric() && c != '-', "-")
+            )
+        };
         let local_workers = if args.server.is_some() {
             args.jobs.unwrap_or(0)
         } else {
@@ -946,7 +952,11 @@ pub fn worker_command(
                 policy: policy.clone(),
                 audit: audit.clone(),
                 echo: verbose > 0 && !out.quiet,
-                queues: args.queues.clone(),
+                queues: if args.queues.is_empty() {
+                    vec![worker::JOBS_QUEUE.to_string()]
+                } else {
+                    args.queues.clone()
+                },
                 lease_ms: args.lease.as_millis().clamp(100, u32::MAX as u128) as u32,
                 on_ack: None,
                 pending_audit: Default::default(),

@@ -27,6 +27,10 @@ use crate::queue::proto::{AckRequest, DequeueRequest, HeartbeatRequest, Task};
 
 /// The queue task type of an agent's task.
 pub const JOB_TYPE: &str = "nova.task";
+/// The queue runs on a shared server (`nova orchestrate --server`) put their
+/// tasks in, and where `nova worker` takes them from by default. Other
+/// queues' tasks are never touched by a worker that was not told to.
+pub const JOBS_QUEUE: &str = "nova-jobs";
 pub const LEASE_MS: u32 = 30_000;
 
 /// Everything a worker needs to run one blueprint task.
