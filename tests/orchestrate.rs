@@ -686,3 +686,40 @@ fn a_run_goes_through_a_redis_queue_when_the_store_is_redis() {
     );
     ws.run(&["audit", "verify"]).success();
 }
+
+#[test]
+fn verbose_runs_echo_task_output_with_the_agent_in_front_and_kpis_count_outcomes() {
+    let ws = workspace();
+    agent(
+        &ws,
+        "talker",
+        "implementation",
+        "one",
+        &[],
+        "  - id: say\n    title: says hello\n    run: {shell: \"echo hello from the task\"}\n",
+    );
+    let out = ws.run(&["orchestrate", "--apply", "-v"]).success();
+    assert!(
+        out.stderr.contains("[talker/say] hello from the task"),
+        "{}",
+        out.stderr
+    );
+    let quiet = ws.run(&["orchestrate", "--apply"]).success();
+    assert!(
+        !quiet.stderr.contains("hello from the task"),
+        "{}",
+        quiet.stderr
+    );
+    let kpis = ws.run(&["kpi", "--json"]).success().json();
+    let run = kpis
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["source"] == "orchestrate")
+        .unwrap();
+    let counters = run["snapshot"]["counters"].as_array().unwrap();
+    assert!(
+        counters.contains(&serde_json::json!(["orchestrate.tasks.done", 1])),
+        "{counters:?}"
+    );
+}

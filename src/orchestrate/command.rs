@@ -624,6 +624,13 @@ async fn schedule_run(
                     run.hub("agent", &a.name, m.clone()).await;
                 }
                 crate::counter!("orchestrate.tasks").inc();
+                match result.status.as_str() {
+                    "done" => crate::counter!("orchestrate.tasks.done").inc(),
+                    "pending" => crate::counter!("orchestrate.tasks.pending").inc(),
+                    "skipped" => crate::counter!("orchestrate.tasks.skipped").inc(),
+                    "denied" => crate::counter!("orchestrate.tasks.denied").inc(),
+                    _ => crate::counter!("orchestrate.tasks.failed").inc(),
+                }
                 crate::kpi::histogram("orchestrate.task")
                     .record(((result.finished_at - result.started_at).max(0) as u64) * 1_000_000);
                 run.progress
