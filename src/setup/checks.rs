@@ -260,12 +260,40 @@ fn time_sync() -> Check {
     if let Some(v) = version_of("chronyc", &["tracking"]) {
         return check("time sync", Status::Ok, format!("chrony: {v}"), false);
     }
+    #[cfg(target_os = "linux")]
+    if let Some(synced) = kernel_clock_synced() {
+        return if synced {
+            check(
+                "time sync",
+                Status::Ok,
+                "the kernel reports its clock synchronized (adjtimex)",
+                false,
+            )
+        } else {
+            check(
+                "time sync",
+                Status::Warn,
+                "the kernel reports its clock unsynchronized (adjtimex: STA_UNSYNC)",
+                false,
+            )
+        };
+    }
     check(
         "time sync",
         Status::Warn,
         "cannot tell: no timedatectl, timesyncd or chrony answered",
         false,
     )
+}
+
+/// The kernel's own view: whether an NTP daemon has disciplined the clock.
+#[cfg(target_os = "linux")]
+fn kernel_clock_synced() -> Option<bool> {
+    // SAFETY: with `modes` zero, adjtimex only reads the kernel's clock state
+    // into the struct we own; nothing is changed.
+    let mut tx: libc::timex = unsafe { std::mem::zeroed() };
+    let state = unsafe { libc::adjtimex(&mut tx) };
+    (state >= 0).then_some(tx.status & libc::STA_UNSYNC == 0)
 }
 
 /// `535.104.05` >= `535`? Compares the numeric parts in order.
