@@ -54,6 +54,16 @@ pub struct Cli {
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
+    /// Prepare the workspace, check the host, and plan (or --apply) packages, firewall ports and users
+    Setup(SetupArgs),
+    /// Run a plan's agents: phases in order, tasks as supervised processes through the queue
+    Orchestrate(OrchestrateArgs),
+    /// Past runs, and one run's tasks, report and messages
+    Runs(RunsArgs),
+    /// Take agents' tasks from a queue server and run them (for runs spread over machines)
+    Worker(WorkerArgs),
+    /// Watch the host: CPU, memory, disk, network, GPUs; raise alerts past thresholds
+    Monitor(MonitorArgs),
     /// List, show, create and validate agent blueprints
     Blueprints(BlueprintsArgs),
     /// Show a plan's phases, their agents and each agent's dependencies
@@ -62,27 +72,17 @@ pub enum Command {
     Tasks(TasksArgs),
     /// Phase-by-phase progress: share of tasks done and each specialist's remaining steps
     Roadmap(RoadmapArgs),
-    /// Run a plan's agents: phases in order, tasks as supervised processes through the queue
-    Orchestrate(OrchestrateArgs),
-    /// Past runs, and one run's tasks, report and messages
-    Runs(RunsArgs),
-    /// Take agents' tasks from a queue server and run them (for runs spread over machines)
-    Worker(WorkerArgs),
-    /// Prepare the workspace, check the host, and plan (or --apply) packages, firewall ports and users
-    Setup(SetupArgs),
-    /// Watch the host: CPU, memory, disk, network, GPUs; raise alerts past thresholds
-    Monitor(MonitorArgs),
     /// Run the task queue's gRPC server
     Serve(ServeArgs),
     /// Enqueue, list, inspect, cancel and retry queue tasks
     Queue(QueueArgs),
-    /// The hash-chained audit log: show, verify, export, and ISO 27001 evidence
-    Audit(AuditArgs),
     /// Evaluate, test, list and push the authorization policies
     Policy(PolicyArgs),
+    /// The hash-chained audit log: show, verify, export, and ISO 27001 evidence
+    Audit(AuditArgs),
     /// Counters and latency percentiles recorded by nova's long-running commands
     Kpi,
-    /// Measure nova's own speed (the queue, end to end)
+    /// Measure nova's own speed: the queue, policy decisions, audit appends, KPIs, orchestration overhead
     Bench(BenchArgs),
     /// Print shell completions for bash, zsh or fish
     Completions {
