@@ -152,19 +152,26 @@ pub enum BlueprintsAction {
     },
 }
 
+/// Which plan and agents a command works on (`nova plan`, `nova orchestrate`).
 #[derive(Debug, Args)]
-pub struct PlanArgs {
-    /// The plan to show [default: the plan of --agents, else nova.yaml's `plan`, else spark-sophia]
+pub struct Selection {
+    /// The plan [default: the plan of --agents, else nova.yaml's `plan`, else spark-sophia]
     #[arg(long, value_name = "NAME")]
     pub plan: Option<String>,
 
-    /// Only these agents and the agents they depend on
+    /// Only these agents and (unless --only) the agents they depend on
     #[arg(long, num_args = 1.., value_name = "AGENT")]
     pub agents: Vec<String>,
 
     /// With --agents: leave out the agents they depend on
     #[arg(long, requires = "agents")]
     pub only: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct PlanArgs {
+    #[command(flatten)]
+    pub select: Selection,
 }
 
 #[derive(Debug, Args)]
@@ -243,17 +250,8 @@ pub struct ServeArgs {
 
 #[derive(Debug, Args)]
 pub struct OrchestrateArgs {
-    /// The plan to run [default: the plan of --agents, else nova.yaml's `plan`, else spark-sophia]
-    #[arg(long, value_name = "NAME")]
-    pub plan: Option<String>,
-
-    /// Only these agents and (unless --only) the agents they depend on
-    #[arg(long, num_args = 1.., value_name = "AGENT")]
-    pub agents: Vec<String>,
-
-    /// With --agents: leave out the agents they depend on
-    #[arg(long, requires = "agents")]
-    pub only: bool,
+    #[command(flatten)]
+    pub select: Selection,
 
     /// Only these phases
     #[arg(long, num_args = 1.., value_name = "PHASE")]

@@ -185,9 +185,15 @@ fn new_run_id() -> String {
 
 pub fn run(ws: &Workspace, out: &Output, args: &OrchestrateArgs, verbose: u8) -> Result<()> {
     let catalog = Catalog::load(ws)?;
-    let plan = crate::plan::resolve(&catalog, args.plan.as_deref(), &args.agents, &args.phase)?;
+    let select = &args.select;
+    let plan = crate::plan::resolve(
+        &catalog,
+        select.plan.as_deref(),
+        &select.agents,
+        &args.phase,
+    )?;
     crate::plan::check_phases(plan, &args.phase)?;
-    let mut schedule = Schedule::build(&catalog, plan, &args.agents, !args.only)?;
+    let mut schedule = Schedule::build(&catalog, plan, &select.agents, !select.only)?;
     if !args.phase.is_empty() {
         schedule
             .phases
@@ -258,7 +264,7 @@ pub fn run(ws: &Workspace, out: &Output, args: &OrchestrateArgs, verbose: u8) ->
                 started_at: now_ms(),
                 finished_at: None,
                 args: json!({
-                    "agents": args.agents, "phases": args.phase, "jobs": jobs,
+                    "agents": select.agents, "phases": args.phase, "jobs": jobs,
                     "keep_going": args.keep_going, "server": args.server,
                 }),
                 report: None,

@@ -10,8 +10,9 @@ use super::Schedule;
 
 pub fn run(ws: &Workspace, out: &Output, args: &PlanArgs) -> Result<()> {
     let catalog = Catalog::load(ws)?;
-    let plan = super::resolve(&catalog, args.plan.as_deref(), &args.agents, &[])?;
-    let schedule = Schedule::build(&catalog, plan, &args.agents, !args.only)?;
+    let select = &args.select;
+    let plan = super::resolve(&catalog, select.plan.as_deref(), &select.agents, &[])?;
+    let schedule = Schedule::build(&catalog, plan, &select.agents, !select.only)?;
     if out.json {
         return out.json(&schedule);
     }
