@@ -23,7 +23,7 @@ use crate::queue::client::{self, Client};
 use crate::queue::command::{StoreUrl, open_queue};
 use crate::queue::model::now_ms;
 use crate::queue::proto::{EnqueueRequest, GetTaskRequest};
-use crate::store::{Store, TaskStatus};
+use crate::store::{Store, TaskState, TaskStatus};
 use crate::workspace::Workspace;
 
 /// How often the queue is asked about tasks when no local worker said it acked.
@@ -125,24 +125,25 @@ impl Run {
             "pending" => TaskStatus::Pending,
             _ => TaskStatus::Failed,
         };
-        let (id, key, task_id) = (self.id.clone(), agent.key.clone(), task.id.clone());
-        let (finished_at, detail) = (result.finished_at, result.detail.clone());
+        let state = TaskState {
+            agent: agent.key.clone(),
+            task: task.id.clone(),
+            status,
+            run_id: Some(self.id.clone()),
+            updated_at: result.finished_at,
+            detail: Some(result.detail.clone()),
+        };
+        let id = self.id.clone();
         // The run's record and the task state that `nova tasks` shows, in one commit.
         let stored = self
             .writer
             .write(
                 move |conn| {
-                    runs::upsert_task(conn, &id, &row).map_err(|e| e.to_string())?;
-                    conn.execute(
-                        "INSERT INTO task_states (agent, task, status, run_id, updated_at, detail) VALUES (?1, ?2, ?3, ?4, ?5, ?6)
-                         ON CONFLICT (agent, task) DO UPDATE SET status = excluded.status, run_id = excluded.run_id,
-                             updated_at = excluded.updated_at, detail = excluded.detail",
-                        rusqlite::params![key, task_id, status.as_str(), id, finished_at, detail],
-                    )
-                    .map(|_| ())
-                    .map_err(|e| e.to_string())
+                    runs::upsert_task(conn, &id, &row)
+                        .and_then(|()| crate::store::record_task_state(conn, &state))
+                        .map_err(|e| e.to_string())
                 },
-                |e| e,
+                |e: String| e,
             )
             .await;
         if let Err(e) = stored {

@@ -18,7 +18,7 @@ use std::time::Duration;
 use rusqlite::{Connection, OpenFlags};
 
 pub use migrations::SCHEMA_VERSION;
-pub use task_states::{TaskState, TaskStatus};
+pub use task_states::{TaskState, TaskStatus, record_task_state};
 
 const SQLITE_MAGIC: &[u8; 16] = b"SQLite format 3\0";
 const BUSY_TIMEOUT: Duration = Duration::from_secs(10);

@@ -6,7 +6,7 @@
 
 use std::collections::HashMap;
 
-use rusqlite::params;
+use rusqlite::{Connection, params};
 use serde::{Deserialize, Serialize};
 
 use super::{Store, StoreResult};
@@ -93,24 +93,27 @@ impl Store {
 
     /// Record the latest state of one task, replacing what was there.
     pub fn record_task_state(&self, state: &TaskState) -> StoreResult<()> {
-        self.conn()
-            .prepare_cached(
-                "INSERT INTO task_states (agent, task, status, run_id, updated_at, detail)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6)
-                 ON CONFLICT (agent, task) DO UPDATE SET
-                   status = excluded.status, run_id = excluded.run_id,
-                   updated_at = excluded.updated_at, detail = excluded.detail",
-            )
-            .map_err(self.err())?
-            .execute(params![
-                state.agent.to_lowercase(),
-                state.task,
-                state.status.as_str(),
-                state.run_id,
-                state.updated_at,
-                state.detail
-            ])
-            .map_err(self.err())?;
-        Ok(())
+        record_task_state(self.conn(), state).map_err(self.err())
     }
+}
+
+/// [`Store::record_task_state`] on any connection (the file's writer uses it
+/// inside its own transaction).
+pub fn record_task_state(conn: &Connection, state: &TaskState) -> rusqlite::Result<()> {
+    conn.prepare_cached(
+        "INSERT INTO task_states (agent, task, status, run_id, updated_at, detail)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6)
+         ON CONFLICT (agent, task) DO UPDATE SET
+           status = excluded.status, run_id = excluded.run_id,
+           updated_at = excluded.updated_at, detail = excluded.detail",
+    )?
+    .execute(params![
+        state.agent.to_lowercase(),
+        state.task,
+        state.status.as_str(),
+        state.run_id,
+        state.updated_at,
+        state.detail
+    ])?;
+    Ok(())
 }
