@@ -24,6 +24,7 @@ pub mod plan;
 pub mod policy;
 pub mod queue;
 pub mod roadmap;
+pub mod runtime;
 pub mod setup;
 pub mod store;
 pub mod tasks;

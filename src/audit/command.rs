@@ -61,13 +61,6 @@ pub fn operator() -> String {
     format!("operator:{user}")
 }
 
-fn runtime() -> Result<tokio::runtime::Runtime> {
-    tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .map_err(|e| Error::Failed(format!("cannot start the async runtime: {e}")))
-}
-
 fn failed(e: super::AuditError) -> Error {
     Error::Failed(e.to_string())
 }
@@ -93,7 +86,7 @@ pub fn run(ws: &Workspace, out: &Output, args: &AuditArgs) -> Result<()> {
         AuditAction::Log { since: Some(s), .. } => Some(parse_since(s)?),
         _ => None,
     };
-    runtime()?.block_on(async {
+    crate::runtime::runtime()?.block_on(async {
         let log = workspace_log(ws, &args.store, false).await?;
         match &args.action {
             AuditAction::Log { action, limit, .. } => {

@@ -25,10 +25,7 @@ struct Report {
 
 pub fn run(out: &Output, args: &BenchAuditArgs) -> Result<()> {
     let tmp = tempfile::tempdir().map_err(|e| Error::io(std::env::temp_dir(), e))?;
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .map_err(|e| Error::Failed(format!("cannot start the async runtime: {e}")))?;
+    let rt = crate::runtime::runtime()?;
     let report = rt.block_on(async {
         let (log, store) = match (&args.db, &args.redis) {
             (_, Some(url)) => (

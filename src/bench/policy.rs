@@ -70,9 +70,7 @@ pub fn run(ws: &Workspace, out: &Output, args: &BenchPolicyArgs) -> Result<()> {
     }
     let fresh_secs = start.elapsed().as_secs_f64();
 
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .build()
-        .map_err(|e| Error::Failed(e.to_string()))?;
+    let rt = crate::runtime::runtime()?;
     let cached = rt.block_on(async {
         for input in &inputs {
             policy.decide(input).await; // fill the cache

@@ -400,10 +400,7 @@ pub fn run(ws: &Workspace, out: &Output, args: &BenchQueueArgs) -> Result<()> {
         (_, Some(url)) => url.clone(),
         (StoreUrl::Redis(url), None) => url.clone(),
     };
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .map_err(|e| Error::Failed(format!("cannot start the async runtime: {e}")))?;
+    let rt = crate::runtime::runtime()?;
     let report = rt.block_on(async {
         let tmp = tempfile::tempdir().map_err(|e| Error::io(std::env::temp_dir(), e))?;
         let mut runs = Vec::new();

@@ -230,11 +230,7 @@ pub fn run(ws: &Workspace, out: &Output, args: &MonitorArgs) -> Result<()> {
         return Err(Error::usage("--interval: at least 200ms"));
     }
     let cfg = ws.config.monitor.clone();
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .map_err(|e| Error::Failed(format!("cannot start the async runtime: {e}")))?;
+    let rt = crate::runtime::runtime()?;
     rt.block_on(async {
         let audit = workspace_log(ws, &args.store, true).await?;
         let writer = crate::store::writer::Writer::shared(&ws.db_path())?;

@@ -237,10 +237,7 @@ pub fn run(ws: &Workspace, out: &Output, args: &OrchestrateArgs, verbose: u8) ->
         }
     };
 
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .map_err(|e| Error::Failed(format!("cannot start the async runtime: {e}")))?;
+    let rt = crate::runtime::runtime()?;
     rt.block_on(async {
         let audit = workspace_log(ws, &args.store, true).await?;
         let run = Arc::new(Run {
@@ -948,10 +945,7 @@ pub fn worker_command(
 ) -> Result<()> {
     let token = crate::queue::command::read_token(args.token_file.as_deref())?;
     let policy = crate::policy::command::open(ws)?;
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .map_err(|e| Error::Failed(format!("cannot start the async runtime: {e}")))?;
+    let rt = crate::runtime::runtime()?;
     rt.block_on(async {
         let audit = workspace_log(ws, &args.store, true).await?;
         let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);

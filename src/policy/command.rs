@@ -53,13 +53,6 @@ pub fn open(ws: &Workspace) -> Result<Policy> {
     }
 }
 
-fn runtime() -> Result<tokio::runtime::Runtime> {
-    tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .map_err(|e| Error::Failed(format!("cannot start the async runtime: {e}")))
-}
-
 fn read_input(path: &std::path::Path) -> Result<Value> {
     let (text, name) = if path.as_os_str() == "-" {
         let mut text = String::new();
@@ -93,7 +86,7 @@ pub fn run(ws: &Workspace, out: &Output, args: &PolicyArgs) -> Result<()> {
         PolicyAction::Eval { input } => {
             let input = read_input(input)?;
             let policy = open(ws)?;
-            runtime()?.block_on(async {
+            crate::runtime::runtime()?.block_on(async {
                 let audit = workspace_log(ws, &args.store, true).await?;
                 let decision = policy.decide(&input).await;
                 if let Some(log) = &audit {
@@ -145,7 +138,7 @@ pub fn run(ws: &Workspace, out: &Output, args: &PolicyArgs) -> Result<()> {
             let files = policy_files(ws)?;
             compile(&files)?; // never upload what does not compile here
             let opa = opa_client(ws, &url)?;
-            runtime()?.block_on(async {
+            crate::runtime::runtime()?.block_on(async {
                 let audit = workspace_log(ws, &args.store, true).await?;
                 for f in &files {
                     let pushed = opa.push(f).await;

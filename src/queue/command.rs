@@ -65,13 +65,6 @@ impl StoreUrl {
     }
 }
 
-fn runtime() -> Result<tokio::runtime::Runtime> {
-    tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .map_err(|e| Error::Failed(format!("cannot start the async runtime: {e}")))
-}
-
 fn open_sqlite(path: &Path) -> Result<SqliteQueue> {
     if let Some(parent) = path.parent() {
         ensure_dir(parent)?;
@@ -133,7 +126,7 @@ pub fn serve(ws: &Workspace, out: &Output, args: &ServeArgs) -> Result<()> {
     }
     let store = StoreUrl::resolve(ws, &args.store)?;
     let policy = crate::policy::command::open(ws)?;
-    let rt = runtime()?;
+    let rt = crate::runtime::runtime()?;
     rt.block_on(async {
         let input = crate::policy::input(
             &operator_name(),
@@ -422,7 +415,7 @@ fn announce(
 
 pub fn run(ws: &Workspace, out: &Output, args: &QueueArgs) -> Result<()> {
     let action = parse_action(&args.action)?;
-    let rt = runtime()?;
+    let rt = crate::runtime::runtime()?;
     rt.block_on(async {
         if let Action::Enqueue(req) = &action {
             let policy = crate::policy::command::open(ws)?;

@@ -145,10 +145,7 @@ pub fn run(ws: &Workspace, out: &Output, args: &SetupArgs) -> Result<()> {
         packages::resolve(m, &args.packages)?
     };
     let policy = crate::policy::command::open(ws)?;
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .map_err(|e| Error::Failed(format!("cannot start the async runtime: {e}")))?;
+    let rt = crate::runtime::runtime()?;
     let audit = rt.block_on(workspace_log(ws, &args.store, true))?;
     let user = operator();
     let agent = user.trim_start_matches("operator:").to_string();
