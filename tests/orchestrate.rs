@@ -723,3 +723,101 @@ fn verbose_runs_echo_task_output_with_the_agent_in_front_and_kpis_count_outcomes
         "{counters:?}"
     );
 }
+
+#[test]
+fn a_malformed_job_is_failed_with_its_reason_and_bad_worker_input_exits_2() {
+    let ws = workspace();
+    let (mut server, announced) = ws.serve(&["--listen", "127.0.0.1:0"]);
+    let url = announced["listening"].as_str().unwrap().to_string();
+    let bad = ws
+        .run(&[
+            "queue",
+            "--server",
+            &url,
+            "enqueue",
+            "nova.task",
+            "--queue",
+            "nova-jobs",
+            "--payload",
+            "{\"not\": \"a job\"}",
+            "--json",
+        ])
+        .success()
+        .json();
+    let other = ws
+        .run(&[
+            "queue",
+            "--server",
+            &url,
+            "enqueue",
+            "nova.task",
+            "--queue",
+            "elsewhere",
+            "--json",
+        ])
+        .success()
+        .json();
+    let mut worker = ws
+        .std_command()
+        .args(["worker", "--server", &url])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let get = |id: &Value| {
+        ws.run(&[
+            "queue",
+            "--server",
+            &url,
+            "get",
+            id.as_str().unwrap(),
+            "--json",
+        ])
+        .success()
+        .json()
+    };
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let failed = loop {
+        let t = get(&bad["id"]);
+        if t["status"] == "FAILED" {
+            break t;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the worker never answered the bad job: {t}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert!(
+        failed["last_error"]
+            .as_str()
+            .unwrap()
+            .contains("not a nova job"),
+        "{failed}"
+    );
+    assert_eq!(
+        get(&other["id"])["status"],
+        "PENDING",
+        "another queue's task is untouched"
+    );
+    for child in [&mut worker, &mut server] {
+        std::process::Command::new("kill")
+            .args(["-TERM", &child.id().to_string()])
+            .status()
+            .unwrap();
+        child.wait().unwrap();
+    }
+
+    ws.run(&["worker", "--server", "not-a-url"])
+        .code(2)
+        .stderr_has("bad server URL \"not-a-url\"");
+    ws.run(&["worker", "--server", &url, "--lease", "soon"])
+        .code(2)
+        .stderr_has("--lease");
+    ws.run(&["orchestrate", "--resume", "no-such-run"])
+        .code(2)
+        .stderr_has("--resume no-such-run: no such run");
+    ws.run(&["orchestrate", "--server", "ftp://x:1", "--jobs", "0"])
+        .code(2)
+        .stderr_has("bad server URL");
+}

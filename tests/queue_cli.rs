@@ -287,3 +287,14 @@ fn ctrl_c_flushes_the_log_file() {
         "{logs:?}"
     );
 }
+
+#[test]
+fn a_bad_or_unreachable_server_url_is_named() {
+    let ws = Workspace::new();
+    ws.run(&["queue", "--server", "ftp://x:1", "stats"])
+        .code(2)
+        .stderr_has("bad server URL \"ftp://x:1\"");
+    ws.run(&["queue", "--server", "http://127.0.0.1:1", "stats"])
+        .code(1)
+        .stderr_has("cannot connect to http://127.0.0.1:1");
+}

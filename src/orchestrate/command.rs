@@ -347,7 +347,7 @@ pub fn run(ws: &Workspace, out: &Output, args: &OrchestrateArgs, verbose: u8) ->
         let connect = || async {
             client::connect(&url, token.as_deref())
                 .await
-                .map_err(|e| Error::Failed(e.to_string()))
+                .map_err(Error::from)
         };
         let mut client = connect().await?;
         // A run on its own in-process server keeps its tasks in a queue of its
@@ -953,7 +953,7 @@ pub fn worker_command(
         for i in 0..args.concurrency {
             let client = client::connect(&args.server, token.as_deref())
                 .await
-                .map_err(|e| Error::Failed(e.to_string()))?;
+                .map_err(Error::from)?;
             let cfg = Arc::new(WorkerConfig {
                 name: format!("{}-{}-{i}", hostname(), std::process::id()),
                 home: ws.home.clone(),

@@ -42,6 +42,12 @@ pub async fn connect(url: &str, token: Option<&str>) -> Result<Client, ConnectEr
         url: url.to_string(),
         reason,
     };
+    let uri: http::Uri = url
+        .parse()
+        .map_err(|e: http::uri::InvalidUri| bad(e.to_string()))?;
+    if !matches!(uri.scheme_str(), Some("http" | "https")) || uri.host().is_none() {
+        return Err(bad("expected http://HOST:PORT or https://HOST:PORT".into()));
+    }
     let endpoint = Endpoint::from_shared(url.to_string()).map_err(|e| bad(e.to_string()))?;
     let token = match token {
         Some(t) => Some(
@@ -63,4 +69,14 @@ pub async fn connect(url: &str, token: Option<&str>) -> Result<Client, ConnectEr
     Ok(TaskQueueClient::with_interceptor(channel, AddToken(token))
         .max_decoding_message_size(super::server::MAX_MESSAGE)
         .max_encoding_message_size(4 * super::server::MAX_MESSAGE))
+}
+
+impl From<ConnectError> for crate::error::Error {
+    /// A malformed URL is bad input (exit 2); an unreachable server is a failure (exit 1).
+    fn from(e: ConnectError) -> Self {
+        match e {
+            ConnectError::BadUrl { .. } => crate::error::Error::Usage(e.to_string()),
+            ConnectError::Connect { .. } => crate::error::Error::Failed(e.to_string()),
+        }
+    }
 }

@@ -439,7 +439,7 @@ pub fn run(ws: &Workspace, out: &Output, args: &QueueArgs) -> Result<()> {
                 let token = read_token(args.token_file.as_deref())?;
                 let mut client = client::connect(url, token.as_deref())
                     .await
-                    .map_err(|e| Error::Failed(e.to_string()))?;
+                    .map_err(Error::from)?;
                 execute(&mut client, out, action).await
             }
             None => {
@@ -463,7 +463,7 @@ pub fn run(ws: &Workspace, out: &Output, args: &QueueArgs) -> Result<()> {
                 ));
                 let mut client = client::connect(&format!("http://{addr}"), None)
                     .await
-                    .map_err(|e| Error::Failed(e.to_string()))?;
+                    .map_err(Error::from)?;
                 let result = execute(&mut client, out, action).await;
                 let _ = stop.send(());
                 let _ = server.await;
