@@ -464,6 +464,23 @@ pub enum BenchWhat {
     Policy(BenchPolicyArgs),
     /// nova orchestrate's overhead on trivial tasks, against xargs -P
     Orchestrate(BenchOrchestrateArgs),
+    /// One sampling pass with and without NVML, and nova monitor's CPU use
+    Monitor(BenchMonitorArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct BenchMonitorArgs {
+    /// Sampling passes to time, each way
+    #[arg(long, default_value_t = 200, value_parser = clap::value_parser!(u32).range(1..=100_000))]
+    pub passes: u32,
+
+    /// How long to run nova monitor, in seconds
+    #[arg(long, default_value_t = 30, value_parser = clap::value_parser!(u32).range(3..=3_600))]
+    pub seconds: u32,
+
+    /// nova monitor's interval
+    #[arg(long, default_value = "1s", value_parser = humantime::parse_duration, value_name = "DURATION")]
+    pub interval: std::time::Duration,
 }
 
 #[derive(Debug, Args)]

@@ -105,13 +105,87 @@ impl Config {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
             Err(e) => return Err(Error::io(&path, e)),
         };
-        let config = if yaml::is_blank(&text) {
+        let file = path.display().to_string();
+        let config: Config = if yaml::is_blank(&text) {
             Config::default()
         } else {
-            yaml::parse(&path.display().to_string(), &text)?
+            yaml::parse(&file, &text)?
         };
+        let problems = config.problems(&file, &text);
+        if !problems.is_empty() {
+            return Err(Error::Invalid(yaml::Diagnostics(problems)));
+        }
         Ok(Some((path, config)))
     }
+
+    /// Values that parse but make no sense: a percentage over 100, a driver
+    /// version that is not a version, an endpoint without a port.
+    fn problems(&self, file: &str, text: &str) -> Vec<yaml::Diagnostic> {
+        let mut out = Vec::new();
+        let mut bad = |section: &str, key: &str, message: String| {
+            out.push(
+                yaml::Diagnostic::new(file, message)
+                    .at_line(yaml::section_key_line(text, section, key))
+                    .field(format!("{section}.{key}")),
+            );
+        };
+        let m = &self.monitor;
+        for (key, value) in [
+            ("cpu_percent", m.cpu_percent),
+            ("memory_percent", m.memory_percent),
+            ("disk_free_percent", m.disk_free_percent),
+        ] {
+            if let Some(v) = value
+                && !(0.0..=100.0).contains(&v)
+            {
+                bad(
+                    "monitor",
+                    key,
+                    format!("{v} is not a percentage (0 to 100)"),
+                );
+            }
+        }
+        if let Some(t) = m.gpu_temperature
+            && !(1..=150).contains(&t)
+        {
+            bad(
+                "monitor",
+                "gpu_temperature",
+                format!("{t} °C is not a GPU temperature threshold (1 to 150)"),
+            );
+        }
+        if m.history == Some(0) {
+            bad("monitor", "history", "keep at least 1 sample".into());
+        }
+        if let Some(v) = &self.setup.min_driver
+            && !is_version(v)
+        {
+            bad(
+                "setup",
+                "min_driver",
+                format!("{v:?} is not a driver version (as 535 or 535.104.05)"),
+            );
+        }
+        for e in &self.setup.endpoints {
+            let port_ok = e.rsplit_once(':').is_some_and(|(host, port)| {
+                !host.is_empty() && port.parse::<u16>().is_ok_and(|p| p > 0)
+            });
+            if !port_ok {
+                bad(
+                    "setup",
+                    "endpoints",
+                    format!("{e:?} is not host:port (as db.internal:5432)"),
+                );
+            }
+        }
+        out
+    }
+}
+
+/// `535`, `535.104`, `535.104.05`.
+fn is_version(v: &str) -> bool {
+    v.split('.')
+        .all(|part| !part.is_empty() && part.bytes().all(|b| b.is_ascii_digit()))
 }
 
 impl From<yaml::Diagnostic> for Error {

@@ -62,7 +62,7 @@ pub struct Inventory {
 /// Every GPU with its figures now.
 pub fn inventory() -> Result<Inventory, Unavailable> {
     let nvml = nvml()?;
-    let err = |e: nvml_wrapper::error::NvmlError| Unavailable(format!("NVML: {e}"));
+    let err = |e: NvmlError| Unavailable(format!("NVML: {e}"));
     let count = nvml.device_count().map_err(err)?;
     let cuda = nvml
         .sys_cuda_driver_version()
@@ -92,6 +92,44 @@ pub fn inventory() -> Result<Inventory, Unavailable> {
         cuda,
         devices,
     })
+}
+
+/// What one GPU is doing now: the figures `nova monitor` samples.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct Reading {
+    pub index: u32,
+    pub name: String,
+    /// Percent of the last sample period a kernel was running.
+    pub utilization: Option<u32>,
+    pub memory_used: u64,
+    pub memory_total: u64,
+    /// Degrees Celsius.
+    pub temperature: Option<u32>,
+    /// Watts.
+    pub power: Option<f64>,
+}
+
+/// Every GPU's load now. Fewer NVML calls than [`inventory`]: no UUID, ECC
+/// counters or persistence mode, which do not change between samples.
+pub fn readings() -> Result<Vec<Reading>, Unavailable> {
+    let nvml = nvml()?;
+    let err = |e: NvmlError| Unavailable(format!("NVML: {e}"));
+    let count = nvml.device_count().map_err(err)?;
+    let mut out = Vec::with_capacity(count as usize);
+    for index in 0..count {
+        let d = nvml.device_by_index(index).map_err(err)?;
+        let memory = d.memory_info().ok();
+        out.push(Reading {
+            index,
+            name: d.name().unwrap_or_default(),
+            utilization: d.utilization_rates().ok().map(|u| u.gpu),
+            memory_used: memory.as_ref().map_or(0, |m| m.used),
+            memory_total: memory.as_ref().map_or(0, |m| m.total),
+            temperature: d.temperature(TemperatureSensor::Gpu).ok(),
+            power: d.power_usage().ok().map(|mw| mw as f64 / 1000.0),
+        });
+    }
+    Ok(out)
 }
 
 /// GPU memory held by the processes `pids`, and the utilisation of the

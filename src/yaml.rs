@@ -186,6 +186,18 @@ pub fn key_line(text: &str, key: &str) -> Option<usize> {
         .map(|i| i + 1)
 }
 
+/// Line of `key:` inside the top-level mapping `section:` (as `monitor:` then
+/// `  cpu_percent: 150`).
+pub fn section_key_line(text: &str, section: &str, key: &str) -> Option<usize> {
+    let start = key_line(text, section)?;
+    let lines: Vec<&str> = text.lines().collect();
+    lines[start..]
+        .iter()
+        .take_while(|l| l.trim().is_empty() || l.starts_with([' ', '\t']) || l.starts_with('#'))
+        .position(|l| value_of(l, key).is_some())
+        .map(|i| start + i + 1)
+}
+
 /// Line of the `nth` (0-based) line that reads `key: value`, at any depth.
 pub fn key_value_line(text: &str, key: &str, value: &str, nth: usize) -> Option<usize> {
     text.lines()
@@ -232,6 +244,10 @@ mod tests {
         assert_eq!(list_item_line(TEXT, "depends_on", "architect"), Some(4));
         assert_eq!(list_item_line(TEXT, "depends_on", "planner"), Some(3));
         assert_eq!(key_value_line(TEXT, "id", "fmt", 1), Some(8));
+        let config =
+            "setup:\n  users: [a]\n# note\nmonitor:\n  history: 3\n  cpu_percent: 150\nplan: x\n";
+        assert_eq!(section_key_line(config, "monitor", "cpu_percent"), Some(6));
+        assert_eq!(section_key_line(config, "setup", "cpu_percent"), None);
         assert_eq!(
             list_item_line("depends_on: [a, b]\n", "depends_on", "b"),
             Some(1)

@@ -389,3 +389,116 @@ fn apply_creates_a_service_user_once() {
     );
     assert_eq!(audit.as_array().unwrap().len(), 1);
 }
+
+/// A loopback port with nothing listening on it.
+fn closed_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+#[test]
+fn setup_names_unreachable_endpoints_and_unresolvable_names() {
+    let ws = Workspace::new();
+    let open = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let open_addr = open.local_addr().unwrap();
+    let closed = closed_port();
+    ws.write(
+        "nova.yaml",
+        &format!(
+            "setup:\n  min_disk_free: 1MB\n  min_memory: 1MB\n  endpoints: [\"{open_addr}\", \"127.0.0.1:{closed}\"]\n  resolve: [nova-test.invalid]\n"
+        ),
+    );
+    let out = ws.run(&["setup", "--json"]);
+    assert_eq!(out.code, 1, "a required check failed: {}", out.stdout);
+    let report = out.json();
+    let ok = check(&report, &format!("reach {open_addr}"));
+    assert_eq!(ok["status"], "ok", "{ok}");
+    let down = check(&report, &format!("reach 127.0.0.1:{closed}"));
+    assert_eq!(down["status"], "fail", "{down}");
+    assert!(
+        down["detail"]
+            .as_str()
+            .unwrap()
+            .contains(&format!("TCP connection to 127.0.0.1:{closed} failed")),
+        "{down}"
+    );
+    let dns = check(&report, "dns nova-test.invalid");
+    assert_eq!(dns["status"], "fail", "{dns}");
+    let text = ws.run(&["setup"]);
+    assert_eq!(text.code, 1);
+    assert!(text.stdout.contains("TCP connection to"), "{}", text.stdout);
+}
+
+#[test]
+fn bad_thresholds_in_nova_yaml_are_named_with_their_line() {
+    let ws = Workspace::new();
+    ws.write("nova.yaml", "monitor:\n  history: 5\n  cpu_percent: 150\n");
+    ws.run(&["monitor", "--once"])
+        .code(2)
+        .stderr_has("nova.yaml:3")
+        .stderr_has("monitor.cpu_percent")
+        .stderr_has("150 is not a percentage");
+    ws.write(
+        "nova.yaml",
+        "monitor:\n  gpu_temperature: 0\n  history: 0\n",
+    );
+    ws.run(&["monitor", "--once"])
+        .code(2)
+        .stderr_has("monitor.gpu_temperature")
+        .stderr_has("monitor.history");
+    ws.write("nova.yaml", "setup:\n  min_driver: latest\n");
+    ws.run(&["setup"])
+        .code(2)
+        .stderr_has("\"latest\" is not a driver version");
+    ws.write("nova.yaml", "setup:\n  endpoints: [db.internal]\n");
+    ws.run(&["setup"])
+        .code(2)
+        .stderr_has("\"db.internal\" is not host:port");
+    assert!(
+        !ws.home().join("nova.db").exists(),
+        "bad settings stop setup before it creates anything"
+    );
+}
+
+#[test]
+fn a_webhook_that_is_down_does_not_stop_sampling() {
+    let ws = Workspace::new();
+    ws.write(
+        "nova.yaml",
+        &format!(
+            "monitor:\n  disk_free_percent: 100\n  webhook: http://127.0.0.1:{}/hook\n",
+            closed_port()
+        ),
+    );
+    // Each delivery is retried with backoff (0.5 s, 1 s, 2 s...); were it in
+    // the sampling loop, the first alert would hold it up past --for and
+    // only one or two samples would come out.
+    let out = ws
+        .run(&[
+            "monitor",
+            "--json",
+            "--interval",
+            "250ms",
+            "--for",
+            "1500ms",
+        ])
+        .success();
+    let samples: Vec<Value> = out
+        .stdout
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert!(samples.len() >= 5, "{} samples", samples.len());
+    assert!(
+        !samples[0]["alerts"].as_array().unwrap().is_empty(),
+        "the first sample fires the disk alerts"
+    );
+    let audit = ws
+        .run(&["audit", "log", "--action", "monitor.alert", "--json"])
+        .success()
+        .json();
+    assert!(!audit.as_array().unwrap().is_empty());
+}

@@ -66,9 +66,7 @@ pub fn run(out: &Output, args: &BenchAuditArgs) -> Result<()> {
         }
         let seconds = start.elapsed().as_secs_f64();
         latencies.sort_by(f64::total_cmp);
-        let pick = |p: f64| {
-            latencies[((p * latencies.len() as f64).ceil() as usize).clamp(1, latencies.len()) - 1]
-        };
+        let pick = |p: f64| super::pick(&latencies, p).unwrap_or(0.0);
         Ok::<_, Error>(Report {
             store,
             records: args.records,

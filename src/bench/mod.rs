@@ -3,6 +3,7 @@
 
 pub mod audit;
 pub mod kpi;
+pub mod monitor;
 pub mod orchestrate;
 pub mod policy;
 pub mod queue;
@@ -19,5 +20,12 @@ pub fn run(ws: &Workspace, out: &Output, args: &BenchArgs) -> Result<()> {
         BenchWhat::Audit(args) => audit::run(out, args),
         BenchWhat::Policy(args) => policy::run(ws, out, args),
         BenchWhat::Orchestrate(args) => orchestrate::run(out, args),
+        BenchWhat::Monitor(args) => monitor::run(out, args),
     }
+}
+
+/// The value at fraction `p` (0 to 1) of an ascending slice: the nearest rank.
+pub fn pick<T: Copy>(sorted: &[T], p: f64) -> Option<T> {
+    let rank = (p * sorted.len() as f64).ceil() as usize;
+    sorted.get(rank.clamp(1, sorted.len().max(1)) - 1).copied()
 }

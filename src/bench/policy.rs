@@ -24,8 +24,7 @@ struct Row {
 
 fn row(path: &'static str, mut micros: Vec<f64>, total_secs: f64) -> Row {
     micros.sort_by(f64::total_cmp);
-    let pick =
-        |p: f64| micros[((p * micros.len() as f64).ceil() as usize).clamp(1, micros.len()) - 1];
+    let pick = |p: f64| super::pick(&micros, p).unwrap_or(0.0);
     Row {
         path,
         decisions: micros.len() as u64,

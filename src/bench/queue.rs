@@ -301,12 +301,9 @@ async fn endpoints(queue: &AnyQueue, url: Option<&str>, n: u32) -> Result<Vec<En
     Ok(out)
 }
 
+/// Percentile `p` (0 to 100) of ascending microseconds, in milliseconds.
 fn percentile(sorted: &[u64], p: f64) -> f64 {
-    if sorted.is_empty() {
-        return 0.0;
-    }
-    let rank = ((p / 100.0) * sorted.len() as f64).ceil() as usize;
-    sorted[rank.clamp(1, sorted.len()) - 1] as f64 / 1000.0
+    super::pick(sorted, p / 100.0).map_or(0.0, |us| us as f64 / 1000.0)
 }
 
 async fn one_run(path: &'static str, queue: AnyQueue, args: &BenchQueueArgs) -> Result<RunResult> {

@@ -12,6 +12,9 @@ use crate::error::{Error, Result};
 /// How far back past its threshold a value must come before an alert clears.
 const MARGIN: f32 = 5.0;
 
+/// How long `nova monitor` waits at exit for webhook deliveries in flight.
+const FINISH_GRACE: Duration = Duration::from_secs(3);
+
 #[derive(Debug, Clone, Serialize, PartialEq)]
 pub struct Alert {
     /// `cpu`, `memory`, `disk:/`, `gpu-temperature:0`.
@@ -194,10 +197,23 @@ impl Webhook {
         });
     }
 
-    /// Give the deliveries in flight a few seconds to finish.
+    /// Give the deliveries in flight a few seconds to finish; a webhook that
+    /// is down must not hold up the exit for its whole retry schedule.
     pub async fn finish(&self) {
-        let set = std::mem::take(&mut *self.sending.lock().unwrap_or_else(|p| p.into_inner()));
-        let _ = tokio::time::timeout(Duration::from_secs(10), set.join_all()).await;
+        let mut set = std::mem::take(&mut *self.sending.lock().unwrap_or_else(|p| p.into_inner()));
+        let deadline = tokio::time::Instant::now() + FINISH_GRACE;
+        while !set.is_empty() {
+            if tokio::time::timeout_at(deadline, set.join_next())
+                .await
+                .is_err()
+            {
+                tracing::warn!(
+                    undelivered = set.len(),
+                    "gave up on alerts the webhook had not accepted"
+                );
+                return;
+            }
+        }
     }
 }
 

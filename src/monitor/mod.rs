@@ -34,16 +34,8 @@ pub struct DiskSample {
     pub free_percent: f32,
 }
 
-#[derive(Debug, Clone, Serialize)]
-pub struct GpuSample {
-    pub index: u32,
-    pub name: String,
-    pub utilization: Option<u32>,
-    pub memory_used: u64,
-    pub memory_total: u64,
-    pub temperature: Option<u32>,
-    pub power: Option<f64>,
-}
+/// One GPU's figures in a sample.
+pub type GpuSample = crate::gpu::Reading;
 
 #[derive(Debug, Clone, Serialize)]
 pub struct Sample {
@@ -70,6 +62,8 @@ pub struct Sampler {
     disks: sysinfo::Disks,
     nets: sysinfo::Networks,
     last: Instant,
+    /// Whether samples ask NVML for GPU figures.
+    gpus: bool,
 }
 
 impl Sampler {
@@ -84,7 +78,14 @@ impl Sampler {
             disks: sysinfo::Disks::new_with_refreshed_list().map_err(fail)?,
             nets: sysinfo::Networks::new_with_refreshed_list().map_err(fail)?,
             last: Instant::now(),
+            gpus: true,
         })
+    }
+
+    /// The same sampler without GPU figures (to measure what NVML costs).
+    pub fn without_gpus(mut self) -> Sampler {
+        self.gpus = false;
+        self
     }
 
     /// A sample of now. CPU use and throughput are measured since the last
@@ -120,23 +121,13 @@ impl Sampler {
                 free_percent: d.available_space() as f32 * 100.0 / d.total_space() as f32,
             })
             .collect();
-        let (gpus, gpu_note) = match crate::gpu::inventory() {
-            Ok(inv) => (
-                inv.devices
-                    .into_iter()
-                    .map(|d| GpuSample {
-                        index: d.index,
-                        name: d.name,
-                        utilization: d.utilization,
-                        memory_used: d.memory_used,
-                        memory_total: d.memory_total,
-                        temperature: d.temperature,
-                        power: d.power,
-                    })
-                    .collect(),
-                None,
-            ),
-            Err(why) => (Vec::new(), Some(why.to_string())),
+        let (gpus, gpu_note) = if !self.gpus {
+            (Vec::new(), Some("GPU sampling is off".to_string()))
+        } else {
+            match crate::gpu::readings() {
+                Ok(gpus) => (gpus, None),
+                Err(why) => (Vec::new(), Some(why.to_string())),
+            }
         };
         let total = self.sys.total_memory();
         let used = self.sys.used_memory();
