@@ -345,6 +345,24 @@ fn a_workspace_blueprint_overrides_a_builtin_by_name() {
             .ends_with("blueprints/coder.yaml")
     );
 
+    // Without `plan:` the override stays in the built-in's plan, so the
+    // built-in agents that depend on it still resolve.
+    ws.write("blueprints/coder.yaml", "name: coder\nrole: implementation\nphase: build\ntasks:\n  - id: only\n    title: Only task\n    check: [\"true\"]\n");
+    let plan = ws
+        .run(&["plan", "--plan", "delivery", "--json"])
+        .success()
+        .json()
+        .to_string();
+    assert!(plan.contains("\"coder\""), "{plan}");
+    let coder = ws.run(&["blueprints", "--json"]).success().json();
+    let coder = coder
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|b| b["name"] == "coder")
+        .unwrap();
+    assert_eq!(coder["plan"], "delivery", "{coder}");
+
     // Two workspace files with one name clash.
     ws.write(
         "blueprints/coder2.yaml",

@@ -3,8 +3,9 @@
 //! Inputs come in layers: the built-in files compiled into the binary, then the
 //! workspace's blueprint folder and the plans of `nova.yaml`, then files named
 //! on the command line (`blueprints validate PATH`). A later layer overrides an
-//! earlier one by name (case-insensitive); two definitions of one name in the
-//! same layer are an error. A file named `plan.yaml` is a plan; any other YAML
+//! earlier one by name (case-insensitive), in the plan of the one it replaces
+//! unless it names its own; two definitions of one name in the same layer are
+//! an error. A file named `plan.yaml` is a plan; any other YAML
 //! file is a blueprint. The catalog is only handed out when every input is
 //! valid, so the rest of nova can trust names, phases and dependencies.
 
@@ -400,7 +401,15 @@ fn merge_agents(
                 .at_line(yaml::key_line(&input.text, "name"))
                 .field("name"),
             ),
-            Some(&i) => kept[i] = (spec, input),
+            Some(&i) => {
+                // An override without `plan:` takes the place of the one it
+                // replaces, so the agents that depend on it still find it.
+                let mut spec = spec;
+                if spec.plan.is_none() {
+                    spec.plan = kept[i].0.plan.clone();
+                }
+                kept[i] = (spec, input);
+            }
             None => {
                 index.insert(key, kept.len());
                 kept.push((spec, input));
