@@ -350,6 +350,26 @@ pub enum RunsAction {
         #[arg(long)]
         messages: bool,
     },
+    /// Remove old runs: their records, queue tasks, logs and reports (the audit log stays)
+    Prune(RunsPruneArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct RunsPruneArgs {
+    /// Keep the newest N runs
+    #[arg(long, value_name = "N")]
+    pub keep: Option<u32>,
+
+    /// Remove only runs that finished longer ago than this (as 30d or 12h)
+    #[arg(long, value_parser = humantime::parse_duration, value_name = "DURATION")]
+    pub older_than: Option<std::time::Duration>,
+
+    /// Show what would go, and remove nothing
+    #[arg(long)]
+    pub dry_run: bool,
+
+    #[command(flatten)]
+    pub store: StoreArg,
 }
 
 #[derive(Debug, Args)]

@@ -821,3 +821,86 @@ fn a_malformed_job_is_failed_with_its_reason_and_bad_worker_input_exits_2() {
         .code(2)
         .stderr_has("bad server URL");
 }
+
+#[test]
+fn prune_removes_old_runs_whole_and_keeps_the_newest() {
+    let ws = workspace();
+    agent(
+        &ws,
+        "echoer",
+        "implementation",
+        "one",
+        &[],
+        "  - id: hello\n    title: says hello\n    run: [echo, hello]\n",
+    );
+    let mut ids = Vec::new();
+    for _ in 0..3 {
+        let (code, report) = run_json(&ws, &["--apply"]);
+        assert_eq!(code, 0, "{report}");
+        ids.push(report["run"].as_str().unwrap().to_string());
+    }
+    let queue_tasks = |id: &str| -> i64 {
+        let db = rusqlite::Connection::open(ws.home().join("nova.db")).unwrap();
+        db.query_row(
+            "SELECT COUNT(*) FROM queue_tasks WHERE queue = ?1",
+            [format!("run-{id}")],
+            |r| r.get(0),
+        )
+        .unwrap()
+    };
+    assert_eq!(queue_tasks(&ids[0]), 1);
+    let report_of = |id: &str| ws.home().join(format!("reports/run-{id}.md"));
+    assert!(report_of(&ids[0]).exists());
+
+    ws.run(&["runs", "prune"]).code(2).stderr_has("--keep N");
+    ws.run(&["runs", "prune", "--keep", "x"]).code(2);
+
+    let dry = ws
+        .run(&["runs", "prune", "--keep", "1", "--dry-run", "--json"])
+        .success()
+        .json();
+    assert_eq!(dry["dry_run"], true);
+    let listed: Vec<&str> = dry["pruned"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["run"].as_str().unwrap())
+        .collect();
+    assert_eq!(listed, [ids[0].as_str(), ids[1].as_str()]);
+    assert_eq!(dry["pruned"][0]["queue_tasks"], 1);
+    assert!(dry["pruned"][0]["file_bytes"].as_u64().unwrap() > 0);
+    assert!(
+        ws.home().join("runs").join(&ids[0]).exists(),
+        "a dry run removes nothing"
+    );
+
+    let text = ws.run(&["runs", "prune", "--keep", "1"]).success();
+    assert!(text.stdout.contains("pruned 2 runs"), "{}", text.stdout);
+    for gone in &ids[..2] {
+        assert!(!ws.home().join("runs").join(gone).exists());
+        assert!(!report_of(gone).exists());
+        assert_eq!(queue_tasks(gone), 0);
+        ws.run(&["runs", "show", gone]).code(2);
+    }
+    let left = ws.run(&["runs", "--json"]).success().json();
+    assert_eq!(left.as_array().unwrap().len(), 1);
+    assert_eq!(left[0]["id"], ids[2].as_str());
+    assert_eq!(queue_tasks(&ids[2]), 1);
+    ws.run(&["runs", "show", &ids[2]]).success();
+    // The tasks' last states and the audit chain stay, with the prune in it.
+    let tasks = ws.run(&["tasks", "--json"]).success().stdout;
+    assert!(tasks.contains("\"done\""), "{tasks}");
+    let pruned = ws
+        .run(&["audit", "log", "--action", "runs.prune", "--json"])
+        .success()
+        .json();
+    assert_eq!(pruned[0]["details"]["runs"][0], ids[0].as_str());
+    ws.run(&["audit", "verify"]).success();
+
+    let nothing = ws.run(&["runs", "prune", "--older-than", "30d"]).success();
+    assert!(
+        nothing.stdout.contains("nothing to prune"),
+        "{}",
+        nothing.stdout
+    );
+}

@@ -173,6 +173,14 @@ fn mode_of(ws: &Workspace, args: &OrchestrateArgs) -> Result<ExecutionMode> {
         .unwrap_or(ExecutionMode::Sequential))
 }
 
+/// The queue a run on its own in-process server keeps its tasks in.
+pub fn local_queue(run: &str) -> String {
+    format!(
+        "run-{}",
+        run.replace(|c: char| !c.is_ascii_alphanumeric() && c != '-', "-")
+    )
+}
+
 fn new_run_id() -> String {
     let now = humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string();
     let stamp: String = now
@@ -355,10 +363,7 @@ pub fn run(ws: &Workspace, out: &Output, args: &OrchestrateArgs, verbose: u8) ->
         let queue_name = if args.server.is_some() {
             worker::JOBS_QUEUE.to_string()
         } else {
-            format!(
-                "run-{}",
-                id.replace(|c: char| !c.is_ascii_alphanumeric() && c != '-', "-")
-            )
+            local_queue(&id)
         };
         let local_workers = if args.server.is_some() {
             args.jobs.unwrap_or(0)
@@ -994,6 +999,11 @@ pub fn worker_command(
 
 /// `nova runs` and `nova runs show RUN`.
 pub fn runs_command(ws: &Workspace, out: &Output, args: &crate::cli::RunsArgs) -> Result<()> {
+    let show = match &args.action {
+        Some(crate::cli::RunsAction::Prune(prune)) => return super::prune::prune(ws, out, prune),
+        Some(crate::cli::RunsAction::Show { run, messages }) => Some((run, *messages)),
+        None => None,
+    };
     let Some(store) = ws.open_store_read()?.filter(|s| s.version() >= 4) else {
         return if out.json {
             out.json(&json!([]))
@@ -1003,7 +1013,7 @@ pub fn runs_command(ws: &Workspace, out: &Output, args: &crate::cli::RunsArgs) -
     };
     let conn = store.connection();
     let failed = |e: rusqlite::Error| Error::Failed(format!("cannot read runs: {e}"));
-    match &args.action {
+    match show {
         None => {
             let list = runs::runs(conn).map_err(failed)?;
             if out.json {
@@ -1027,7 +1037,7 @@ pub fn runs_command(ws: &Workspace, out: &Output, args: &crate::cli::RunsArgs) -
             }
             out.print_table(&table)
         }
-        Some(crate::cli::RunsAction::Show { run, messages }) => {
+        Some((run, messages)) => {
             let Some(row) = runs::find_run(conn, run).map_err(failed)? else {
                 return Err(Error::usage(format!("no run {run:?} (see nova runs)")));
             };
@@ -1062,7 +1072,7 @@ pub fn runs_command(ws: &Workspace, out: &Output, args: &crate::cli::RunsArgs) -
             }
             text.push_str(&table.trim_fmt());
             text.push('\n');
-            if *messages {
+            if messages {
                 text.push_str("\nmessages:\n");
                 for m in &hub {
                     text.push_str(&format!(

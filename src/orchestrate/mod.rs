@@ -13,6 +13,7 @@
 
 pub mod command;
 pub mod progress;
+pub mod prune;
 pub mod report;
 pub mod runs;
 pub mod supervisor;

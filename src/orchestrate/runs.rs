@@ -96,7 +96,7 @@ const RUN_COLUMNS: &str = "id, plan, mode, apply, status, started_at, finished_a
 
 pub fn runs(conn: &Connection) -> rusqlite::Result<Vec<RunRow>> {
     conn.prepare(&format!(
-        "SELECT {RUN_COLUMNS} FROM runs ORDER BY started_at, id"
+        "SELECT {RUN_COLUMNS} FROM runs ORDER BY started_at, rowid"
     ))?
     .query_map([], run_from_row)?
     .collect()
