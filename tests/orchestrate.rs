@@ -895,6 +895,7 @@ fn prune_removes_old_runs_whole_and_keeps_the_newest() {
         .success()
         .json();
     assert_eq!(pruned[0]["details"]["runs"][0], ids[0].as_str());
+    assert_eq!(pruned[0]["controls"][0], "A.8.10", "{pruned}");
     ws.run(&["audit", "verify"]).success();
 
     let nothing = ws.run(&["runs", "prune", "--older-than", "30d"]).success();

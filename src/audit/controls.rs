@@ -56,6 +56,11 @@ pub const CONTROLS: &[Control] = &[
         actions: &["setup.*", "firewall.configure", "policy.push"],
     },
     Control {
+        id: "A.8.10",
+        title: "Information deletion",
+        actions: &["runs.prune"],
+    },
+    Control {
         id: "A.8.13",
         title: "Information backup",
         actions: &["audit.export", "store.backup"],
