@@ -246,6 +246,10 @@ pub struct ServeArgs {
     /// Serve KPIs and queue depth in the Prometheus text format at http://ADDR/metrics
     #[arg(long, value_name = "ADDR")]
     pub metrics: Option<std::net::SocketAddr>,
+
+    /// Delete finished tasks once they are this old (as 7d), checked every minute [default: keep them]
+    #[arg(long, value_parser = humantime::parse_duration, value_name = "DURATION")]
+    pub keep_finished: Option<std::time::Duration>,
 }
 
 #[derive(Debug, Args)]
@@ -639,4 +643,13 @@ pub enum QueueAction {
     Retry { id: String },
     /// Counts by queue and status, oldest pending age, leases in flight
     Stats,
+    /// Delete finished tasks (completed, failed, cancelled) older than a duration, from the store itself
+    Purge {
+        /// Tasks finished longer ago than this (as 7d or 12h); 0s takes every finished task
+        #[arg(long, value_parser = humantime::parse_duration, value_name = "DURATION")]
+        older_than: std::time::Duration,
+        /// Only this queue
+        #[arg(long)]
+        queue: Option<String>,
+    },
 }

@@ -298,3 +298,100 @@ fn a_bad_or_unreachable_server_url_is_named() {
         .code(1)
         .stderr_has("cannot connect to http://127.0.0.1:1");
 }
+
+#[test]
+fn purge_deletes_finished_tasks_from_the_store_and_is_audited() {
+    let ws = Workspace::new();
+    let mut ids = Vec::new();
+    for queue in ["default", "default", "mail"] {
+        let t = ws
+            .run(&["queue", "enqueue", "job", "--queue", queue, "--json"])
+            .success()
+            .json();
+        ids.push(t["id"].as_str().unwrap().to_string());
+    }
+    ws.run(&["queue", "cancel", &ids[0]]).success();
+    ws.run(&["queue", "cancel", &ids[2]]).success();
+
+    ws.run(&["queue", "purge"])
+        .code(2)
+        .stderr_has("--older-than");
+    ws.run(&["queue", "purge", "--older-than", "soon"]).code(2);
+    ws.run(&["queue", "purge", "--older-than", "0s", "--queue", ""])
+        .code(2)
+        .stderr_has("--queue");
+    ws.run(&[
+        "queue",
+        "purge",
+        "--older-than",
+        "0s",
+        "--server",
+        "http://127.0.0.1:1",
+    ])
+    .code(2)
+    .stderr_has("works on the store");
+    let kept = ws
+        .run(&["queue", "purge", "--older-than", "1h", "--json"])
+        .success()
+        .json();
+    assert_eq!(kept["deleted"], 0, "nothing finished an hour ago");
+
+    let one = ws
+        .run(&["queue", "purge", "--older-than", "0s", "--queue", "mail"])
+        .success();
+    assert!(
+        one.stdout
+            .contains("deleted 1 finished task from queue mail"),
+        "{}",
+        one.stdout
+    );
+    ws.run(&["queue", "get", &ids[2]]).code(2);
+    let all = ws
+        .run(&["queue", "purge", "--older-than", "0s", "--json"])
+        .success()
+        .json();
+    assert_eq!(all["deleted"], 1);
+    let left = ws.run(&["queue", "list", "--json"]).success().json();
+    assert_eq!(left.as_array().unwrap().len(), 1);
+    assert_eq!(left[0]["id"], ids[1].as_str());
+    let audit = ws
+        .run(&["audit", "log", "--action", "queue.purge", "--json"])
+        .success()
+        .json();
+    assert_eq!(audit.as_array().unwrap().len(), 3);
+    assert_eq!(audit[1]["target"], "mail");
+    assert_eq!(audit[1]["details"]["deleted"], 1);
+}
+
+#[test]
+fn serve_keeps_finished_tasks_only_as_long_as_told() {
+    let ws = Workspace::new();
+    let done = ws
+        .run(&["queue", "enqueue", "old", "--json"])
+        .success()
+        .json();
+    ws.run(&["queue", "cancel", done["id"].as_str().unwrap()])
+        .success();
+    let waiting = ws
+        .run(&["queue", "enqueue", "waiting", "--json"])
+        .success()
+        .json();
+    let (mut server, announced) = ws.serve(&["--listen", "127.0.0.1:0", "--keep-finished", "0s"]);
+    let url = announced["listening"].as_str().unwrap().to_string();
+    // The first sweep runs as the server starts.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    let listed = loop {
+        let listed = ws
+            .run(&["queue", "--server", &url, "list", "--json"])
+            .success()
+            .json();
+        if listed.as_array().unwrap().len() == 1 || std::time::Instant::now() > deadline {
+            break listed;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    };
+    let _ = server.kill();
+    let _ = server.wait();
+    assert_eq!(listed.as_array().unwrap().len(), 1, "{listed}");
+    assert_eq!(listed[0]["id"], waiting["id"], "the pending task stays");
+}

@@ -21,6 +21,8 @@ use tonic::Code;
 
 struct Harness {
     client: Client,
+    /// The same store the server uses, for what gRPC does not reach (purge).
+    queue: AnyQueue,
     url: String,
     _stop: tokio::sync::oneshot::Sender<()>,
     _dir: tempfile::TempDir,
@@ -46,9 +48,10 @@ async fn start(backend: Backend, token: Option<&str>) -> Harness {
             (AnyQueue::Redis(queue), Some(server))
         }
     };
-    let (client, url, stop) = serve(backend, token).await;
+    let (client, url, stop) = serve(backend.clone(), token).await;
     Harness {
         client,
+        queue: backend,
         url,
         _stop: stop,
         _dir: dir,
@@ -813,6 +816,156 @@ async fn two_servers_share_one_redis() {
     );
 }
 
+async fn finished_tasks_are_purged_and_the_rest_stay(backend: Backend) {
+    use nova::queue::backend::QueueBackend;
+    let mut h = start(backend, None).await;
+    let c = &mut h.client;
+    let keyed = enqueue(
+        c,
+        EnqueueRequest {
+            idempotency_key: "nightly".into(),
+            ..req("done")
+        },
+    )
+    .await;
+    let t = dequeue(c, "w", 0).await.unwrap();
+    c.ack(ack(&t, true)).await.unwrap();
+    enqueue(c, req("fails")).await;
+    let t = dequeue(c, "w", 0).await.unwrap();
+    c.ack(ack(&t, false)).await.unwrap();
+    let cancelled = enqueue(c, req("cancelled")).await;
+    c.cancel(CancelRequest {
+        task_id: cancelled.id.clone(),
+    })
+    .await
+    .unwrap();
+    let mail = enqueue(
+        c,
+        EnqueueRequest {
+            queue: "mail".into(),
+            ..req("sent")
+        },
+    )
+    .await;
+    let t = c
+        .dequeue(DequeueRequest {
+            worker_id: "w".into(),
+            queues: vec!["mail".into()],
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .task
+        .unwrap();
+    assert_eq!(t.id, mail.id);
+    c.ack(ack(&t, true)).await.unwrap();
+    let pending = enqueue(c, req("waiting")).await;
+    enqueue(c, req("second")).await;
+    let running = dequeue(c, "w", 0).await.unwrap();
+    assert_eq!(running.id, pending.id, "oldest first");
+    let finished_at = nova::queue::model::now_ms();
+
+    // Nothing finished before an hour ago.
+    assert_eq!(
+        h.queue.purge(finished_at - 3_600_000, None).await.unwrap(),
+        0
+    );
+    assert_eq!(list(c).await.len(), 6);
+    // One queue at a time: the three finished in `default` go.
+    assert_eq!(
+        h.queue
+            .purge(finished_at + 1, Some("default".into()))
+            .await
+            .unwrap(),
+        3
+    );
+    let mut left: Vec<String> = list(c).await.into_iter().map(|t| t.status).collect();
+    left.sort();
+    assert_eq!(
+        left,
+        ["COMPLETED", "IN_PROGRESS", "PENDING"],
+        "mail's task and the unfinished stay"
+    );
+    let gone = c
+        .get_task(GetTaskRequest {
+            task_id: cancelled.id.clone(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(gone.code(), Code::NotFound);
+    let counts: Vec<(String, String, u64)> = c
+        .stats(StatsRequest {})
+        .await
+        .unwrap()
+        .into_inner()
+        .counts
+        .into_iter()
+        .map(|c| (c.queue, c.status, c.count))
+        .collect();
+    assert_eq!(
+        counts,
+        [
+            ("default".into(), "IN_PROGRESS".into(), 1),
+            ("default".into(), "PENDING".into(), 1),
+            ("mail".into(), "COMPLETED".into(), 1),
+        ]
+    );
+    // The idempotency key went with its task: the same key is a new task now.
+    let again = c
+        .enqueue(EnqueueRequest {
+            idempotency_key: "nightly".into(),
+            ..req("done")
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(!again.existing);
+    assert_ne!(again.task.unwrap().id, keyed.id);
+    // Every queue: mail's finished task goes; pending, running and new stay.
+    assert_eq!(h.queue.purge(finished_at + 1, None).await.unwrap(), 1);
+    assert_eq!(list(c).await.len(), 3);
+    c.ack(ack(&running, true)).await.unwrap();
+}
+
+async fn a_purge_larger_than_one_chunk_takes_them_all(backend: Backend) {
+    use nova::queue::backend::QueueBackend;
+    use nova::queue::model::{DequeueSpec, NewTask, now_ms};
+    let h = start(backend, None).await;
+    let q = &h.queue;
+    let n = 5_200u64; // more than one chunk on either backend
+    let tasks: Vec<NewTask> = (0..n).map(|_| NewTask::new("bulk", "{}")).collect();
+    q.enqueue(tasks, now_ms()).await.unwrap();
+    q.enqueue(vec![NewTask::new("stays", "{}")], now_ms() + 1)
+        .await
+        .unwrap();
+    let mut cancelled = 0;
+    for t in q.list(None, None, 0).await.unwrap() {
+        if t.r#type == "bulk" {
+            q.cancel(t.id, now_ms()).await.unwrap();
+            cancelled += 1;
+        }
+    }
+    assert_eq!(cancelled, n);
+    assert_eq!(q.purge(now_ms() + 1, None).await.unwrap(), n);
+    let left = q.list(None, None, 0).await.unwrap();
+    assert_eq!(left.len(), 1);
+    assert_eq!(left[0].r#type, "stays");
+    let taken = q
+        .dequeue(
+            DequeueSpec {
+                worker_id: "w".into(),
+                queues: vec![],
+                lease_ms: 1_000,
+                max_tasks: 1,
+            },
+            now_ms() + 2,
+        )
+        .await
+        .unwrap();
+    assert_eq!(taken.len(), 1, "the pending task is still handed out");
+}
+
 macro_rules! conformance {
     ($($name:ident),* $(,)?) => {
         mod sqlite {
@@ -832,6 +985,8 @@ macro_rules! conformance {
 
 conformance!(
     a_repeated_final_ack_is_answered_and_changes_nothing,
+    finished_tasks_are_purged_and_the_rest_stay,
+    a_purge_larger_than_one_chunk_takes_them_all,
     original_semantics_hold,
     priority_then_age_and_delay,
     an_expired_lease_moves_the_task_and_the_late_ack_is_refused,

@@ -58,7 +58,7 @@ pub const CONTROLS: &[Control] = &[
     Control {
         id: "A.8.10",
         title: "Information deletion",
-        actions: &["runs.prune"],
+        actions: &["runs.prune", "queue.purge"],
     },
     Control {
         id: "A.8.13",

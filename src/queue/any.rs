@@ -72,4 +72,8 @@ impl QueueBackend for AnyQueue {
     async fn reap(&self, now: i64) -> QueueResult<u64> {
         each!(self, q => q.reap(now))
     }
+
+    async fn purge(&self, before: i64, queue: Option<String>) -> QueueResult<u64> {
+        each!(self, q => q.purge(before, queue))
+    }
 }

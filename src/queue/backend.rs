@@ -77,4 +77,13 @@ pub trait QueueBackend: Send + Sync + 'static {
 
     /// Return tasks whose lease expired before `now` to the queue; how many.
     fn reap(&self, now: i64) -> impl Future<Output = QueueResult<u64>> + Send;
+
+    /// Delete finished tasks (COMPLETED, FAILED, CANCELLED) last changed
+    /// before `before`, of one queue or of all; how many. Their idempotency
+    /// keys go with them: the same key enqueues a new task afterwards.
+    fn purge(
+        &self,
+        before: i64,
+        queue: Option<String>,
+    ) -> impl Future<Output = QueueResult<u64>> + Send;
 }

@@ -11,7 +11,7 @@ use serde_json::{Value, json};
 use tonic::Code;
 
 use super::any::AnyQueue;
-use super::backend::QueueError;
+use super::backend::{QueueBackend, QueueError};
 use super::client::{self, Client};
 use super::model::Status;
 use super::proto::*;
@@ -177,6 +177,9 @@ pub fn serve(ws: &Workspace, out: &Output, args: &ServeArgs) -> Result<()> {
         });
         let db = ws.db_path();
         let saver = tokio::spawn(save_kpis_every(db.clone()));
+        let purger = args
+            .keep_finished
+            .map(|keep| tokio::spawn(purge_every(backend.clone(), keep)));
         let audit = crate::audit::command::workspace_log(ws, &args.store, true).await?;
         let details = json!({
             "listen": addr.to_string(),
@@ -209,6 +212,9 @@ pub fn serve(ws: &Workspace, out: &Output, args: &ServeArgs) -> Result<()> {
             let _ = m.await;
         }
         saver.abort();
+        if let Some(p) = purger {
+            p.abort();
+        }
         let _ = tokio::task::spawn_blocking(move || save_kpis(&db)).await;
         served.map_err(|e| Error::Failed(format!("server error: {e}")))?;
         tracing::info!("server stopped");
@@ -414,6 +420,9 @@ fn announce(
 }
 
 pub fn run(ws: &Workspace, out: &Output, args: &QueueArgs) -> Result<()> {
+    if let QueueAction::Purge { older_than, queue } = &args.action {
+        return purge(ws, out, args, *older_than, queue.clone());
+    }
     let action = parse_action(&args.action)?;
     let rt = crate::runtime::runtime()?;
     rt.block_on(async {
@@ -471,6 +480,80 @@ pub fn run(ws: &Workspace, out: &Output, args: &QueueArgs) -> Result<()> {
             }
         }
     })
+}
+
+/// `nova queue purge`: on the store itself, since the gRPC API has no purge.
+fn purge(
+    ws: &Workspace,
+    out: &Output,
+    args: &QueueArgs,
+    older_than: std::time::Duration,
+    queue: Option<String>,
+) -> Result<()> {
+    if let Some(url) = &args.server {
+        return Err(Error::usage(format!(
+            "nova queue purge works on the store, not through a server ({url}): run it with --store naming the server's store"
+        )));
+    }
+    if queue.as_deref().is_some_and(str::is_empty) {
+        return Err(Error::usage("--queue: the name is empty"));
+    }
+    let store = StoreUrl::resolve(ws, &args.store)?;
+    let before =
+        crate::queue::model::now_ms() - older_than.as_millis().min(i64::MAX as u128) as i64;
+    let rt = crate::runtime::runtime()?;
+    rt.block_on(async {
+        let (backend, label) = open_queue(&store).await?;
+        let deleted = backend
+            .purge(before, queue.clone())
+            .await
+            .map_err(|e| Error::Failed(format!("cannot purge {label}: {e}")))?;
+        if let Some(log) = crate::audit::command::workspace_log(ws, &args.store, true).await? {
+            crate::audit::record(
+                &log,
+                Event::new(
+                    operator(),
+                    "queue.purge",
+                    queue.clone().unwrap_or_else(|| "every queue".into()),
+                    "done",
+                )
+                .details(json!({
+                    "deleted": deleted,
+                    "finished_before": before,
+                    "store": label,
+                })),
+            )
+            .await;
+        }
+        if out.json {
+            return out.json(&json!({"deleted": deleted, "finished_before": before}));
+        }
+        out.text(&format!(
+            "deleted {deleted} finished task{} from {} (finished before {})\n",
+            if deleted == 1 { "" } else { "s" },
+            queue
+                .as_deref()
+                .map_or_else(|| "every queue".to_string(), |q| format!("queue {q}")),
+            crate::tasks::rfc3339(before)
+        ))
+    })
+}
+
+/// Every minute, delete the tasks that finished longer ago than `keep`.
+async fn purge_every(backend: AnyQueue, keep: std::time::Duration) {
+    let mut tick = tokio::time::interval(std::time::Duration::from_secs(60));
+    loop {
+        tick.tick().await;
+        let before = crate::queue::model::now_ms() - keep.as_millis().min(i64::MAX as u128) as i64;
+        match backend.purge(before, None).await {
+            Ok(0) => {}
+            Ok(n) => {
+                crate::counter!("queue.purged").add(n);
+                tracing::info!(deleted = n, "purged finished tasks");
+            }
+            Err(e) => tracing::warn!(error = %e, "could not purge finished tasks"),
+        }
+    }
 }
 
 /// A queue action with its arguments checked before any connection is made.
@@ -548,6 +631,7 @@ fn parse_action(action: &QueueAction) -> Result<Action> {
         QueueAction::Cancel { id } => Action::Cancel(id.clone()),
         QueueAction::Retry { id } => Action::Retry(id.clone()),
         QueueAction::Stats => Action::Stats,
+        QueueAction::Purge { .. } => unreachable!("purge runs on the store, before this"),
     })
 }
 

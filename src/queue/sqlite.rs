@@ -444,4 +444,37 @@ impl QueueBackend for SqliteQueue {
     async fn reap(&self, now: i64) -> QueueResult<u64> {
         self.write(move |conn| reap_expired(conn, now)).await
     }
+
+    async fn purge(&self, before: i64, queue: Option<String>) -> QueueResult<u64> {
+        // In chunks, so other writers get the database between them.
+        let mut total = 0;
+        loop {
+            let queue = queue.clone();
+            let n = self
+                .write(move |conn| purge_finished(conn, before, queue.as_deref()))
+                .await?;
+            total += n;
+            if n < PURGE_CHUNK {
+                return Ok(total);
+            }
+        }
+    }
+}
+
+/// Most tasks one purge transaction deletes.
+const PURGE_CHUNK: u64 = 5_000;
+
+fn purge_finished(conn: &Connection, before: i64, queue: Option<&str>) -> QueueResult<u64> {
+    let n = conn
+        .prepare_cached(
+            "DELETE FROM queue_tasks WHERE seq IN (
+                 SELECT seq FROM queue_tasks
+                 WHERE status IN ('COMPLETED', 'FAILED', 'CANCELLED') AND updated_at < ?1
+                   AND (?2 IS NULL OR queue = ?2)
+                 LIMIT ?3)",
+        )
+        .map_err(sql_err)?
+        .execute(rusqlite::params![before, queue, PURGE_CHUNK as i64])
+        .map_err(sql_err)?;
+    Ok(n as u64)
 }

@@ -24,6 +24,8 @@ const PRELUDE: &str = include_str!("prelude.lua");
 pub const DEFAULT_PREFIX: &str = "nova:q:";
 /// Most expired leases one script returns to the queue.
 const REAP_LIMIT: u32 = 1000;
+/// How many tasks one purge script looks at.
+const PURGE_CHUNK: u32 = 500;
 /// How many tasks `list` reads from Redis per round trip.
 const LIST_CHUNK: isize = 200;
 
@@ -39,6 +41,7 @@ struct Scripts {
     cancel: Script,
     retry: Script,
     reap: Script,
+    purge: Script,
 }
 
 static SCRIPTS: LazyLock<Scripts> = LazyLock::new(|| Scripts {
@@ -49,6 +52,7 @@ static SCRIPTS: LazyLock<Scripts> = LazyLock::new(|| Scripts {
     cancel: script(include_str!("cancel.lua")),
     retry: script(include_str!("retry.lua")),
     reap: script(include_str!("reap.lua")),
+    purge: script(include_str!("purge.lua")),
 });
 
 /// The field order of `FIELDS` in `prelude.lua`.
@@ -497,6 +501,36 @@ impl QueueBackend for RedisQueue {
             if n < REAP_LIMIT as i64 {
                 return Ok(total);
             }
+        }
+    }
+
+    async fn purge(&self, before: i64, queue: Option<String>) -> QueueResult<u64> {
+        let queue = queue.unwrap_or_default();
+        let (mut after, mut total) = (0i64, 0u64);
+        loop {
+            let reply = self
+                .invoke(
+                    &SCRIPTS.purge,
+                    vec![
+                        arg(super::model::now_ms()),
+                        arg(before),
+                        arg(&queue),
+                        arg(after),
+                        arg(PURGE_CHUNK),
+                    ],
+                )
+                .await?;
+            let parts = as_array(reply)?;
+            let int = |i: usize| match parts.get(i) {
+                Some(Value::Int(n)) => Ok(*n),
+                other => Err(corrupt(&format!("purge reply {other:?}"))),
+            };
+            let (deleted, last, seen) = (int(0)?, int(1)?, int(2)?);
+            total += deleted as u64;
+            if seen < PURGE_CHUNK as i64 {
+                return Ok(total);
+            }
+            after = last;
         }
     }
 }
