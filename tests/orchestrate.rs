@@ -685,6 +685,17 @@ fn a_run_goes_through_a_redis_queue_when_the_store_is_redis() {
         "task.start and task.finish"
     );
     ws.run(&["audit", "verify"]).success();
+
+    // Pruning the run purges its queue in Redis too.
+    let dry = ws
+        .run(&["runs", "prune", "--keep", "0", "--dry-run", "--json"])
+        .success()
+        .json();
+    assert_eq!(dry["pruned"][0]["queue_tasks"], 1, "{dry}");
+    ws.run(&["runs", "prune", "--keep", "0"]).success();
+    let left = ws.run(&["queue", "list", "--json"]).success().json();
+    assert_eq!(left, serde_json::json!([]));
+    ws.run(&["audit", "verify"]).success();
 }
 
 #[test]

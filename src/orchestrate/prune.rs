@@ -2,7 +2,7 @@
 //!
 //! Nothing in a workspace shrinks by itself: every run leaves its records
 //! (`runs`, `run_tasks`, `run_messages`), the queue tasks of its own queue
-//! (each with its whole job), its folder of logs and inboxes under
+//! (each with its whole job; in Redis when that is the store), its folder of logs and inboxes under
 //! `runs/<id>/`, and its Markdown report. Prune removes all of that for the
 //! runs it picks, the database part in one transaction, and records what it
 //! removed in the audit log. The audit log itself and the tasks' last known
@@ -23,7 +23,9 @@ use crate::audit::command::{operator, workspace_log};
 use crate::cli::RunsPruneArgs;
 use crate::error::{Error, Result};
 use crate::output::Output;
-use crate::queue::model::now_ms;
+use crate::queue::backend::QueueBackend;
+use crate::queue::command::{StoreUrl, open_queue};
+use crate::queue::model::{Status, now_ms};
 use crate::workspace::Workspace;
 
 #[derive(Debug, Serialize)]
@@ -142,13 +144,19 @@ pub fn prune(ws: &Workspace, out: &Output, args: &RunsPruneArgs) -> Result<()> {
             file_bytes: files_of(ws, r).iter().map(|p| size_of(p)).sum(),
         });
     }
-    let report = Report {
+    let mut report = Report {
         dry_run: args.dry_run,
         kept: all.len() - chosen.len(),
         running: all.iter().filter(|r| r.status == "running").count(),
         pruned,
     };
     drop(store);
+    let rt = crate::runtime::runtime()?;
+    if let StoreUrl::Redis(_) = StoreUrl::resolve(ws, &args.store)?
+        && !chosen.is_empty()
+    {
+        rt.block_on(redis_queue_tasks(&args.store, ws, &mut report))?;
+    }
 
     if !args.dry_run && !chosen.is_empty() {
         let ids: Vec<String> = chosen.iter().map(|r| r.id.clone()).collect();
@@ -176,7 +184,6 @@ pub fn prune(ws: &Workspace, out: &Output, args: &RunsPruneArgs) -> Result<()> {
                 }
             }
         }
-        let rt = crate::runtime::runtime()?;
         rt.block_on(async {
             if let Some(log) = workspace_log(ws, &args.store, true).await? {
                 crate::audit::record(
@@ -195,6 +202,33 @@ pub fn prune(ws: &Workspace, out: &Output, args: &RunsPruneArgs) -> Result<()> {
         })?;
     }
     print(out, &report)
+}
+
+/// With a Redis store the runs' queues live in Redis: count their finished
+/// tasks (a dry run) or purge them. Unfinished ones (of an interrupted run)
+/// stay, as the queue never deletes a task that has not finished.
+async fn redis_queue_tasks(
+    store: &crate::cli::StoreArg,
+    ws: &Workspace,
+    report: &mut Report,
+) -> Result<()> {
+    let (backend, label) = open_queue(&StoreUrl::resolve(ws, store)?).await?;
+    let failed = |e: crate::queue::backend::QueueError| Error::Failed(format!("{label}: {e}"));
+    for p in &mut report.pruned {
+        let queue = local_queue(&p.run);
+        p.queue_tasks = if report.dry_run {
+            backend
+                .list(None, Some(queue), 0)
+                .await
+                .map_err(failed)?
+                .iter()
+                .filter(|t| Status::parse(&t.status).is_some_and(Status::is_final))
+                .count() as u64
+        } else {
+            backend.purge(i64::MAX, Some(queue)).await.map_err(failed)?
+        };
+    }
+    Ok(())
 }
 
 fn print(out: &Output, report: &Report) -> Result<()> {

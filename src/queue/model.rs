@@ -43,6 +43,11 @@ impl Status {
         }
     }
 
+    /// Completed, failed or cancelled: nothing more happens to the task by itself.
+    pub fn is_final(self) -> bool {
+        matches!(self, Status::Completed | Status::Failed | Status::Cancelled)
+    }
+
     /// Parse a status name, case-insensitively (`in_progress` and `IN_PROGRESS` both work).
     pub fn parse(s: &str) -> Option<Status> {
         Status::ALL
