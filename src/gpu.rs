@@ -34,19 +34,17 @@ fn nvml() -> Result<&'static Nvml, Unavailable> {
     .map_err(|e| Unavailable(e.clone()))
 }
 
+/// One GPU as `nova setup` reports it: its load now, and what identifies
+/// and ails it.
+fn nvml_error(e: NvmlError) -> Unavailable {
+    Unavailable(format!("NVML: {e}"))
+}
+
 #[derive(Debug, Clone, Serialize, PartialEq)]
 pub struct Device {
-    pub index: u32,
-    pub name: String,
+    #[serde(flatten)]
+    pub now: Reading,
     pub uuid: String,
-    pub memory_total: u64,
-    pub memory_used: u64,
-    /// Percent of the last sample period a kernel was running.
-    pub utilization: Option<u32>,
-    /// Degrees Celsius.
-    pub temperature: Option<u32>,
-    /// Watts.
-    pub power: Option<f64>,
     pub ecc_errors: Option<u64>,
     pub persistence_mode: Option<bool>,
 }
@@ -62,25 +60,17 @@ pub struct Inventory {
 /// Every GPU with its figures now.
 pub fn inventory() -> Result<Inventory, Unavailable> {
     let nvml = nvml()?;
-    let err = |e: NvmlError| Unavailable(format!("NVML: {e}"));
-    let count = nvml.device_count().map_err(err)?;
+    let count = nvml.device_count().map_err(nvml_error)?;
     let cuda = nvml
         .sys_cuda_driver_version()
         .map(|v| format!("{}.{}", v / 1000, (v % 1000) / 10))
         .unwrap_or_default();
     let mut devices = Vec::new();
     for index in 0..count {
-        let d = nvml.device_by_index(index).map_err(err)?;
-        let memory = d.memory_info().ok();
+        let d = nvml.device_by_index(index).map_err(nvml_error)?;
         devices.push(Device {
-            index,
-            name: d.name().unwrap_or_default(),
+            now: read(index, &d),
             uuid: d.uuid().unwrap_or_default(),
-            memory_total: memory.as_ref().map_or(0, |m| m.total),
-            memory_used: memory.as_ref().map_or(0, |m| m.used),
-            utilization: d.utilization_rates().ok().map(|u| u.gpu),
-            temperature: d.temperature(TemperatureSensor::Gpu).ok(),
-            power: d.power_usage().ok().map(|mw| mw as f64 / 1000.0),
             ecc_errors: d
                 .total_ecc_errors(MemoryError::Uncorrected, EccCounter::Volatile)
                 .ok(),
@@ -113,23 +103,28 @@ pub struct Reading {
 /// counters or persistence mode, which do not change between samples.
 pub fn readings() -> Result<Vec<Reading>, Unavailable> {
     let nvml = nvml()?;
-    let err = |e: NvmlError| Unavailable(format!("NVML: {e}"));
-    let count = nvml.device_count().map_err(err)?;
-    let mut out = Vec::with_capacity(count as usize);
-    for index in 0..count {
-        let d = nvml.device_by_index(index).map_err(err)?;
-        let memory = d.memory_info().ok();
-        out.push(Reading {
-            index,
-            name: d.name().unwrap_or_default(),
-            utilization: d.utilization_rates().ok().map(|u| u.gpu),
-            memory_used: memory.as_ref().map_or(0, |m| m.used),
-            memory_total: memory.as_ref().map_or(0, |m| m.total),
-            temperature: d.temperature(TemperatureSensor::Gpu).ok(),
-            power: d.power_usage().ok().map(|mw| mw as f64 / 1000.0),
-        });
+    let count = nvml.device_count().map_err(nvml_error)?;
+    (0..count)
+        .map(|index| {
+            Ok(read(
+                index,
+                &nvml.device_by_index(index).map_err(nvml_error)?,
+            ))
+        })
+        .collect()
+}
+
+fn read(index: u32, d: &nvml_wrapper::Device<'_>) -> Reading {
+    let memory = d.memory_info().ok();
+    Reading {
+        index,
+        name: d.name().unwrap_or_default(),
+        utilization: d.utilization_rates().ok().map(|u| u.gpu),
+        memory_used: memory.as_ref().map_or(0, |m| m.used),
+        memory_total: memory.as_ref().map_or(0, |m| m.total),
+        temperature: d.temperature(TemperatureSensor::Gpu).ok(),
+        power: d.power_usage().ok().map(|mw| mw as f64 / 1000.0),
     }
-    Ok(out)
 }
 
 /// GPU memory held by the processes `pids`, and the utilisation of the

@@ -358,18 +358,22 @@ fn gpus(cfg: &SetupConfig) -> Vec<Check> {
             out.push(summary);
             for d in &inv.devices {
                 let mut c = check(
-                    &format!("gpu {}", d.index),
+                    &format!("gpu {}", d.now.index),
                     Status::Ok,
                     format!(
                         "{}, {} of {} used, {}, {}, {}, ECC errors {}, persistence {}",
-                        d.name,
-                        gib(d.memory_used),
-                        gib(d.memory_total),
-                        d.utilization
+                        d.now.name,
+                        gib(d.now.memory_used),
+                        gib(d.now.memory_total),
+                        d.now
+                            .utilization
                             .map_or("utilisation ?".into(), |u| format!("{u}% busy")),
-                        d.temperature
+                        d.now
+                            .temperature
                             .map_or("temperature ?".into(), |t| format!("{t} °C")),
-                        d.power.map_or("power ?".into(), |p| format!("{p:.0} W")),
+                        d.now
+                            .power
+                            .map_or("power ?".into(), |p| format!("{p:.0} W")),
                         d.ecc_errors.map_or("n/a".into(), |e| e.to_string()),
                         d.persistence_mode
                             .map_or("n/a", |p| if p { "on" } else { "off" }),
