@@ -865,6 +865,9 @@ fn prune_removes_old_runs_whole_and_keeps_the_newest() {
 
     ws.run(&["runs", "prune"]).code(2).stderr_has("--keep N");
     ws.run(&["runs", "prune", "--keep", "x"]).code(2);
+    ws.run(&["runs", "prune", "--older-than", "soon"])
+        .code(2)
+        .stderr_has("--older-than");
 
     let dry = ws
         .run(&["runs", "prune", "--keep", "1", "--dry-run", "--json"])

@@ -366,6 +366,9 @@ fn purge_deletes_finished_tasks_from_the_store_and_is_audited() {
 #[test]
 fn serve_keeps_finished_tasks_only_as_long_as_told() {
     let ws = Workspace::new();
+    ws.run(&["serve", "--keep-finished", "forever"])
+        .code(2)
+        .stderr_has("--keep-finished");
     let done = ws
         .run(&["queue", "enqueue", "old", "--json"])
         .success()

@@ -342,6 +342,9 @@ fn monitor_samples_keeps_history_and_alerts_once() {
     assert_eq!(kept, 2, "the history is bounded");
 
     ws.run(&["monitor", "--interval", "1ms", "--once"]).code(2);
+    ws.run(&["bench", "monitor", "--interval", "1ms"])
+        .code(2)
+        .stderr_has("--interval");
     ws.write("nova.yaml", "monitor:\n  webhook: ftp://x\n");
     ws.run(&["monitor", "--once"])
         .code(2)

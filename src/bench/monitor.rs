@@ -128,6 +128,9 @@ fn run_monitor(interval: Duration, seconds: u32) -> Result<Daemon> {
 }
 
 pub fn run(out: &Output, args: &BenchMonitorArgs) -> Result<()> {
+    if args.interval < crate::monitor::MIN_INTERVAL {
+        return Err(Error::usage("--interval: at least 200ms"));
+    }
     let nvml = match crate::gpu::readings() {
         Ok(gpus) => format!(
             "present: {} GPU(s){}",

@@ -25,6 +25,8 @@ use crate::output::Output;
 use crate::workspace::Workspace;
 
 pub const DEFAULT_HISTORY: u32 = 10_000;
+/// The shortest interval between samples.
+pub const MIN_INTERVAL: Duration = Duration::from_millis(200);
 
 #[derive(Debug, Clone, Serialize)]
 pub struct DiskSample {
@@ -217,7 +219,7 @@ fn print_sample(out: &Output, s: &Sample, fired: &[alerts::Alert]) -> Result<()>
 }
 
 pub fn run(ws: &Workspace, out: &Output, args: &MonitorArgs) -> Result<()> {
-    if args.interval < Duration::from_millis(200) {
+    if args.interval < MIN_INTERVAL {
         return Err(Error::usage("--interval: at least 200ms"));
     }
     let cfg = ws.config.monitor.clone();

@@ -10,7 +10,6 @@
 //! picked: one may be in progress, and `--resume` finishes the others.
 
 use std::path::{Path, PathBuf};
-use std::time::Duration;
 
 use rusqlite::{Connection, params};
 use serde::Serialize;
@@ -25,7 +24,7 @@ use crate::error::{Error, Result};
 use crate::output::Output;
 use crate::queue::backend::QueueBackend;
 use crate::queue::command::{StoreUrl, open_queue};
-use crate::queue::model::{Status, now_ms};
+use crate::queue::model::{Status, ms_ago};
 use crate::workspace::Workspace;
 
 #[derive(Debug, Serialize)]
@@ -51,16 +50,15 @@ struct Report {
 }
 
 /// The runs to remove, oldest first: outside the newest `keep` and finished
-/// longer than `older_than` ago (both must hold when both are given).
-fn pick(all: &[RunRow], keep: Option<u32>, older_than: Option<Duration>, now: i64) -> Vec<&RunRow> {
+/// before `finished_before` (ms; both must hold when both are given).
+fn pick(all: &[RunRow], keep: Option<u32>, finished_before: Option<i64>) -> Vec<&RunRow> {
     let newest_kept = keep.map_or(0, |k| all.len().saturating_sub(k as usize));
     all.iter()
         .enumerate()
         .filter(|(i, r)| {
             let outside_keep = keep.is_none() || *i < newest_kept;
-            let old_enough = older_than.is_none_or(|d| {
-                r.finished_at.unwrap_or(r.started_at) <= now - d.as_millis() as i64
-            });
+            let old_enough =
+                finished_before.is_none_or(|t| r.finished_at.unwrap_or(r.started_at) <= t);
             r.status != "running" && outside_keep && old_enough
         })
         .map(|(_, r)| r)
@@ -118,7 +116,7 @@ pub fn prune(ws: &Workspace, out: &Output, args: &RunsPruneArgs) -> Result<()> {
     };
     let conn = store.connection();
     let all = runs::runs(conn).map_err(|e| Error::Failed(format!("cannot read runs: {e}")))?;
-    let chosen = pick(&all, args.keep, args.older_than, now_ms());
+    let chosen = pick(&all, args.keep, args.older_than.map(ms_ago));
     let mut pruned = Vec::new();
     for r in &chosen {
         pruned.push(Pruned {
@@ -319,16 +317,11 @@ mod tests {
             run("d", "done", 4_000),
         ];
         let ids = |v: Vec<&RunRow>| v.iter().map(|r| r.id.clone()).collect::<Vec<_>>();
-        assert_eq!(ids(pick(&all, Some(1), None, 5_000)), ["a", "c"]);
-        assert_eq!(ids(pick(&all, Some(0), None, 5_000)), ["a", "c", "d"]);
-        assert_eq!(
-            ids(pick(&all, None, Some(Duration::from_millis(2_500)), 5_000)),
-            ["a"]
-        );
-        assert_eq!(
-            ids(pick(&all, Some(3), Some(Duration::from_millis(1)), 5_000)),
-            ["a"]
-        );
-        assert!(pick(&all, Some(10), None, 5_000).is_empty());
+        assert_eq!(ids(pick(&all, Some(1), None)), ["a", "c"]);
+        assert_eq!(ids(pick(&all, Some(0), None)), ["a", "c", "d"]);
+        // At 5,000: finished 2,500 ms ago or more, then 1 ms ago or more.
+        assert_eq!(ids(pick(&all, None, Some(2_500))), ["a"]);
+        assert_eq!(ids(pick(&all, Some(3), Some(4_999))), ["a"]);
+        assert!(pick(&all, Some(10), None).is_empty());
     }
 }

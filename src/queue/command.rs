@@ -499,8 +499,7 @@ fn purge(
         return Err(Error::usage("--queue: the name is empty"));
     }
     let store = StoreUrl::resolve(ws, &args.store)?;
-    let before =
-        crate::queue::model::now_ms() - older_than.as_millis().min(i64::MAX as u128) as i64;
+    let before = crate::queue::model::ms_ago(older_than);
     let rt = crate::runtime::runtime()?;
     rt.block_on(async {
         let (backend, label) = open_queue(&store).await?;
@@ -544,8 +543,7 @@ async fn purge_every(backend: AnyQueue, keep: std::time::Duration) {
     let mut tick = tokio::time::interval(std::time::Duration::from_secs(60));
     loop {
         tick.tick().await;
-        let before = crate::queue::model::now_ms() - keep.as_millis().min(i64::MAX as u128) as i64;
-        match backend.purge(before, None).await {
+        match backend.purge(crate::queue::model::ms_ago(keep), None).await {
             Ok(0) => {}
             Ok(n) => {
                 crate::counter!("queue.purged").add(n);

@@ -128,6 +128,11 @@ pub fn now_ms() -> i64 {
         .unwrap_or(0)
 }
 
+/// [`now_ms`] less `ago` (saturating: a century ago is still a time).
+pub fn ms_ago(ago: std::time::Duration) -> i64 {
+    now_ms().saturating_sub(ago.as_millis().min(i64::MAX as u128) as i64)
+}
+
 pub fn new_id() -> String {
     uuid::Uuid::now_v7().to_string()
 }
