@@ -20,6 +20,13 @@ use crate::{
 };
 
 pub fn main() -> ExitCode {
+    if std::env::args_os()
+        .nth(1)
+        .is_some_and(|a| a == crate::orchestrate::guard::ARG)
+    {
+        return crate::orchestrate::guard::serve();
+    }
+    crate::orchestrate::guard::enable();
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,
         Err(e) => {
@@ -57,7 +64,8 @@ pub fn try_main(cli: &Cli, out: &Output, logs: &mut Option<logging::LogGuard>) -
         timeout: cli.opa_timeout,
     };
     let log_dir = ws.home.join("logs");
-    let keep_files = cli.command.keeps_log_files() && ensure_dir(&log_dir).is_ok();
+    let keep_files =
+        cli.command.keeps_log_files() && ws.ensure_home().is_ok() && ensure_dir(&log_dir).is_ok();
     *logs = Some(logging::init(
         cli.verbose,
         cli.quiet,
@@ -107,6 +115,7 @@ fn report(err: &Error, choice: ColorChoice) {
                 eprintln!("  {d}");
             }
         }
+        Error::Unfinished(summary) => eprintln!("{summary}"),
         other => eprintln!("{label} {other}"),
     }
 }

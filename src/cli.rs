@@ -308,9 +308,16 @@ pub struct OrchestrateArgs {
 #[derive(Debug, Args)]
 pub struct SetupArgs {
     /// Packages to install: docker, kubernetes, python, git, wireguard,
-    /// nvidia-container-toolkit, redis, postgresql, tree, or MANAGER:PACKAGE
+    /// nvidia-container-toolkit, redis, postgresql, tree, iproute2, pciutils,
+    /// ethtool, lshw, ufw, clamav, restic (or nova.yaml's setup.catalog), or
+    /// MANAGER:PACKAGE. A package whose command already answers is left alone.
     #[arg(long, num_args = 1.., value_name = "NAME")]
     pub packages: Vec<String>,
+
+    /// Only the packages: skip the host checks, firewall ports and users
+    /// (what a blueprint's fix uses to install what it needs)
+    #[arg(long, requires = "packages")]
+    pub packages_only: bool,
 
     /// Carry out the plan (installs, firewall ports, users), each step allowed by policy first
     #[arg(long)]

@@ -45,6 +45,10 @@ pub struct Config {
     /// Thresholds and host settings for `nova setup`.
     #[serde(default)]
     pub setup: SetupConfig,
+    /// Minimum versions of logical packages, as `docker: ">=24"`: an older
+    /// install is reported `too old` by `nova setup`.
+    #[serde(default)]
+    pub packages: std::collections::BTreeMap<String, String>,
     /// Thresholds and alerting for `nova monitor`.
     #[serde(default)]
     pub monitor: MonitorConfig,
@@ -74,6 +78,9 @@ pub struct SetupConfig {
     /// Service users to create (system users, no login shell).
     #[serde(default)]
     pub users: Vec<String>,
+    /// Logical packages added to the built-in catalog, or replacing one by name.
+    #[serde(default)]
+    pub catalog: std::collections::BTreeMap<String, crate::setup::catalog::Entry>,
 }
 
 /// `monitor:` in nova.yaml.
@@ -165,6 +172,43 @@ impl Config {
                 "min_driver",
                 format!("{v:?} is not a driver version (as 535 or 535.104.05)"),
             );
+        }
+        for (name, spec) in &self.packages {
+            if crate::setup::packages::parse_minimum(spec).is_none() {
+                bad(
+                    "packages",
+                    name,
+                    format!("{spec:?} is not a minimum version (as \">=24\" or \"1.28\")"),
+                );
+            }
+        }
+        for (name, entry) in &self.setup.catalog {
+            let names = entry
+                .packages
+                .values()
+                .chain(entry.conflicts.values())
+                .flatten();
+            if let Some(bad_name) = names
+                .into_iter()
+                .find(|n| !crate::setup::packages::valid_package_name(n))
+            {
+                bad(
+                    "setup",
+                    "catalog",
+                    format!("{name}: {bad_name:?} is not a package name"),
+                );
+            }
+            if entry
+                .commands
+                .iter()
+                .any(|c| c.is_empty() || c.contains('/'))
+            {
+                bad(
+                    "setup",
+                    "catalog",
+                    format!("{name}: commands are names looked up on PATH, without a /"),
+                );
+            }
         }
         for e in &self.setup.endpoints {
             let port_ok = e.rsplit_once(':').is_some_and(|(host, port)| {

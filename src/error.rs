@@ -37,6 +37,12 @@ pub enum Error {
     #[error("{0}")]
     Failed(String),
 
+    /// A run ended with work left (tasks not done, failed or skipped): the
+    /// job's own result, not a fault of nova, so it is printed as a plain
+    /// summary with the next step instead of under `error:`.
+    #[error("{0}")]
+    Unfinished(String),
+
     /// The policy engine denied the action.
     #[error("{0}")]
     Denied(String),
@@ -63,7 +69,7 @@ impl Error {
         match self {
             Error::Usage(_) | Error::Invalid(_) => 2,
             Error::Store(e) if e.is_bad_input() => 2,
-            Error::Store(_) | Error::Io { .. } | Error::Failed(_) => 1,
+            Error::Store(_) | Error::Io { .. } | Error::Failed(_) | Error::Unfinished(_) => 1,
             Error::Denied(_) => 3,
             Error::Interrupted(_) => 130,
         }

@@ -105,9 +105,25 @@ impl Workspace {
         Ok(Some(Store::open_read_only(&path)?))
     }
 
+    /// Create `$NOVA_HOME` if it is missing, with a `.gitignore` of `*` in
+    /// it: the workspace is often a code repository, and nova's state must
+    /// not show up as untracked files there (as pytest's and ruff's caches do).
+    pub fn ensure_home(&self) -> Result<()> {
+        if self.home.is_dir() {
+            return Ok(());
+        }
+        ensure_dir(&self.home)?;
+        let ignore = self.home.join(".gitignore");
+        std::fs::write(
+            &ignore,
+            "# Created by nova: its state is not part of the repository.\n*\n",
+        )
+        .map_err(|e| Error::io(&ignore, e))
+    }
+
     /// Open the store for writing, creating `$NOVA_HOME` and the database if needed.
     pub fn open_store(&self) -> Result<Store> {
-        ensure_dir(&self.home)?;
+        self.ensure_home()?;
         Ok(Store::open(&self.db_path())?)
     }
 }

@@ -411,7 +411,7 @@ fn a_worker_killed_mid_task_loses_it_to_another_worker() {
         "implementation",
         "one",
         &[],
-        "  - id: once-slow\n    title: slow the first time\n    run: {shell: \"echo $NOVA_RUN_ID >> ran.txt; if [ ! -f once ]; then touch once; sleep 4; fi\"}\n",
+        "  - id: once-slow\n    title: slow the first time\n    run: {shell: \"if [ ! -f once ]; then touch once; sleep 300 & echo $! > grandchild.pid; echo $$ > child.pid; fi; echo $NOVA_RUN_ID >> ran.txt; wait\"}\n",
     );
     let (mut server, announced) = ws.serve(&["--listen", "127.0.0.1:0"]);
     let url = announced["listening"].as_str().unwrap().to_string();
@@ -455,6 +455,24 @@ fn a_worker_killed_mid_task_loses_it_to_another_worker() {
     }
     first.kill().unwrap(); // SIGKILL: no ack, no goodbye
     first.wait().unwrap();
+    // Its task dies with it, the grandchild too (they ran on as orphans before).
+    let pid = |name: &str| -> i32 {
+        std::fs::read_to_string(ws.path().join(name))
+            .unwrap()
+            .trim()
+            .parse()
+            .unwrap()
+    };
+    let (child, grandchild) = (pid("child.pid"), pid("grandchild.pid"));
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while (alive(child) || alive(grandchild)) && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(!alive(child), "the task {child} outlived its worker");
+    assert!(
+        !alive(grandchild),
+        "the task's grandchild {grandchild} outlived its worker"
+    );
     let mut second = worker("second");
     let out = run.wait_with_output().unwrap();
     assert_eq!(
@@ -487,6 +505,70 @@ fn a_worker_killed_mid_task_loses_it_to_another_worker() {
             .status()
             .unwrap();
         child.wait().unwrap();
+    }
+}
+
+#[test]
+fn a_worker_stopped_with_sigterm_ends_its_tasks_groups_before_it_exits() {
+    let ws = workspace();
+    agent(
+        &ws,
+        "slow",
+        "implementation",
+        "one",
+        &[],
+        "  - id: hang\n    title: hangs\n    run: {shell: \"sleep 300 & echo $! > grandchild.pid; echo $$ > child.pid; wait\"}\n",
+    );
+    let (mut server, announced) = ws.serve(&["--listen", "127.0.0.1:0"]);
+    let url = announced["listening"].as_str().unwrap().to_string();
+    let mut run = ws
+        .std_command()
+        .args(["orchestrate", "--apply", "--server", &url, "--jobs", "0"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut worker = ws
+        .std_command()
+        .args(["worker", "--server", &url])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !ws.path().join("child.pid").exists() {
+        assert!(
+            Instant::now() < deadline,
+            "the worker never started the task"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    std::thread::sleep(Duration::from_millis(100));
+    let pid = |name: &str| -> i32 {
+        std::fs::read_to_string(ws.path().join(name))
+            .unwrap()
+            .trim()
+            .parse()
+            .unwrap()
+    };
+    let (child, grandchild) = (pid("child.pid"), pid("grandchild.pid"));
+    let term = |p: &std::process::Child| {
+        std::process::Command::new("kill")
+            .args(["-TERM", &p.id().to_string()])
+            .status()
+            .unwrap()
+    };
+    term(&worker);
+    worker.wait().unwrap();
+    // Gone by the time the worker has exited, not later.
+    assert!(!alive(child), "the task {child} outlived its worker");
+    assert!(
+        !alive(grandchild),
+        "the grandchild {grandchild} outlived its worker"
+    );
+    for p in [&mut run, &mut server] {
+        term(p);
+        p.wait().unwrap();
     }
 }
 

@@ -508,24 +508,43 @@ async fn batches_and_queue_selection(backend: Backend) {
 }
 
 async fn a_long_poll_wakes_on_enqueue(backend: Backend) {
+    // The service re-checks the backend only once an hour here, so the waiter
+    // can only get the task in time through the enqueue's wake-up (the 50 ms
+    // re-check hid a missing wake-up before).
+    use nova::queue::proto::task_queue_server::TaskQueue;
     let h = start(backend, None).await;
-    let mut waiter = h.client.clone();
+    let service = std::sync::Arc::new(
+        nova::queue::service::QueueService::new(std::sync::Arc::new(h.queue.clone()))
+            .with_poll(Duration::from_secs(3600)),
+    );
+    let waiter = service.clone();
+    let started = std::time::Instant::now();
     let poll = tokio::spawn(async move {
-        waiter
-            .dequeue(DequeueRequest {
+        let got = waiter
+            .dequeue(tonic::Request::new(DequeueRequest {
                 worker_id: "w".into(),
-                wait_ms: 10_000,
+                wait_ms: 30_000,
                 ..Default::default()
-            })
+            }))
             .await
             .unwrap()
-            .into_inner()
+            .into_inner();
+        (got, started.elapsed())
     });
     tokio::time::sleep(Duration::from_millis(200)).await;
-    let mut c = h.client.clone();
-    let t = enqueue(&mut c, req("wake")).await;
-    let got = poll.await.unwrap();
+    let t = service
+        .enqueue(tonic::Request::new(req("wake")))
+        .await
+        .unwrap()
+        .into_inner()
+        .task
+        .unwrap();
+    let (got, waited) = poll.await.unwrap();
     assert_eq!(got.task.unwrap().id, t.id);
+    assert!(
+        waited < Duration::from_secs(15),
+        "the waiter slept through the enqueue ({waited:?} of its 30 s wait)"
+    );
 }
 
 async fn bad_requests_are_refused_and_change_nothing(backend: Backend) {

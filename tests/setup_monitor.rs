@@ -131,7 +131,7 @@ fn setup_refuses_bad_names_and_settings() {
     let ws = Workspace::new();
     ws.run(&["setup", "--packages", "teapot"])
         .code(2)
-        .stderr_has("unknown package name; known: docker, kubernetes");
+        .stderr_has("unknown package name; known: clamav, docker, ethtool");
     if is_apt_host() {
         ws.run(&["setup", "--packages", "dnf:tree"])
             .code(2)
@@ -190,25 +190,28 @@ fn apply_installs_a_real_package_once_and_policy_can_stop_it() {
         "policies/no-installs.rego",
         "package nova.authz\nimport rego.v1\ndeny contains \"installs are frozen\" if input.action == \"install\"\n",
     );
-    let before = std::process::Command::new("dpkg-query")
-        .args(["-W", "tree"])
-        .output()
-        .unwrap()
-        .status
-        .success();
-    if !before {
-        ws.run(&["setup", "--packages", "tree", "--apply"])
-            .code(3)
-            .stderr_has("installs are frozen");
-        assert!(
-            !std::process::Command::new("dpkg-query")
-                .args(["-W", "-f", "${Status}", "tree"])
-                .output()
-                .unwrap()
-                .stdout
-                .ends_with(b" installed")
-        );
+    // Start from a host without `tree`, so the denial and the single install
+    // are really checked (an installed `tree` let both slip through before).
+    let installed = || {
+        std::process::Command::new("dpkg-query")
+            .args(["-W", "-f", "${Status}", "tree"])
+            .output()
+            .unwrap()
+            .stdout
+            .ends_with(b" installed")
+    };
+    if installed() {
+        let purged = std::process::Command::new("dpkg")
+            .args(["--purge", "tree"])
+            .output()
+            .unwrap();
+        assert!(purged.status.success(), "dpkg --purge tree: {purged:?}");
     }
+    assert!(!installed(), "tree is still installed after dpkg --purge");
+    ws.run(&["setup", "--packages", "tree", "--apply"])
+        .code(3)
+        .stderr_has("installs are frozen");
+    assert!(!installed(), "a denied install installed nothing");
     std::fs::remove_file(ws.path().join("policies/no-installs.rego")).unwrap();
     let first = ws.run(&["setup", "--packages", "tree", "--apply", "--json"]);
     assert_eq!(first.code, 0, "{}", first.stderr);
@@ -226,18 +229,16 @@ fn apply_installs_a_real_package_once_and_policy_can_stop_it() {
         "{}",
         second.stdout
     );
-    if !before {
-        let installs = ws
-            .run(&["audit", "log", "--action", "package.install", "--json"])
-            .success()
-            .json();
-        assert_eq!(
-            installs.as_array().unwrap().len(),
-            1,
-            "one install, recorded once"
-        );
-        assert_eq!(installs[0]["outcome"], "done");
-    }
+    let installs = ws
+        .run(&["audit", "log", "--action", "package.install", "--json"])
+        .success()
+        .json();
+    assert_eq!(
+        installs.as_array().unwrap().len(),
+        1,
+        "one install, recorded once"
+    );
+    assert_eq!(installs[0]["outcome"], "done");
 }
 
 /// A one-request HTTP server: the body of the first POST it gets.
@@ -324,6 +325,7 @@ fn monitor_samples_keeps_history_and_alerts_once() {
     assert!(!fired.is_empty());
     let keys: Vec<&str> = fired.iter().map(|a| a["key"].as_str().unwrap()).collect();
     let mut unique = keys.clone();
+    unique.sort_unstable();
     unique.dedup();
     assert_eq!(keys.len(), unique.len(), "each alert fires once: {keys:?}");
     assert!(fired.iter().all(|a| a["state"] == "fired"));
@@ -504,4 +506,188 @@ fn a_webhook_that_is_down_does_not_stop_sampling() {
         .success()
         .json();
     assert!(!audit.as_array().unwrap().is_empty());
+}
+
+/// A folder of executable scripts to put on PATH.
+fn shims(ws: &Workspace, scripts: &[(&str, &str)]) -> std::path::PathBuf {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = ws.path().join("shims");
+    std::fs::create_dir_all(&dir).unwrap();
+    for (name, body) in scripts {
+        let path = dir.join(name);
+        std::fs::write(&path, format!("#!/bin/sh\n{body}\n")).unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
+    }
+    dir
+}
+
+// A host with a static docker and a kubectl from another package was told to
+// apt-get install docker.io kubernetes-client, which would break it.
+#[test]
+fn tools_already_on_path_are_present_and_no_package_manager_runs() {
+    let ws = Workspace::new();
+    ws.write(
+        "nova.yaml",
+        "setup:\n  min_disk_free: 1MB\n  min_memory: 1MB\n",
+    );
+    let calls = ws.path().join("apt-calls");
+    let dir = shims(
+        &ws,
+        &[
+            ("docker", "echo 'Docker version 28.2.2, build e6534b4'"),
+            ("kubectl", "echo 'Client Version: v1.32.4'"),
+            (
+                "apt-get",
+                &format!("echo \"apt-get $*\" >> {}; exit 100", calls.display()),
+            ),
+        ],
+    );
+    let run = |args: &[&str]| {
+        let out = ws
+            .std_command()
+            .env("PATH", &dir)
+            .args(args)
+            .output()
+            .unwrap();
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let (code, stdout, stderr) = run(&["setup", "--packages", "docker", "kubernetes", "--json"]);
+    assert!(code == Some(0) || code == Some(1), "{stderr}");
+    let report: Value = serde_json::from_str(&stdout).unwrap();
+    assert_eq!(report["package_manager"], "apt");
+    for (i, (name, version)) in [("docker", "28.2.2"), ("kubectl", "1.32.4")]
+        .iter()
+        .enumerate()
+    {
+        let w = &report["packages"][i];
+        assert_eq!(w["state"], "present", "{w}");
+        assert_eq!(w["present"]["path"], dir.join(name).display().to_string());
+        assert_eq!(w["present"]["version"], *version);
+    }
+    assert!(
+        !report["steps"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|s| s["what"].as_str().unwrap().starts_with("install")),
+        "no install planned: {}",
+        report["steps"]
+    );
+    let (code, stdout, stderr) = run(&[
+        "setup",
+        "--packages",
+        "docker",
+        "kubernetes",
+        "--packages-only",
+        "--apply",
+    ]);
+    assert_eq!(code, Some(0), "{stdout}{stderr}");
+    assert!(stdout.contains("present  28.2.2 at "), "{stdout}");
+    assert!(stdout.contains("nothing to install or change"), "{stdout}");
+    assert!(
+        !calls.exists(),
+        "apt-get was run: {:?}",
+        std::fs::read_to_string(&calls)
+    );
+}
+
+fn dpkg_installed(package: &str) -> bool {
+    std::process::Command::new("dpkg-query")
+        .args(["-W", "-f", "${Status}", package])
+        .output()
+        .is_ok_and(|o| o.stdout.ends_with(b" installed"))
+}
+
+#[test]
+fn a_package_that_conflicts_with_an_installed_one_is_refused_on_a_real_dpkg_database() {
+    if !(is_apt_host() && dpkg_installed("bash")) {
+        eprintln!("skipped: needs a Debian host's dpkg database");
+        return;
+    }
+    let ws = Workspace::new();
+    // A test catalog entry whose package clashes with bash, installed on every Debian host.
+    ws.write(
+        "nova.yaml",
+        "setup:\n  catalog:\n    clash:\n      commands: [nova-test-absent-tool]\n      packages: {apt: [nova-test-absent-package]}\n      conflicts: {apt: [bash]}\n",
+    );
+    let calls = ws.path().join("apt-calls");
+    let dir = shims(
+        &ws,
+        &[(
+            "apt-get",
+            &format!("echo \"apt-get $*\" >> {}; exit 100", calls.display()),
+        )],
+    );
+    let path = format!("{}:{}", dir.display(), std::env::var("PATH").unwrap());
+    let out = ws
+        .std_command()
+        .env("PATH", &path)
+        .args(["setup", "--packages", "clash", "--packages-only", "--json"])
+        .output()
+        .unwrap();
+    let report: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let w = &report["packages"][0];
+    assert_eq!(w["state"], "conflict", "{w}");
+    assert_eq!(w["conflicts"][0]["name"], "bash");
+    let detail = w["detail"].as_str().unwrap();
+    assert!(
+        detail.contains("nova-test-absent-package") && detail.contains("installed bash"),
+        "both are named: {detail}"
+    );
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        report["steps"].as_array().unwrap().is_empty(),
+        "nothing proposed: {}",
+        report["steps"]
+    );
+    let out = ws
+        .std_command()
+        .env("PATH", &path)
+        .args(["setup", "--packages", "clash", "--packages-only", "--apply"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("would conflict with installed bash"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(!calls.exists(), "apt-get was run");
+}
+
+#[test]
+fn an_install_older_than_nova_yaml_asks_for_is_too_old_and_bad_minimums_are_refused() {
+    let ws = Workspace::new();
+    ws.write("nova.yaml", "packages:\n  docker: \">=29\"\n");
+    let dir = shims(
+        &ws,
+        &[
+            ("docker", "echo 'Docker version 28.2.2, build e6534b4'"),
+            ("apt-get", "exit 100"),
+        ],
+    );
+    let out = ws
+        .std_command()
+        .env("PATH", &dir)
+        .args(["setup", "--packages", "docker", "--packages-only"])
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(1), "{stdout}");
+    assert!(
+        stdout.contains("too old") && stdout.contains("older than 29 that nova.yaml asks for"),
+        "{stdout}"
+    );
+    ws.write("nova.yaml", "packages:\n  docker: latest\n");
+    ws.run(&["setup", "--packages", "docker"])
+        .code(2)
+        .stderr_has("nova.yaml:2: field `packages.docker`: \"latest\" is not a minimum version");
+    std::fs::remove_file(ws.path().join("nova.yaml")).unwrap();
+    ws.run(&["setup", "--packages", "apt:bad;touch /tmp/x"])
+        .code(2)
+        .stderr_has("is not a package name");
 }

@@ -217,7 +217,7 @@ pub fn run(ws: &Workspace, out: &Output, args: &OrchestrateArgs, verbose: u8) ->
     }
 
     let policy = crate::policy::command::open(ws)?;
-    crate::workspace::ensure_dir(&ws.home)?;
+    ws.ensure_home()?;
     let store = Store::open(&ws.db_path())?;
     let conn = store.into_connection();
 
@@ -848,10 +848,13 @@ async fn finish(
             out, &run.id, status, agents, &tasks, &path,
         ))?;
     }
-    let summary = format!(
-        "run {} {status}: {} tasks, {failed} failed, {pending} not done, {denied} denied by policy",
-        run.id,
-        tasks.len()
+    let summary = ending(
+        &run.id,
+        &tasks,
+        agents
+            .iter()
+            .filter(|a| a.outcome == Some(AgentOutcome::Skipped))
+            .count(),
     );
     match status {
         "done" => Ok(()),
@@ -860,8 +863,42 @@ async fn finish(
             run.id, run.id
         ))),
         "denied" => Err(Error::Denied(summary)),
-        _ => Err(Error::Failed(summary)),
+        _ => Err(Error::Unfinished(summary)),
     }
+}
+
+/// The plain last words of a run that left work: what each task came to and
+/// what to do next. A run finding work left is its result, not nova failing.
+fn ending(run: &str, tasks: &[runs::TaskRow], agents_not_started: usize) -> String {
+    let count = |s: &str| tasks.iter().filter(|t| t.status == s).count();
+    let fixable = tasks
+        .iter()
+        .filter(|t| t.status == "pending" && t.detail.contains("--apply runs"))
+        .count();
+    let mut text = format!(
+        "run {run}: {} tasks: {} done, {} not done, {} failed, {} skipped, {} denied by policy",
+        tasks.len(),
+        count("done"),
+        count("pending"),
+        count("failed"),
+        count("skipped"),
+        count("denied"),
+    );
+    if agents_not_started > 0 {
+        text.push_str(&format!(
+            "; {agents_not_started} agents not started (an agent they depend on did not finish)"
+        ));
+    }
+    text.push_str("\nnext: ");
+    let mut steps = Vec::new();
+    if fixable > 0 {
+        steps.push(format!(
+            "nova orchestrate --apply runs the fixes of the {fixable} tasks that have one"
+        ));
+    }
+    steps.push(format!("nova runs show {run} has each task's details"));
+    text.push_str(&steps.join("; "));
+    text
 }
 
 fn dry_run(

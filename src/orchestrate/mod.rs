@@ -12,6 +12,7 @@
 //! `--resume` picks it up without redoing finished tasks.
 
 pub mod command;
+pub mod guard;
 pub mod progress;
 pub mod prune;
 pub mod report;

@@ -6,7 +6,9 @@
 //! exits is killed too. stdout and stderr go line by line to a log file (and,
 //! when asked, to the terminal with the agent's name in front); stdout lines
 //! of the form `::nova:: {json}` are messages for the hub. While it runs, the
-//! process tree's memory and CPU are sampled; a memory limit stops it.
+//! process tree's memory and CPU are sampled; a memory limit stops it. The
+//! group is registered with the [`super::guard`], which ends it should this
+//! process die without doing so itself.
 
 use std::collections::{BTreeMap, VecDeque};
 use std::path::{Path, PathBuf};
@@ -158,6 +160,7 @@ pub async fn run(
     let mut child = build(spec).spawn()?;
     let pid = child.id().unwrap_or(0);
     let pgid = pid as i32;
+    super::guard::watch(pgid);
 
     let tail = Arc::new(Mutex::new(VecDeque::with_capacity(TAIL_LINES)));
     let messages = Arc::new(Mutex::new(Vec::new()));
@@ -262,6 +265,7 @@ pub async fn run(
     };
     // Nothing the task started outlives it.
     signal_group(pgid, Signal::SIGKILL);
+    super::guard::release(pgid);
     for r in readers {
         let _ = tokio::time::timeout(Duration::from_secs(1), r).await;
     }

@@ -320,9 +320,15 @@ pub async fn execute(
         ("NOVA_AGENT".to_string(), job.agent.clone()),
         ("NOVA_TASK".to_string(), job.task.id.clone()),
         ("NOVA_PHASE".to_string(), job.phase.clone()),
+        ("NOVA_ROLE".to_string(), job.role.clone()),
         ("NOVA_HOME".to_string(), cfg.home.display().to_string()),
         ("NOVA_INBOX".to_string(), inbox.display().to_string()),
     ]);
+    // A fix installs packages through this same binary (`"$NOVA_BIN" setup`),
+    // so one set of package rules holds everywhere.
+    if let Ok(exe) = std::env::current_exe() {
+        env.insert("NOVA_BIN".into(), exe.display().to_string());
+    }
     if let Some(dir) = inbox.parent() {
         let _ = std::fs::create_dir_all(dir);
     }
@@ -399,21 +405,21 @@ pub async fn execute(
             if o.success() {
                 break 'steps ("done", "check passes".to_string());
             }
+            let Some(run) = &job.task.run else {
+                break 'steps (
+                    "pending",
+                    format!(
+                        "check fails (exit {}); no fix available (the task has no run step)",
+                        code(&o)
+                    ),
+                );
+            };
             if !job.apply {
                 break 'steps (
                     "pending",
                     format!("check fails (exit {}); --apply runs the fix", code(&o)),
                 );
             }
-            let Some(run) = &job.task.run else {
-                break 'steps (
-                    "failed",
-                    format!(
-                        "check fails (exit {}) and the task has no run step",
-                        code(&o)
-                    ),
-                );
-            };
             let o = step!('steps, "run", run);
             if !o.success() {
                 break 'steps ("failed", format!("run failed (exit {})", code(&o)));

@@ -29,6 +29,7 @@ pub struct QueueService<B> {
     backend: Arc<B>,
     wakeup: Arc<Notify>,
     audit: Option<AuditLog>,
+    poll: Duration,
 }
 
 impl<B> Clone for QueueService<B> {
@@ -37,6 +38,7 @@ impl<B> Clone for QueueService<B> {
             backend: self.backend.clone(),
             wakeup: self.wakeup.clone(),
             audit: self.audit.clone(),
+            poll: self.poll,
         }
     }
 }
@@ -47,7 +49,15 @@ impl<B: QueueBackend> QueueService<B> {
             backend,
             wakeup: Arc::new(Notify::new()),
             audit: None,
+            poll: POLL,
         }
+    }
+
+    /// Look at the backend this often during a long poll when nothing wakes
+    /// it (default [`POLL`]).
+    pub fn with_poll(mut self, poll: Duration) -> Self {
+        self.poll = poll;
+        self
     }
 
     /// Record cancels and re-queues (changes made by hand) in `audit`.
@@ -204,7 +214,7 @@ impl<B: QueueBackend> TaskQueue for QueueService<B> {
             }
             tokio::select! {
                 _ = notified => {}
-                _ = tokio::time::sleep(POLL.min(deadline - now)) => {}
+                _ = tokio::time::sleep(self.poll.min(deadline - now)) => {}
             }
         }
     }

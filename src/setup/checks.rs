@@ -297,7 +297,7 @@ fn kernel_clock_synced() -> Option<bool> {
 }
 
 /// `535.104.05` >= `535`? Compares the numeric parts in order.
-fn version_at_least(have: &str, want: &str) -> bool {
+pub(crate) fn version_at_least(have: &str, want: &str) -> bool {
     let parts = |s: &str| -> Vec<u64> {
         s.split('.')
             .map(|p| p.trim().parse().unwrap_or(0))

@@ -7,6 +7,7 @@
 //! output, and is recorded in the audit log. Every step is idempotent: what
 //! is already there is left alone, so a second run changes nothing.
 
+pub mod catalog;
 pub mod checks;
 pub mod host;
 pub mod packages;
@@ -24,7 +25,7 @@ use crate::error::{Error, Result};
 use crate::output::Output;
 use crate::workspace::{Workspace, ensure_dir};
 use checks::{Check, Status};
-use packages::{Manager, Wanted};
+use packages::{Manager, State, Wanted};
 
 const NOVA_YAML_TEMPLATE: &str = r#"# nova.yaml: this workspace's settings. Every key is optional.
 #
@@ -75,8 +76,11 @@ struct Report {
 /// Create what is missing of the workspace; what was created.
 fn prepare_workspace(ws: &Workspace) -> Result<Vec<String>> {
     let mut created = Vec::new();
+    if !ws.home.exists() {
+        ws.ensure_home()?;
+        created.push(ws.home.display().to_string());
+    }
     for dir in [
-        ws.home.clone(),
         ws.home.join("logs"),
         ws.home.join("runs"),
         ws.home.join("reports"),
@@ -126,9 +130,15 @@ use std::os::fd::AsFd;
 
 pub fn run(ws: &Workspace, out: &Output, args: &SetupArgs) -> Result<()> {
     let created = prepare_workspace(ws)?;
-    let checks = checks::run_all(&ws.config.setup, &ws.home);
+    let checks = if args.packages_only {
+        Vec::new()
+    } else {
+        checks::run_all(&ws.config.setup, &ws.home)
+    };
 
     let manager = Manager::detect();
+    let catalog = catalog::Catalog::new(&ws.config.setup.catalog);
+    let resolve = |m: Manager| packages::resolve(m, &args.packages, &catalog, &ws.config.packages);
     let wanted = if args.packages.is_empty() {
         Vec::new()
     } else {
@@ -142,17 +152,17 @@ pub fn run(ws: &Workspace, out: &Output, args: &SetupArgs) -> Result<()> {
                     .join(", ")
             )));
         };
-        packages::resolve(m, &args.packages)?
+        resolve(m)?
     };
     let policy = crate::policy::command::open(ws)?;
     let rt = crate::runtime::runtime()?;
     let audit = rt.block_on(workspace_log(ws, &args.store, true))?;
     let user = operator();
-    let agent = user.trim_start_matches("operator:").to_string();
+    let (agent, role) = acting_for(&user);
     let authorize = |action: &str, resource: &str| -> Result<()> {
         rt.block_on(policy.authorize(
             audit.as_ref(),
-            &crate::policy::input(&agent, "operator", action, resource, json!({"apply": true})),
+            &crate::policy::input(&agent, &role, action, resource, json!({"apply": true})),
         ))
         .map(|_| ())
     };
@@ -164,13 +174,20 @@ pub fn run(ws: &Workspace, out: &Output, args: &SetupArgs) -> Result<()> {
 
     let mut steps = Vec::new();
     let mut failures = Vec::new();
-    // Packages.
+    // Packages that cannot be had as asked: nothing is proposed for them.
+    for w in &wanted {
+        match w.state {
+            State::Conflict => failures.push(format!("{}: {}", w.requested, w.detail)),
+            State::TooOld => failures.push(format!("{} is too old: {}", w.requested, w.detail)),
+            _ => {}
+        }
+    }
     let missing = packages::missing(&wanted);
     if let Some(m) = manager
         && !missing.is_empty()
     {
         let commands = m.install_commands(&missing);
-        if args.apply {
+        if args.apply && failures.is_empty() {
             authorize("install", &missing.join(" "))?;
             let mut outcome = "done".to_string();
             for c in &commands {
@@ -192,17 +209,29 @@ pub fn run(ws: &Workspace, out: &Output, args: &SetupArgs) -> Result<()> {
                 });
             }
         } else {
+            // With --apply and a conflict or an old install among the
+            // requests, nothing is installed: the plan is shown, not run.
+            let outcome = if args.apply {
+                "not run: a requested package conflicts or is too old"
+            } else {
+                "planned"
+            };
             for c in commands {
                 steps.push(Step {
                     what: format!("install {}", missing.join(" ")),
                     command: c,
-                    outcome: "planned".into(),
+                    outcome: outcome.into(),
                 });
             }
         }
     }
     // Firewall ports and service users.
-    for step in host::firewall_steps(&ws.config.setup.open_ports)? {
+    let (ports, users) = if args.packages_only {
+        (&[][..], &[][..])
+    } else {
+        (&ws.config.setup.open_ports[..], &ws.config.setup.users[..])
+    };
+    for step in host::firewall_steps(ports)? {
         steps.push(apply_step(
             step,
             args.apply,
@@ -214,7 +243,7 @@ pub fn run(ws: &Workspace, out: &Output, args: &SetupArgs) -> Result<()> {
             &mut failures,
         )?);
     }
-    for step in host::user_steps(&ws.config.setup.users)? {
+    for step in host::user_steps(users)? {
         steps.push(apply_step(
             step,
             args.apply,
@@ -228,7 +257,7 @@ pub fn run(ws: &Workspace, out: &Output, args: &SetupArgs) -> Result<()> {
     }
     // What is installed now (after --apply).
     let wanted = match manager {
-        Some(m) if args.apply && !args.packages.is_empty() => packages::resolve(m, &args.packages)?,
+        Some(m) if args.apply && !args.packages.is_empty() => resolve(m)?,
         _ => wanted,
     };
 
@@ -268,6 +297,20 @@ pub fn run(ws: &Workspace, out: &Output, args: &SetupArgs) -> Result<()> {
         )));
     }
     Ok(())
+}
+
+/// Who asks the policy engine: the agent whose task runs `nova setup`
+/// (a blueprint's fix, through `NOVA_AGENT` and `NOVA_ROLE`), else the
+/// operator at the terminal.
+fn acting_for(operator: &str) -> (String, String) {
+    let var = |name: &str| std::env::var(name).ok().filter(|v| !v.is_empty());
+    match (var("NOVA_AGENT"), var("NOVA_ROLE")) {
+        (Some(agent), Some(role)) => (agent, role),
+        _ => (
+            operator.trim_start_matches("operator:").to_string(),
+            "operator".to_string(),
+        ),
+    }
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -336,16 +379,14 @@ fn markdown(r: &Report) -> String {
             c.detail.replace('|', "\\|")
         ));
     }
-    md.push_str("\n## Packages\n\n| requested | package | installed |\n|---|---|---|\n");
+    md.push_str("\n## Packages\n\n| requested | state | detail |\n|---|---|---|\n");
     for w in &r.packages {
-        for p in &w.packages {
-            md.push_str(&format!(
-                "| {} | {} | {} |\n",
-                w.requested,
-                p.name,
-                p.installed.as_deref().unwrap_or("no")
-            ));
-        }
+        md.push_str(&format!(
+            "| {} | {} | {} |\n",
+            w.requested,
+            w.state.as_str(),
+            w.detail.replace('|', "\\|")
+        ));
     }
     md.push_str(&format!(
         "\n## {}\n\n",
@@ -378,26 +419,26 @@ fn print(out: &Output, r: &Report) -> Result<()> {
         text.push_str(&format!("created: {}\n\n", r.created.join(", ")));
     }
     let mut table = out.table(&["check", "status", "detail"]);
-    for c in &r.checks {
-        let status = if c.required && c.status == Status::Fail {
-            "FAIL".to_string()
-        } else {
-            c.status.as_str().to_string()
-        };
-        table.add_row(vec![c.name.clone(), status, c.detail.clone()]);
+    if !r.checks.is_empty() {
+        for c in &r.checks {
+            let status = if c.required && c.status == Status::Fail {
+                "FAIL".to_string()
+            } else {
+                c.status.as_str().to_string()
+            };
+            table.add_row(vec![c.name.clone(), status, c.detail.clone()]);
+        }
+        text.push_str(&table.trim_fmt());
+        text.push('\n');
     }
-    text.push_str(&table.trim_fmt());
-    text.push('\n');
     if !r.packages.is_empty() {
-        let mut t = out.table(&["requested", "package", "installed"]);
+        let mut t = out.table(&["requested", "state", "detail"]);
         for w in &r.packages {
-            for p in &w.packages {
-                t.add_row(vec![
-                    w.requested.clone(),
-                    p.name.clone(),
-                    p.installed.clone().unwrap_or_else(|| "no".into()),
-                ]);
-            }
+            t.add_row(vec![
+                w.requested.clone(),
+                w.state.as_str().to_string(),
+                w.detail.clone(),
+            ]);
         }
         text.push_str(&format!(
             "\npackages ({}):\n{}\n",

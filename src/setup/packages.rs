@@ -1,14 +1,22 @@
-//! Packages: the host's package manager, logical names mapped to its real
-//! packages, which are installed (with versions), and the exact commands that
-//! install the rest.
+//! Packages: the host's package manager, what each requested package comes
+//! to on this host, and the exact commands that install what is missing.
+//!
+//! A requested name is, in this order: present (one of its catalog commands
+//! answers, whatever installed it; nothing is planned), too old (present,
+//! below the minimum nova.yaml asks for), installed (its packages are there
+//! though no command shows it), in conflict (a package it would install
+//! clashes with one installed; nothing is planned), or to install. Only the
+//! last kind reaches the plan.
 
+use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
+use super::catalog::Catalog;
 use crate::error::{Error, Result};
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Manager {
     Apt,
@@ -140,122 +148,53 @@ impl Manager {
         }
         cmds
     }
+
+    /// The installed package that owns `path`, if the manager knows one.
+    pub fn owner(self, path: &Path) -> Option<String> {
+        let run = |program: &str, args: &[&str]| -> Option<String> {
+            let out = Command::new(program).args(args).output().ok()?;
+            let text = String::from_utf8_lossy(&out.stdout).trim().to_string();
+            (out.status.success() && !text.is_empty()).then_some(text)
+        };
+        // The path as found on PATH, then the file it links to (on a merged
+        // /usr, /bin/x is owned under its /usr/bin name, and alternatives link).
+        let mut candidates = vec![path.to_path_buf()];
+        if let Ok(real) = std::fs::canonicalize(path)
+            && real != path
+        {
+            candidates.push(real);
+        }
+        candidates.into_iter().find_map(|p| {
+            let p = p.to_str()?.to_string();
+            match self {
+                Manager::Apt => run("dpkg", &["-S", &p]).and_then(|t| {
+                    t.lines()
+                        .next()?
+                        .split_once(':')
+                        .map(|(pkg, _)| pkg.trim().to_string())
+                }),
+                Manager::Dnf | Manager::Yum | Manager::Zypper => {
+                    run("rpm", &["-qf", "--qf", "%{NAME}", &p])
+                }
+                Manager::Pacman => run("pacman", &["-Qoq", &p]),
+                Manager::Apk => run("apk", &["info", "-W", &p]).and_then(|t| {
+                    t.rsplit_once(" is owned by ")
+                        .map(|(_, pkg)| pkg.trim().to_string())
+                }),
+                Manager::Brew => p
+                    .split_once("/Cellar/")
+                    .and_then(|(_, rest)| rest.split('/').next().map(String::from)),
+            }
+        })
+    }
 }
 
-/// Logical names and their packages per manager (`None`: not packaged there).
-const CATALOG: &[(&str, [Option<&[&str]>; 7])] = &[
-    (
-        "docker",
-        [
-            Some(&["docker.io"]),
-            Some(&["moby-engine"]),
-            Some(&["docker"]),
-            Some(&["docker"]),
-            Some(&["docker"]),
-            Some(&["docker"]),
-            Some(&["docker"]),
-        ],
-    ),
-    (
-        "kubernetes",
-        [
-            Some(&["kubernetes-client"]),
-            Some(&["kubernetes-client"]),
-            Some(&["kubernetes-client"]),
-            Some(&["kubernetes-client"]),
-            Some(&["kubectl"]),
-            Some(&["kubectl"]),
-            Some(&["kubernetes-cli"]),
-        ],
-    ),
-    (
-        "python",
-        [
-            Some(&["python3", "python3-pip", "python3-venv"]),
-            Some(&["python3", "python3-pip"]),
-            Some(&["python3", "python3-pip"]),
-            Some(&["python3", "python3-pip"]),
-            Some(&["python", "python-pip"]),
-            Some(&["python3", "py3-pip"]),
-            Some(&["python"]),
-        ],
-    ),
-    (
-        "git",
-        [
-            Some(&["git"]),
-            Some(&["git"]),
-            Some(&["git"]),
-            Some(&["git"]),
-            Some(&["git"]),
-            Some(&["git"]),
-            Some(&["git"]),
-        ],
-    ),
-    (
-        "wireguard",
-        [
-            Some(&["wireguard-tools"]),
-            Some(&["wireguard-tools"]),
-            Some(&["wireguard-tools"]),
-            Some(&["wireguard-tools"]),
-            Some(&["wireguard-tools"]),
-            Some(&["wireguard-tools"]),
-            Some(&["wireguard-tools"]),
-        ],
-    ),
-    (
-        "nvidia-container-toolkit",
-        [
-            Some(&["nvidia-container-toolkit"]),
-            Some(&["nvidia-container-toolkit"]),
-            Some(&["nvidia-container-toolkit"]),
-            Some(&["nvidia-container-toolkit"]),
-            Some(&["nvidia-container-toolkit"]),
-            None,
-            None,
-        ],
-    ),
-    (
-        "redis",
-        [
-            Some(&["redis-server"]),
-            Some(&["redis"]),
-            Some(&["redis"]),
-            Some(&["redis"]),
-            Some(&["redis"]),
-            Some(&["redis"]),
-            Some(&["redis"]),
-        ],
-    ),
-    (
-        "postgresql",
-        [
-            Some(&["postgresql"]),
-            Some(&["postgresql-server"]),
-            Some(&["postgresql-server"]),
-            Some(&["postgresql-server"]),
-            Some(&["postgresql"]),
-            Some(&["postgresql"]),
-            Some(&["postgresql"]),
-        ],
-    ),
-    (
-        "tree",
-        [
-            Some(&["tree"]),
-            Some(&["tree"]),
-            Some(&["tree"]),
-            Some(&["tree"]),
-            Some(&["tree"]),
-            Some(&["tree"]),
-            Some(&["tree"]),
-        ],
-    ),
-];
-
-pub fn known_names() -> Vec<&'static str> {
-    CATALOG.iter().map(|(n, _)| *n).collect()
+/// A package name as a manager may take it: no shell words, no option.
+pub fn valid_package_name(name: &str) -> bool {
+    let mut bytes = name.bytes();
+    bytes.next().is_some_and(|b| b.is_ascii_alphanumeric())
+        && name.len() <= 128
+        && bytes.all(|b| b.is_ascii_alphanumeric() || b"+._-@/".contains(&b))
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -265,73 +204,243 @@ pub struct Package {
     pub installed: Option<String>,
 }
 
+/// A command that shows a requested package is already on the host.
+#[derive(Debug, Clone, Serialize)]
+pub struct Present {
+    pub command: String,
+    pub path: PathBuf,
+    /// The version the command reports, when it reports one.
+    pub version: Option<String>,
+    /// The package that owns the file, when the package manager knows it.
+    pub owner: Option<String>,
+}
+
+/// What a requested package comes to on this host.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum State {
+    /// A command of it answers: nothing to install.
+    Present,
+    /// Present, below the minimum version asked for.
+    TooOld,
+    /// Its packages are installed though none of its commands is on PATH.
+    Installed,
+    /// Installing it would clash with an installed package: nothing planned.
+    Conflict,
+    /// Missing: the plan installs its packages.
+    Install,
+}
+
+impl State {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            State::Present => "present",
+            State::TooOld => "too old",
+            State::Installed => "installed",
+            State::Conflict => "conflict",
+            State::Install => "install",
+        }
+    }
+}
+
 #[derive(Debug, Clone, Serialize)]
 pub struct Wanted {
     /// As the user wrote it: a logical name or `manager:package`.
     pub requested: String,
+    pub state: State,
+    /// What shows it is present (state present or too old).
+    pub present: Option<Present>,
+    /// Its packages on this host's manager, with their installed versions.
     pub packages: Vec<Package>,
+    /// Installed packages that the packages to install would clash with.
+    pub conflicts: Vec<Package>,
+    /// The minimum version nova.yaml asks for, as written.
+    pub minimum: Option<String>,
+    /// One line for a person.
+    pub detail: String,
+}
+
+/// The full path of `program` on PATH.
+pub fn find_on_path(program: &str) -> Option<PathBuf> {
+    std::env::var_os("PATH").and_then(|paths| {
+        std::env::split_paths(&paths)
+            .map(|dir| dir.join(program))
+            .find(|p| p.is_file())
+    })
+}
+
+/// The first thing in `text` that looks like a version (`v1.32.4` → `1.32.4`).
+pub fn version_in(text: &str) -> Option<String> {
+    static VERSION: std::sync::OnceLock<regex::Regex> = std::sync::OnceLock::new();
+    let re = VERSION.get_or_init(|| regex::Regex::new(r"\d+(?:\.\d+)+").expect("a valid regex"));
+    re.find(text).map(|m| m.as_str().to_string())
+}
+
+/// `>=24`, `>= 1.28` or `24`: the version it asks for at least.
+pub fn parse_minimum(spec: &str) -> Option<String> {
+    let v = spec.trim().trim_start_matches(">=").trim();
+    (!v.is_empty()
+        && v.split('.')
+            .all(|p| !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit())))
+    .then(|| v.to_string())
 }
 
 /// Resolve what the user asked for on `manager`: logical names through the
-/// catalog, `manager:package` as given (only for this host's manager).
-pub fn resolve(manager: Manager, names: &[String]) -> Result<Vec<Wanted>> {
-    let index = Manager::ALL
-        .iter()
-        .position(|m| *m == manager)
-        .expect("every manager is listed");
+/// catalog (satisfied first by their commands), `manager:package` as given
+/// (only for this host's manager). `minimums` maps logical names to a
+/// minimum version (nova.yaml's `packages:`).
+pub fn resolve(
+    manager: Manager,
+    names: &[String],
+    catalog: &Catalog,
+    minimums: &std::collections::BTreeMap<String, String>,
+) -> Result<Vec<Wanted>> {
     let mut out = Vec::new();
     for requested in names {
-        let packages: Vec<String> = if let Some((m, pkg)) = requested.split_once(':') {
+        let (packages, entry) = if let Some((m, pkg)) = requested.split_once(':') {
             if m != manager.name() {
                 return Err(Error::usage(format!(
                     "--packages {requested}: this host's package manager is {}, not {m}",
                     manager.name()
                 )));
             }
-            if pkg.is_empty() || pkg.starts_with('-') {
+            if !valid_package_name(pkg) {
                 return Err(Error::usage(format!(
-                    "--packages {requested}: give a package name after {m}:"
+                    "--packages {requested}: {pkg:?} is not a package name (letters, digits and + . _ - @ /, starting with a letter or digit)"
                 )));
             }
-            vec![pkg.to_string()]
+            (vec![pkg.to_string()], None)
         } else {
-            let Some((_, per)) = CATALOG
-                .iter()
-                .find(|(n, _)| n.eq_ignore_ascii_case(requested))
-            else {
+            let Some(entry) = catalog.get(requested) else {
                 return Err(Error::usage(format!(
                     "--packages {requested}: unknown package name; known: {} (or MANAGER:PACKAGE to pass one through)",
-                    known_names().join(", ")
+                    catalog.names().join(", ")
                 )));
             };
-            match per[index] {
-                Some(list) => list.iter().map(|s| s.to_string()).collect(),
-                None => {
-                    return Err(Error::usage(format!(
-                        "--packages {requested}: not packaged for {}",
-                        manager.name()
-                    )));
-                }
+            let Some(list) = entry.packages.get(&manager) else {
+                return Err(Error::usage(format!(
+                    "--packages {requested}: not packaged for {}",
+                    manager.name()
+                )));
+            };
+            (list.clone(), Some(entry))
+        };
+        let minimum = minimums
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(requested))
+            .map(|(_, v)| v.clone());
+        let packages: Vec<Package> = packages
+            .into_iter()
+            .map(|name| Package {
+                installed: manager.installed(&name),
+                name,
+            })
+            .collect();
+        let present = entry.and_then(|e| {
+            e.commands.iter().find_map(|command| {
+                let path = find_on_path(command)?;
+                let args: Vec<&str> = e.version_args.iter().map(String::as_str).collect();
+                let version = Command::new(&path)
+                    .args(&args)
+                    .stdin(std::process::Stdio::null())
+                    .output()
+                    .ok()
+                    .and_then(|o| {
+                        version_in(&String::from_utf8_lossy(&o.stdout))
+                            .or_else(|| version_in(&String::from_utf8_lossy(&o.stderr)))
+                    });
+                Some(Present {
+                    command: command.clone(),
+                    owner: manager.owner(&path),
+                    path,
+                    version,
+                })
+            })
+        });
+        let conflicts: Vec<Package> = entry
+            .and_then(|e| e.conflicts.get(&manager))
+            .into_iter()
+            .flatten()
+            .filter_map(|name| {
+                manager.installed(name).map(|v| Package {
+                    name: name.clone(),
+                    installed: Some(v),
+                })
+            })
+            .collect();
+        let (state, detail) = if let Some(p) = &present {
+            let from = match &p.owner {
+                Some(owner) => format!("package {owner}"),
+                None => format!("not installed by {}", manager.name()),
+            };
+            let version = p.version.as_deref().unwrap_or("version unknown");
+            let at = format!("{version} at {} ({from})", p.path.display());
+            match (minimum.as_deref().and_then(parse_minimum), &p.version) {
+                (Some(min), Some(have)) if !super::checks::version_at_least(have, &min) => (
+                    State::TooOld,
+                    format!("{at}; older than {min} that nova.yaml asks for"),
+                ),
+                _ => (State::Present, at),
             }
+        } else if packages.iter().all(|p| p.installed.is_some()) {
+            (
+                State::Installed,
+                packages
+                    .iter()
+                    .map(|p| format!("{} {}", p.name, p.installed.as_deref().unwrap_or("")))
+                    .collect::<Vec<_>>()
+                    .join(", "),
+            )
+        } else if !conflicts.is_empty() {
+            let missing: Vec<&str> = packages
+                .iter()
+                .filter(|p| p.installed.is_none())
+                .map(|p| p.name.as_str())
+                .collect();
+            (
+                State::Conflict,
+                format!(
+                    "{} would conflict with installed {}; nothing proposed",
+                    missing.join(" "),
+                    conflicts
+                        .iter()
+                        .map(|c| format!("{} {}", c.name, c.installed.as_deref().unwrap_or("")))
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                ),
+            )
+        } else {
+            (
+                State::Install,
+                format!(
+                    "{} ({})",
+                    packages
+                        .iter()
+                        .filter(|p| p.installed.is_none())
+                        .map(|p| p.name.as_str())
+                        .collect::<Vec<_>>()
+                        .join(" "),
+                    manager.name()
+                ),
+            )
         };
         out.push(Wanted {
             requested: requested.clone(),
-            packages: packages
-                .into_iter()
-                .map(|name| Package {
-                    installed: manager.installed(&name),
-                    name,
-                })
-                .collect(),
+            state,
+            present,
+            packages,
+            conflicts,
+            minimum,
+            detail,
         });
     }
     Ok(out)
 }
 
-/// The packages of `wanted` that are not installed yet.
+/// The packages to install: those of requests in state `Install` that are not installed yet.
 pub fn missing(wanted: &[Wanted]) -> Vec<String> {
     let mut out: Vec<String> = Vec::new();
-    for w in wanted {
+    for w in wanted.iter().filter(|w| w.state == State::Install) {
         for p in &w.packages {
             if p.installed.is_none() && !out.contains(&p.name) {
                 out.push(p.name.clone());
@@ -339,4 +448,41 @@ pub fn missing(wanted: &[Wanted]) -> Vec<String> {
         }
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn versions_are_found_in_what_tools_print() {
+        assert_eq!(
+            version_in("Docker version 28.2.2, build e6534b4").as_deref(),
+            Some("28.2.2")
+        );
+        assert_eq!(
+            version_in("Client Version: v1.32.4-dispatcher").as_deref(),
+            Some("1.32.4")
+        );
+        assert_eq!(version_in("no digits"), None);
+    }
+
+    #[test]
+    fn minimums_read_as_written_in_nova_yaml() {
+        assert_eq!(parse_minimum(">=24").as_deref(), Some("24"));
+        assert_eq!(parse_minimum(">= 1.28").as_deref(), Some("1.28"));
+        assert_eq!(parse_minimum("1.2"), Some("1.2".into()));
+        assert_eq!(parse_minimum("latest"), None);
+        assert_eq!(parse_minimum(">=1..2"), None);
+    }
+
+    #[test]
+    fn package_names_carry_no_shell_words() {
+        assert!(valid_package_name("docker.io"));
+        assert!(valid_package_name("libstdc++6"));
+        assert!(valid_package_name("postgresql@16"));
+        assert!(!valid_package_name("bad;touch /tmp/x"));
+        assert!(!valid_package_name("-y"));
+        assert!(!valid_package_name(""));
+    }
 }
