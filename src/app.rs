@@ -90,6 +90,9 @@ pub fn try_main(cli: &Cli, out: &Output, logs: &mut Option<logging::LogGuard>) -
         Command::Kpi => kpi::command::run(&ws, out),
         Command::Audit(args) => audit::command::run(&ws, out, args),
         Command::Policy(args) => policy::command::run(&ws, out, args),
+        Command::Report(args) => match &args.action {
+            crate::cli::ReportAction::Tests(a) => crate::testreport::command::tests(out, a),
+        },
         Command::Completions { .. } => unreachable!("handled above"),
     }
 }

@@ -80,6 +80,8 @@ pub enum Command {
     Policy(PolicyArgs),
     /// The hash-chained audit log: show, verify, export, and ISO 27001 evidence
     Audit(AuditArgs),
+    /// QA reports: a Markdown summary of test results (JUnit XML)
+    Report(ReportArgs),
     /// Counters and latency percentiles recorded by nova's long-running commands
     Kpi,
     /// Measure nova's own speed: the queue, policy decisions, audit appends, KPIs, orchestration overhead
@@ -432,6 +434,35 @@ pub enum PolicyAction {
     List,
     /// Upload the policies in effect to the OPA server (PUT /v1/policies/{id})
     Push,
+}
+
+#[derive(Debug, Args)]
+pub struct ReportArgs {
+    #[command(subcommand)]
+    pub action: ReportAction,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ReportAction {
+    /// Summarize JUnit XML results (pytest --junitxml, cargo-nextest, go-junit-report,
+    /// jest-junit, Maven Surefire): totals, suites, failures, flaky, skipped and slowest
+    /// tests. Exit 0 when all passed, 1 when any failed, 2 for a file that is not JUnit XML
+    Tests(ReportTestsArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct ReportTestsArgs {
+    /// JUnit XML files
+    #[arg(required = true, value_name = "FILE")]
+    pub files: Vec<std::path::PathBuf>,
+
+    /// Earlier results to compare with: lists what regressed and what was fixed
+    #[arg(long, num_args = 1.., value_name = "OLD")]
+    pub compare: Vec<std::path::PathBuf>,
+
+    /// Also write the Markdown to this file (stdout then stays quiet unless --json)
+    #[arg(long, value_name = "FILE")]
+    pub out: Option<std::path::PathBuf>,
 }
 
 #[derive(Debug, Args)]

@@ -14,6 +14,7 @@ pub mod blueprints;
 pub mod cli;
 pub mod config;
 pub mod error;
+pub mod files;
 pub mod gpu;
 pub mod kpi;
 pub mod logging;
@@ -28,6 +29,7 @@ pub mod runtime;
 pub mod setup;
 pub mod store;
 pub mod tasks;
+pub mod testreport;
 pub mod workspace;
 pub mod yaml;
 

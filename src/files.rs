@@ -1,0 +1,70 @@
+//! Reading a file nova was pointed at, safely: it must be a regular file
+//! (not a FIFO that would block for ever, a device that never ends, or a
+//! folder) and no bigger than a limit the caller states, checked on the open
+//! file so a file that grows while it is read is still bounded.
+
+use std::io::Read;
+use std::path::Path;
+
+use crate::error::{Error, Result};
+
+/// The bytes of the regular file at `path`, at most `max` of them; bad input
+/// (exit 2) naming the path otherwise.
+pub fn read_limited(path: &Path, max: u64) -> Result<Vec<u8>> {
+    use std::os::unix::fs::OpenOptionsExt;
+    // Without O_NONBLOCK, opening a FIFO would wait for a writer for ever.
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK)
+        .open(path)
+        .map_err(|e| match e.kind() {
+            std::io::ErrorKind::NotFound => {
+                Error::usage(format!("{}: no such file", path.display()))
+            }
+            _ => Error::io(path, e),
+        })?;
+    let meta = file.metadata().map_err(|e| Error::io(path, e))?;
+    if !meta.is_file() {
+        return Err(Error::usage(format!(
+            "{}: not a regular file (a {})",
+            path.display(),
+            kind(&meta)
+        )));
+    }
+    if meta.len() > max {
+        return Err(Error::usage(format!(
+            "{}: {} is more than the {} nova reads from such a file",
+            path.display(),
+            bytesize::ByteSize(meta.len()),
+            bytesize::ByteSize(max)
+        )));
+    }
+    let mut bytes = Vec::with_capacity(meta.len() as usize);
+    file.take(max + 1)
+        .read_to_end(&mut bytes)
+        .map_err(|e| Error::io(path, e))?;
+    if bytes.len() as u64 > max {
+        return Err(Error::usage(format!(
+            "{}: grew past {} while it was read",
+            path.display(),
+            bytesize::ByteSize(max)
+        )));
+    }
+    Ok(bytes)
+}
+
+fn kind(meta: &std::fs::Metadata) -> &'static str {
+    use std::os::unix::fs::FileTypeExt;
+    let t = meta.file_type();
+    if t.is_dir() {
+        "folder"
+    } else if t.is_fifo() {
+        "FIFO"
+    } else if t.is_socket() {
+        "socket"
+    } else if t.is_char_device() || t.is_block_device() {
+        "device"
+    } else {
+        "special file"
+    }
+}
