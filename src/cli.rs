@@ -362,6 +362,9 @@ pub enum RunsAction {
         /// Also show the messages of the hub
         #[arg(long)]
         messages: bool,
+        /// Show the QA summary of the test results its tasks wrote (JUnit XML) instead
+        #[arg(long, conflicts_with = "messages")]
+        tests: bool,
     },
     /// Remove old runs: their records, queue tasks, logs and reports (the audit log stays)
     Prune(RunsPruneArgs),

@@ -810,7 +810,12 @@ async fn finish(
         runs::find_run(&db, &run.id).ok().flatten()
     };
     let snapshot = crate::kpi::snapshot();
-    let text = report::markdown(row.as_ref(), plan, agents, &tasks, &messages, &snapshot);
+    let mut text = report::markdown(row.as_ref(), plan, agents, &tasks, &messages, &snapshot);
+    let tests = crate::testreport::run_section(&ws.home.join("runs").join(&run.id), "##");
+    if let Some((section, _)) = &tests {
+        text.push('\n');
+        text.push_str(section);
+    }
     let reports = ws.home.join("reports");
     crate::workspace::ensure_dir(&reports)?;
     let path = reports.join(format!("run-{}.md", run.id));
@@ -840,6 +845,7 @@ async fn finish(
     if out.json {
         out.json(&json!({
             "run": run.id, "status": status, "report": path.display().to_string(),
+            "tests": tests.as_ref().and_then(|(_, s)| s.as_ref()),
             "agents": agents.iter().map(|a| json!({"agent": a.name, "phase": a.phase, "outcome": a.outcome.map(|o| o.as_str())})).collect::<Vec<_>>(),
             "tasks": tasks,
         }))?;
@@ -864,6 +870,22 @@ async fn finish(
         ))),
         "denied" => Err(Error::Denied(summary)),
         _ => Err(Error::Unfinished(summary)),
+    }
+}
+
+/// `nova runs show RUN --tests`: the QA summary of the run's test results.
+fn show_tests(ws: &Workspace, out: &Output, run: &str) -> Result<()> {
+    let Some((text, summary)) =
+        crate::testreport::run_section(&ws.home.join("runs").join(run), "#")
+    else {
+        return Err(Error::Failed(format!(
+            "run {run} has no test results (its tasks wrote no JUnit XML into $NOVA_RESULTS)"
+        )));
+    };
+    if out.json {
+        out.json(&summary)
+    } else {
+        out.text(&text)
     }
 }
 
@@ -1038,7 +1060,11 @@ pub fn worker_command(
 pub fn runs_command(ws: &Workspace, out: &Output, args: &crate::cli::RunsArgs) -> Result<()> {
     let show = match &args.action {
         Some(crate::cli::RunsAction::Prune(prune)) => return super::prune::prune(ws, out, prune),
-        Some(crate::cli::RunsAction::Show { run, messages }) => Some((run, *messages)),
+        Some(crate::cli::RunsAction::Show {
+            run,
+            messages,
+            tests,
+        }) => Some((run, *messages, *tests)),
         None => None,
     };
     let Some(store) = ws.open_store_read()?.filter(|s| s.version() >= 4) else {
@@ -1074,10 +1100,13 @@ pub fn runs_command(ws: &Workspace, out: &Output, args: &crate::cli::RunsArgs) -
             }
             out.print_table(&table)
         }
-        Some((run, messages)) => {
+        Some((run, messages, tests)) => {
             let Some(row) = runs::find_run(conn, run).map_err(failed)? else {
                 return Err(Error::usage(format!("no run {run:?} (see nova runs)")));
             };
+            if tests {
+                return show_tests(ws, out, &row.id);
+            }
             let tasks = runs::tasks(conn, &row.id).map_err(failed)?;
             let hub = runs::messages(conn, &row.id).map_err(failed)?;
             if out.json {

@@ -324,6 +324,16 @@ pub async fn execute(
         ("NOVA_HOME".to_string(), cfg.home.display().to_string()),
         ("NOVA_INBOX".to_string(), inbox.display().to_string()),
     ]);
+    // Test results in JUnit XML go here; the run's report summarizes them.
+    let results = cfg
+        .home
+        .join("runs")
+        .join(&job.run)
+        .join(&job.agent)
+        .join("results")
+        .join(&job.task.id);
+    let _ = std::fs::create_dir_all(&results);
+    env.insert("NOVA_RESULTS".into(), results.display().to_string());
     // A fix installs packages through this same binary (`"$NOVA_BIN" setup`),
     // so one set of package rules holds everywhere.
     if let Ok(exe) = std::env::current_exe() {

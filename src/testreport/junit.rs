@@ -7,7 +7,8 @@
 //! write them are taken: a `<testsuites>` root (pytest, jest-junit,
 //! go-junit-report, nextest) or a bare `<testsuite>` (Maven Surefire,
 //! unittest-xml-reporting), and several documents one after another (libtest's
-//! `--format junit` prints one per test binary).
+//! `--format junit` prints one per test binary). Character references are
+//! written out as characters, which quick-junit does not resolve.
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -186,6 +187,17 @@ fn normalize(text: &str) -> std::result::Result<(String, String), (usize, String
                 open.pop();
                 writer.write_event(Event::End(e))
             }
+            // quick-junit resolves named entities only: write character
+            // references (libtest's `&#xA;`) as the characters they stand for.
+            Ok(Event::GeneralRef(r)) if r.is_char_ref() => match r.resolve_char_ref() {
+                Ok(Some(c)) => {
+                    let mut buf = [0u8; 4];
+                    writer.write_event(Event::Text(quick_xml::events::BytesText::new(
+                        c.encode_utf8(&mut buf),
+                    )))
+                }
+                _ => return Err((at, "malformed XML: a bad character reference".to_string())),
+            },
             Ok(Event::Eof) => break,
             Ok(other) => writer.write_event(other),
             Err(e) => {

@@ -10,7 +10,7 @@ pub mod command;
 pub mod junit;
 pub mod markdown;
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use serde::Serialize;
 
@@ -138,6 +138,7 @@ fn build(files: Vec<PathBuf>, suites: &[Suite], comparison: Option<Comparison>) 
         totals,
         suites: suites
             .iter()
+            .filter(|s| !s.cases.is_empty())
             .map(|s| SuiteSummary {
                 name: s.name.clone(),
                 file: s.file.clone(),
@@ -171,4 +172,85 @@ fn compare(before: &[Suite], now: &[Suite]) -> Comparison {
         }
     }
     out
+}
+
+/// The JUnit files the tasks of a run left in their results folders
+/// (`runs/<run>/<agent>/results/<task>/*.xml`, the task's `NOVA_RESULTS`).
+pub fn run_results(run_dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    let Ok(agents) = std::fs::read_dir(run_dir) else {
+        return out;
+    };
+    for agent in agents.flatten() {
+        let Ok(tasks) = std::fs::read_dir(agent.path().join("results")) else {
+            continue;
+        };
+        for task in tasks.flatten() {
+            let Ok(files) = std::fs::read_dir(task.path()) else {
+                continue;
+            };
+            out.extend(
+                files
+                    .flatten()
+                    .map(|f| f.path())
+                    .filter(|p| p.extension().is_some_and(|e| e == "xml")),
+            );
+        }
+    }
+    out.sort();
+    out
+}
+
+/// The summary of the files that read as JUnit, and why each other one did
+/// not: a task's broken results file must not lose the rest of a run's report.
+pub fn summarize_found(files: &[PathBuf]) -> (Option<Summary>, Vec<String>) {
+    let mut suites = Vec::new();
+    let mut read = Vec::new();
+    let mut unreadable = Vec::new();
+    for f in files {
+        match junit::read(f) {
+            Ok(s) => {
+                suites.extend(s);
+                read.push(f.clone());
+            }
+            Err(e) => unreadable.push(e.to_string()),
+        }
+    }
+    let summary = (!read.is_empty()).then(|| build(read, &suites, None));
+    (summary, unreadable)
+}
+
+/// The Tests section of a run's report (`heading` as in [`markdown::render`]).
+pub fn run_section(run_dir: &Path, heading: &str) -> Option<(String, Option<Summary>)> {
+    let files = run_results(run_dir);
+    if files.is_empty() {
+        return None;
+    }
+    let (mut summary, unreadable) = summarize_found(&files);
+    // Within a run, `agent/results/task/file.xml` says all there is to say.
+    if let Some(s) = summary.as_mut() {
+        let short = |p: &mut PathBuf| {
+            if let Ok(rel) = p.strip_prefix(run_dir) {
+                *p = rel.to_path_buf();
+            }
+        };
+        s.files.iter_mut().for_each(short);
+        s.suites.iter_mut().for_each(|x| short(&mut x.file));
+        for list in [
+            &mut s.failures,
+            &mut s.flaky,
+            &mut s.skipped,
+            &mut s.slowest,
+        ] {
+            list.iter_mut().for_each(|c| short(&mut c.file));
+        }
+    }
+    let mut md = match &summary {
+        Some(s) => markdown::render(s, heading),
+        None => format!("{heading} Tests\n\n"),
+    };
+    for why in &unreadable {
+        md.push_str(&format!("\n- results not read: {why}\n"));
+    }
+    Some((md, summary))
 }
