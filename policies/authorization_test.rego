@@ -21,6 +21,16 @@ test_root_needs_the_blueprint if {
 	authz.allow with input as {"subject": subject("infrastructure"), "action": "run", "context": {"as_root": true, "blueprint_allows_root": true}}
 }
 
+test_a_check_may_run_as_root_a_fix_may_not if {
+	authz.allow with input as {"subject": subject("testing"), "action": "run", "context": {"as_root": true, "apply": false}}
+	not authz.allow with input as {"subject": subject("testing"), "action": "run", "context": {"as_root": true, "apply": true}}
+	authz.allow with input as {"subject": subject("testing"), "action": "run", "context": {"as_root": false, "apply": true, "service_user": "nova-agent"}}
+}
+
+test_service_user_root_runs_every_task_as_root_knowingly if {
+	authz.allow with input as {"subject": subject("testing"), "action": "run", "context": {"as_root": true, "apply": true, "service_user": "root"}}
+}
+
 test_root_is_never_for_a_coder if {
 	not authz.allow with input as {"subject": subject("implementation"), "action": "run", "context": {"as_root": true, "blueprint_allows_root": true}}
 }

@@ -42,6 +42,9 @@ pub struct Config {
     /// Further plans declared by the workspace.
     #[serde(default)]
     pub plans: Vec<PlanSpec>,
+    /// The unprivileged user agents' tasks run as when nova runs as root
+    /// (`nova setup --apply` creates it); `root` runs them as root knowingly.
+    pub service_user: Option<String>,
     /// Thresholds and host settings for `nova setup`.
     #[serde(default)]
     pub setup: SetupConfig,
@@ -129,6 +132,15 @@ impl Config {
     /// version that is not a version, an endpoint without a port.
     fn problems(&self, file: &str, text: &str) -> Vec<yaml::Diagnostic> {
         let mut out = Vec::new();
+        if let Some(user) = &self.service_user
+            && !crate::setup::host::valid_user_name(user)
+        {
+            out.push(
+                yaml::Diagnostic::new(file, format!("{user:?} is not a user name"))
+                    .at_line(yaml::key_line(text, "service_user"))
+                    .field("service_user"),
+            );
+        }
         let mut bad = |section: &str, key: &str, message: String| {
             out.push(
                 yaml::Diagnostic::new(file, message)

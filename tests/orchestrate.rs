@@ -1001,3 +1001,149 @@ fn prune_removes_old_runs_whole_and_keeps_the_newest() {
         nothing.stdout
     );
 }
+
+// Workers claimed as_root: false for every task while tasks ran as whatever
+// user nova ran as, so the policy's deny-root rule never fired.
+#[test]
+fn as_root_tasks_run_as_the_service_user_unless_their_blueprint_needs_root_and_policy_allows_it() {
+    if !nix::unistd::Uid::effective().is_root() {
+        eprintln!("skipped: switching users needs root");
+        return;
+    }
+    let user = "nova-test-agent";
+    let ws = workspace();
+    ws.write(
+        "nova.yaml",
+        &format!(
+            "plan: workspace\nphases:\n  - name: one\n    goal: first\nservice_user: {user}\nsetup:\n  min_disk_free: 1MB\n  min_memory: 1MB\n"
+        ),
+    );
+    // The service user reaches the workspace folder (a temporary folder is root's alone).
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(ws.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let nova = |args: &[&str]| {
+        let out = ws
+            .std_command()
+            .env_remove("NOVA_SERVICE_USER")
+            .args(args)
+            .output()
+            .unwrap();
+        (
+            out.status.code().unwrap_or(-1),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    // nova setup creates the service user it names.
+    let (code, stdout, stderr) = nova(&["setup", "--apply"]);
+    assert!(code == 0 || code == 1, "{stdout}{stderr}");
+    let uid = String::from_utf8(
+        std::process::Command::new("id")
+            .args(["-u", user])
+            .output()
+            .unwrap()
+            .stdout,
+    )
+    .unwrap()
+    .trim()
+    .to_string();
+    assert!(
+        !uid.is_empty() && uid != "0",
+        "{user} was created: {stdout}{stderr}"
+    );
+
+    let who = "    run: {shell: \"echo uid=$(id -u) home=$HOME; test -r \\\"$NOVA_INBOX\\\" && test -w \\\"$NOVA_RESULTS\\\"\"}\n";
+    agent(
+        &ws,
+        "worker-bee",
+        "implementation",
+        "one",
+        &[],
+        &format!("  - id: plain\n    title: plain\n{who}"),
+    );
+    agent(
+        &ws,
+        "admin",
+        "infrastructure",
+        "one",
+        &[],
+        &format!("  - id: needs-root\n    title: needs root\n    run_as_root: true\n{who}"),
+    );
+    let (code, stdout, stderr) = nova(&["orchestrate", "--apply", "--json"]);
+    assert_eq!(code, 0, "{stdout}{stderr}");
+    let report: Value = serde_json::from_str(&stdout).unwrap();
+    let tail = |agent: &str, t: &str| task(&report, agent, t)["log_tail"].to_string();
+    assert!(
+        tail("worker-bee", "plain").contains(&format!("uid={uid} home=/var/lib/{user}")),
+        "{}",
+        tail("worker-bee", "plain")
+    );
+    assert!(
+        tail("admin", "needs-root").contains("uid=0 "),
+        "{}",
+        tail("admin", "needs-root")
+    );
+    let starts = ws
+        .run(&["audit", "log", "--action", "task.start", "--json"])
+        .success()
+        .json();
+    let user_of = |target: &str| {
+        starts
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|e| e["target"] == target)
+            .map(|e| e["details"]["user"].clone())
+            .unwrap_or_else(|| panic!("no task.start for {target}: {starts}"))
+    };
+    assert_eq!(user_of("worker-bee/plain"), user);
+    assert_eq!(user_of("admin/needs-root"), "root");
+
+    // A role that may not have root is refused, with the policy's reason.
+    agent(
+        &ws,
+        "admin",
+        "implementation",
+        "one",
+        &[],
+        &format!("  - id: needs-root\n    title: needs root\n    run_as_root: true\n{who}"),
+    );
+    let (code, stdout, stderr) = nova(&[
+        "orchestrate",
+        "--apply",
+        "--json",
+        "--agents",
+        "admin",
+        "--only",
+    ]);
+    assert_eq!(code, 3, "{stdout}{stderr}");
+    let report: Value = serde_json::from_str(&stdout).unwrap();
+    let t = task(&report, "admin", "needs-root");
+    assert_eq!(t["status"], "denied");
+    assert!(
+        t["detail"]
+            .as_str()
+            .unwrap()
+            .contains("role \"implementation\" may not run commands as root"),
+        "{t}"
+    );
+    let decisions = ws
+        .run(&["audit", "log", "--action", "policy.decision", "--json"])
+        .success()
+        .json();
+    assert!(
+        decisions.as_array().unwrap().iter().any(
+            |d| d["outcome"] == "denied" && d["details"]["input"]["context"]["as_root"] == true
+        ),
+        "the denial and its as_root are in the audit log: {decisions}"
+    );
+
+    // A service user that does not exist stops the run before it starts.
+    ws.write("nova.yaml", "plan: workspace\nphases:\n  - name: one\n    goal: first\nservice_user: nova-no-such-user\n");
+    let (code, _, stderr) = nova(&["orchestrate", "--apply"]);
+    assert_eq!(code, 1, "{stderr}");
+    assert!(
+        stderr.contains("the service user nova-no-such-user does not exist on this host; nova setup --apply creates it"),
+        "{stderr}"
+    );
+}

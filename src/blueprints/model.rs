@@ -73,6 +73,10 @@ pub struct TaskSpec {
     pub timeout: Option<HumanDuration>,
     #[serde(default)]
     pub retries: u32,
+    /// The task needs root: it runs as root where policy allows its role
+    /// that; every other task runs as the service user when nova is root.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub run_as_root: bool,
 }
 
 /// A command: an argv list, or a shell line under an explicit `shell:` key.

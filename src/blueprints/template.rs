@@ -86,6 +86,7 @@ pub fn render(catalog: &Catalog, input: &TemplateInput) -> String {
     # cwd: .
     # timeout: 10m
     # retries: 2
+    # run_as_root: true    # needs root (as nova root: else the service user runs it)
 "#,
     );
     t

@@ -8,6 +8,7 @@ use std::time::Duration;
 use rusqlite::Connection;
 use serde_json::{Value, json};
 
+use super::privilege::Privileges;
 use super::runs::{self, Message, RunRow, TaskRow};
 use super::worker::{self, JOB_TYPE, Job, JobResult, WorkerConfig};
 use super::{AgentOutcome, AgentRun, report};
@@ -217,6 +218,7 @@ pub fn run(ws: &Workspace, out: &Output, args: &OrchestrateArgs, verbose: u8) ->
     }
 
     let policy = crate::policy::command::open(ws)?;
+    let privileges = Privileges::resolve(ws.config.service_user.as_deref())?;
     ws.ensure_home()?;
     let store = Store::open(&ws.db_path())?;
     let conn = store.into_connection();
@@ -386,6 +388,7 @@ pub fn run(ws: &Workspace, out: &Output, args: &OrchestrateArgs, verbose: u8) ->
             lease_ms: worker::LEASE_MS,
             on_ack: Some(acked.clone()),
             pending_audit: Default::default(),
+            privileges: privileges.clone(),
         });
         let (work_stop_tx, work_stop_rx) = tokio::sync::watch::channel(false);
         let mut workers = Vec::new();
@@ -400,6 +403,7 @@ pub fn run(ws: &Workspace, out: &Output, args: &OrchestrateArgs, verbose: u8) ->
                 lease_ms: cfg.lease_ms,
                 on_ack: cfg.on_ack.clone(),
                 pending_audit: Default::default(),
+                privileges: cfg.privileges.clone(),
             });
             workers.push(tokio::spawn(worker::work(
                 connect().await?,
@@ -1009,6 +1013,7 @@ pub fn worker_command(
 ) -> Result<()> {
     let token = crate::queue::command::read_token(args.token_file.as_deref())?;
     let policy = crate::policy::command::open(ws)?;
+    let privileges = Privileges::resolve(ws.config.service_user.as_deref())?;
     let rt = crate::runtime::runtime()?;
     rt.block_on(async {
         let audit = workspace_log(ws, &args.store, true).await?;
@@ -1032,6 +1037,7 @@ pub fn worker_command(
                 lease_ms: args.lease.as_millis().clamp(100, u32::MAX as u128) as u32,
                 on_ack: None,
                 pending_audit: Default::default(),
+                privileges: privileges.clone(),
             });
             workers.push(tokio::spawn(worker::work(client, cfg, stop_rx.clone())));
         }

@@ -13,6 +13,7 @@
 
 pub mod command;
 pub mod guard;
+pub mod privilege;
 pub mod progress;
 pub mod prune;
 pub mod report;

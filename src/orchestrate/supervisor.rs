@@ -38,6 +38,8 @@ pub struct Spec {
     pub memory_limit: Option<u64>,
     /// Echo each line to stderr with this in front (`-v`).
     pub echo: Option<String>,
+    /// Run as this account instead of nova's own user (nova runs as root).
+    pub account: Option<super::privilege::Account>,
 }
 
 #[derive(Debug, Clone, Serialize, PartialEq)]
@@ -137,6 +139,16 @@ fn build(spec: &Spec) -> tokio::process::Command {
         .kill_on_drop(true);
     if let Some(cwd) = &spec.cwd {
         cmd.current_dir(cwd);
+    }
+    if let Some(account) = &spec.account {
+        // Not Command::uid: std then drops every supplementary group, and a
+        // service user's groups (docker, say) are part of what it may do.
+        let (uid, gid, groups) = (account.uid, account.gid, account.groups.clone());
+        // SAFETY: switch_to makes only async-signal-safe syscalls on values
+        // moved into the closure before the fork.
+        unsafe {
+            cmd.pre_exec(move || super::privilege::switch_to(uid, gid, &groups));
+        }
     }
     cmd
 }

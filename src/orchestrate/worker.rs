@@ -88,6 +88,8 @@ pub struct WorkerConfig {
     pub on_ack: Option<Arc<tokio::sync::Notify>>,
     /// Audit appends in flight; [`work`] waits for them before it returns.
     pub pending_audit: std::sync::Mutex<tokio::task::JoinSet<()>>,
+    /// Who tasks run as (see [`super::privilege`]).
+    pub privileges: super::privilege::Privileges,
 }
 
 /// Take and run jobs until `stop` turns true. Transport errors (a server
@@ -277,13 +279,15 @@ pub async fn execute(
         return finish(result, "skipped", format!("does not apply: {why}"));
     }
 
-    let input = crate::policy::input(
-        &job.agent,
-        &job.role,
-        "run",
-        &job.task.id,
-        json!({"run": job.run, "phase": job.phase, "as_root": false}),
-    );
+    let identity = cfg.privileges.identity(job.task.run_as_root);
+    let mut context = json!({"run": job.run, "phase": job.phase, "apply": job.apply});
+    if let (Some(c), Value::Object(who)) = (
+        context.as_object_mut(),
+        cfg.privileges.context(&identity, job.task.run_as_root),
+    ) {
+        c.extend(who);
+    }
+    let input = crate::policy::input(&job.agent, &job.role, "run", &job.task.id, context);
     // The decision and the start go to the audit log together (one commit).
     let decision = cfg.policy.decide(&input).await;
     if let Some(log) = &cfg.audit {
@@ -293,7 +297,8 @@ pub async fn execute(
                 job,
                 "task.start",
                 "started",
-                json!({"run": job.run, "attempt": attempt, "worker": cfg.name}),
+                json!({"run": job.run, "attempt": attempt, "worker": cfg.name,
+                       "user": identity.user, "as_root": identity.as_root}),
             ));
         }
         if let Err(e) = log.append_all(events).await {
@@ -334,6 +339,11 @@ pub async fn execute(
         .join(&job.task.id);
     let _ = std::fs::create_dir_all(&results);
     env.insert("NOVA_RESULTS".into(), results.display().to_string());
+    if let Some(account) = &identity.account {
+        env.insert("HOME".into(), account.home.display().to_string());
+        env.insert("USER".into(), account.name.clone());
+        env.insert("LOGNAME".into(), account.name.clone());
+    }
     // A fix installs packages through this same binary (`"$NOVA_BIN" setup`),
     // so one set of package rules holds everywhere.
     if let Ok(exe) = std::env::current_exe() {
@@ -344,6 +354,10 @@ pub async fn execute(
     }
     let lines: String = job.messages.iter().map(|m| format!("{m}\n")).collect();
     let _ = std::fs::write(&inbox, lines);
+    if let Some(account) = &identity.account {
+        super::privilege::hand_over(&inbox, account);
+        super::privilege::hand_over(&results, account);
+    }
 
     let log = log_path(&cfg.home, job);
     let timeout = match (job.task.timeout.map(|t| t.0), job.wall_time) {
@@ -357,6 +371,7 @@ pub async fn execute(
         timeout,
         memory_limit: job.memory_limit,
         echo: cfg.echo.then(|| format!("[{}/{}]", job.agent, job.task.id)),
+        account: identity.account.clone(),
     };
     let run_step = async |name: &str,
                           command: &CommandSpec,

@@ -101,35 +101,51 @@ pub fn firewall_steps(ports: &[String]) -> Result<Vec<HostStep>> {
     Ok(steps)
 }
 
-pub fn user_steps(users: &[String]) -> Result<Vec<HostStep>> {
-    users
-        .iter()
-        .map(|name| {
-            let valid = !name.is_empty()
-                && name.len() <= 32
-                && name.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_')
-                && !name.starts_with('-');
-            if !valid {
+/// A name `useradd` takes: lower-case letters, digits, `-` and `_`.
+pub fn valid_user_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 32
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_')
+        && !name.starts_with('-')
+}
+
+/// Steps that create `users` (system users without a login), and the
+/// workspace's `service_user`, which gets a home of its own under /var/lib
+/// (agents' tools keep caches there).
+pub fn user_steps(users: &[String], service_user: Option<&str>) -> Result<Vec<HostStep>> {
+    let service = service_user.filter(|u| *u != "root");
+    let mut all: Vec<(&str, bool)> = users.iter().map(|u| (u.as_str(), false)).collect();
+    if let Some(s) = service
+        && !users.iter().any(|u| u == s)
+    {
+        all.push((s, true));
+    }
+    all.into_iter()
+        .map(|(name, is_service)| {
+            if !valid_user_name(name) {
                 return Err(Error::usage(format!(
                     "nova.yaml setup.users: {name:?} is not a valid user name (lower-case letters, digits, - and _)"
                 )));
             }
             let exists = output("id", &["-u", name]).is_some();
+            let home: Vec<String> = if is_service || service == Some(name) {
+                vec!["--create-home".into(), "--home-dir".into(), format!("/var/lib/{name}")]
+            } else {
+                vec!["--no-create-home".into()]
+            };
             let command = if on_path("useradd") {
-                sudo(vec![
-                    "useradd".into(),
-                    "--system".into(),
-                    "--no-create-home".into(),
-                    "--shell".into(),
-                    "/usr/sbin/nologin".into(),
-                    name.clone(),
-                ])
+                let mut argv = vec!["useradd".to_string(), "--system".into()];
+                argv.extend(home);
+                argv.extend(["--shell".into(), "/usr/sbin/nologin".into(), name.to_string()]);
+                sudo(argv)
             } else {
                 Vec::new()
             };
             Ok(HostStep {
                 what: format!("create service user {name}"),
-                resource: name.clone(),
+                resource: name.to_string(),
                 command,
                 already: exists,
             })

@@ -33,6 +33,9 @@ const NOVA_YAML_TEMPLATE: &str = r#"# nova.yaml: this workspace's settings. Ever
 # execution_mode: sequential  # or parallel, for nova orchestrate
 # store: sqlite:.nova/nova.db # or redis://HOST:PORT/DB
 # opa_url: http://127.0.0.1:8181
+# service_user: nova-agent    # who agents' tasks run as when nova runs as root
+# packages:                   # minimum versions of what nova setup installs
+#   docker: ">=24"
 #
 # setup:                      # what nova setup checks and prepares
 #   min_disk_free: 5GiB
@@ -243,7 +246,15 @@ pub fn run(ws: &Workspace, out: &Output, args: &SetupArgs) -> Result<()> {
             &mut failures,
         )?);
     }
-    for step in host::user_steps(users)? {
+    let service_user = (!args.packages_only)
+        .then(|| {
+            std::env::var(crate::orchestrate::privilege::SERVICE_USER_VAR)
+                .ok()
+                .filter(|v| !v.is_empty())
+                .or_else(|| ws.config.service_user.clone())
+        })
+        .flatten();
+    for step in host::user_steps(users, service_user.as_deref())? {
         steps.push(apply_step(
             step,
             args.apply,

@@ -159,7 +159,14 @@ impl Workspace {
             .env_remove("NOVA_STORE")
             .env_remove("NOVA_OPA_URL")
             .env_remove("NOVA_EXECUTION_MODE")
+            .env_remove("NOVA_SERVICE_USER")
             .env("NO_COLOR", "1");
+        // As root (CI, containers) tests run their tasks as root on purpose,
+        // as a host with no other user would; tests of the service user
+        // remove this.
+        if nix::unistd::Uid::effective().is_root() {
+            cmd.env("NOVA_SERVICE_USER", "root");
+        }
         cmd
     }
 }
