@@ -36,6 +36,15 @@ fn alive(pid: i32) -> bool {
             .contains(") Z ")
 }
 
+/// The process id a task wrote into `name`.
+fn pid_in(ws: &Workspace, name: &str) -> i32 {
+    std::fs::read_to_string(ws.path().join(name))
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap()
+}
+
 fn run_json(ws: &Workspace, args: &[&str]) -> (i32, Value) {
     let mut all = vec!["orchestrate", "--json"];
     all.extend_from_slice(args);
@@ -163,11 +172,7 @@ fn a_timeout_kills_the_whole_process_group() {
             .contains("killed after its timeout of 1s"),
         "{t}"
     );
-    let pid: i32 = std::fs::read_to_string(ws.path().join("grandchild.pid"))
-        .unwrap()
-        .trim()
-        .parse()
-        .unwrap();
+    let pid = pid_in(&ws, "grandchild.pid");
     assert!(!alive(pid), "the grandchild {pid} survived");
 }
 
@@ -456,14 +461,7 @@ fn a_worker_killed_mid_task_loses_it_to_another_worker() {
     first.kill().unwrap(); // SIGKILL: no ack, no goodbye
     first.wait().unwrap();
     // Its task dies with it, the grandchild too (they ran on as orphans before).
-    let pid = |name: &str| -> i32 {
-        std::fs::read_to_string(ws.path().join(name))
-            .unwrap()
-            .trim()
-            .parse()
-            .unwrap()
-    };
-    let (child, grandchild) = (pid("child.pid"), pid("grandchild.pid"));
+    let (child, grandchild) = (pid_in(&ws, "child.pid"), pid_in(&ws, "grandchild.pid"));
     let deadline = Instant::now() + Duration::from_secs(10);
     while (alive(child) || alive(grandchild)) && Instant::now() < deadline {
         std::thread::sleep(Duration::from_millis(50));
@@ -544,14 +542,7 @@ fn a_worker_stopped_with_sigterm_ends_its_tasks_groups_before_it_exits() {
         std::thread::sleep(Duration::from_millis(20));
     }
     std::thread::sleep(Duration::from_millis(100));
-    let pid = |name: &str| -> i32 {
-        std::fs::read_to_string(ws.path().join(name))
-            .unwrap()
-            .trim()
-            .parse()
-            .unwrap()
-    };
-    let (child, grandchild) = (pid("child.pid"), pid("grandchild.pid"));
+    let (child, grandchild) = (pid_in(&ws, "child.pid"), pid_in(&ws, "grandchild.pid"));
     let term = |p: &std::process::Child| {
         std::process::Command::new("kill")
             .args(["-TERM", &p.id().to_string()])
