@@ -915,6 +915,9 @@ fn ending(run: &str, tasks: &[runs::TaskRow], agents_not_started: usize) -> Stri
             "; {agents_not_started} agents not started (an agent they depend on did not finish)"
         ));
     }
+    for t in tasks.iter().filter(|t| t.status == "denied").take(3) {
+        text.push_str(&format!("\ndenied: {}/{}: {}", t.agent, t.task, t.detail));
+    }
     text.push_str("\nnext: ");
     let mut steps = Vec::new();
     if fixable > 0 {
