@@ -16,8 +16,9 @@ use crate::store::TaskStatus;
 #[derive(Debug, Parser)]
 #[command(name = "nova", version, propagate_version = true, max_term_width = 100)]
 pub struct Cli {
-    /// Folder for nova's state (database, logs, runs, reports) [default: ./.nova]
-    #[arg(long, global = true, env = "NOVA_HOME", value_name = "DIR")]
+    /// Folder for nova's state (database, logs, runs, reports) [env: NOVA_HOME, an empty
+    /// one counting as unset] [default: ./.nova]
+    #[arg(long, global = true, value_name = "DIR")]
     pub home: Option<PathBuf>,
 
     /// Print machine-readable JSON on stdout, and nothing else there
@@ -155,7 +156,7 @@ pub enum BlueprintsAction {
 }
 
 /// Which plan and agents a command works on (`nova plan`, `nova orchestrate`).
-#[derive(Debug, Args)]
+#[derive(Debug, Clone, Args)]
 pub struct Selection {
     /// The plan [default: the plan of --agents, else nova.yaml's `plan`, else spark-sophia]
     #[arg(long, value_name = "NAME")]
@@ -221,7 +222,7 @@ pub struct RoadmapArgs {
     pub format: RoadmapFormat,
 }
 
-#[derive(Debug, Args)]
+#[derive(Debug, Clone, Args)]
 pub struct StoreArg {
     /// Queue store: sqlite:PATH or redis://HOST:PORT/DB [default: sqlite:$NOVA_HOME/nova.db]
     #[arg(long, env = "NOVA_STORE", value_name = "URL")]
@@ -254,7 +255,7 @@ pub struct ServeArgs {
     pub keep_finished: Option<std::time::Duration>,
 }
 
-#[derive(Debug, Args)]
+#[derive(Debug, Clone, Args)]
 pub struct OrchestrateArgs {
     #[command(flatten)]
     pub select: Selection,
@@ -279,7 +280,9 @@ pub struct OrchestrateArgs {
     #[arg(long)]
     pub dry_run: bool,
 
-    /// Finish an interrupted run (the last one, or RUN_ID) without redoing finished tasks
+    /// Finish an interrupted run (the last one, or RUN_ID) without redoing finished tasks;
+    /// it runs what the run selected (plan, agents, phases, mode, --apply), and flags that
+    /// say otherwise are refused
     #[arg(long, value_name = "RUN_ID", num_args = 0..=1)]
     pub resume: Option<Option<String>>,
 

@@ -110,11 +110,11 @@ impl Config {
     /// Read `nova.yaml` from `root`; `Ok(None)` when there is none.
     pub fn load(root: &Path) -> Result<Option<(PathBuf, Config)>> {
         let path = root.join(FILE_NAME);
-        let text = match std::fs::read_to_string(&path) {
-            Ok(text) => text,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-            Err(e) => return Err(Error::io(&path, e)),
-        };
+        // A dangling symlink is there (and refused below); nothing at all is no file.
+        if std::fs::symlink_metadata(&path).is_err() {
+            return Ok(None);
+        }
+        let text = crate::files::read_text(&path, crate::files::limits::CONFIG)?;
         let file = path.display().to_string();
         let config: Config = if yaml::is_blank(&text) {
             Config::default()

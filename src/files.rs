@@ -17,10 +17,18 @@ pub fn read_limited(path: &Path, max: u64) -> Result<Vec<u8>> {
         .read(true)
         .custom_flags(libc::O_NONBLOCK)
         .open(path)
-        .map_err(|e| match e.kind() {
-            std::io::ErrorKind::NotFound => {
+        .map_err(|e| match (e.kind(), e.raw_os_error()) {
+            (std::io::ErrorKind::NotFound, _) => {
                 Error::usage(format!("{}: no such file", path.display()))
             }
+            (_, Some(libc::ELOOP)) => Error::usage(format!(
+                "{}: a symbolic link that leads back to itself",
+                path.display()
+            )),
+            (_, Some(libc::ENOTDIR)) => Error::usage(format!(
+                "{}: a folder in the path is a file",
+                path.display()
+            )),
             _ => Error::io(path, e),
         })?;
     let meta = file.metadata().map_err(|e| Error::io(path, e))?;
@@ -53,7 +61,8 @@ pub fn read_limited(path: &Path, max: u64) -> Result<Vec<u8>> {
     Ok(bytes)
 }
 
-fn kind(meta: &std::fs::Metadata) -> &'static str {
+/// What a path that is not a regular file is, in a word.
+pub fn kind(meta: &std::fs::Metadata) -> &'static str {
     use std::os::unix::fs::FileTypeExt;
     let t = meta.file_type();
     if t.is_dir() {
@@ -67,4 +76,36 @@ fn kind(meta: &std::fs::Metadata) -> &'static str {
     } else {
         "special file"
     }
+}
+
+/// The UTF-8 text of the regular file at `path` ([`read_limited`]), without
+/// a leading byte-order mark; bad input naming the path and the first byte
+/// that is not UTF-8 otherwise.
+pub fn read_text(path: &Path, max: u64) -> Result<String> {
+    let bytes = read_limited(path, max)?;
+    let mut text = String::from_utf8(bytes).map_err(|e| {
+        Error::usage(format!(
+            "{}: not UTF-8 text (byte {} is not valid UTF-8)",
+            path.display(),
+            e.utf8_error().valid_up_to()
+        ))
+    })?;
+    if text.starts_with('\u{feff}') {
+        text.drain(..'\u{feff}'.len_utf8());
+    }
+    Ok(text)
+}
+
+/// Limits on what nova reads from the files it is pointed at.
+pub mod limits {
+    /// A blueprint or plan file.
+    pub const BLUEPRINT: u64 = 1024 * 1024;
+    /// nova.yaml.
+    pub const CONFIG: u64 = 1024 * 1024;
+    /// A Rego policy file.
+    pub const POLICY: u64 = 1024 * 1024;
+    /// A policy input (`nova policy eval --input`).
+    pub const POLICY_INPUT: u64 = 1024 * 1024;
+    /// A token file.
+    pub const TOKEN: u64 = 64 * 1024;
 }

@@ -66,6 +66,12 @@ impl Workspace {
         } else {
             root.join(home)
         };
+        if home.exists() && !home.is_dir() {
+            return Err(Error::usage(format!(
+                "NOVA_HOME {} is a file, not a folder (set --home or NOVA_HOME to a folder)",
+                home.display()
+            )));
+        }
         let (config_file, config) = match Config::load(&root)? {
             Some((path, config)) => (Some(path), config),
             None => (None, Config::default()),

@@ -407,6 +407,68 @@ fn ctrl_c_leaves_no_child_and_resume_finishes_only_what_was_left() {
     ws.run(&["runs"]).success().stdout_has("done");
 }
 
+// `orchestrate --agents slow --only`, interrupted, then `--resume` ran all
+// 22 spark-sophia checks under the interrupted run's id.
+#[test]
+fn a_resumed_run_runs_its_own_selection_and_refuses_flags_that_contradict_it() {
+    let ws = workspace();
+    agent(
+        &ws,
+        "base",
+        "implementation",
+        "one",
+        &[],
+        "  - id: mark\n    title: marks\n    check: {shell: \"echo x >> base.count\"}\n",
+    );
+    agent(
+        &ws,
+        "slow",
+        "implementation",
+        "one",
+        &["base"],
+        "  - id: wait\n    title: waits while the flag is there\n    check: {shell: \"while [ -f slow ]; do sleep 0.05; done; echo x >> slow.count\"}\n",
+    );
+    ws.write("slow", "");
+    let mut child = ws
+        .std_command()
+        .args(["orchestrate", "--agents", "slow", "--only"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(1500));
+    std::process::Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert_ne!(child.wait().unwrap().code(), Some(0));
+    let runs = ws.run(&["runs", "--json"]).success().json();
+    assert_eq!(runs[0]["status"], "interrupted", "{runs}");
+
+    ws.run(&["orchestrate", "--resume", "--apply"])
+        .code(2)
+        .stderr_has("--apply (the run ran checks only)");
+    ws.run(&["orchestrate", "--resume", "--agents", "base"])
+        .code(2)
+        .stderr_has("--agents base (the run's: slow)");
+    std::fs::remove_file(ws.path().join("slow")).unwrap();
+    let (code, report) = run_json(&ws, &["--resume"]);
+    assert_eq!(code, 0, "{report}");
+    assert_eq!(report["run"], runs[0]["id"]);
+    let agents: Vec<&str> = report["tasks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t["agent"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        agents,
+        ["slow"],
+        "only the run's own agent, not its dependency"
+    );
+    assert!(!ws.path().join("base.count").exists(), "--only held");
+}
+
 #[test]
 fn a_worker_killed_mid_task_loses_it_to_another_worker() {
     let ws = workspace();

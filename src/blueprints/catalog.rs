@@ -305,15 +305,15 @@ fn builtin_inputs() -> Vec<Input> {
         .collect()
 }
 
+/// nova.yaml's text, only to place its errors (it was read and checked before).
 fn read_text(path: &Path) -> String {
-    std::fs::read_to_string(path).unwrap_or_default()
+    crate::files::read_text(path, crate::files::limits::CONFIG).unwrap_or_default()
 }
 
 /// Read one YAML file, or every `*.yaml`/`*.yml` file under a folder (sorted).
 pub fn read_inputs(path: &Path, layer: Layer) -> Result<Vec<Input>> {
-    let meta = std::fs::metadata(path).map_err(|e| Error::io(path, e))?;
     let mut files = Vec::new();
-    if meta.is_dir() {
+    if path.is_dir() {
         collect_yaml(path, &mut files)?;
         files.sort();
     } else {
@@ -322,7 +322,7 @@ pub fn read_inputs(path: &Path, layer: Layer) -> Result<Vec<Input>> {
     files
         .into_iter()
         .map(|file| {
-            let text = std::fs::read_to_string(&file).map_err(|e| Error::io(&file, e))?;
+            let text = crate::files::read_text(&file, crate::files::limits::BLUEPRINT)?;
             Ok(Input {
                 label: file.display().to_string(),
                 text,

@@ -12,6 +12,9 @@ use super::catalog::Agent;
 const MAX_NAME: usize = 64;
 
 /// Why `name` is not a usable identifier, if it is not.
+/// The most tasks one agent may hold.
+pub const MAX_TASKS: usize = 1_000;
+
 pub fn name_problem(name: &str) -> Option<String> {
     if name.trim().is_empty() {
         return Some("must not be empty".into());
@@ -156,16 +159,16 @@ fn agent_fields(
 
     let mut deps_seen = HashSet::new();
     for (i, dep) in spec.depends_on.iter().enumerate() {
-        let line = yaml::list_item_line(text, "depends_on", dep);
+        let line = || yaml::list_item_line(text, "depends_on", dep);
         let field = format!("depends_on[{i}]");
         if !deps_seen.insert(dep.to_lowercase()) {
-            push(format!("`{dep}` is listed twice"), line, field);
+            push(format!("`{dep}` is listed twice"), line(), field);
             continue;
         }
         if dep.eq_ignore_ascii_case(&spec.name) {
             push(
                 format!("agent `{}` cannot depend on itself", spec.name),
-                line,
+                line(),
                 field,
             );
             continue;
@@ -183,7 +186,7 @@ fn agent_fields(
                     agent.plan,
                     same_plan.join(", ")
                 ),
-                line,
+                line(),
                 field,
             );
             continue;
@@ -194,7 +197,7 @@ fn agent_fields(
                     "`{dep}` belongs to plan `{}`, not `{}`; dependencies stay within one plan",
                     target.plan, agent.plan
                 ),
-                line,
+                line(),
                 field,
             );
             continue;
@@ -208,34 +211,49 @@ fn agent_fields(
                     "`{dep}` runs in phase `{}`, after this agent's phase `{}`; an agent can only depend on agents of its own or earlier phases",
                     target.spec.phase, spec.phase
                 ),
-                line,
+                line(),
                 field,
             );
         }
     }
 
+    if spec.tasks.len() > MAX_TASKS {
+        push(
+            format!(
+                "{} tasks: an agent holds at most {MAX_TASKS} (split it into several agents)",
+                spec.tasks.len()
+            ),
+            yaml::key_line(text, "tasks"),
+            "tasks".into(),
+        );
+        return diags;
+    }
     let mut ids: HashMap<String, usize> = HashMap::new();
     for (i, task) in spec.tasks.iter().enumerate() {
-        let occurrence = ids.entry(task.id.to_lowercase()).or_insert(0);
-        let line = yaml::key_value_line(text, "id", &task.id, *occurrence)
-            .or(yaml::key_line(text, "tasks"));
-        *occurrence += 1;
+        let counter = ids.entry(task.id.to_lowercase()).or_insert(0);
+        let occurrence = *counter;
+        *counter += 1;
+        // Looked up only for a task with a problem: finding a line scans the
+        // text, and doing it for every task made checking quadratic.
+        let line = || {
+            yaml::key_value_line(text, "id", &task.id, occurrence).or(yaml::key_line(text, "tasks"))
+        };
         if let Some(problem) = name_problem(&task.id) {
-            push(problem, line, format!("tasks[{i}].id"));
-        } else if *occurrence > 1 {
+            push(problem, line(), format!("tasks[{i}].id"));
+        } else if occurrence > 0 {
             push(
                 format!(
                     "task id `{}` is used twice in agent `{}`",
                     task.id, spec.name
                 ),
-                line,
+                line(),
                 format!("tasks[{i}].id"),
             );
         }
         if task.title.trim().is_empty() {
             push(
                 "must not be empty".into(),
-                line,
+                line(),
                 format!("tasks[{i}].title"),
             );
         }
@@ -245,7 +263,7 @@ fn agent_fields(
                     "task `{}` has neither `run` nor `check`: give it at least one",
                     task.id
                 ),
-                line,
+                line(),
                 format!("tasks[{i}]"),
             );
         }

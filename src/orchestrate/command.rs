@@ -153,6 +153,112 @@ impl Run {
     }
 }
 
+/// The arguments of `--resume`: the interrupted run's own selection (plan,
+/// agents, `--only`, phases, mode, `--apply`, `--keep-going`), with the
+/// run's id. A flag that says otherwise is refused: resuming runs what the
+/// run was started to run, never more.
+fn resumed_args(
+    ws: &Workspace,
+    args: &OrchestrateArgs,
+    which: Option<&str>,
+) -> Result<OrchestrateArgs> {
+    let Some(store) = ws.open_store_read()? else {
+        return Err(Error::usage(
+            "--resume: no run to resume in this workspace".to_string(),
+        ));
+    };
+    let found = match which {
+        Some(id) => runs::find_run(store.connection(), id),
+        None => runs::last_interrupted(store.connection()),
+    }
+    .map_err(|e| Error::Failed(e.to_string()))?;
+    let Some(run) = found else {
+        return Err(Error::usage(match which {
+            Some(id) => format!("--resume {id}: no such run (see nova runs)"),
+            None => "--resume: no interrupted run to resume".to_string(),
+        }));
+    };
+    let strings = |key: &str| -> Vec<String> {
+        run.args[key]
+            .as_array()
+            .map(|a| {
+                a.iter()
+                    .filter_map(|v| v.as_str().map(String::from))
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
+    let same = |a: &[String], b: &[String]| {
+        a.len() == b.len() && a.iter().zip(b).all(|(x, y)| x.eq_ignore_ascii_case(y))
+    };
+    let (agents, phases) = (strings("agents"), strings("phases"));
+    let only = run.args["only"].as_bool().unwrap_or(false);
+    let mode = match run.mode.as_str() {
+        "parallel" => ExecutionMode::Parallel,
+        _ => ExecutionMode::Sequential,
+    };
+    let mut contradictions = Vec::new();
+    if let Some(plan) = &args.select.plan
+        && !plan.eq_ignore_ascii_case(&run.plan)
+    {
+        contradictions.push(format!("--plan {plan} (the run's plan is {})", run.plan));
+    }
+    if !args.select.agents.is_empty() && !same(&args.select.agents, &agents) {
+        contradictions.push(format!(
+            "--agents {} (the run's: {})",
+            args.select.agents.join(" "),
+            if agents.is_empty() {
+                "the whole plan".to_string()
+            } else {
+                agents.join(" ")
+            }
+        ));
+    }
+    if args.select.only && !only {
+        contradictions.push("--only (the run included the agents' dependencies)".into());
+    }
+    if !args.phase.is_empty() && !same(&args.phase, &phases) {
+        contradictions.push(format!(
+            "--phase {} (the run's: {})",
+            args.phase.join(" "),
+            if phases.is_empty() {
+                "every phase".to_string()
+            } else {
+                phases.join(" ")
+            }
+        ));
+    }
+    if let Some(m) = args.mode
+        && m != mode
+    {
+        contradictions.push(format!(
+            "--mode {} (the run's mode is {})",
+            format!("{m:?}").to_lowercase(),
+            run.mode
+        ));
+    }
+    if args.apply && !run.apply {
+        contradictions.push("--apply (the run ran checks only)".into());
+    }
+    if !contradictions.is_empty() {
+        return Err(Error::usage(format!(
+            "--resume {}: a resumed run runs what it was started with; these say otherwise: {}",
+            run.id,
+            contradictions.join("; ")
+        )));
+    }
+    let mut resumed = args.clone();
+    resumed.select.plan = Some(run.plan.clone());
+    resumed.select.agents = agents;
+    resumed.select.only = only;
+    resumed.phase = phases;
+    resumed.mode = Some(mode);
+    resumed.apply = run.apply;
+    resumed.keep_going = args.keep_going || run.args["keep_going"].as_bool().unwrap_or(false);
+    resumed.resume = Some(Some(run.id));
+    Ok(resumed)
+}
+
 fn mode_of(ws: &Workspace, args: &OrchestrateArgs) -> Result<ExecutionMode> {
     if let Some(m) = args.mode {
         return Ok(m);
@@ -194,6 +300,14 @@ fn new_run_id() -> String {
 }
 
 pub fn run(ws: &Workspace, out: &Output, args: &OrchestrateArgs, verbose: u8) -> Result<()> {
+    let resumed;
+    let args = match &args.resume {
+        Some(which) => {
+            resumed = resumed_args(ws, args, which.as_deref())?;
+            &resumed
+        }
+        None => args,
+    };
     let catalog = Catalog::load(ws)?;
     let select = &args.select;
     let plan = crate::plan::resolve(
@@ -272,8 +386,8 @@ pub fn run(ws: &Workspace, out: &Output, args: &OrchestrateArgs, verbose: u8) ->
                 started_at: now_ms(),
                 finished_at: None,
                 args: json!({
-                    "agents": select.agents, "phases": args.phase, "jobs": jobs,
-                    "keep_going": args.keep_going, "server": args.server,
+                    "agents": select.agents, "only": select.only, "phases": args.phase,
+                    "jobs": jobs, "keep_going": args.keep_going, "server": args.server,
                 }),
                 report: None,
             };

@@ -30,7 +30,7 @@ fn compile(files: &[PolicyFile]) -> Result<Embedded> {
 fn opa_client(ws: &Workspace, url: &str) -> Result<Opa> {
     let token = match &ws.opa.token_file {
         Some(path) => {
-            let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
+            let text = crate::files::read_text(path, crate::files::limits::TOKEN)?;
             Some(text.trim().to_string()).filter(|t| !t.is_empty())
         }
         None => None,
@@ -62,7 +62,7 @@ fn read_input(path: &std::path::Path) -> Result<Value> {
         (text, "stdin".to_string())
     } else {
         (
-            std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?,
+            crate::files::read_text(path, crate::files::limits::POLICY_INPUT)?,
             path.display().to_string(),
         )
     };

@@ -53,6 +53,9 @@ pub enum LoadError {
     },
     #[error("{origin}: {message}")]
     Rego { origin: String, message: String },
+    /// A file that is not one to read (a FIFO, too big, not UTF-8): bad input.
+    #[error("{0}")]
+    Unreadable(String),
 }
 
 /// The built-in policies with the workspace's folder laid over them.
@@ -81,10 +84,11 @@ pub fn policy_files(workspace_dir: &Path) -> Result<Vec<PolicyFile>, LoadError> 
         .collect();
     own.sort();
     for path in own {
-        let text = std::fs::read_to_string(&path).map_err(|source| LoadError::Io {
-            path: path.clone(),
-            source,
-        })?;
+        let text =
+            crate::files::read_text(&path, crate::files::limits::POLICY).map_err(|e| match e {
+                crate::error::Error::Io { path, source } => LoadError::Io { path, source },
+                other => LoadError::Unreadable(other.to_string()),
+            })?;
         let name = path
             .file_name()
             .map(|n| n.to_string_lossy().to_string())

@@ -105,7 +105,7 @@ fn operator_name() -> String {
 
 pub fn read_token(file: Option<&Path>) -> Result<Option<String>> {
     let Some(file) = file else { return Ok(None) };
-    let text = std::fs::read_to_string(file).map_err(|e| Error::io(file, e))?;
+    let text = crate::files::read_text(file, crate::files::limits::TOKEN)?;
     let token = text.trim().to_string();
     if token.is_empty() {
         return Err(Error::usage(format!(

@@ -42,6 +42,12 @@ pub enum StoreError {
         supported: u32,
     },
 
+    #[error(
+        "{} is not a regular file (a {kind}); nova left it untouched: point --home/NOVA_HOME elsewhere",
+        path.display()
+    )]
+    NotAFile { path: PathBuf, kind: &'static str },
+
     #[error("{}: {source}", path.display())]
     Sqlite {
         path: PathBuf,
@@ -60,10 +66,20 @@ pub enum StoreError {
 impl StoreError {
     /// True when the file itself is unusable input rather than a failure at run time.
     pub fn is_bad_input(&self) -> bool {
-        matches!(
-            self,
-            StoreError::NotADatabase { .. } | StoreError::TooNew { .. }
-        )
+        match self {
+            StoreError::NotADatabase { .. }
+            | StoreError::TooNew { .. }
+            | StoreError::NotAFile { .. } => true,
+            // A damaged file (truncated, overwritten) is the input that is bad.
+            StoreError::Sqlite {
+                source: rusqlite::Error::SqliteFailure(e, _),
+                ..
+            } => matches!(
+                e.code,
+                rusqlite::ErrorCode::DatabaseCorrupt | rusqlite::ErrorCode::NotADatabase
+            ),
+            _ => false,
+        }
     }
 }
 
@@ -98,7 +114,11 @@ impl Store {
     /// Open an existing database for reading only; it is neither created nor migrated.
     pub fn open_read_only(path: &Path) -> StoreResult<Store> {
         check_header(path)?;
-        let flags = OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX;
+        // Read-write without create, though nothing is written: only a
+        // connection that may write removes the `-wal` and `-shm` files when
+        // it closes (a read-only one leaves them beside nova.db). SQLite
+        // opens a write-protected file read-only by itself.
+        let flags = OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX;
         let conn = Connection::open_with_flags(path, flags).map_err(sqlite_err(path))?;
         conn.busy_timeout(BUSY_TIMEOUT).map_err(sqlite_err(path))?;
         let version = migrations::read_version(&conn, path)?;
@@ -147,6 +167,15 @@ fn sqlite_err(path: &Path) -> impl Fn(rusqlite::Error) -> StoreError + '_ {
 /// Refuse a file that exists, is not empty and does not start with SQLite's magic
 /// string, before SQLite opens it (SQLite would otherwise add `-wal`/`-shm` files).
 fn check_header(path: &Path) -> StoreResult<()> {
+    // A FIFO or a device in nova.db's place would hang or never end: look first.
+    if let Ok(meta) = std::fs::metadata(path)
+        && !meta.is_file()
+    {
+        return Err(StoreError::NotAFile {
+            path: path.to_path_buf(),
+            kind: crate::files::kind(&meta),
+        });
+    }
     let mut file = match std::fs::File::open(path) {
         Ok(file) => file,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),

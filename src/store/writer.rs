@@ -30,7 +30,25 @@ type Reply = Box<dyn FnOnce(Result<(), String>) + Send>;
 type Job = Box<dyn FnOnce(Option<&Connection>) -> (Reply, bool) + Send>;
 
 pub struct Writer {
-    jobs: Mutex<mpsc::Sender<Job>>,
+    /// `None` once the writer is being dropped.
+    jobs: Mutex<Option<mpsc::Sender<Job>>>,
+    thread: Mutex<Option<std::thread::JoinHandle<()>>>,
+}
+
+/// The last user of a writer waits for its thread to close the connection:
+/// SQLite checkpoints the WAL into the database file only when its last
+/// connection closes, and a process that exits first leaves `nova.db` (what
+/// a person copies) without its last writes beside a `-wal` file.
+impl Drop for Writer {
+    fn drop(&mut self) {
+        drop(self.jobs.lock().unwrap_or_else(|p| p.into_inner()).take());
+        let handle = self.thread.lock().unwrap_or_else(|p| p.into_inner()).take();
+        if let Some(handle) = handle
+            && handle.thread().id() != std::thread::current().id()
+        {
+            let _ = handle.join();
+        }
+    }
 }
 
 fn registry() -> &'static Mutex<HashMap<PathBuf, Weak<Writer>>> {
@@ -50,7 +68,7 @@ impl Writer {
         let conn = Store::open(path)?.into_connection();
         let key = std::fs::canonicalize(path).unwrap_or(key);
         let (jobs, rx) = mpsc::channel::<Job>();
-        std::thread::Builder::new()
+        let thread = std::thread::Builder::new()
             .name("nova-db-writer".into())
             .spawn(move || write_loop(conn, rx))
             .map_err(|source| StoreError::Io {
@@ -58,7 +76,8 @@ impl Writer {
                 source,
             })?;
         let writer = Arc::new(Writer {
-            jobs: Mutex::new(jobs),
+            jobs: Mutex::new(Some(jobs)),
+            thread: Mutex::new(Some(thread)),
         });
         reg.insert(key, Arc::downgrade(&writer));
         Ok(writer)
@@ -89,8 +108,8 @@ impl Writer {
         self.jobs
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .send(job)
-            .is_ok()
+            .as_ref()
+            .is_some_and(|jobs| jobs.send(job).is_ok())
     }
 
     /// Run `op` in the next batch; its result once the batch is committed.

@@ -1,0 +1,201 @@
+//! The contract on bad input (issue 12): files nova is pointed at that are
+//! not what they should be, each refused with its name and exit 2, nothing
+//! hanging, nothing stored harmed. Each test names the case that broke it.
+
+mod common;
+
+use std::os::unix::fs::symlink;
+use std::time::{Duration, Instant};
+
+use common::Workspace;
+
+fn blueprint(tasks: usize) -> String {
+    let mut text =
+        String::from("name: big\nrole: implementation\nphase: build\nplan: delivery\ntasks:\n");
+    for i in 0..tasks {
+        text.push_str(&format!(
+            "  - id: t{i}\n    title: task {i}\n    check: [\"true\"]\n"
+        ));
+    }
+    text
+}
+
+// One blueprint of 16k tasks took 14.6 s to check (each task's line was
+// found by rescanning the file); an agent now holds at most 1,000 tasks.
+#[test]
+fn a_blueprint_is_bounded_and_checked_without_rescanning() {
+    let ws = Workspace::new();
+    ws.write("blueprints/big.yaml", &blueprint(1_000));
+    ws.run(&["blueprints", "validate"]).success();
+    ws.write("blueprints/big.yaml", &blueprint(1_001));
+    ws.run(&["blueprints", "validate"])
+        .code(2)
+        .stderr_has("big.yaml:5: field `tasks`: 1001 tasks: an agent holds at most 1000");
+    // Past the size limit, the file is not read at all.
+    ws.write("blueprints/big.yaml", &"#".repeat(2 * 1024 * 1024));
+    ws.run(&["plan"])
+        .code(2)
+        .stderr_has("big.yaml: 2.0 MiB is more than the 1.0 MiB nova reads from such a file");
+}
+
+// `ln -s /dev/zero blueprints/z.yaml; nova plan` grew to 7 GB; a FIFO hung for ever.
+#[test]
+fn devices_fifos_and_folders_in_a_files_place_are_refused_at_once() {
+    let ws = Workspace::new();
+    std::fs::create_dir_all(ws.path().join("blueprints")).unwrap();
+    let started = Instant::now();
+    symlink("/dev/zero", ws.path().join("blueprints/z.yaml")).unwrap();
+    ws.run(&["plan"])
+        .code(2)
+        .stderr_has("z.yaml: not a regular file (a device)");
+    std::fs::remove_file(ws.path().join("blueprints/z.yaml")).unwrap();
+    mkfifo(&ws.path().join("blueprints/f.yaml"));
+    ws.run(&["plan"])
+        .code(2)
+        .stderr_has("f.yaml: not a regular file (a FIFO)");
+    std::fs::remove_file(ws.path().join("blueprints/f.yaml")).unwrap();
+    std::fs::create_dir_all(ws.home()).unwrap();
+    mkfifo(&ws.home().join("nova.db"));
+    ws.run(&["tasks"])
+        .code(2)
+        .stderr_has("nova.db is not a regular file (a FIFO)");
+    std::fs::remove_file(ws.home().join("nova.db")).unwrap();
+    std::fs::create_dir(ws.path().join("nova.yaml")).unwrap();
+    ws.run(&["plan"])
+        .code(2)
+        .stderr_has("nova.yaml: not a regular file (a folder)");
+    assert!(
+        started.elapsed() < Duration::from_secs(30),
+        "nothing waited"
+    );
+}
+
+fn mkfifo(path: &std::path::Path) {
+    assert!(
+        std::process::Command::new("mkfifo")
+            .arg(path)
+            .status()
+            .unwrap()
+            .success()
+    );
+}
+
+// Each of these exited 1 ("the job failed") where the contract says 2.
+#[test]
+fn unreadable_inputs_exit_2_with_their_name() {
+    let ws = Workspace::new();
+    std::fs::create_dir_all(ws.path().join("blueprints")).unwrap();
+    std::fs::write(ws.path().join("blueprints/bad.yaml"), b"name: caf\xe9\n").unwrap();
+    ws.run(&["plan"])
+        .code(2)
+        .stderr_has("bad.yaml: not UTF-8 text (byte 9 is not valid UTF-8)");
+    std::fs::remove_file(ws.path().join("blueprints/bad.yaml")).unwrap();
+    symlink("loop.yaml", ws.path().join("blueprints/loop.yaml")).unwrap();
+    ws.run(&["plan"])
+        .code(2)
+        .stderr_has("loop.yaml: a symbolic link that leads back to itself");
+    std::fs::remove_file(ws.path().join("blueprints/loop.yaml")).unwrap();
+    symlink("nowhere.yaml", ws.path().join("blueprints/dangling.yaml")).unwrap();
+    ws.run(&["plan"])
+        .code(2)
+        .stderr_has("dangling.yaml: no such file");
+    std::fs::remove_file(ws.path().join("blueprints/dangling.yaml")).unwrap();
+    std::fs::write(ws.path().join("nova.yaml"), b"plan: \xff\n").unwrap();
+    ws.run(&["plan"])
+        .code(2)
+        .stderr_has("nova.yaml: not UTF-8 text");
+    std::fs::remove_file(ws.path().join("nova.yaml")).unwrap();
+    std::fs::write(ws.path().join("input.json"), b"{\"a\": \"\xff\"}").unwrap();
+    ws.run(&["policy", "eval", "--input", "input.json"])
+        .code(2)
+        .stderr_has("input.json: not UTF-8 text");
+    ws.run(&["policy", "eval", "--input", "missing.json"])
+        .code(2)
+        .stderr_has("missing.json: no such file");
+    ws.run(&[
+        "queue",
+        "--server",
+        "http://127.0.0.1:1",
+        "--token-file",
+        "missing-token",
+        "stats",
+    ])
+    .code(2)
+    .stderr_has("missing-token: no such file");
+    ws.write("home-file", "");
+    let out = ws
+        .std_command()
+        .env("NOVA_HOME", ws.path().join("home-file"))
+        .args(["tasks"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("is a file, not a folder"));
+}
+
+// A truncated nova.db said "database disk image is malformed" with exit 1.
+#[test]
+fn a_damaged_database_is_bad_input_and_stays_as_it_was() {
+    let ws = Workspace::new();
+    ws.run(&["queue", "enqueue", "a", "--payload", "{}"])
+        .success();
+    let db = ws.home().join("nova.db");
+    let whole = std::fs::read(&db).unwrap();
+    std::fs::write(&db, &whole[..whole.len().min(5_000)]).unwrap();
+    let before = std::fs::read(&db).unwrap();
+    ws.run(&["queue", "stats"])
+        .code(2)
+        .stderr_has("nova.db: database disk image is malformed");
+    assert_eq!(std::fs::read(&db).unwrap(), before, "the file is untouched");
+}
+
+// A byte-order mark in front of a blueprint read as "missing field role";
+// NOVA_HOME="" said "a value is required for '--home <DIR>'".
+#[test]
+fn a_byte_order_mark_and_an_empty_nova_home_are_taken_as_meant() {
+    let ws = Workspace::new();
+    ws.write(
+        "blueprints/bom.yaml",
+        "\u{feff}name: bom\nrole: implementation\nphase: build\nplan: delivery\ntasks:\n  - id: a\n    title: a\n    check: [\"true\"]\n",
+    );
+    ws.run(&["blueprints", "show", "bom"]).success();
+    let out = ws
+        .std_command()
+        .env("NOVA_HOME", "")
+        .args(["tasks", "--agent", "bom"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+}
+
+// After `nova queue enqueue` (and most commands) nova.db-wal and nova.db-shm
+// stayed behind, and nova.db alone lacked the last writes.
+#[test]
+fn every_command_leaves_the_database_whole_in_one_file() {
+    let ws = Workspace::new();
+    let sides = || {
+        ["nova.db-wal", "nova.db-shm"]
+            .into_iter()
+            .filter(|s| ws.home().join(s).exists())
+            .collect::<Vec<_>>()
+    };
+    for args in [
+        &["queue", "enqueue", "a", "--payload", "{}"][..],
+        &["queue", "stats"],
+        &["runs"],
+        &["tasks"],
+        &["audit", "verify"],
+        &["kpi"],
+    ] {
+        ws.run(args).success();
+        assert!(sides().is_empty(), "after nova {args:?}: {:?}", sides());
+    }
+    // nova.db alone (what a person copies) holds the task.
+    let copy = ws.path().join("copy.db");
+    std::fs::copy(ws.home().join("nova.db"), &copy).unwrap();
+    let conn = rusqlite::Connection::open(&copy).unwrap();
+    let tasks: i64 = conn
+        .query_row("SELECT COUNT(*) FROM queue_tasks", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(tasks, 1);
+}
