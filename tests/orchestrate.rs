@@ -1200,3 +1200,44 @@ fn as_root_tasks_run_as_the_service_user_unless_their_blueprint_needs_root_and_p
         "{stderr}"
     );
 }
+
+// `--server garbage` or an unreachable server left a run `running` for ever
+// (run.start without run.finish); `--report` into a missing folder was
+// noticed only after every task ran.
+#[test]
+fn a_run_that_cannot_start_is_never_recorded_as_running() {
+    let ws = workspace();
+    agent(
+        &ws,
+        "tiny",
+        "implementation",
+        "one",
+        &[],
+        "  - id: t\n    title: t\n    check: [\"true\"]\n",
+    );
+    ws.run(&[
+        "orchestrate",
+        "--agents",
+        "tiny",
+        "--only",
+        "--server",
+        "garbage",
+    ])
+    .code(2)
+    .stderr_has("bad server URL \"garbage\"");
+    ws.run(&["orchestrate", "--server", "http://127.0.0.1:99999"])
+        .code(2)
+        .stderr_has("99999 is not a port");
+    ws.run(&["orchestrate", "--server", "http://127.0.0.1:1"])
+        .code(1)
+        .stderr_has("cannot connect to http://127.0.0.1:1")
+        .stderr_has("Connection refused");
+    ws.run(&["orchestrate", "--report", "no/such/folder/run.md"])
+        .code(2)
+        .stderr_has("--report no/such/folder/run.md: the folder no/such/folder does not exist");
+    ws.run(&["runs"]).success().stdout_has("no runs yet");
+    let starts = ws.run(&["audit", "log", "--action", "run.start", "--json"]);
+    if starts.code == 0 {
+        assert_eq!(starts.json().as_array().map_or(0, |a| a.len()), 0);
+    }
+}

@@ -308,6 +308,19 @@ pub fn run(ws: &Workspace, out: &Output, args: &OrchestrateArgs, verbose: u8) ->
         }
         None => args,
     };
+    if let Some(report) = &args.report {
+        let folder = report
+            .parent()
+            .filter(|p| !p.as_os_str().is_empty())
+            .unwrap_or(std::path::Path::new("."));
+        if !folder.is_dir() {
+            return Err(Error::usage(format!(
+                "--report {}: the folder {} does not exist",
+                report.display(),
+                folder.display()
+            )));
+        }
+    }
     let catalog = Catalog::load(ws)?;
     let select = &args.select;
     let plan = crate::plan::resolve(
@@ -363,6 +376,18 @@ pub fn run(ws: &Workspace, out: &Output, args: &OrchestrateArgs, verbose: u8) ->
 
     let rt = crate::runtime::runtime()?;
     rt.block_on(async {
+        // What can be checked before the run is recorded is: a run that
+        // could never start must not sit in `nova runs` as running.
+        let shared_server = match &args.server {
+            Some(url) => {
+                let token = crate::queue::command::read_token(args.token_file.as_deref())?;
+                let client = client::connect(url, token.as_deref())
+                    .await
+                    .map_err(Error::from)?;
+                Some((url.clone(), token, client))
+            }
+            None => None,
+        };
         let audit = workspace_log(ws, &args.store, true).await?;
         let run = Arc::new(Run {
             id: id.clone(),
@@ -439,149 +464,186 @@ pub fn run(ws: &Workspace, out: &Output, args: &OrchestrateArgs, verbose: u8) ->
             }
         ));
 
-        // The queue: in process on the workspace's store, or the given server.
-        let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-        let mut server_task = None;
-        let (url, token) = match &args.server {
-            Some(url) => (
-                url.clone(),
-                crate::queue::command::read_token(args.token_file.as_deref())?,
-            ),
-            None => {
-                let (backend, _) = open_queue(&StoreUrl::resolve(ws, &args.store)?).await?;
-                let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        let proceed = async {
+            // The queue: in process on the workspace's store, or the given server.
+            let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+            let mut server_task = None;
+            let (url, token, first_client) = match shared_server {
+                Some((url, token, client)) => (url, token, Some(client)),
+                None => {
+                    let (backend, _) = open_queue(&StoreUrl::resolve(ws, &args.store)?).await?;
+                    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+                        .await
+                        .map_err(|e| Error::Failed(format!("cannot listen on loopback: {e}")))?;
+                    let addr = listener
+                        .local_addr()
+                        .map_err(|e| Error::Failed(e.to_string()))?;
+                    let mut stop = stop_rx.clone();
+                    server_task = Some(tokio::spawn(crate::queue::server::serve_audited(
+                        backend,
+                        listener,
+                        None,
+                        audit.clone(),
+                        async move {
+                            let _ = stop.changed().await;
+                        },
+                    )));
+                    (format!("http://{addr}"), None, None)
+                }
+            };
+            let connect = || async {
+                client::connect(&url, token.as_deref())
                     .await
-                    .map_err(|e| Error::Failed(format!("cannot listen on loopback: {e}")))?;
-                let addr = listener
-                    .local_addr()
-                    .map_err(|e| Error::Failed(e.to_string()))?;
-                let mut stop = stop_rx.clone();
-                server_task = Some(tokio::spawn(crate::queue::server::serve_audited(
-                    backend,
-                    listener,
-                    None,
-                    audit.clone(),
-                    async move {
-                        let _ = stop.changed().await;
-                    },
-                )));
-                (format!("http://{addr}"), None)
+                    .map_err(Error::from)
+            };
+            let mut client = match first_client {
+                Some(c) => c,
+                None => connect().await?,
+            };
+            // A run on its own in-process server keeps its tasks in a queue of its
+            // own; on a shared server they go where `nova worker`s look.
+            let queue_name = if args.server.is_some() {
+                worker::JOBS_QUEUE.to_string()
+            } else {
+                local_queue(&id)
+            };
+            let local_workers = if args.server.is_some() {
+                args.jobs.unwrap_or(0)
+            } else {
+                jobs.max(1)
+            };
+            if local_workers == 0 {
+                run.say(&format!(
+                    "no local workers: waiting for remote workers on {url} (queue {queue_name})"
+                ));
             }
-        };
-        let connect = || async {
-            client::connect(&url, token.as_deref())
-                .await
-                .map_err(Error::from)
-        };
-        let mut client = connect().await?;
-        // A run on its own in-process server keeps its tasks in a queue of its
-        // own; on a shared server they go where `nova worker`s look.
-        let queue_name = if args.server.is_some() {
-            worker::JOBS_QUEUE.to_string()
-        } else {
-            local_queue(&id)
-        };
-        let local_workers = if args.server.is_some() {
-            args.jobs.unwrap_or(0)
-        } else {
-            jobs.max(1)
-        };
-        if local_workers == 0 {
-            run.say(&format!(
-                "no local workers: waiting for remote workers on {url} (queue {queue_name})"
-            ));
-        }
-        let acked = Arc::new(tokio::sync::Notify::new());
-        let cfg = Arc::new(WorkerConfig {
-            name: format!("{}-local", hostname()),
-            home: ws.home.clone(),
-            policy: policy.clone(),
-            audit: audit.clone(),
-            echo: verbose > 0 && !out.quiet,
-            queues: vec![queue_name.clone()],
-            lease_ms: worker::LEASE_MS,
-            on_ack: Some(acked.clone()),
-            pending_audit: Default::default(),
-            privileges: privileges.clone(),
-        });
-        let (work_stop_tx, work_stop_rx) = tokio::sync::watch::channel(false);
-        let mut workers = Vec::new();
-        for i in 0..local_workers {
+            let acked = Arc::new(tokio::sync::Notify::new());
             let cfg = Arc::new(WorkerConfig {
-                name: format!("{}-{i}", cfg.name),
-                home: cfg.home.clone(),
-                policy: cfg.policy.clone(),
-                audit: cfg.audit.clone(),
-                echo: cfg.echo,
-                queues: cfg.queues.clone(),
-                lease_ms: cfg.lease_ms,
-                on_ack: cfg.on_ack.clone(),
+                name: format!("{}-local", hostname()),
+                home: ws.home.clone(),
+                policy: policy.clone(),
+                audit: audit.clone(),
+                echo: verbose > 0 && !out.quiet,
+                queues: vec![queue_name.clone()],
+                lease_ms: worker::LEASE_MS,
+                on_ack: Some(acked.clone()),
                 pending_audit: Default::default(),
-                privileges: cfg.privileges.clone(),
+                privileges: privileges.clone(),
             });
-            workers.push(tokio::spawn(worker::work(
-                connect().await?,
-                cfg,
-                work_stop_rx.clone(),
-            )));
-        }
+            let (work_stop_tx, work_stop_rx) = tokio::sync::watch::channel(false);
+            let mut workers = Vec::new();
+            for i in 0..local_workers {
+                let cfg = Arc::new(WorkerConfig {
+                    name: format!("{}-{i}", cfg.name),
+                    home: cfg.home.clone(),
+                    policy: cfg.policy.clone(),
+                    audit: cfg.audit.clone(),
+                    echo: cfg.echo,
+                    queues: cfg.queues.clone(),
+                    lease_ms: cfg.lease_ms,
+                    on_ack: cfg.on_ack.clone(),
+                    pending_audit: Default::default(),
+                    privileges: cfg.privileges.clone(),
+                });
+                workers.push(tokio::spawn(worker::work(
+                    connect().await?,
+                    cfg,
+                    work_stop_rx.clone(),
+                )));
+            }
 
-        // Ctrl-C and SIGTERM stop the run; its processes are killed by the workers.
-        let interrupted = Arc::new(std::sync::atomic::AtomicBool::new(false));
-        let on_signal = {
-            let interrupted = interrupted.clone();
-            let work_stop_tx = work_stop_tx.clone();
-            tokio::spawn(async move {
-                crate::queue::server::signal().await;
-                interrupted.store(true, std::sync::atomic::Ordering::SeqCst);
-                let _ = work_stop_tx.send(true);
+            // Ctrl-C and SIGTERM stop the run; its processes are killed by the workers.
+            let interrupted = Arc::new(std::sync::atomic::AtomicBool::new(false));
+            let on_signal = {
+                let interrupted = interrupted.clone();
+                let work_stop_tx = work_stop_tx.clone();
+                tokio::spawn(async move {
+                    crate::queue::server::signal().await;
+                    interrupted.store(true, std::sync::atomic::Ordering::SeqCst);
+                    let _ = work_stop_tx.send(true);
+                })
+            };
+
+            // In parallel mode the workers bound how many tasks run at once
+            // (`--jobs` of them); the scheduler keeps twice that many agents'
+            // tasks queued, so a worker that finishes finds the next task waiting
+            // instead of waiting for the scheduler's round trip.
+            let concurrency = match mode {
+                ExecutionMode::Sequential => 1,
+                ExecutionMode::Parallel => 2 * jobs.max(1) as usize,
+            };
+            let outcome = schedule_run(
+                &run,
+                &catalog,
+                &schedule,
+                &mut client,
+                &queue_name,
+                concurrency,
+                args.keep_going,
+                &interrupted,
+                &acked,
+            )
+            .await;
+
+            run.progress.finish();
+            on_signal.abort();
+            let _ = work_stop_tx.send(true);
+            for w in workers {
+                let _ = tokio::time::timeout(Duration::from_secs(10), w).await;
+            }
+            let _ = stop_tx.send(true);
+            if let Some(s) = server_task {
+                let _ = s.await;
+            }
+
+            outcome.map(|agents| {
+                (
+                    agents,
+                    interrupted.load(std::sync::atomic::Ordering::SeqCst),
+                )
             })
         };
-
-        // In parallel mode the workers bound how many tasks run at once
-        // (`--jobs` of them); the scheduler keeps twice that many agents'
-        // tasks queued, so a worker that finishes finds the next task waiting
-        // instead of waiting for the scheduler's round trip.
-        let concurrency = match mode {
-            ExecutionMode::Sequential => 1,
-            ExecutionMode::Parallel => 2 * jobs.max(1) as usize,
+        let (agents, interrupted) = match proceed.await {
+            Ok(ended) => ended,
+            Err(e) => {
+                end_failed(&run, &e).await;
+                return Err(e);
+            }
         };
-        let outcome = schedule_run(
-            &run,
-            &catalog,
-            &schedule,
-            &mut client,
-            &queue_name,
-            concurrency,
-            args.keep_going,
-            &interrupted,
-            &acked,
-        )
-        .await;
-
-        run.progress.finish();
-        on_signal.abort();
-        let _ = work_stop_tx.send(true);
-        for w in workers {
-            let _ = tokio::time::timeout(Duration::from_secs(10), w).await;
-        }
-        let _ = stop_tx.send(true);
-        if let Some(s) = server_task {
-            let _ = s.await;
-        }
-
-        let agents = outcome?;
         finish(
             ws,
             out,
             &run,
             &schedule.plan,
             &agents,
-            interrupted.load(std::sync::atomic::Ordering::SeqCst),
+            interrupted,
             args.report.as_deref(),
         )
         .await
     })
+}
+
+/// A run that could not go on (its queue unreachable, a store failing) ends
+/// as failed, with the reason, in its record and the audit log, instead of
+/// staying `running` for ever.
+async fn end_failed(run: &Run, error: &Error) {
+    {
+        let db = run.db.lock().unwrap_or_else(|p| p.into_inner());
+        let _ = runs::set_status(&db, &run.id, "failed", Some(now_ms()));
+    }
+    if let Some(log) = &run.audit {
+        crate::audit::record(
+            log,
+            Event::new(
+                operator(),
+                "run.finish",
+                format!("run {}", run.id),
+                "failed",
+            )
+            .details(json!({"error": error.to_string()})),
+        )
+        .await;
+    }
 }
 
 fn hostname() -> String {

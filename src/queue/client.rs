@@ -28,12 +28,24 @@ impl tonic::service::Interceptor for AddToken {
 pub enum ConnectError {
     #[error("bad server URL {url:?}: {reason}")]
     BadUrl { url: String, reason: String },
-    #[error("cannot connect to {url}: {source}")]
+    #[error("cannot connect to {url}: {}", chain(source))]
     Connect {
         url: String,
         #[source]
         source: tonic::transport::Error,
     },
+}
+
+/// An error with its causes (tonic's own says only "transport error").
+fn chain(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut cause = e.source();
+    while let Some(c) = cause {
+        text.push_str(": ");
+        text.push_str(&c.to_string());
+        cause = c.source();
+    }
+    text
 }
 
 /// Connect to `url` (`http://host:port`); `token` is sent as a bearer token.
@@ -47,6 +59,14 @@ pub async fn connect(url: &str, token: Option<&str>) -> Result<Client, ConnectEr
         .map_err(|e: http::uri::InvalidUri| bad(e.to_string()))?;
     if !matches!(uri.scheme_str(), Some("http" | "https")) || uri.host().is_none() {
         return Err(bad("expected http://HOST:PORT or https://HOST:PORT".into()));
+    }
+    // http::Uri forgets a port it cannot read rather than refusing it.
+    let authority = uri.authority().map_or("", |a| a.as_str());
+    if let Some((_, port)) = authority.rsplit_once(':')
+        && !port.ends_with(']')
+        && !port.parse::<u16>().is_ok_and(|p| p > 0)
+    {
+        return Err(bad(format!("{port} is not a port (1 to 65535)")));
     }
     let endpoint = Endpoint::from_shared(url.to_string()).map_err(|e| bad(e.to_string()))?;
     let token = match token {
