@@ -227,6 +227,11 @@ pub struct StoreArg {
     /// Queue store: sqlite:PATH or redis://HOST:PORT/DB [default: sqlite:$NOVA_HOME/nova.db]
     #[arg(long, env = "NOVA_STORE", value_name = "URL")]
     pub store: Option<String>,
+
+    /// Create the SQLite database --store names if there is none (without it, a
+    /// path that is not there is refused: a typo must not make a new, empty store)
+    #[arg(long)]
+    pub create: bool,
 }
 
 #[derive(Debug, Args)]

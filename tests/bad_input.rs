@@ -199,3 +199,46 @@ fn every_command_leaves_the_database_whole_in_one_file() {
         .unwrap();
     assert_eq!(tasks, 1);
 }
+
+// `nova queue --store sqlite:/nonexistent/dir/x.db stats` exited 0 after
+// making the folders and a database; `sqlite::memory:` made a file named
+// `:memory:`; an error in NOVA_STORE or nova.yaml was blamed on --store.
+#[test]
+fn a_mistyped_store_path_makes_nothing_and_errors_name_where_the_store_came_from() {
+    let ws = Workspace::new();
+    let missing = ws.path().join("no/such/dir/x.db");
+    let store = format!("sqlite:{}", missing.display());
+    ws.run(&["queue", "--store", &store, "stats"])
+        .code(2)
+        .stderr_has("there is no database at")
+        .stderr_has("--create makes one");
+    assert!(!ws.path().join("no").exists(), "no folder was made");
+    ws.run(&["queue", "--store", "sqlite::memory:", "stats"])
+        .code(2)
+        .stderr_has("an in-memory database would lose everything");
+    let made: Vec<String> = ws
+        .files()
+        .into_iter()
+        .filter(|f| !f.starts_with(".nova"))
+        .collect();
+    assert!(made.is_empty(), "{made:?}");
+    ws.run(&["queue", "--store", &store, "--create", "stats"])
+        .success();
+    assert!(missing.exists());
+
+    let out = ws
+        .std_command()
+        .env("NOVA_STORE", "bogus")
+        .args(["queue", "stats"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("NOVA_STORE \"bogus\": expected sqlite:PATH"),
+        "{out:?}"
+    );
+    ws.write("nova.yaml", "store: bogus\n");
+    ws.run(&["queue", "stats"])
+        .code(2)
+        .stderr_has("nova.yaml store \"bogus\": expected sqlite:PATH");
+}

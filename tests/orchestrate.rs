@@ -962,7 +962,7 @@ fn a_malformed_job_is_failed_with_its_reason_and_bad_worker_input_exits_2() {
         .stderr_has("--lease");
     ws.run(&["orchestrate", "--resume", "no-such-run"])
         .code(2)
-        .stderr_has("--resume no-such-run: no such run");
+        .stderr_has("--resume: no run \"no-such-run\" (see nova runs)");
     ws.run(&["orchestrate", "--server", "ftp://x:1", "--jobs", "0"])
         .code(2)
         .stderr_has("bad server URL");

@@ -648,11 +648,46 @@ async fn bad_requests_are_refused_and_change_nothing(backend: Backend) {
         .unwrap_err();
     assert!(err.message().contains("wait_ms"), "{}", err.message());
 
+    // Bytes that are not an EnqueueRequest (field 1, `type`, as a number)
+    // are the caller's fault: INVALID_ARGUMENT, not INTERNAL.
+    let err = malformed_enqueue(&h.url).await;
+    assert_eq!(err.code(), Code::InvalidArgument, "{err:?}");
+    assert!(
+        err.message().contains("failed to decode"),
+        "{}",
+        err.message()
+    );
+
     assert_eq!(
-        list(c).await,
+        list(&mut h.client).await,
         stored,
         "a refused request changed stored tasks"
     );
+}
+
+/// A message whose field 1 is a varint where EnqueueRequest has a string.
+#[derive(Clone, PartialEq, prost::Message)]
+struct NotAnEnqueueRequest {
+    #[prost(uint64, tag = "1")]
+    kind: u64,
+}
+
+async fn malformed_enqueue(url: &str) -> tonic::Status {
+    let channel = tonic::transport::Endpoint::from_shared(url.to_string())
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let mut grpc = tonic::client::Grpc::new(channel);
+    grpc.ready().await.unwrap();
+    let codec: tonic_prost::ProstCodec<NotAnEnqueueRequest, EnqueueResponse> = Default::default();
+    grpc.unary(
+        tonic::Request::new(NotAnEnqueueRequest { kind: 7 }),
+        http::uri::PathAndQuery::from_static("/nova.taskqueue.TaskQueue/Enqueue"),
+        codec,
+    )
+    .await
+    .unwrap_err()
 }
 
 async fn a_token_is_required_when_set(backend: Backend) {

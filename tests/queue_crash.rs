@@ -38,7 +38,9 @@ struct Server {
 
 fn start_server(store: &str, home: &std::path::Path, listen: &str) -> Server {
     let mut child = Command::new(env!("CARGO_BIN_EXE_nova"))
-        .args(["--json", "serve", "--listen", listen, "--store", store])
+        .args([
+            "--json", "serve", "--listen", listen, "--store", store, "--create",
+        ])
         .env("NOVA_HOME", home)
         .env("NOVA_LOG", "warn")
         .stdout(Stdio::piped())

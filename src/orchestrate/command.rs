@@ -174,7 +174,7 @@ fn resumed_args(
     .map_err(|e| Error::Failed(e.to_string()))?;
     let Some(run) = found else {
         return Err(Error::usage(match which {
-            Some(id) => format!("--resume {id}: no such run (see nova runs)"),
+            Some(id) => format!("--resume: {}", runs::not_found(store.connection(), id)),
             None => "--resume: no interrupted run to resume".to_string(),
         }));
     };
@@ -1287,7 +1287,7 @@ pub fn runs_command(ws: &Workspace, out: &Output, args: &crate::cli::RunsArgs) -
         }
         Some((run, messages, tests)) => {
             let Some(row) = runs::find_run(conn, run).map_err(failed)? else {
-                return Err(Error::usage(format!("no run {run:?} (see nova runs)")));
+                return Err(Error::usage(runs::not_found(conn, run)));
             };
             if tests {
                 return show_tests(ws, out, &row.id);

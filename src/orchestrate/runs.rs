@@ -127,6 +127,26 @@ pub fn find_run(conn: &Connection, id: &str) -> rusqlite::Result<Option<RunRow>>
     })
 }
 
+/// Why [`find_run`] found no run for `id`: none starts so, or several do
+/// (they are listed, newest first, so the user can give more of the id).
+pub fn not_found(conn: &Connection, id: &str) -> String {
+    let ids: Vec<String> = conn
+        .prepare("SELECT id FROM runs WHERE id LIKE ?1 || '%' ORDER BY started_at DESC, rowid DESC")
+        .and_then(|mut st| {
+            st.query_map([id], |r| r.get::<_, String>(0))?
+                .collect::<rusqlite::Result<Vec<_>>>()
+        })
+        .unwrap_or_default();
+    match ids.len() {
+        0 | 1 => format!("no run {id:?} (see nova runs)"),
+        n => format!(
+            "{id:?} matches {n} runs: {}{}; give more of the id",
+            ids.iter().take(10).cloned().collect::<Vec<_>>().join(", "),
+            if n > 10 { ", ..." } else { "" }
+        ),
+    }
+}
+
 pub fn last_interrupted(conn: &Connection) -> rusqlite::Result<Option<RunRow>> {
     conn.query_row(
         &format!("SELECT {RUN_COLUMNS} FROM runs WHERE status IN ('interrupted', 'running') ORDER BY started_at DESC LIMIT 1"),

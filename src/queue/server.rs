@@ -60,22 +60,27 @@ impl Interceptor for BearerAuth {
     }
 }
 
-/// tonic answers a request over the size limit with OUT_OF_RANGE; gRPC's
-/// convention (and grpc-go's behaviour) is RESOURCE_EXHAUSTED.
-fn size_limit_code<B>(mut response: http::Response<B>) -> http::Response<B> {
-    let too_large = response
-        .headers()
-        .get("grpc-status")
-        .is_some_and(|v| v == "11")
-        && response
-            .headers()
-            .get("grpc-message")
-            .and_then(|v| v.to_str().ok())
-            .is_some_and(|m| m.contains("message length too large"));
-    if too_large {
+/// gRPC's conventions where tonic's codes differ: a request over the size
+/// limit is RESOURCE_EXHAUSTED (tonic says OUT_OF_RANGE; grpc-go agrees
+/// with the convention), and a request that is not a valid protobuf message
+/// is INVALID_ARGUMENT (tonic says INTERNAL, which blames the server).
+fn conventional_codes<B>(mut response: http::Response<B>) -> http::Response<B> {
+    let headers = response.headers();
+    let status = headers.get("grpc-status").and_then(|v| v.to_str().ok());
+    let message = headers
+        .get("grpc-message")
+        .and_then(|v| v.to_str().ok())
+        .map(|m| m.replace("%20", " "))
+        .unwrap_or_default();
+    let code = match status {
+        Some("11") if message.contains("message length too large") => Some("8"),
+        Some("13") if message.contains("failed to decode") => Some("3"),
+        _ => None,
+    };
+    if let Some(code) = code {
         response
             .headers_mut()
-            .insert("grpc-status", http::HeaderValue::from_static("8"));
+            .insert("grpc-status", http::HeaderValue::from_static(code));
     }
     response
 }
@@ -110,7 +115,7 @@ pub async fn serve_audited<B: QueueBackend>(
         .max_encoding_message_size(MAX_MESSAGE);
     let queue = tonic::service::interceptor::InterceptedService::new(queue, BearerAuth::new(token));
     let result = Server::builder()
-        .layer(tower::util::MapResponseLayer::new(size_limit_code))
+        .layer(tower::util::MapResponseLayer::new(conventional_codes))
         .add_service(health_service)
         .add_service(queue)
         .serve_with_incoming_shutdown(incoming(listener), shutdown)

@@ -122,7 +122,7 @@ fn held(conn: &Connection, id: &str, lease_id: Option<&str>, now: i64) -> QueueR
         && lease != task.lease_id
     {
         return Err(QueueError::FailedPrecondition(format!(
-            "lease {lease} no longer holds task {id}; it was handed out again"
+            "lease {lease} does not hold task {id}: the lease id is wrong, or the task was handed out again"
         )));
     }
     if task.lease_expires_at <= now {

@@ -101,7 +101,7 @@ local function not_held(t, id, lease)
     return {'precondition', 'task ' .. id .. ' is ' .. status .. ', not IN_PROGRESS'}
   end
   if lease ~= '' and lease ~= t[F.lease_id] then
-    return {'precondition', 'lease ' .. lease .. ' no longer holds task ' .. id .. '; it was handed out again'}
+    return {'precondition', 'lease ' .. lease .. ' does not hold task ' .. id .. ': the lease id is wrong, or the task was handed out again'}
   end
   if tonumber(t[F.lease_expires_at]) <= NOW then
     return {'precondition', 'the lease on task ' .. id .. ' expired; it will be handed out again'}
