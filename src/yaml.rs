@@ -115,6 +115,11 @@ pub fn parse<T: DeserializeOwned>(file: &str, text: &str) -> Result<T, Diagnosti
         {
             message = rest.to_string();
         }
+        // bytesize's own words for a size it cannot read say nothing useful.
+        message = message.replace(
+            "expected parsable string",
+            "expected a size such as 5GiB, 512MiB or 500MB",
+        );
         // Errors raised inside a nested value point at the start of its mapping;
         // move them to the key the field path names when it follows.
         let key = path

@@ -242,3 +242,24 @@ fn a_mistyped_store_path_makes_nothing_and_errors_name_where_the_store_came_from
         .code(2)
         .stderr_has("nova.yaml store \"bogus\": expected sqlite:PATH");
 }
+
+// An existing SQLite database of another program silently got nova's tables;
+// `min_disk_free: lots` said "expected parsable string".
+#[test]
+fn another_programs_database_is_left_alone_and_sizes_say_what_they_expect() {
+    let ws = Workspace::new();
+    let other = ws.path().join("other.db");
+    let conn = rusqlite::Connection::open(&other).unwrap();
+    conn.execute_batch("CREATE TABLE users (id INTEGER)")
+        .unwrap();
+    drop(conn);
+    let before = std::fs::read(&other).unwrap();
+    ws.run(&["queue", "--store", "sqlite:other.db", "stats"])
+        .code(2)
+        .stderr_has("other.db is another program's SQLite database (it has tables users");
+    assert_eq!(std::fs::read(&other).unwrap(), before, "untouched");
+    ws.write("nova.yaml", "setup:\n  min_disk_free: lots\n");
+    ws.run(&["setup"])
+        .code(2)
+        .stderr_has("\"lots\", expected a size such as 5GiB");
+}

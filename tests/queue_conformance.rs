@@ -303,6 +303,22 @@ async fn a_heartbeat_keeps_the_lease(backend: Backend) {
         .unwrap();
         assert!(dequeue(c, "w2", 300).await.is_none());
     }
+    // A wrong lease id is refused without claiming the task moved on.
+    let err = c
+        .heartbeat(HeartbeatRequest {
+            task_id: t.id.clone(),
+            lease_id: "not-the-lease".into(),
+            lease_ms: 300,
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::FailedPrecondition, "{err:?}");
+    assert!(
+        err.message()
+            .contains("the lease id is wrong, or the task was handed out again"),
+        "{}",
+        err.message()
+    );
     c.ack(ack(&held, true)).await.unwrap();
 
     // Once a lease has run out, its holder can neither extend it nor ack,

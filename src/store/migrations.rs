@@ -131,6 +131,23 @@ pub(super) fn read_version(conn: &Connection, path: &Path) -> StoreResult<u32> {
             supported: SCHEMA_VERSION,
         });
     }
+    if version == 0 {
+        // Another program's database: nova's migrations would add their
+        // tables beside its own.
+        let tables: Vec<String> = conn
+            .prepare("SELECT name FROM sqlite_master WHERE type = 'table' ORDER BY name LIMIT 5")
+            .and_then(|mut st| {
+                st.query_map([], |r| r.get::<_, String>(0))?
+                    .collect::<rusqlite::Result<Vec<_>>>()
+            })
+            .map_err(sqlite_err(path))?;
+        if !tables.is_empty() {
+            return Err(StoreError::NotNova {
+                path: path.to_path_buf(),
+                tables: tables.join(", "),
+            });
+        }
+    }
     Ok(version)
 }
 

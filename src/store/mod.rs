@@ -43,6 +43,12 @@ pub enum StoreError {
     },
 
     #[error(
+        "{} is another program's SQLite database (it has tables {tables}, and no nova schema); nova left it untouched: point --home/NOVA_HOME or --store elsewhere",
+        path.display()
+    )]
+    NotNova { path: PathBuf, tables: String },
+
+    #[error(
         "{} is not a regular file (a {kind}); nova left it untouched: point --home/NOVA_HOME elsewhere",
         path.display()
     )]
@@ -69,7 +75,8 @@ impl StoreError {
         match self {
             StoreError::NotADatabase { .. }
             | StoreError::TooNew { .. }
-            | StoreError::NotAFile { .. } => true,
+            | StoreError::NotAFile { .. }
+            | StoreError::NotNova { .. } => true,
             // A damaged file (truncated, overwritten) is the input that is bad.
             StoreError::Sqlite {
                 source: rusqlite::Error::SqliteFailure(e, _),
