@@ -263,3 +263,48 @@ fn another_programs_database_is_left_alone_and_sizes_say_what_they_expect() {
         .code(2)
         .stderr_has("\"lots\", expected a size such as 5GiB");
 }
+
+// Two `nova policy eval --input` of 10 MB each grew the database by 20 MB,
+// and the audit log is never pruned.
+#[test]
+fn the_audit_log_keeps_a_bounded_digest_of_a_large_policy_input() {
+    let ws = Workspace::new();
+    let blob = "y".repeat(900 * 1024);
+    ws.write(
+        "input.json",
+        &serde_json::json!({
+            "subject": {"agent": "me", "role": "operator"},
+            "action": "run",
+            "resource": "x",
+            "context": {"blob": blob},
+        })
+        .to_string(),
+    );
+    ws.run(&["policy", "eval", "--input", "input.json"])
+        .success();
+    ws.run(&["policy", "eval", "--input", "input.json"])
+        .success();
+    let size = std::fs::metadata(ws.home().join("nova.db")).unwrap().len();
+    assert!(size < 512 * 1024, "the database grew to {size} bytes");
+    let records = ws
+        .run(&["audit", "log", "--action", "policy.decision", "--json"])
+        .success()
+        .json();
+    let input = &records[0]["details"]["input"];
+    assert_eq!(input["action"], "run");
+    assert_eq!(input["context_keys"][0], "blob");
+    assert!(
+        input["digest"]["bytes"].as_u64().unwrap() > 900 * 1024,
+        "{input}"
+    );
+    assert_eq!(input["digest"]["sha256"].as_str().unwrap().len(), 64);
+    ws.run(&["audit", "verify"]).success();
+    // Past the input limit, nothing is evaluated or recorded.
+    ws.write(
+        "huge.json",
+        &format!("{{\"a\": \"{}\"}}", "z".repeat(2 * 1024 * 1024)),
+    );
+    ws.run(&["policy", "eval", "--input", "huge.json"])
+        .code(2)
+        .stderr_has("huge.json: 2.0 MiB is more than the 1.0 MiB nova reads from such a file");
+}

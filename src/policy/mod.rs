@@ -178,9 +178,56 @@ pub fn decision_event(input: &Value, decision: &Decision) -> Event {
         if decision.allow { "allowed" } else { "denied" },
     )
     .details(json!({
-        "input": input,
+        "input": recorded_input(input),
         "reasons": decision.reasons,
         "evaluator": decision.evaluator,
         "cached": decision.cached,
     }))
+}
+
+/// Inputs up to this size (as JSON) are recorded whole.
+pub const RECORDED_INPUT: usize = 4 * 1024;
+
+/// What the audit log keeps of a policy input: the input itself when it is
+/// small (every input nova makes is), else its digest: the fields a decision
+/// turns on, cut short, with the size and SHA-256 of the whole. The audit
+/// log is never pruned, so it must not grow by what a caller sends it.
+pub fn recorded_input(input: &Value) -> Value {
+    let whole = input.to_string();
+    if whole.len() <= RECORDED_INPUT {
+        return input.clone();
+    }
+    let short = |v: &Value| -> Value {
+        let text = match v {
+            Value::String(s) => s.clone(),
+            other => other.to_string(),
+        };
+        if text.len() <= 256 {
+            v.clone()
+        } else {
+            let mut cut = 256;
+            while !text.is_char_boundary(cut) {
+                cut -= 1;
+            }
+            Value::String(format!("{}...", &text[..cut]))
+        }
+    };
+    let context_keys: Vec<&str> = input["context"]
+        .as_object()
+        .map(|c| c.keys().map(String::as_str).take(32).collect())
+        .unwrap_or_default();
+    use sha2::Digest;
+    json!({
+        "digest": {
+            "bytes": whole.len(),
+            "sha256": sha2::Sha256::digest(whole.as_bytes())
+                .iter()
+                .map(|b| format!("{b:02x}"))
+                .collect::<String>(),
+        },
+        "subject": {"agent": short(&input["subject"]["agent"]), "role": short(&input["subject"]["role"])},
+        "action": short(&input["action"]),
+        "resource": short(&input["resource"]),
+        "context_keys": context_keys,
+    })
 }
