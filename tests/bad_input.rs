@@ -258,6 +258,10 @@ fn another_programs_database_is_left_alone_and_sizes_say_what_they_expect() {
         .code(2)
         .stderr_has("other.db is another program's SQLite database (it has tables users");
     assert_eq!(std::fs::read(&other).unwrap(), before, "untouched");
+    ws.write("nova.yaml", "service_user: \"Bad User\"\n");
+    ws.run(&["plan"])
+        .code(2)
+        .stderr_has("field `service_user`: \"Bad User\" is not a user name");
     ws.write("nova.yaml", "setup:\n  min_disk_free: lots\n");
     ws.run(&["setup"])
         .code(2)

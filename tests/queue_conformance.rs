@@ -1028,12 +1028,56 @@ async fn a_purge_larger_than_one_chunk_takes_them_all(backend: Backend) {
                 queues: vec![],
                 lease_ms: 1_000,
                 max_tasks: 1,
+                max_bytes: 0,
             },
             now_ms() + 2,
         )
         .await
         .unwrap();
     assert_eq!(taken.len(), 1, "the pending task is still handed out");
+}
+
+// 40 tasks of 1 MiB, then Dequeue(max_tasks=40): the client got OUT_OF_RANGE
+// while all 40 were leased, each losing an attempt until its lease ran out.
+async fn a_dequeue_leases_only_what_its_answer_can_carry(backend: Backend) {
+    let mut h = start(backend, None).await;
+    let c = &mut h.client;
+    for i in 0..40 {
+        let mut r = req(&format!("big-{i}"));
+        r.payload = format!("\"{}\"", "x".repeat(1_000_000));
+        enqueue(c, r).await;
+    }
+    let got = c
+        .dequeue(DequeueRequest {
+            worker_id: "w".into(),
+            max_tasks: 40,
+            lease_ms: 60_000,
+            ..Default::default()
+        })
+        .await
+        .expect("an answer within the message limit")
+        .into_inner()
+        .tasks;
+    assert!(
+        (1..40).contains(&got.len()),
+        "{} tasks in one answer",
+        got.len()
+    );
+    let stats = c.stats(StatsRequest {}).await.unwrap().into_inner();
+    let count = |status: &str| -> u64 {
+        stats
+            .counts
+            .iter()
+            .filter(|q| q.status == status)
+            .map(|q| q.count)
+            .sum()
+    };
+    assert_eq!(
+        count("IN_PROGRESS"),
+        got.len() as u64,
+        "only what was answered is leased"
+    );
+    assert_eq!(count("PENDING"), 40 - got.len() as u64);
 }
 
 macro_rules! conformance {
@@ -1054,6 +1098,7 @@ macro_rules! conformance {
 }
 
 conformance!(
+    a_dequeue_leases_only_what_its_answer_can_carry,
     a_repeated_final_ack_is_answered_and_changes_nothing,
     finished_tasks_are_purged_and_the_rest_stay,
     a_purge_larger_than_one_chunk_takes_them_all,

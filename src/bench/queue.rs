@@ -170,6 +170,7 @@ impl Endpoint {
                     queues: Vec::new(),
                     lease_ms: LEASE_MS,
                     max_tasks: max,
+                    max_bytes: 0,
                 };
                 let tasks = q.dequeue(spec, now_ms()).await.map_err(|e| e.to_string())?;
                 if tasks.is_empty() {

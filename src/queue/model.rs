@@ -99,7 +99,15 @@ pub struct DequeueSpec {
     pub queues: Vec<String>,
     pub lease_ms: u32,
     pub max_tasks: u32,
+    /// At most this many bytes of tasks in one answer (0: no limit); the
+    /// first task is always taken. Checked before leasing, so a reply too
+    /// big to send never leaves tasks leased that nobody received.
+    pub max_bytes: u64,
 }
+
+/// About what a task weighs in a reply: its variable fields plus room for
+/// the fixed ones. Both backends size candidates with it before leasing.
+pub const TASK_OVERHEAD: u64 = 512;
 
 #[derive(Debug, Clone)]
 pub struct AckSpec {

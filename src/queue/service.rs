@@ -24,6 +24,9 @@ pub const POLL: Duration = Duration::from_millis(50);
 pub const MAX_WAIT_MS: u32 = 60_000;
 pub const MAX_LEASE_MS: u32 = 24 * 3600 * 1000;
 pub const MAX_DEQUEUE: u32 = 256;
+/// The bytes of tasks one Dequeue answer may carry: the message limit less
+/// room for the first task, which the answer holds twice (`task` and `tasks`).
+pub const REPLY_BUDGET: u64 = (MAX_MESSAGE - 4 * 1024 * 1024) as u64;
 
 pub struct QueueService<B> {
     backend: Arc<B>,
@@ -189,6 +192,7 @@ impl<B: QueueBackend> TaskQueue for QueueService<B> {
             queues: req.queues,
             lease_ms: req.lease_ms,
             max_tasks: req.max_tasks.max(1),
+            max_bytes: REPLY_BUDGET,
         };
         let deadline = tokio::time::Instant::now() + Duration::from_millis(req.wait_ms as u64);
         loop {

@@ -15,7 +15,8 @@ use rusqlite::{Connection, OptionalExtension, Row, params, params_from_iter};
 
 use super::backend::{QueueBackend, QueueError, QueueResult};
 use super::model::{
-    AckSpec, DEFAULT_LEASE_MS, DequeueSpec, NewTask, Stats, Status, Task, backoff_ms, new_id,
+    AckSpec, DEFAULT_LEASE_MS, DequeueSpec, NewTask, Stats, Status, TASK_OVERHEAD, Task,
+    backoff_ms, new_id,
 };
 use super::proto::TaskMetadataEntry;
 use crate::store::Store;
@@ -204,8 +205,11 @@ fn enqueue_one(conn: &Connection, task: NewTask, now: i64) -> QueueResult<(Task,
 fn dequeue(conn: &Connection, spec: &DequeueSpec, now: i64) -> QueueResult<Vec<Task>> {
     reap_expired(conn, now)?;
     let limit = spec.max_tasks.clamp(1, 256) as i64;
-    let mut sql =
-        String::from("SELECT seq FROM queue_tasks WHERE status = 'PENDING' AND run_at <= ?");
+    let mut sql = format!(
+        "SELECT seq, length(CAST(payload AS BLOB)) + length(CAST(metadata AS BLOB))
+              + length(CAST(result AS BLOB)) + length(CAST(last_error AS BLOB)) + {TASK_OVERHEAD}
+         FROM queue_tasks WHERE status = 'PENDING' AND run_at <= ?"
+    );
     if !spec.queues.is_empty() {
         sql.push_str(&format!(
             " AND queue IN ({})",
@@ -216,13 +220,23 @@ fn dequeue(conn: &Connection, spec: &DequeueSpec, now: i64) -> QueueResult<Vec<T
     let mut args: Vec<rusqlite::types::Value> = vec![now.into()];
     args.extend(spec.queues.iter().map(|q| q.clone().into()));
     args.push(limit.into());
-    let seqs: Vec<i64> = conn
+    let candidates: Vec<(i64, i64)> = conn
         .prepare_cached(&sql)
         .map_err(sql_err)?
-        .query_map(params_from_iter(args), |r| r.get(0))
+        .query_map(params_from_iter(args), |r| Ok((r.get(0)?, r.get(1)?)))
         .map_err(sql_err)?
         .collect::<Result<_, _>>()
         .map_err(sql_err)?;
+    let mut used = 0u64;
+    let seqs: Vec<i64> = candidates
+        .into_iter()
+        .enumerate()
+        .take_while(|(i, (_, size))| {
+            used += *size as u64;
+            *i == 0 || spec.max_bytes == 0 || used <= spec.max_bytes
+        })
+        .map(|(_, (seq, _))| seq)
+        .collect();
 
     let lease_ms = if spec.lease_ms == 0 {
         DEFAULT_LEASE_MS

@@ -1,8 +1,25 @@
 -- ARGV: P, now, worker_id, lease_ms, max_tasks, number of queues, the
--- queues (none: every queue), then max_tasks fresh lease ids.
--- Answers the leased tasks, each as its fields.
+-- queues (none: every queue), then max_tasks fresh lease ids, the most bytes
+-- of tasks to answer (0: no limit) and what a task weighs beyond its fields.
+-- Answers the leased tasks, each as its fields. Tasks are sized before they
+-- are taken, so nothing is leased that the answer cannot carry.
 local worker, lease_ms, max = ARGV[3], tonumber(ARGV[4]), tonumber(ARGV[5])
 local nq = tonumber(ARGV[6])
+local max_bytes = tonumber(ARGV[6 + nq + max + 1])
+local overhead = tonumber(ARGV[6 + nq + max + 2])
+local used = 0
+
+-- Whether the task behind ready member m still fits the answer (the first always does).
+local function fits(m)
+  local t = fetch(string.sub(m, RANK_LEN + 1))
+  local size = overhead
+  for _, f in ipairs({'payload', 'metadata', 'result', 'last_error'}) do
+    size = size + string.len(t[F[f]] or '')
+  end
+  if used > 0 and max_bytes > 0 and used + size > max_bytes then return false end
+  used = used + size
+  return true
+end
 reap(1000)
 promote(1000)
 
@@ -16,8 +33,14 @@ end
 -- The next ready members, in order, with the queue each came from.
 local picked = {}
 if #queues == 1 then
-  local popped = redis.call('ZPOPMIN', P .. 'ready:' .. queues[1], max)
-  for i = 1, #popped, 2 do picked[#picked + 1] = {popped[i], queues[1]} end
+  local key = P .. 'ready:' .. queues[1]
+  local taken = {}
+  for _, m in ipairs(redis.call('ZRANGE', key, 0, max - 1)) do
+    if not fits(m) then break end
+    taken[#taken + 1] = m
+    picked[#picked + 1] = {m, queues[1]}
+  end
+  if #taken > 0 then redis.call('ZREM', key, unpack(taken)) end
 else
   -- The head of each ready set; only the set a task came from is read again.
   local heads = {}
@@ -27,7 +50,7 @@ else
     for q, head in pairs(heads) do
       if head and (not best or head < best) then best, from = head, q end
     end
-    if not best then break end
+    if not best or not fits(best) then break end
     redis.call('ZREM', P .. 'ready:' .. from, best)
     heads[from] = redis.call('ZRANGE', P .. 'ready:' .. from, 0, 0)[1] or false
     picked[#picked + 1] = {best, from}

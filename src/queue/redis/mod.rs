@@ -339,6 +339,8 @@ impl QueueBackend for RedisQueue {
         ];
         args.extend(spec.queues.into_iter().map(String::into_bytes));
         args.extend((0..max).map(|_| arg(new_id())));
+        args.push(arg(spec.max_bytes));
+        args.push(arg(super::model::TASK_OVERHEAD));
         let reply = self.invoke(&SCRIPTS.dequeue, args).await?;
         as_array(reply)?
             .into_iter()
