@@ -312,3 +312,53 @@ fn the_audit_log_keeps_a_bounded_digest_of_a_large_policy_input() {
         .code(2)
         .stderr_has("huge.json: 2.0 MiB is more than the 1.0 MiB nova reads from such a file");
 }
+
+// With the audit log unwritable, actions went ahead and only a WARN said
+// their records were lost. A real SQLite failure stands in for it here: a
+// trigger that aborts every insert into the audit log.
+#[test]
+fn what_cannot_be_audited_is_not_done() {
+    let ws = Workspace::new();
+    ws.run(&["queue", "enqueue", "first", "--payload", "{}"])
+        .success();
+    let conn = rusqlite::Connection::open(ws.home().join("nova.db")).unwrap();
+    conn.execute_batch(
+        "CREATE TRIGGER no_audit BEFORE INSERT ON audit_log BEGIN SELECT RAISE(ABORT, 'audit writes are blocked'); END;",
+    )
+    .unwrap();
+    drop(conn);
+    ws.run(&["queue", "enqueue", "second", "--payload", "{}"])
+        .code(1)
+        .stderr_has("was not done: its policy decision could not be recorded in the audit log")
+        .stderr_has("audit writes are blocked");
+    let tasks = ws.run(&["queue", "list", "--json"]).success().json();
+    assert_eq!(
+        tasks.as_array().unwrap().len(),
+        1,
+        "nothing enqueued: {tasks}"
+    );
+
+    ws.write(
+        "blueprints/marker.yaml",
+        "name: marker\nrole: implementation\nphase: build\nplan: delivery\ntasks:\n  - id: touch\n    title: leaves a mark\n    run: [touch, ran]\n",
+    );
+    let out = ws.run(&[
+        "orchestrate",
+        "--agents",
+        "marker",
+        "--only",
+        "--apply",
+        "--json",
+    ]);
+    assert_ne!(out.code, 0);
+    assert!(!ws.path().join("ran").exists(), "the task ran unaudited");
+
+    // Evaluating changes nothing: it is answered, and says nothing was recorded.
+    ws.write(
+        "input.json",
+        "{\"subject\": {\"agent\": \"me\", \"role\": \"operator\"}, \"action\": \"run\", \"resource\": \"x\"}",
+    );
+    ws.run(&["policy", "eval", "--input", "input.json"])
+        .success()
+        .stderr_has("note: this decision was not recorded in the audit log");
+}

@@ -302,7 +302,12 @@ pub async fn execute(
             ));
         }
         if let Err(e) = log.append_all(events).await {
-            tracing::warn!(error = %e, "could not append to the audit log");
+            // Fail closed: a task whose start cannot be audited does not start.
+            return finish(
+                result,
+                "failed",
+                format!("not run: its start could not be recorded in the audit log ({e})"),
+            );
         }
     }
     if !decision.allow {

@@ -89,8 +89,11 @@ pub fn run(ws: &Workspace, out: &Output, args: &PolicyArgs) -> Result<()> {
             crate::runtime::runtime()?.block_on(async {
                 let audit = workspace_log(ws, &args.store, true).await?;
                 let decision = policy.decide(&input).await;
-                if let Some(log) = &audit {
-                    crate::audit::record(log, super::decision_event(&input, &decision)).await;
+                if let Some(log) = &audit
+                    && let Err(e) = log.append(super::decision_event(&input, &decision)).await
+                {
+                    // Evaluating changes nothing, so it is answered; but it says so.
+                    eprintln!("note: this decision was not recorded in the audit log ({e})");
                 }
                 if out.json {
                     out.json(&decision)?;

@@ -127,8 +127,19 @@ impl Policy {
     /// [`Error::Denied`] (exit 3) naming the action and the reasons.
     pub async fn authorize(&self, audit: Option<&AuditLog>, input: &Value) -> Result<Decision> {
         let decision = self.decide(input).await;
-        if let Some(log) = audit {
-            crate::audit::record(log, decision_event(input, &decision)).await;
+        // A governance tool fails closed: what cannot be audited is not done.
+        if let Some(log) = audit
+            && let Err(e) = log.append(decision_event(input, &decision)).await
+        {
+            return Err(Error::Failed(format!(
+                "{} {}was not done: its policy decision could not be recorded in the audit log ({e})",
+                input["action"].as_str().unwrap_or("?"),
+                input["resource"]
+                    .as_str()
+                    .filter(|r| !r.is_empty())
+                    .map(|r| format!("{r} "))
+                    .unwrap_or_default(),
+            )));
         }
         if decision.allow {
             tracing::debug!(action = %input["action"], "allowed by policy");
