@@ -362,3 +362,33 @@ fn what_cannot_be_audited_is_not_done() {
         .success()
         .stderr_has("note: this decision was not recorded in the audit log");
 }
+
+// An error in nova.yaml's opa_url or in NOVA_OPA_URL was blamed on --opa-url.
+#[test]
+fn an_opa_url_error_names_where_the_url_came_from() {
+    let ws = Workspace::new();
+    ws.write("input.json", "{\"action\": \"run\"}");
+    ws.write("nova.yaml", "opa_url: ftp://x\n");
+    ws.run(&["policy", "eval", "--input", "input.json"])
+        .code(2)
+        .stderr_has("nova.yaml opa_url: bad OPA URL \"ftp://x\"");
+    std::fs::remove_file(ws.path().join("nova.yaml")).unwrap();
+    let out = ws
+        .std_command()
+        .env("NOVA_OPA_URL", "nope")
+        .args(["policy", "eval", "--input", "input.json"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("NOVA_OPA_URL: bad OPA URL \"nope\""));
+    ws.run(&[
+        "--opa-url",
+        "nope",
+        "policy",
+        "eval",
+        "--input",
+        "input.json",
+    ])
+    .code(2)
+    .stderr_has("--opa-url: bad OPA URL");
+}

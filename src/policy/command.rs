@@ -27,7 +27,7 @@ fn compile(files: &[PolicyFile]) -> Result<Embedded> {
     Embedded::new(files).map_err(|e| Error::usage(format!("policy {e}")))
 }
 
-fn opa_client(ws: &Workspace, url: &str) -> Result<Opa> {
+fn opa_client(ws: &Workspace, url: &str, source: &str) -> Result<Opa> {
     let token = match &ws.opa.token_file {
         Some(path) => {
             let text = crate::files::read_text(path, crate::files::limits::TOKEN)?;
@@ -35,18 +35,34 @@ fn opa_client(ws: &Workspace, url: &str) -> Result<Opa> {
         }
         None => None,
     };
-    Opa::new(url, token, ws.opa.timeout).map_err(|e| Error::usage(format!("--opa-url: {e}")))
+    Opa::new(url, token, ws.opa.timeout).map_err(|e| Error::usage(format!("{source}: {e}")))
 }
 
-fn opa_url(ws: &Workspace) -> Option<String> {
-    ws.opa.url.clone().or_else(|| ws.config.opa_url.clone())
+/// The OPA URL in force, and where it came from (for messages).
+fn opa_url(ws: &Workspace) -> Option<(String, &'static str)> {
+    match (&ws.opa.url, &ws.config.opa_url) {
+        (Some(url), _) => {
+            let from_env = std::env::var("NOVA_OPA_URL").is_ok_and(|v| v == *url)
+                && !std::env::args().any(|a| a == "--opa-url" || a.starts_with("--opa-url="));
+            Some((
+                url.clone(),
+                if from_env {
+                    "NOVA_OPA_URL"
+                } else {
+                    "--opa-url"
+                },
+            ))
+        }
+        (None, Some(url)) => Some((url.clone(), "nova.yaml opa_url")),
+        (None, None) => None,
+    }
 }
 
 /// The workspace's policy engine: OPA when a URL is set, otherwise the
 /// embedded policies (built-in, with the workspace's `policies/` over them).
 pub fn open(ws: &Workspace) -> Result<Policy> {
     match opa_url(ws) {
-        Some(url) => Ok(Policy::new(Evaluator::Opa(opa_client(ws, &url)?))),
+        Some((url, source)) => Ok(Policy::new(Evaluator::Opa(opa_client(ws, &url, source)?))),
         None => Ok(Policy::new(Evaluator::Embedded(Arc::new(compile(
             &policy_files(ws)?,
         )?)))),
@@ -133,14 +149,14 @@ pub fn run(ws: &Workspace, out: &Output, args: &PolicyArgs) -> Result<()> {
             out.print_table(&table)
         }
         PolicyAction::Push => {
-            let Some(url) = opa_url(ws) else {
+            let Some((url, source)) = opa_url(ws) else {
                 return Err(Error::usage(
                     "nova policy push needs an OPA server: --opa-url URL, NOVA_OPA_URL or opa_url in nova.yaml",
                 ));
             };
             let files = policy_files(ws)?;
             compile(&files)?; // never upload what does not compile here
-            let opa = opa_client(ws, &url)?;
+            let opa = opa_client(ws, &url, source)?;
             crate::runtime::runtime()?.block_on(async {
                 let audit = workspace_log(ws, &args.store, true).await?;
                 for f in &files {
