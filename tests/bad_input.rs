@@ -392,3 +392,89 @@ fn an_opa_url_error_names_where_the_url_came_from() {
     .code(2)
     .stderr_has("--opa-url: bad OPA URL");
 }
+
+// The CLI side of listing a queue over one answer's size: it pages.
+#[test]
+fn nova_queue_list_pages_through_a_queue_bigger_than_one_answer() {
+    use nova::queue::proto::task_queue_server::TaskQueue;
+    let ws = Workspace::new();
+    ws.run(&["queue", "stats"]).success();
+    let backend = nova::queue::sqlite::SqliteQueue::open(&ws.home().join("nova.db")).unwrap();
+    let service = nova::queue::service::QueueService::new(std::sync::Arc::new(backend));
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    for i in 0..20 {
+        rt.block_on(
+            service.enqueue(tonic::Request::new(nova::queue::proto::EnqueueRequest {
+                r#type: format!("big-{i}"),
+                payload: format!("\"{}\"", "x".repeat(1_000_000)),
+                ..Default::default()
+            })),
+        )
+        .unwrap();
+    }
+    drop(service);
+    drop(rt);
+    let listed = ws.run(&["queue", "list", "--json"]).success().json();
+    assert_eq!(listed.as_array().unwrap().len(), 20);
+    let some = ws
+        .run(&["queue", "list", "--limit", "15", "--json"])
+        .success()
+        .json();
+    assert_eq!(some.as_array().unwrap().len(), 15);
+}
+
+// With nova.db read-only, commands went ahead and only a WARN said their
+// audit records were lost; read-only views must still work there.
+#[test]
+fn a_read_only_workspace_can_be_read_and_says_what_was_not_recorded() {
+    let setpriv = std::path::Path::new("/usr/bin/setpriv");
+    if !nix::unistd::Uid::effective().is_root() || !setpriv.exists() {
+        eprintln!("skipped: needs root and setpriv to act as a user who may not write");
+        return;
+    }
+    let ws = Workspace::new();
+    ws.run(&["queue", "enqueue", "a", "--payload", "{}"])
+        .success();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(ws.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let nobody = |args: &[&str]| {
+        let out = std::process::Command::new(setpriv)
+            .args(["--reuid=nobody", "--regid=nogroup", "--clear-groups"])
+            .arg(assert_cmd::cargo::cargo_bin("nova"))
+            .args(args)
+            .current_dir(ws.path())
+            .env_remove("NOVA_HOME")
+            .env("NO_COLOR", "1")
+            .output()
+            .unwrap();
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    if nobody(&["--version"]).0 != Some(0) {
+        eprintln!("skipped: the user nobody cannot run this build of nova");
+        return;
+    }
+    let before = std::fs::read(ws.home().join("nova.db")).unwrap();
+    for args in [&["tasks"][..], &["runs"], &["audit", "log"], &["kpi"]] {
+        let (code, stdout, stderr) = nobody(args);
+        assert_eq!(code, Some(0), "nova {args:?}: {stdout}{stderr}");
+    }
+    let (code, stdout, stderr) = nobody(&["audit", "verify"]);
+    assert_eq!(code, Some(0), "{stdout}{stderr}");
+    assert!(stdout.contains("audit chain holds"), "{stdout}");
+    assert!(
+        stderr.contains("note: nothing this command did was recorded in the audit log"),
+        "{stderr}"
+    );
+    let (code, _, stderr) = nobody(&["queue", "enqueue", "b", "--payload", "{}"]);
+    assert_eq!(code, Some(1), "{stderr}");
+    assert!(stderr.contains("nova.db"), "the file is named: {stderr}");
+    assert_eq!(
+        std::fs::read(ws.home().join("nova.db")).unwrap(),
+        before,
+        "nothing changed"
+    );
+}

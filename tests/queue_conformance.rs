@@ -1010,7 +1010,7 @@ async fn a_purge_larger_than_one_chunk_takes_them_all(backend: Backend) {
         .await
         .unwrap();
     let mut cancelled = 0;
-    for t in q.list(None, None, 0).await.unwrap() {
+    for t in q.list(None, None, 0, None).await.unwrap() {
         if t.r#type == "bulk" {
             q.cancel(t.id, now_ms()).await.unwrap();
             cancelled += 1;
@@ -1018,7 +1018,7 @@ async fn a_purge_larger_than_one_chunk_takes_them_all(backend: Backend) {
     }
     assert_eq!(cancelled, n);
     assert_eq!(q.purge(now_ms() + 1, None).await.unwrap(), n);
-    let left = q.list(None, None, 0).await.unwrap();
+    let left = q.list(None, None, 0, None).await.unwrap();
     assert_eq!(left.len(), 1);
     assert_eq!(left[0].r#type, "stays");
     let taken = q
@@ -1035,6 +1035,57 @@ async fn a_purge_larger_than_one_chunk_takes_them_all(backend: Backend) {
         .await
         .unwrap();
     assert_eq!(taken.len(), 1, "the pending task is still handed out");
+}
+
+// `nova queue --server URL list` on a queue over 16 MiB failed (exit 1)
+// instead of paging.
+async fn a_queue_bigger_than_one_answer_is_listed_in_parts(backend: Backend) {
+    let mut h = start(backend, None).await;
+    let c = &mut h.client;
+    let mut ids = Vec::new();
+    for i in 0..20 {
+        let mut r = req(&format!("big-{i}"));
+        r.payload = format!("\"{}\"", "x".repeat(1_000_000));
+        ids.push(enqueue(c, r).await.id);
+    }
+    let mut listed = Vec::new();
+    let mut request = ListTasksRequest::default();
+    let mut answers = 0;
+    loop {
+        let answer = c.list_tasks(request.clone()).await.unwrap().into_inner();
+        answers += 1;
+        listed.extend(answer.tasks.into_iter().map(|t| t.id));
+        if answer.next.is_empty() {
+            break;
+        }
+        request.after = answer.next;
+    }
+    assert!(answers > 1, "one answer of 20 MB");
+    assert_eq!(listed, ids, "every task once, in order");
+    let err = c
+        .list_tasks(ListTasksRequest {
+            after: "no-such-task".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::InvalidArgument);
+    assert!(
+        err.message().contains("after: no task no-such-task"),
+        "{}",
+        err.message()
+    );
+    let limited = c
+        .list_tasks(ListTasksRequest {
+            limit: 3,
+            after: ids[4].clone(),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let got: Vec<String> = limited.tasks.into_iter().map(|t| t.id).collect();
+    assert_eq!(got, ids[5..8].to_vec());
 }
 
 // 40 tasks of 1 MiB, then Dequeue(max_tasks=40): the client got OUT_OF_RANGE
@@ -1098,6 +1149,7 @@ macro_rules! conformance {
 }
 
 conformance!(
+    a_queue_bigger_than_one_answer_is_listed_in_parts,
     a_dequeue_leases_only_what_its_answer_can_carry,
     a_repeated_final_ack_is_answered_and_changes_nothing,
     finished_tasks_are_purged_and_the_rest_stay,

@@ -38,9 +38,14 @@ pub async fn workspace_log(
             if db.exists() {
                 crate::store::Store::open_read_only(&db)?;
             }
-            Ok(Some(
-                AuditLog::sqlite(&db).map_err(|e| Error::Failed(e.to_string()))?,
-            ))
+            match AuditLog::sqlite(&db) {
+                Ok(log) => Ok(Some(log)),
+                // A read-only command on a workspace it may not write still reads.
+                Err(e) if !create => AuditLog::sqlite_for_reading(&db)
+                    .map(Some)
+                    .map_err(|_| Error::Failed(e.to_string())),
+                Err(e) => Err(Error::Failed(e.to_string())),
+            }
         }
     }
 }

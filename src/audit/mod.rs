@@ -43,6 +43,13 @@ impl AuditLog {
         Ok(AuditLog::Sqlite(sqlite::SqliteAudit::open(path)?))
     }
 
+    /// The log in an existing database that this process may only read.
+    pub fn sqlite_for_reading(path: &Path) -> AuditResult<AuditLog> {
+        Ok(AuditLog::Sqlite(sqlite::SqliteAudit::open_for_reading(
+            path,
+        )?))
+    }
+
     pub async fn redis(url: &str) -> AuditResult<AuditLog> {
         Ok(AuditLog::Redis(redis::RedisAudit::connect(url).await?))
     }
@@ -113,10 +120,19 @@ impl AuditLog {
 
 /// Append `event` and log a failure to do so (the action it records has
 /// already happened; losing its record is worth a warning, not a crash).
+///
+/// For records that gate nothing (what a command observed, an alert): when
+/// the log cannot be written the command goes on, and says so once on
+/// stderr, not only in the log files. Records that gate an action are
+/// appended directly by the action, which is not taken when they fail.
 pub async fn record(log: &AuditLog, event: Event) {
+    static SAID: std::sync::Once = std::sync::Once::new();
     let action = event.action.clone();
     if let Err(e) = log.append(event).await {
-        tracing::warn!(action = %action, error = %e, "could not append to the audit log");
+        tracing::info!(action = %action, error = %e, "could not append to the audit log");
+        SAID.call_once(|| {
+            eprintln!("note: nothing this command did was recorded in the audit log ({e})");
+        });
     }
 }
 

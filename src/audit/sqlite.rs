@@ -19,7 +19,8 @@ use crate::store::writer::Writer;
 
 #[derive(Clone)]
 pub struct SqliteAudit {
-    writer: Arc<Writer>,
+    /// `None` for a log opened only to be read (a read-only workspace).
+    writer: Option<Arc<Writer>>,
     conn: Arc<Mutex<Connection>>,
 }
 
@@ -100,19 +101,36 @@ impl SqliteAudit {
         let writer = Writer::shared(path).map_err(store_err)?;
         let conn = Store::open(path).map_err(store_err)?.into_connection();
         Ok(SqliteAudit {
-            writer,
+            writer: Some(writer),
             conn: Arc::new(Mutex::new(conn)),
         })
     }
 
-    pub fn append(&self, event: Event) -> AuditResult<Record> {
+    /// The log of an existing database, to be read only: appends fail.
+    pub fn open_for_reading(path: &Path) -> AuditResult<SqliteAudit> {
+        let conn = Store::open_read_only(path)
+            .map_err(store_err)?
+            .into_connection();
+        Ok(SqliteAudit {
+            writer: None,
+            conn: Arc::new(Mutex::new(conn)),
+        })
+    }
+
+    fn writer(&self) -> AuditResult<&Writer> {
         self.writer
+            .as_deref()
+            .ok_or_else(|| AuditError::Store("the workspace database can only be read here".into()))
+    }
+
+    pub fn append(&self, event: Event) -> AuditResult<Record> {
+        self.writer()?
             .write_blocking(move |conn| append_in(conn, event), AuditError::Store)
     }
 
     /// Append `events` in order in one transaction.
     pub fn append_all(&self, events: Vec<Event>) -> AuditResult<Vec<Record>> {
-        self.writer.write_blocking(
+        self.writer()?.write_blocking(
             move |conn| events.into_iter().map(|e| append_in(conn, e)).collect(),
             AuditError::Store,
         )

@@ -216,7 +216,7 @@ async fn redis_queue_tasks(
         let queue = local_queue(&p.run);
         p.queue_tasks = if report.dry_run {
             backend
-                .list(None, Some(queue), 0)
+                .list(None, Some(queue), 0, None)
                 .await
                 .map_err(failed)?
                 .iter()

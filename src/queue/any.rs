@@ -53,8 +53,9 @@ impl QueueBackend for AnyQueue {
         status: Option<Status>,
         queue: Option<String>,
         limit: u32,
+        after: Option<String>,
     ) -> QueueResult<Vec<Task>> {
-        each!(self, q => q.list(status, queue, limit))
+        each!(self, q => q.list(status, queue, limit, after))
     }
 
     async fn cancel(&self, task_id: String, now: i64) -> QueueResult<Task> {

@@ -59,12 +59,15 @@ pub trait QueueBackend: Send + Sync + 'static {
 
     fn get(&self, task_id: String) -> impl Future<Output = QueueResult<Task>> + Send;
 
-    /// Tasks oldest first, optionally of one status and one queue; `limit` 0 means all.
+    /// Tasks oldest first, optionally of one status and one queue, from
+    /// after the task `after` (NotFound when there is no such task); `limit`
+    /// 0 means all.
     fn list(
         &self,
         status: Option<Status>,
         queue: Option<String>,
         limit: u32,
+        after: Option<String>,
     ) -> impl Future<Output = QueueResult<Vec<Task>>> + Send;
 
     /// Cancel a pending or running task.

@@ -658,6 +658,7 @@ fn parse_action(action: &QueueAction) -> Result<Action> {
                 status,
                 queue: queue.clone().unwrap_or_default(),
                 limit: *limit,
+                after: String::new(),
             })
         }
         QueueAction::Get { id } => Action::Get(id.clone()),
@@ -697,13 +698,25 @@ async fn execute(client: &mut Client, out: &Output, action: Action) -> Result<()
                 task.id, task.queue, task.status
             ))
         }
-        Action::List(req) => {
-            let tasks = client
-                .list_tasks(req)
-                .await
-                .map_err(grpc_error)?
-                .into_inner()
-                .tasks;
+        Action::List(mut req) => {
+            // A queue bigger than one answer comes in parts.
+            let limit = req.limit;
+            let mut tasks = Vec::new();
+            loop {
+                let answer = client
+                    .list_tasks(req.clone())
+                    .await
+                    .map_err(grpc_error)?
+                    .into_inner();
+                tasks.extend(answer.tasks);
+                if answer.next.is_empty() || (limit > 0 && tasks.len() as u32 >= limit) {
+                    break;
+                }
+                req.after = answer.next;
+                if limit > 0 {
+                    req.limit = limit - tasks.len() as u32;
+                }
+            }
             if out.json {
                 return out.json(&tasks.iter().map(task_json).collect::<Vec<_>>());
             }

@@ -24,6 +24,8 @@ pub const POLL: Duration = Duration::from_millis(50);
 pub const MAX_WAIT_MS: u32 = 60_000;
 pub const MAX_LEASE_MS: u32 = 24 * 3600 * 1000;
 pub const MAX_DEQUEUE: u32 = 256;
+/// Tasks read from the backend at a time while listing.
+const LIST_PAGE: u32 = 500;
 /// The bytes of tasks one Dequeue answer may carry: the message limit less
 /// room for the first task, which the answer holds twice (`task` and `tasks`).
 pub const REPLY_BUDGET: u64 = (MAX_MESSAGE - 4 * 1024 * 1024) as u64;
@@ -274,12 +276,43 @@ impl<B: QueueBackend> TaskQueue for QueueService<B> {
         } else {
             Some(validate::queue_name("queue", &req.queue).map_err(invalid)?)
         };
-        let tasks = self
-            .backend
-            .list(status, queue, req.limit)
-            .await
-            .map_err(to_status)?;
-        Ok(Response::new(ListTasksResponse { tasks }))
+        // Read in pages and stop at the answer's size limit: a queue bigger
+        // than one message is listed in parts, each naming where the next begins.
+        let mut tasks: Vec<Task> = Vec::new();
+        let mut used = 0u64;
+        let mut after = (!req.after.is_empty()).then(|| req.after.clone());
+        let mut next = String::new();
+        'pages: loop {
+            let want = match req.limit {
+                0 => LIST_PAGE,
+                n => (n - tasks.len() as u32).min(LIST_PAGE),
+            };
+            let page = self
+                .backend
+                .list(status, queue.clone(), want, after.clone())
+                .await
+                .map_err(|e| match e {
+                    QueueError::NotFound(id) => invalid(format!(
+                        "after: no task {id} (it may have been purged); list again from the start"
+                    )),
+                    other => to_status(other),
+                })?;
+            let full = page.len() as u32 == want;
+            for task in page {
+                let size = prost::Message::encoded_len(&task) as u64 + 8;
+                if !tasks.is_empty() && used + size > REPLY_BUDGET {
+                    next = tasks.last().map(|t| t.id.clone()).unwrap_or_default();
+                    break 'pages;
+                }
+                used += size;
+                tasks.push(task);
+            }
+            if !full || (req.limit > 0 && tasks.len() as u32 >= req.limit) {
+                break;
+            }
+            after = tasks.last().map(|t| t.id.clone());
+        }
+        Ok(Response::new(ListTasksResponse { tasks, next }))
     }
 
     async fn heartbeat(

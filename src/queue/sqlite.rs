@@ -359,10 +359,22 @@ impl QueueBackend for SqliteQueue {
         status: Option<Status>,
         queue: Option<String>,
         limit: u32,
+        after: Option<String>,
     ) -> QueueResult<Vec<Task>> {
         self.read(move |conn| {
             let mut sql = format!("SELECT {COLUMNS} FROM queue_tasks WHERE 1 = 1");
             let mut args: Vec<rusqlite::types::Value> = Vec::new();
+            if let Some(after) = after {
+                let seq: i64 = conn
+                    .query_row("SELECT seq FROM queue_tasks WHERE id = ?1", [&after], |r| {
+                        r.get(0)
+                    })
+                    .optional()
+                    .map_err(sql_err)?
+                    .ok_or(QueueError::NotFound(after))?;
+                sql.push_str(" AND seq > ?");
+                args.push(seq.into());
+            }
             if let Some(status) = status {
                 sql.push_str(" AND status = ?");
                 args.push(status.as_str().to_string().into());

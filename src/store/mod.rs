@@ -126,9 +126,41 @@ impl Store {
         // it closes (a read-only one leaves them beside nova.db). SQLite
         // opens a write-protected file read-only by itself.
         let flags = OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX;
-        let conn = Connection::open_with_flags(path, flags).map_err(sqlite_err(path))?;
-        conn.busy_timeout(BUSY_TIMEOUT).map_err(sqlite_err(path))?;
-        let version = migrations::read_version(&conn, path)?;
+        let open = |conn: Connection| -> StoreResult<(Connection, u32)> {
+            conn.busy_timeout(BUSY_TIMEOUT).map_err(sqlite_err(path))?;
+            let version = migrations::read_version(&conn, path)?;
+            Ok((conn, version))
+        };
+        let first = Connection::open_with_flags(path, flags)
+            .map_err(sqlite_err(path))
+            .and_then(open);
+        let (conn, version) = match first {
+            // A workspace nova may not write (a read-only folder or mount):
+            // SQLite cannot make the WAL's shared-memory file there, so the
+            // database is read as it is on disk, which nobody can change.
+            Err(StoreError::Sqlite {
+                source: rusqlite::Error::SqliteFailure(e, _),
+                ..
+            }) if matches!(
+                e.code,
+                rusqlite::ErrorCode::ReadOnly | rusqlite::ErrorCode::CannotOpen
+            ) =>
+            {
+                let uri = format!(
+                    "file:{}?immutable=1",
+                    path.display()
+                        .to_string()
+                        .replace('%', "%25")
+                        .replace('?', "%3f")
+                        .replace('#', "%23")
+                );
+                let flags = OpenFlags::SQLITE_OPEN_READ_ONLY
+                    | OpenFlags::SQLITE_OPEN_URI
+                    | OpenFlags::SQLITE_OPEN_NO_MUTEX;
+                open(Connection::open_with_flags(uri, flags).map_err(sqlite_err(path))?)?
+            }
+            other => other?,
+        };
         Ok(Store {
             conn,
             path: path.to_path_buf(),

@@ -402,10 +402,22 @@ impl QueueBackend for RedisQueue {
         status: Option<Status>,
         queue: Option<String>,
         limit: u32,
+        after: Option<String>,
     ) -> QueueResult<Vec<Task>> {
         let mut conn = self.conn.clone();
         let mut found = Vec::new();
-        let mut start: isize = 0;
+        let mut start: isize = match after {
+            None => 0,
+            Some(after) => {
+                let rank: Option<isize> = ::redis::cmd("ZRANK")
+                    .arg(self.key("all"))
+                    .arg(&after)
+                    .query_async(&mut conn)
+                    .await
+                    .map_err(unavailable)?;
+                rank.ok_or(QueueError::NotFound(after))? + 1
+            }
+        };
         loop {
             let ids: Vec<String> = ::redis::cmd("ZRANGE")
                 .arg(self.key("all"))
