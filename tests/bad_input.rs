@@ -60,6 +60,11 @@ fn devices_fifos_and_folders_in_a_files_place_are_refused_at_once() {
         .code(2)
         .stderr_has("nova.db is not a regular file (a FIFO)");
     std::fs::remove_file(ws.home().join("nova.db")).unwrap();
+    std::fs::create_dir(ws.home().join("nova.db")).unwrap();
+    ws.run(&["tasks"])
+        .code(2)
+        .stderr_has("nova.db is not a regular file (a folder)");
+    std::fs::remove_dir(ws.home().join("nova.db")).unwrap();
     std::fs::create_dir(ws.path().join("nova.yaml")).unwrap();
     ws.run(&["plan"])
         .code(2)
