@@ -127,18 +127,22 @@ impl Policy {
     /// [`Error::Denied`] (exit 3) naming the action and the reasons.
     pub async fn authorize(&self, audit: Option<&AuditLog>, input: &Value) -> Result<Decision> {
         let decision = self.decide(input).await;
+        // "install tree ", "serve " (what the messages below begin with).
+        let what = format!(
+            "{} {}",
+            input["action"].as_str().unwrap_or("?"),
+            input["resource"]
+                .as_str()
+                .filter(|r| !r.is_empty())
+                .map(|r| format!("{r} "))
+                .unwrap_or_default(),
+        );
         // A governance tool fails closed: what cannot be audited is not done.
         if let Some(log) = audit
             && let Err(e) = log.append(decision_event(input, &decision)).await
         {
             return Err(Error::Failed(format!(
-                "{} {}was not done: its policy decision could not be recorded in the audit log ({e})",
-                input["action"].as_str().unwrap_or("?"),
-                input["resource"]
-                    .as_str()
-                    .filter(|r| !r.is_empty())
-                    .map(|r| format!("{r} "))
-                    .unwrap_or_default(),
+                "{what}was not done: its policy decision could not be recorded in the audit log ({e})"
             )));
         }
         if decision.allow {
@@ -147,13 +151,7 @@ impl Policy {
         }
         tracing::warn!(action = %input["action"], reasons = ?decision.reasons, "denied by policy");
         Err(Error::Denied(format!(
-            "{} {}denied by policy: {}",
-            input["action"].as_str().unwrap_or("?"),
-            input["resource"]
-                .as_str()
-                .filter(|r| !r.is_empty())
-                .map(|r| format!("{r} "))
-                .unwrap_or_default(),
+            "{what}denied by policy: {}",
             if decision.reasons.is_empty() {
                 "no rule allows it".to_string()
             } else {
