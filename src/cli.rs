@@ -234,6 +234,16 @@ pub struct StoreArg {
     pub create: bool,
 }
 
+impl StoreArg {
+    /// What the library needs of these flags.
+    pub fn choice(&self) -> crate::store_url::StoreChoice {
+        crate::store_url::StoreChoice {
+            store: self.store.clone(),
+            create: self.create,
+        }
+    }
+}
+
 #[derive(Debug, Args)]
 pub struct ServeArgs {
     /// Address to listen on; anything but loopback needs --token-file or --insecure

@@ -96,6 +96,20 @@ pub fn read_text(path: &Path, max: u64) -> Result<String> {
     Ok(text)
 }
 
+/// The bearer token in `file` (`--token-file`), trimmed; `None` without a file.
+pub fn read_token(file: Option<&Path>) -> Result<Option<String>> {
+    let Some(file) = file else { return Ok(None) };
+    let text = crate::files::read_text(file, crate::files::limits::TOKEN)?;
+    let token = text.trim().to_string();
+    if token.is_empty() {
+        return Err(Error::usage(format!(
+            "--token-file {}: the file is empty",
+            file.display()
+        )));
+    }
+    Ok(Some(token))
+}
+
 /// Limits on what nova reads from the files it is pointed at.
 pub mod limits {
     /// A blueprint or plan file.

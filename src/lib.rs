@@ -28,6 +28,7 @@ pub mod roadmap;
 pub mod runtime;
 pub mod setup;
 pub mod store;
+pub mod store_url;
 pub mod tasks;
 pub mod testreport;
 pub mod workspace;

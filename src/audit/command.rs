@@ -8,63 +8,12 @@ use serde_json::json;
 
 use super::controls::CONTROLS;
 use super::{AuditLog, Event, Record};
-use crate::cli::{AuditAction, AuditArgs, ExportFormat, StoreArg};
+use super::{operator, workspace_log};
+use crate::cli::{AuditAction, AuditArgs, ExportFormat};
 use crate::error::{Error, Result};
 use crate::output::Output;
-use crate::queue::command::StoreUrl;
 use crate::tasks::rfc3339;
 use crate::workspace::Workspace;
-
-/// The workspace's audit log: in Redis when the queue's store is Redis,
-/// otherwise in the workspace database. `None` when it would have to be
-/// created and `create` is false (a read-only command in a new workspace).
-pub async fn workspace_log(
-    ws: &Workspace,
-    store: &StoreArg,
-    create: bool,
-) -> Result<Option<AuditLog>> {
-    match StoreUrl::resolve(ws, store)? {
-        StoreUrl::Redis(url) => Ok(Some(
-            AuditLog::redis(&url)
-                .await
-                .map_err(|e| Error::Failed(e.to_string()))?,
-        )),
-        StoreUrl::Sqlite(_) => {
-            let db = ws.db_path();
-            if !create && !db.exists() {
-                return Ok(None);
-            }
-            // Refuse a file that is not a nova database as every command does.
-            if db.exists() {
-                crate::store::Store::open_read_only(&db)?;
-            }
-            match AuditLog::sqlite(&db) {
-                Ok(log) => Ok(Some(log)),
-                // A read-only command on a workspace it may not write still reads.
-                Err(e) if !create => AuditLog::sqlite_for_reading(&db)
-                    .map(Some)
-                    .map_err(|_| Error::Failed(e.to_string())),
-                Err(e) => Err(Error::Failed(e.to_string())),
-            }
-        }
-    }
-}
-
-/// The operator running this command, for the `actor` of its records.
-pub fn operator() -> String {
-    let user = std::env::var("USER")
-        .or_else(|_| std::env::var("LOGNAME"))
-        .ok()
-        .filter(|u| !u.is_empty())
-        .or_else(|| {
-            nix::unistd::User::from_uid(nix::unistd::Uid::current())
-                .ok()
-                .flatten()
-                .map(|u| u.name)
-        })
-        .unwrap_or_else(|| format!("uid-{}", nix::unistd::Uid::current()));
-    format!("operator:{user}")
-}
 
 fn failed(e: super::AuditError) -> Error {
     Error::Failed(e.to_string())
@@ -92,7 +41,7 @@ pub fn run(ws: &Workspace, out: &Output, args: &AuditArgs) -> Result<()> {
         _ => None,
     };
     crate::runtime::runtime()?.block_on(async {
-        let log = workspace_log(ws, &args.store, false).await?;
+        let log = workspace_log(ws, &args.store.choice(), false).await?;
         match &args.action {
             AuditAction::Log { action, limit, .. } => {
                 let records = match &log {

@@ -9,9 +9,12 @@
 
 pub mod command;
 pub mod controls;
+pub mod open;
 pub mod record;
 pub mod redis;
 pub mod sqlite;
+
+pub use open::{operator, workspace_log};
 
 use std::path::Path;
 

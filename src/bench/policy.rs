@@ -39,7 +39,7 @@ pub fn run(ws: &Workspace, out: &Output, args: &BenchPolicyArgs) -> Result<()> {
     let mut local = ws.clone();
     local.opa.url = None;
     local.config.opa_url = None;
-    let policy = policy::command::open(&local)?;
+    let policy = policy::open(&local)?;
     let Evaluator::Embedded(embedded) = policy.evaluator().clone() else {
         return Err(Error::Failed("the embedded evaluator did not load".into()));
     };

@@ -21,12 +21,12 @@ use crate::output::Output;
 use crate::queue::any::AnyQueue;
 use crate::queue::backend::QueueBackend;
 use crate::queue::client::{self, Client};
-use crate::queue::command::StoreUrl;
 use crate::queue::model::{AckSpec, DequeueSpec, now_ms};
 use crate::queue::proto::*;
 use crate::queue::redis::RedisQueue;
 use crate::queue::sqlite::SqliteQueue;
 use crate::queue::{server, validate};
+use crate::store_url::StoreUrl;
 use crate::workspace::Workspace;
 
 /// How long a worker's dequeue waits for work over gRPC (a long poll).

@@ -1,21 +1,12 @@
 //! `nova kpi`: the latest KPI snapshot of each source in the workspace.
 
+use super::human_ns;
 use serde_json::json;
 
 use super::store;
 use crate::error::{Error, Result};
 use crate::output::Output;
 use crate::workspace::Workspace;
-
-/// A duration in nanoseconds, in the unit that reads best.
-pub fn human_ns(ns: u64) -> String {
-    match ns {
-        0..1_000 => format!("{ns} ns"),
-        1_000..1_000_000 => format!("{:.1} µs", ns as f64 / 1e3),
-        1_000_000..1_000_000_000 => format!("{:.2} ms", ns as f64 / 1e6),
-        _ => format!("{:.2} s", ns as f64 / 1e9),
-    }
-}
 
 pub fn run(ws: &Workspace, out: &Output) -> Result<()> {
     let Some(db) = ws.open_store_read()?.filter(|db| db.version() >= 3) else {

@@ -18,7 +18,7 @@ use serde::Serialize;
 use serde_json::json;
 
 use crate::audit::Event;
-use crate::audit::command::workspace_log;
+use crate::audit::workspace_log;
 use crate::cli::MonitorArgs;
 use crate::error::{Error, Result};
 use crate::output::Output;
@@ -225,7 +225,7 @@ pub fn run(ws: &Workspace, out: &Output, args: &MonitorArgs) -> Result<()> {
     let cfg = ws.config.monitor.clone();
     let rt = crate::runtime::runtime()?;
     rt.block_on(async {
-        let audit = workspace_log(ws, &args.store, true).await?;
+        let audit = workspace_log(ws, &args.store.choice(), true).await?;
         let writer = crate::store::writer::Writer::shared(&ws.db_path())?;
         let webhook = alerts::Webhook::new(cfg.webhook.as_deref())?;
         let mut rules = alerts::Rules::new(&cfg);

@@ -9,11 +9,11 @@ use rusqlite::Connection;
 use serde_json::{Value, json};
 
 use super::privilege::Privileges;
-use super::runs::{self, Message, RunRow, TaskRow};
+use super::runs::{self, Message, RunRow, TaskRow, local_queue};
 use super::worker::{self, JOB_TYPE, Job, JobResult, WorkerConfig};
 use super::{AgentOutcome, AgentRun, report};
-use crate::audit::command::{operator, workspace_log};
 use crate::audit::{AuditLog, Event};
+use crate::audit::{operator, workspace_log};
 use crate::blueprints::{Catalog, TaskSpec};
 use crate::cli::OrchestrateArgs;
 use crate::config::ExecutionMode;
@@ -21,10 +21,11 @@ use crate::error::{Error, Result};
 use crate::output::Output;
 use crate::plan::dag::Schedule;
 use crate::queue::client::{self, Client};
-use crate::queue::command::{StoreUrl, open_queue};
 use crate::queue::model::now_ms;
+use crate::queue::open::open_queue;
 use crate::queue::proto::{EnqueueRequest, GetTaskRequest};
 use crate::store::{Store, TaskState, TaskStatus};
+use crate::store_url::StoreUrl;
 use crate::workspace::Workspace;
 
 /// How often the queue is asked about tasks when no local worker said it acked.
@@ -280,14 +281,6 @@ fn mode_of(ws: &Workspace, args: &OrchestrateArgs) -> Result<ExecutionMode> {
         .unwrap_or(ExecutionMode::Sequential))
 }
 
-/// The queue a run on its own in-process server keeps its tasks in.
-pub fn local_queue(run: &str) -> String {
-    format!(
-        "run-{}",
-        run.replace(|c: char| !c.is_ascii_alphanumeric() && c != '-', "-")
-    )
-}
-
 fn new_run_id() -> String {
     let now = humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string();
     let stamp: String = now
@@ -344,7 +337,7 @@ pub fn run(ws: &Workspace, out: &Output, args: &OrchestrateArgs, verbose: u8) ->
         return dry_run(out, &catalog, &schedule, args.apply, mode, jobs);
     }
 
-    let policy = crate::policy::command::open(ws)?;
+    let policy = crate::policy::open(ws)?;
     let privileges = Privileges::resolve(ws.config.service_user.as_deref())?;
     ws.ensure_home()?;
     let store = Store::open(&ws.db_path())?;
@@ -380,7 +373,7 @@ pub fn run(ws: &Workspace, out: &Output, args: &OrchestrateArgs, verbose: u8) ->
         // could never start must not sit in `nova runs` as running.
         let shared_server = match &args.server {
             Some(url) => {
-                let token = crate::queue::command::read_token(args.token_file.as_deref())?;
+                let token = crate::files::read_token(args.token_file.as_deref())?;
                 let client = client::connect(url, token.as_deref())
                     .await
                     .map_err(Error::from)?;
@@ -388,7 +381,7 @@ pub fn run(ws: &Workspace, out: &Output, args: &OrchestrateArgs, verbose: u8) ->
             }
             None => None,
         };
-        let audit = workspace_log(ws, &args.store, true).await?;
+        let audit = workspace_log(ws, &args.store.choice(), true).await?;
         let run = Arc::new(Run {
             id: id.clone(),
             writer: crate::store::writer::Writer::shared(&ws.db_path())?,
@@ -471,7 +464,8 @@ pub fn run(ws: &Workspace, out: &Output, args: &OrchestrateArgs, verbose: u8) ->
             let (url, token, first_client) = match shared_server {
                 Some((url, token, client)) => (url, token, Some(client)),
                 None => {
-                    let (backend, _) = open_queue(&StoreUrl::resolve(ws, &args.store)?).await?;
+                    let (backend, _) =
+                        open_queue(&StoreUrl::resolve(ws, &args.store.choice())?).await?;
                     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
                         .await
                         .map_err(|e| Error::Failed(format!("cannot listen on loopback: {e}")))?;
@@ -1190,12 +1184,12 @@ pub fn worker_command(
     args: &crate::cli::WorkerArgs,
     verbose: u8,
 ) -> Result<()> {
-    let token = crate::queue::command::read_token(args.token_file.as_deref())?;
-    let policy = crate::policy::command::open(ws)?;
+    let token = crate::files::read_token(args.token_file.as_deref())?;
+    let policy = crate::policy::open(ws)?;
     let privileges = Privileges::resolve(ws.config.service_user.as_deref())?;
     let rt = crate::runtime::runtime()?;
     rt.block_on(async {
-        let audit = workspace_log(ws, &args.store, true).await?;
+        let audit = workspace_log(ws, &args.store.choice(), true).await?;
         let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
         let mut workers = Vec::new();
         for i in 0..args.concurrency {

@@ -15,16 +15,17 @@ use rusqlite::{Connection, params};
 use serde::Serialize;
 use serde_json::json;
 
-use super::command::local_queue;
+use super::runs::local_queue;
 use super::runs::{self, RunRow};
 use crate::audit::Event;
-use crate::audit::command::{operator, workspace_log};
+use crate::audit::{operator, workspace_log};
 use crate::cli::RunsPruneArgs;
 use crate::error::{Error, Result};
 use crate::output::Output;
 use crate::queue::backend::QueueBackend;
-use crate::queue::command::{StoreUrl, open_queue};
 use crate::queue::model::{Status, ms_ago};
+use crate::queue::open::open_queue;
+use crate::store_url::StoreUrl;
 use crate::workspace::Workspace;
 
 #[derive(Debug, Serialize)]
@@ -150,7 +151,7 @@ pub fn prune(ws: &Workspace, out: &Output, args: &RunsPruneArgs) -> Result<()> {
     };
     drop(store);
     let rt = crate::runtime::runtime()?;
-    if let StoreUrl::Redis(_) = StoreUrl::resolve(ws, &args.store)?
+    if let StoreUrl::Redis(_) = StoreUrl::resolve(ws, &args.store.choice())?
         && !chosen.is_empty()
     {
         rt.block_on(redis_queue_tasks(&args.store, ws, &mut report))?;
@@ -183,7 +184,7 @@ pub fn prune(ws: &Workspace, out: &Output, args: &RunsPruneArgs) -> Result<()> {
             }
         }
         rt.block_on(async {
-            if let Some(log) = workspace_log(ws, &args.store, true).await? {
+            if let Some(log) = workspace_log(ws, &args.store.choice(), true).await? {
                 crate::audit::record(
                     &log,
                     Event::new(operator(), "runs.prune", runs_word(ids.len()), "done").details(
@@ -210,7 +211,7 @@ async fn redis_queue_tasks(
     ws: &Workspace,
     report: &mut Report,
 ) -> Result<()> {
-    let (backend, label) = open_queue(&StoreUrl::resolve(ws, store)?).await?;
+    let (backend, label) = open_queue(&StoreUrl::resolve(ws, &store.choice())?).await?;
     let failed = |e: crate::queue::backend::QueueError| Error::Failed(format!("{label}: {e}"));
     for p in &mut report.pruned {
         let queue = local_queue(&p.run);

@@ -7,7 +7,7 @@ use std::path::Path;
 use super::AgentRun;
 use super::runs::{Message, RunRow, TaskRow};
 use crate::kpi::Snapshot;
-use crate::kpi::command::human_ns;
+use crate::kpi::human_ns;
 use crate::output::Output;
 use crate::tasks::rfc3339;
 

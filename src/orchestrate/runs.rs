@@ -242,3 +242,11 @@ pub fn messages(conn: &Connection, run: &str) -> rusqlite::Result<Vec<Message>> 
     })?
     .collect()
 }
+
+/// The queue a run on its own in-process server keeps its tasks in.
+pub fn local_queue(run: &str) -> String {
+    format!(
+        "run-{}",
+        run.replace(|c: char| !c.is_ascii_alphanumeric() && c != '-', "-")
+    )
+}

@@ -2,72 +2,17 @@
 //! the policy engine the workspace and flags call for.
 
 use std::io::Read;
-use std::sync::Arc;
 
 use serde_json::{Value, json};
 
-use super::embedded::{self, Embedded, PolicyFile};
-use super::opa::Opa;
-use super::{Evaluator, Policy};
+use super::embedded::PolicyFile;
+use super::open::{compile, opa_client, opa_url, open, policy_files};
 use crate::audit::Event;
-use crate::audit::command::{operator, workspace_log};
+use crate::audit::{operator, workspace_log};
 use crate::cli::{PolicyAction, PolicyArgs};
 use crate::error::{Error, Result};
 use crate::output::Output;
 use crate::workspace::Workspace;
-
-fn policy_files(ws: &Workspace) -> Result<Vec<PolicyFile>> {
-    embedded::policy_files(&ws.policy_dir()).map_err(|e| match e {
-        embedded::LoadError::Io { path, source } => Error::io(path, source),
-        other => Error::usage(other.to_string()),
-    })
-}
-
-fn compile(files: &[PolicyFile]) -> Result<Embedded> {
-    Embedded::new(files).map_err(|e| Error::usage(format!("policy {e}")))
-}
-
-fn opa_client(ws: &Workspace, url: &str, source: &str) -> Result<Opa> {
-    let token = match &ws.opa.token_file {
-        Some(path) => {
-            let text = crate::files::read_text(path, crate::files::limits::TOKEN)?;
-            Some(text.trim().to_string()).filter(|t| !t.is_empty())
-        }
-        None => None,
-    };
-    Opa::new(url, token, ws.opa.timeout).map_err(|e| Error::usage(format!("{source}: {e}")))
-}
-
-/// The OPA URL in force, and where it came from (for messages).
-fn opa_url(ws: &Workspace) -> Option<(String, &'static str)> {
-    match (&ws.opa.url, &ws.config.opa_url) {
-        (Some(url), _) => {
-            let from_env = std::env::var("NOVA_OPA_URL").is_ok_and(|v| v == *url)
-                && !std::env::args().any(|a| a == "--opa-url" || a.starts_with("--opa-url="));
-            Some((
-                url.clone(),
-                if from_env {
-                    "NOVA_OPA_URL"
-                } else {
-                    "--opa-url"
-                },
-            ))
-        }
-        (None, Some(url)) => Some((url.clone(), "nova.yaml opa_url")),
-        (None, None) => None,
-    }
-}
-
-/// The workspace's policy engine: OPA when a URL is set, otherwise the
-/// embedded policies (built-in, with the workspace's `policies/` over them).
-pub fn open(ws: &Workspace) -> Result<Policy> {
-    match opa_url(ws) {
-        Some((url, source)) => Ok(Policy::new(Evaluator::Opa(opa_client(ws, &url, source)?))),
-        None => Ok(Policy::new(Evaluator::Embedded(Arc::new(compile(
-            &policy_files(ws)?,
-        )?)))),
-    }
-}
 
 fn read_input(path: &std::path::Path) -> Result<Value> {
     let (text, name) = if path.as_os_str() == "-" {
@@ -103,7 +48,7 @@ pub fn run(ws: &Workspace, out: &Output, args: &PolicyArgs) -> Result<()> {
             let input = read_input(input)?;
             let policy = open(ws)?;
             crate::runtime::runtime()?.block_on(async {
-                let audit = workspace_log(ws, &args.store, true).await?;
+                let audit = workspace_log(ws, &args.store.choice(), true).await?;
                 let decision = policy.decide(&input).await;
                 if let Some(log) = &audit
                     && let Err(e) = log.append(super::decision_event(&input, &decision)).await
@@ -158,7 +103,7 @@ pub fn run(ws: &Workspace, out: &Output, args: &PolicyArgs) -> Result<()> {
             compile(&files)?; // never upload what does not compile here
             let opa = opa_client(ws, &url, source)?;
             crate::runtime::runtime()?.block_on(async {
-                let audit = workspace_log(ws, &args.store, true).await?;
+                let audit = workspace_log(ws, &args.store.choice(), true).await?;
                 for f in &files {
                     let pushed = opa.push(f).await;
                     if let Some(log) = &audit {

@@ -10,6 +10,9 @@
 pub mod command;
 pub mod embedded;
 pub mod opa;
+pub mod open;
+
+pub use open::open;
 
 use std::sync::Arc;
 use std::time::Duration;

@@ -11,124 +11,21 @@ use serde_json::{Value, json};
 use tonic::Code;
 
 use super::any::AnyQueue;
-use super::backend::{QueueBackend, QueueError};
+use super::backend::QueueBackend;
 use super::client::{self, Client};
 use super::model::Status;
+use super::open::open_queue;
 use super::proto::*;
-use super::redis::RedisQueue;
 use super::server;
-use super::sqlite::SqliteQueue;
 use crate::audit::Event;
-use crate::audit::command::operator;
-use crate::cli::{QueueAction, QueueArgs, ServeArgs, StoreArg};
+use crate::audit::operator;
+use crate::cli::{QueueAction, QueueArgs, ServeArgs};
 use crate::error::{Error, Result};
+use crate::files::read_token;
 use crate::output::Output;
+use crate::store_url::StoreUrl;
 use crate::tasks::rfc3339;
 use crate::workspace::{Workspace, ensure_dir};
-
-/// Where queue state lives.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum StoreUrl {
-    Sqlite(PathBuf),
-    Redis(String),
-}
-
-impl StoreUrl {
-    /// `--store`/`NOVA_STORE`, else `nova.yaml`'s `store`, else the workspace database.
-    ///
-    /// Only the workspace's own database (its default, or nova.yaml's
-    /// `store`) is created on demand; a SQLite path given on the command
-    /// line or in NOVA_STORE must exist, unless `--create` says to make it.
-    pub fn resolve(ws: &Workspace, arg: &StoreArg) -> Result<StoreUrl> {
-        let (url, source) = match (&arg.store, &ws.config.store) {
-            (Some(url), _) => {
-                let from_env = std::env::var("NOVA_STORE").is_ok_and(|v| v == *url)
-                    && !std::env::args().any(|a| a == "--store" || a.starts_with("--store="));
-                (
-                    url.as_str(),
-                    if from_env { "NOVA_STORE" } else { "--store" },
-                )
-            }
-            (None, Some(url)) => (url.as_str(), "nova.yaml store"),
-            (None, None) => return Ok(StoreUrl::Sqlite(ws.db_path())),
-        };
-        let store = StoreUrl::parse_from(url, &ws.root, source)?;
-        if let StoreUrl::Sqlite(path) = &store
-            && !arg.create
-            && source != "nova.yaml store"
-            && std::fs::symlink_metadata(path).is_err()
-            && *path != ws.db_path()
-        {
-            return Err(Error::usage(format!(
-                "{source} {url:?}: there is no database at {}; --create makes one",
-                path.display()
-            )));
-        }
-        Ok(store)
-    }
-
-    pub fn parse(url: &str, root: &Path) -> Result<StoreUrl> {
-        Self::parse_from(url, root, "--store")
-    }
-
-    /// `source` names where the URL came from, for the messages.
-    fn parse_from(url: &str, root: &Path, source: &str) -> Result<StoreUrl> {
-        if let Some(path) = url.strip_prefix("sqlite:") {
-            if path.is_empty() {
-                return Err(Error::usage(format!(
-                    "{source} {url:?}: give a path after sqlite:"
-                )));
-            }
-            if path.starts_with(':') {
-                return Err(Error::usage(format!(
-                    "{source} {url:?}: give a file path after sqlite: (an in-memory database would lose everything when nova exits)"
-                )));
-            }
-            let path = PathBuf::from(path);
-            return Ok(StoreUrl::Sqlite(if path.is_absolute() {
-                path
-            } else {
-                root.join(path)
-            }));
-        }
-        if url.starts_with("redis://") || url.starts_with("rediss://") {
-            return Ok(StoreUrl::Redis(url.to_string()));
-        }
-        Err(Error::usage(format!(
-            "{source} {url:?}: expected sqlite:PATH or redis://HOST:PORT/DB"
-        )))
-    }
-}
-
-fn open_sqlite(path: &Path) -> Result<SqliteQueue> {
-    if let Some(parent) = path.parent() {
-        ensure_dir(parent)?;
-    }
-    SqliteQueue::open(path).map_err(|e| {
-        // A file that is not a database (or a newer one) is bad input, as for every other command.
-        match crate::store::Store::open(path) {
-            Err(store) if store.is_bad_input() => Error::Store(store),
-            _ => Error::Failed(e.to_string()),
-        }
-    })
-}
-
-/// Open the backend `store` names; `label` is how messages name it.
-pub async fn open_queue(store: &StoreUrl) -> Result<(AnyQueue, String)> {
-    match store {
-        StoreUrl::Sqlite(path) => Ok((
-            AnyQueue::Sqlite(open_sqlite(path)?),
-            format!("sqlite:{}", path.display()),
-        )),
-        StoreUrl::Redis(url) => {
-            let queue = RedisQueue::connect(url).await.map_err(|e| match e {
-                QueueError::InvalidArgument(m) => Error::usage(format!("--store: {m}")),
-                other => Error::Failed(other.to_string()),
-            })?;
-            Ok((AnyQueue::Redis(queue), url.clone()))
-        }
-    }
-}
 
 /// The login name of the person running nova, as the policy subject's agent.
 fn operator_name() -> String {
@@ -136,19 +33,6 @@ fn operator_name() -> String {
         .strip_prefix("operator:")
         .unwrap_or("unknown")
         .to_string()
-}
-
-pub fn read_token(file: Option<&Path>) -> Result<Option<String>> {
-    let Some(file) = file else { return Ok(None) };
-    let text = crate::files::read_text(file, crate::files::limits::TOKEN)?;
-    let token = text.trim().to_string();
-    if token.is_empty() {
-        return Err(Error::usage(format!(
-            "--token-file {}: the file is empty",
-            file.display()
-        )));
-    }
-    Ok(Some(token))
 }
 
 pub fn serve(ws: &Workspace, out: &Output, args: &ServeArgs) -> Result<()> {
@@ -159,8 +43,8 @@ pub fn serve(ws: &Workspace, out: &Output, args: &ServeArgs) -> Result<()> {
             args.listen
         )));
     }
-    let store = StoreUrl::resolve(ws, &args.store)?;
-    let policy = crate::policy::command::open(ws)?;
+    let store = StoreUrl::resolve(ws, &args.store.choice())?;
+    let policy = crate::policy::open(ws)?;
     let rt = crate::runtime::runtime()?;
     rt.block_on(async {
         let input = crate::policy::input(
@@ -174,7 +58,7 @@ pub fn serve(ws: &Workspace, out: &Output, args: &ServeArgs) -> Result<()> {
                 "insecure": args.insecure,
             }),
         );
-        let decision_log = crate::audit::command::workspace_log(ws, &args.store, true).await?;
+        let decision_log = crate::audit::workspace_log(ws, &args.store.choice(), true).await?;
         policy.authorize(decision_log.as_ref(), &input).await?;
         let listener = tokio::net::TcpListener::bind(args.listen)
             .await
@@ -215,7 +99,7 @@ pub fn serve(ws: &Workspace, out: &Output, args: &ServeArgs) -> Result<()> {
         let purger = args
             .keep_finished
             .map(|keep| tokio::spawn(purge_every(backend.clone(), keep)));
-        let audit = crate::audit::command::workspace_log(ws, &args.store, true).await?;
+        let audit = crate::audit::workspace_log(ws, &args.store.choice(), true).await?;
         let details = json!({
             "listen": addr.to_string(),
             "store": label,
@@ -462,8 +346,8 @@ pub fn run(ws: &Workspace, out: &Output, args: &QueueArgs) -> Result<()> {
     let rt = crate::runtime::runtime()?;
     rt.block_on(async {
         if let Action::Enqueue(req) = &action {
-            let policy = crate::policy::command::open(ws)?;
-            let audit = crate::audit::command::workspace_log(ws, &args.store, true).await?;
+            let policy = crate::policy::open(ws)?;
+            let audit = crate::audit::workspace_log(ws, &args.store.choice(), true).await?;
             let queue = if req.queue.is_empty() {
                 "default"
             } else {
@@ -487,8 +371,9 @@ pub fn run(ws: &Workspace, out: &Output, args: &QueueArgs) -> Result<()> {
                 execute(&mut client, out, action).await
             }
             None => {
-                let (backend, _) = open_queue(&StoreUrl::resolve(ws, &args.store)?).await?;
-                let audit = crate::audit::command::workspace_log(ws, &args.store, true).await?;
+                let (backend, _) =
+                    open_queue(&StoreUrl::resolve(ws, &args.store.choice())?).await?;
+                let audit = crate::audit::workspace_log(ws, &args.store.choice(), true).await?;
                 let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
                     .await
                     .map_err(|e| Error::Failed(e.to_string()))?;
@@ -533,7 +418,7 @@ fn purge(
     if queue.as_deref().is_some_and(str::is_empty) {
         return Err(Error::usage("--queue: the name is empty"));
     }
-    let store = StoreUrl::resolve(ws, &args.store)?;
+    let store = StoreUrl::resolve(ws, &args.store.choice())?;
     let before = crate::queue::model::ms_ago(older_than);
     let rt = crate::runtime::runtime()?;
     rt.block_on(async {
@@ -542,7 +427,7 @@ fn purge(
             .purge(before, queue.clone())
             .await
             .map_err(|e| Error::Failed(format!("cannot purge {label}: {e}")))?;
-        if let Some(log) = crate::audit::command::workspace_log(ws, &args.store, true).await? {
+        if let Some(log) = crate::audit::workspace_log(ws, &args.store.choice(), true).await? {
             crate::audit::record(
                 &log,
                 Event::new(

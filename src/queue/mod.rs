@@ -13,6 +13,7 @@ pub mod backend;
 pub mod client;
 pub mod command;
 pub mod model;
+pub mod open;
 pub mod proto;
 pub mod redis;
 pub mod server;

@@ -19,7 +19,7 @@ use serde::Serialize;
 use serde_json::json;
 
 use crate::audit::Event;
-use crate::audit::command::{operator, workspace_log};
+use crate::audit::{operator, workspace_log};
 use crate::cli::SetupArgs;
 use crate::error::{Error, Result};
 use crate::output::Output;
@@ -157,9 +157,9 @@ pub fn run(ws: &Workspace, out: &Output, args: &SetupArgs) -> Result<()> {
         };
         resolve(m)?
     };
-    let policy = crate::policy::command::open(ws)?;
+    let policy = crate::policy::open(ws)?;
     let rt = crate::runtime::runtime()?;
-    let audit = rt.block_on(workspace_log(ws, &args.store, true))?;
+    let audit = rt.block_on(workspace_log(ws, &args.store.choice(), true))?;
     let user = operator();
     let (agent, role) = acting_for(&user);
     let authorize = |action: &str, resource: &str| -> Result<()> {

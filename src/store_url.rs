@@ -1,0 +1,91 @@
+//! Where the queue's (and the audit log's) state lives: the workspace
+//! database, another SQLite file, or Redis. One place resolves it from
+//! `--store`, `NOVA_STORE` and nova.yaml for every command and front-end,
+//! and names where a bad value came from.
+
+use std::path::{Path, PathBuf};
+
+use crate::error::{Error, Result};
+use crate::workspace::Workspace;
+
+/// What the user chose: a store URL (`--store` or `NOVA_STORE`), and whether
+/// a SQLite file it names may be created.
+#[derive(Debug, Clone, Default)]
+pub struct StoreChoice {
+    pub store: Option<String>,
+    pub create: bool,
+}
+
+/// Where queue state lives.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StoreUrl {
+    Sqlite(PathBuf),
+    Redis(String),
+}
+
+impl StoreUrl {
+    /// `--store`/`NOVA_STORE`, else `nova.yaml`'s `store`, else the workspace database.
+    ///
+    /// Only the workspace's own database (its default, or nova.yaml's
+    /// `store`) is created on demand; a SQLite path given on the command
+    /// line or in NOVA_STORE must exist, unless `--create` says to make it.
+    pub fn resolve(ws: &Workspace, arg: &StoreChoice) -> Result<StoreUrl> {
+        let (url, source) = match (&arg.store, &ws.config.store) {
+            (Some(url), _) => {
+                let from_env = std::env::var("NOVA_STORE").is_ok_and(|v| v == *url)
+                    && !std::env::args().any(|a| a == "--store" || a.starts_with("--store="));
+                (
+                    url.as_str(),
+                    if from_env { "NOVA_STORE" } else { "--store" },
+                )
+            }
+            (None, Some(url)) => (url.as_str(), "nova.yaml store"),
+            (None, None) => return Ok(StoreUrl::Sqlite(ws.db_path())),
+        };
+        let store = StoreUrl::parse_from(url, &ws.root, source)?;
+        if let StoreUrl::Sqlite(path) = &store
+            && !arg.create
+            && source != "nova.yaml store"
+            && std::fs::symlink_metadata(path).is_err()
+            && *path != ws.db_path()
+        {
+            return Err(Error::usage(format!(
+                "{source} {url:?}: there is no database at {}; --create makes one",
+                path.display()
+            )));
+        }
+        Ok(store)
+    }
+
+    pub fn parse(url: &str, root: &Path) -> Result<StoreUrl> {
+        Self::parse_from(url, root, "--store")
+    }
+
+    /// `source` names where the URL came from, for the messages.
+    fn parse_from(url: &str, root: &Path, source: &str) -> Result<StoreUrl> {
+        if let Some(path) = url.strip_prefix("sqlite:") {
+            if path.is_empty() {
+                return Err(Error::usage(format!(
+                    "{source} {url:?}: give a path after sqlite:"
+                )));
+            }
+            if path.starts_with(':') {
+                return Err(Error::usage(format!(
+                    "{source} {url:?}: give a file path after sqlite: (an in-memory database would lose everything when nova exits)"
+                )));
+            }
+            let path = PathBuf::from(path);
+            return Ok(StoreUrl::Sqlite(if path.is_absolute() {
+                path
+            } else {
+                root.join(path)
+            }));
+        }
+        if url.starts_with("redis://") || url.starts_with("rediss://") {
+            return Ok(StoreUrl::Redis(url.to_string()));
+        }
+        Err(Error::usage(format!(
+            "{source} {url:?}: expected sqlite:PATH or redis://HOST:PORT/DB"
+        )))
+    }
+}
