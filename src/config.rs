@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
-use crate::plan::{PhaseSpec, PlanSpec};
+use crate::phases::{PhaseSpec, PlanSpec};
 use crate::yaml;
 
 pub const FILE_NAME: &str = "nova.yaml";
@@ -83,7 +83,7 @@ pub struct SetupConfig {
     pub users: Vec<String>,
     /// Logical packages added to the built-in catalog, or replacing one by name.
     #[serde(default)]
-    pub catalog: std::collections::BTreeMap<String, crate::setup::catalog::Entry>,
+    pub catalog: std::collections::BTreeMap<String, crate::packages::Entry>,
 }
 
 /// `monitor:` in nova.yaml.
@@ -93,7 +93,7 @@ pub struct MonitorConfig {
     /// Alert when CPU use stays above this percentage (default 90)...
     pub cpu_percent: Option<f32>,
     /// ...for this long (default 1m).
-    pub cpu_for: Option<crate::blueprints::HumanDuration>,
+    pub cpu_for: Option<crate::yaml::HumanDuration>,
     /// Alert when memory use is above this percentage (default 95).
     pub memory_percent: Option<f32>,
     /// Alert when a disk has less than this percentage free (default 10).
@@ -133,7 +133,7 @@ impl Config {
     fn problems(&self, file: &str, text: &str) -> Vec<yaml::Diagnostic> {
         let mut out = Vec::new();
         if let Some(user) = &self.service_user
-            && !crate::setup::host::valid_user_name(user)
+            && !valid_user_name(user)
         {
             out.push(
                 yaml::Diagnostic::new(file, format!("{user:?} is not a user name"))
@@ -186,7 +186,7 @@ impl Config {
             );
         }
         for (name, spec) in &self.packages {
-            if crate::setup::packages::parse_minimum(spec).is_none() {
+            if crate::packages::parse_minimum(spec).is_none() {
                 bad(
                     "packages",
                     name,
@@ -202,7 +202,7 @@ impl Config {
                 .flatten();
             if let Some(bad_name) = names
                 .into_iter()
-                .find(|n| !crate::setup::packages::valid_package_name(n))
+                .find(|n| !crate::packages::valid_package_name(n))
             {
                 bad(
                     "setup",
@@ -248,4 +248,14 @@ impl From<yaml::Diagnostic> for Error {
     fn from(d: yaml::Diagnostic) -> Self {
         Error::Invalid(d.into())
     }
+}
+
+/// A name `useradd` takes: lower-case letters, digits, `-` and `_`.
+pub fn valid_user_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 32
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_')
+        && !name.starts_with('-')
 }

@@ -76,6 +76,15 @@ impl Error {
     }
 }
 
+impl From<crate::files::FileError> for Error {
+    fn from(e: crate::files::FileError) -> Self {
+        match e {
+            crate::files::FileError::Bad(message) => Error::Usage(message),
+            crate::files::FileError::Io { path, source } => Error::Io { path, source },
+        }
+    }
+}
+
 impl From<Diagnostics> for Error {
     fn from(d: Diagnostics) -> Self {
         Error::Invalid(d)

@@ -6,7 +6,36 @@
 use std::io::Read;
 use std::path::Path;
 
-use crate::error::{Error, Result};
+/// Why a file could not be read: it is not what nova can read (bad input,
+/// exit 2), or reading it failed (exit 1). `crate::error` turns it into
+/// the matching error; this module stays a leaf every other one may use.
+#[derive(Debug, thiserror::Error)]
+pub enum FileError {
+    #[error("{0}")]
+    Bad(String),
+    #[error("{}: {source}", path.display())]
+    Io {
+        path: std::path::PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+impl FileError {
+    fn usage(message: String) -> Self {
+        FileError::Bad(message)
+    }
+
+    fn io(path: &Path, source: std::io::Error) -> Self {
+        FileError::Io {
+            path: path.to_path_buf(),
+            source,
+        }
+    }
+}
+
+type Result<T> = std::result::Result<T, FileError>;
+use FileError as Error;
 
 /// The bytes of the regular file at `path`, at most `max` of them; bad input
 /// (exit 2) naming the path otherwise.

@@ -5,7 +5,6 @@
 //! also what `roadmap` counts.
 
 use std::collections::HashMap;
-use std::time::{Duration, UNIX_EPOCH};
 
 use serde::Serialize;
 
@@ -64,10 +63,7 @@ pub fn rows<'a>(agents: impl IntoIterator<Item = &'a Agent>, states: &States) ->
     rows
 }
 
-pub fn rfc3339(millis: i64) -> String {
-    let time = UNIX_EPOCH + Duration::from_millis(millis.max(0) as u64);
-    humantime::format_rfc3339_seconds(time).to_string()
-}
+pub use crate::clock::rfc3339;
 
 pub fn paint_status(out: &Output, status: TaskStatus) -> String {
     let style = match status {

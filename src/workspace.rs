@@ -13,6 +13,8 @@ use crate::store::Store;
 
 pub const HOME_VAR: &str = "NOVA_HOME";
 pub const DB_FILE: &str = "nova.db";
+/// How long nova waits for OPA before denying (`--opa-timeout`).
+pub const OPA_TIMEOUT: std::time::Duration = std::time::Duration::from_millis(500);
 
 #[derive(Debug, Clone)]
 pub struct Workspace {
@@ -40,7 +42,7 @@ impl Default for OpaSettings {
         OpaSettings {
             url: None,
             token_file: None,
-            timeout: crate::policy::opa::DEFAULT_TIMEOUT,
+            timeout: OPA_TIMEOUT,
         }
     }
 }

@@ -10,9 +10,9 @@ use super::controls::CONTROLS;
 use super::{AuditLog, Event, Record};
 use super::{operator, workspace_log};
 use crate::cli::{AuditAction, AuditArgs, ExportFormat};
+use crate::clock::rfc3339;
 use crate::error::{Error, Result};
 use crate::output::Output;
-use crate::tasks::rfc3339;
 use crate::workspace::Workspace;
 
 fn failed(e: super::AuditError) -> Error {
@@ -28,7 +28,7 @@ fn parse_since(text: &str) -> Result<i64> {
             .unwrap_or(0));
     }
     if let Ok(d) = humantime::parse_duration(text) {
-        return Ok(crate::queue::model::now_ms() - d.as_millis() as i64);
+        return Ok(crate::clock::now_ms() - d.as_millis() as i64);
     }
     Err(Error::usage(format!(
         "--since {text:?}: expected a time (2026-11-24T09:00:00Z) or a duration back from now (2h, 7d)"

@@ -56,9 +56,7 @@ impl RedisAudit {
                 .map_err(store_err)?;
             let seq = seq.unwrap_or(0);
             let hash = hash.unwrap_or_else(|| GENESIS.to_string());
-            let record = event
-                .clone()
-                .seal(seq, &hash, crate::queue::model::now_ms());
+            let record = event.clone().seal(seq, &hash, crate::clock::now_ms());
             let json = serde_json::to_string(&record).expect("a record serializes");
             let added: i64 = script
                 .key(LOG)

@@ -72,7 +72,7 @@ fn append_in(conn: &Connection, event: Event) -> AuditResult<Record> {
         .optional()
         .map_err(store_err)?;
     let (seq, hash) = head.unwrap_or((0, GENESIS.to_string()));
-    let record = event.seal(seq as u64, &hash, crate::queue::model::now_ms());
+    let record = event.seal(seq as u64, &hash, crate::clock::now_ms());
     conn.prepare_cached(&format!(
         "INSERT INTO audit_log ({COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)"
     ))

@@ -14,7 +14,7 @@ use std::path::{Path, PathBuf};
 
 use crate::config::Config;
 use crate::error::{Error, Result};
-use crate::plan::{DEFAULT_PLAN, GENERIC_PHASES_PLAN, Plan, PlanSpec, WORKSPACE_PLAN};
+use crate::phases::{DEFAULT_PLAN, GENERIC_PHASES_PLAN, Plan, PlanSpec, WORKSPACE_PLAN};
 use crate::workspace::Workspace;
 use crate::yaml::{self, Diagnostic, Diagnostics};
 

@@ -8,7 +8,7 @@ use serde::Serialize;
 use crate::cli::{BlueprintsAction, BlueprintsArgs};
 use crate::error::{Error, Result};
 use crate::output::{GREEN, Output};
-use crate::plan::{GENERIC_PHASES_PLAN, WORKSPACE_PLAN};
+use crate::phases::{GENERIC_PHASES_PLAN, WORKSPACE_PLAN};
 use crate::workspace::{Workspace, ensure_dir};
 
 use super::catalog::{Agent, Catalog};

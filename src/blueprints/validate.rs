@@ -4,7 +4,7 @@
 
 use std::collections::{HashMap, HashSet};
 
-use crate::plan::Plan;
+use crate::phases::Plan;
 use crate::yaml::{self, Diagnostic};
 
 use super::catalog::Agent;

@@ -34,7 +34,7 @@ pub fn run(ws: &Workspace, out: &Output) -> Result<()> {
     let mut counters = out.table(&["source", "counter", "value"]);
     let mut timings = out.table(&["source", "operation", "count", "p50", "p90", "p99", "max"]);
     for (source, s) in &sources {
-        let label = format!("{source} @ {}", crate::tasks::rfc3339(s.taken_at));
+        let label = format!("{source} @ {}", crate::clock::rfc3339(s.taken_at));
         for (name, value) in &s.counters {
             counters.add_row(vec![label.clone(), name.clone(), value.to_string()]);
         }

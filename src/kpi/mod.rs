@@ -199,7 +199,7 @@ pub fn snapshot() -> Snapshot {
     let mut histograms: Vec<HistogramSnapshot> = reg.histograms.iter().map(|h| h.read()).collect();
     histograms.sort_by(|a, b| a.name.cmp(&b.name));
     Snapshot {
-        taken_at: crate::queue::model::now_ms(),
+        taken_at: crate::clock::now_ms(),
         counters,
         histograms,
     }

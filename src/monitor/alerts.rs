@@ -247,7 +247,7 @@ mod tests {
     #[test]
     fn an_alert_fires_once_and_clears_once() {
         let cfg = MonitorConfig {
-            cpu_for: Some(crate::blueprints::HumanDuration(Duration::from_secs(60))),
+            cpu_for: Some(crate::yaml::HumanDuration(Duration::from_secs(60))),
             ..Default::default()
         };
         let mut rules = Rules::new(&cfg);

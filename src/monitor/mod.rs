@@ -134,7 +134,7 @@ impl Sampler {
         let total = self.sys.total_memory();
         let used = self.sys.used_memory();
         Sample {
-            at: crate::queue::model::now_ms(),
+            at: crate::clock::now_ms(),
             cpu_percent: self.sys.global_cpu_usage(),
             load: [load.one, load.five, load.fifteen],
             memory_used: used,
@@ -168,7 +168,7 @@ fn print_sample(out: &Output, s: &Sample, fired: &[alerts::Alert]) -> Result<()>
     }
     text.push_str(&format!(
         "{}  cpu {:.1}%  load {:.2} {:.2} {:.2}  memory {} of {} ({:.1}%)  swap {} of {}  net rx {}/s tx {}/s\n",
-        crate::tasks::rfc3339(s.at),
+        crate::clock::rfc3339(s.at),
         s.cpu_percent,
         s.load[0],
         s.load[1],
@@ -236,7 +236,7 @@ pub fn run(ws: &Workspace, out: &Output, args: &MonitorArgs) -> Result<()> {
         tokio::time::sleep(Duration::from_millis(250)).await;
         let mut tick = tokio::time::interval(args.interval);
         tick.tick().await;
-        let signal = crate::queue::server::signal();
+        let signal = crate::runtime::signal();
         tokio::pin!(signal);
         let mut last_active: HashMap<String, bool> = HashMap::new();
         loop {

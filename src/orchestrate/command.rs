@@ -16,12 +16,12 @@ use crate::audit::{AuditLog, Event};
 use crate::audit::{operator, workspace_log};
 use crate::blueprints::{Catalog, TaskSpec};
 use crate::cli::OrchestrateArgs;
+use crate::clock::now_ms;
 use crate::config::ExecutionMode;
 use crate::error::{Error, Result};
 use crate::output::Output;
 use crate::plan::dag::Schedule;
 use crate::queue::client::{self, Client};
-use crate::queue::model::now_ms;
 use crate::queue::open::open_queue;
 use crate::queue::proto::{EnqueueRequest, GetTaskRequest};
 use crate::store::{Store, TaskState, TaskStatus};
@@ -552,7 +552,7 @@ pub fn run(ws: &Workspace, out: &Output, args: &OrchestrateArgs, verbose: u8) ->
                 let interrupted = interrupted.clone();
                 let work_stop_tx = work_stop_tx.clone();
                 tokio::spawn(async move {
-                    crate::queue::server::signal().await;
+                    crate::runtime::signal().await;
                     interrupted.store(true, std::sync::atomic::Ordering::SeqCst);
                     let _ = work_stop_tx.send(true);
                 })
@@ -1226,7 +1226,7 @@ pub fn worker_command(
                 }
             );
         }
-        crate::queue::server::signal().await;
+        crate::runtime::signal().await;
         let _ = stop_tx.send(true);
         for w in workers {
             let _ = tokio::time::timeout(Duration::from_secs(10), w).await;
@@ -1271,9 +1271,9 @@ pub fn runs_command(ws: &Workspace, out: &Output, args: &crate::cli::RunsArgs) -
                     r.plan.clone(),
                     format!("{}{}", r.mode, if r.apply { ", apply" } else { "" }),
                     r.status.clone(),
-                    crate::tasks::rfc3339(r.started_at),
+                    crate::clock::rfc3339(r.started_at),
                     r.finished_at
-                        .map(crate::tasks::rfc3339)
+                        .map(crate::clock::rfc3339)
                         .unwrap_or_else(|| "-".into()),
                 ]);
             }
@@ -1298,7 +1298,7 @@ pub fn runs_command(ws: &Workspace, out: &Output, args: &crate::cli::RunsArgs) -
                 row.plan,
                 row.mode,
                 if row.apply { ", apply" } else { "" },
-                crate::tasks::rfc3339(row.started_at),
+                crate::clock::rfc3339(row.started_at),
                 row.report.clone().unwrap_or_else(|| "-".into())
             );
             let mut table = out.table(&[
@@ -1323,7 +1323,7 @@ pub fn runs_command(ws: &Workspace, out: &Output, args: &crate::cli::RunsArgs) -
                     text.push_str(&format!(
                         "  {} {} {}{} {}\n",
                         m.seq,
-                        crate::tasks::rfc3339(m.at),
+                        crate::clock::rfc3339(m.at),
                         m.kind,
                         if m.agent.is_empty() {
                             String::new()

@@ -256,7 +256,7 @@ fn print(out: &Output, report: &Report) -> Result<()> {
             p.run.clone(),
             p.plan.clone(),
             p.status.clone(),
-            crate::tasks::rfc3339(p.started_at),
+            crate::clock::rfc3339(p.started_at),
             p.task_records.to_string(),
             p.messages.to_string(),
             p.queue_tasks.to_string(),

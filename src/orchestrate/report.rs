@@ -6,10 +6,10 @@ use std::path::Path;
 
 use super::AgentRun;
 use super::runs::{Message, RunRow, TaskRow};
+use crate::clock::rfc3339;
 use crate::kpi::Snapshot;
 use crate::kpi::human_ns;
 use crate::output::Output;
-use crate::tasks::rfc3339;
 
 fn duration_ms(t: &TaskRow) -> String {
     match (t.started_at, t.finished_at) {

@@ -20,9 +20,9 @@ use serde_json::{Value, json};
 use super::supervisor::{self, Outcome};
 use crate::audit::{AuditLog, Event};
 use crate::blueprints::{CommandSpec, TaskSpec};
+use crate::clock::now_ms;
 use crate::policy::Policy;
 use crate::queue::client::Client;
-use crate::queue::model::now_ms;
 use crate::queue::proto::{AckRequest, DequeueRequest, HeartbeatRequest, Task};
 
 /// The queue task type of an agent's task.

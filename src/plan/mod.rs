@@ -8,56 +8,11 @@
 pub mod command;
 pub mod dag;
 
-use serde::{Deserialize, Serialize};
-
 pub use dag::{Schedule, ScheduledAgent, ScheduledPhase};
 
-/// The plan that blueprints without a `plan:` key belong to.
-pub const WORKSPACE_PLAN: &str = "workspace";
-/// The plan commands use when neither the command line nor `nova.yaml` picks one.
-pub const DEFAULT_PLAN: &str = "spark-sophia";
-/// The built-in plan whose phases the workspace plan borrows when `nova.yaml` declares none.
-pub const GENERIC_PHASES_PLAN: &str = "delivery";
-
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct PhaseSpec {
-    pub name: String,
-    /// What the phase is for; carried by the `phase-start` broadcast.
-    #[serde(default)]
-    pub goal: String,
-}
-
-#[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct PlanSpec {
-    pub name: String,
-    #[serde(default)]
-    pub description: String,
-    pub phases: Vec<PhaseSpec>,
-}
-
-#[derive(Debug, Clone, Serialize)]
-pub struct Plan {
-    pub name: String,
-    pub description: String,
-    pub phases: Vec<PhaseSpec>,
-    /// Where the plan was declared.
-    pub source: String,
-}
-
-impl Plan {
-    /// Index of `phase` in this plan's order (case-insensitive).
-    pub fn phase_index(&self, phase: &str) -> Option<usize> {
-        self.phases
-            .iter()
-            .position(|p| p.name.eq_ignore_ascii_case(phase))
-    }
-
-    pub fn phase_names(&self) -> Vec<&str> {
-        self.phases.iter().map(|p| p.name.as_str()).collect()
-    }
-}
+pub use crate::phases::{
+    DEFAULT_PLAN, GENERIC_PHASES_PLAN, PhaseSpec, Plan, PlanSpec, WORKSPACE_PLAN,
+};
 
 use crate::blueprints::Catalog;
 use crate::error::{Error, Result};

@@ -86,7 +86,7 @@ pub fn policy_files(workspace_dir: &Path) -> Result<Vec<PolicyFile>, LoadError> 
     for path in own {
         let text =
             crate::files::read_text(&path, crate::files::limits::POLICY).map_err(|e| match e {
-                crate::error::Error::Io { path, source } => LoadError::Io { path, source },
+                crate::files::FileError::Io { path, source } => LoadError::Io { path, source },
                 other => LoadError::Unreadable(other.to_string()),
             })?;
         let name = path

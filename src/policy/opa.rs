@@ -12,7 +12,7 @@ use serde_json::{Value, json};
 use super::Decision;
 use super::embedded::PolicyFile;
 
-pub const DEFAULT_TIMEOUT: Duration = Duration::from_millis(500);
+pub const DEFAULT_TIMEOUT: Duration = crate::workspace::OPA_TIMEOUT;
 
 #[derive(Clone)]
 pub struct Opa {

@@ -20,11 +20,11 @@ use super::server;
 use crate::audit::Event;
 use crate::audit::operator;
 use crate::cli::{QueueAction, QueueArgs, ServeArgs};
+use crate::clock::rfc3339;
 use crate::error::{Error, Result};
 use crate::files::read_token;
 use crate::output::Output;
 use crate::store_url::StoreUrl;
-use crate::tasks::rfc3339;
 use crate::workspace::{Workspace, ensure_dir};
 
 /// The login name of the person running nova, as the policy subject's agent.
@@ -419,7 +419,7 @@ fn purge(
         return Err(Error::usage("--queue: the name is empty"));
     }
     let store = StoreUrl::resolve(ws, &args.store.choice())?;
-    let before = crate::queue::model::ms_ago(older_than);
+    let before = crate::clock::ms_ago(older_than);
     let rt = crate::runtime::runtime()?;
     rt.block_on(async {
         let (backend, label) = open_queue(&store).await?;
@@ -453,7 +453,7 @@ fn purge(
             queue
                 .as_deref()
                 .map_or_else(|| "every queue".to_string(), |q| format!("queue {q}")),
-            crate::tasks::rfc3339(before)
+            crate::clock::rfc3339(before)
         ))
     })
 }
@@ -463,7 +463,7 @@ async fn purge_every(backend: AnyQueue, keep: std::time::Duration) {
     let mut tick = tokio::time::interval(std::time::Duration::from_secs(60));
     loop {
         tick.tick().await;
-        match backend.purge(crate::queue::model::ms_ago(keep), None).await {
+        match backend.purge(crate::clock::ms_ago(keep), None).await {
             Ok(0) => {}
             Ok(n) => {
                 crate::counter!("queue.purged").add(n);

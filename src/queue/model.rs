@@ -4,7 +4,7 @@
 //! module adds the status type, the inputs of each operation, and the retry
 //! backoff rule, so both backends compute the same thing.
 
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use rand::Rng;
 
@@ -128,18 +128,7 @@ pub struct Stats {
     pub in_flight_leases: u64,
 }
 
-/// Milliseconds since the Unix epoch, now.
-pub fn now_ms() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or(0)
-}
-
-/// [`now_ms`] less `ago` (saturating: a century ago is still a time).
-pub fn ms_ago(ago: std::time::Duration) -> i64 {
-    now_ms().saturating_sub(ago.as_millis().min(i64::MAX as u128) as i64)
-}
+pub use crate::clock::{ms_ago, now_ms};
 
 pub fn new_id() -> String {
     uuid::Uuid::now_v7().to_string()

@@ -10,32 +10,9 @@
 
 use std::collections::BTreeMap;
 
-use serde::{Deserialize, Serialize};
-
 use super::packages::Manager;
 
-/// One logical package.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct Entry {
-    /// Commands that show the package is present (any one of them on PATH).
-    #[serde(default)]
-    pub commands: Vec<String>,
-    /// Arguments that make the first command print its version.
-    #[serde(default = "default_version_args")]
-    pub version_args: Vec<String>,
-    /// Its packages per manager (`apt: [docker.io]`); a manager missing here
-    /// does not package it.
-    #[serde(default)]
-    pub packages: BTreeMap<Manager, Vec<String>>,
-    /// Installed packages, per manager, that these packages conflict with.
-    #[serde(default)]
-    pub conflicts: BTreeMap<Manager, Vec<String>>,
-}
-
-fn default_version_args() -> Vec<String> {
-    vec!["--version".into()]
-}
+pub use crate::packages::Entry;
 
 /// The catalog in force: built-in entries, then the workspace's.
 #[derive(Debug, Clone)]
@@ -322,6 +299,7 @@ fn built_in() -> BTreeMap<String, Entry> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::packages::default_version_args;
 
     #[test]
     fn every_built_in_entry_is_proven_by_a_command_and_packaged_by_apt_or_dnf() {

@@ -101,15 +101,7 @@ pub fn firewall_steps(ports: &[String]) -> Result<Vec<HostStep>> {
     Ok(steps)
 }
 
-/// A name `useradd` takes: lower-case letters, digits, `-` and `_`.
-pub fn valid_user_name(name: &str) -> bool {
-    !name.is_empty()
-        && name.len() <= 32
-        && name
-            .bytes()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_')
-        && !name.starts_with('-')
-}
+pub use crate::config::valid_user_name;
 
 /// Steps that create `users` (system users without a login), and the
 /// workspace's `service_user`, which gets a home of its own under /var/lib

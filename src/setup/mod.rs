@@ -379,7 +379,7 @@ fn markdown(r: &Report) -> String {
     let mut md = format!(
         "# Host report\n\n- workspace: {}\n- generated: {}\n- package manager: {}\n\n## Checks\n\n| check | status | detail |\n|---|---|---|\n",
         r.workspace.display(),
-        crate::tasks::rfc3339(crate::queue::model::now_ms()),
+        crate::clock::rfc3339(crate::clock::now_ms()),
         r.package_manager.unwrap_or("none found")
     );
     for c in &r.checks {

@@ -11,53 +11,14 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 
 use super::catalog::Catalog;
 use crate::error::{Error, Result};
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Manager {
-    Apt,
-    Dnf,
-    Yum,
-    Zypper,
-    Pacman,
-    Apk,
-    Brew,
-}
+pub use crate::packages::{Manager, parse_minimum, valid_package_name};
 
 impl Manager {
-    pub const ALL: [Manager; 7] = [
-        Manager::Apt,
-        Manager::Dnf,
-        Manager::Yum,
-        Manager::Zypper,
-        Manager::Pacman,
-        Manager::Apk,
-        Manager::Brew,
-    ];
-
-    pub fn name(self) -> &'static str {
-        match self {
-            Manager::Apt => "apt",
-            Manager::Dnf => "dnf",
-            Manager::Yum => "yum",
-            Manager::Zypper => "zypper",
-            Manager::Pacman => "pacman",
-            Manager::Apk => "apk",
-            Manager::Brew => "brew",
-        }
-    }
-
-    fn program(self) -> &'static str {
-        match self {
-            Manager::Apt => "apt-get",
-            other => other.name(),
-        }
-    }
-
     /// The first manager found on PATH, in the order of [`Manager::ALL`].
     pub fn detect() -> Option<Manager> {
         Manager::ALL
@@ -189,14 +150,6 @@ impl Manager {
     }
 }
 
-/// A package name as a manager may take it: no shell words, no option.
-pub fn valid_package_name(name: &str) -> bool {
-    let mut bytes = name.bytes();
-    bytes.next().is_some_and(|b| b.is_ascii_alphanumeric())
-        && name.len() <= 128
-        && bytes.all(|b| b.is_ascii_alphanumeric() || b"+._-@/".contains(&b))
-}
-
 #[derive(Debug, Clone, Serialize)]
 pub struct Package {
     pub name: String,
@@ -274,15 +227,6 @@ pub fn version_in(text: &str) -> Option<String> {
     static VERSION: std::sync::OnceLock<regex::Regex> = std::sync::OnceLock::new();
     let re = VERSION.get_or_init(|| regex::Regex::new(r"\d+(?:\.\d+)+").expect("a valid regex"));
     re.find(text).map(|m| m.as_str().to_string())
-}
-
-/// `>=24`, `>= 1.28` or `24`: the version it asks for at least.
-pub fn parse_minimum(spec: &str) -> Option<String> {
-    let v = spec.trim().trim_start_matches(">=").trim();
-    (!v.is_empty()
-        && v.split('.')
-            .all(|p| !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit())))
-    .then(|| v.to_string())
 }
 
 /// Resolve what the user asked for on `manager`: logical names through the
