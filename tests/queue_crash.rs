@@ -28,12 +28,23 @@ const TASKS: usize = 10_000;
 const PRODUCER_BATCH: usize = 100;
 const WORKERS: usize = 4;
 const WORKER_BATCH: u32 = 16;
-const LEASE_MS: u32 = 2_000;
+// Long enough that an ack slowed by a loaded machine (Redis fsyncing every
+// write) still lands within its lease; a shorter one made a late ack look
+// like a task run twice without cause.
+const LEASE_MS: u32 = 5_000;
 
-/// A running `nova serve`.
+/// A running `nova serve`, ended when dropped (a failed assertion must not
+/// leave it running).
 struct Server {
     child: Child,
     url: String,
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
 }
 
 fn start_server(store: &str, home: &std::path::Path, listen: &str) -> Server {

@@ -17,6 +17,7 @@ pub mod privilege;
 pub mod progress;
 pub mod prune;
 pub mod report;
+pub mod run;
 pub mod runs;
 pub mod supervisor;
 pub mod worker;

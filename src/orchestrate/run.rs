@@ -1,0 +1,1182 @@
+//! The run engine: choose, schedule, run, record, report. [`start`] is how
+//! every front-end starts a run (`nova orchestrate`, and the HTTP API next).
+
+use std::collections::{HashMap, HashSet};
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use rusqlite::Connection;
+use serde_json::{Value, json};
+
+use super::privilege::Privileges;
+use super::runs::{self, Message, RunRow, TaskRow, local_queue};
+use super::worker::{self, JOB_TYPE, Job, JobResult, WorkerConfig};
+use super::{AgentOutcome, AgentRun, report};
+use crate::audit::{AuditLog, Event};
+use crate::audit::{operator, workspace_log};
+use crate::blueprints::{Catalog, TaskSpec};
+use crate::clock::now_ms;
+use crate::config::ExecutionMode;
+use crate::error::{Error, Result};
+use crate::output::Output;
+use crate::plan::dag::Schedule;
+use crate::queue::client::{self, Client};
+use crate::queue::open::open_queue;
+use crate::queue::proto::{EnqueueRequest, GetTaskRequest};
+use crate::store::{Store, TaskState, TaskStatus};
+use crate::store_url::StoreUrl;
+use crate::workspace::Workspace;
+
+/// How often the queue is asked about tasks when no local worker said it acked.
+/// What a run is asked to do: the plan and agents, how to run them, where
+/// the queue is. Front-ends build it from what the user gave (flags, a form).
+#[derive(Debug, Clone, Default)]
+pub struct RunRequest {
+    pub plan: Option<String>,
+    /// These agents and, unless `only`, the agents they depend on.
+    pub agents: Vec<String>,
+    pub only: bool,
+    pub phases: Vec<String>,
+    pub mode: Option<ExecutionMode>,
+    /// Most tasks at once (and local workers); the number of cores when unset.
+    pub jobs: Option<u32>,
+    pub apply: bool,
+    /// Print the schedule and run nothing.
+    pub dry_run: bool,
+    /// Resume an interrupted run: the last one (`Some(None)`) or this one.
+    pub resume: Option<Option<String>>,
+    pub keep_going: bool,
+    /// A shared queue server, instead of one in process.
+    pub server: Option<String>,
+    pub token_file: Option<PathBuf>,
+    /// Also write the Markdown report here.
+    pub report: Option<PathBuf>,
+    pub store: crate::store_url::StoreChoice,
+    /// Echo task output (`-v`).
+    pub verbose: u8,
+}
+
+const POLL: Duration = Duration::from_millis(50);
+/// Base of the backoff between attempts of a failing task.
+const RETRY_BACKOFF_MS: u32 = 200;
+
+struct Run {
+    id: String,
+    writer: Arc<crate::store::writer::Writer>,
+    apply: bool,
+    workdir: PathBuf,
+    db: Mutex<Connection>,
+    audit: Option<AuditLog>,
+    messages: Mutex<Vec<Message>>,
+    /// Tasks a resumed run already finished: (agent key, task id).
+    finished: HashSet<(String, String)>,
+    progress: super::progress::Progress,
+}
+
+impl Run {
+    fn say(&self, text: &str) {
+        self.progress.say(text);
+    }
+
+    async fn hub(&self, kind: &str, agent: &str, body: Value) {
+        let m = {
+            let mut messages = self.messages.lock().unwrap_or_else(|p| p.into_inner());
+            let m = Message {
+                seq: messages.len() as u64 + 1,
+                at: now_ms(),
+                kind: kind.to_string(),
+                agent: agent.to_string(),
+                body,
+            };
+            messages.push(m.clone());
+            m
+        };
+        let id = self.id.clone();
+        let stored = self
+            .writer
+            .write(
+                move |conn| runs::add_message(conn, &id, &m).map_err(|e| e.to_string()),
+                |e| e,
+            )
+            .await;
+        if let Err(e) = stored {
+            tracing::warn!(error = %e, "could not store a hub message");
+        }
+    }
+
+    /// The messages addressed to `agent`: the `phase-start` of its phase, the
+    /// `agent-start` and `agent-done` of itself and the agents it depends on,
+    /// and agents' messages whose `to` is its name or `*`. (Not every
+    /// broadcast: in a run of many agents that would grow without bound.)
+    fn inbox(&self, agent: &AgentRun) -> Vec<Value> {
+        let concerns = |name: &str| {
+            name.eq_ignore_ascii_case(&agent.name)
+                || agent.deps.iter().any(|d| d.eq_ignore_ascii_case(name))
+        };
+        self.messages
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+            .filter(|m| match m.kind.as_str() {
+                "phase-start" => m.body["phase"].as_str() == Some(agent.phase.as_str()),
+                "agent-start" | "agent-done" => concerns(&m.agent),
+                "agent" => m.body["to"]
+                    .as_str()
+                    .is_some_and(|to| to == "*" || to.eq_ignore_ascii_case(&agent.name)),
+                _ => false,
+            })
+            .map(|m| json!({"seq": m.seq, "kind": m.kind, "from": m.agent, "body": m.body}))
+            .collect()
+    }
+
+    async fn record(&self, agent: &AgentRun, task: &TaskSpec, result: &JobResult, attempts: u32) {
+        let row = TaskRow {
+            agent: agent.name.clone(),
+            task: task.id.clone(),
+            phase: agent.phase.clone(),
+            status: result.status.clone(),
+            attempts,
+            exit_code: result.exit_code,
+            started_at: Some(result.started_at),
+            finished_at: Some(result.finished_at),
+            peak_rss: Some(result.peak_rss),
+            mean_rss: Some(result.mean_rss),
+            mean_cpu: Some(result.mean_cpu),
+            gpu_memory: result.gpu_peak_memory,
+            gpu_util: result.gpu_mean_utilization,
+            worker: result.worker.clone(),
+            detail: result.detail.clone(),
+            log_tail: result.tail.clone(),
+        };
+        let status = match result.status.as_str() {
+            "done" => TaskStatus::Done,
+            "skipped" => TaskStatus::Skipped,
+            "pending" => TaskStatus::Pending,
+            _ => TaskStatus::Failed,
+        };
+        let state = TaskState {
+            agent: agent.key.clone(),
+            task: task.id.clone(),
+            status,
+            run_id: Some(self.id.clone()),
+            updated_at: result.finished_at,
+            detail: Some(result.detail.clone()),
+        };
+        let id = self.id.clone();
+        // The run's record and the task state that `nova tasks` shows, in one commit.
+        let stored = self
+            .writer
+            .write(
+                move |conn| {
+                    runs::upsert_task(conn, &id, &row)
+                        .and_then(|()| crate::store::record_task_state(conn, &state))
+                        .map_err(|e| e.to_string())
+                },
+                |e: String| e,
+            )
+            .await;
+        if let Err(e) = stored {
+            tracing::warn!(error = %e, "could not record a task outcome");
+        }
+    }
+}
+
+/// The arguments of `--resume`: the interrupted run's own selection (plan,
+/// agents, `--only`, phases, mode, `--apply`, `--keep-going`), with the
+/// run's id. A flag that says otherwise is refused: resuming runs what the
+/// run was started to run, never more.
+fn resumed_args(ws: &Workspace, args: &RunRequest, which: Option<&str>) -> Result<RunRequest> {
+    let Some(store) = ws.open_store_read()? else {
+        return Err(Error::usage(
+            "--resume: no run to resume in this workspace".to_string(),
+        ));
+    };
+    let found = match which {
+        Some(id) => runs::find_run(store.connection(), id),
+        None => runs::last_interrupted(store.connection()),
+    }
+    .map_err(|e| Error::Failed(e.to_string()))?;
+    let Some(run) = found else {
+        return Err(Error::usage(match which {
+            Some(id) => format!("--resume: {}", runs::not_found(store.connection(), id)),
+            None => "--resume: no interrupted run to resume".to_string(),
+        }));
+    };
+    let strings = |key: &str| -> Vec<String> {
+        run.args[key]
+            .as_array()
+            .map(|a| {
+                a.iter()
+                    .filter_map(|v| v.as_str().map(String::from))
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
+    let same = |a: &[String], b: &[String]| {
+        a.len() == b.len() && a.iter().zip(b).all(|(x, y)| x.eq_ignore_ascii_case(y))
+    };
+    let (agents, phases) = (strings("agents"), strings("phases"));
+    let only = run.args["only"].as_bool().unwrap_or(false);
+    let mode = match run.mode.as_str() {
+        "parallel" => ExecutionMode::Parallel,
+        _ => ExecutionMode::Sequential,
+    };
+    let mut contradictions = Vec::new();
+    if let Some(plan) = &args.plan
+        && !plan.eq_ignore_ascii_case(&run.plan)
+    {
+        contradictions.push(format!("--plan {plan} (the run's plan is {})", run.plan));
+    }
+    if !args.agents.is_empty() && !same(&args.agents, &agents) {
+        contradictions.push(format!(
+            "--agents {} (the run's: {})",
+            args.agents.join(" "),
+            if agents.is_empty() {
+                "the whole plan".to_string()
+            } else {
+                agents.join(" ")
+            }
+        ));
+    }
+    if args.only && !only {
+        contradictions.push("--only (the run included the agents' dependencies)".into());
+    }
+    if !args.phases.is_empty() && !same(&args.phases, &phases) {
+        contradictions.push(format!(
+            "--phase {} (the run's: {})",
+            args.phases.join(" "),
+            if phases.is_empty() {
+                "every phase".to_string()
+            } else {
+                phases.join(" ")
+            }
+        ));
+    }
+    if let Some(m) = args.mode
+        && m != mode
+    {
+        contradictions.push(format!(
+            "--mode {} (the run's mode is {})",
+            format!("{m:?}").to_lowercase(),
+            run.mode
+        ));
+    }
+    if args.apply && !run.apply {
+        contradictions.push("--apply (the run ran checks only)".into());
+    }
+    if !contradictions.is_empty() {
+        return Err(Error::usage(format!(
+            "--resume {}: a resumed run runs what it was started with; these say otherwise: {}",
+            run.id,
+            contradictions.join("; ")
+        )));
+    }
+    let mut resumed = args.clone();
+    resumed.plan = Some(run.plan.clone());
+    resumed.agents = agents;
+    resumed.only = only;
+    resumed.phases = phases;
+    resumed.mode = Some(mode);
+    resumed.apply = run.apply;
+    resumed.keep_going = args.keep_going || run.args["keep_going"].as_bool().unwrap_or(false);
+    resumed.resume = Some(Some(run.id));
+    Ok(resumed)
+}
+
+fn mode_of(ws: &Workspace, args: &RunRequest) -> Result<ExecutionMode> {
+    if let Some(m) = args.mode {
+        return Ok(m);
+    }
+    if let Ok(v) = std::env::var("NOVA_EXECUTION_MODE")
+        && !v.is_empty()
+    {
+        return match v.to_lowercase().as_str() {
+            "sequential" => Ok(ExecutionMode::Sequential),
+            "parallel" => Ok(ExecutionMode::Parallel),
+            other => Err(Error::usage(format!(
+                "NOVA_EXECUTION_MODE={other:?}: expected sequential or parallel"
+            ))),
+        };
+    }
+    Ok(ws
+        .config
+        .execution_mode
+        .unwrap_or(ExecutionMode::Sequential))
+}
+
+fn new_run_id() -> String {
+    let now = humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string();
+    let stamp: String = now
+        .chars()
+        .filter(|c| c.is_ascii_digit())
+        .take(14)
+        .collect();
+    let tail = crate::queue::model::new_id();
+    format!("{stamp}-{}", &tail[tail.len() - 6..])
+}
+
+/// Start a run and drive it to its end: what `nova orchestrate` does, and
+/// what any other front-end calls to start one.
+pub fn start(ws: &Workspace, out: &Output, args: &RunRequest) -> Result<()> {
+    let verbose = args.verbose;
+    let resumed;
+    let args = match &args.resume {
+        Some(which) => {
+            resumed = resumed_args(ws, args, which.as_deref())?;
+            &resumed
+        }
+        None => args,
+    };
+    if let Some(report) = &args.report {
+        let folder = report
+            .parent()
+            .filter(|p| !p.as_os_str().is_empty())
+            .unwrap_or(std::path::Path::new("."));
+        if !folder.is_dir() {
+            return Err(Error::usage(format!(
+                "--report {}: the folder {} does not exist",
+                report.display(),
+                folder.display()
+            )));
+        }
+    }
+    let catalog = Catalog::load(ws)?;
+    let plan = crate::plan::resolve(&catalog, args.plan.as_deref(), &args.agents, &args.phases)?;
+    crate::plan::check_phases(plan, &args.phases)?;
+    let mut schedule = Schedule::build(&catalog, plan, &args.agents, !args.only)?;
+    if !args.phases.is_empty() {
+        schedule
+            .phases
+            .retain(|p| args.phases.iter().any(|w| w.eq_ignore_ascii_case(&p.name)));
+    }
+    let mode = mode_of(ws, args)?;
+    let jobs = args
+        .jobs
+        .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get() as u32));
+    if args.dry_run {
+        return dry_run(out, &catalog, &schedule, args.apply, mode, jobs);
+    }
+
+    let policy = crate::policy::open(ws)?;
+    let privileges = Privileges::resolve(ws.config.service_user.as_deref())?;
+    ws.ensure_home()?;
+    let store = Store::open(&ws.db_path())?;
+    let conn = store.into_connection();
+
+    let (id, finished) = match &args.resume {
+        None => (new_run_id(), HashSet::new()),
+        Some(which) => {
+            let found = match which {
+                Some(id) => runs::find_run(&conn, id),
+                None => runs::last_interrupted(&conn),
+            }
+            .map_err(|e| Error::Failed(e.to_string()))?;
+            let Some(run) = found else {
+                return Err(Error::usage(match which {
+                    Some(id) => format!("--resume {id}: no such run (see nova runs)"),
+                    None => "--resume: no interrupted run to resume".to_string(),
+                }));
+            };
+            let done: HashSet<(String, String)> = runs::tasks(&conn, &run.id)
+                .map_err(|e| Error::Failed(e.to_string()))?
+                .into_iter()
+                .filter(|t| t.status == "done" || t.status == "skipped")
+                .map(|t| (t.agent.to_lowercase(), t.task))
+                .collect();
+            (run.id, done)
+        }
+    };
+
+    let rt = crate::runtime::runtime()?;
+    rt.block_on(async {
+        // What can be checked before the run is recorded is: a run that
+        // could never start must not sit in `nova runs` as running.
+        let shared_server = match &args.server {
+            Some(url) => {
+                let token = crate::files::read_token(args.token_file.as_deref())?;
+                let client = client::connect(url, token.as_deref())
+                    .await
+                    .map_err(Error::from)?;
+                Some((url.clone(), token, client))
+            }
+            None => None,
+        };
+        let audit = workspace_log(ws, &args.store, true).await?;
+        let run = Arc::new(Run {
+            id: id.clone(),
+            writer: crate::store::writer::Writer::shared(&ws.db_path())?,
+            apply: args.apply,
+            workdir: ws.root.clone(),
+            db: Mutex::new(conn),
+            audit: audit.clone(),
+            messages: Mutex::new(Vec::new()),
+            finished,
+            progress: super::progress::Progress::new(out.is_terminal(), out.quiet || out.json),
+        });
+        {
+            let db = run.db.lock().unwrap_or_else(|p| p.into_inner());
+            let row = RunRow {
+                id: id.clone(),
+                plan: schedule.plan.clone(),
+                mode: format!("{mode:?}").to_lowercase(),
+                apply: args.apply,
+                status: "running".into(),
+                started_at: now_ms(),
+                finished_at: None,
+                args: json!({
+                    "agents": args.agents, "only": args.only, "phases": args.phases,
+                    "jobs": jobs, "keep_going": args.keep_going, "server": args.server,
+                }),
+                report: None,
+            };
+            if args.resume.is_some() {
+                runs::set_status(&db, &id, "running", None)
+            } else {
+                runs::insert_run(&db, &row)
+            }
+            .map_err(|e| Error::Failed(format!("cannot record the run: {e}")))?;
+            if args.resume.is_some() {
+                // The hub's history continues where it stopped.
+                let old = runs::messages(&db, &id).unwrap_or_default();
+                *run.messages.lock().unwrap_or_else(|p| p.into_inner()) = old;
+            }
+        }
+        if args.resume.is_some() {
+            run.hub(
+                "run-resumed",
+                "",
+                json!({"finished_tasks": run.finished.len()}),
+            )
+            .await;
+        }
+        if let Some(log) = &audit {
+            crate::audit::record(
+                log,
+                Event::new(operator(), "run.start", format!("run {id}"), "started").details(
+                    json!({
+                        "plan": schedule.plan, "mode": format!("{mode:?}").to_lowercase(),
+                        "apply": args.apply, "resume": args.resume.is_some(),
+                    }),
+                ),
+            )
+            .await;
+        }
+        run.say(&format!(
+            "run {id}: plan {}, {} mode, {} {}",
+            schedule.plan,
+            format!("{mode:?}").to_lowercase(),
+            if args.apply {
+                "applying fixes"
+            } else {
+                "checks only (--apply runs fixes)"
+            },
+            if args.resume.is_some() {
+                "(resumed)"
+            } else {
+                ""
+            }
+        ));
+
+        let proceed = async {
+            // The queue: in process on the workspace's store, or the given server.
+            let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+            let mut server_task = None;
+            let (url, token, first_client) = match shared_server {
+                Some((url, token, client)) => (url, token, Some(client)),
+                None => {
+                    let (backend, _) = open_queue(&StoreUrl::resolve(ws, &args.store)?).await?;
+                    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+                        .await
+                        .map_err(|e| Error::Failed(format!("cannot listen on loopback: {e}")))?;
+                    let addr = listener
+                        .local_addr()
+                        .map_err(|e| Error::Failed(e.to_string()))?;
+                    let mut stop = stop_rx.clone();
+                    server_task = Some(tokio::spawn(crate::queue::server::serve_audited(
+                        backend,
+                        listener,
+                        None,
+                        audit.clone(),
+                        async move {
+                            let _ = stop.changed().await;
+                        },
+                    )));
+                    (format!("http://{addr}"), None, None)
+                }
+            };
+            let connect = || async {
+                client::connect(&url, token.as_deref())
+                    .await
+                    .map_err(Error::from)
+            };
+            let mut client = match first_client {
+                Some(c) => c,
+                None => connect().await?,
+            };
+            // A run on its own in-process server keeps its tasks in a queue of its
+            // own; on a shared server they go where `nova worker`s look.
+            let queue_name = if args.server.is_some() {
+                worker::JOBS_QUEUE.to_string()
+            } else {
+                local_queue(&id)
+            };
+            let local_workers = if args.server.is_some() {
+                args.jobs.unwrap_or(0)
+            } else {
+                jobs.max(1)
+            };
+            if local_workers == 0 {
+                run.say(&format!(
+                    "no local workers: waiting for remote workers on {url} (queue {queue_name})"
+                ));
+            }
+            let acked = Arc::new(tokio::sync::Notify::new());
+            let cfg = Arc::new(WorkerConfig {
+                name: format!("{}-local", hostname()),
+                home: ws.home.clone(),
+                policy: policy.clone(),
+                audit: audit.clone(),
+                echo: verbose > 0 && !out.quiet,
+                queues: vec![queue_name.clone()],
+                lease_ms: worker::LEASE_MS,
+                on_ack: Some(acked.clone()),
+                pending_audit: Default::default(),
+                privileges: privileges.clone(),
+            });
+            let (work_stop_tx, work_stop_rx) = tokio::sync::watch::channel(false);
+            let mut workers = Vec::new();
+            for i in 0..local_workers {
+                let cfg = Arc::new(WorkerConfig {
+                    name: format!("{}-{i}", cfg.name),
+                    home: cfg.home.clone(),
+                    policy: cfg.policy.clone(),
+                    audit: cfg.audit.clone(),
+                    echo: cfg.echo,
+                    queues: cfg.queues.clone(),
+                    lease_ms: cfg.lease_ms,
+                    on_ack: cfg.on_ack.clone(),
+                    pending_audit: Default::default(),
+                    privileges: cfg.privileges.clone(),
+                });
+                workers.push(tokio::spawn(worker::work(
+                    connect().await?,
+                    cfg,
+                    work_stop_rx.clone(),
+                )));
+            }
+
+            // Ctrl-C and SIGTERM stop the run; its processes are killed by the workers.
+            let interrupted = Arc::new(std::sync::atomic::AtomicBool::new(false));
+            let on_signal = {
+                let interrupted = interrupted.clone();
+                let work_stop_tx = work_stop_tx.clone();
+                tokio::spawn(async move {
+                    crate::runtime::signal().await;
+                    interrupted.store(true, std::sync::atomic::Ordering::SeqCst);
+                    let _ = work_stop_tx.send(true);
+                })
+            };
+
+            // In parallel mode the workers bound how many tasks run at once
+            // (`--jobs` of them); the scheduler keeps twice that many agents'
+            // tasks queued, so a worker that finishes finds the next task waiting
+            // instead of waiting for the scheduler's round trip.
+            let concurrency = match mode {
+                ExecutionMode::Sequential => 1,
+                ExecutionMode::Parallel => 2 * jobs.max(1) as usize,
+            };
+            let outcome = schedule_run(
+                &run,
+                &catalog,
+                &schedule,
+                &mut client,
+                &queue_name,
+                concurrency,
+                args.keep_going,
+                &interrupted,
+                &acked,
+            )
+            .await;
+
+            run.progress.finish();
+            on_signal.abort();
+            let _ = work_stop_tx.send(true);
+            for w in workers {
+                let _ = tokio::time::timeout(Duration::from_secs(10), w).await;
+            }
+            let _ = stop_tx.send(true);
+            if let Some(s) = server_task {
+                let _ = s.await;
+            }
+
+            outcome.map(|agents| {
+                (
+                    agents,
+                    interrupted.load(std::sync::atomic::Ordering::SeqCst),
+                )
+            })
+        };
+        let (agents, interrupted) = match proceed.await {
+            Ok(ended) => ended,
+            Err(e) => {
+                end_failed(&run, &e).await;
+                return Err(e);
+            }
+        };
+        finish(
+            ws,
+            out,
+            &run,
+            &schedule.plan,
+            &agents,
+            interrupted,
+            args.report.as_deref(),
+        )
+        .await
+    })
+}
+
+/// A run that could not go on (its queue unreachable, a store failing) ends
+/// as failed, with the reason, in its record and the audit log, instead of
+/// staying `running` for ever.
+async fn end_failed(run: &Run, error: &Error) {
+    {
+        let db = run.db.lock().unwrap_or_else(|p| p.into_inner());
+        let _ = runs::set_status(&db, &run.id, "failed", Some(now_ms()));
+    }
+    if let Some(log) = &run.audit {
+        crate::audit::record(
+            log,
+            Event::new(
+                operator(),
+                "run.finish",
+                format!("run {}", run.id),
+                "failed",
+            )
+            .details(json!({"error": error.to_string()})),
+        )
+        .await;
+    }
+}
+
+pub(crate) fn hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|s| s.trim().to_string())
+        .ok()
+        .filter(|s| !s.is_empty())
+        .unwrap_or_else(|| "nova".into())
+}
+
+/// Drive every phase of `schedule` to its end; the agents as they finished.
+#[allow(clippy::too_many_arguments)]
+async fn schedule_run(
+    run: &Arc<Run>,
+    catalog: &Catalog,
+    schedule: &Schedule,
+    client: &mut Client,
+    queue: &str,
+    concurrency: usize,
+    keep_going: bool,
+    interrupted: &std::sync::atomic::AtomicBool,
+    acked: &tokio::sync::Notify,
+) -> Result<Vec<AgentRun>> {
+    let mut finished: Vec<AgentRun> = Vec::new();
+    let mut outcomes: HashMap<String, AgentOutcome> = HashMap::new();
+    let mut stop_starting = false;
+    for phase in &schedule.phases {
+        let mut agents: Vec<AgentRun> = phase
+            .agents
+            .iter()
+            .map(|a| {
+                let agent = catalog
+                    .find_agent(&a.name, Some(&schedule.plan))
+                    .expect("scheduled agents exist");
+                AgentRun {
+                    key: agent.key(),
+                    name: agent.spec.name.clone(),
+                    role: agent.spec.role.clone(),
+                    phase: phase.name.clone(),
+                    deps: agent
+                        .spec
+                        .depends_on
+                        .iter()
+                        .map(|d| d.to_lowercase())
+                        .collect(),
+                    tasks: agent.spec.tasks.clone(),
+                    memory_limit: agent.spec.resources.memory.map(|m| m.as_u64()),
+                    wall_time: agent.spec.resources.wall_time.map(|w| w.0),
+                    next: 0,
+                    in_flight: None,
+                    saw_pending: false,
+                    outcome: None,
+                }
+            })
+            .collect();
+        run.hub(
+            "phase-start",
+            "",
+            json!({
+                "phase": phase.name, "goal": phase.goal,
+                "agents": phase.agents.iter().map(|a| json!({"name": a.name, "role": a.role, "depends_on": a.depends_on})).collect::<Vec<_>>(),
+            }),
+        ).await;
+        run.say(&format!("phase {}: {}", phase.name, phase.goal.trim()));
+        let phase_tasks: usize = agents.iter().map(|a| a.tasks.len()).sum();
+        run.progress.phase(&phase.name, phase_tasks as u64);
+
+        loop {
+            if interrupted.load(std::sync::atomic::Ordering::SeqCst) {
+                for a in agents.iter_mut().filter(|a| a.outcome.is_none()) {
+                    a.outcome = Some(AgentOutcome::Interrupted);
+                }
+            }
+            // Start what may start.
+            let active = agents
+                .iter()
+                .filter(|a| a.outcome.is_none() && a.in_flight.is_some())
+                .count();
+            let mut slots = concurrency.saturating_sub(active);
+            for a in agents.iter_mut() {
+                if a.outcome.is_some() || a.in_flight.is_some() {
+                    continue;
+                }
+                let blocked = a.deps.iter().find(|d| {
+                    matches!(
+                        outcomes.get(*d),
+                        Some(
+                            AgentOutcome::Failed
+                                | AgentOutcome::Denied
+                                | AgentOutcome::Skipped
+                                | AgentOutcome::Interrupted
+                        )
+                    )
+                });
+                if let Some(dep) = blocked {
+                    let dep = dep.clone();
+                    a.outcome = Some(AgentOutcome::Skipped);
+                    outcomes.insert(a.key.clone(), AgentOutcome::Skipped);
+                    run.hub("agent-done", &a.name, json!({"agent": a.name, "outcome": "skipped", "reason": format!("{dep} did not finish")})).await;
+                    run.say(&format!("  {}: skipped ({dep} did not finish)", a.name));
+                    continue;
+                }
+                if stop_starting {
+                    a.outcome = Some(AgentOutcome::Skipped);
+                    outcomes.insert(a.key.clone(), AgentOutcome::Skipped);
+                    run.hub("agent-done", &a.name, json!({"agent": a.name, "outcome": "skipped", "reason": "the run stops after a failure (--keep-going runs on)"})).await;
+                    continue;
+                }
+                let ready = a
+                    .deps
+                    .iter()
+                    .all(|d| outcomes.contains_key(d) || !schedule_has(schedule, d));
+                if !ready || slots == 0 {
+                    continue;
+                }
+                slots -= 1;
+                run.hub("agent-start", &a.name, json!({"agent": a.name, "role": a.role, "phase": a.phase, "depends_on": a.deps})).await;
+                run.progress.agent_started(&a.name);
+                if !advance(run, a, client, queue).await? {
+                    finish_agent(run, a, &mut outcomes).await;
+                }
+            }
+
+            // Collect what finished.
+            let mut progressed = false;
+            for a in agents.iter_mut().filter(|a| a.outcome.is_none()) {
+                let Some((task_id, idx)) = a.in_flight.clone() else {
+                    continue;
+                };
+                let task = client
+                    .get_task(GetTaskRequest {
+                        task_id: task_id.clone(),
+                    })
+                    .await
+                    .map_err(|e| {
+                        Error::Failed(format!("the queue did not answer: {}", e.message()))
+                    })?
+                    .into_inner()
+                    .task
+                    .unwrap_or_default();
+                if task.status != "COMPLETED"
+                    && task.status != "FAILED"
+                    && task.status != "CANCELLED"
+                {
+                    continue;
+                }
+                progressed = true;
+                let mut result: JobResult =
+                    serde_json::from_str(&task.result).unwrap_or_else(|_| JobResult {
+                        status: "failed".into(),
+                        detail: if task.last_error.is_empty() {
+                            format!("the task ended {}", task.status)
+                        } else {
+                            task.last_error.clone()
+                        },
+                        started_at: task.created_at,
+                        finished_at: task.updated_at,
+                        ..Default::default()
+                    });
+                if task.status == "CANCELLED" {
+                    result.status = "failed".into();
+                    result.detail = "cancelled".into();
+                }
+                let spec = a.tasks[idx].clone();
+                run.record(a, &spec, &result, task.attempts).await;
+                for m in &result.messages {
+                    run.hub("agent", &a.name, m.clone()).await;
+                }
+                crate::counter!("orchestrate.tasks").inc();
+                match result.status.as_str() {
+                    "done" => crate::counter!("orchestrate.tasks.done").inc(),
+                    "pending" => crate::counter!("orchestrate.tasks.pending").inc(),
+                    "skipped" => crate::counter!("orchestrate.tasks.skipped").inc(),
+                    "denied" => crate::counter!("orchestrate.tasks.denied").inc(),
+                    _ => crate::counter!("orchestrate.tasks.failed").inc(),
+                }
+                crate::kpi::histogram("orchestrate.task")
+                    .record(((result.finished_at - result.started_at).max(0) as u64) * 1_000_000);
+                run.progress
+                    .task_finished(&a.name, &spec.id, &result.status);
+                run.say(&format!(
+                    "  {}/{}: {}{}{}",
+                    a.name,
+                    spec.id,
+                    result.status,
+                    if task.attempts > 1 {
+                        format!(" after {} attempts", task.attempts)
+                    } else {
+                        String::new()
+                    },
+                    if result.detail.is_empty() {
+                        String::new()
+                    } else {
+                        format!(" ({})", result.detail)
+                    }
+                ));
+                a.in_flight = None;
+                match result.status.as_str() {
+                    "done" | "skipped" => {}
+                    "pending" => a.saw_pending = true,
+                    "denied" => a.outcome = Some(AgentOutcome::Denied),
+                    _ => a.outcome = Some(AgentOutcome::Failed),
+                }
+                if a.outcome.is_some() || !advance(run, a, client, queue).await? {
+                    finish_agent(run, a, &mut outcomes).await;
+                    if matches!(a.outcome, Some(AgentOutcome::Failed | AgentOutcome::Denied))
+                        && !keep_going
+                    {
+                        stop_starting = true;
+                    }
+                }
+            }
+            if agents.iter().all(|a| a.outcome.is_some()) {
+                break;
+            }
+            if !progressed {
+                // Local workers say when they ack; remote ones are polled for.
+                let _ = tokio::time::timeout(POLL, acked.notified()).await;
+            }
+        }
+        finished.extend(agents);
+    }
+    Ok(finished)
+}
+
+fn schedule_has(schedule: &Schedule, key: &str) -> bool {
+    schedule
+        .phases
+        .iter()
+        .any(|p| p.agents.iter().any(|a| a.name.eq_ignore_ascii_case(key)))
+}
+
+async fn finish_agent(run: &Run, a: &mut AgentRun, outcomes: &mut HashMap<String, AgentOutcome>) {
+    let outcome = a.outcome.unwrap_or(if a.saw_pending {
+        AgentOutcome::Pending
+    } else {
+        AgentOutcome::Done
+    });
+    a.outcome = Some(outcome);
+    outcomes.insert(a.key.clone(), outcome);
+    run.hub(
+        "agent-done",
+        &a.name,
+        json!({"agent": a.name, "outcome": outcome.as_str()}),
+    )
+    .await;
+}
+
+/// Enqueue the agent's next task that still needs running; false when none is left.
+async fn advance(run: &Run, a: &mut AgentRun, client: &mut Client, queue: &str) -> Result<bool> {
+    while a.next < a.tasks.len() {
+        let idx = a.next;
+        a.next += 1;
+        let spec = &a.tasks[idx];
+        if run.finished.contains(&(a.key.clone(), spec.id.clone())) {
+            continue;
+        }
+        let job = Job {
+            run: run.id.clone(),
+            agent: a.name.clone(),
+            role: a.role.clone(),
+            phase: a.phase.clone(),
+            task: spec.clone(),
+            apply: run.apply,
+            workdir: run.workdir.clone(),
+            memory_limit: a.memory_limit,
+            wall_time: a.wall_time,
+            messages: run.inbox(a),
+        };
+        let request = EnqueueRequest {
+            r#type: JOB_TYPE.into(),
+            payload: serde_json::to_string(&job).expect("a job serializes"),
+            queue: queue.to_string(),
+            max_attempts: spec.retries + 1,
+            retry_backoff_ms: RETRY_BACKOFF_MS,
+            // One queue task per run, agent and task, whatever restarts in between.
+            idempotency_key: format!("{}/{}/{}/{}", run.id, a.key, spec.id, resume_round(run)),
+            ..Default::default()
+        };
+        let task = client
+            .enqueue(request)
+            .await
+            .map_err(|e| {
+                Error::Failed(format!(
+                    "cannot enqueue {}/{}: {}",
+                    a.name,
+                    spec.id,
+                    e.message()
+                ))
+            })?
+            .into_inner()
+            .task
+            .unwrap_or_default();
+        a.in_flight = Some((task.id, idx));
+        return Ok(true);
+    }
+    Ok(false)
+}
+
+/// A resumed run enqueues its unfinished tasks afresh (their old queue tasks
+/// may have been left to expired leases), so each round gets its own keys.
+fn resume_round(run: &Run) -> usize {
+    run.messages
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .iter()
+        .filter(|m| m.kind == "run-resumed")
+        .count()
+}
+
+async fn finish(
+    ws: &Workspace,
+    out: &Output,
+    run: &Arc<Run>,
+    plan: &str,
+    agents: &[AgentRun],
+    interrupted: bool,
+    report_file: Option<&std::path::Path>,
+) -> Result<()> {
+    let count = |o: AgentOutcome| agents.iter().filter(|a| a.outcome == Some(o)).count();
+    let (tasks, messages) = {
+        let db = run.db.lock().unwrap_or_else(|p| p.into_inner());
+        (
+            runs::tasks(&db, &run.id).unwrap_or_default(),
+            runs::messages(&db, &run.id).unwrap_or_default(),
+        )
+    };
+    let denied = tasks.iter().filter(|t| t.status == "denied").count();
+    let failed = tasks.iter().filter(|t| t.status == "failed").count();
+    let pending = tasks.iter().filter(|t| t.status == "pending").count();
+    let status = if interrupted {
+        "interrupted"
+    } else if denied > 0 {
+        "denied"
+    } else if failed > 0 || pending > 0 || count(AgentOutcome::Skipped) > 0 {
+        "failed"
+    } else {
+        "done"
+    };
+    let finished_at = now_ms();
+    let row = {
+        let db = run.db.lock().unwrap_or_else(|p| p.into_inner());
+        let _ = runs::set_status(&db, &run.id, status, Some(finished_at));
+        runs::find_run(&db, &run.id).ok().flatten()
+    };
+    let snapshot = crate::kpi::snapshot();
+    let mut text = report::markdown(row.as_ref(), plan, agents, &tasks, &messages, &snapshot);
+    let tests = crate::testreport::run_section(&ws.home.join("runs").join(&run.id), "##");
+    if let Some((section, _)) = &tests {
+        text.push('\n');
+        text.push_str(section);
+    }
+    let reports = ws.home.join("reports");
+    crate::workspace::ensure_dir(&reports)?;
+    let path = reports.join(format!("run-{}.md", run.id));
+    std::fs::write(&path, &text).map_err(|e| Error::io(&path, e))?;
+    if let Some(extra) = report_file {
+        std::fs::write(extra, &text).map_err(|e| Error::io(extra, e))?;
+    }
+    {
+        let db = run.db.lock().unwrap_or_else(|p| p.into_inner());
+        let _ = runs::set_report(&db, &run.id, &path.display().to_string());
+        if let Ok(store) = Store::open(&ws.db_path()) {
+            let _ = crate::kpi::store::save(store.connection(), "orchestrate", &snapshot);
+        }
+    }
+    if let Some(log) = &run.audit {
+        crate::audit::record(
+            log,
+            Event::new(operator(), "run.finish", format!("run {}", run.id), status).details(
+                json!({
+                    "tasks": tasks.len(), "failed": failed, "denied": denied, "pending": pending,
+                    "report": path.display().to_string(),
+                }),
+            ),
+        )
+        .await;
+    }
+    if out.json {
+        out.json(&json!({
+            "run": run.id, "status": status, "report": path.display().to_string(),
+            "tests": tests.as_ref().and_then(|(_, s)| s.as_ref()),
+            "agents": agents.iter().map(|a| json!({"agent": a.name, "phase": a.phase, "outcome": a.outcome.map(|o| o.as_str())})).collect::<Vec<_>>(),
+            "tasks": tasks,
+        }))?;
+    } else {
+        out.text(&report::summary(
+            out, &run.id, status, agents, &tasks, &path,
+        ))?;
+    }
+    let summary = ending(
+        &run.id,
+        &tasks,
+        agents
+            .iter()
+            .filter(|a| a.outcome == Some(AgentOutcome::Skipped))
+            .count(),
+    );
+    match status {
+        "done" => Ok(()),
+        "interrupted" => Err(Error::Interrupted(format!(
+            "run {} interrupted; nova orchestrate --resume {} finishes it",
+            run.id, run.id
+        ))),
+        "denied" => Err(Error::Denied(summary)),
+        _ => Err(Error::Unfinished(summary)),
+    }
+}
+
+/// The plain last words of a run that left work: what each task came to and
+/// what to do next. A run finding work left is its result, not nova failing.
+fn ending(run: &str, tasks: &[runs::TaskRow], agents_not_started: usize) -> String {
+    let count = |s: &str| tasks.iter().filter(|t| t.status == s).count();
+    let fixable = tasks
+        .iter()
+        .filter(|t| t.status == "pending" && t.detail.contains("--apply runs"))
+        .count();
+    let mut text = format!(
+        "run {run}: {} tasks: {} done, {} not done, {} failed, {} skipped, {} denied by policy",
+        tasks.len(),
+        count("done"),
+        count("pending"),
+        count("failed"),
+        count("skipped"),
+        count("denied"),
+    );
+    if agents_not_started > 0 {
+        text.push_str(&format!(
+            "; {agents_not_started} agents not started (an agent they depend on did not finish)"
+        ));
+    }
+    for t in tasks.iter().filter(|t| t.status == "denied").take(3) {
+        text.push_str(&format!("\ndenied: {}/{}: {}", t.agent, t.task, t.detail));
+    }
+    text.push_str("\nnext: ");
+    let mut steps = Vec::new();
+    if fixable > 0 {
+        steps.push(format!(
+            "nova orchestrate --apply runs the fixes of the {fixable} tasks that have one"
+        ));
+    }
+    steps.push(format!("nova runs show {run} has each task's details"));
+    text.push_str(&steps.join("; "));
+    text
+}
+
+fn dry_run(
+    out: &Output,
+    catalog: &Catalog,
+    schedule: &Schedule,
+    apply: bool,
+    mode: ExecutionMode,
+    jobs: u32,
+) -> Result<()> {
+    let mut plan = Vec::new();
+    for phase in &schedule.phases {
+        let mut agents = Vec::new();
+        for a in &phase.agents {
+            let agent = catalog.find_agent(&a.name, Some(&schedule.plan))?;
+            let tasks: Vec<Value> = agent
+                .spec
+                .tasks
+                .iter()
+                .map(|t| {
+                    let steps = match (&t.check, &t.run, apply) {
+                        (Some(c), Some(r), true) => format!("check {}; if it fails: run {}, check again", c.display(), r.display()),
+                        (Some(c), _, _) => format!("check {}", c.display()),
+                        (None, Some(r), true) => format!("run {}", r.display()),
+                        (None, Some(_), false) => "nothing (no check; --apply runs it)".to_string(),
+                        (None, None, _) => "nothing".to_string(),
+                    };
+                    json!({"task": t.id, "title": t.title, "steps": steps, "retries": t.retries,
+                           "timeout": t.timeout.map(|d| humantime::format_duration(d.0).to_string())})
+                })
+                .collect();
+            agents.push(json!({"agent": a.name, "role": a.role, "depends_on": a.depends_on, "tasks": tasks}));
+        }
+        plan.push(json!({"phase": phase.name, "agents": agents}));
+    }
+    if out.json {
+        return out.json(&json!({
+            "dry_run": true, "plan": schedule.plan, "mode": format!("{mode:?}").to_lowercase(),
+            "jobs": jobs, "apply": apply, "phases": plan,
+        }));
+    }
+    let mut text = format!(
+        "dry run: nothing will be run. Plan {}, {} mode, {} jobs, {}\n",
+        schedule.plan,
+        format!("{mode:?}").to_lowercase(),
+        jobs,
+        if apply { "with --apply" } else { "checks only" }
+    );
+    for p in &plan {
+        text.push_str(&format!("\nphase {}\n", p["phase"].as_str().unwrap_or("")));
+        for a in p["agents"].as_array().into_iter().flatten() {
+            let deps: Vec<&str> = a["depends_on"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter_map(|d| d.as_str())
+                .collect();
+            text.push_str(&format!(
+                "  {} ({}){}\n",
+                a["agent"].as_str().unwrap_or(""),
+                a["role"].as_str().unwrap_or(""),
+                if deps.is_empty() {
+                    String::new()
+                } else {
+                    format!(", after {}", deps.join(", "))
+                }
+            ));
+            for t in a["tasks"].as_array().into_iter().flatten() {
+                text.push_str(&format!(
+                    "    {}: {}\n",
+                    t["task"].as_str().unwrap_or(""),
+                    t["steps"].as_str().unwrap_or("")
+                ));
+            }
+        }
+    }
+    out.text(&text)
+}
