@@ -310,12 +310,7 @@ fn percentile(sorted: &[u64], p: f64) -> f64 {
 async fn one_run(path: &'static str, queue: AnyQueue, args: &BenchQueueArgs) -> Result<RunResult> {
     let mut stop_server = None;
     let url = if path == "grpc" {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-            .await
-            .map_err(|e| Error::Failed(format!("cannot listen on loopback: {e}")))?;
-        let addr = listener
-            .local_addr()
-            .map_err(|e| Error::Failed(e.to_string()))?;
+        let (listener, addr) = server::loopback_listener().await?;
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
         let handle = tokio::spawn(server::serve(queue.clone(), listener, None, async {
             let _ = stopped.await;

@@ -486,12 +486,7 @@ pub fn start(ws: &Workspace, out: &Output, args: &RunRequest) -> Result<()> {
                 Some((url, token, client)) => (url, token, Some(client)),
                 None => {
                     let (backend, _) = open_queue(&StoreUrl::resolve(ws, &args.store)?).await?;
-                    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-                        .await
-                        .map_err(|e| Error::Failed(format!("cannot listen on loopback: {e}")))?;
-                    let addr = listener
-                        .local_addr()
-                        .map_err(|e| Error::Failed(e.to_string()))?;
+                    let (listener, addr) = crate::queue::server::loopback_listener().await?;
                     let mut stop = stop_rx.clone();
                     server_task = Some(tokio::spawn(crate::queue::server::serve_audited(
                         backend,

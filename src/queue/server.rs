@@ -85,6 +85,16 @@ fn conventional_codes<B>(mut response: http::Response<B>) -> http::Response<B> {
     response
 }
 
+/// A listener on a free loopback port, and its address: where an in-process
+/// server (a local run, a benchmark) takes its clients.
+pub async fn loopback_listener() -> crate::error::Result<(TcpListener, std::net::SocketAddr)> {
+    let failed =
+        |e: std::io::Error| crate::error::Error::Failed(format!("cannot listen on loopback: {e}"));
+    let listener = TcpListener::bind("127.0.0.1:0").await.map_err(failed)?;
+    let addr = listener.local_addr().map_err(failed)?;
+    Ok((listener, addr))
+}
+
 /// Serve `backend` on `listener` until `shutdown` resolves.
 pub async fn serve<B: QueueBackend>(
     backend: B,
