@@ -77,6 +77,45 @@ fn tell(line: String) {
     }
 }
 
+/// The write end of the guard's pipe, starting the guard if need be. A task
+/// registers its own group through it between fork and exec
+/// ([`register_self`]), so no moment exists in which a killed worker could
+/// leave a task the guard does not know.
+pub fn pipe_fd() -> Option<std::os::fd::RawFd> {
+    use std::os::fd::AsRawFd;
+    guard().map(|g| g.lock().unwrap_or_else(|p| p.into_inner()).1.as_raw_fd())
+}
+
+/// In the child between fork and exec: write `+PID` to the guard's pipe
+/// `fd` (the child leads its own process group, so its pid is the group's).
+///
+/// # Safety
+/// Only getpid and write, on a stack buffer: async-signal-safe.
+pub unsafe fn register_self(fd: std::os::fd::RawFd) {
+    let mut buf = [0u8; 24];
+    // SAFETY: getpid has no preconditions.
+    let mut pid = unsafe { libc::getpid() } as u64;
+    let mut digits = [0u8; 20];
+    let mut n = 0;
+    loop {
+        digits[n] = b'0' + (pid % 10) as u8;
+        n += 1;
+        pid /= 10;
+        if pid == 0 {
+            break;
+        }
+    }
+    buf[0] = b'+';
+    for i in 0..n {
+        buf[1 + i] = digits[n - 1 - i];
+    }
+    buf[1 + n] = b'\n';
+    // One write below PIPE_BUF is atomic beside the worker's own lines.
+    // SAFETY: the buffer outlives the call; a failed write is ignored (the
+    // worker registers the group again after spawn).
+    let _ = unsafe { libc::write(fd, buf.as_ptr().cast(), n + 2) };
+}
+
 /// The task group `pgid` has started: the guard ends it if this process dies.
 pub fn watch(pgid: i32) {
     tell(format!("+{pgid}\n"));
