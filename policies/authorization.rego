@@ -8,9 +8,13 @@ package nova.authz
 
 import rego.v1
 
-actions := {"run", "install", "enqueue", "configure-firewall", "create-user", "serve"}
+# Steering from the dashboard or the API: what an operator may do to runs,
+# queue tasks and queues besides starting a run ("run").
+control_actions := {"cancel-run", "resume-run", "retry-task", "cancel-task", "pause-queue", "resume-queue"}
 
-# The person at the terminal (or a script acting for them).
+actions := {"run", "install", "enqueue", "configure-firewall", "create-user", "serve"} | control_actions
+
+# The person at the terminal or signed in to the dashboard (or a script acting for them).
 operator_actions := actions
 
 # Agents' roles, by what their blueprints do (blueprints/*/*.yaml `role:`).

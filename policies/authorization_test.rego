@@ -44,3 +44,12 @@ test_serving_beyond_loopback_needs_a_token if {
 	not authz.allow with input as {"subject": subject("operator"), "action": "serve", "context": {"loopback": false, "auth": false}}
 	authz.allow with input as {"subject": subject("operator"), "action": "serve", "context": {"loopback": false, "auth": true}}
 }
+
+test_the_operator_may_steer_runs_and_queues if {
+	authz.allow with input as {"subject": subject("operator"), "action": "pause-queue", "resource": "jobs", "context": {"via": "dashboard"}}
+	authz.allow with input as {"subject": subject("operator"), "action": "cancel-run", "resource": "r1"}
+}
+
+test_an_agent_may_not_steer_queues if {
+	not authz.allow with input as {"subject": subject("testing"), "action": "pause-queue", "resource": "jobs"}
+}

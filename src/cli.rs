@@ -323,6 +323,10 @@ pub struct OrchestrateArgs {
 
     #[command(flatten)]
     pub store: StoreArg,
+
+    /// The new run's id (front-ends that start runs choose it; default: a fresh one)
+    #[arg(long, value_name = "ID", hide = true, conflicts_with = "resume")]
+    pub run_id: Option<String>,
 }
 
 #[derive(Debug, Args)]
@@ -383,6 +387,12 @@ pub enum RunsAction {
         /// Show the QA summary of the test results its tasks wrote (JUnit XML) instead
         #[arg(long, conflicts_with = "messages")]
         tests: bool,
+    },
+    /// Stop a running run on this host (as Ctrl-C would): it ends interrupted, and
+    /// `nova orchestrate --resume RUN` finishes it
+    Cancel {
+        /// The run's id (a unique prefix will do)
+        run: String,
     },
     /// Remove old runs: their records, queue tasks, logs and reports (the audit log stays)
     Prune(RunsPruneArgs),
@@ -700,8 +710,12 @@ pub enum QueueAction {
     Cancel { id: String },
     /// Put a failed or cancelled task back in the queue
     Retry { id: String },
-    /// Counts by queue and status, oldest pending age, leases in flight
+    /// Counts by queue and status, oldest pending age, leases in flight, paused queues
     Stats,
+    /// Stop handing out a queue's tasks (running ones finish; enqueues are still taken)
+    Pause { queue: String },
+    /// Hand out a paused queue's tasks again
+    Resume { queue: String },
     /// Delete finished tasks (completed, failed, cancelled) older than a duration, from the store itself
     Purge {
         /// Tasks finished longer ago than this (as 7d or 12h); 0s takes every finished task

@@ -1131,6 +1131,90 @@ async fn a_dequeue_leases_only_what_its_answer_can_carry(backend: Backend) {
     assert_eq!(count("PENDING"), 40 - got.len() as u64);
 }
 
+async fn a_paused_queue_hands_out_nothing_until_resumed(backend: Backend) {
+    let mut h = start(backend, None).await;
+    let c = &mut h.client;
+    let job = enqueue(
+        c,
+        EnqueueRequest {
+            queue: "jobs".into(),
+            ..req("build")
+        },
+    )
+    .await;
+    let mail = enqueue(
+        c,
+        EnqueueRequest {
+            queue: "mail".into(),
+            ..req("send")
+        },
+    )
+    .await;
+    let paused = c
+        .pause_queue(PauseQueueRequest {
+            queue: "jobs".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(paused.changed);
+    assert_eq!(paused.paused_queues, ["jobs"]);
+    let again = c
+        .pause_queue(PauseQueueRequest {
+            queue: "jobs".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(!again.changed, "pausing twice changes nothing");
+
+    // Asked for every queue, or for the paused one by name: only the other queue's task comes.
+    assert_eq!(dequeue(c, "w", 0).await.map(|t| t.id), Some(mail.id));
+    assert!(dequeue(c, "w", 0).await.is_none());
+    let named = c
+        .dequeue(DequeueRequest {
+            worker_id: "w".into(),
+            queues: vec!["jobs".into()],
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(named.task.is_none() && named.tasks.is_empty());
+    // Enqueues into a paused queue are still taken.
+    enqueue(
+        c,
+        EnqueueRequest {
+            queue: "jobs".into(),
+            ..req("build")
+        },
+    )
+    .await;
+    let stats = c.stats(StatsRequest {}).await.unwrap().into_inner();
+    assert_eq!(stats.paused_queues, ["jobs"]);
+
+    let resumed = c
+        .resume_queue(ResumeQueueRequest {
+            queue: "jobs".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(resumed.changed);
+    assert!(resumed.paused_queues.is_empty());
+    assert_eq!(dequeue(c, "w", 0).await.map(|t| t.id), Some(job.id));
+    assert!(dequeue(c, "w", 0).await.is_some());
+
+    let bad = c
+        .pause_queue(PauseQueueRequest {
+            queue: "no spaces".into(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(bad.code(), Code::InvalidArgument);
+    assert!(bad.message().contains("queue"), "{}", bad.message());
+}
+
 macro_rules! conformance {
     ($($name:ident),* $(,)?) => {
         mod sqlite {
@@ -1149,6 +1233,7 @@ macro_rules! conformance {
 }
 
 conformance!(
+    a_paused_queue_hands_out_nothing_until_resumed,
     a_queue_bigger_than_one_answer_is_listed_in_parts,
     a_dequeue_leases_only_what_its_answer_can_carry,
     a_repeated_final_ack_is_answered_and_changes_nothing,

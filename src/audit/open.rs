@@ -42,8 +42,15 @@ pub async fn workspace_log(
     }
 }
 
-/// The operator running this command, for the `actor` of its records.
+/// The operator running this command, for the `actor` of its records:
+/// `NOVA_OPERATOR` when a front-end that started it says who asked (the
+/// dashboard does, for the runs it starts), else the login name.
 pub fn operator() -> String {
+    if let Ok(who) = std::env::var("NOVA_OPERATOR")
+        && !who.is_empty()
+    {
+        return format!("operator:{who}");
+    }
     let user = std::env::var("USER")
         .or_else(|_| std::env::var("LOGNAME"))
         .ok()

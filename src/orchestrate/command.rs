@@ -40,6 +40,7 @@ fn request(args: &OrchestrateArgs, verbose: u8) -> RunRequest {
         report: args.report.clone(),
         store: args.store.choice(),
         verbose,
+        run_id: args.run_id.clone(),
     }
 }
 
@@ -121,6 +122,17 @@ pub fn worker_command(
 pub fn runs_command(ws: &Workspace, out: &Output, args: &crate::cli::RunsArgs) -> Result<()> {
     let show = match &args.action {
         Some(crate::cli::RunsAction::Prune(prune)) => return super::prune::prune(ws, out, prune),
+        Some(crate::cli::RunsAction::Cancel { run }) => {
+            let run = super::control::cancel(ws, run)?;
+            return if out.json {
+                out.json(&json!({"run": run.id, "signalled": true}))
+            } else {
+                out.text(&format!(
+                    "run {} asked to stop; it ends interrupted (nova orchestrate --resume {} finishes it)\n",
+                    run.id, run.id
+                ))
+            };
+        }
         Some(crate::cli::RunsAction::Show {
             run,
             messages,

@@ -12,6 +12,7 @@
 //! `--resume` picks it up without redoing finished tasks.
 
 pub mod command;
+pub mod control;
 pub mod guard;
 pub mod privilege;
 pub mod progress;

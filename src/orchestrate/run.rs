@@ -55,6 +55,122 @@ pub struct RunRequest {
     pub store: crate::store_url::StoreChoice,
     /// Echo task output (`-v`).
     pub verbose: u8,
+    /// The new run's id, chosen by the front-end (the dashboard answers
+    /// with it before the run starts); a fresh one when unset.
+    pub run_id: Option<String>,
+}
+
+impl RunRequest {
+    /// The `nova orchestrate` arguments that ask for this run: how a
+    /// front-end that is not a terminal starts one as a process of its own
+    /// (which outlives the front-end and is stopped like any run, by SIGTERM).
+    pub fn to_args(&self) -> Vec<String> {
+        let mut argv = vec!["orchestrate".to_string()];
+        let mut flag = |name: &str, values: &[String]| {
+            argv.push(format!("--{name}"));
+            argv.extend(values.iter().cloned());
+        };
+        if let Some(plan) = &self.plan {
+            flag("plan", std::slice::from_ref(plan));
+        }
+        if !self.agents.is_empty() {
+            flag("agents", &self.agents);
+        }
+        if self.only {
+            flag("only", &[]);
+        }
+        if !self.phases.is_empty() {
+            flag("phase", &self.phases);
+        }
+        if let Some(mode) = self.mode {
+            flag("mode", &[format!("{mode:?}").to_lowercase()]);
+        }
+        if let Some(jobs) = self.jobs {
+            flag("jobs", &[jobs.to_string()]);
+        }
+        if self.apply {
+            flag("apply", &[]);
+        }
+        match &self.resume {
+            Some(Some(id)) => flag("resume", std::slice::from_ref(id)),
+            Some(None) => flag("resume", &[]),
+            None => {}
+        }
+        if self.keep_going {
+            flag("keep-going", &[]);
+        }
+        if let Some(server) = &self.server {
+            flag("server", std::slice::from_ref(server));
+        }
+        if let Some(file) = &self.token_file {
+            flag("token-file", &[file.display().to_string()]);
+        }
+        if let Some(store) = &self.store.store {
+            flag("store", std::slice::from_ref(store));
+        }
+        if let Some(id) = &self.run_id {
+            flag("run-id", std::slice::from_ref(id));
+        }
+        argv
+    }
+}
+
+/// Whether `id` can name a run: what nova's own ids are made of.
+pub fn valid_run_id(id: &str) -> bool {
+    !id.is_empty()
+        && id.len() <= 64
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+}
+
+/// Check what a run needs before it is started (plan, agents, phases, the
+/// resumed run): the errors `start` would give, without starting anything.
+pub fn check(ws: &Workspace, args: &RunRequest) -> Result<()> {
+    let resumed;
+    let args = match &args.resume {
+        Some(which) => {
+            resumed = resumed_args(ws, args, which.as_deref())?;
+            &resumed
+        }
+        None => args,
+    };
+    if let Some(id) = &args.run_id {
+        check_new_id(ws, id)?;
+    }
+    schedule(ws, args).map(|_| ())
+}
+
+fn check_new_id(ws: &Workspace, id: &str) -> Result<()> {
+    if !valid_run_id(id) {
+        return Err(Error::usage(format!(
+            "--run-id {id:?}: letters, digits, - and _ only, at most 64"
+        )));
+    }
+    if let Some(store) = ws.open_store_read()?
+        && runs::find_run(store.connection(), id)
+            .map_err(|e| Error::Failed(e.to_string()))?
+            .is_some()
+    {
+        return Err(Error::usage(format!(
+            "--run-id {id}: a run with this id exists"
+        )));
+    }
+    Ok(())
+}
+
+/// The catalog and the schedule a request selects.
+fn schedule(ws: &Workspace, args: &RunRequest) -> Result<(Catalog, Schedule)> {
+    let catalog = Catalog::load(ws)?;
+    let plan = crate::plan::resolve(&catalog, args.plan.as_deref(), &args.agents, &args.phases)?;
+    crate::plan::check_phases(plan, &args.phases)?;
+    let mut schedule = Schedule::build(&catalog, plan, &args.agents, !args.only)?;
+    if !args.phases.is_empty() {
+        schedule
+            .phases
+            .retain(|p| args.phases.iter().any(|w| w.eq_ignore_ascii_case(&p.name)));
+    }
+    Ok((catalog, schedule))
 }
 
 const POLL: Duration = Duration::from_millis(50);
@@ -341,15 +457,7 @@ pub fn start(ws: &Workspace, out: &Output, args: &RunRequest) -> Result<()> {
             )));
         }
     }
-    let catalog = Catalog::load(ws)?;
-    let plan = crate::plan::resolve(&catalog, args.plan.as_deref(), &args.agents, &args.phases)?;
-    crate::plan::check_phases(plan, &args.phases)?;
-    let mut schedule = Schedule::build(&catalog, plan, &args.agents, !args.only)?;
-    if !args.phases.is_empty() {
-        schedule
-            .phases
-            .retain(|p| args.phases.iter().any(|w| w.eq_ignore_ascii_case(&p.name)));
-    }
+    let (catalog, schedule) = schedule(ws, args)?;
     let mode = mode_of(ws, args)?;
     let jobs = args
         .jobs
@@ -365,7 +473,13 @@ pub fn start(ws: &Workspace, out: &Output, args: &RunRequest) -> Result<()> {
     let conn = store.into_connection();
 
     let (id, finished) = match &args.resume {
-        None => (new_run_id(), HashSet::new()),
+        None => match &args.run_id {
+            Some(id) => {
+                check_new_id(ws, id)?;
+                (id.clone(), HashSet::new())
+            }
+            None => (new_run_id(), HashSet::new()),
+        },
         Some(which) => {
             let found = match which {
                 Some(id) => runs::find_run(&conn, id),
@@ -427,11 +541,13 @@ pub fn start(ws: &Workspace, out: &Output, args: &RunRequest) -> Result<()> {
                 args: json!({
                     "agents": args.agents, "only": args.only, "phases": args.phases,
                     "jobs": jobs, "keep_going": args.keep_going, "server": args.server,
+                    "pid": std::process::id(), "host": hostname(),
                 }),
                 report: None,
             };
             if args.resume.is_some() {
                 runs::set_status(&db, &id, "running", None)
+                    .and_then(|()| runs::set_process(&db, &id, std::process::id(), &hostname()))
             } else {
                 runs::insert_run(&db, &row)
             }

@@ -69,6 +69,15 @@ pub fn set_status(
     Ok(())
 }
 
+/// Record which process drives the run now (a resumed run has a new one).
+pub fn set_process(conn: &Connection, id: &str, pid: u32, host: &str) -> rusqlite::Result<()> {
+    conn.execute(
+        "UPDATE runs SET args = json_set(args, '$.pid', ?2, '$.host', ?3) WHERE id = ?1",
+        params![id, pid, host],
+    )?;
+    Ok(())
+}
+
 pub fn set_report(conn: &Connection, id: &str, report: &str) -> rusqlite::Result<()> {
     conn.execute(
         "UPDATE runs SET report = ?2 WHERE id = ?1",

@@ -66,6 +66,10 @@ impl QueueBackend for AnyQueue {
         each!(self, q => q.retry(task_id, now))
     }
 
+    async fn set_paused(&self, queue: String, paused: bool, now: i64) -> QueueResult<bool> {
+        each!(self, q => q.set_paused(queue, paused, now))
+    }
+
     async fn stats(&self, now: i64) -> QueueResult<Stats> {
         each!(self, q => q.stats(now))
     }

@@ -76,6 +76,15 @@ pub trait QueueBackend: Send + Sync + 'static {
     /// Put a failed or cancelled task back in the queue with a fresh attempt budget.
     fn retry(&self, task_id: String, now: i64) -> impl Future<Output = QueueResult<Task>> + Send;
 
+    /// Pause (`true`) or resume a queue: Dequeue leases nothing from a
+    /// paused queue until it is resumed. Whether the state changed.
+    fn set_paused(
+        &self,
+        queue: String,
+        paused: bool,
+        now: i64,
+    ) -> impl Future<Output = QueueResult<bool>> + Send;
+
     fn stats(&self, now: i64) -> impl Future<Output = QueueResult<Stats>> + Send;
 
     /// Return tasks whose lease expired before `now` to the queue; how many.

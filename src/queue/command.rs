@@ -482,6 +482,7 @@ enum Action {
     Cancel(String),
     Retry(String),
     Stats,
+    Pause(String, bool),
 }
 
 fn parse_action(action: &QueueAction) -> Result<Action> {
@@ -550,6 +551,8 @@ fn parse_action(action: &QueueAction) -> Result<Action> {
         QueueAction::Cancel { id } => Action::Cancel(id.clone()),
         QueueAction::Retry { id } => Action::Retry(id.clone()),
         QueueAction::Stats => Action::Stats,
+        QueueAction::Pause { queue } => Action::Pause(queue.clone(), true),
+        QueueAction::Resume { queue } => Action::Pause(queue.clone(), false),
         QueueAction::Purge { .. } => unreachable!("purge runs on the store, before this"),
     })
 }
@@ -659,6 +662,7 @@ async fn execute(client: &mut Client, out: &Output, action: Action) -> Result<()
                     "counts": stats.counts.iter().map(|c| json!({"queue": c.queue, "status": c.status, "count": c.count})).collect::<Vec<_>>(),
                     "oldest_pending_age_ms": stats.oldest_pending_age_ms,
                     "in_flight_leases": stats.in_flight_leases,
+                    "paused_queues": stats.paused_queues,
                 }));
             }
             let mut table = out.table(&["queue", "status", "count"]);
@@ -669,7 +673,39 @@ async fn execute(client: &mut Client, out: &Output, action: Action) -> Result<()
             out.text(&format!(
                 "\noldest pending: {} ms, leases in flight: {}\n",
                 stats.oldest_pending_age_ms, stats.in_flight_leases
-            ))
+            ))?;
+            if !stats.paused_queues.is_empty() {
+                out.text(&format!("paused: {}\n", stats.paused_queues.join(", ")))?;
+            }
+            Ok(())
+        }
+        Action::Pause(queue, pause) => {
+            let (changed, paused) = if pause {
+                let r = client
+                    .pause_queue(PauseQueueRequest {
+                        queue: queue.clone(),
+                    })
+                    .await
+                    .map_err(grpc_error)?
+                    .into_inner();
+                (r.changed, r.paused_queues)
+            } else {
+                let r = client
+                    .resume_queue(ResumeQueueRequest {
+                        queue: queue.clone(),
+                    })
+                    .await
+                    .map_err(grpc_error)?
+                    .into_inner();
+                (r.changed, r.paused_queues)
+            };
+            if out.json {
+                return out
+                    .json(&json!({"queue": queue, "changed": changed, "paused_queues": paused}));
+            }
+            let state = if pause { "paused" } else { "resumed" };
+            let already = if changed { "" } else { " (it already was)" };
+            out.text(&format!("queue {queue} {state}{already}\n"))
         }
     }
 }

@@ -126,6 +126,8 @@ pub struct Stats {
     pub counts: Vec<(String, String, u64)>,
     pub oldest_pending_age_ms: i64,
     pub in_flight_leases: u64,
+    /// Paused queues, sorted.
+    pub paused: Vec<String>,
 }
 
 pub use crate::clock::{ms_ago, now_ms};

@@ -84,6 +84,38 @@ impl<B: QueueBackend> QueueService<B> {
         }
     }
 
+    /// Pause or resume `queue`, audited; whether it changed, and the queues paused now.
+    async fn set_paused(
+        &self,
+        queue: String,
+        paused: bool,
+        peer: Option<std::net::SocketAddr>,
+    ) -> Result<(bool, Vec<String>), GrpcStatus> {
+        let queue = validate::queue_name("queue", &queue).map_err(invalid)?;
+        let changed = self
+            .backend
+            .set_paused(queue.clone(), paused, now_ms())
+            .await
+            .map_err(to_status)?;
+        let action = if paused {
+            "queue.pause"
+        } else {
+            "queue.resume"
+        };
+        tracing::info!(%queue, changed, "{action}");
+        if let Some(log) = &self.audit {
+            let actor = peer.map_or_else(|| "client".to_string(), |p| format!("client:{}", p.ip()));
+            crate::audit::record(
+                log,
+                Event::new(actor, action, format!("queue {queue}"), "ok")
+                    .details(serde_json::json!({"changed": changed})),
+            )
+            .await;
+        }
+        let stats = self.backend.stats(now_ms()).await.map_err(to_status)?;
+        Ok((changed, stats.paused))
+    }
+
     fn wake(&self) {
         self.wakeup.notify_waiters();
     }
@@ -404,6 +436,37 @@ impl<B: QueueBackend> TaskQueue for QueueService<B> {
                 .collect(),
             oldest_pending_age_ms: stats.oldest_pending_age_ms,
             in_flight_leases: stats.in_flight_leases,
+            paused_queues: stats.paused,
+        }))
+    }
+
+    async fn pause_queue(
+        &self,
+        request: Request<PauseQueueRequest>,
+    ) -> Result<Response<PauseQueueResponse>, GrpcStatus> {
+        let _timer = crate::timer!("queue.grpc.pause_queue");
+        let peer = request.remote_addr();
+        let queue = request.into_inner().queue;
+        let (changed, paused_queues) = self.set_paused(queue, true, peer).await?;
+        Ok(Response::new(PauseQueueResponse {
+            changed,
+            paused_queues,
+        }))
+    }
+
+    async fn resume_queue(
+        &self,
+        request: Request<ResumeQueueRequest>,
+    ) -> Result<Response<ResumeQueueResponse>, GrpcStatus> {
+        let _timer = crate::timer!("queue.grpc.resume_queue");
+        let peer = request.remote_addr();
+        let queue = request.into_inner().queue;
+        let (changed, paused_queues) = self.set_paused(queue, false, peer).await?;
+        // Waiting long polls find the queue's tasks now, not at their next poll.
+        self.wake();
+        Ok(Response::new(ResumeQueueResponse {
+            changed,
+            paused_queues,
         }))
     }
 

@@ -208,7 +208,8 @@ fn dequeue(conn: &Connection, spec: &DequeueSpec, now: i64) -> QueueResult<Vec<T
     let mut sql = format!(
         "SELECT seq, length(CAST(payload AS BLOB)) + length(CAST(metadata AS BLOB))
               + length(CAST(result AS BLOB)) + length(CAST(last_error AS BLOB)) + {TASK_OVERHEAD}
-         FROM queue_tasks WHERE status = 'PENDING' AND run_at <= ?"
+         FROM queue_tasks WHERE status = 'PENDING' AND run_at <= ?
+           AND queue NOT IN (SELECT queue FROM paused_queues)"
     );
     if !spec.queues.is_empty() {
         sql.push_str(&format!(
@@ -259,6 +260,15 @@ fn dequeue(conn: &Connection, spec: &DequeueSpec, now: i64) -> QueueResult<Vec<T
             .map_err(sql_err)
         })
         .collect()
+}
+
+fn paused_queues(conn: &Connection) -> QueueResult<Vec<String>> {
+    conn.prepare_cached("SELECT queue FROM paused_queues ORDER BY queue")
+        .map_err(sql_err)?
+        .query_map([], |r| r.get(0))
+        .map_err(sql_err)?
+        .collect::<Result<Vec<String>, _>>()
+        .map_err(sql_err)
 }
 
 fn ack_one(conn: &Connection, ack: &AckSpec, now: i64) -> QueueResult<Task> {
@@ -439,6 +449,22 @@ impl QueueBackend for SqliteQueue {
         .await
     }
 
+    async fn set_paused(&self, queue: String, paused: bool, now: i64) -> QueueResult<bool> {
+        self.write(move |conn| {
+            let changed = if paused {
+                conn.execute(
+                    "INSERT OR IGNORE INTO paused_queues (queue, paused_at) VALUES (?1, ?2)",
+                    params![queue, now],
+                )
+            } else {
+                conn.execute("DELETE FROM paused_queues WHERE queue = ?1", [&queue])
+            }
+            .map_err(sql_err)?;
+            Ok(changed > 0)
+        })
+        .await
+    }
+
     async fn stats(&self, now: i64) -> QueueResult<Stats> {
         self.read(move |conn| {
             let counts = conn
@@ -462,6 +488,7 @@ impl QueueBackend for SqliteQueue {
                 counts,
                 oldest_pending_age_ms: oldest.map(|t| (now - t).max(0)).unwrap_or(0),
                 in_flight_leases: in_flight as u64,
+                paused: paused_queues(conn)?,
             })
         })
         .await

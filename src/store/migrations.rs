@@ -115,6 +115,11 @@ const MIGRATIONS: &[&str] = &[
         at     INTEGER NOT NULL,
         sample TEXT NOT NULL
     );",
+    // 6: queues paused by an operator (queue::sqlite): Dequeue skips them.
+    "CREATE TABLE paused_queues (
+        queue     TEXT PRIMARY KEY,
+        paused_at INTEGER NOT NULL
+    ) WITHOUT ROWID;",
 ];
 
 /// The schema version this nova writes.

@@ -23,12 +23,18 @@ end
 reap(1000)
 promote(1000)
 
-local queues = {}
+local asked = {}
 if nq == 0 then
-  queues = redis.call('SMEMBERS', P .. 'queues')
+  asked = redis.call('SMEMBERS', P .. 'queues')
 else
-  for i = 1, nq do queues[i] = ARGV[6 + i] end
+  for i = 1, nq do asked[i] = ARGV[6 + i] end
 end
+-- A paused queue hands out nothing.
+local queues = {}
+for _, q in ipairs(asked) do
+  if redis.call('SISMEMBER', P .. 'paused', q) == 0 then queues[#queues + 1] = q end
+end
+if #queues == 0 then return finish({}) end
 
 -- The next ready members, in order, with the queue each came from.
 local picked = {}

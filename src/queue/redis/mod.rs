@@ -260,7 +260,7 @@ fn outcome(id: &str, mut reply: Vec<Value>) -> QueueResult<Task> {
 
 /// Counts by `queue\tstatus`, the oldest due pending task with its run_at,
 /// and the number of live leases.
-type StatsReply = (Vec<(String, i64)>, Vec<(String, f64)>, u64);
+type StatsReply = (Vec<(String, i64)>, Vec<(String, f64)>, u64, Vec<String>);
 
 fn lease_ms(ms: u32) -> u32 {
     if ms == 0 { DEFAULT_LEASE_MS } else { ms }
@@ -464,7 +464,7 @@ impl QueueBackend for RedisQueue {
 
     async fn stats(&self, now: i64) -> QueueResult<Stats> {
         let mut conn = self.conn.clone();
-        let (counts, oldest, in_flight): StatsReply = ::redis::pipe()
+        let (counts, oldest, in_flight, mut paused): StatsReply = ::redis::pipe()
             .atomic()
             .cmd("HGETALL")
             .arg(self.key("counts"))
@@ -480,6 +480,8 @@ impl QueueBackend for RedisQueue {
             .arg(self.key("leases"))
             .arg(format!("({now}"))
             .arg("+inf")
+            .cmd("SMEMBERS")
+            .arg(self.key("paused"))
             .query_async(&mut conn)
             .await
             .map_err(unavailable)?;
@@ -492,6 +494,7 @@ impl QueueBackend for RedisQueue {
             })
             .collect();
         counts.sort();
+        paused.sort();
         Ok(Stats {
             counts,
             oldest_pending_age_ms: oldest
@@ -499,7 +502,19 @@ impl QueueBackend for RedisQueue {
                 .map(|(_, t)| (now - *t as i64).max(0))
                 .unwrap_or(0),
             in_flight_leases: in_flight,
+            paused,
         })
+    }
+
+    async fn set_paused(&self, queue: String, paused: bool, _now: i64) -> QueueResult<bool> {
+        let mut conn = self.conn.clone();
+        let changed: i64 = ::redis::cmd(if paused { "SADD" } else { "SREM" })
+            .arg(self.key("paused"))
+            .arg(&queue)
+            .query_async(&mut conn)
+            .await
+            .map_err(unavailable)?;
+        Ok(changed > 0)
     }
 
     async fn reap(&self, now: i64) -> QueueResult<u64> {

@@ -5,6 +5,7 @@
 --   P..'seq'           counter: enqueue order
 --   P..'all'           zset id -> seq: every task, for listing oldest first
 --   P..'queues'        set: every queue name ever used
+--   P..'paused'        set: queues paused by an operator (dequeue skips them)
 --   P..'ready:'..q     zset, all scores 0: due pending tasks of queue q, as
 --                      rank(priority, run_at, seq)..id, so the first member
 --                      is the next to hand out
