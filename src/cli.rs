@@ -73,8 +73,10 @@ pub enum Command {
     Tasks(TasksArgs),
     /// Phase-by-phase progress: share of tasks done and each specialist's remaining steps
     Roadmap(RoadmapArgs),
-    /// Run the task queue's gRPC server
+    /// Run the task queue's gRPC server (and, with --http, the dashboard and JSON API)
     Serve(ServeArgs),
+    /// Open the web dashboard on this workspace: runs, queues, the host, governance, live
+    Dashboard(DashboardArgs),
     /// Enqueue, list, inspect, cancel and retry queue tasks
     Queue(QueueArgs),
     /// Evaluate, test, list and push the authorization policies
@@ -102,7 +104,7 @@ impl Command {
             Command::Orchestrate(args) => !args.dry_run,
             other => matches!(
                 other,
-                Command::Serve(_) | Command::Queue(_) | Command::Worker(_)
+                Command::Serve(_) | Command::Queue(_) | Command::Worker(_) | Command::Dashboard(_)
             ),
         }
     }
@@ -111,7 +113,11 @@ impl Command {
     pub fn handles_signals(&self) -> bool {
         matches!(
             self,
-            Command::Serve(_) | Command::Orchestrate(_) | Command::Worker(_) | Command::Monitor(_)
+            Command::Serve(_)
+                | Command::Orchestrate(_)
+                | Command::Worker(_)
+                | Command::Monitor(_)
+                | Command::Dashboard(_)
         )
     }
 }
@@ -265,9 +271,32 @@ pub struct ServeArgs {
     #[arg(long, value_name = "ADDR")]
     pub metrics: Option<std::net::SocketAddr>,
 
+    /// Also serve the web dashboard, the JSON API (/api/v1) and /metrics over HTTP at ADDR;
+    /// off loopback it needs --token-file
+    #[arg(long, value_name = "ADDR")]
+    pub http: Option<std::net::SocketAddr>,
+
     /// Delete finished tasks once they are this old (as 7d), checked every minute [default: keep them]
     #[arg(long, value_parser = humantime::parse_duration, value_name = "DURATION")]
     pub keep_finished: Option<std::time::Duration>,
+}
+
+#[derive(Debug, Args)]
+pub struct DashboardArgs {
+    /// Address to serve on; anything but loopback needs --token-file
+    #[arg(long, default_value = "127.0.0.1:6690", value_name = "ADDR")]
+    pub listen: std::net::SocketAddr,
+
+    /// File holding the token a browser signs in with (and API clients send as a bearer token)
+    #[arg(long, value_name = "FILE")]
+    pub token_file: Option<PathBuf>,
+
+    /// Open the dashboard in the default browser
+    #[arg(long)]
+    pub open: bool,
+
+    #[command(flatten)]
+    pub store: StoreArg,
 }
 
 #[derive(Debug, Clone, Args)]

@@ -187,6 +187,8 @@ struct Run {
     messages: Mutex<Vec<Message>>,
     /// Tasks a resumed run already finished: (agent key, task id).
     finished: HashSet<(String, String)>,
+    /// Queue tasks (id, attempt) already recorded as running.
+    running: Mutex<HashSet<(String, u32)>>,
     progress: super::progress::Progress,
 }
 
@@ -244,6 +246,53 @@ impl Run {
             })
             .map(|m| json!({"seq": m.seq, "kind": m.kind, "from": m.agent, "body": m.body}))
             .collect()
+    }
+
+    /// Record, once per attempt, that a worker has taken the task: `nova runs
+    /// show` and the dashboard see it running before it ends.
+    async fn mark_running(
+        &self,
+        agent: &AgentRun,
+        spec: &TaskSpec,
+        task: &crate::queue::proto::Task,
+    ) {
+        let first = self
+            .running
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert((task.id.clone(), task.attempts));
+        if !first {
+            return;
+        }
+        let row = TaskRow {
+            agent: agent.name.clone(),
+            task: spec.id.clone(),
+            phase: agent.phase.clone(),
+            status: "running".into(),
+            attempts: task.attempts,
+            exit_code: None,
+            started_at: Some(task.updated_at),
+            finished_at: None,
+            peak_rss: None,
+            mean_rss: None,
+            mean_cpu: None,
+            gpu_memory: None,
+            gpu_util: None,
+            worker: task.worker_id.clone(),
+            detail: String::new(),
+            log_tail: Vec::new(),
+        };
+        let id = self.id.clone();
+        let stored = self
+            .writer
+            .write(
+                move |conn| runs::upsert_task(conn, &id, &row).map_err(|e| e.to_string()),
+                |e: String| e,
+            )
+            .await;
+        if let Err(e) = stored {
+            tracing::warn!(error = %e, "could not record a task as running");
+        }
     }
 
     async fn record(&self, agent: &AgentRun, task: &TaskSpec, result: &JobResult, attempts: u32) {
@@ -421,7 +470,7 @@ fn mode_of(ws: &Workspace, args: &RunRequest) -> Result<ExecutionMode> {
         .unwrap_or(ExecutionMode::Sequential))
 }
 
-fn new_run_id() -> String {
+pub fn new_run_id() -> String {
     let now = humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string();
     let stamp: String = now
         .chars()
@@ -526,6 +575,7 @@ pub fn start(ws: &Workspace, out: &Output, args: &RunRequest) -> Result<()> {
             audit: audit.clone(),
             messages: Mutex::new(Vec::new()),
             finished,
+            running: Mutex::new(HashSet::new()),
             progress: super::progress::Progress::new(out.is_terminal(), out.quiet || out.json),
         });
         {
@@ -909,6 +959,9 @@ async fn schedule_run(
                     .into_inner()
                     .task
                     .unwrap_or_default();
+                if task.status == "IN_PROGRESS" {
+                    run.mark_running(a, &a.tasks[idx], &task).await;
+                }
                 if task.status != "COMPLETED"
                     && task.status != "FAILED"
                     && task.status != "CANCELLED"

@@ -129,32 +129,15 @@ impl Policy {
     /// Decide, record the decision in `audit`, and turn a denial into
     /// [`Error::Denied`] (exit 3) naming the action and the reasons.
     pub async fn authorize(&self, audit: Option<&AuditLog>, input: &Value) -> Result<Decision> {
-        let decision = self.decide(input).await;
-        // "install tree ", "serve " (what the messages below begin with).
-        let what = format!(
-            "{} {}",
-            input["action"].as_str().unwrap_or("?"),
-            input["resource"]
-                .as_str()
-                .filter(|r| !r.is_empty())
-                .map(|r| format!("{r} "))
-                .unwrap_or_default(),
-        );
-        // A governance tool fails closed: what cannot be audited is not done.
-        if let Some(log) = audit
-            && let Err(e) = log.append(decision_event(input, &decision)).await
-        {
-            return Err(Error::Failed(format!(
-                "{what}was not done: its policy decision could not be recorded in the audit log ({e})"
-            )));
-        }
+        let decision = self.decide_recorded(audit, input).await?;
         if decision.allow {
             tracing::debug!(action = %input["action"], "allowed by policy");
             return Ok(decision);
         }
         tracing::warn!(action = %input["action"], reasons = ?decision.reasons, "denied by policy");
         Err(Error::Denied(format!(
-            "{what}denied by policy: {}",
+            "{}denied by policy: {}",
+            what_of(input),
             if decision.reasons.is_empty() {
                 "no rule allows it".to_string()
             } else {
@@ -162,6 +145,39 @@ impl Policy {
             }
         )))
     }
+
+    /// Decide and record the decision in `audit`, allowed or denied; an
+    /// error only when the decision could not be recorded (a governance
+    /// tool fails closed: what cannot be audited is not done).
+    pub async fn decide_recorded(
+        &self,
+        audit: Option<&AuditLog>,
+        input: &Value,
+    ) -> Result<Decision> {
+        let decision = self.decide(input).await;
+        if let Some(log) = audit
+            && let Err(e) = log.append(decision_event(input, &decision)).await
+        {
+            return Err(Error::Failed(format!(
+                "{}was not done: its policy decision could not be recorded in the audit log ({e})",
+                what_of(input)
+            )));
+        }
+        Ok(decision)
+    }
+}
+
+/// "install tree ", "serve ": what messages about a decision begin with.
+fn what_of(input: &Value) -> String {
+    format!(
+        "{} {}",
+        input["action"].as_str().unwrap_or("?"),
+        input["resource"]
+            .as_str()
+            .filter(|r| !r.is_empty())
+            .map(|r| format!("{r} "))
+            .unwrap_or_default(),
+    )
 }
 
 fn is_fault(reason: &str) -> bool {

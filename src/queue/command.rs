@@ -1,16 +1,12 @@
-//! `nova serve` and `nova queue`: the queue's server and its command-line client.
+//! `nova queue`: the queue's command-line client.
 //!
 //! Without `--server`, `nova queue` starts the same gRPC server in process on
 //! a loopback port over the workspace's store and talks to it like any remote
 //! client would, so both paths run the same code.
 
-use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
-
 use serde_json::{Value, json};
 use tonic::Code;
 
-use super::any::AnyQueue;
 use super::backend::QueueBackend;
 use super::client::{self, Client};
 use super::model::Status;
@@ -19,13 +15,13 @@ use super::proto::*;
 use super::server;
 use crate::audit::Event;
 use crate::audit::operator;
-use crate::cli::{QueueAction, QueueArgs, ServeArgs};
+use crate::cli::{QueueAction, QueueArgs};
 use crate::clock::rfc3339;
 use crate::error::{Error, Result};
 use crate::files::read_token;
 use crate::output::Output;
 use crate::store_url::StoreUrl;
-use crate::workspace::{Workspace, ensure_dir};
+use crate::workspace::Workspace;
 
 /// The login name of the person running nova, as the policy subject's agent.
 fn operator_name() -> String {
@@ -33,309 +29,6 @@ fn operator_name() -> String {
         .strip_prefix("operator:")
         .unwrap_or("unknown")
         .to_string()
-}
-
-pub fn serve(ws: &Workspace, out: &Output, args: &ServeArgs) -> Result<()> {
-    let token = read_token(args.token_file.as_deref())?;
-    if !args.listen.ip().is_loopback() && token.is_none() && !args.insecure {
-        return Err(Error::usage(format!(
-            "--listen {}: a non-loopback address needs --token-file FILE (or --insecure to serve without one)",
-            args.listen
-        )));
-    }
-    let store = StoreUrl::resolve(ws, &args.store.choice())?;
-    let policy = crate::policy::open(ws)?;
-    let rt = crate::runtime::runtime()?;
-    rt.block_on(async {
-        let input = crate::policy::input(
-            &operator_name(),
-            "operator",
-            "serve",
-            &args.listen.to_string(),
-            json!({
-                "loopback": args.listen.ip().is_loopback(),
-                "auth": token.is_some(),
-                "insecure": args.insecure,
-            }),
-        );
-        let decision_log = crate::audit::workspace_log(ws, &args.store.choice(), true).await?;
-        policy.authorize(decision_log.as_ref(), &input).await?;
-        let listener = tokio::net::TcpListener::bind(args.listen)
-            .await
-            .map_err(|e| Error::Failed(format!("cannot listen on {}: {e}", args.listen)))?;
-        let addr = listener
-            .local_addr()
-            .map_err(|e| Error::Failed(e.to_string()))?;
-        let metrics =
-            match args.metrics {
-                Some(addr) => Some(tokio::net::TcpListener::bind(addr).await.map_err(|e| {
-                    Error::Failed(format!("--metrics: cannot listen on {addr}: {e}"))
-                })?),
-                None => None,
-            };
-        let metrics_url = match &metrics {
-            Some(l) => Some(format!(
-                "http://{}/metrics",
-                l.local_addr().map_err(|e| Error::Failed(e.to_string()))?
-            )),
-            None => None,
-        };
-        let (backend, label) = open_queue(&store).await?;
-        announce(out, addr, &label, token.is_some(), metrics_url.as_deref())?;
-
-        let (stopped, stop) = tokio::sync::watch::channel(false);
-        let metrics_server = metrics.map(|listener| {
-            let mut stop = stop.clone();
-            tokio::spawn(crate::kpi::prometheus::serve(
-                listener,
-                metrics_page(backend.clone()),
-                async move {
-                    let _ = stop.changed().await;
-                },
-            ))
-        });
-        let db = ws.db_path();
-        let saver = tokio::spawn(save_kpis_every(db.clone()));
-        let purger = args
-            .keep_finished
-            .map(|keep| tokio::spawn(purge_every(backend.clone(), keep)));
-        let audit = crate::audit::workspace_log(ws, &args.store.choice(), true).await?;
-        let details = json!({
-            "listen": addr.to_string(),
-            "store": label,
-            "auth": token.is_some(),
-            "metrics": metrics_url,
-        });
-        if let Some(log) = &audit {
-            crate::audit::record(
-                log,
-                Event::new(operator(), "serve.start", format!("http://{addr}"), "ok")
-                    .details(details.clone()),
-            )
-            .await;
-        }
-
-        let served =
-            server::serve_audited(backend, listener, token, audit.clone(), server::signal()).await;
-        if let Some(log) = &audit {
-            let outcome = if served.is_ok() { "ok" } else { "failed" };
-            crate::audit::record(
-                log,
-                Event::new(operator(), "serve.stop", format!("http://{addr}"), outcome)
-                    .details(details),
-            )
-            .await;
-        }
-        let _ = stopped.send(true);
-        if let Some(m) = metrics_server {
-            let _ = m.await;
-        }
-        saver.abort();
-        if let Some(p) = purger {
-            p.abort();
-        }
-        let _ = tokio::task::spawn_blocking(move || save_kpis(&db)).await;
-        served.map_err(|e| Error::Failed(format!("server error: {e}")))?;
-        tracing::info!("server stopped");
-        Ok(())
-    })
-}
-
-/// How often `nova serve` writes its KPI snapshot to the workspace database.
-const KPI_SNAPSHOT_EVERY: std::time::Duration = std::time::Duration::from_secs(60);
-
-fn save_kpis(db: &Path) {
-    let saved = db
-        .parent()
-        .map_or(Ok(()), ensure_dir)
-        .map_err(|e| e.to_string())
-        .and_then(|()| crate::store::Store::open(db).map_err(|e| e.to_string()))
-        .and_then(|store| {
-            crate::kpi::store::save(store.connection(), "serve", &crate::kpi::snapshot())
-                .map_err(|e| e.to_string())
-        });
-    if let Err(e) = saved {
-        tracing::warn!(error = %e, "could not save the KPI snapshot");
-    }
-}
-
-async fn save_kpis_every(db: PathBuf) {
-    let mut tick = tokio::time::interval(KPI_SNAPSHOT_EVERY);
-    tick.tick().await;
-    loop {
-        tick.tick().await;
-        let db = db.clone();
-        let _ = tokio::task::spawn_blocking(move || save_kpis(&db)).await;
-    }
-}
-
-/// The host figures of `nova monitor`, as gauges.
-fn host_gauges(text: &mut String, s: &crate::monitor::Sample) {
-    use crate::kpi::prometheus::gauge;
-    gauge(
-        text,
-        "host.cpu_percent",
-        "CPU use since the last scrape.",
-        &[(vec![], s.cpu_percent as f64)],
-    );
-    gauge(
-        text,
-        "host.load1",
-        "Load average over a minute.",
-        &[(vec![], s.load[0])],
-    );
-    gauge(
-        text,
-        "host.memory_used_bytes",
-        "Memory in use.",
-        &[(vec![], s.memory_used as f64)],
-    );
-    gauge(
-        text,
-        "host.memory_total_bytes",
-        "Memory installed.",
-        &[(vec![], s.memory_total as f64)],
-    );
-    let disks: Vec<_> = s
-        .disks
-        .iter()
-        .map(|d| (vec![("mount", d.mount.as_str())], d.free as f64))
-        .collect();
-    gauge(
-        text,
-        "host.disk_free_bytes",
-        "Free space per mounted file system.",
-        &disks,
-    );
-    gauge(
-        text,
-        "host.net_rx_bytes_per_second",
-        "Bytes received per second.",
-        &[(vec![], s.net_rx_bytes_per_second)],
-    );
-    gauge(
-        text,
-        "host.net_tx_bytes_per_second",
-        "Bytes sent per second.",
-        &[(vec![], s.net_tx_bytes_per_second)],
-    );
-    if s.gpus.is_empty() {
-        return;
-    }
-    let idx: Vec<String> = s.gpus.iter().map(|g| g.index.to_string()).collect();
-    let per =
-        |f: &dyn Fn(&crate::monitor::GpuSample) -> Option<f64>| -> Vec<(Vec<(&str, &str)>, f64)> {
-            s.gpus
-                .iter()
-                .zip(&idx)
-                .filter_map(|(g, i)| f(g).map(|v| (vec![("gpu", i.as_str())], v)))
-                .collect()
-        };
-    gauge(
-        text,
-        "gpu.utilization_percent",
-        "GPU busy time.",
-        &per(&|g| g.utilization.map(f64::from)),
-    );
-    gauge(
-        text,
-        "gpu.memory_used_bytes",
-        "GPU memory in use.",
-        &per(&|g| Some(g.memory_used as f64)),
-    );
-    gauge(
-        text,
-        "gpu.temperature_celsius",
-        "GPU temperature.",
-        &per(&|g| g.temperature.map(f64::from)),
-    );
-    gauge(
-        text,
-        "gpu.power_watts",
-        "GPU power draw.",
-        &per(&|g| g.power),
-    );
-}
-
-/// The `/metrics` page: this process's KPIs and the queue's depth now.
-fn metrics_page(
-    backend: AnyQueue,
-) -> impl Fn() -> std::pin::Pin<Box<dyn std::future::Future<Output = String> + Send>>
-+ Clone
-+ Send
-+ Sync
-+ 'static {
-    use crate::kpi::prometheus;
-    let sampler = std::sync::Arc::new(tokio::sync::Mutex::new(crate::monitor::Sampler::new().ok()));
-    move || {
-        let backend = backend.clone();
-        let sampler = sampler.clone();
-        Box::pin(async move {
-            let mut text = prometheus::render(&crate::kpi::snapshot());
-            if let Some(s) = sampler.lock().await.as_mut() {
-                host_gauges(&mut text, &s.sample());
-            }
-            match crate::queue::backend::QueueBackend::stats(&backend, super::model::now_ms()).await
-            {
-                Ok(stats) => {
-                    let samples: Vec<_> = stats
-                        .counts
-                        .iter()
-                        .map(|(q, st, n)| {
-                            (
-                                vec![("queue", q.as_str()), ("status", st.as_str())],
-                                *n as f64,
-                            )
-                        })
-                        .collect();
-                    prometheus::gauge(
-                        &mut text,
-                        "queue.tasks",
-                        "Tasks by queue and status.",
-                        &samples,
-                    );
-                    prometheus::gauge(
-                        &mut text,
-                        "queue.oldest_pending_age_seconds",
-                        "Age of the oldest due pending task.",
-                        &[(vec![], stats.oldest_pending_age_ms as f64 / 1000.0)],
-                    );
-                    prometheus::gauge(
-                        &mut text,
-                        "queue.leases_in_flight",
-                        "Tasks held by a live lease.",
-                        &[(vec![], stats.in_flight_leases as f64)],
-                    );
-                }
-                Err(e) => tracing::warn!(error = %e, "queue stats for /metrics failed"),
-            }
-            text
-        })
-    }
-}
-
-fn announce(
-    out: &Output,
-    addr: SocketAddr,
-    store: &str,
-    auth: bool,
-    metrics: Option<&str>,
-) -> Result<()> {
-    if out.json {
-        return out.json_line(&json!({
-            "listening": format!("http://{addr}"),
-            "store": store,
-            "auth": auth,
-            "metrics": metrics,
-        }));
-    }
-    out.text(&format!(
-        "nova queue server listening on http://{addr} (store {store}{}){}\n",
-        if auth { ", bearer token required" } else { "" },
-        metrics
-            .map(|m| format!("; metrics at {m}"))
-            .unwrap_or_default()
-    ))
 }
 
 pub fn run(ws: &Workspace, out: &Output, args: &QueueArgs) -> Result<()> {
@@ -456,22 +149,6 @@ fn purge(
             crate::clock::rfc3339(before)
         ))
     })
-}
-
-/// Every minute, delete the tasks that finished longer ago than `keep`.
-async fn purge_every(backend: AnyQueue, keep: std::time::Duration) {
-    let mut tick = tokio::time::interval(std::time::Duration::from_secs(60));
-    loop {
-        tick.tick().await;
-        match backend.purge(crate::clock::ms_ago(keep), None).await {
-            Ok(0) => {}
-            Ok(n) => {
-                crate::counter!("queue.purged").add(n);
-                tracing::info!(deleted = n, "purged finished tasks");
-            }
-            Err(e) => tracing::warn!(error = %e, "could not purge finished tasks"),
-        }
-    }
 }
 
 /// A queue action with its arguments checked before any connection is made.

@@ -127,13 +127,10 @@ impl Workspace {
     /// line it announced itself with (`listening`, `store`, `metrics`...).
     pub fn serve(&self, args: &[&str]) -> (std::process::Child, serde_json::Value) {
         use std::io::BufRead;
-        let mut child = std::process::Command::new(assert_cmd::cargo::cargo_bin("nova"))
+        let mut child = self
+            .std_command()
             .args(["--json", "serve"])
             .args(args)
-            .current_dir(self.path())
-            .env_remove("NOVA_HOME")
-            .env_remove("NOVA_STORE")
-            .env_remove("NOVA_OPA_URL")
             .stdout(std::process::Stdio::piped())
             .stderr(std::process::Stdio::null())
             .spawn()

@@ -1,0 +1,258 @@
+//! `nova serve`: the queue's gRPC server on a store, with, on request, the
+//! dashboard and JSON API (`--http`) and the Prometheus page (`--metrics`)
+//! beside it. A leaf above the queue, the HTTP layer and the KPIs: nothing
+//! imports it.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use serde_json::json;
+
+use crate::audit::{Event, operator};
+use crate::cli::ServeArgs;
+use crate::error::{Error, Result};
+use crate::files::read_token;
+use crate::output::Output;
+use crate::queue::any::AnyQueue;
+use crate::queue::backend::QueueBackend;
+use crate::queue::open::open_queue;
+use crate::queue::server;
+use crate::store_url::StoreUrl;
+use crate::workspace::{Workspace, ensure_dir};
+
+/// The login name of the person running nova, as the policy subject's agent.
+fn operator_name() -> String {
+    operator()
+        .strip_prefix("operator:")
+        .unwrap_or("unknown")
+        .to_string()
+}
+
+pub fn run(ws: &Workspace, out: &Output, args: &ServeArgs) -> Result<()> {
+    let token = read_token(args.token_file.as_deref())?;
+    if !args.listen.ip().is_loopback() && token.is_none() && !args.insecure {
+        return Err(Error::usage(format!(
+            "--listen {}: a non-loopback address needs --token-file FILE (or --insecure to serve without one)",
+            args.listen
+        )));
+    }
+    if let Some(http) = args.http {
+        crate::http::check_listen("--http", http, token.is_some())?;
+    }
+    let store = StoreUrl::resolve(ws, &args.store.choice())?;
+    let policy = crate::policy::open(ws)?;
+    let rt = crate::runtime::runtime()?;
+    rt.block_on(async {
+        let input = crate::policy::input(
+            &operator_name(),
+            "operator",
+            "serve",
+            &args.listen.to_string(),
+            json!({
+                "loopback": args.listen.ip().is_loopback(),
+                "auth": token.is_some(),
+                "insecure": args.insecure,
+            }),
+        );
+        let decision_log = crate::audit::workspace_log(ws, &args.store.choice(), true).await?;
+        policy.authorize(decision_log.as_ref(), &input).await?;
+        let listener = tokio::net::TcpListener::bind(args.listen)
+            .await
+            .map_err(|e| Error::Failed(format!("cannot listen on {}: {e}", args.listen)))?;
+        let addr = listener
+            .local_addr()
+            .map_err(|e| Error::Failed(e.to_string()))?;
+        let metrics =
+            match args.metrics {
+                Some(addr) => Some(tokio::net::TcpListener::bind(addr).await.map_err(|e| {
+                    Error::Failed(format!("--metrics: cannot listen on {addr}: {e}"))
+                })?),
+                None => None,
+            };
+        let metrics_url = match &metrics {
+            Some(l) => Some(format!(
+                "http://{}/metrics",
+                l.local_addr().map_err(|e| Error::Failed(e.to_string()))?
+            )),
+            None => None,
+        };
+        let http = match args.http {
+            Some(at) => Some(
+                tokio::net::TcpListener::bind(at)
+                    .await
+                    .map_err(|e| Error::Failed(format!("--http: cannot listen on {at}: {e}")))?,
+            ),
+            None => None,
+        };
+        let dashboard_url = match &http {
+            Some(l) => Some(format!(
+                "http://{}/",
+                l.local_addr().map_err(|e| Error::Failed(e.to_string()))?
+            )),
+            None => None,
+        };
+        let (backend, label) = open_queue(&store).await?;
+        announce(
+            out,
+            addr,
+            &label,
+            token.is_some(),
+            metrics_url.as_deref(),
+            dashboard_url.as_deref(),
+        )?;
+
+        let (stopped, stop) = tokio::sync::watch::channel(false);
+        let metrics_server = metrics.map(|listener| {
+            let mut stop = stop.clone();
+            tokio::spawn(crate::kpi::prometheus::serve(
+                listener,
+                crate::queue::metrics::page(backend.clone()),
+                async move {
+                    let _ = stop.changed().await;
+                },
+            ))
+        });
+        let dashboard = match http {
+            Some(listener) => {
+                let state = crate::http::Dashboard::open(
+                    ws,
+                    &args.store.choice(),
+                    backend.clone(),
+                    label.clone(),
+                    token.clone(),
+                )
+                .await?;
+                let mut stop = stop.clone();
+                Some(tokio::spawn(crate::http::serve(
+                    listener,
+                    state,
+                    async move {
+                        let _ = stop.changed().await;
+                    },
+                )))
+            }
+            None => None,
+        };
+        let db = ws.db_path();
+        let saver = tokio::spawn(save_kpis_every(db.clone()));
+        let purger = args
+            .keep_finished
+            .map(|keep| tokio::spawn(purge_every(backend.clone(), keep)));
+        let audit = crate::audit::workspace_log(ws, &args.store.choice(), true).await?;
+        let details = json!({
+            "listen": addr.to_string(),
+            "store": label,
+            "auth": token.is_some(),
+            "metrics": metrics_url,
+            "dashboard": dashboard_url,
+        });
+        if let Some(log) = &audit {
+            crate::audit::record(
+                log,
+                Event::new(operator(), "serve.start", format!("http://{addr}"), "ok")
+                    .details(details.clone()),
+            )
+            .await;
+        }
+
+        let served =
+            server::serve_audited(backend, listener, token, audit.clone(), server::signal()).await;
+        if let Some(log) = &audit {
+            let outcome = if served.is_ok() { "ok" } else { "failed" };
+            crate::audit::record(
+                log,
+                Event::new(operator(), "serve.stop", format!("http://{addr}"), outcome)
+                    .details(details),
+            )
+            .await;
+        }
+        let _ = stopped.send(true);
+        if let Some(m) = metrics_server {
+            let _ = m.await;
+        }
+        if let Some(d) = dashboard {
+            let _ = d.await;
+        }
+        saver.abort();
+        if let Some(p) = purger {
+            p.abort();
+        }
+        let _ = tokio::task::spawn_blocking(move || save_kpis(&db)).await;
+        served.map_err(|e| Error::Failed(format!("server error: {e}")))?;
+        tracing::info!("server stopped");
+        Ok(())
+    })
+}
+
+/// How often `nova serve` writes its KPI snapshot to the workspace database.
+const KPI_SNAPSHOT_EVERY: std::time::Duration = std::time::Duration::from_secs(60);
+
+fn save_kpis(db: &Path) {
+    let saved = db
+        .parent()
+        .map_or(Ok(()), ensure_dir)
+        .map_err(|e| e.to_string())
+        .and_then(|()| crate::store::Store::open(db).map_err(|e| e.to_string()))
+        .and_then(|store| {
+            crate::kpi::store::save(store.connection(), "serve", &crate::kpi::snapshot())
+                .map_err(|e| e.to_string())
+        });
+    if let Err(e) = saved {
+        tracing::warn!(error = %e, "could not save the KPI snapshot");
+    }
+}
+
+async fn save_kpis_every(db: PathBuf) {
+    let mut tick = tokio::time::interval(KPI_SNAPSHOT_EVERY);
+    tick.tick().await;
+    loop {
+        tick.tick().await;
+        let db = db.clone();
+        let _ = tokio::task::spawn_blocking(move || save_kpis(&db)).await;
+    }
+}
+
+fn announce(
+    out: &Output,
+    addr: SocketAddr,
+    store: &str,
+    auth: bool,
+    metrics: Option<&str>,
+    dashboard: Option<&str>,
+) -> Result<()> {
+    if out.json {
+        return out.json_line(&json!({
+            "listening": format!("http://{addr}"),
+            "store": store,
+            "auth": auth,
+            "metrics": metrics,
+            "dashboard": dashboard,
+        }));
+    }
+    out.text(&format!(
+        "nova queue server listening on http://{addr} (store {store}{}){}{}\n",
+        if auth { ", bearer token required" } else { "" },
+        metrics
+            .map(|m| format!("; metrics at {m}"))
+            .unwrap_or_default(),
+        dashboard
+            .map(|d| format!("; dashboard at {d}"))
+            .unwrap_or_default()
+    ))
+}
+
+/// Every minute, delete the tasks that finished longer ago than `keep`.
+async fn purge_every(backend: AnyQueue, keep: std::time::Duration) {
+    let mut tick = tokio::time::interval(std::time::Duration::from_secs(60));
+    loop {
+        tick.tick().await;
+        match backend.purge(crate::clock::ms_ago(keep), None).await {
+            Ok(0) => {}
+            Ok(n) => {
+                crate::counter!("queue.purged").add(n);
+                tracing::info!(deleted = n, "purged finished tasks");
+            }
+            Err(e) => tracing::warn!(error = %e, "could not purge finished tasks"),
+        }
+    }
+}
