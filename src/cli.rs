@@ -588,6 +588,23 @@ pub enum BenchWhat {
     Orchestrate(BenchOrchestrateArgs),
     /// One sampling pass with and without NVML, and nova monitor's CPU use
     Monitor(BenchMonitorArgs),
+    /// What an open dashboard costs nova serve during a run: CPU and events per second
+    Dashboard(BenchDashboardArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct BenchDashboardArgs {
+    /// Trivial tasks in the run
+    #[arg(long, default_value_t = 1000, value_parser = clap::value_parser!(u32).range(10..=100_000))]
+    pub tasks: u32,
+
+    /// Pages watching the run in the second pass
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=100))]
+    pub pages: u32,
+
+    /// nova orchestrate's --jobs [default: the number of cores]
+    #[arg(long, value_parser = clap::value_parser!(u32).range(1..=1024))]
+    pub jobs: Option<u32>,
 }
 
 #[derive(Debug, Args)]

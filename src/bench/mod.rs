@@ -2,6 +2,7 @@
 //! timed tests; the machines that run tests are shared and noisy).
 
 pub mod audit;
+pub mod dashboard;
 pub mod kpi;
 pub mod monitor;
 pub mod orchestrate;
@@ -21,6 +22,7 @@ pub fn run(ws: &Workspace, out: &Output, args: &BenchArgs) -> Result<()> {
         BenchWhat::Policy(args) => policy::run(ws, out, args),
         BenchWhat::Orchestrate(args) => orchestrate::run(out, args),
         BenchWhat::Monitor(args) => monitor::run(out, args),
+        BenchWhat::Dashboard(args) => dashboard::run(out, args),
     }
 }
 

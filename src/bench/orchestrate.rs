@@ -26,7 +26,7 @@ struct Report {
     nova_tasks_per_second: f64,
 }
 
-fn write_workspace(dir: &Path, tasks: u32) -> Result<()> {
+pub(super) fn write_workspace(dir: &Path, tasks: u32) -> Result<()> {
     let io = |p: &Path, e| Error::io(p, e);
     let bp = dir.join("blueprints");
     std::fs::create_dir_all(&bp).map_err(|e| io(&bp, e))?;

@@ -197,7 +197,7 @@ impl From<TaskRow> for RunTask {
 }
 
 /// An agent of the run's plan, for the dependency graph.
-#[derive(Debug, Serialize, ToSchema)]
+#[derive(Debug, Clone, Serialize, ToSchema)]
 pub struct AgentNode {
     pub name: String,
     pub role: String,
@@ -267,8 +267,23 @@ pub async fn get_run(
     }))
 }
 
-/// The agents a run selected and their dependencies, from the blueprints as they are now.
+/// The agents a run selected and their dependencies, from the blueprints as
+/// they were when a page first asked (kept per run: loading the blueprints
+/// on every refresh of a live run would cost more than the rest of it).
 fn agents_of(state: &AppState, run: &RunRow) -> Vec<AgentNode> {
+    let mut cache = state.graphs.lock().unwrap_or_else(|p| p.into_inner());
+    if let Some(found) = cache.get(&run.id) {
+        return found.clone();
+    }
+    let graph = resolve_agents(state, run);
+    if cache.len() >= 64 {
+        cache.clear();
+    }
+    cache.insert(run.id.clone(), graph.clone());
+    graph
+}
+
+fn resolve_agents(state: &AppState, run: &RunRow) -> Vec<AgentNode> {
     let strings = |key: &str| -> Vec<String> {
         run.args[key]
             .as_array()

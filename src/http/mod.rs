@@ -42,6 +42,8 @@ pub struct Dashboard {
     pub audit: Option<AuditLog>,
     pub auth: auth::Auth,
     pub live: live::Live,
+    /// Each run's agent graph, once resolved.
+    pub graphs: std::sync::Mutex<std::collections::HashMap<String, Vec<api::AgentNode>>>,
 }
 
 pub type AppState = Arc<Dashboard>;
@@ -65,6 +67,7 @@ impl Dashboard {
             audit: crate::audit::workspace_log(ws, store, true).await?,
             auth: auth::Auth::new(token),
             live: live::Live::default(),
+            graphs: Default::default(),
         }))
     }
 }
