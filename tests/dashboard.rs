@@ -246,6 +246,163 @@ async fn every_documented_route_answers_as_documented() {
         }
     }
     assert!(checked >= 20, "checked {checked}");
+    // POST /runs started a real run: let it end before the workspace goes.
+    wait_for(
+        "the started run to end",
+        Duration::from_secs(60),
+        || async {
+            let runs: Value = c
+                .get(format!("{}/api/v1/runs", server.http))
+                .bearer_auth(TOKEN)
+                .send()
+                .await
+                .ok()?
+                .json()
+                .await
+                .ok()?;
+            runs.as_array()?
+                .iter()
+                .all(|r| r["status"] != "running")
+                .then_some(())
+        },
+    )
+    .await;
+}
+
+async fn run_status(c: &reqwest::Client, server: &Server, id: &str) -> Value {
+    c.get(format!("{}/api/v1/runs/{id}", server.http))
+        .bearer_auth(TOKEN)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_run_started_over_the_api_is_cancelled_and_resumed() {
+    let ws = demo();
+    // fetch takes long enough to be cancelled while it runs.
+    ws.write(
+        "blueprints/fetch.yaml",
+        "name: fetch\nrole: implementation\nphase: prepare\ntasks:\n  - id: sources\n    title: fetch\n    run: {shell: \"test -f resumed || sleep 60; echo fetched\"}\n",
+    );
+    let server = serve(&ws, true);
+    let c = http();
+    let started: Value = c
+        .post(format!("{}/api/v1/runs", server.http))
+        .bearer_auth(TOKEN)
+        .json(&json!({"agents": ["build"], "apply": true}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let id = started["id"].as_str().unwrap().to_string();
+    wait_for("fetch to run", Duration::from_secs(30), || async {
+        let v = run_status(&c, &server, &id).await;
+        (v["run"]["live"] == true
+            && v["tasks"]
+                .as_array()?
+                .iter()
+                .any(|t| t["status"] == "running"))
+        .then_some(())
+    })
+    .await;
+    // Resuming a live run is refused; cancelling it stops it as Ctrl-C would.
+    let r = c
+        .post(format!("{}/api/v1/runs/{id}/resume", server.http))
+        .bearer_auth(TOKEN)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 409);
+    let r = c
+        .post(format!("{}/api/v1/runs/{id}/cancel", server.http))
+        .bearer_auth(TOKEN)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 202, "{}", r.text().await.unwrap());
+    wait_for(
+        "the run to end interrupted",
+        Duration::from_secs(30),
+        || async {
+            let v = run_status(&c, &server, &id).await;
+            (v["run"]["status"] == "interrupted" && v["run"]["live"] == false).then_some(())
+        },
+    )
+    .await;
+    let r = c
+        .post(format!("{}/api/v1/runs/{id}/cancel", server.http))
+        .bearer_auth(TOKEN)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        r.status(),
+        409,
+        "an interrupted run cannot be cancelled again"
+    );
+    // Resumed, it finishes what it selected, under the same id.
+    ws.write("resumed", "");
+    let r = c
+        .post(format!("{}/api/v1/runs/{id}/resume", server.http))
+        .bearer_auth(TOKEN)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 202, "{}", r.text().await.unwrap());
+    let done = wait_for(
+        "the resumed run to finish",
+        Duration::from_secs(60),
+        || async {
+            let v = run_status(&c, &server, &id).await;
+            (v["run"]["status"] == "done").then_some(v)
+        },
+    )
+    .await;
+    let tasks: Vec<(String, String)> = done["tasks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| {
+            (
+                t["agent"].as_str().unwrap().to_string(),
+                t["status"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect();
+    assert!(
+        tasks.contains(&("fetch".into(), "done".into()))
+            && tasks.contains(&("build".into(), "done".into())),
+        "{tasks:?}"
+    );
+    let audit: Value = c
+        .get(format!("{}/api/v1/audit?run={id}", server.http))
+        .bearer_auth(TOKEN)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let actions: Vec<&str> = audit["records"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["action"].as_str().unwrap())
+        .collect();
+    for wanted in [
+        "run.start.request",
+        "run.cancel",
+        "run.resume.request",
+        "run.start",
+    ] {
+        assert!(actions.contains(&wanted), "{wanted} not in {actions:?}");
+    }
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -383,6 +540,23 @@ async fn control_routes_refuse_strangers_and_cross_site_requests() {
         .await
         .unwrap();
     assert_eq!(r.status(), 401);
+    // Prometheus needs the token too.
+    assert_eq!(
+        c.get(format!("{}/metrics", server.http))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        401
+    );
+    let metrics = c
+        .get(format!("{}/metrics", server.http))
+        .bearer_auth(TOKEN)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(metrics.status(), 200);
+    assert!(metrics.text().await.unwrap().contains("queue_tasks"));
     // Every answer carries the CSP: no inline script.
     let page = c.get(format!("{}/", server.http)).send().await.unwrap();
     let csp = page.headers()["content-security-policy"]

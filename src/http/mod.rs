@@ -144,9 +144,13 @@ pub fn router(state: AppState) -> Router {
                 "no such API route (see /api/v1/openapi.json)",
             )
         });
+    // Prometheus sends the bearer token (`authorization` in its scrape config).
+    let metrics = Router::new().route("/metrics", get(metrics)).route_layer(
+        axum::middleware::from_fn_with_state(state.clone(), auth::require),
+    );
     Router::new()
         .nest("/api/v1", api)
-        .route("/metrics", get(metrics))
+        .merge(metrics)
         .merge(assets::routes())
         .layer(axum::middleware::from_fn_with_state(
             state.clone(),

@@ -425,7 +425,7 @@ function queuesView(main) {
     state.lastSeries = series;
     const last = series[series.length - 1] || {};
     stats.replaceChildren(
-      h("div", { class: "panel" }, h("div", { class: "label" }, "Enqueued / acked per second"), h("div", { class: "stat" }, `${(last.enqueued_per_s || 0).toFixed(1)} / ${(last.acked_per_s || 0).toFixed(1)}`),
+      h("div", { class: "panel" }, h("div", { class: "label" }, "Enqueued / acked per second (this server's gRPC)"), h("div", { class: "stat" }, `${(last.enqueued_per_s || 0).toFixed(1)} / ${(last.acked_per_s || 0).toFixed(1)}`),
         sparkline(series.map((p) => p.enqueued_per_s)), sparkline(series.map((p) => p.acked_per_s), "spark2")),
       h("div", { class: "panel" }, h("div", { class: "label" }, "Mean Dequeue / Ack time (µs)"), h("div", { class: "stat" }, `${(last.dequeue_us || 0).toFixed(0)} / ${(last.ack_us || 0).toFixed(0)}`),
         sparkline(series.map((p) => p.dequeue_us)), sparkline(series.map((p) => p.ack_us), "spark2")),
