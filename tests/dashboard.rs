@@ -109,6 +109,29 @@ fn serve(ws: &Workspace, token: bool) -> Server {
     }
 }
 
+impl Server {
+    /// GET `path` with the bearer token, as JSON.
+    async fn get(&self, c: &reqwest::Client, path: &str) -> Value {
+        c.get(format!("{}{path}", self.http))
+            .bearer_auth(TOKEN)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap()
+    }
+
+    /// POST `path` with the bearer token and no body.
+    async fn post(&self, c: &reqwest::Client, path: &str) -> reqwest::Response {
+        c.post(format!("{}{path}", self.http))
+            .bearer_auth(TOKEN)
+            .send()
+            .await
+            .unwrap()
+    }
+}
+
 fn http() -> reqwest::Client {
     reqwest::Client::builder()
         .timeout(Duration::from_secs(20))
@@ -270,14 +293,7 @@ async fn every_documented_route_answers_as_documented() {
 }
 
 async fn run_status(c: &reqwest::Client, server: &Server, id: &str) -> Value {
-    c.get(format!("{}/api/v1/runs/{id}", server.http))
-        .bearer_auth(TOKEN)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap()
+    server.get(c, &format!("/api/v1/runs/{id}")).await
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -312,19 +328,9 @@ async fn a_run_started_over_the_api_is_cancelled_and_resumed() {
     })
     .await;
     // Resuming a live run is refused; cancelling it stops it as Ctrl-C would.
-    let r = c
-        .post(format!("{}/api/v1/runs/{id}/resume", server.http))
-        .bearer_auth(TOKEN)
-        .send()
-        .await
-        .unwrap();
+    let r = server.post(&c, &format!("/api/v1/runs/{id}/resume")).await;
     assert_eq!(r.status(), 409);
-    let r = c
-        .post(format!("{}/api/v1/runs/{id}/cancel", server.http))
-        .bearer_auth(TOKEN)
-        .send()
-        .await
-        .unwrap();
+    let r = server.post(&c, &format!("/api/v1/runs/{id}/cancel")).await;
     assert_eq!(r.status(), 202, "{}", r.text().await.unwrap());
     wait_for(
         "the run to end interrupted",
@@ -335,12 +341,7 @@ async fn a_run_started_over_the_api_is_cancelled_and_resumed() {
         },
     )
     .await;
-    let r = c
-        .post(format!("{}/api/v1/runs/{id}/cancel", server.http))
-        .bearer_auth(TOKEN)
-        .send()
-        .await
-        .unwrap();
+    let r = server.post(&c, &format!("/api/v1/runs/{id}/cancel")).await;
     assert_eq!(
         r.status(),
         409,
@@ -348,12 +349,7 @@ async fn a_run_started_over_the_api_is_cancelled_and_resumed() {
     );
     // Resumed, it finishes what it selected, under the same id.
     ws.write("resumed", "");
-    let r = c
-        .post(format!("{}/api/v1/runs/{id}/resume", server.http))
-        .bearer_auth(TOKEN)
-        .send()
-        .await
-        .unwrap();
+    let r = server.post(&c, &format!("/api/v1/runs/{id}/resume")).await;
     assert_eq!(r.status(), 202, "{}", r.text().await.unwrap());
     let done = wait_for(
         "the resumed run to finish",
@@ -380,15 +376,7 @@ async fn a_run_started_over_the_api_is_cancelled_and_resumed() {
             && tasks.contains(&("build".into(), "done".into())),
         "{tasks:?}"
     );
-    let audit: Value = c
-        .get(format!("{}/api/v1/audit?run={id}", server.http))
-        .bearer_auth(TOKEN)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let audit: Value = server.get(&c, &format!("/api/v1/audit?run={id}")).await;
     let actions: Vec<&str> = audit["records"]
         .as_array()
         .unwrap()
@@ -488,15 +476,7 @@ async fn control_routes_refuse_strangers_and_cross_site_requests() {
         .unwrap();
     assert_eq!(r.status(), 403);
     assert_eq!(r.json::<Value>().await.unwrap()["field"], "Origin");
-    let stats: Value = c
-        .get(format!("{}/api/v1/queues", server.http))
-        .bearer_auth(TOKEN)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let stats: Value = server.get(&c, "/api/v1/queues").await;
     assert!(
         stats["queues"].as_array().unwrap().is_empty(),
         "nothing was paused: {stats}"
@@ -511,15 +491,7 @@ async fn control_routes_refuse_strangers_and_cross_site_requests() {
         .await
         .unwrap();
     assert_eq!(r.status(), 200, "{}", r.text().await.unwrap());
-    let audit: Value = c
-        .get(format!("{}/api/v1/audit?action=queue.pause", server.http))
-        .bearer_auth(TOKEN)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let audit: Value = server.get(&c, "/api/v1/audit?action=queue.pause").await;
     assert_eq!(
         audit["records"][0]["actor"], "operator:token-session@127.0.0.1",
         "{audit}"
@@ -677,12 +649,7 @@ async fn bad_bodies_get_a_4xx_naming_the_field_and_change_nothing() {
         .unwrap();
     assert_eq!(r.status(), 400);
     assert_eq!(r.json::<Value>().await.unwrap()["field"], "status");
-    let r = c
-        .post(format!("{}/api/v1/queues/bad%20name/pause", server.http))
-        .bearer_auth(TOKEN)
-        .send()
-        .await
-        .unwrap();
+    let r = server.post(&c, "/api/v1/queues/bad%20name/pause").await;
     assert_eq!(r.status(), 400);
     assert_eq!(r.json::<Value>().await.unwrap()["field"], "queue");
     // Nothing was started or recorded.

@@ -21,6 +21,17 @@ use crate::queue::backend::QueueBackend;
 use crate::queue::model::{Status, now_ms};
 use crate::queue::proto::Task;
 
+/// A `limit` parameter: `default` when absent, else 1 to `most`.
+fn limit(given: Option<u32>, default: u32, most: u32) -> ApiResult<u32> {
+    match given.unwrap_or(default) {
+        n if n == 0 || n > most => Err(ApiError::bad(
+            "limit",
+            format!("limit: between 1 and {most}"),
+        )),
+        n => Ok(n),
+    }
+}
+
 /// Run a read of the workspace database off the async threads; `None` when
 /// the workspace has no database yet.
 pub async fn read_db<T: Send + 'static>(
@@ -82,14 +93,7 @@ impl RunSummary {
             finished_at: run.finished_at,
             duration_ms: (end - run.started_at).max(0),
             tasks,
-            agents: run.args["agents"]
-                .as_array()
-                .map(|a| {
-                    a.iter()
-                        .filter_map(|v| v.as_str().map(String::from))
-                        .collect()
-                })
-                .unwrap_or_default(),
+            agents: run.selection("agents"),
             live: crate::orchestrate::control::process(run).is_some(),
         }
     }
@@ -128,10 +132,7 @@ pub async fn list_runs(
     State(state): State<AppState>,
     QueryArgs(q): QueryArgs<RunsQuery>,
 ) -> ApiResult<Json<Vec<RunSummary>>> {
-    let limit = q.limit.unwrap_or(200);
-    if limit == 0 || limit > 5000 {
-        return Err(ApiError::bad("limit", "limit: between 1 and 5000"));
-    }
+    let limit = limit(q.limit, 200, 5000)?;
     let found = read_db(&state, move |conn| {
         if !has_table(conn, "runs")? {
             return Ok(Vec::new());
@@ -284,17 +285,7 @@ fn agents_of(state: &AppState, run: &RunRow) -> Vec<AgentNode> {
 }
 
 fn resolve_agents(state: &AppState, run: &RunRow) -> Vec<AgentNode> {
-    let strings = |key: &str| -> Vec<String> {
-        run.args[key]
-            .as_array()
-            .map(|a| {
-                a.iter()
-                    .filter_map(|v| v.as_str().map(String::from))
-                    .collect()
-            })
-            .unwrap_or_default()
-    };
-    let (agents, phases) = (strings("agents"), strings("phases"));
+    let (agents, phases) = (run.selection("agents"), run.selection("phases"));
     let only = run.args["only"].as_bool().unwrap_or(false);
     let Ok(catalog) = crate::blueprints::Catalog::load(&state.ws) else {
         return Vec::new();
@@ -668,10 +659,7 @@ pub async fn queue_tasks(
         })?),
         None => None,
     };
-    let limit = q.limit.unwrap_or(100);
-    if limit == 0 || limit > 1000 {
-        return Err(ApiError::bad("limit", "limit: between 1 and 1000"));
-    }
+    let limit = limit(q.limit, 100, 1000)?;
     if let Some(after) = &q.after {
         crate::queue::validate::task_id("after", after).map_err(|e| ApiError::bad("after", e))?;
     }
@@ -751,10 +739,7 @@ pub async fn host(
     State(state): State<AppState>,
     QueryArgs(q): QueryArgs<HostQuery>,
 ) -> ApiResult<Json<HostView>> {
-    let limit = q.limit.unwrap_or(720);
-    if limit == 0 || limit > 10_000 {
-        return Err(ApiError::bad("limit", "limit: between 1 and 10000"));
-    }
+    let limit = limit(q.limit, 720, 10_000)?;
     state.live.ensure_host_sample().await;
     let history = read_db(&state, move |conn| {
         if !has_table(conn, "monitor_samples")? {
@@ -878,10 +863,7 @@ pub async fn audit(
     State(state): State<AppState>,
     QueryArgs(q): QueryArgs<AuditQuery>,
 ) -> ApiResult<Json<AuditView>> {
-    let limit = q.limit.unwrap_or(200);
-    if limit == 0 || limit > 5000 {
-        return Err(ApiError::bad("limit", "limit: between 1 and 5000"));
-    }
+    let limit = limit(q.limit, 200, 5000)?;
     let verification = match &state.audit {
         Some(log) => log
             .verify()
@@ -954,10 +936,7 @@ pub async fn decisions(
     State(state): State<AppState>,
     QueryArgs(q): QueryArgs<DecisionsQuery>,
 ) -> ApiResult<Json<Vec<DecisionView>>> {
-    let limit = q.limit.unwrap_or(200);
-    if limit == 0 || limit > 5000 {
-        return Err(ApiError::bad("limit", "limit: between 1 and 5000"));
-    }
+    let limit = limit(q.limit, 200, 5000)?;
     let only_denied = q.denied.unwrap_or(false);
     let found = audit_entries(
         &state,

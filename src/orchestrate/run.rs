@@ -127,18 +127,23 @@ pub fn valid_run_id(id: &str) -> bool {
 /// Check what a run needs before it is started (plan, agents, phases, the
 /// resumed run): the errors `start` would give, without starting anything.
 pub fn check(ws: &Workspace, args: &RunRequest) -> Result<()> {
-    let resumed;
-    let args = match &args.resume {
-        Some(which) => {
-            resumed = resumed_args(ws, args, which.as_deref())?;
-            &resumed
-        }
-        None => args,
-    };
+    let args = with_resumed(ws, args)?;
+    let args = args.as_ref();
     if let Some(id) = &args.run_id {
         check_new_id(ws, id)?;
     }
     schedule(ws, args).map(|_| ())
+}
+
+/// The request itself, or for `--resume` the interrupted run's own selection.
+fn with_resumed<'a>(
+    ws: &Workspace,
+    args: &'a RunRequest,
+) -> Result<std::borrow::Cow<'a, RunRequest>> {
+    Ok(match &args.resume {
+        Some(which) => std::borrow::Cow::Owned(resumed_args(ws, args, which.as_deref())?),
+        None => std::borrow::Cow::Borrowed(args),
+    })
 }
 
 fn check_new_id(ws: &Workspace, id: &str) -> Result<()> {
@@ -368,20 +373,10 @@ fn resumed_args(ws: &Workspace, args: &RunRequest, which: Option<&str>) -> Resul
             None => "--resume: no interrupted run to resume".to_string(),
         }));
     };
-    let strings = |key: &str| -> Vec<String> {
-        run.args[key]
-            .as_array()
-            .map(|a| {
-                a.iter()
-                    .filter_map(|v| v.as_str().map(String::from))
-                    .collect()
-            })
-            .unwrap_or_default()
-    };
     let same = |a: &[String], b: &[String]| {
         a.len() == b.len() && a.iter().zip(b).all(|(x, y)| x.eq_ignore_ascii_case(y))
     };
-    let (agents, phases) = (strings("agents"), strings("phases"));
+    let (agents, phases) = (run.selection("agents"), run.selection("phases"));
     let only = run.args["only"].as_bool().unwrap_or(false);
     let mode = match run.mode.as_str() {
         "parallel" => ExecutionMode::Parallel,
@@ -485,14 +480,8 @@ pub fn new_run_id() -> String {
 /// what any other front-end calls to start one.
 pub fn start(ws: &Workspace, out: &Output, args: &RunRequest) -> Result<()> {
     let verbose = args.verbose;
-    let resumed;
-    let args = match &args.resume {
-        Some(which) => {
-            resumed = resumed_args(ws, args, which.as_deref())?;
-            &resumed
-        }
-        None => args,
-    };
+    let args = with_resumed(ws, args)?;
+    let args = args.as_ref();
     if let Some(report) = &args.report {
         let folder = report
             .parent()

@@ -48,6 +48,20 @@ pub struct Message {
     pub body: Value,
 }
 
+impl RunRow {
+    /// A list the run was started with (`agents`, `phases`), from its args.
+    pub fn selection(&self, key: &str) -> Vec<String> {
+        self.args[key]
+            .as_array()
+            .map(|a| {
+                a.iter()
+                    .filter_map(|v| v.as_str().map(String::from))
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+}
+
 pub fn insert_run(conn: &Connection, run: &RunRow) -> rusqlite::Result<()> {
     conn.execute(
         "INSERT INTO runs (id, plan, mode, apply, status, started_at, args) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
