@@ -453,7 +453,7 @@ fn policy_tests_pass_and_bad_policies_or_inputs_are_named() {
     let ws = Workspace::new();
     ws.run(&["policy", "test"])
         .success()
-        .stdout_has("8 tests, 8 passed, 0 failed");
+        .stdout_has("10 tests, 10 passed, 0 failed");
     ws.write("policies/broken.rego", "package nova.broken\nallow if {\n");
     ws.run(&["policy", "test"])
         .code(2)
