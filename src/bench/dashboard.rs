@@ -90,7 +90,7 @@ fn start_server(exe: &Path, dir: &Path) -> Result<(Server, String)> {
         ])
         .current_dir(dir)
         .env("NOVA_HOME", dir.join(".nova"))
-        .env("NOVA_SERVICE_USER", service_user())
+        .env("NOVA_SERVICE_USER", super::service_user())
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
         .spawn()
@@ -108,15 +108,6 @@ fn start_server(exe: &Path, dir: &Path) -> Result<(Server, String)> {
         .trim_end_matches('/')
         .to_string();
     Ok((server, url))
-}
-
-/// As root, the bench's tasks run as root on purpose (a throwaway workspace).
-fn service_user() -> String {
-    if nix::unistd::Uid::effective().is_root() {
-        "root".into()
-    } else {
-        String::new()
-    }
 }
 
 #[derive(Default)]
@@ -209,7 +200,7 @@ fn pass(
         .arg(jobs.to_string())
         .current_dir(dir)
         .env("NOVA_HOME", dir.join(".nova"))
-        .env("NOVA_SERVICE_USER", service_user())
+        .env("NOVA_SERVICE_USER", super::service_user())
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .status()

@@ -78,6 +78,7 @@ pub fn run(out: &Output, args: &BenchOrchestrateArgs) -> Result<()> {
         .arg(args.jobs.to_string())
         .current_dir(tmp.path())
         .env("NOVA_HOME", tmp.path().join(".nova"))
+        .env("NOVA_SERVICE_USER", super::service_user())
         .env_remove("NOVA_STORE")
         .env_remove("NOVA_OPA_URL")
         .stdout(Stdio::null())
