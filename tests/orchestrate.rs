@@ -1241,3 +1241,57 @@ fn a_run_that_cannot_start_is_never_recorded_as_running() {
         assert_eq!(starts.json().as_array().map_or(0, |a| a.len()), 0);
     }
 }
+
+#[test]
+fn the_guard_ends_marked_tasks_it_was_never_told_about() {
+    use std::os::unix::process::CommandExt;
+    let ws = Workspace::new();
+    let token = "0123456789abcdef0123456789abcdef";
+    // A task the worker spawned but did not get to register before it died,
+    // with a grandchild in a session of its own, and someone else's task.
+    let spawn = |marker: &str| {
+        std::process::Command::new("sh")
+            .args(["-c", "setsid sleep 300 & echo $! > \"$PIDFILE\"; wait"])
+            .env("NOVA_GUARD", marker)
+            .env("PIDFILE", ws.path().join(format!("{}.pid", &marker[..4])))
+            .process_group(0)
+            .spawn()
+            .unwrap()
+    };
+    let mut mine = spawn(token);
+    let mut theirs = spawn("ffffffffffffffffffffffffffffffff");
+    let mut guard = std::process::Command::new(assert_cmd::cargo::cargo_bin("nova"))
+        .args(["__guard", token])
+        .stdin(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !(ws.path().join("0123.pid").exists() && ws.path().join("ffff.pid").exists()) {
+        assert!(Instant::now() < deadline, "the tasks did not start");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    std::thread::sleep(Duration::from_millis(100));
+    let (my_grandchild, their_grandchild) = (pid_in(&ws, "0123.pid"), pid_in(&ws, "ffff.pid"));
+    // The worker dies: the guard's pipe ends.
+    drop(guard.stdin.take());
+    guard.wait().unwrap();
+    mine.wait().unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while alive(my_grandchild) && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(
+        !alive(my_grandchild),
+        "a marked grandchild in its own session outlived the guard"
+    );
+    assert!(
+        alive(their_grandchild),
+        "the guard ended another worker's task"
+    );
+    let _ = nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(their_grandchild),
+        nix::sys::signal::Signal::SIGKILL,
+    );
+    let _ = theirs.kill();
+    let _ = theirs.wait();
+}

@@ -15,6 +15,16 @@
 //! When the pipe ends, which happens however this process ends, the guard
 //! sends SIGTERM to every group still registered, SIGKILL to what is left
 //! after [`super::supervisor::GRACE`], and exits.
+//!
+//! A task spawned just before this process died may not be registered yet.
+//! So every task also carries this process's guard token in its environment
+//! ([`ENV`]), inherited by whatever it starts, and when the pipe ends the
+//! guard also ends the group of every process whose environment holds the
+//! token (read from `/proc`). Registering from inside the child between
+//! fork and exec would close the window too, but any `pre_exec` makes the
+//! standard library fork the whole multi-threaded process instead of
+//! `posix_spawn`, which doubled the CPU cost of a trivial task
+//! (docs/performance.md).
 
 use std::collections::BTreeSet;
 use std::io::{BufRead, Write};
@@ -29,6 +39,19 @@ use nix::unistd::Pid;
 
 /// The argument that makes the nova binary a guard (not a user command).
 pub const ARG: &str = "__guard";
+/// The environment variable that marks a task (and what it starts) as this
+/// process's: its value is the guard's token.
+pub const ENV: &str = "NOVA_GUARD";
+
+/// This process's guard token: random, so one worker's guard never ends
+/// another's tasks.
+pub fn token() -> &'static str {
+    static TOKEN: OnceLock<String> = OnceLock::new();
+    TOKEN.get_or_init(|| {
+        let bytes: [u8; 16] = rand::random();
+        bytes.iter().map(|b| format!("{b:02x}")).collect()
+    })
+}
 
 static ENABLED: AtomicBool = AtomicBool::new(false);
 static GUARD: OnceLock<Option<Mutex<(Child, ChildStdin)>>> = OnceLock::new();
@@ -48,6 +71,7 @@ fn guard() -> Option<&'static Mutex<(Child, ChildStdin)>> {
             let started = std::env::current_exe().and_then(|exe| {
                 Command::new(exe)
                     .arg(ARG)
+                    .arg(token())
                     .stdin(Stdio::piped())
                     .stdout(Stdio::null())
                     .stderr(Stdio::inherit())
@@ -77,43 +101,10 @@ fn tell(line: String) {
     }
 }
 
-/// The write end of the guard's pipe, starting the guard if need be. A task
-/// registers its own group through it between fork and exec
-/// ([`register_self`]), so no moment exists in which a killed worker could
-/// leave a task the guard does not know.
-pub fn pipe_fd() -> Option<std::os::fd::RawFd> {
-    use std::os::fd::AsRawFd;
-    guard().map(|g| g.lock().unwrap_or_else(|p| p.into_inner()).1.as_raw_fd())
-}
-
-/// In the child between fork and exec: write `+PID` to the guard's pipe
-/// `fd` (the child leads its own process group, so its pid is the group's).
-///
-/// # Safety
-/// Only getpid and write, on a stack buffer: async-signal-safe.
-pub unsafe fn register_self(fd: std::os::fd::RawFd) {
-    let mut buf = [0u8; 24];
-    // SAFETY: getpid has no preconditions.
-    let mut pid = unsafe { libc::getpid() } as u64;
-    let mut digits = [0u8; 20];
-    let mut n = 0;
-    loop {
-        digits[n] = b'0' + (pid % 10) as u8;
-        n += 1;
-        pid /= 10;
-        if pid == 0 {
-            break;
-        }
-    }
-    buf[0] = b'+';
-    for i in 0..n {
-        buf[1 + i] = digits[n - 1 - i];
-    }
-    buf[1 + n] = b'\n';
-    // One write below PIPE_BUF is atomic beside the worker's own lines.
-    // SAFETY: the buffer outlives the call; a failed write is ignored (the
-    // worker registers the group again after spawn).
-    let _ = unsafe { libc::write(fd, buf.as_ptr().cast(), n + 2) };
+/// Whether this process has a guard (starting it if need be): tasks are
+/// marked with [`token`] only when one watches them.
+pub fn active() -> bool {
+    guard().is_some()
 }
 
 /// The task group `pgid` has started: the guard ends it if this process dies.
@@ -134,6 +125,7 @@ pub fn serve() -> std::process::ExitCode {
         // SAFETY: setting a signal to be ignored installs no handler code.
         let _ = unsafe { signal(s, SigHandler::SigIgn) };
     }
+    let token = std::env::args().nth(2).unwrap_or_default();
     let mut groups = BTreeSet::new();
     for line in std::io::stdin().lock().lines() {
         let Ok(line) = line else { break };
@@ -154,8 +146,30 @@ pub fn serve() -> std::process::ExitCode {
             _ => {}
         }
     }
+    if token.len() >= 16 {
+        groups.extend(marked_groups(&token));
+    }
     end_groups(&groups, super::supervisor::GRACE);
     std::process::ExitCode::SUCCESS
+}
+
+/// The process groups of every process whose environment carries `token`
+/// (a task, or what it started, registered or not).
+fn marked_groups(token: &str) -> BTreeSet<i32> {
+    let marker = format!("{ENV}={token}");
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return BTreeSet::new();
+    };
+    entries
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<i32>().ok())
+        .filter(|pid| {
+            std::fs::read(format!("/proc/{pid}/environ"))
+                .is_ok_and(|env| env.split(|b| *b == 0).any(|var| var == marker.as_bytes()))
+        })
+        .filter_map(|pid| nix::unistd::getpgid(Some(Pid::from_raw(pid))).ok())
+        .map(|pgid| pgid.as_raw())
+        .filter(|pgid| *pgid > 1)
+        .collect()
 }
 
 /// SIGTERM to each group, SIGKILL to those still there after `grace`.

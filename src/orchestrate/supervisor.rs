@@ -140,14 +140,8 @@ fn build(spec: &Spec) -> tokio::process::Command {
     if let Some(cwd) = &spec.cwd {
         cmd.current_dir(cwd);
     }
-    if let Some(fd) = super::guard::pipe_fd() {
-        // SAFETY: register_self only calls getpid and write.
-        unsafe {
-            cmd.pre_exec(move || {
-                super::guard::register_self(fd);
-                Ok(())
-            });
-        }
+    if super::guard::active() {
+        cmd.env(super::guard::ENV, super::guard::token());
     }
     if let Some(account) = &spec.account {
         // Not Command::uid: std then drops every supplementary group, and a
