@@ -483,3 +483,47 @@ fn a_read_only_workspace_can_be_read_and_says_what_was_not_recorded() {
         "nothing changed"
     );
 }
+
+#[test]
+fn dashboard_and_run_control_flags_are_checked_and_change_nothing() {
+    let ws = Workspace::new();
+    // Off loopback, the dashboard needs a token; nothing is served or created.
+    ws.run(&["dashboard", "--listen", "0.0.0.0:0"])
+        .code(2)
+        .stderr_has("--listen 0.0.0.0:0")
+        .stderr_has("--token-file");
+    ws.run(&[
+        "serve",
+        "--listen",
+        "127.0.0.1:0",
+        "--http",
+        "192.0.2.1:0",
+        "--insecure",
+    ])
+    .code(2)
+    .stderr_has("--http 192.0.2.1:0");
+    // A run id that is not one, and a run that does not exist.
+    ws.run(&["orchestrate", "--run-id", "../etc", "--agents", "planner"])
+        .code(2)
+        .stderr_has("--run-id");
+    ws.run(&["runs", "cancel", "no-such-run"])
+        .code(2)
+        .stderr_has("no-such-run");
+    assert!(!ws.home().join("runs").exists(), "nothing was started");
+    // A finished run is not cancelled.
+    ws.run(&["orchestrate", "--agents", "planner", "--only"]);
+    let runs = ws.run(&["runs", "--json"]).success().json();
+    let id = runs[0]["id"].as_str().unwrap().to_string();
+    ws.run(&["runs", "cancel", &id])
+        .code(2)
+        .stderr_has("nothing to cancel");
+    let after = ws.run(&["runs", "--json"]).success().json();
+    assert_eq!(
+        after[0]["status"], runs[0]["status"],
+        "the stored run is unchanged"
+    );
+    // A queue name that is not one.
+    ws.run(&["queue", "pause", "bad name"])
+        .code(2)
+        .stderr_has("queue name");
+}

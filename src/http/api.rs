@@ -240,6 +240,16 @@ async fn find_run(state: &AppState, id: String) -> ApiResult<RunRow> {
     }
 }
 
+/// The run `id` (a unique prefix will do) and its tasks.
+async fn run_and_tasks(state: &AppState, id: String) -> ApiResult<(RunRow, Vec<TaskRow>)> {
+    let run = find_run(state, id).await?;
+    let rid = run.id.clone();
+    let tasks = read_db(state, move |conn| runs::tasks(conn, &rid))
+        .await?
+        .unwrap_or_default();
+    Ok((run, tasks))
+}
+
 /// One run: its tasks (for the timeline), agents (for the graph) and report.
 #[utoipa::path(get, path = "/api/v1/runs/{id}", tag = "runs",
     params(("id" = String, Path, description = "The run's id (a unique prefix will do)")),
@@ -248,11 +258,7 @@ pub async fn get_run(
     State(state): State<AppState>,
     Path(id): Path<String>,
 ) -> ApiResult<Json<RunView>> {
-    let run = find_run(&state, id).await?;
-    let rid = run.id.clone();
-    let tasks = read_db(&state, move |conn| runs::tasks(conn, &rid))
-        .await?
-        .unwrap_or_default();
+    let (run, tasks) = run_and_tasks(&state, id).await?;
     let mut counts: HashMap<String, u64> = HashMap::new();
     for t in &tasks {
         *counts.entry(t.status.clone()).or_default() += 1;
@@ -397,11 +403,7 @@ pub async fn task_log(
     Path(id): Path<String>,
     QueryArgs(q): QueryArgs<LogQuery>,
 ) -> ApiResult<Json<TaskLog>> {
-    let run = find_run(&state, id).await?;
-    let rid = run.id.clone();
-    let tasks = read_db(&state, move |conn| runs::tasks(conn, &rid))
-        .await?
-        .unwrap_or_default();
+    let (run, tasks) = run_and_tasks(&state, id).await?;
     let Some(row) = tasks
         .into_iter()
         .find(|t| t.agent.eq_ignore_ascii_case(&q.agent) && t.task == q.task)
