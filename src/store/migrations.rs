@@ -126,8 +126,17 @@ const MIGRATIONS: &[&str] = &[
 pub const SCHEMA_VERSION: u32 = MIGRATIONS.len() as u32;
 
 pub(super) fn read_version(conn: &Connection, path: &Path) -> StoreResult<u32> {
-    let version: u32 = conn
-        .query_row("PRAGMA user_version", [], |r| r.get(0))
+    // One statement, so one read snapshot: read apart, another process's
+    // first migration could commit between the version and the table list,
+    // and its fresh tables would look like another program's.
+    let (version, tables): (u32, Option<String>) = conn
+        .query_row(
+            "SELECT (SELECT user_version FROM pragma_user_version),
+                    (SELECT group_concat(name, ', ') FROM
+                        (SELECT name FROM sqlite_master WHERE type = 'table' ORDER BY name LIMIT 5))",
+            [],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )
         .map_err(sqlite_err(path))?;
     if version > SCHEMA_VERSION {
         return Err(StoreError::TooNew {
@@ -136,22 +145,13 @@ pub(super) fn read_version(conn: &Connection, path: &Path) -> StoreResult<u32> {
             supported: SCHEMA_VERSION,
         });
     }
-    if version == 0 {
-        // Another program's database: nova's migrations would add their
-        // tables beside its own.
-        let tables: Vec<String> = conn
-            .prepare("SELECT name FROM sqlite_master WHERE type = 'table' ORDER BY name LIMIT 5")
-            .and_then(|mut st| {
-                st.query_map([], |r| r.get::<_, String>(0))?
-                    .collect::<rusqlite::Result<Vec<_>>>()
-            })
-            .map_err(sqlite_err(path))?;
-        if !tables.is_empty() {
-            return Err(StoreError::NotNova {
-                path: path.to_path_buf(),
-                tables: tables.join(", "),
-            });
-        }
+    // Another program's database: nova's migrations would add their tables
+    // beside its own.
+    if let (0, Some(tables)) = (version, tables) {
+        return Err(StoreError::NotNova {
+            path: path.to_path_buf(),
+            tables,
+        });
     }
     Ok(version)
 }

@@ -271,3 +271,33 @@ fn configure(conn: &Connection, path: &Path) -> StoreResult<()> {
         .map_err(sqlite_err(path))?;
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Processes starting together on a fresh workspace all open it: none
+    /// may take another's first migration, half committed as it looks, for a
+    /// foreign database.
+    #[test]
+    fn many_openers_of_a_fresh_file_all_succeed() {
+        for round in 0..20 {
+            let dir = tempfile::tempdir().unwrap();
+            let path = dir.path().join("nova.db");
+            let openers: Vec<_> = (0..8)
+                .map(|_| {
+                    let path = path.clone();
+                    std::thread::spawn(move || Store::open(&path).map(|s| s.version))
+                })
+                .collect();
+            for opener in openers {
+                let opened = opener.join().unwrap();
+                assert_eq!(
+                    opened.map_err(|e| e.to_string()),
+                    Ok(SCHEMA_VERSION),
+                    "round {round}"
+                );
+            }
+        }
+    }
+}
