@@ -152,3 +152,18 @@ pub mod limits {
     /// A token file.
     pub const TOKEN: u64 = 64 * 1024;
 }
+
+/// The path of nova's own binary, to start another nova with. When the
+/// binary was replaced while this process runs (an upgrade, a rebuild),
+/// Linux names the old one `PATH (deleted)`; the new binary at `PATH` is the
+/// one to start.
+pub fn own_executable() -> std::io::Result<std::path::PathBuf> {
+    let exe = std::env::current_exe()?;
+    if !exe.exists()
+        && let Some(path) = exe.to_str().and_then(|p| p.strip_suffix(" (deleted)"))
+        && Path::new(path).is_file()
+    {
+        return Ok(path.into());
+    }
+    Ok(exe)
+}

@@ -95,7 +95,11 @@ pub fn worker_command(
                 pending_audit: Default::default(),
                 privileges: privileges.clone(),
             });
-            workers.push(tokio::spawn(worker::work(client, cfg, stop_rx.clone())));
+            workers.push(tokio::spawn(worker::work(
+                crate::queue::handle::QueueHandle::Remote(client),
+                cfg,
+                stop_rx.clone(),
+            )));
         }
         if !out.quiet {
             eprintln!(

@@ -97,7 +97,7 @@ pub fn spawn(
         path: log_path.clone(),
         source,
     })?;
-    let exe = std::env::current_exe()
+    let exe = crate::files::own_executable()
         .map_err(|e| Error::Failed(format!("cannot find nova's own binary: {e}")))?;
     let mut command = tokio::process::Command::new(exe);
     command

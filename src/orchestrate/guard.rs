@@ -68,7 +68,7 @@ fn guard() -> Option<&'static Mutex<(Child, ChildStdin)>> {
             if !ENABLED.load(Ordering::Relaxed) {
                 return None;
             }
-            let started = std::env::current_exe().and_then(|exe| {
+            let started = crate::files::own_executable().and_then(|exe| {
                 Command::new(exe)
                     .arg(ARG)
                     .arg(token())

@@ -21,7 +21,8 @@ use crate::config::ExecutionMode;
 use crate::error::{Error, Result};
 use crate::output::Output;
 use crate::plan::dag::Schedule;
-use crate::queue::client::{self, Client};
+use crate::queue::client;
+use crate::queue::handle::QueueHandle;
 use crate::queue::open::open_queue;
 use crate::queue::proto::{EnqueueRequest, GetTaskRequest};
 use crate::store::{Store, TaskState, TaskStatus};
@@ -634,35 +635,26 @@ pub fn start(ws: &Workspace, out: &Output, args: &RunRequest) -> Result<()> {
         ));
 
         let proceed = async {
-            // The queue: in process on the workspace's store, or the given server.
-            let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-            let mut server_task = None;
-            let (url, token, first_client) = match shared_server {
-                Some((url, token, client)) => (url, token, Some(client)),
+            // The queue: in this process on the workspace's store, called
+            // without gRPC, or the given server.
+            let mut reaper = None;
+            let (url, token, mut client) = match shared_server {
+                Some((url, token, client)) => (Some(url), token, QueueHandle::Remote(client)),
                 None => {
                     let (backend, _) = open_queue(&StoreUrl::resolve(ws, &args.store)?).await?;
-                    let (listener, addr) = crate::queue::server::loopback_listener().await?;
-                    let mut stop = stop_rx.clone();
-                    server_task = Some(tokio::spawn(crate::queue::server::serve_audited(
-                        backend,
-                        listener,
-                        None,
-                        audit.clone(),
-                        async move {
-                            let _ = stop.changed().await;
-                        },
-                    )));
-                    (format!("http://{addr}"), None, None)
+                    let (handle, guard) = QueueHandle::in_process(backend, audit.clone());
+                    reaper = Some(guard);
+                    (None, None, handle)
                 }
             };
             let connect = || async {
-                client::connect(&url, token.as_deref())
-                    .await
-                    .map_err(Error::from)
-            };
-            let mut client = match first_client {
-                Some(c) => c,
-                None => connect().await?,
+                match &url {
+                    Some(url) => client::connect(url, token.as_deref())
+                        .await
+                        .map(QueueHandle::Remote)
+                        .map_err(Error::from),
+                    None => Ok(client.clone()),
+                }
             };
             // A run on its own in-process server keeps its tasks in a queue of its
             // own; on a shared server they go where `nova worker`s look.
@@ -678,7 +670,8 @@ pub fn start(ws: &Workspace, out: &Output, args: &RunRequest) -> Result<()> {
             };
             if local_workers == 0 {
                 run.say(&format!(
-                    "no local workers: waiting for remote workers on {url} (queue {queue_name})"
+                    "no local workers: waiting for remote workers on {} (queue {queue_name})",
+                    url.as_deref().unwrap_or_default()
                 ));
             }
             let acked = Arc::new(tokio::sync::Notify::new());
@@ -755,10 +748,7 @@ pub fn start(ws: &Workspace, out: &Output, args: &RunRequest) -> Result<()> {
             for w in workers {
                 let _ = tokio::time::timeout(Duration::from_secs(10), w).await;
             }
-            let _ = stop_tx.send(true);
-            if let Some(s) = server_task {
-                let _ = s.await;
-            }
+            drop(reaper);
 
             outcome.map(|agents| {
                 (
@@ -824,7 +814,7 @@ async fn schedule_run(
     run: &Arc<Run>,
     catalog: &Catalog,
     schedule: &Schedule,
-    client: &mut Client,
+    client: &mut QueueHandle,
     queue: &str,
     concurrency: usize,
     keep_going: bool,
@@ -945,7 +935,6 @@ async fn schedule_run(
                     .map_err(|e| {
                         Error::Failed(format!("the queue did not answer: {}", e.message()))
                     })?
-                    .into_inner()
                     .task
                     .unwrap_or_default();
                 if task.status == "IN_PROGRESS" {
@@ -1060,7 +1049,12 @@ async fn finish_agent(run: &Run, a: &mut AgentRun, outcomes: &mut HashMap<String
 }
 
 /// Enqueue the agent's next task that still needs running; false when none is left.
-async fn advance(run: &Run, a: &mut AgentRun, client: &mut Client, queue: &str) -> Result<bool> {
+async fn advance(
+    run: &Run,
+    a: &mut AgentRun,
+    client: &mut QueueHandle,
+    queue: &str,
+) -> Result<bool> {
     while a.next < a.tasks.len() {
         let idx = a.next;
         a.next += 1;
@@ -1101,7 +1095,6 @@ async fn advance(run: &Run, a: &mut AgentRun, client: &mut Client, queue: &str) 
                     e.message()
                 ))
             })?
-            .into_inner()
             .task
             .unwrap_or_default();
         a.in_flight = Some((task.id, idx));

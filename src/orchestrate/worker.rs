@@ -22,7 +22,7 @@ use crate::audit::{AuditLog, Event};
 use crate::blueprints::{CommandSpec, TaskSpec};
 use crate::clock::now_ms;
 use crate::policy::Policy;
-use crate::queue::client::Client;
+use crate::queue::handle::QueueHandle;
 use crate::queue::proto::{AckRequest, DequeueRequest, HeartbeatRequest, Task};
 
 /// The queue task type of an agent's task.
@@ -95,7 +95,7 @@ pub struct WorkerConfig {
 /// Take and run jobs until `stop` turns true. Transport errors (a server
 /// restarting) are waited out.
 pub async fn work(
-    mut client: Client,
+    mut client: QueueHandle,
     cfg: Arc<WorkerConfig>,
     stop: tokio::sync::watch::Receiver<bool>,
 ) {
@@ -110,7 +110,7 @@ pub async fn work(
         };
         let tasks = tokio::select! {
             r = client.dequeue(request) => match r {
-                Ok(r) => r.into_inner().tasks,
+                Ok(r) => r.tasks,
                 Err(e) => {
                     tracing::debug!(error = %e, "dequeue failed; retrying");
                     tokio::time::sleep(Duration::from_millis(200)).await;
@@ -131,7 +131,7 @@ pub async fn work(
 }
 
 async fn handle(
-    client: &mut Client,
+    client: &mut QueueHandle,
     cfg: &WorkerConfig,
     task: Task,
     stop: tokio::sync::watch::Receiver<bool>,
@@ -351,7 +351,7 @@ pub async fn execute(
     }
     // A fix installs packages through this same binary (`"$NOVA_BIN" setup`),
     // so one set of package rules holds everywhere.
-    if let Ok(exe) = std::env::current_exe() {
+    if let Ok(exe) = crate::files::own_executable() {
         env.insert("NOVA_BIN".into(), exe.display().to_string());
     }
     if let Some(dir) = inbox.parent() {

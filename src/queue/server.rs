@@ -149,7 +149,7 @@ fn incoming(
     })
 }
 
-async fn reap_loop<B: QueueBackend>(backend: Arc<B>) {
+pub(crate) async fn reap_loop<B: QueueBackend>(backend: Arc<B>) {
     let mut tick = tokio::time::interval(REAP_EVERY);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
