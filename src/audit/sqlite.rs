@@ -64,11 +64,8 @@ fn record_from_row(row: &Row) -> rusqlite::Result<AuditResult<Record>> {
 /// Seal `event` on the chain's head and insert it, inside the writer's transaction.
 fn append_in(conn: &Connection, event: Event) -> AuditResult<Record> {
     let head: Option<(i64, String)> = conn
-        .query_row(
-            "SELECT seq, hash FROM audit_log ORDER BY seq DESC LIMIT 1",
-            [],
-            |r| Ok((r.get(0)?, r.get(1)?)),
-        )
+        .prepare_cached("SELECT seq, hash FROM audit_log ORDER BY seq DESC LIMIT 1")
+        .and_then(|mut st| st.query_row([], |r| Ok((r.get(0)?, r.get(1)?))))
         .optional()
         .map_err(store_err)?;
     let (seq, hash) = head.unwrap_or((0, GENESIS.to_string()));

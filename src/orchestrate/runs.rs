@@ -180,7 +180,7 @@ pub fn last_interrupted(conn: &Connection) -> rusqlite::Result<Option<RunRow>> {
 }
 
 pub fn upsert_task(conn: &Connection, run: &str, t: &TaskRow) -> rusqlite::Result<()> {
-    conn.execute(
+    conn.prepare_cached(
         "INSERT INTO run_tasks (run_id, agent, task, phase, status, attempts, exit_code, started_at, finished_at,
              peak_rss, mean_rss, mean_cpu, worker, detail, log_tail, gpu_memory, gpu_util)
          VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17)
@@ -189,7 +189,8 @@ pub fn upsert_task(conn: &Connection, run: &str, t: &TaskRow) -> rusqlite::Resul
              peak_rss = excluded.peak_rss, mean_rss = excluded.mean_rss, mean_cpu = excluded.mean_cpu, worker = excluded.worker,
              detail = excluded.detail, log_tail = excluded.log_tail, gpu_memory = excluded.gpu_memory,
              gpu_util = excluded.gpu_util",
-        params![
+    )?
+    .execute(params![
             run,
             t.agent,
             t.task,
@@ -207,8 +208,7 @@ pub fn upsert_task(conn: &Connection, run: &str, t: &TaskRow) -> rusqlite::Resul
             serde_json::to_string(&t.log_tail).expect("lines serialize"),
             t.gpu_memory.map(|v| v as i64),
             t.gpu_util,
-        ],
-    )?;
+        ])?;
     Ok(())
 }
 
@@ -242,10 +242,10 @@ pub fn tasks(conn: &Connection, run: &str) -> rusqlite::Result<Vec<TaskRow>> {
 }
 
 pub fn add_message(conn: &Connection, run: &str, m: &Message) -> rusqlite::Result<()> {
-    conn.execute(
+    conn.prepare_cached(
         "INSERT INTO run_messages (run_id, seq, at, kind, agent, body) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
-        params![run, m.seq as i64, m.at, m.kind, m.agent, m.body.to_string()],
-    )?;
+    )?
+    .execute(params![run, m.seq as i64, m.at, m.kind, m.agent, m.body.to_string()])?;
     Ok(())
 }
 

@@ -20,7 +20,7 @@ use nix::sys::signal::{Signal, killpg};
 use nix::unistd::Pid;
 use serde::Serialize;
 use serde_json::Value;
-use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tokio::io::{AsyncBufReadExt, BufReader};
 
 use crate::blueprints::CommandSpec;
 
@@ -156,21 +156,41 @@ fn build(spec: &Spec) -> tokio::process::Command {
     cmd
 }
 
-/// Run `spec`, appending its output to `log`; `cancel` turning true stops it.
+/// Open `log` for appending, making its folder if need be.
+fn open_log(log: &Path) -> std::io::Result<std::fs::File> {
+    let open = || {
+        std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(log)
+    };
+    match open() {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            if let Some(dir) = log.parent() {
+                std::fs::create_dir_all(dir)?;
+            }
+            open()
+        }
+        other => other,
+    }
+}
+
+/// Run `spec`, appending `header` and then its output to `log`; `cancel`
+/// turning true stops it.
+///
+/// The log is written with plain blocking writes: a line appended to a
+/// local file takes microseconds, less than handing it to tokio's blocking
+/// pool would.
 pub async fn run(
     spec: &Spec,
     log: &Path,
+    header: &str,
     mut cancel: tokio::sync::watch::Receiver<bool>,
 ) -> std::io::Result<Outcome> {
-    if let Some(dir) = log.parent() {
-        tokio::fs::create_dir_all(dir).await?;
-    }
-    let file = tokio::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(log)
-        .await?;
-    let file = Arc::new(tokio::sync::Mutex::new(file));
+    use std::io::Write;
+    let mut file = open_log(log)?;
+    writeln!(file, "{header}")?;
+    let file = Arc::new(Mutex::new(file));
     let started = Instant::now();
     let mut child = build(spec).spawn()?;
     let pid = child.id().unwrap_or(0);
@@ -217,11 +237,7 @@ pub async fn run(
                 if let Some(prefix) = &echo {
                     eprintln!("{prefix} {line}");
                 }
-                let _ = file
-                    .lock()
-                    .await
-                    .write_all(format!("{line}\n").as_bytes())
-                    .await;
+                let _ = writeln!(file.lock().unwrap_or_else(|p| p.into_inner()), "{line}");
                 let mut t = tail.lock().unwrap_or_else(|p| p.into_inner());
                 if t.len() == TAIL_LINES {
                     t.pop_front();
@@ -284,7 +300,6 @@ pub async fn run(
     for r in readers {
         let _ = tokio::time::timeout(Duration::from_secs(1), r).await;
     }
-    let _ = file.lock().await.flush().await;
     let tail = tail
         .lock()
         .unwrap_or_else(|p| p.into_inner())

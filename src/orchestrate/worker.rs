@@ -354,11 +354,7 @@ pub async fn execute(
     if let Ok(exe) = crate::files::own_executable() {
         env.insert("NOVA_BIN".into(), exe.display().to_string());
     }
-    if let Some(dir) = inbox.parent() {
-        let _ = std::fs::create_dir_all(dir);
-    }
-    let lines: String = job.messages.iter().map(|m| format!("{m}\n")).collect();
-    let _ = std::fs::write(&inbox, lines);
+    write_inbox(&inbox, &job.messages);
     if let Some(account) = &identity.account {
         super::privilege::hand_over(&inbox, account);
         super::privilege::hand_over(&results, account);
@@ -382,11 +378,8 @@ pub async fn execute(
                           command: &CommandSpec,
                           result: &mut JobResult|
            -> Result<Outcome, String> {
-        append_line(
-            &log,
-            &format!("== attempt {attempt}: {name}: {}", command.display()),
-        );
-        let outcome = supervisor::run(&step(command), &log, stop.clone())
+        let header = format!("== attempt {attempt}: {name}: {}", command.display());
+        let outcome = supervisor::run(&step(command), &log, &header, stop.clone())
             .await
             .map_err(|e| format!("cannot start {}: {e}", command.display()))?;
         result.exit_code = outcome.exit_code;
@@ -512,16 +505,19 @@ fn home_inbox(home: &std::path::Path, job: &Job) -> PathBuf {
         .join("inbox.jsonl")
 }
 
-fn append_line(path: &std::path::Path, line: &str) {
-    use std::io::Write;
-    if let Some(dir) = path.parent() {
-        let _ = std::fs::create_dir_all(dir);
+/// Write the agent's inbox: the messages addressed to it so far, a JSON line
+/// each. Most tasks get none; an empty inbox that is already there is left
+/// as it is rather than truncated again for every task.
+fn write_inbox(inbox: &std::path::Path, messages: &[Value]) {
+    if messages.is_empty() && std::fs::metadata(inbox).is_ok_and(|m| m.is_file() && m.len() == 0) {
+        return;
     }
-    if let Ok(mut f) = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(path)
+    let lines: String = messages.iter().map(|m| format!("{m}\n")).collect();
+    if let Err(e) = std::fs::write(inbox, &lines)
+        && e.kind() == std::io::ErrorKind::NotFound
+        && let Some(dir) = inbox.parent()
     {
-        let _ = writeln!(f, "{line}");
+        let _ = std::fs::create_dir_all(dir);
+        let _ = std::fs::write(inbox, &lines);
     }
 }

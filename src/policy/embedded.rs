@@ -106,6 +106,9 @@ pub fn policy_files(workspace_dir: &Path) -> Result<Vec<PolicyFile>, LoadError> 
     Ok(files)
 }
 
+/// The decision's two parts, asked for together.
+const BOTH: &str = "[data.nova.authz.allow, data.nova.authz.reasons]";
+
 /// A compiled set of policies, ready to evaluate. Decisions share one
 /// engine behind a lock: cloning the engine per decision cost more than the
 /// evaluation itself.
@@ -145,13 +148,28 @@ impl Embedded {
             Err(e) => return deny(format!("the input is not valid JSON: {e}")),
         };
         engine.set_input(input);
-        let allow = match engine.eval_rule("data.nova.authz.allow".to_string()) {
-            Ok(v) => v,
-            Err(e) => return deny(format!("policy evaluation failed: {e}")),
-        };
-        let reasons = match engine.eval_rule("data.nova.authz.reasons".to_string()) {
-            Ok(v) => reasons_of(&v),
-            Err(e) => return deny(format!("policy evaluation failed: {e}")),
+        // Both in one evaluation: the rules they share (the grants, the
+        // denials) are computed once, not once per rule asked for.
+        let both = engine
+            .eval_query(BOTH.to_string(), false)
+            .ok()
+            .and_then(|r| r.result.into_iter().next())
+            .and_then(|r| r.expressions.into_iter().next())
+            .map(|e| e.value);
+        let (allow, reasons) = match both.as_ref().map(|v| v.as_array()) {
+            Some(Ok(pair)) if pair.len() == 2 => (pair[0].clone(), reasons_of(&pair[1])),
+            // Either is undefined or fails: ask for each on its own, which
+            // says which and why.
+            _ => {
+                let allow = match engine.eval_rule("data.nova.authz.allow".to_string()) {
+                    Ok(v) => v,
+                    Err(e) => return deny(format!("policy evaluation failed: {e}")),
+                };
+                match engine.eval_rule("data.nova.authz.reasons".to_string()) {
+                    Ok(v) => (allow, reasons_of(&v)),
+                    Err(e) => return deny(format!("policy evaluation failed: {e}")),
+                }
+            }
         };
         match allow {
             regorus::Value::Bool(true) => Decision::allow("embedded", reasons),

@@ -361,6 +361,12 @@ impl QueueBackend for SqliteQueue {
     }
 
     async fn get(&self, task_id: String) -> QueueResult<Task> {
+        // A lookup by primary key takes microseconds: done here when the
+        // reading connection is free, it costs less than the hand-off to
+        // the blocking pool and back (a local run's scheduler asks often).
+        if let Ok(conn) = self.reader.try_lock() {
+            return find(&conn, &task_id);
+        }
         self.read(move |conn| find(conn, &task_id)).await
     }
 
