@@ -173,5 +173,23 @@ fn bench_orchestrate_compares_with_xargs() {
         assert!(report[key].as_f64().unwrap() > 0.0, "{key}: {report}");
     }
     assert!(report["nova_peak_rss_bytes"].as_u64().unwrap() > 1_000_000);
+    // GNU parallel is the second reference wherever it is installed
+    // (scripts/test installs it).
+    let gnu_parallel = std::process::Command::new("parallel")
+        .arg("--version")
+        .output()
+        .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).contains("GNU parallel"));
+    if gnu_parallel {
+        assert!(
+            report["parallel_seconds"].as_f64().unwrap() > 0.0,
+            "{report}"
+        );
+        assert!(
+            report["parallel_over_nova"].as_f64().unwrap() > 0.0,
+            "{report}"
+        );
+    } else {
+        assert!(report["parallel_seconds"].is_null(), "{report}");
+    }
     assert!(ws.files().is_empty(), "{:?}", ws.files());
 }

@@ -3,7 +3,8 @@
 //! --jobs J` in a temporary workspace (independent agents of ten tasks each),
 //! then the same number of `true` with `xargs -P J`, and
 //! reports both times and their ratio, from the same run, with nova's peak
-//! memory.
+//! memory; and, when GNU parallel is installed, its time with bookkeeping
+//! like nova's (a job log, output files, retries) as a second reference.
 
 use std::path::Path;
 use std::process::{Command, Stdio};
@@ -22,6 +23,10 @@ struct Report {
     nova_seconds: f64,
     xargs_seconds: f64,
     ratio: f64,
+    /// GNU parallel with --joblog, --results and --retries 3, when installed.
+    parallel_seconds: Option<f64>,
+    /// How many times faster nova was than that (below 1: slower).
+    parallel_over_nova: Option<f64>,
     nova_peak_rss_bytes: u64,
     nova_tasks_per_second: f64,
 }
@@ -94,26 +99,38 @@ pub fn run(out: &Output, args: &BenchOrchestrateArgs) -> Result<()> {
         )));
     }
 
-    let start = Instant::now();
-    let mut xargs = Command::new("xargs")
-        .args(["-P", &args.jobs.to_string(), "-n", "1", "true"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::null())
-        .spawn()
-        .map_err(|e| Error::Failed(format!("cannot run xargs: {e}")))?;
-    {
-        use std::io::Write;
-        let mut stdin = xargs.stdin.take().expect("piped stdin");
-        let lines: String = (0..args.tasks).map(|i| format!("{i}\n")).collect();
-        stdin
-            .write_all(lines.as_bytes())
-            .map_err(|e| Error::io("xargs stdin", e))?;
-    }
-    let xstatus = xargs.wait().map_err(|e| Error::io("xargs", e))?;
-    let xargs_secs = start.elapsed().as_secs_f64();
-    if !xstatus.success() {
-        return Err(Error::Failed("xargs failed".into()));
-    }
+    let xargs_secs = time_reference(
+        Command::new("xargs").args(["-P", &args.jobs.to_string(), "-n", "1", "true"]),
+        args.tasks,
+    )
+    .map_err(|e| Error::Failed(format!("xargs: {e}")))?;
+
+    // GNU parallel with bookkeeping like nova's: a job log, each task's
+    // output kept in files, retries.
+    let parallel_secs = if is_gnu_parallel() {
+        let results = tmp.path().join("parallel-results");
+        let joblog = tmp.path().join("parallel-joblog");
+        let seconds = time_reference(
+            Command::new("parallel")
+                .args([
+                    "--will-cite",
+                    "-j",
+                    &args.jobs.to_string(),
+                    "--retries",
+                    "3",
+                ])
+                .arg("--joblog")
+                .arg(&joblog)
+                .arg("--results")
+                .arg(&results)
+                .arg("true"),
+            args.tasks,
+        )
+        .map_err(|e| Error::Failed(format!("GNU parallel: {e}")))?;
+        Some(seconds)
+    } else {
+        None
+    };
 
     let report = Report {
         tasks: args.tasks,
@@ -121,14 +138,23 @@ pub fn run(out: &Output, args: &BenchOrchestrateArgs) -> Result<()> {
         nova_seconds: nova,
         xargs_seconds: xargs_secs,
         ratio: nova / xargs_secs.max(1e-9),
+        parallel_seconds: parallel_secs,
+        parallel_over_nova: parallel_secs.map(|p| p / nova.max(1e-9)),
         nova_peak_rss_bytes: peak,
         nova_tasks_per_second: args.tasks as f64 / nova.max(1e-9),
     };
     if out.json {
         return out.json(&report);
     }
+    let parallel = match (report.parallel_seconds, report.parallel_over_nova) {
+        (Some(p), Some(x)) => format!(
+            "  GNU parallel      {p:.2} s (-j {} --joblog --results --retries 3; nova {x:.2}x as fast)\n",
+            report.jobs
+        ),
+        _ => "  GNU parallel      not installed (apt-get install parallel)\n".to_string(),
+    };
     out.text(&format!(
-        "{} tasks of `true`, {} at a time:\n  nova orchestrate  {:.2} s ({:.0} tasks/s), peak memory {}\n  xargs -P {}        {:.2} s\n  ratio             {:.2}x\n",
+        "{} tasks of `true`, {} at a time:\n  nova orchestrate  {:.2} s ({:.0} tasks/s), peak memory {}\n  xargs -P {}        {:.2} s\n{parallel}  ratio to xargs    {:.2}x\n",
         report.tasks,
         report.jobs,
         report.nova_seconds,
@@ -138,4 +164,38 @@ pub fn run(out: &Output, args: &BenchOrchestrateArgs) -> Result<()> {
         report.xargs_seconds,
         report.ratio
     ))
+}
+
+/// Time `command` running `true` once per line of its stdin, `tasks` lines.
+fn time_reference(command: &mut Command, tasks: u32) -> std::result::Result<f64, String> {
+    use std::io::Write;
+    let start = Instant::now();
+    let mut child = command
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .map_err(|e| format!("cannot start it: {e}"))?;
+    let lines: String = (0..tasks).map(|i| format!("{i}\n")).collect();
+    child
+        .stdin
+        .take()
+        .expect("piped stdin")
+        .write_all(lines.as_bytes())
+        .map_err(|e| format!("cannot feed it: {e}"))?;
+    let status = child.wait().map_err(|e| e.to_string())?;
+    if !status.success() {
+        return Err(format!("it failed ({status})"));
+    }
+    Ok(start.elapsed().as_secs_f64())
+}
+
+/// Whether `parallel` on PATH is GNU parallel (moreutils ships another).
+fn is_gnu_parallel() -> bool {
+    Command::new("parallel")
+        .arg("--version")
+        .stdin(Stdio::null())
+        .stderr(Stdio::null())
+        .output()
+        .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).contains("GNU parallel"))
 }
