@@ -25,6 +25,7 @@ use crate::queue::client;
 use crate::queue::handle::QueueHandle;
 use crate::queue::open::open_queue;
 use crate::queue::proto::{EnqueueRequest, GetTaskRequest};
+use crate::store::writer::Durability;
 use crate::store::{Store, TaskState, TaskStatus};
 use crate::store_url::StoreUrl;
 use crate::workspace::Workspace;
@@ -289,9 +290,12 @@ impl Run {
             log_tail: Vec::new(),
         };
         let id = self.id.clone();
+        // Relaxed: lost in a power cut, the task shows as queued, not running,
+        // until its outcome is recorded.
         let stored = self
             .writer
-            .write(
+            .write_with(
+                Durability::Relaxed,
                 move |conn| runs::upsert_task(conn, &id, &row).map_err(|e| e.to_string()),
                 |e: String| e,
             )
@@ -301,7 +305,16 @@ impl Run {
         }
     }
 
-    async fn record(&self, agent: &AgentRun, task: &TaskSpec, result: &JobResult, attempts: u32) {
+    /// Record a task's outcome. What it stores is taken now; the returned
+    /// future writes it, so the caller can have it committed together with
+    /// the agent's next task.
+    fn record(
+        &self,
+        agent: &AgentRun,
+        task: &TaskSpec,
+        result: &JobResult,
+        attempts: u32,
+    ) -> impl std::future::Future<Output = ()> + '_ {
         let row = TaskRow {
             agent: agent.name.clone(),
             task: task.id.clone(),
@@ -335,20 +348,22 @@ impl Run {
             detail: Some(result.detail.clone()),
         };
         let id = self.id.clone();
-        // The run's record and the task state that `nova tasks` shows, in one commit.
-        let stored = self
-            .writer
-            .write(
-                move |conn| {
-                    runs::upsert_task(conn, &id, &row)
-                        .and_then(|()| crate::store::record_task_state(conn, &state))
-                        .map_err(|e| e.to_string())
-                },
-                |e: String| e,
-            )
-            .await;
-        if let Err(e) = stored {
-            tracing::warn!(error = %e, "could not record a task outcome");
+        async move {
+            // The run's record and the task state that `nova tasks` shows, in one commit.
+            let stored = self
+                .writer
+                .write(
+                    move |conn| {
+                        runs::upsert_task(conn, &id, &row)
+                            .and_then(|()| crate::store::record_task_state(conn, &state))
+                            .map_err(|e| e.to_string())
+                    },
+                    |e: String| e,
+                )
+                .await;
+            if let Err(e) = stored {
+                tracing::warn!(error = %e, "could not record a task outcome");
+            }
         }
     }
 }
@@ -964,7 +979,7 @@ async fn schedule_run(
                     result.detail = "cancelled".into();
                 }
                 let spec = a.tasks[idx].clone();
-                run.record(a, &spec, &result, task.attempts).await;
+                let recorded = run.record(a, &spec, &result, task.attempts);
                 for m in &result.messages {
                     run.hub("agent", &a.name, m.clone()).await;
                 }
@@ -1003,7 +1018,16 @@ async fn schedule_run(
                     "denied" => a.outcome = Some(AgentOutcome::Denied),
                     _ => a.outcome = Some(AgentOutcome::Failed),
                 }
-                if a.outcome.is_some() || !advance(run, a, client, queue).await? {
+                // The outcome and the agent's next task go to the store
+                // together (one commit, not two in a row).
+                let (_, advanced) = tokio::join!(recorded, async {
+                    if a.outcome.is_some() {
+                        Ok(false)
+                    } else {
+                        advance(run, a, client, queue).await
+                    }
+                });
+                if !advanced? {
                     finish_agent(run, a, &mut outcomes).await;
                     if matches!(a.outcome, Some(AgentOutcome::Failed | AgentOutcome::Denied))
                         && !keep_going

@@ -5,7 +5,10 @@
 //! committed once, and only then answered. With `synchronous = FULL` an
 //! answered enqueue or ack is on disk, and the fsync is shared by the whole
 //! batch (group commit), so throughput is not bound to one fsync per
-//! operation. Reads (get, list, stats) use their own connection and run
+//! operation. Leases (dequeue, heartbeat, the reaper) are committed without
+//! an fsync of their own: a power cut can only lose the newest of them, and
+//! a lost lease puts its task back in the queue, which at-least-once delivery
+//! allows; they reach the disk with the next enqueue or ack. Reads (get, list, stats) use their own connection and run
 //! beside the writer (WAL).
 
 use std::path::Path;
@@ -20,7 +23,7 @@ use super::model::{
 };
 use super::proto::TaskMetadataEntry;
 use crate::store::Store;
-use crate::store::writer::Writer;
+use crate::store::writer::{Durability, Writer};
 
 #[derive(Clone)]
 pub struct SqliteQueue {
@@ -45,6 +48,18 @@ impl SqliteQueue {
         op: impl FnOnce(&Connection) -> QueueResult<T> + Send + 'static,
     ) -> QueueResult<T> {
         self.writer.write(op, QueueError::Unavailable).await
+    }
+
+    /// A write whose loss in a power cut only returns tasks to the queue
+    /// (leases and their renewals): committed before it is answered, on
+    /// disk with the next durable commit (see [`Durability::Relaxed`]).
+    async fn write_relaxed<T: Send + 'static>(
+        &self,
+        op: impl FnOnce(&Connection) -> QueueResult<T> + Send + 'static,
+    ) -> QueueResult<T> {
+        self.writer
+            .write_with(Durability::Relaxed, op, QueueError::Unavailable)
+            .await
     }
 
     async fn read<T: Send + 'static>(
@@ -318,7 +333,8 @@ impl QueueBackend for SqliteQueue {
     }
 
     async fn dequeue(&self, spec: DequeueSpec, now: i64) -> QueueResult<Vec<Task>> {
-        self.write(move |conn| dequeue(conn, &spec, now)).await
+        self.write_relaxed(move |conn| dequeue(conn, &spec, now))
+            .await
     }
 
     async fn ack(&self, acks: Vec<AckSpec>, now: i64) -> QueueResult<Vec<QueueResult<Task>>> {
@@ -342,7 +358,7 @@ impl QueueBackend for SqliteQueue {
         lease_ms: u32,
         now: i64,
     ) -> QueueResult<Task> {
-        self.write(move |conn| {
+        self.write_relaxed(move |conn| {
             held(conn, &task_id, Some(&lease_id), now)?;
             let lease_ms = if lease_ms == 0 {
                 DEFAULT_LEASE_MS
@@ -501,7 +517,8 @@ impl QueueBackend for SqliteQueue {
     }
 
     async fn reap(&self, now: i64) -> QueueResult<u64> {
-        self.write(move |conn| reap_expired(conn, now)).await
+        self.write_relaxed(move |conn| reap_expired(conn, now))
+            .await
     }
 
     async fn purge(&self, before: i64, queue: Option<String>) -> QueueResult<u64> {

@@ -9,6 +9,13 @@
 //! file lock. [`Writer::shared`] hands every caller in the process the same
 //! writer for the same file. Other processes are kept in order by SQLite's
 //! own lock (the transaction is `IMMEDIATE`).
+//!
+//! A write whose loss in a power cut does no harm (a queue lease: the task
+//! would go back to the queue, as at-least-once delivery allows) may be
+//! [`Durability::Relaxed`]: a batch of only such writes commits without the
+//! fsync (`synchronous = NORMAL`). It is still committed before its caller
+//! hears back, survives the process being killed, and goes to disk with the
+//! next durable commit, since the WAL is written in order.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -29,9 +36,24 @@ type Reply = Box<dyn FnOnce(Result<(), String>) + Send>;
 /// (a failed one is rolled back to its savepoint; the batch goes on).
 type Job = Box<dyn FnOnce(Option<&Connection>) -> (Reply, bool) + Send>;
 
+/// What a caller needs of its write before it is answered.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Durability {
+    /// On disk (fsynced): it survives a power cut.
+    Durable,
+    /// Committed, and on disk with the next durable commit; a power cut
+    /// before then may lose it, leaving the database as it was before.
+    Relaxed,
+}
+
+struct Queued {
+    job: Job,
+    durability: Durability,
+}
+
 pub struct Writer {
     /// `None` once the writer is being dropped.
-    jobs: Mutex<Option<mpsc::Sender<Job>>>,
+    jobs: Mutex<Option<mpsc::Sender<Queued>>>,
     thread: Mutex<Option<std::thread::JoinHandle<()>>>,
 }
 
@@ -70,7 +92,7 @@ impl Writer {
         // default cache of 16 is smaller than that set).
         conn.set_prepared_statement_cache_capacity(128);
         let key = std::fs::canonicalize(path).unwrap_or(key);
-        let (jobs, rx) = mpsc::channel::<Job>();
+        let (jobs, rx) = mpsc::channel::<Queued>();
         let thread = std::thread::Builder::new()
             .name("nova-db-writer".into())
             .spawn(move || write_loop(conn, rx))
@@ -88,6 +110,7 @@ impl Writer {
 
     fn submit<T: Send + 'static, E: Send + 'static>(
         &self,
+        durability: Durability,
         op: impl FnOnce(&Connection) -> Result<T, E> + Send + 'static,
         unavailable: impl Fn(String) -> E + Send + 'static,
         answer: impl FnOnce(Result<T, E>) + Send + 'static,
@@ -112,19 +135,29 @@ impl Writer {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .as_ref()
-            .is_some_and(|jobs| jobs.send(job).is_ok())
+            .is_some_and(|jobs| jobs.send(Queued { job, durability }).is_ok())
     }
 
-    /// Run `op` in the next batch; its result once the batch is committed.
-    /// `unavailable` makes the caller's error from a store failure.
+    /// Run `op` in the next batch; its result once the batch is committed
+    /// and on disk. `unavailable` makes the caller's error from a store failure.
     pub async fn write<T: Send + 'static, E: Send + 'static>(
         &self,
         op: impl FnOnce(&Connection) -> Result<T, E> + Send + 'static,
         unavailable: impl Fn(String) -> E + Send + Clone + 'static,
     ) -> Result<T, E> {
+        self.write_with(Durability::Durable, op, unavailable).await
+    }
+
+    /// [`Writer::write`] with the durability the caller needs.
+    pub async fn write_with<T: Send + 'static, E: Send + 'static>(
+        &self,
+        durability: Durability,
+        op: impl FnOnce(&Connection) -> Result<T, E> + Send + 'static,
+        unavailable: impl Fn(String) -> E + Send + Clone + 'static,
+    ) -> Result<T, E> {
         let (tx, rx) = tokio::sync::oneshot::channel();
         let stopped = unavailable.clone();
-        if !self.submit(op, unavailable, move |r| {
+        if !self.submit(durability, op, unavailable, move |r| {
             let _ = tx.send(r);
         }) {
             return Err(stopped("the database writer has stopped".into()));
@@ -141,7 +174,7 @@ impl Writer {
     ) -> Result<T, E> {
         let (tx, rx) = mpsc::sync_channel(1);
         let stopped = unavailable.clone();
-        if !self.submit(op, unavailable, move |r| {
+        if !self.submit(Durability::Durable, op, unavailable, move |r| {
             let _ = tx.send(r);
         }) {
             return Err(stopped("the database writer has stopped".into()));
@@ -158,15 +191,29 @@ fn control(conn: &Connection, sql: &str) -> rusqlite::Result<()> {
     conn.prepare_cached(sql)?.execute([]).map(|_| ())
 }
 
-fn write_loop(conn: Connection, rx: mpsc::Receiver<Job>) {
+fn write_loop(conn: Connection, rx: mpsc::Receiver<Queued>) {
+    // The connection starts with synchronous = FULL (Store::open).
+    let mut synced = true;
     while let Ok(first) = rx.recv() {
-        let mut jobs = vec![first];
-        while jobs.len() < MAX_BATCH {
+        let mut queued = vec![first];
+        while queued.len() < MAX_BATCH {
             match rx.try_recv() {
-                Ok(job) => jobs.push(job),
+                Ok(job) => queued.push(job),
                 Err(_) => break,
             }
         }
+        let durable = queued.iter().any(|q| q.durability == Durability::Durable);
+        if durable != synced {
+            let mode = if durable {
+                "PRAGMA synchronous = FULL"
+            } else {
+                "PRAGMA synchronous = NORMAL"
+            };
+            if control(&conn, mode).is_ok() {
+                synced = durable;
+            }
+        }
+        let jobs = queued.into_iter().map(|q| q.job);
         if let Err(e) = control(&conn, "BEGIN IMMEDIATE") {
             let message = e.to_string();
             for job in jobs {
@@ -190,6 +237,9 @@ fn write_loop(conn: Connection, rx: mpsc::Receiver<Job>) {
             control(&conn, "COMMIT").map_err(|e| e.to_string())
         };
         crate::counter!("store.commits").inc();
+        if !synced {
+            crate::counter!("store.commits.relaxed").inc();
+        }
         crate::counter!("store.operations").add(replies.len() as u64);
         if commit.is_err() {
             let _ = control(&conn, "ROLLBACK");
@@ -197,5 +247,48 @@ fn write_loop(conn: Connection, rx: mpsc::Receiver<Job>) {
         for reply in replies {
             reply(commit.clone());
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn synchronous(w: &Writer, durability: Durability) -> i64 {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
+        rt.block_on(w.write_with(
+            durability,
+            |conn| {
+                conn.execute(
+                    "INSERT INTO paused_queues (queue, paused_at) VALUES (hex(randomblob(8)), 0)",
+                    [],
+                )?;
+                conn.query_row("PRAGMA synchronous", [], |r| r.get::<_, i64>(0))
+            },
+            rusqlite::Error::InvalidParameterName,
+        ))
+        .unwrap()
+    }
+
+    /// Relaxed writes commit without `synchronous = FULL`, durable ones with
+    /// it, whatever came before; both are committed for every reader.
+    #[test]
+    fn each_batch_commits_with_the_durability_it_needs() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("nova.db");
+        let w = Writer::shared(&path).unwrap();
+        const FULL: i64 = 2;
+        const NORMAL: i64 = 1;
+        assert_eq!(synchronous(&w, Durability::Durable), FULL);
+        assert_eq!(synchronous(&w, Durability::Relaxed), NORMAL);
+        assert_eq!(synchronous(&w, Durability::Relaxed), NORMAL);
+        assert_eq!(synchronous(&w, Durability::Durable), FULL);
+        let reader = Store::open(&path).unwrap().into_connection();
+        let rows: i64 = reader
+            .query_row("SELECT count(*) FROM paused_queues", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(rows, 4);
     }
 }
