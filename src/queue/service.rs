@@ -116,7 +116,17 @@ impl<B: QueueBackend> QueueService<B> {
         Ok((changed, stats.paused))
     }
 
-    fn wake(&self) {
+    /// Wake as many waiting long polls as there are new tasks to take: one
+    /// each, not every waiter for every task (with 50 workers waiting, each
+    /// enqueue sent 50 of them to the backend to find one task).
+    fn wake(&self, tasks: usize) {
+        for _ in 0..tasks {
+            self.wakeup.notify_one();
+        }
+    }
+
+    /// Wake every waiting long poll (a queue was resumed: any may now have work).
+    fn wake_all(&self) {
         self.wakeup.notify_waiters();
     }
 }
@@ -180,7 +190,7 @@ impl<B: QueueBackend> TaskQueue for QueueService<B> {
         let (task, existing) = stored.pop().expect("one task in, one task out");
         crate::counter!("queue.tasks.enqueued").inc();
         tracing::debug!(task = %task.id, queue = %task.queue, existing, "enqueued");
-        self.wake();
+        self.wake(usize::from(!existing));
         Ok(Response::new(EnqueueResponse {
             task: Some(task),
             existing,
@@ -278,7 +288,7 @@ impl<B: QueueBackend> TaskQueue for QueueService<B> {
         crate::counter!("queue.acks.applied").inc();
         tracing::debug!(task = %task.id, status = %task.status, "acknowledged");
         if task.status == Status::Pending.as_str() {
-            self.wake();
+            self.wake(1);
         }
         Ok(Response::new(AckResponse { task: Some(task) }))
     }
@@ -414,7 +424,7 @@ impl<B: QueueBackend> TaskQueue for QueueService<B> {
             .map_err(to_status)?;
         tracing::info!(task = %task.id, "re-queued");
         self.audit("queue.retry", &task, peer).await;
-        self.wake();
+        self.wake(1);
         Ok(Response::new(RetryResponse { task: Some(task) }))
     }
 
@@ -463,7 +473,7 @@ impl<B: QueueBackend> TaskQueue for QueueService<B> {
         let queue = request.into_inner().queue;
         let (changed, paused_queues) = self.set_paused(queue, false, peer).await?;
         // Waiting long polls find the queue's tasks now, not at their next poll.
-        self.wake();
+        self.wake_all();
         Ok(Response::new(ResumeQueueResponse {
             changed,
             paused_queues,
@@ -500,7 +510,7 @@ impl<B: QueueBackend> TaskQueue for QueueService<B> {
         for (task, existing) in &stored {
             tracing::debug!(task = %task.id, queue = %task.queue, existing, "enqueued");
         }
-        self.wake();
+        self.wake(stored.len());
         Ok(Response::new(EnqueueBatchResponse {
             tasks: stored.into_iter().map(|(t, _)| t).collect(),
         }))
@@ -528,7 +538,7 @@ impl<B: QueueBackend> TaskQueue for QueueService<B> {
             .collect::<Result<Vec<_>, _>>()?;
         let ids: Vec<String> = specs.iter().map(|s| s.task_id.clone()).collect();
         let outcomes = self.backend.ack(specs, now_ms()).await.map_err(to_status)?;
-        let mut requeued = false;
+        let mut requeued = 0;
         let outcomes = ids
             .into_iter()
             .zip(outcomes)
@@ -536,7 +546,7 @@ impl<B: QueueBackend> TaskQueue for QueueService<B> {
                 Ok(task) => {
                     crate::counter!("queue.acks.applied").inc();
                     tracing::debug!(task = %task.id, status = %task.status, "acknowledged");
-                    requeued |= task.status == Status::Pending.as_str();
+                    requeued += usize::from(task.status == Status::Pending.as_str());
                     AckOutcome {
                         task_id,
                         code: 0,
@@ -557,9 +567,7 @@ impl<B: QueueBackend> TaskQueue for QueueService<B> {
                 }
             })
             .collect();
-        if requeued {
-            self.wake();
-        }
+        self.wake(requeued);
         Ok(Response::new(AckBatchResponse { outcomes }))
     }
 }

@@ -1,6 +1,6 @@
 -- ARGV: P, now, then 7 per ack: task id, success ('1'/'0'), result, lease id
 -- ('' for none), retry ('1'/'0'), error, jitter fraction for the backoff.
--- Answers, per ack, {'ok', fields...}, {'notfound'} or {'precondition', message}.
+-- Answers, per ack, {'ok', packed fields}, {'notfound'} or {'precondition', message}.
 local out = {}
 for i = 3, #ARGV, 7 do
   local id, success, result, lease = ARGV[i], ARGV[i + 1] == '1', ARGV[i + 2], ARGV[i + 3]

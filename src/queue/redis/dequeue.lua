@@ -1,7 +1,7 @@
 -- ARGV: P, now, worker_id, lease_ms, max_tasks, number of queues, the
 -- queues (none: every queue), then max_tasks fresh lease ids, the most bytes
 -- of tasks to answer (0: no limit) and what a task weighs beyond its fields.
--- Answers the leased tasks, each as its fields. Tasks are sized before they
+-- Answers the leased tasks, each packed (see pack). Tasks are sized before they
 -- are taken, so nothing is leased that the answer cannot carry.
 local worker, lease_ms, max = ARGV[3], tonumber(ARGV[4]), tonumber(ARGV[5])
 local nq = tonumber(ARGV[6])
@@ -74,6 +74,6 @@ for n, p in ipairs(picked) do
   redis.call('ZADD', P .. 'leases', expires, id)
   redis.call('ZREM', P .. 'pending', id)
   move(p[2], 'PENDING', 'IN_PROGRESS')
-  out[#out + 1] = t
+  out[#out + 1] = pack(t)
 end
 return finish(out)

@@ -1,15 +1,13 @@
 -- ARGV: P, now, then 10 per task: id, queue, type, payload, metadata,
 -- priority, max_attempts, retry_backoff_ms, run_at, idempotency_key.
--- Answers, per task, {'new'} (stored as given) or {'existing', fields...}.
+-- Answers, per task, {'new'} (stored as given) or {'existing', packed fields}.
 local out = {}
 local queues = {}
 for i = 3, #ARGV, 10 do
   local id, queue, idem = ARGV[i], ARGV[i + 1], ARGV[i + 9]
   local existing = idem ~= '' and redis.call('GET', P .. 'idem:' .. idem)
   if existing then
-    local t = fetch(existing)
-    table.insert(t, 1, 'existing')
-    out[#out + 1] = t
+    out[#out + 1] = {'existing', pack(fetch(existing))}
   else
     local priority, run_at = tonumber(ARGV[i + 5]), tonumber(ARGV[i + 8])
     local seq = redis.call('INCR', P .. 'seq')

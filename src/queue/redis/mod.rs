@@ -197,19 +197,49 @@ fn as_string(value: Value) -> QueueResult<String> {
     }
 }
 
-/// A task from its fields in `FIELDS` order.
+/// A task from its fields in `FIELDS` order (as `HMGET` answers them).
 fn task(values: Vec<Value>) -> QueueResult<Task> {
-    if values.len() != FIELDS.len() {
-        return Err(corrupt(&format!(
-            "{} task fields, expected {}",
-            values.len(),
-            FIELDS.len()
-        )));
-    }
     let f: Vec<String> = values
         .into_iter()
         .map(as_string)
         .collect::<QueueResult<_>>()?;
+    task_of(f)
+}
+
+/// A task from the scripts' packed form: its fields in `FIELDS` order, each
+/// as `LENGTH:BYTES` (prelude.lua's `pack`).
+fn packed(value: Value) -> QueueResult<Task> {
+    let Value::BulkString(bytes) = value else {
+        return Err(corrupt(&format!("a packed task, not {value:?}")));
+    };
+    let mut fields = Vec::with_capacity(FIELDS.len());
+    let mut rest = &bytes[..];
+    while !rest.is_empty() {
+        let colon = rest
+            .iter()
+            .position(|&b| b == b':')
+            .ok_or_else(|| corrupt("a packed field without its length"))?;
+        let len: usize = std::str::from_utf8(&rest[..colon])
+            .ok()
+            .and_then(|n| n.parse().ok())
+            .ok_or_else(|| corrupt("a packed field's length is not a number"))?;
+        let field = rest
+            .get(colon + 1..colon + 1 + len)
+            .ok_or_else(|| corrupt("a packed field is cut short"))?;
+        fields.push(String::from_utf8(field.to_vec()).map_err(|_| corrupt("not UTF-8"))?);
+        rest = &rest[colon + 1 + len..];
+    }
+    task_of(fields)
+}
+
+fn task_of(f: Vec<String>) -> QueueResult<Task> {
+    if f.len() != FIELDS.len() {
+        return Err(corrupt(&format!(
+            "{} task fields, expected {}",
+            f.len(),
+            FIELDS.len()
+        )));
+    }
     let int = |i: usize| -> QueueResult<i64> {
         f[i].parse::<f64>()
             .map(|n| n as i64)
@@ -249,7 +279,7 @@ fn outcome(id: &str, mut reply: Vec<Value>) -> QueueResult<Task> {
     }
     let code = as_string(reply.remove(0))?;
     match code.as_str() {
-        "ok" => task(reply),
+        "ok" => packed(reply.into_iter().next().unwrap_or(Value::Nil)),
         "notfound" => Err(QueueError::NotFound(id.to_string())),
         "precondition" => Err(QueueError::FailedPrecondition(as_string(
             reply.into_iter().next().unwrap_or(Value::Nil),
@@ -321,7 +351,10 @@ impl QueueBackend for RedisQueue {
                 }
                 match as_string(fields.remove(0))?.as_str() {
                     "new" => Ok((new, false)),
-                    "existing" => Ok((task(fields)?, true)),
+                    "existing" => Ok((
+                        packed(fields.into_iter().next().unwrap_or(Value::Nil))?,
+                        true,
+                    )),
                     other => Err(corrupt(other)),
                 }
             })
@@ -342,10 +375,7 @@ impl QueueBackend for RedisQueue {
         args.push(arg(spec.max_bytes));
         args.push(arg(super::model::TASK_OVERHEAD));
         let reply = self.invoke(&SCRIPTS.dequeue, args).await?;
-        as_array(reply)?
-            .into_iter()
-            .map(|item| task(as_array(item)?))
-            .collect()
+        as_array(reply)?.into_iter().map(packed).collect()
     }
 
     async fn ack(&self, acks: Vec<AckSpec>, now: i64) -> QueueResult<Vec<QueueResult<Task>>> {
@@ -560,6 +590,46 @@ impl QueueBackend for RedisQueue {
                 return Ok(total);
             }
             after = last;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pack(fields: &[&str]) -> Value {
+        let mut out = Vec::new();
+        for f in fields {
+            out.extend(format!("{}:", f.len()).into_bytes());
+            out.extend(f.as_bytes());
+        }
+        Value::BulkString(out)
+    }
+
+    #[test]
+    fn packed_tasks_read_back_whatever_their_fields_hold() {
+        let mut fields = vec!["0"; FIELDS.len()];
+        fields[0] = "id-1";
+        fields[2] = "12:34 a payload: with colons, digits and ümlauts";
+        fields[3] = "[]";
+        fields[7] = "";
+        let t = packed(pack(&fields)).unwrap();
+        assert_eq!(t.id, "id-1");
+        assert_eq!(t.payload, fields[2]);
+        assert_eq!(t.result, "");
+    }
+
+    #[test]
+    fn damaged_packed_tasks_are_errors_not_panics() {
+        for bad in [
+            Value::BulkString(b"5:abc".to_vec()),
+            Value::BulkString(b"abc".to_vec()),
+            Value::BulkString(b"x:abc".to_vec()),
+            Value::BulkString(b"3:abc".to_vec()),
+            Value::Int(3),
+        ] {
+            assert!(packed(bad).is_err());
         }
     }
 }

@@ -110,11 +110,22 @@ local function not_held(t, id, lease)
   return nil
 end
 
--- The outcome {'ok', fields...} for task t.
+-- Task t's fields in FIELDS order as one string, each as LENGTH:BYTES.
+-- One reply to parse instead of nineteen: parsing them was a third of a
+-- client's CPU on the one-task-per-call path.
+local function pack(t)
+  local parts = {}
+  for i = 1, #FIELDS do
+    local v = t[i] or ''
+    if type(v) == 'number' then v = string.format('%d', v) end
+    parts[i] = #v .. ':' .. v
+  end
+  return table.concat(parts)
+end
+
+-- The outcome {'ok', packed fields} for task t.
 local function ok(t)
-  local out = {'ok'}
-  for i = 1, #FIELDS do out[i + 1] = t[i] end
-  return out
+  return {'ok', pack(t)}
 end
 
 -- Return up to `limit` tasks whose lease expired to the queue; how many.
