@@ -1215,6 +1215,78 @@ async fn a_paused_queue_hands_out_nothing_until_resumed(backend: Backend) {
     assert!(bad.message().contains("queue"), "{}", bad.message());
 }
 
+/// An ack can lease the caller's next task in the same call (nova's
+/// `AckRequest.next`); a bad `next` is refused before the ack is applied.
+async fn an_ack_can_lease_the_next_task(backend: Backend) {
+    let mut h = start(backend, None).await;
+    let c = &mut h.client;
+    let a = enqueue(c, req("a")).await;
+    let b = enqueue(c, req("b")).await;
+    let leased = dequeue(c, "w", 60_000).await.unwrap();
+    assert_eq!(leased.id, a.id);
+    let next = |worker: &str| DequeueRequest {
+        worker_id: worker.into(),
+        lease_ms: 60_000,
+        ..Default::default()
+    };
+    let mut first = ack(&leased, true);
+    first.next = Some(next("w2"));
+    let answer = c.ack(first).await.unwrap().into_inner();
+    assert_eq!(answer.task.unwrap().status, "COMPLETED");
+    assert_eq!(answer.next.len(), 1, "{:?}", answer.next);
+    let got = &answer.next[0];
+    assert_eq!(got.id, b.id);
+    assert_eq!(got.status, "IN_PROGRESS");
+    assert_eq!(got.worker_id, "w2");
+    assert!(!got.lease_id.is_empty());
+    // Nothing else is due: the ack is answered at once, with no next.
+    let mut second = ack(got, true);
+    second.next = Some(next("w2"));
+    let answer = c.ack(second).await.unwrap().into_inner();
+    assert_eq!(answer.task.unwrap().status, "COMPLETED");
+    assert!(answer.next.is_empty());
+
+    let d = enqueue(c, req("d")).await;
+    let held = dequeue(c, "w", 60_000).await.unwrap();
+    assert_eq!(held.id, d.id);
+    let mut bad = ack(&held, true);
+    bad.next = Some(DequeueRequest {
+        queues: vec!["no spaces".into()],
+        ..next("w")
+    });
+    let refused = c.ack(bad).await.unwrap_err();
+    assert_eq!(refused.code(), Code::InvalidArgument);
+    assert!(
+        refused.message().contains("next.queues[0]"),
+        "{}",
+        refused.message()
+    );
+    let still = c
+        .get_task(GetTaskRequest {
+            task_id: d.id.clone(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .task
+        .unwrap();
+    assert_eq!(still.status, "IN_PROGRESS", "the refused ack was applied");
+    let mut in_batch = ack(&held, true);
+    in_batch.next = Some(next("w"));
+    let refused = c
+        .ack_batch(nova::queue::proto::AckBatchRequest {
+            acks: vec![in_batch],
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(refused.code(), Code::InvalidArgument);
+    assert!(
+        refused.message().contains("acks[0].next"),
+        "{}",
+        refused.message()
+    );
+}
+
 macro_rules! conformance {
     ($($name:ident),* $(,)?) => {
         mod sqlite {
@@ -1233,6 +1305,7 @@ macro_rules! conformance {
 }
 
 conformance!(
+    an_ack_can_lease_the_next_task,
     a_paused_queue_hands_out_nothing_until_resumed,
     a_queue_bigger_than_one_answer_is_listed_in_parts,
     a_dequeue_leases_only_what_its_answer_can_carry,

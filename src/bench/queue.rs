@@ -181,7 +181,13 @@ impl Endpoint {
         }
     }
 
-    async fn ack(&mut self, tasks: &[Task]) -> std::result::Result<(), Failure> {
+    /// Ack `tasks`; the tasks leased for `worker` in the same call, when
+    /// one ack over gRPC can (an ack's `next`, as `nova worker` does).
+    async fn ack(
+        &mut self,
+        tasks: &[Task],
+        worker: &str,
+    ) -> std::result::Result<Vec<Task>, Failure> {
         let request = |t: &Task| AckRequest {
             task_id: t.id.clone(),
             success: true,
@@ -190,7 +196,15 @@ impl Endpoint {
         };
         match self {
             Endpoint::Grpc(c) if tasks.len() == 1 => {
-                c.ack(request(&tasks[0])).await.map_err(|e| e.to_string())?;
+                let mut ack = request(&tasks[0]);
+                ack.next = Some(DequeueRequest {
+                    worker_id: worker.to_string(),
+                    lease_ms: LEASE_MS,
+                    max_tasks: 1,
+                    ..Default::default()
+                });
+                let answer = c.ack(ack).await.map_err(|e| e.to_string())?;
+                return Ok(answer.into_inner().next);
             }
             Endpoint::Grpc(c) => {
                 let outcomes = c
@@ -222,7 +236,7 @@ impl Endpoint {
                 }
             }
         }
-        Ok(())
+        Ok(Vec::new())
     }
 }
 
@@ -263,12 +277,17 @@ async fn work(
     batch: u32,
 ) -> std::result::Result<(), Failure> {
     let mut latencies = Vec::new();
+    let mut ready = Vec::new();
     while shared.acked.load(Ordering::Relaxed) < total {
-        let tasks = endpoint.dequeue(&name, batch).await?;
+        let tasks = if ready.is_empty() {
+            endpoint.dequeue(&name, batch).await?
+        } else {
+            std::mem::take(&mut ready)
+        };
         if tasks.is_empty() {
             continue;
         }
-        endpoint.ack(&tasks).await?;
+        ready = endpoint.ack(&tasks, &name).await?;
         let now = shared.start.elapsed().as_micros() as u64;
         for t in &tasks {
             let sent: u64 = t

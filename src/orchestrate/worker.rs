@@ -100,27 +100,27 @@ pub async fn work(
     stop: tokio::sync::watch::Receiver<bool>,
 ) {
     let mut stop_wait = stop.clone();
+    // Tasks leased by the last ack, to run before asking the queue again.
+    let mut ready: Vec<Task> = Vec::new();
     while !*stop.borrow() {
-        let request = DequeueRequest {
-            worker_id: cfg.name.clone(),
-            queues: cfg.queues.clone(),
-            lease_ms: cfg.lease_ms,
-            wait_ms: 1_000,
-            max_tasks: 1,
-        };
-        let tasks = tokio::select! {
-            r = client.dequeue(request) => match r {
-                Ok(r) => r.tasks,
-                Err(e) => {
-                    tracing::debug!(error = %e, "dequeue failed; retrying");
-                    tokio::time::sleep(Duration::from_millis(200)).await;
-                    continue;
-                }
-            },
-            _ = stop_wait.changed() => break,
+        let tasks = if ready.is_empty() {
+            let request = next_request(&cfg, 1_000);
+            tokio::select! {
+                r = client.dequeue(request) => match r {
+                    Ok(r) => r.tasks,
+                    Err(e) => {
+                        tracing::debug!(error = %e, "dequeue failed; retrying");
+                        tokio::time::sleep(Duration::from_millis(200)).await;
+                        continue;
+                    }
+                },
+                _ = stop_wait.changed() => break,
+            }
+        } else {
+            std::mem::take(&mut ready)
         };
         for task in tasks {
-            handle(&mut client, &cfg, task, stop.clone()).await;
+            ready.extend(handle(&mut client, &cfg, task, stop.clone()).await);
         }
         // Let go of the audit appends that are done (a long-lived worker would pile them up).
         let mut pending = cfg.pending_audit.lock().unwrap_or_else(|p| p.into_inner());
@@ -130,12 +130,25 @@ pub async fn work(
     pending.join_all().await;
 }
 
+/// What this worker asks the queue for: one task from its queues.
+fn next_request(cfg: &WorkerConfig, wait_ms: u32) -> DequeueRequest {
+    DequeueRequest {
+        worker_id: cfg.name.clone(),
+        queues: cfg.queues.clone(),
+        lease_ms: cfg.lease_ms,
+        wait_ms,
+        max_tasks: 1,
+    }
+}
+
+/// Run one task and ack it; the tasks the ack leased next (none when the
+/// queue had none due, the worker is stopping, or the server is older).
 async fn handle(
     client: &mut QueueHandle,
     cfg: &WorkerConfig,
     task: Task,
     stop: tokio::sync::watch::Receiver<bool>,
-) {
+) -> Vec<Task> {
     let job: Job = match serde_json::from_str(&task.payload) {
         Ok(job) if task.r#type == JOB_TYPE => job,
         other => {
@@ -152,7 +165,7 @@ async fn handle(
                     ..Default::default()
                 })
                 .await;
-            return;
+            return Vec::new();
         }
     };
 
@@ -183,7 +196,7 @@ async fn handle(
     let _ = heartbeat.await;
     if *stop.borrow() && result.detail.contains("interrupted") {
         // The run was stopped: leave the task to its lease, so a resume runs it again.
-        return;
+        return Vec::new();
     }
     if result.status == "failed"
         && task.attempts < task.max_attempts
@@ -212,27 +225,37 @@ async fn handle(
         } else {
             result.detail.clone()
         },
+        // The next task comes back with the ack (one call, not two); only
+        // one already due, so the ack is never held up waiting.
+        next: (!*stop.borrow()).then(|| next_request(cfg, 0)),
     };
     // Deliver the ack even across a server restart; give up once the lease
     // is gone (the task runs again elsewhere).
+    let mut ack = ack;
     for _ in 0..50 {
         match client.ack(ack.clone()).await {
-            Ok(_) => {
+            Ok(answer) => {
                 if let Some(n) = &cfg.on_ack {
                     n.notify_one();
                 }
-                return;
+                return answer.next;
             }
             Err(e)
                 if e.code() == tonic::Code::FailedPrecondition
                     || e.code() == tonic::Code::NotFound =>
             {
                 tracing::warn!(task = %task.id, error = %e, "ack refused");
-                return;
+                return Vec::new();
             }
-            Err(_) => tokio::time::sleep(Duration::from_millis(200)).await,
+            Err(_) => {
+                // The lost answer may have leased a task this worker never
+                // saw (it goes back when its lease ends); ask for none again.
+                ack.next = None;
+                tokio::time::sleep(Duration::from_millis(200)).await
+            }
         }
     }
+    Vec::new()
 }
 
 fn log_path(home: &std::path::Path, job: &Job) -> PathBuf {

@@ -119,6 +119,34 @@ impl<B: QueueBackend> QueueService<B> {
     /// Wake as many waiting long polls as there are new tasks to take: one
     /// each, not every waiter for every task (with 50 workers waiting, each
     /// enqueue sent 50 of them to the backend to find one task).
+    /// Lease tasks for `spec`, waiting up to `wait_ms` for one to be due
+    /// (the long poll of Dequeue and of an ack's `next`).
+    async fn lease(&self, spec: DequeueSpec, wait_ms: u32) -> Result<Vec<Task>, GrpcStatus> {
+        let deadline = tokio::time::Instant::now() + Duration::from_millis(wait_ms as u64);
+        loop {
+            let notified = self.wakeup.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            let tasks = self
+                .backend
+                .dequeue(spec.clone(), now_ms())
+                .await
+                .map_err(to_status)?;
+            let now = tokio::time::Instant::now();
+            if !tasks.is_empty() || now >= deadline {
+                crate::counter!("queue.tasks.leased").add(tasks.len() as u64);
+                for task in &tasks {
+                    tracing::debug!(task = %task.id, worker = %task.worker_id, attempt = task.attempts, "leased");
+                }
+                return Ok(tasks);
+            }
+            tokio::select! {
+                _ = notified => {}
+                _ = tokio::time::sleep(self.poll.min(deadline - now)) => {}
+            }
+        }
+    }
+
     fn wake(&self, tasks: usize) {
         for _ in 0..tasks {
             self.wakeup.notify_one();
@@ -129,6 +157,46 @@ impl<B: QueueBackend> QueueService<B> {
     fn wake_all(&self) {
         self.wakeup.notify_waiters();
     }
+}
+
+/// A checked Dequeue request; `field` names where it came from in error
+/// messages (`""` for Dequeue itself, `"next."` inside an ack).
+fn dequeue_spec(field: &str, req: DequeueRequest) -> Result<DequeueSpec, GrpcStatus> {
+    if req.worker_id.len() > 128 {
+        return Err(invalid(format!("{field}worker_id: at most 128 characters")));
+    }
+    for (i, queue) in req.queues.iter().enumerate() {
+        if !validate::is_name(queue) {
+            return Err(invalid(format!(
+                "{field}queues[{i}]: queue name {queue:?} must match [A-Za-z0-9_.-]{{1,128}}"
+            )));
+        }
+    }
+    if req.wait_ms > MAX_WAIT_MS {
+        return Err(invalid(format!(
+            "{field}wait_ms: {} is more than {MAX_WAIT_MS}",
+            req.wait_ms
+        )));
+    }
+    if req.lease_ms > MAX_LEASE_MS {
+        return Err(invalid(format!(
+            "{field}lease_ms: {} is more than {MAX_LEASE_MS} (a day)",
+            req.lease_ms
+        )));
+    }
+    if req.max_tasks > MAX_DEQUEUE {
+        return Err(invalid(format!(
+            "{field}max_tasks: {} is more than {MAX_DEQUEUE}",
+            req.max_tasks
+        )));
+    }
+    Ok(DequeueSpec {
+        worker_id: req.worker_id,
+        queues: req.queues,
+        lease_ms: req.lease_ms,
+        max_tasks: req.max_tasks.max(1),
+        max_bytes: REPLY_BUDGET,
+    })
 }
 
 pub fn to_status(e: QueueError) -> GrpcStatus {
@@ -159,6 +227,12 @@ fn invalid(message: String) -> GrpcStatus {
 
 fn ack_spec(field: &str, req: AckRequest) -> Result<AckSpec, GrpcStatus> {
     validate::task_id(&format!("{field}task_id"), &req.task_id).map_err(invalid)?;
+    // Ack takes its `next` off before this; anywhere else it would be ignored.
+    if req.next.is_some() {
+        return Err(invalid(format!(
+            "{field}next: only a single Ack can lease the next tasks; AckBatch cannot"
+        )));
+    }
     if req.error.len() > validate::MAX_PAYLOAD || req.result.len() > validate::MAX_PAYLOAD {
         return Err(invalid(format!("{field}result/error: at most 1 MiB each")));
     }
@@ -203,74 +277,29 @@ impl<B: QueueBackend> TaskQueue for QueueService<B> {
     ) -> Result<Response<DequeueResponse>, GrpcStatus> {
         let _timer = crate::timer!("queue.grpc.dequeue");
         let req = request.into_inner();
-        if req.worker_id.len() > 128 {
-            return Err(invalid("worker_id: at most 128 characters".into()));
-        }
-        for (i, queue) in req.queues.iter().enumerate() {
-            if !validate::is_name(queue) {
-                return Err(invalid(format!(
-                    "queues[{i}]: queue name {queue:?} must match [A-Za-z0-9_.-]{{1,128}}"
-                )));
-            }
-        }
-        if req.wait_ms > MAX_WAIT_MS {
-            return Err(invalid(format!(
-                "wait_ms: {} is more than {MAX_WAIT_MS}",
-                req.wait_ms
-            )));
-        }
-        if req.lease_ms > MAX_LEASE_MS {
-            return Err(invalid(format!(
-                "lease_ms: {} is more than {MAX_LEASE_MS} (a day)",
-                req.lease_ms
-            )));
-        }
-        if req.max_tasks > MAX_DEQUEUE {
-            return Err(invalid(format!(
-                "max_tasks: {} is more than {MAX_DEQUEUE}",
-                req.max_tasks
-            )));
-        }
-        let spec = DequeueSpec {
-            worker_id: req.worker_id,
-            queues: req.queues,
-            lease_ms: req.lease_ms,
-            max_tasks: req.max_tasks.max(1),
-            max_bytes: REPLY_BUDGET,
-        };
-        let deadline = tokio::time::Instant::now() + Duration::from_millis(req.wait_ms as u64);
-        loop {
-            let notified = self.wakeup.notified();
-            tokio::pin!(notified);
-            notified.as_mut().enable();
-            let tasks = self
-                .backend
-                .dequeue(spec.clone(), now_ms())
-                .await
-                .map_err(to_status)?;
-            let now = tokio::time::Instant::now();
-            if !tasks.is_empty() || now >= deadline {
-                crate::counter!("queue.tasks.leased").add(tasks.len() as u64);
-                for task in &tasks {
-                    tracing::debug!(task = %task.id, worker = %task.worker_id, attempt = task.attempts, "leased");
-                }
-                return Ok(Response::new(DequeueResponse {
-                    has_task: !tasks.is_empty(),
-                    task: tasks.first().cloned(),
-                    tasks,
-                }));
-            }
-            tokio::select! {
-                _ = notified => {}
-                _ = tokio::time::sleep(self.poll.min(deadline - now)) => {}
-            }
-        }
+        let wait_ms = req.wait_ms;
+        let spec = dequeue_spec("", req)?;
+        let tasks = self.lease(spec, wait_ms).await?;
+        Ok(Response::new(DequeueResponse {
+            has_task: !tasks.is_empty(),
+            task: tasks.first().cloned(),
+            tasks,
+        }))
     }
 
     async fn ack(&self, request: Request<AckRequest>) -> Result<Response<AckResponse>, GrpcStatus> {
         let _timer = crate::timer!("queue.grpc.ack");
-        let request = request.into_inner();
+        let mut request = request.into_inner();
         check_size(&request)?;
+        // The next lease is checked before the ack is applied, so a bad
+        // request changes nothing.
+        let next = match request.next.take() {
+            Some(next) => {
+                let wait_ms = next.wait_ms;
+                Some((dequeue_spec("next.", next)?, wait_ms))
+            }
+            None => None,
+        };
         let spec = ack_spec("", request)?;
         let mut outcomes = self
             .backend
@@ -290,7 +319,19 @@ impl<B: QueueBackend> TaskQueue for QueueService<B> {
         if task.status == Status::Pending.as_str() {
             self.wake(1);
         }
-        Ok(Response::new(AckResponse { task: Some(task) }))
+        // The ack is applied whatever happens next: a failing lease answers
+        // no tasks, and the caller's Dequeue meets the failure itself.
+        let next = match next {
+            Some((spec, wait_ms)) => self.lease(spec, wait_ms).await.unwrap_or_else(|e| {
+                tracing::warn!(error = %e.message(), "the lease after an ack failed");
+                Vec::new()
+            }),
+            None => Vec::new(),
+        };
+        Ok(Response::new(AckResponse {
+            task: Some(task),
+            next,
+        }))
     }
 
     async fn list_tasks(
