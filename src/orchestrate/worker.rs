@@ -101,6 +101,8 @@ pub async fn work(
 ) {
     let mut stop_wait = stop.clone();
     // Tasks leased by the last ack, to run before asking the queue again.
+    // A worker told to stop with one here leaves it to its lease (it is
+    // handed out again when the lease ends), as it would had it died.
     let mut ready: Vec<Task> = Vec::new();
     while !*stop.borrow() {
         let tasks = if ready.is_empty() {
