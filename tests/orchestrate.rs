@@ -960,6 +960,27 @@ fn a_malformed_job_is_failed_with_its_reason_and_bad_worker_input_exits_2() {
     ws.run(&["worker", "--server", &url, "--lease", "soon"])
         .code(2)
         .stderr_has("--lease");
+    // Requests the server would refuse for ever are refused before any
+    // (the worker used to retry them silently, never ending).
+    ws.run(&["worker", "--server", &url, "--queues", "no spaces"])
+        .code(2)
+        .stderr_has("--queues: queue name \"no spaces\" must match");
+    ws.run(&["worker", "--server", &url, "--lease", "2days"])
+        .code(2)
+        .stderr_has("--lease: 2days is longer than the server allows (1day)");
+    // A server that wants a token the worker lacks: it stops, saying so.
+    ws.write("token", "tok-456\n");
+    let (mut guarded, announced) =
+        ws.serve(&["--listen", "127.0.0.1:0", "--token-file", "token"]);
+    let guarded_url = announced["listening"].as_str().unwrap().to_string();
+    ws.run(&["worker", "--server", &guarded_url])
+        .code(3)
+        .stderr_has("bearer token");
+    std::process::Command::new("kill")
+        .args(["-TERM", &guarded.id().to_string()])
+        .status()
+        .unwrap();
+    guarded.wait().unwrap();
     ws.run(&["orchestrate", "--resume", "no-such-run"])
         .code(2)
         .stderr_has("--resume: no run \"no-such-run\" (see nova runs)");

@@ -67,6 +67,17 @@ pub fn worker_command(
     args: &crate::cli::WorkerArgs,
     verbose: u8,
 ) -> Result<()> {
+    for queue in &args.queues {
+        crate::queue::validate::queue_name("--queues", queue).map_err(Error::usage)?;
+    }
+    let most = Duration::from_millis(crate::queue::service::MAX_LEASE_MS.into());
+    if args.lease > most {
+        return Err(Error::usage(format!(
+            "--lease: {} is longer than the server allows ({})",
+            humantime::format_duration(args.lease),
+            humantime::format_duration(most)
+        )));
+    }
     let token = crate::files::read_token(args.token_file.as_deref())?;
     let policy = crate::policy::open(ws)?;
     let privileges = Privileges::resolve(ws.config.service_user.as_deref())?;
@@ -74,7 +85,7 @@ pub fn worker_command(
     rt.block_on(async {
         let audit = workspace_log(ws, &args.store.choice(), true).await?;
         let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-        let mut workers = Vec::new();
+        let mut workers = tokio::task::JoinSet::new();
         for i in 0..args.concurrency {
             let client = client::connect(&args.server, token.as_deref())
                 .await
@@ -95,11 +106,11 @@ pub fn worker_command(
                 pending_audit: Default::default(),
                 privileges: privileges.clone(),
             });
-            workers.push(tokio::spawn(worker::work(
+            workers.spawn(worker::work(
                 crate::queue::handle::QueueHandle::Remote(client),
                 cfg,
                 stop_rx.clone(),
-            )));
+            ));
         }
         if !out.quiet {
             eprintln!(
@@ -113,12 +124,25 @@ pub fn worker_command(
                 }
             );
         }
-        crate::runtime::signal().await;
+        // Until a signal, or until the server refuses a worker for good.
+        let refused = async {
+            while let Some(ended) = workers.join_next().await {
+                if let Ok(Err(status)) = ended {
+                    return status;
+                }
+            }
+            std::future::pending().await
+        };
+        let refused = tokio::select! {
+            _ = crate::runtime::signal() => None,
+            status = refused => Some(status),
+        };
         let _ = stop_tx.send(true);
-        for w in workers {
-            let _ = tokio::time::timeout(Duration::from_secs(10), w).await;
+        let _ = tokio::time::timeout(Duration::from_secs(10), workers.join_all()).await;
+        match refused {
+            Some(status) => Err(crate::queue::client::grpc_error(status)),
+            None => Err(Error::Interrupted("nova worker stopped".into())),
         }
-        Err(Error::Interrupted("nova worker stopped".into()))
     })
 }
 

@@ -93,12 +93,13 @@ pub struct WorkerConfig {
 }
 
 /// Take and run jobs until `stop` turns true. Transport errors (a server
-/// restarting) are waited out.
+/// restarting) are waited out; a refusal that asking again cannot change
+/// (a bad request, a wrong token) ends the worker with it.
 pub async fn work(
     mut client: QueueHandle,
     cfg: Arc<WorkerConfig>,
     stop: tokio::sync::watch::Receiver<bool>,
-) {
+) -> Result<(), tonic::Status> {
     let mut stop_wait = stop.clone();
     // Tasks leased by the last ack, to run before asking the queue again.
     // A worker told to stop with one here leaves it to its lease (it is
@@ -110,6 +111,15 @@ pub async fn work(
             tokio::select! {
                 r = client.dequeue(request) => match r {
                     Ok(r) => r.tasks,
+                    Err(e) if matches!(
+                        e.code(),
+                        tonic::Code::InvalidArgument
+                            | tonic::Code::Unauthenticated
+                            | tonic::Code::PermissionDenied
+                    ) => {
+                        finish_audit(&cfg).await;
+                        return Err(e);
+                    }
                     Err(e) => {
                         tracing::debug!(error = %e, "dequeue failed; retrying");
                         tokio::time::sleep(Duration::from_millis(200)).await;
@@ -128,6 +138,12 @@ pub async fn work(
         let mut pending = cfg.pending_audit.lock().unwrap_or_else(|p| p.into_inner());
         while pending.try_join_next().is_some() {}
     }
+    finish_audit(&cfg).await;
+    Ok(())
+}
+
+/// Wait for the audit appends still in flight.
+async fn finish_audit(cfg: &WorkerConfig) {
     let pending = std::mem::take(&mut *cfg.pending_audit.lock().unwrap_or_else(|p| p.into_inner()));
     pending.join_all().await;
 }

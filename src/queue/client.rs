@@ -100,3 +100,16 @@ impl From<ConnectError> for crate::error::Error {
         }
     }
 }
+
+/// The error a refusal from the queue server is to nova's user: bad input
+/// (exit 2), a wrong token (exit 3), or a failure (exit 1).
+pub fn grpc_error(status: tonic::Status) -> crate::error::Error {
+    use crate::error::Error;
+    use tonic::Code;
+    let message = status.message().to_string();
+    match status.code() {
+        Code::InvalidArgument | Code::NotFound | Code::ResourceExhausted => Error::usage(message),
+        Code::Unauthenticated => Error::Denied(message),
+        _ => Error::Failed(format!("{:?}: {message}", status.code())),
+    }
+}

@@ -5,10 +5,9 @@
 //! client would, so both paths run the same code.
 
 use serde_json::{Value, json};
-use tonic::Code;
 
 use super::backend::QueueBackend;
-use super::client::{self, Client};
+use super::client::{self, Client, grpc_error};
 use super::model::Status;
 use super::open::open_queue;
 use super::proto::*;
@@ -232,15 +231,6 @@ fn parse_action(action: &QueueAction) -> Result<Action> {
         QueueAction::Resume { queue } => Action::Pause(queue.clone(), false),
         QueueAction::Purge { .. } => unreachable!("purge runs on the store, before this"),
     })
-}
-
-fn grpc_error(status: tonic::Status) -> Error {
-    let message = status.message().to_string();
-    match status.code() {
-        Code::InvalidArgument | Code::NotFound | Code::ResourceExhausted => Error::usage(message),
-        Code::Unauthenticated => Error::Denied(message),
-        _ => Error::Failed(format!("{:?}: {message}", status.code())),
-    }
 }
 
 async fn execute(client: &mut Client, out: &Output, action: Action) -> Result<()> {
