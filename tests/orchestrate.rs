@@ -970,8 +970,7 @@ fn a_malformed_job_is_failed_with_its_reason_and_bad_worker_input_exits_2() {
         .stderr_has("--lease: 2days is longer than the server allows (1day)");
     // A server that wants a token the worker lacks: it stops, saying so.
     ws.write("token", "tok-456\n");
-    let (mut guarded, announced) =
-        ws.serve(&["--listen", "127.0.0.1:0", "--token-file", "token"]);
+    let (mut guarded, announced) = ws.serve(&["--listen", "127.0.0.1:0", "--token-file", "token"]);
     let guarded_url = announced["listening"].as_str().unwrap().to_string();
     ws.run(&["worker", "--server", &guarded_url])
         .code(3)

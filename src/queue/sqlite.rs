@@ -80,31 +80,36 @@ const COLUMNS: &str = "id, type, payload, metadata, status, created_at, updated_
     priority, attempts, max_attempts, run_at, idempotency_key, last_error, lease_expires_at, lease_id, retry_backoff_ms";
 
 fn task_from_row(row: &Row) -> rusqlite::Result<Task> {
-    let metadata: String = row.get(3)?;
+    task_from_row_at(row, 0)
+}
+
+/// The task in [`COLUMNS`] order from column `at` on.
+fn task_from_row_at(row: &Row, at: usize) -> rusqlite::Result<Task> {
+    let metadata: String = row.get(at + 3)?;
     let pairs: Vec<(String, String)> = serde_json::from_str(&metadata).unwrap_or_default();
     Ok(Task {
-        id: row.get(0)?,
-        r#type: row.get(1)?,
-        payload: row.get(2)?,
+        id: row.get(at)?,
+        r#type: row.get(at + 1)?,
+        payload: row.get(at + 2)?,
         metadata: pairs
             .into_iter()
             .map(|(key, value)| TaskMetadataEntry { key, value })
             .collect(),
-        status: row.get(4)?,
-        created_at: row.get(5)?,
-        updated_at: row.get(6)?,
-        result: row.get(7)?,
-        worker_id: row.get(8)?,
-        queue: row.get(9)?,
-        priority: row.get(10)?,
-        attempts: row.get(11)?,
-        max_attempts: row.get(12)?,
-        run_at: row.get(13)?,
-        idempotency_key: row.get::<_, Option<String>>(14)?.unwrap_or_default(),
-        last_error: row.get(15)?,
-        lease_expires_at: row.get(16)?,
-        lease_id: row.get(17)?,
-        retry_backoff_ms: row.get(18)?,
+        status: row.get(at + 4)?,
+        created_at: row.get(at + 5)?,
+        updated_at: row.get(at + 6)?,
+        result: row.get(at + 7)?,
+        worker_id: row.get(at + 8)?,
+        queue: row.get(at + 9)?,
+        priority: row.get(at + 10)?,
+        attempts: row.get(at + 11)?,
+        max_attempts: row.get(at + 12)?,
+        run_at: row.get(at + 13)?,
+        idempotency_key: row.get::<_, Option<String>>(at + 14)?.unwrap_or_default(),
+        last_error: row.get(at + 15)?,
+        lease_expires_at: row.get(at + 16)?,
+        lease_id: row.get(at + 17)?,
+        retry_backoff_ms: row.get(at + 18)?,
     })
 }
 
@@ -131,8 +136,15 @@ fn not_in_progress(task: &Task) -> QueueError {
 /// The task, if the caller's lease (when given) still holds it at `now`.
 fn held(conn: &Connection, id: &str, lease_id: Option<&str>, now: i64) -> QueueResult<Task> {
     let task = find(conn, id)?;
+    check_held(&task, lease_id, now)?;
+    Ok(task)
+}
+
+/// Whether the caller's lease (when given) still holds `task` at `now`.
+fn check_held(task: &Task, lease_id: Option<&str>, now: i64) -> QueueResult<()> {
+    let id = &task.id;
     if task.status != Status::InProgress.as_str() {
-        return Err(not_in_progress(&task));
+        return Err(not_in_progress(task));
     }
     if let Some(lease) = lease_id
         && lease != task.lease_id
@@ -146,7 +158,7 @@ fn held(conn: &Connection, id: &str, lease_id: Option<&str>, now: i64) -> QueueR
             "the lease on task {id} expired; it will be handed out again"
         )));
     }
-    Ok(task)
+    Ok(())
 }
 
 /// A final ack sent again by the lease that gave it (its answer was lost, say
@@ -165,6 +177,19 @@ fn repeated_ack(task: &Task, ack: &AckSpec) -> bool {
 }
 
 fn reap_expired(conn: &Connection, now: i64) -> QueueResult<u64> {
+    // Usually nothing has expired, and this look is much cheaper than the
+    // UPDATE, which collects rows in a temporary table before changing them
+    // (it changes the index it searches).
+    let expired = conn
+        .prepare_cached(
+            "SELECT 1 FROM queue_tasks WHERE status = 'IN_PROGRESS' AND lease_expires_at <= ?1 LIMIT 1",
+        )
+        .map_err(sql_err)?
+        .exists([now])
+        .map_err(sql_err)?;
+    if !expired {
+        return Ok(0);
+    }
     let n = conn
         .prepare_cached(
             "UPDATE queue_tasks SET status = 'PENDING', last_error = 'lease expired (worker ' || worker_id || ')',
@@ -194,6 +219,7 @@ fn enqueue_one(conn: &Connection, task: NewTask, now: i64) -> QueueResult<(Task,
     let id = new_id();
     let metadata = serde_json::to_string(&task.metadata).expect("metadata serializes");
     let run_at = now.saturating_add(task.delay_ms.min(i64::MAX as u64) as i64);
+    let max_attempts = task.max_attempts.max(1);
     conn.prepare_cached(
         "INSERT INTO queue_tasks (id, queue, type, payload, metadata, status, priority, attempts, max_attempts,
              retry_backoff_ms, run_at, created_at, updated_at, idempotency_key)
@@ -207,24 +233,51 @@ fn enqueue_one(conn: &Connection, task: NewTask, now: i64) -> QueueResult<(Task,
         task.payload,
         metadata,
         task.priority,
-        task.max_attempts.max(1),
+        max_attempts,
         task.retry_backoff_ms,
         run_at,
         now,
         task.idempotency_key
     ])
     .map_err(sql_err)?;
-    Ok((find(conn, &id)?, false))
+    // The row as inserted (the columns' defaults included), without reading it back.
+    let task = Task {
+        id,
+        r#type: task.kind,
+        payload: task.payload,
+        metadata: task
+            .metadata
+            .into_iter()
+            .map(|(key, value)| TaskMetadataEntry { key, value })
+            .collect(),
+        status: Status::Pending.as_str().to_string(),
+        created_at: now,
+        updated_at: now,
+        result: String::new(),
+        worker_id: String::new(),
+        queue: task.queue,
+        priority: task.priority,
+        attempts: 0,
+        max_attempts,
+        run_at,
+        idempotency_key: task.idempotency_key.unwrap_or_default(),
+        last_error: String::new(),
+        lease_expires_at: 0,
+        lease_id: String::new(),
+        retry_backoff_ms: task.retry_backoff_ms,
+    };
+    Ok((task, false))
 }
 
 fn dequeue(conn: &Connection, spec: &DequeueSpec, now: i64) -> QueueResult<Vec<Task>> {
     reap_expired(conn, now)?;
     let limit = spec.max_tasks.clamp(1, 256) as i64;
+    // NOT EXISTS, not NOT IN: a lookup in paused_queues' key per candidate
+    // instead of a temporary table built on every call.
     let mut sql = format!(
-        "SELECT seq, length(CAST(payload AS BLOB)) + length(CAST(metadata AS BLOB))
-              + length(CAST(result AS BLOB)) + length(CAST(last_error AS BLOB)) + {TASK_OVERHEAD}
-         FROM queue_tasks WHERE status = 'PENDING' AND run_at <= ?
-           AND queue NOT IN (SELECT queue FROM paused_queues)"
+        "SELECT seq, {COLUMNS} FROM queue_tasks
+         WHERE status = 'PENDING' AND run_at <= ?
+           AND NOT EXISTS (SELECT 1 FROM paused_queues p WHERE p.queue = queue_tasks.queue)"
     );
     if !spec.queues.is_empty() {
         sql.push_str(&format!(
@@ -236,45 +289,67 @@ fn dequeue(conn: &Connection, spec: &DequeueSpec, now: i64) -> QueueResult<Vec<T
     let mut args: Vec<rusqlite::types::Value> = vec![now.into()];
     args.extend(spec.queues.iter().map(|q| q.clone().into()));
     args.push(limit.into());
-    let candidates: Vec<(i64, i64)> = conn
+    let candidates: Vec<(i64, Task)> = conn
         .prepare_cached(&sql)
         .map_err(sql_err)?
-        .query_map(params_from_iter(args), |r| Ok((r.get(0)?, r.get(1)?)))
+        .query_map(params_from_iter(args), |r| {
+            Ok((r.get(0)?, task_from_row_at(r, 1)?))
+        })
         .map_err(sql_err)?
         .collect::<Result<_, _>>()
         .map_err(sql_err)?;
-    let mut used = 0u64;
-    let seqs: Vec<i64> = candidates
-        .into_iter()
-        .enumerate()
-        .take_while(|(i, (_, size))| {
-            used += *size as u64;
-            *i == 0 || spec.max_bytes == 0 || used <= spec.max_bytes
-        })
-        .map(|(_, (seq, _))| seq)
-        .collect();
 
     let lease_ms = if spec.lease_ms == 0 {
         DEFAULT_LEASE_MS
     } else {
         spec.lease_ms
     } as i64;
+    // Without RETURNING, which SQLite buffers in a temporary table: the
+    // leased task is the candidate with the columns this statement sets.
     let mut stmt = conn
-        .prepare_cached(&format!(
+        .prepare_cached(
             "UPDATE queue_tasks SET status = 'IN_PROGRESS', worker_id = ?1, lease_id = ?2, lease_expires_at = ?3,
                  attempts = attempts + 1, updated_at = ?4
-             WHERE seq = ?5 RETURNING {COLUMNS}"
-        ))
+             WHERE seq = ?5",
+        )
         .map_err(sql_err)?;
-    seqs.into_iter()
-        .map(|seq| {
-            stmt.query_row(
-                params![spec.worker_id, new_id(), now + lease_ms, now, seq],
-                task_from_row,
-            )
-            .map_err(sql_err)
-        })
-        .collect()
+    let mut used = 0u64;
+    let mut leased = Vec::with_capacity(candidates.len());
+    for (i, (seq, mut task)) in candidates.into_iter().enumerate() {
+        used += task_size(&task);
+        if i > 0 && spec.max_bytes != 0 && used > spec.max_bytes {
+            break;
+        }
+        task.status = Status::InProgress.as_str().to_string();
+        task.worker_id = spec.worker_id.clone();
+        task.lease_id = new_id();
+        task.lease_expires_at = now + lease_ms;
+        task.attempts += 1;
+        task.updated_at = now;
+        stmt.execute(params![
+            task.worker_id,
+            task.lease_id,
+            task.lease_expires_at,
+            now,
+            seq
+        ])
+        .map_err(sql_err)?;
+        leased.push(task);
+    }
+    Ok(leased)
+}
+
+/// What a task counts against a dequeue's `max_bytes`: its variable-length
+/// fields in bytes (a metadata entry as about its stored `["key","value"],`)
+/// and a fixed allowance for the rest.
+fn task_size(task: &Task) -> u64 {
+    let metadata: usize = task
+        .metadata
+        .iter()
+        .map(|e| e.key.len() + e.value.len() + 8)
+        .sum();
+    (task.payload.len() + metadata + task.result.len() + task.last_error.len()) as u64
+        + TASK_OVERHEAD
 }
 
 fn paused_queues(conn: &Connection) -> QueueResult<Vec<String>> {
@@ -287,11 +362,16 @@ fn paused_queues(conn: &Connection) -> QueueResult<Vec<String>> {
 }
 
 fn ack_one(conn: &Connection, ack: &AckSpec, now: i64) -> QueueResult<Task> {
-    let task = find(conn, &ack.task_id)?;
+    let mut task = find(conn, &ack.task_id)?;
     if repeated_ack(&task, ack) {
         return Ok(task);
     }
-    let task = held(conn, &ack.task_id, ack.lease_id.as_deref(), now)?;
+    check_held(&task, ack.lease_id.as_deref(), now)?;
+    // Each branch sets the columns in SQL and the same fields on the task
+    // answered, so the row is not read back.
+    task.result = ack.result.clone();
+    task.lease_expires_at = 0;
+    task.updated_at = now;
     if ack.success {
         conn.prepare_cached(
             "UPDATE queue_tasks SET status = 'COMPLETED', result = ?1, lease_expires_at = 0, updated_at = ?2
@@ -300,6 +380,7 @@ fn ack_one(conn: &Connection, ack: &AckSpec, now: i64) -> QueueResult<Task> {
         .map_err(sql_err)?
         .execute(params![ack.result, now, ack.task_id])
         .map_err(sql_err)?;
+        task.status = Status::Completed.as_str().to_string();
     } else if ack.retry && task.attempts < task.max_attempts {
         let run_at = now + backoff_ms(task.retry_backoff_ms, task.attempts);
         conn.prepare_cached(
@@ -309,6 +390,11 @@ fn ack_one(conn: &Connection, ack: &AckSpec, now: i64) -> QueueResult<Task> {
         .map_err(sql_err)?
         .execute(params![ack.result, ack.error, run_at, now, ack.task_id])
         .map_err(sql_err)?;
+        task.status = Status::Pending.as_str().to_string();
+        task.last_error = ack.error.clone();
+        task.run_at = run_at;
+        task.worker_id.clear();
+        task.lease_id.clear();
     } else {
         conn.prepare_cached(
             "UPDATE queue_tasks SET status = 'FAILED', result = ?1, last_error = ?2, lease_expires_at = 0,
@@ -317,8 +403,10 @@ fn ack_one(conn: &Connection, ack: &AckSpec, now: i64) -> QueueResult<Task> {
         .map_err(sql_err)?
         .execute(params![ack.result, ack.error, now, ack.task_id])
         .map_err(sql_err)?;
+        task.status = Status::Failed.as_str().to_string();
+        task.last_error = ack.error.clone();
     }
-    find(conn, &ack.task_id)
+    Ok(task)
 }
 
 impl QueueBackend for SqliteQueue {
@@ -359,7 +447,7 @@ impl QueueBackend for SqliteQueue {
         now: i64,
     ) -> QueueResult<Task> {
         self.write_relaxed(move |conn| {
-            held(conn, &task_id, Some(&lease_id), now)?;
+            let mut task = held(conn, &task_id, Some(&lease_id), now)?;
             let lease_ms = if lease_ms == 0 {
                 DEFAULT_LEASE_MS
             } else {
@@ -371,7 +459,9 @@ impl QueueBackend for SqliteQueue {
             .map_err(sql_err)?
             .execute(params![now + lease_ms, now, task_id])
             .map_err(sql_err)?;
-            find(conn, &task_id)
+            task.lease_expires_at = now + lease_ms;
+            task.updated_at = now;
+            Ok(task)
         })
         .await
     }
@@ -553,4 +643,92 @@ fn purge_finished(conn: &Connection, before: i64, queue: Option<&str>) -> QueueR
         .execute(rusqlite::params![before, queue, PURGE_CHUNK as i64])
         .map_err(sql_err)?;
     Ok(n as u64)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spec(worker: &str) -> DequeueSpec {
+        DequeueSpec {
+            worker_id: worker.into(),
+            queues: Vec::new(),
+            lease_ms: 60_000,
+            max_tasks: 1,
+            max_bytes: 0,
+        }
+    }
+
+    fn ack(task: &Task, success: bool, retry: bool) -> AckSpec {
+        AckSpec {
+            task_id: task.id.clone(),
+            success,
+            result: format!("result of {}", task.id),
+            lease_id: Some(task.lease_id.clone()),
+            retry,
+            error: if success {
+                String::new()
+            } else {
+                "it broke".into()
+            },
+        }
+    }
+
+    /// Enqueue, dequeue, heartbeat and ack answer the task without reading
+    /// it back: each answer must be the row as stored.
+    #[tokio::test]
+    async fn every_answer_is_the_row_as_stored() {
+        let dir = tempfile::tempdir().unwrap();
+        let queue = SqliteQueue::open(&dir.path().join("nova.db")).unwrap();
+        let same = |answer: &Task, stored: &Task| assert_eq!(answer, stored);
+
+        let mut new = NewTask::new("kind", "payload");
+        new.metadata = vec![("k".into(), "v \"quoted\"".into())];
+        new.idempotency_key = Some("key-1".into());
+        new.priority = 3;
+        new.max_attempts = 2;
+        new.retry_backoff_ms = 1;
+        let mut failing = NewTask::new("kind", "second");
+        failing.queue = "other".into();
+        let enqueued = queue.enqueue(vec![new, failing], 1_000).await.unwrap();
+        for (task, _) in &enqueued {
+            same(task, &queue.get(task.id.clone()).await.unwrap());
+        }
+
+        let first = queue.dequeue(spec("w1"), 2_000).await.unwrap().remove(0);
+        same(&first, &queue.get(first.id.clone()).await.unwrap());
+        let beat = queue
+            .heartbeat(first.id.clone(), first.lease_id.clone(), 30_000, 2_500)
+            .await
+            .unwrap();
+        same(&beat, &queue.get(first.id.clone()).await.unwrap());
+
+        // Retried (attempt 1 of 2), leased again, completed.
+        let retried = queue
+            .ack(vec![ack(&beat, false, true)], 3_000)
+            .await
+            .unwrap();
+        let retried = retried.into_iter().next().unwrap().unwrap();
+        assert_eq!(retried.status, "PENDING");
+        same(&retried, &queue.get(first.id.clone()).await.unwrap());
+        let again = queue.dequeue(spec("w2"), 9_000).await.unwrap().remove(0);
+        assert_eq!(again.id, first.id);
+        same(&again, &queue.get(first.id.clone()).await.unwrap());
+        let done = queue
+            .ack(vec![ack(&again, true, false)], 9_500)
+            .await
+            .unwrap();
+        let done = done.into_iter().next().unwrap().unwrap();
+        assert_eq!(done.status, "COMPLETED");
+        same(&done, &queue.get(first.id.clone()).await.unwrap());
+
+        let second = queue.dequeue(spec("w3"), 10_000).await.unwrap().remove(0);
+        let failed = queue
+            .ack(vec![ack(&second, false, false)], 10_500)
+            .await
+            .unwrap();
+        let failed = failed.into_iter().next().unwrap().unwrap();
+        assert_eq!(failed.status, "FAILED");
+        same(&failed, &queue.get(second.id.clone()).await.unwrap());
+    }
 }

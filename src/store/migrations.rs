@@ -120,6 +120,61 @@ const MIGRATIONS: &[&str] = &[
         queue     TEXT PRIMARY KEY,
         paused_at INTEGER NOT NULL
     ) WITHOUT ROWID;",
+    // 7: the tables written once or more per task, rebuilt for cheaper writes
+    // (the rows are kept, and so is the queue's sequence). A CHECK of
+    // `status IN (three or more values)` built a temporary index on every
+    // INSERT and UPDATE that set a status; the same rule as ORs does not.
+    // The idempotency key's index holds only the tasks that have one.
+    "CREATE TABLE task_states_v7 (
+        agent      TEXT NOT NULL,
+        task       TEXT NOT NULL,
+        status     TEXT NOT NULL CHECK (status = 'pending' OR status = 'done' OR status = 'failed' OR status = 'skipped'),
+        run_id     TEXT,
+        updated_at INTEGER NOT NULL,
+        detail     TEXT,
+        PRIMARY KEY (agent, task)
+    ) WITHOUT ROWID;
+    INSERT INTO task_states_v7 SELECT agent, task, status, run_id, updated_at, detail FROM task_states;
+    DROP TABLE task_states;
+    ALTER TABLE task_states_v7 RENAME TO task_states;
+
+    CREATE TABLE queue_tasks_v7 (
+        seq              INTEGER PRIMARY KEY AUTOINCREMENT,
+        id               TEXT NOT NULL UNIQUE,
+        queue            TEXT NOT NULL,
+        type             TEXT NOT NULL,
+        payload          TEXT NOT NULL,
+        metadata         TEXT NOT NULL,
+        status           TEXT NOT NULL CHECK (status = 'PENDING' OR status = 'IN_PROGRESS' OR status = 'COMPLETED'
+                                             OR status = 'FAILED' OR status = 'CANCELLED'),
+        priority         INTEGER NOT NULL,
+        attempts         INTEGER NOT NULL,
+        max_attempts     INTEGER NOT NULL,
+        retry_backoff_ms INTEGER NOT NULL,
+        run_at           INTEGER NOT NULL,
+        created_at       INTEGER NOT NULL,
+        updated_at       INTEGER NOT NULL,
+        result           TEXT NOT NULL DEFAULT '',
+        worker_id        TEXT NOT NULL DEFAULT '',
+        lease_id         TEXT NOT NULL DEFAULT '',
+        lease_expires_at INTEGER NOT NULL DEFAULT 0,
+        idempotency_key  TEXT,
+        last_error       TEXT NOT NULL DEFAULT ''
+    );
+    INSERT INTO queue_tasks_v7 (seq, id, queue, type, payload, metadata, status, priority, attempts, max_attempts,
+            retry_backoff_ms, run_at, created_at, updated_at, result, worker_id, lease_id, lease_expires_at,
+            idempotency_key, last_error)
+        SELECT seq, id, queue, type, payload, metadata, status, priority, attempts, max_attempts,
+            retry_backoff_ms, run_at, created_at, updated_at, result, worker_id, lease_id, lease_expires_at,
+            idempotency_key, last_error FROM queue_tasks;
+    -- Purged tasks' numbers are not handed out again.
+    DELETE FROM sqlite_sequence WHERE name = 'queue_tasks_v7';
+    UPDATE sqlite_sequence SET name = 'queue_tasks_v7' WHERE name = 'queue_tasks';
+    DROP TABLE queue_tasks;
+    ALTER TABLE queue_tasks_v7 RENAME TO queue_tasks;
+    CREATE UNIQUE INDEX queue_tasks_idempotency ON queue_tasks (idempotency_key) WHERE idempotency_key IS NOT NULL;
+    CREATE INDEX queue_tasks_due ON queue_tasks (status, priority DESC, run_at, seq);
+    CREATE INDEX queue_tasks_leases ON queue_tasks (status, lease_expires_at);",
 ];
 
 /// The schema version this nova writes.
@@ -172,4 +227,92 @@ pub(super) fn apply(conn: &Connection, path: &Path) -> StoreResult<u32> {
     }
     tx.commit().map_err(sqlite_err(path))?;
     Ok(SCHEMA_VERSION)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn at_version(conn: &Connection, version: usize) {
+        for (i, sql) in MIGRATIONS.iter().take(version).enumerate() {
+            conn.execute_batch(sql).unwrap();
+            conn.pragma_update(None, "user_version", (i + 1) as u32)
+                .unwrap();
+        }
+    }
+
+    fn rows(conn: &Connection, sql: &str) -> Vec<String> {
+        conn.prepare(sql)
+            .unwrap()
+            .query_map([], |r| r.get::<_, String>(0))
+            .unwrap()
+            .collect::<Result<_, _>>()
+            .unwrap()
+    }
+
+    /// Version 7 rebuilds the per-task tables: every row survives, purged
+    /// tasks' numbers stay used, the status rules still hold, and the
+    /// idempotency key is still unique and looked up by index.
+    #[test]
+    fn rebuilding_the_task_tables_keeps_rows_sequence_and_rules() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("nova.db");
+        let conn = Connection::open(&path).unwrap();
+        at_version(&conn, 6);
+        conn.execute_batch(
+            "INSERT INTO task_states VALUES ('orion', 'nemo', 'done', 'r1', 5, NULL);
+             INSERT INTO queue_tasks (id, queue, type, payload, metadata, status, priority, attempts,
+                 max_attempts, retry_backoff_ms, run_at, created_at, updated_at, idempotency_key)
+             VALUES ('a', 'default', 't', 'p1', '[]', 'PENDING', 0, 0, 1, 10, 1, 1, 1, 'key-a'),
+                    ('b', 'default', 't', 'p2', '[]', 'COMPLETED', 0, 1, 1, 10, 1, 1, 2, NULL),
+                    ('c', 'default', 't', 'p3', '[]', 'FAILED', 0, 1, 1, 10, 1, 1, 3, NULL);
+             DELETE FROM queue_tasks WHERE id = 'c';",
+        )
+        .unwrap();
+        let dump = "SELECT seq || id || queue || type || payload || metadata || status || priority || attempts
+            || max_attempts || retry_backoff_ms || run_at || created_at || updated_at || result || worker_id
+            || lease_id || lease_expires_at || coalesce(idempotency_key, '-') || last_error
+            FROM queue_tasks ORDER BY seq";
+        let before = rows(&conn, dump);
+
+        assert_eq!(apply(&conn, &path).unwrap(), SCHEMA_VERSION);
+        assert_eq!(rows(&conn, dump), before);
+        assert_eq!(
+            rows(
+                &conn,
+                "SELECT agent || task || status || run_id FROM task_states"
+            ),
+            ["orionnemodoner1"]
+        );
+        conn.execute_batch(
+            "INSERT INTO queue_tasks (id, queue, type, payload, metadata, status, priority, attempts,
+                 max_attempts, retry_backoff_ms, run_at, created_at, updated_at)
+             VALUES ('d', 'default', 't', 'p4', '[]', 'PENDING', 0, 0, 1, 10, 1, 1, 4)",
+        )
+        .unwrap();
+        assert_eq!(
+            rows(
+                &conn,
+                "SELECT CAST(seq AS TEXT) FROM queue_tasks WHERE id = 'd'"
+            ),
+            ["4"],
+            "the purged task's number was handed out again"
+        );
+
+        let refused = |sql: &str| {
+            let err = conn.execute_batch(sql).unwrap_err().to_string();
+            assert!(err.contains("constraint failed"), "{sql}: {err}");
+        };
+        refused("UPDATE queue_tasks SET status = 'LOST' WHERE id = 'a'");
+        refused("UPDATE task_states SET status = 'lost'");
+        refused("UPDATE queue_tasks SET idempotency_key = 'key-a' WHERE id = 'b'");
+        let plan: String = conn
+            .query_row(
+                "EXPLAIN QUERY PLAN SELECT id FROM queue_tasks WHERE idempotency_key = ?1",
+                ["key-a"],
+                |r| r.get(3),
+            )
+            .unwrap();
+        assert!(plan.contains("queue_tasks_idempotency"), "{plan}");
+    }
 }

@@ -280,8 +280,11 @@ fn configure(conn: &Connection, path: &Path) -> StoreResult<()> {
 /// STAT4): a fifth of the queue's instructions went to parsing the same
 /// SQL again.
 fn stable_plans(conn: &Connection, path: &Path) -> StoreResult<()> {
-    conn.set_db_config(rusqlite::config::DbConfig::SQLITE_DBCONFIG_ENABLE_QPSG, true)
-        .map_err(sqlite_err(path))?;
+    conn.set_db_config(
+        rusqlite::config::DbConfig::SQLITE_DBCONFIG_ENABLE_QPSG,
+        true,
+    )
+    .map_err(sqlite_err(path))?;
     Ok(())
 }
 
