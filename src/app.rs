@@ -94,6 +94,8 @@ pub fn try_main(cli: &Cli, out: &Output, logs: &mut Option<logging::LogGuard>) -
         Command::Report(args) => match &args.action {
             crate::cli::ReportAction::Tests(a) => crate::testreport::command::tests(out, a),
         },
+        Command::Backup(args) => crate::backup::command::run(&ws, out, args),
+        Command::Restore(args) => crate::backup::command::restore_command(&ws, out, args),
         Command::Completions { .. } => unreachable!("handled above"),
     }
 }

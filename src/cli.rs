@@ -85,6 +85,11 @@ pub enum Command {
     Audit(AuditArgs),
     /// QA reports: a Markdown summary of test results (JUnit XML)
     Report(ReportArgs),
+    /// Back up the workspace (a database snapshot, nova.yaml, blueprints, policies, reports,
+    /// logs) to a folder; list and verify backups
+    Backup(BackupArgs),
+    /// Rebuild a workspace from a backup in an empty folder, and verify its audit chain
+    Restore(RestoreArgs),
     /// Counters and latency percentiles recorded by nova's long-running commands
     Kpi,
     /// Measure nova's own speed: the queue, policy decisions, audit appends, KPIs, orchestration overhead
@@ -494,6 +499,46 @@ pub enum PolicyAction {
     List,
     /// Upload the policies in effect to the OPA server (PUT /v1/policies/{id})
     Push,
+}
+
+#[derive(Debug, Args)]
+pub struct BackupArgs {
+    #[command(subcommand)]
+    pub action: Option<BackupAction>,
+
+    /// Where backups are kept: a folder (a path or file:///path) [default: nova.yaml's backup.to]
+    #[arg(long, global = true, value_name = "URL")]
+    pub to: Option<String>,
+
+    /// Also back up the runs' folders ($NOVA_HOME/runs: task logs, results)
+    #[arg(long)]
+    pub with_runs: bool,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum BackupAction {
+    /// The complete backups in the target, oldest first
+    List,
+    /// Download every object of a backup and check it against its SHA-256 (exit 1 when any
+    /// is missing or changed)
+    Verify {
+        /// The backup's id [default: the newest]
+        id: Option<String>,
+    },
+}
+
+#[derive(Debug, Args)]
+pub struct RestoreArgs {
+    /// The backup's id (see nova backup list)
+    pub id: String,
+
+    /// The folder to rebuild the workspace in; it must be empty or missing
+    #[arg(long, value_name = "DIR")]
+    pub to: std::path::PathBuf,
+
+    /// Where the backup is kept [default: nova.yaml's backup.to]
+    #[arg(long, value_name = "URL")]
+    pub from: Option<String>,
 }
 
 #[derive(Debug, Args)]

@@ -55,6 +55,17 @@ pub struct Config {
     /// Thresholds and alerting for `nova monitor`.
     #[serde(default)]
     pub monitor: MonitorConfig,
+    /// Where `nova backup` keeps backups.
+    #[serde(default)]
+    pub backup: BackupConfig,
+}
+
+/// `backup:` in nova.yaml.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BackupConfig {
+    /// The default target of `nova backup` and `nova restore`: a folder.
+    pub to: Option<String>,
 }
 
 /// `setup:` in nova.yaml.

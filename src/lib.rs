@@ -9,6 +9,7 @@
 
 pub mod app;
 pub mod audit;
+pub mod backup;
 pub mod bench;
 pub mod blueprints;
 pub mod cli;

@@ -63,7 +63,7 @@ pub const CONTROLS: &[Control] = &[
     Control {
         id: "A.8.13",
         title: "Information backup",
-        actions: &["audit.export", "store.backup"],
+        actions: &["audit.export", "backup.*"],
     },
     Control {
         id: "A.8.15",
