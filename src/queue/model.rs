@@ -77,6 +77,31 @@ pub struct NewTask {
 }
 
 impl NewTask {
+    /// The task this becomes when stored as `id` at `now`: pending, never
+    /// attempted (both backends answer an enqueue with it, not a read-back).
+    pub fn into_task(self, id: String, now: i64) -> super::proto::Task {
+        super::proto::Task {
+            id,
+            r#type: self.kind,
+            payload: self.payload,
+            metadata: self
+                .metadata
+                .into_iter()
+                .map(|(key, value)| super::proto::TaskMetadataEntry { key, value })
+                .collect(),
+            status: Status::Pending.as_str().to_string(),
+            created_at: now,
+            updated_at: now,
+            queue: self.queue,
+            priority: self.priority,
+            max_attempts: self.max_attempts.max(1),
+            run_at: now.saturating_add(self.delay_ms.min(i64::MAX as u64) as i64),
+            idempotency_key: self.idempotency_key.unwrap_or_default(),
+            retry_backoff_ms: self.retry_backoff_ms,
+            ..Default::default()
+        }
+    }
+
     pub fn new(kind: impl Into<String>, payload: impl Into<String>) -> Self {
         NewTask {
             queue: DEFAULT_QUEUE.into(),

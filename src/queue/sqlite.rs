@@ -216,10 +216,9 @@ fn enqueue_one(conn: &Connection, task: NewTask, now: i64) -> QueueResult<(Task,
             return Ok((existing, true));
         }
     }
-    let id = new_id();
     let metadata = serde_json::to_string(&task.metadata).expect("metadata serializes");
-    let run_at = now.saturating_add(task.delay_ms.min(i64::MAX as u64) as i64);
-    let max_attempts = task.max_attempts.max(1);
+    // The row as inserted (the columns' defaults included), without reading it back.
+    let task = task.into_task(new_id(), now);
     conn.prepare_cached(
         "INSERT INTO queue_tasks (id, queue, type, payload, metadata, status, priority, attempts, max_attempts,
              retry_backoff_ms, run_at, created_at, updated_at, idempotency_key)
@@ -227,45 +226,19 @@ fn enqueue_one(conn: &Connection, task: NewTask, now: i64) -> QueueResult<(Task,
     )
     .map_err(sql_err)?
     .execute(params![
-        id,
+        task.id,
         task.queue,
-        task.kind,
+        task.r#type,
         task.payload,
         metadata,
         task.priority,
-        max_attempts,
+        task.max_attempts,
         task.retry_backoff_ms,
-        run_at,
+        task.run_at,
         now,
-        task.idempotency_key
+        (!task.idempotency_key.is_empty()).then_some(&task.idempotency_key)
     ])
     .map_err(sql_err)?;
-    // The row as inserted (the columns' defaults included), without reading it back.
-    let task = Task {
-        id,
-        r#type: task.kind,
-        payload: task.payload,
-        metadata: task
-            .metadata
-            .into_iter()
-            .map(|(key, value)| TaskMetadataEntry { key, value })
-            .collect(),
-        status: Status::Pending.as_str().to_string(),
-        created_at: now,
-        updated_at: now,
-        result: String::new(),
-        worker_id: String::new(),
-        queue: task.queue,
-        priority: task.priority,
-        attempts: 0,
-        max_attempts,
-        run_at,
-        idempotency_key: task.idempotency_key.unwrap_or_default(),
-        last_error: String::new(),
-        lease_expires_at: 0,
-        lease_id: String::new(),
-        retry_backoff_ms: task.retry_backoff_ms,
-    };
     Ok((task, false))
 }
 

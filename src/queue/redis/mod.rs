@@ -303,26 +303,7 @@ impl QueueBackend for RedisQueue {
         let mut stored = Vec::with_capacity(tasks.len());
         for t in tasks {
             let metadata = serde_json::to_string(&t.metadata).expect("metadata serializes");
-            let task = Task {
-                id: new_id(),
-                r#type: t.kind,
-                payload: t.payload,
-                metadata: t
-                    .metadata
-                    .into_iter()
-                    .map(|(key, value)| TaskMetadataEntry { key, value })
-                    .collect(),
-                status: Status::Pending.as_str().to_string(),
-                created_at: now,
-                updated_at: now,
-                queue: t.queue,
-                priority: t.priority,
-                max_attempts: t.max_attempts.max(1),
-                run_at: now.saturating_add(t.delay_ms.min(i64::MAX as u64) as i64),
-                idempotency_key: t.idempotency_key.unwrap_or_default(),
-                retry_backoff_ms: t.retry_backoff_ms,
-                ..Default::default()
-            };
+            let task = t.into_task(new_id(), now);
             args.extend([
                 arg(&task.id),
                 arg(&task.queue),
