@@ -4,7 +4,7 @@
 
 mod common;
 
-use common::Workspace;
+use common::{Outcome, Workspace};
 
 fn target(ws: &Workspace) -> String {
     ws.path().join("backups").display().to_string()
@@ -22,6 +22,24 @@ fn run_in(ws: &Workspace, dir: &std::path::Path, args: &[&str]) -> (i32, String)
         out.status.code().unwrap_or(-1),
         String::from_utf8_lossy(&out.stdout).into_owned(),
     )
+}
+
+/// `nova restore ID --from TARGET --to INTO`.
+fn restore(ws: &Workspace, id: &str, into: &std::path::Path) -> Outcome {
+    ws.run(&[
+        "restore",
+        id,
+        "--from",
+        &target(ws),
+        "--to",
+        into.to_str().unwrap(),
+    ])
+}
+
+/// The manifest of backup `id` as stored in the target.
+fn stored_manifest(ws: &Workspace, id: &str) -> serde_json::Value {
+    let file = ws.path().join(format!("backups/backups/{id}.json"));
+    serde_json::from_slice(&std::fs::read(file).unwrap()).unwrap()
 }
 
 fn newest(ws: &Workspace) -> String {
@@ -79,16 +97,9 @@ fn a_restored_workspace_matches_the_original() {
         .stdout_has("match their hashes");
 
     let restored_dir = ws.path().join("restored");
-    ws.run(&[
-        "restore",
-        &id,
-        "--from",
-        &to,
-        "--to",
-        restored_dir.to_str().unwrap(),
-    ])
-    .success()
-    .stdout_has("audit chain of");
+    restore(&ws, &id, &restored_dir)
+        .success()
+        .stdout_has("audit chain of");
     let original = ws.run(&["queue", "list", "--json"]).success().json();
     let (code, listed) = run_in(&ws, &restored_dir, &["queue", "list", "--json"]);
     assert_eq!(code, 0);
@@ -107,16 +118,9 @@ fn a_restored_workspace_matches_the_original() {
     assert!(verified.contains("audit chain holds"), "{verified}");
 
     // Into a folder that is not empty: refused, nothing changed.
-    ws.run(&[
-        "restore",
-        &id,
-        "--from",
-        &to,
-        "--to",
-        restored_dir.to_str().unwrap(),
-    ])
-    .code(2)
-    .stderr_has("not empty");
+    restore(&ws, &id, &restored_dir)
+        .code(2)
+        .stderr_has("not empty");
 }
 
 #[test]
@@ -142,10 +146,7 @@ fn a_changed_object_is_named_by_verify_and_refused_by_restore() {
     let to = target(&ws);
     ws.run(&["backup", "--to", &to]).success();
     let id = newest(&ws);
-    let manifest: serde_json::Value = serde_json::from_slice(
-        &std::fs::read(ws.path().join(format!("backups/backups/{id}.json"))).unwrap(),
-    )
-    .unwrap();
+    let manifest = stored_manifest(&ws, &id);
     let policy = manifest["files"]
         .as_array()
         .unwrap()
@@ -163,16 +164,9 @@ fn a_changed_object_is_named_by_verify_and_refused_by_restore() {
         .stderr_has("policies/extra.rego")
         .stderr_has("SHA-256");
     let into = ws.path().join("restored");
-    ws.run(&[
-        "restore",
-        &id,
-        "--from",
-        &to,
-        "--to",
-        into.to_str().unwrap(),
-    ])
-    .code(1)
-    .stderr_has("nothing was restored");
+    restore(&ws, &id, &into)
+        .code(1)
+        .stderr_has("nothing was restored");
     assert!(!into.exists(), "a damaged backup left files behind");
 }
 
@@ -203,4 +197,57 @@ fn bad_targets_and_ids_are_refused() {
     ws.run(&["backup", "list", "--to", &to])
         .code(1)
         .stderr_has("backups/junk.json");
+}
+
+#[test]
+fn a_missing_target_folder_is_named_not_created() {
+    let ws = busy_workspace();
+    let missing = ws.path().join("no-such-backups");
+    let missing_str = missing.to_str().unwrap();
+    ws.run(&["backup", "list", "--to", missing_str])
+        .code(2)
+        .stderr_has("there is no backup folder");
+    ws.run(&["backup", "verify", "--to", missing_str]).code(2);
+    ws.run(&[
+        "restore",
+        "20000101T000000Z-0000",
+        "--from",
+        missing_str,
+        "--to",
+        "x",
+    ])
+    .code(2)
+    .stderr_has(missing_str);
+    assert!(!missing.exists(), "a read of a missing target created it");
+}
+
+#[test]
+fn a_manifest_with_an_unsafe_path_restores_nothing() {
+    let ws = busy_workspace();
+    ws.run(&["backup", "--to", &target(&ws)]).success();
+    let id = newest(&ws);
+    let mut manifest = stored_manifest(&ws, &id);
+    manifest["files"][0]["path"] = "../outside".into();
+    std::fs::write(
+        ws.path().join(format!("backups/backups/{id}.json")),
+        serde_json::to_vec(&manifest).unwrap(),
+    )
+    .unwrap();
+    let into = ws.path().join("restored");
+    restore(&ws, &id, &into)
+        .code(1)
+        .stderr_has("../outside")
+        .stderr_has("unsafe path");
+    assert!(!into.exists());
+    assert!(!ws.path().join("outside").exists());
+}
+
+#[test]
+fn a_bad_backup_section_in_nova_yaml_is_named() {
+    let ws = busy_workspace();
+    ws.write("nova.yaml", "backup:\n  destination: /tmp/x\n");
+    ws.run(&["backup"])
+        .code(2)
+        .stderr_has("nova.yaml")
+        .stderr_has("destination");
 }

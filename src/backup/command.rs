@@ -32,7 +32,8 @@ async fn audit(ws: &Workspace, event: Event) -> Result<()> {
 
 pub fn run(ws: &Workspace, out: &Output, args: &BackupArgs) -> Result<()> {
     let url = target_url(ws, args.to.as_deref(), "--to")?;
-    let target = Target::open(&url, &ws.root)?;
+    // Only taking a backup may make the folder.
+    let target = Target::open(&url, &ws.root, args.action.is_none())?;
     let rt = crate::runtime::runtime()?;
     rt.block_on(async {
         match &args.action {
@@ -132,15 +133,12 @@ pub fn run(ws: &Workspace, out: &Output, args: &BackupArgs) -> Result<()> {
 
 pub fn restore_command(ws: &Workspace, out: &Output, args: &RestoreArgs) -> Result<()> {
     let url = target_url(ws, args.from.as_deref(), "--from")?;
-    let target = Target::open(&url, &ws.root)?;
+    let target = Target::open(&url, &ws.root, false)?;
     let rt = crate::runtime::runtime()?;
     rt.block_on(async {
         let m = manifest(&target, Some(&args.id)).await?;
-        let folder = if args.to.is_absolute() {
-            args.to.clone()
-        } else {
-            ws.root.join(&args.to)
-        };
+        // Components, so that `./restored` is not shown as `ws/./restored`.
+        let folder: std::path::PathBuf = ws.root.join(&args.to).components().collect();
         let done = restore::restore(&target, &m, &folder).await?;
         // The restore is the first record of the restored workspace's own history.
         let restored = Workspace::at(folder.clone(), None)?;
@@ -157,12 +155,15 @@ pub fn restore_command(ws: &Workspace, out: &Output, args: &RestoreArgs) -> Resu
             return out.json(&done);
         }
         out.text(&format!(
-            "restored backup {} into {}: {} files, {} bytes; audit chain of {} records verified\n",
+            "restored backup {} into {}: {} files, {} bytes; audit chain of {} verified\n",
             done.id,
             folder.display(),
             done.files,
             done.bytes,
-            done.audit_records
+            match done.audit_records {
+                1 => "1 record".to_string(),
+                n => format!("{n} records"),
+            }
         ))
     })
 }

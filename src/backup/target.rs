@@ -17,8 +17,10 @@ pub struct Target {
 
 impl Target {
     /// Open the target `url` names: a folder (`file:///path` or a path,
-    /// relative to `root`), created if missing.
-    pub fn open(url: &str, root: &Path) -> Result<Target> {
+    /// relative to `root`). `create` makes a missing folder (a backup);
+    /// without it a missing folder is refused, so a mistyped target is not
+    /// answered with "no backups" and left behind as an empty folder.
+    pub fn open(url: &str, root: &Path, create: bool) -> Result<Target> {
         if url.trim().is_empty() {
             return Err(Error::usage("--to: the backup target is empty"));
         }
@@ -31,7 +33,14 @@ impl Target {
             }
             None => root.join(url),
         };
-        std::fs::create_dir_all(&folder).map_err(|e| Error::io(&folder, e))?;
+        if create {
+            std::fs::create_dir_all(&folder).map_err(|e| Error::io(&folder, e))?;
+        } else if !folder.is_dir() {
+            return Err(Error::usage(format!(
+                "{url}: there is no backup folder at {}",
+                folder.display()
+            )));
+        }
         let store = LocalFileSystem::new_with_prefix(&folder)
             .map_err(|e| Error::Failed(format!("backup target {}: {e}", folder.display())))?;
         Ok(Target {
