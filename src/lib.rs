@@ -15,6 +15,7 @@ pub mod blueprints;
 pub mod cli;
 pub mod clock;
 pub mod config;
+pub mod digest;
 pub mod error;
 pub mod files;
 pub mod gpu;

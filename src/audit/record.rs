@@ -163,13 +163,7 @@ impl Record {
         h.update(self.prev_hash.as_bytes());
         h.update(b"\n");
         h.update(self.canonical().as_bytes());
-        const HEX: &[u8; 16] = b"0123456789abcdef";
-        let mut hex = String::with_capacity(64);
-        for b in h.finalize() {
-            hex.push(HEX[usize::from(b >> 4)] as char);
-            hex.push(HEX[usize::from(b & 15)] as char);
-        }
-        hex
+        crate::digest::hex(&h.finalize())
     }
 }
 

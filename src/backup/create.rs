@@ -6,8 +6,9 @@ use std::time::{Instant, SystemTime};
 
 use rand::Rng;
 
-use super::manifest::{AuditHead, Entry, FORMAT, Manifest, sha256_hex};
+use super::manifest::{AuditHead, Entry, FORMAT, Manifest};
 use super::target::{Target, manifest_key, object_key};
+use crate::digest::sha256_hex;
 use crate::error::{Error, Result};
 use crate::workspace::Workspace;
 

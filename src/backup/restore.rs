@@ -5,8 +5,9 @@ use std::path::{Path, PathBuf};
 
 use serde::Serialize;
 
-use super::manifest::{Manifest, sha256_hex};
+use super::manifest::Manifest;
 use super::target::{Target, manifest_key, object_key};
+use crate::digest::sha256_hex;
 use crate::error::{Error, Result};
 
 /// Every complete backup in the target (those with a manifest), oldest first.

@@ -244,14 +244,10 @@ pub fn recorded_input(input: &Value) -> Value {
         .as_object()
         .map(|c| c.keys().map(String::as_str).take(32).collect())
         .unwrap_or_default();
-    use sha2::Digest;
     json!({
         "digest": {
             "bytes": whole.len(),
-            "sha256": sha2::Sha256::digest(whole.as_bytes())
-                .iter()
-                .map(|b| format!("{b:02x}"))
-                .collect::<String>(),
+            "sha256": crate::digest::sha256_hex(whole.as_bytes()),
         },
         "subject": {"agent": short(&input["subject"]["agent"]), "role": short(&input["subject"]["role"])},
         "action": short(&input["action"]),
