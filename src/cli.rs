@@ -86,7 +86,7 @@ pub enum Command {
     /// QA reports: a Markdown summary of test results (JUnit XML)
     Report(ReportArgs),
     /// Back up the workspace (a database snapshot, nova.yaml, blueprints, policies, reports,
-    /// logs) to a folder; list and verify backups
+    /// logs) to a folder or an S3 bucket; list and verify backups
     Backup(BackupArgs),
     /// Rebuild a workspace from a backup in an empty folder, and verify its audit chain
     Restore(RestoreArgs),
@@ -506,7 +506,9 @@ pub struct BackupArgs {
     #[command(subcommand)]
     pub action: Option<BackupAction>,
 
-    /// Where backups are kept: a folder (a path or file:///path) [default: nova.yaml's backup.to]
+    /// Where backups are kept: a folder (a path or file:///path) or s3://bucket/prefix (endpoint,
+    /// region and keys from the AWS_* environment or the AWS profile files) [default: nova.yaml's
+    /// backup.to]
     #[arg(long, global = true, value_name = "URL")]
     pub to: Option<String>,
 

@@ -64,7 +64,7 @@ pub struct Config {
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct BackupConfig {
-    /// The default target of `nova backup` and `nova restore`: a folder.
+    /// The default target of `nova backup` and `nova restore`: a folder or `s3://bucket/prefix`.
     pub to: Option<String>,
 }
 

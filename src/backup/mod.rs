@@ -1,4 +1,4 @@
-//! Backups of a workspace to a folder, and restores from them.
+//! Backups of a workspace to a folder or an S3 bucket, and restores from them.
 //!
 //! A backup is a set of content-addressed objects (`objects/<2 hex>/<sha256>`)
 //! and a manifest (`backups/<id>.json`) that names each file of the workspace
@@ -9,6 +9,7 @@
 //! The target is reached through `object_store`, so other stores than a
 //! folder plug in behind [`target::Target`].
 
+mod aws_profile;
 pub mod command;
 pub mod create;
 pub mod manifest;

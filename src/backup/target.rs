@@ -1,10 +1,16 @@
-//! Where backups go: a URL turned into an object store and its key layout.
+//! Where backups go: a URL (a folder or an S3 bucket) turned into an object
+//! store, and the key layout inside it.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+use std::time::Duration;
+
+use object_store::aws::{AmazonS3Builder, AmazonS3ConfigKey};
 use object_store::local::LocalFileSystem;
 use object_store::path::Path as Key;
+use object_store::prefix::PrefixStore;
+use object_store::{ClientOptions, RetryConfig};
 use object_store::{ObjectStore, ObjectStoreExt, PutPayload};
 
 use crate::error::{Error, Result};
@@ -26,9 +32,10 @@ impl Target {
         }
         let folder = match url.split_once("://") {
             Some(("file", rest)) => PathBuf::from(rest),
+            Some(("s3", rest)) => return Target::s3(url, rest),
             Some((scheme, _)) => {
                 return Err(Error::usage(format!(
-                    "--to {url}: nova cannot back up to {scheme}:// targets; give a folder (a path or file:///path)"
+                    "{url}: nova cannot back up to {scheme}:// targets; give a folder (a path or file:///path) or s3://bucket/prefix"
                 )));
             }
             None => root.join(url),
@@ -49,8 +56,66 @@ impl Target {
         })
     }
 
+    /// An S3 bucket (`s3://bucket/prefix`), on AWS or any S3-compatible
+    /// service: endpoint, region and credentials from the `AWS_*`
+    /// environment, then the AWS profile files.
+    fn s3(url: &str, rest: &str) -> Result<Target> {
+        let (bucket, prefix) = rest.split_once('/').unwrap_or((rest, ""));
+        if bucket.is_empty() {
+            return Err(Error::usage(format!(
+                "{url}: no bucket name (s3://bucket/prefix)"
+            )));
+        }
+        let mut builder = AmazonS3Builder::from_env().with_bucket_name(bucket);
+        for (key, value) in super::aws_profile::settings()? {
+            let key = key.parse().expect("a known object_store S3 key");
+            builder = builder.with_config(key, value);
+        }
+        let endpoint = builder.get_config_value(&AmazonS3ConfigKey::Endpoint);
+        // The operator named a plain-HTTP endpoint (a local MinIO, say).
+        let plain_http = endpoint
+            .as_deref()
+            .is_some_and(|e| e.starts_with("http://"));
+        if builder
+            .get_config_value(&AmazonS3ConfigKey::Region)
+            .is_none()
+        {
+            builder = builder.with_region("us-east-1");
+        }
+        // A few quick retries: an endpoint that is down is named within
+        // seconds instead of after object_store's default three minutes.
+        let retry = RetryConfig {
+            max_retries: 3,
+            retry_timeout: Duration::from_secs(20),
+            ..RetryConfig::default()
+        };
+        let store = builder
+            .with_retry(retry)
+            .with_client_options(
+                ClientOptions::new()
+                    .with_allow_http(plain_http)
+                    .with_connect_timeout(Duration::from_secs(5))
+                    .with_timeout(Duration::from_secs(120)),
+            )
+            .build()
+            .map_err(|e| Error::usage(format!("{url}: {e}")))?;
+        let store: Arc<dyn ObjectStore> = if prefix.trim_matches('/').is_empty() {
+            Arc::new(store)
+        } else {
+            Arc::new(PrefixStore::new(store, prefix.trim_matches('/')))
+        };
+        Ok(Target {
+            store,
+            label: url.trim_end_matches('/').to_string(),
+        })
+    }
+
     fn failed(&self, what: &str, e: object_store::Error) -> Error {
-        Error::Failed(format!("backup target {}: {what}: {e}", self.label))
+        Error::Failed(format!(
+            "backup target {}: {what}: {}",
+            self.label,
+            describe(&e)
+        ))
     }
 
     pub async fn exists(&self, key: &str) -> Result<bool> {
@@ -106,4 +171,46 @@ pub fn object_key(sha256: &str) -> String {
 /// Where the manifest of backup `id` lives.
 pub fn manifest_key(id: &str) -> String {
     format!("backups/{id}.json")
+}
+
+/// What went wrong, in a line: the S3 service's own error code and message
+/// when it answered one, else the innermost cause (a refused connection, a
+/// timeout, a full disk).
+fn describe(e: &object_store::Error) -> String {
+    let debug = format!("{e:?}");
+    let tag = |name: &str| {
+        let open = format!("<{name}>");
+        let start = debug.find(&open)? + open.len();
+        let len = debug[start..].find("</")?;
+        Some(debug[start..start + len].to_string())
+    };
+    if let Some(code) = tag("Code") {
+        return match tag("Message") {
+            Some(message) => format!("the service answered {code}: {message}"),
+            None => format!("the service answered {code}"),
+        };
+    }
+    // A HEAD answer has no body to carry a code: go by the status.
+    if let Some(at) = debug.find("status: ") {
+        let status: String = debug[at + 8..].chars().take_while(char::is_ascii_digit).collect();
+        match status.as_str() {
+            "401" | "403" => {
+                return format!(
+                    "access denied (HTTP {status}): check the credentials and the bucket's permissions"
+                );
+            }
+            "" => {}
+            _ => return format!("the service answered HTTP {status}"),
+        }
+    }
+    let mut causes = vec![e.to_string()];
+    let mut source = std::error::Error::source(e);
+    while let Some(cause) = source {
+        causes.push(cause.to_string());
+        source = cause.source();
+    }
+    // The last two causes name the failure and its reason ("tcp connect
+    // error: Connection refused"), the outer ones only wrap them.
+    let n = causes.len();
+    causes[n.saturating_sub(2)..].join(": ")
 }

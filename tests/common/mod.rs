@@ -121,6 +121,7 @@ impl Workspace {
     }
 }
 pub mod redis_server;
+pub mod s3_server;
 
 impl Workspace {
     /// Start `nova --json serve ARGS...` in this workspace; the child and the
@@ -158,6 +159,17 @@ impl Workspace {
             .env_remove("NOVA_EXECUTION_MODE")
             .env_remove("NOVA_SERVICE_USER")
             .env("NO_COLOR", "1");
+        // No AWS settings from the host: a test sets those it wants.
+        for (key, _) in std::env::vars() {
+            if key.starts_with("AWS_") {
+                cmd.env_remove(key);
+            }
+        }
+        cmd.env("AWS_CONFIG_FILE", self.path().join(".aws/config"))
+            .env(
+                "AWS_SHARED_CREDENTIALS_FILE",
+                self.path().join(".aws/credentials"),
+            );
         // As root (CI, containers) tests run their tasks as root on purpose,
         // as a host with no other user would; tests of the service user
         // remove this.
