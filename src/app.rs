@@ -89,6 +89,20 @@ pub fn try_main(cli: &Cli, out: &Output, logs: &mut Option<logging::LogGuard>) -
         Command::Queue(args) => queue::command::run(&ws, out, args),
         Command::Bench(args) => bench::run(&ws, out, args),
         Command::Kpi => kpi::command::run(&ws, out),
+        Command::Audit(crate::cli::AuditArgs {
+            action:
+                crate::cli::AuditAction::Verify {
+                    checkpoints: Some(url),
+                    verifier_key,
+                },
+            store,
+        }) => crate::backup::command::verify_checkpoints(
+            &ws,
+            out,
+            &store.choice(),
+            url,
+            verifier_key.as_deref(),
+        ),
         Command::Audit(args) => audit::command::run(&ws, out, args),
         Command::Policy(args) => policy::command::run(&ws, out, args),
         Command::Report(args) => match &args.action {

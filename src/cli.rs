@@ -515,6 +515,15 @@ pub struct BackupArgs {
     /// Also back up the runs' folders ($NOVA_HOME/runs: task logs, results)
     #[arg(long)]
     pub with_runs: bool,
+
+    /// Encrypt every object and the manifest with this age key file (see nova backup keygen)
+    /// [default: nova.yaml's backup.key]
+    #[arg(long, value_name = "KEYFILE")]
+    pub encrypt: Option<std::path::PathBuf>,
+
+    /// The age key file that opens encrypted backups [default: nova.yaml's backup.key]
+    #[arg(long, global = true, value_name = "KEYFILE")]
+    pub key: Option<std::path::PathBuf>,
 }
 
 #[derive(Debug, Subcommand)]
@@ -526,6 +535,18 @@ pub enum BackupAction {
     Verify {
         /// The backup's id [default: the newest]
         id: Option<String>,
+    },
+    /// Keep the newest N backups: remove the older ones' manifests, then every object no
+    /// remaining backup uses (signed audit checkpoints are always kept)
+    Prune {
+        /// How many backups to keep [default: nova.yaml's backup.keep]
+        #[arg(long, value_name = "N")]
+        keep: Option<usize>,
+    },
+    /// Write a new age key file for --encrypt (readable by its owner only; never replaces a file)
+    Keygen {
+        /// Where to write the key; keep a copy away from the backups
+        file: std::path::PathBuf,
     },
 }
 
@@ -541,6 +562,15 @@ pub struct RestoreArgs {
     /// Where the backup is kept [default: nova.yaml's backup.to]
     #[arg(long, value_name = "URL")]
     pub from: Option<String>,
+
+    /// The age key file that opens an encrypted backup [default: nova.yaml's backup.key]
+    #[arg(long, value_name = "KEYFILE")]
+    pub key: Option<std::path::PathBuf>,
+
+    /// Restore over an existing workspace: refused while its database is in use; the
+    /// replaced files are moved to DIR/.nova-replaced-TIME
+    #[arg(long)]
+    pub force: bool,
 }
 
 #[derive(Debug, Args)]
@@ -596,7 +626,15 @@ pub enum AuditAction {
         limit: Option<usize>,
     },
     /// Check the whole chain; exit 1 naming the first record that does not hold
-    Verify,
+    Verify {
+        /// Also check the signed audit checkpoints that backups stored in this target (a folder
+        /// or s3://bucket/prefix): each must name a record still in the chain, with the same hash
+        #[arg(long, value_name = "URL")]
+        checkpoints: Option<String>,
+        /// The checkpoints' verifier key (NAME+ID+KEY) [default: this user's signing key]
+        #[arg(long, value_name = "VKEY", requires = "checkpoints")]
+        verifier_key: Option<String>,
+    },
     /// Write every record as JSON lines or CSV
     Export {
         #[arg(long, value_enum, default_value = "jsonl")]

@@ -66,6 +66,13 @@ pub struct Config {
 pub struct BackupConfig {
     /// The default target of `nova backup` and `nova restore`: a folder or `s3://bucket/prefix`.
     pub to: Option<String>,
+    /// An age key file: backups are encrypted with it and read back with it.
+    pub key: Option<std::path::PathBuf>,
+    /// How many backups `nova backup prune` and each scheduled backup keep.
+    pub keep: Option<usize>,
+    /// The Ed25519 key that signs audit checkpoints (created on first use)
+    /// [default: `$XDG_CONFIG_HOME/nova/audit-signing.key`, else `~/.config/nova/`].
+    pub signing_key: Option<std::path::PathBuf>,
 }
 
 /// `setup:` in nova.yaml.

@@ -34,7 +34,8 @@ fn busy_workspace() -> Workspace {
         "blueprints/hello.yaml",
         "name: hello\nrole: implementation\nphase: build\ntasks:\n  - id: greet\n    title: greets\n    run: {shell: \"echo hello\"}\n",
     );
-    ws.run(&["orchestrate", "--agents", "hello", "--apply"]).success();
+    ws.run(&["orchestrate", "--agents", "hello", "--apply"])
+        .success();
     for i in 0..3 {
         ws.run(&[
             "queue",

@@ -59,7 +59,7 @@ pub fn run(ws: &Workspace, out: &Output, args: &AuditArgs) -> Result<()> {
                 }
                 print_log(out, &shown)
             }
-            AuditAction::Verify => verify(ws, out, log.as_ref()).await,
+            AuditAction::Verify { .. } => verify(ws, out, log.as_ref()).await,
             AuditAction::Export { format, output } => {
                 let records = match &log {
                     Some(log) => log.records().await.map_err(failed)?,

@@ -1,156 +1,218 @@
-//! `nova backup`, `nova backup list`, `nova backup verify` and `nova restore`.
+//! `nova backup` (take, list, verify, prune, keygen), `nova restore`, and
+//! `nova audit verify --checkpoints`.
 
 use serde_json::json;
 
-use super::create::create;
-use super::restore::{self, list, manifest, verify};
-use super::target::Target;
-use crate::audit::open::{operator, workspace_log};
+use super::key::Key;
+use super::ops;
+use super::repo::Repo;
+use super::restore;
+use crate::audit::open::operator;
 use crate::audit::record::Event;
 use crate::cli::{BackupAction, BackupArgs, RestoreArgs};
 use crate::error::{Error, Result};
 use crate::output::Output;
 use crate::workspace::Workspace;
 
-fn target_url(ws: &Workspace, flag: Option<&str>, name: &str) -> Result<String> {
-    flag.map(str::to_string)
-        .or_else(|| ws.config.backup.to.clone())
-        .ok_or_else(|| {
-            Error::usage(format!(
-                "{name}: no backup target; give {name} FOLDER or set backup.to in nova.yaml"
-            ))
-        })
+pub fn run(ws: &Workspace, out: &Output, args: &BackupArgs) -> Result<()> {
+    if let Some(BackupAction::Keygen { file }) = &args.action {
+        let file = ws.root.join(file);
+        let key = Key::generate(&file)?;
+        return out.text(&format!(
+            "wrote a new backup key to {} (public key {}); keep a copy away from the backups: \
+             without it no encrypted backup can be read\n",
+            file.display(),
+            key.recipient()
+        ));
+    }
+    let taking = args.action.is_none();
+    // Only taking a backup may make the folder.
+    let key = if taking {
+        args.encrypt.as_deref().or(args.key.as_deref())
+    } else {
+        args.key.as_deref()
+    };
+    let repo = Repo::open(ws, args.to.as_deref(), "--to", key, taking)?;
+    let rt = crate::runtime::runtime()?;
+    let done = rt.block_on(async {
+        match &args.action {
+            None => take(ws, out, &repo, args.with_runs).await,
+            Some(BackupAction::List) => list(out, &repo).await,
+            Some(BackupAction::Verify { id }) => verify(ws, out, &repo, id.as_deref()).await,
+            Some(BackupAction::Prune { keep }) => {
+                let keep = keep.or(ws.config.backup.keep).ok_or_else(|| {
+                    Error::usage("--keep: how many backups to keep? Give --keep N or set backup.keep in nova.yaml")
+                })?;
+                let pruned = ops::prune(ws, &repo, keep).await?;
+                if out.json {
+                    return out.json(&pruned);
+                }
+                out.text(&format!(
+                    "kept {} backups in {}; removed {} ({}) and {} objects no backup used\n",
+                    pruned.kept,
+                    repo.label(),
+                    pruned.removed.len(),
+                    if pruned.removed.is_empty() { "none".into() } else { pruned.removed.join(", ") },
+                    pruned.objects_removed
+                ))
+            }
+            Some(BackupAction::Keygen { .. }) => unreachable!("handled above"),
+        }
+    });
+    ops::save_kpis(ws, "backup");
+    done
 }
 
-/// Record `event` in the workspace's audit log, when it has one.
-async fn audit(ws: &Workspace, event: Event) -> Result<()> {
-    if let Some(log) = workspace_log(ws, &crate::store_url::StoreChoice::default(), true).await? {
-        crate::audit::record(&log, event).await;
+async fn take(ws: &Workspace, out: &Output, repo: &Repo, with_runs: bool) -> Result<()> {
+    let (done, verifier_key) = ops::take(ws, repo, with_runs).await?;
+    // Retention: a backup that succeeded makes room for itself.
+    let pruned = match ws.config.backup.keep {
+        Some(keep) => Some(ops::prune(ws, repo, keep).await?),
+        None => None,
+    };
+    if out.json {
+        return out.json(&json!({
+            "manifest": done.manifest,
+            "target": done.target,
+            "uploaded_objects": done.uploaded_objects,
+            "uploaded_bytes": done.uploaded_bytes,
+            "seconds": done.seconds,
+            "checkpoint": done.checkpoint,
+            "verifier_key": verifier_key,
+            "pruned": pruned,
+        }));
+    }
+    let m = &done.manifest;
+    out.text(&format!(
+        "backup {} in {}{}: {} files, {} bytes; wrote {} objects, {} bytes in {:.2} s\n",
+        m.id,
+        repo.label(),
+        if m.encrypted_to.is_some() {
+            " (encrypted)"
+        } else {
+            ""
+        },
+        m.files.len(),
+        m.total_bytes(),
+        done.uploaded_objects,
+        done.uploaded_bytes,
+        done.seconds
+    ))?;
+    if let Some(key) = &done.checkpoint {
+        out.text(&format!("audit checkpoint signed and stored at {key}\n"))?;
+    }
+    if let Some(p) = pruned.filter(|p| !p.removed.is_empty()) {
+        out.text(&format!(
+            "retention: removed {} older backups and {} objects\n",
+            p.removed.len(),
+            p.objects_removed
+        ))?;
     }
     Ok(())
 }
 
-pub fn run(ws: &Workspace, out: &Output, args: &BackupArgs) -> Result<()> {
-    let url = target_url(ws, args.to.as_deref(), "--to")?;
-    // Only taking a backup may make the folder.
-    let target = Target::open(&url, &ws.root, args.action.is_none())?;
-    let rt = crate::runtime::runtime()?;
-    rt.block_on(async {
-        match &args.action {
-            None => {
-                let done = create(ws, &target, args.with_runs).await?;
-                let m = &done.manifest;
-                audit(
-                    ws,
-                    Event::new(operator(), "backup.create", m.id.clone(), "done").details(json!({
-                        "target": target.label,
-                        "files": m.files.len(),
-                        "bytes": m.total_bytes(),
-                        "uploaded_bytes": done.uploaded_bytes,
-                        "audit_head": m.audit_head,
-                    })),
-                )
-                .await?;
-                if out.json {
-                    return out.json(&done);
+async fn list(out: &Output, repo: &Repo) -> Result<()> {
+    let all = repo.list().await?;
+    if out.json {
+        let rows: Vec<_> = all
+            .iter()
+            .map(|l| match &l.manifest {
+                Some(m) => {
+                    let mut v = serde_json::to_value(m).expect("a manifest serializes");
+                    v["encrypted"] = l.encrypted.into();
+                    v
                 }
-                out.text(&format!(
-                    "backup {} in {}: {} files, {} bytes; wrote {} objects, {} bytes in {:.2} s\n",
-                    m.id,
-                    target.label,
-                    m.files.len(),
-                    m.total_bytes(),
-                    done.uploaded_objects,
-                    done.uploaded_bytes,
-                    done.seconds
-                ))
-            }
-            Some(BackupAction::List) => {
-                let all = list(&target).await?;
-                if out.json {
-                    return out.json(&all);
-                }
-                if all.is_empty() {
-                    return out.text(&format!("no backups in {}\n", target.label));
-                }
-                let mut table = out.table(&["id", "files", "bytes", "audit head", "runs"]);
-                for m in &all {
-                    table.add_row(vec![
-                        m.id.clone(),
-                        m.files.len().to_string(),
-                        m.total_bytes().to_string(),
-                        m.audit_head.as_ref().map_or("-".into(), |h| {
-                            format!("{} {}", h.seq, &h.hash[..12.min(h.hash.len())])
-                        }),
-                        if m.with_runs { "yes" } else { "no" }.into(),
-                    ]);
-                }
-                out.print_table(&table)
-            }
-            Some(BackupAction::Verify { id }) => {
-                let m = manifest(&target, id.as_deref()).await?;
-                let problems = verify(&target, &m).await?;
-                let outcome = if problems.is_empty() {
-                    "verified"
-                } else {
-                    "damaged"
-                };
-                audit(
-                    ws,
-                    Event::new(operator(), "backup.verify", m.id.clone(), outcome).details(json!({
-                        "target": target.label,
-                        "problems": problems,
-                    })),
-                )
-                .await?;
-                if out.json {
-                    out.json(&json!({"id": m.id, "files": m.files.len(), "problems": problems}))?;
-                } else if problems.is_empty() {
-                    out.text(&format!(
-                        "backup {} in {}: all {} objects match their hashes\n",
-                        m.id,
-                        target.label,
-                        m.files.len()
-                    ))?;
-                }
-                if problems.is_empty() {
-                    return Ok(());
-                }
-                let list: Vec<String> = problems
-                    .iter()
-                    .map(|p| format!("  {} ({}): {}", p.path, p.object, p.reason))
-                    .collect();
-                Err(Error::Failed(format!(
-                    "backup {} in {} is damaged:\n{}",
-                    m.id,
-                    target.label,
-                    list.join("\n")
-                )))
-            }
-        }
-    })
+                None => json!({"id": l.id, "encrypted": true}),
+            })
+            .collect();
+        return out.json(&rows);
+    }
+    if all.is_empty() {
+        return out.text(&format!("no backups in {}\n", repo.label()));
+    }
+    let mut table = out.table(&["id", "files", "bytes", "audit head", "runs", "encrypted"]);
+    for l in &all {
+        let encrypted = if l.encrypted { "yes" } else { "no" }.to_string();
+        let Some(m) = &l.manifest else {
+            table.add_row(vec![
+                l.id.clone(),
+                "?".into(),
+                "?".into(),
+                "(give --key)".into(),
+                "?".into(),
+                encrypted,
+            ]);
+            continue;
+        };
+        table.add_row(vec![
+            m.id.clone(),
+            m.files.len().to_string(),
+            m.total_bytes().to_string(),
+            m.audit_head.as_ref().map_or("-".into(), |h| {
+                format!("{} {}", h.seq, &h.hash[..12.min(h.hash.len())])
+            }),
+            if m.with_runs { "yes" } else { "no" }.into(),
+            encrypted,
+        ]);
+    }
+    out.print_table(&table)
+}
+
+async fn verify(ws: &Workspace, out: &Output, repo: &Repo, id: Option<&str>) -> Result<()> {
+    let (m, problems) = ops::verify(ws, repo, id).await?;
+    if out.json {
+        out.json(&json!({"id": m.id, "files": m.files.len(), "problems": problems}))?;
+    } else if problems.is_empty() {
+        out.text(&format!(
+            "backup {} in {}: all {} files match their hashes\n",
+            m.id,
+            repo.label(),
+            m.files.len()
+        ))?;
+    }
+    if problems.is_empty() {
+        return Ok(());
+    }
+    let list: Vec<String> = problems
+        .iter()
+        .map(|p| format!("  {} ({}): {}", p.path, p.object, p.reason))
+        .collect();
+    Err(Error::Failed(format!(
+        "backup {} in {} is damaged:\n{}",
+        m.id,
+        repo.label(),
+        list.join("\n")
+    )))
 }
 
 pub fn restore_command(ws: &Workspace, out: &Output, args: &RestoreArgs) -> Result<()> {
-    let url = target_url(ws, args.from.as_deref(), "--from")?;
-    let target = Target::open(&url, &ws.root, false)?;
+    let repo = Repo::open(
+        ws,
+        args.from.as_deref(),
+        "--from",
+        args.key.as_deref(),
+        false,
+    )?;
     let rt = crate::runtime::runtime()?;
     rt.block_on(async {
-        let m = manifest(&target, Some(&args.id)).await?;
+        let m = repo.manifest(Some(&args.id)).await?;
         // Components, so that `./restored` is not shown as `ws/./restored`.
         let folder: std::path::PathBuf = ws.root.join(&args.to).components().collect();
-        let done = restore::restore(&target, &m, &folder).await?;
+        let done = restore::restore(&repo, &m, &folder, args.force).await?;
+        crate::counter!("backup.restored").inc();
         // The restore is the first record of the restored workspace's own history.
         let restored = Workspace::at(folder.clone(), None)?;
-        audit(
+        ops::audit(
             &restored,
             Event::new(operator(), "backup.restore", m.id.clone(), "done").details(json!({
-                "from": target.label,
+                "from": repo.label(),
                 "files": done.files,
                 "bytes": done.bytes,
+                "replaced_into": done.replaced_into,
             })),
         )
         .await?;
+        ops::save_kpis(&restored, "backup");
         if out.json {
             return out.json(&done);
         }
@@ -164,6 +226,104 @@ pub fn restore_command(ws: &Workspace, out: &Output, args: &RestoreArgs) -> Resu
                 1 => "1 record".to_string(),
                 n => format!("{n} records"),
             }
-        ))
+        ))?;
+        if let Some(aside) = &done.replaced_into {
+            out.text(&format!(
+                "the files it replaced are in {}\n",
+                aside.display()
+            ))?;
+        }
+        Ok(())
+    })
+}
+
+/// `nova audit verify --checkpoints URL`: the chain must hold, and every
+/// signed checkpoint in the target must name a record still in it with the
+/// same hash.
+pub fn verify_checkpoints(
+    ws: &Workspace,
+    out: &Output,
+    store: &crate::store_url::StoreChoice,
+    url: &str,
+    verifier_key: Option<&str>,
+) -> Result<()> {
+    let target = super::target::Target::open(url, &ws.root, false)?;
+    let verifier_key = match verifier_key {
+        Some(v) => v.to_string(),
+        None => {
+            let file = ops::signing_key_path(ws);
+            if !file.exists() {
+                return Err(Error::usage(format!(
+                    "no checkpoint signing key at {}; give --verifier-key NAME+ID+KEY (printed by nova backup --json)",
+                    file.display()
+                )));
+            }
+            super::checkpoint::SigningKey::load_or_create(&file)?.verifier_key
+        }
+    };
+    let rt = crate::runtime::runtime()?;
+    rt.block_on(async {
+        let log = crate::audit::open::workspace_log(ws, store, false).await?;
+        let records = match &log {
+            Some(log) => log.records().await.map_err(|e| Error::Failed(e.to_string()))?,
+            None => Vec::new(),
+        };
+        let chain = crate::audit::verify(records.iter().cloned().map(Ok));
+        let hashes: std::collections::HashMap<u64, String> =
+            records.iter().map(|r| (r.seq, r.hash.clone())).collect();
+        let checked = super::checkpoint::check_all(&target, &verifier_key, records.len() as u64, |seq| {
+            hashes.get(&seq).cloned()
+        })
+        .await?;
+        let bad: Vec<_> = checked.iter().filter(|c| c.problem.is_some()).collect();
+        let holds = chain.broken.is_none() && bad.is_empty();
+        if let Some(log) = &log {
+            crate::audit::record(
+                log,
+                Event::new(operator(), "audit.verify", "audit log", if holds { "ok" } else { "broken" })
+                    .details(json!({
+                        "records": chain.records,
+                        "checkpoints": checked.len(),
+                        "checkpoints_failed": bad.len(),
+                        "target": target.label,
+                    })),
+            )
+            .await;
+        }
+        if out.json {
+            out.json(&json!({
+                "records": chain.records,
+                "head": chain.head,
+                "holds": holds,
+                "broken": chain.broken,
+                "checkpoints": checked,
+            }))?;
+        }
+        if let Some(b) = &chain.broken {
+            return Err(Error::Failed(format!("audit chain broken at record {}: {}", b.seq, b.reason)));
+        }
+        if !bad.is_empty() {
+            let list: Vec<String> = bad
+                .iter()
+                .map(|c| format!("  {}: {}", c.key, c.problem.as_deref().unwrap_or_default()))
+                .collect();
+            return Err(Error::Failed(format!(
+                "the audit chain holds by itself, but {} of {} checkpoints in {} do not match it:\n{}",
+                bad.len(),
+                checked.len(),
+                target.label,
+                list.join("\n")
+            )));
+        }
+        if !out.json {
+            out.text(&format!(
+                "audit chain holds: {} records, head {}; all {} checkpoints in {} match\n",
+                chain.records,
+                chain.head.unwrap_or_default(),
+                checked.len(),
+                target.label
+            ))?;
+        }
+        Ok(())
     })
 }

@@ -6,9 +6,10 @@ use std::time::{Instant, SystemTime};
 
 use rand::Rng;
 
-use super::manifest::{AuditHead, Entry, FORMAT, Manifest};
-use super::target::{Target, manifest_key, object_key};
-use crate::digest::sha256_hex;
+use super::checkpoint::{self, SigningKey};
+use super::manifest::{AuditHead, CHUNK_SIZE, Entry, FORMAT, Manifest};
+use super::repo::Repo;
+use crate::digest::{hex, sha256_hex};
 use crate::error::{Error, Result};
 use crate::workspace::Workspace;
 
@@ -21,6 +22,8 @@ pub struct Outcome {
     pub uploaded_objects: u64,
     pub uploaded_bytes: u64,
     pub seconds: f64,
+    /// Where the signed checkpoint of the audit head was stored.
+    pub checkpoint: Option<String>,
 }
 
 /// A file to back up: where it will be in a restored workspace, and where it is now.
@@ -29,7 +32,14 @@ struct Source {
     file: PathBuf,
 }
 
-pub async fn create(ws: &Workspace, target: &Target, with_runs: bool) -> Result<Outcome> {
+/// Take a backup of `ws` into `repo`; with `signer`, its audit head's
+/// signed checkpoint is stored too (before the manifest, like the objects).
+pub async fn create(
+    ws: &Workspace,
+    repo: &Repo,
+    with_runs: bool,
+    signer: Option<&SigningKey>,
+) -> Result<Outcome> {
     let start = Instant::now();
     let scratch = tempfile::tempdir().map_err(|e| Error::io(std::env::temp_dir(), e))?;
     let mut sources = Vec::new();
@@ -73,49 +83,96 @@ pub async fn create(ws: &Workspace, target: &Target, with_runs: bool) -> Result<
     let mut files = Vec::with_capacity(sources.len());
     let (mut uploaded_objects, mut uploaded_bytes) = (0, 0);
     for source in sources {
-        let bytes = match std::fs::read(&source.file) {
-            Ok(bytes) => bytes,
+        let Some((entry, pieces)) = read_pieces(&source)? else {
             // A log rotated away or a run pruned while we walked.
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
-            Err(e) => return Err(Error::io(&source.file, e)),
+            continue;
         };
-        let sha256 = sha256_hex(&bytes);
-        let key = object_key(&sha256);
-        let size = bytes.len() as u64;
-        if !target.exists(&key).await? {
-            target.put(&key, bytes).await?;
-            uploaded_objects += 1;
-            uploaded_bytes += size;
+        for (sha256, bytes) in pieces {
+            let written = repo.put_object(&sha256, bytes).await?;
+            if written > 0 {
+                uploaded_objects += 1;
+                uploaded_bytes += written;
+            }
         }
-        files.push(Entry {
-            path: source.path,
-            size,
-            sha256,
-        });
+        files.push(entry);
     }
 
+    let id = new_id();
+    let mut checkpoint = None;
+    if let (Some(signer), Some(head)) = (signer, &audit_head) {
+        let key = checkpoint::key_for(&id);
+        repo.target.put(&key, signer.sign(head)?).await?;
+        checkpoint = Some(key);
+    }
     let manifest = Manifest {
         format: FORMAT.into(),
-        id: new_id(),
+        id,
         created_at: crate::queue::model::now_ms(),
         nova_version: env!("CARGO_PKG_VERSION").into(),
         schema_version,
         audit_head,
         with_runs,
+        encrypted_to: repo.key.as_ref().map(|k| k.recipient()),
         files,
     };
     // Last: until it is written, the objects above belong to no backup.
-    let json = serde_json::to_vec_pretty(&manifest).expect("a manifest serializes");
-    uploaded_bytes += json.len() as u64;
+    uploaded_bytes += repo.put_manifest(&manifest).await?;
     uploaded_objects += 1;
-    target.put(&manifest_key(&manifest.id), json).await?;
     Ok(Outcome {
         manifest,
-        target: target.label.clone(),
+        target: repo.label().to_string(),
         uploaded_objects,
         uploaded_bytes,
         seconds: start.elapsed().as_secs_f64(),
+        checkpoint,
     })
+}
+
+/// A file's manifest entry and the pieces to store, each with its SHA-256:
+/// the whole file when it is small, else [`CHUNK_SIZE`] pieces. `None`
+/// when the file is gone.
+#[allow(clippy::type_complexity)]
+fn read_pieces(source: &Source) -> Result<Option<(Entry, Vec<(String, Vec<u8>)>)>> {
+    use sha2::Digest;
+    use std::io::Read;
+    let mut file = match std::fs::File::open(&source.file) {
+        Ok(file) => file,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(Error::io(&source.file, e)),
+    };
+    let mut whole = sha2::Sha256::new();
+    let mut pieces = Vec::new();
+    let mut size = 0u64;
+    loop {
+        let mut piece = Vec::with_capacity(CHUNK_SIZE);
+        (&mut file)
+            .take(CHUNK_SIZE as u64)
+            .read_to_end(&mut piece)
+            .map_err(|e| Error::io(&source.file, e))?;
+        if piece.is_empty() && !pieces.is_empty() {
+            break;
+        }
+        let full = piece.len() == CHUNK_SIZE;
+        size += piece.len() as u64;
+        whole.update(&piece);
+        pieces.push((sha256_hex(&piece), piece));
+        if !full {
+            break;
+        }
+    }
+    let sha256 = hex(&whole.finalize());
+    let chunks = if pieces.len() > 1 {
+        pieces.iter().map(|(sha, _)| sha.clone()).collect()
+    } else {
+        Vec::new()
+    };
+    let entry = Entry {
+        path: source.path.clone(),
+        size,
+        sha256,
+        chunks,
+    };
+    Ok(Some((entry, pieces)))
 }
 
 /// Copy the live database to `to` with SQLite's online backup API (one

@@ -21,6 +21,9 @@ pub struct Manifest {
     /// The audit chain's last record in the snapshot, if it has any.
     pub audit_head: Option<AuditHead>,
     pub with_runs: bool,
+    /// The age public key the objects were encrypted to, if they were.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub encrypted_to: Option<String>,
     pub files: Vec<Entry>,
 }
 
@@ -38,6 +41,26 @@ pub struct Entry {
     pub path: String,
     pub size: u64,
     pub sha256: String,
+    /// For a file larger than [`CHUNK_SIZE`]: the SHA-256 of each piece, in
+    /// order, each stored as its own object (the whole file is not). A
+    /// database or a log that grew at its end then shares every piece
+    /// but the changed ones with the backup before.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub chunks: Vec<String>,
+}
+
+/// The size of the pieces a large file is stored in (a multiple of
+/// SQLite's page size, so a changed page changes one piece).
+pub const CHUNK_SIZE: usize = 256 * 1024;
+
+impl Entry {
+    /// The content hashes of the objects holding this file.
+    pub fn objects(&self) -> impl Iterator<Item = &str> {
+        let whole = self.chunks.is_empty().then_some(self.sha256.as_str());
+        whole
+            .into_iter()
+            .chain(self.chunks.iter().map(String::as_str))
+    }
 }
 
 impl Manifest {
@@ -62,8 +85,8 @@ impl Manifest {
                     .path
                     .split('/')
                     .all(|part| part != ".." && !part.is_empty());
-            let hex =
-                entry.sha256.len() == 64 && entry.sha256.bytes().all(|b| b.is_ascii_hexdigit());
+            let is_hex = |h: &str| h.len() == 64 && h.bytes().all(|b| b.is_ascii_hexdigit());
+            let hex = is_hex(&entry.sha256) && entry.chunks.iter().all(|c| is_hex(c));
             if !safe || !hex {
                 return Err(Error::Failed(format!(
                     "{key}: entry {:?} has an unsafe path or a malformed hash",

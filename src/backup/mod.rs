@@ -10,8 +10,13 @@
 //! folder plug in behind [`target::Target`].
 
 mod aws_profile;
+pub mod checkpoint;
 pub mod command;
 pub mod create;
+pub mod key;
 pub mod manifest;
+pub mod ops;
+pub mod prune;
+pub mod repo;
 pub mod restore;
 pub mod target;

@@ -6,48 +6,9 @@ use std::path::{Path, PathBuf};
 use serde::Serialize;
 
 use super::manifest::Manifest;
-use super::target::{Target, manifest_key, object_key};
+use super::repo::{Fetched, Repo};
 use crate::digest::sha256_hex;
 use crate::error::{Error, Result};
-
-/// Every complete backup in the target (those with a manifest), oldest first.
-pub async fn list(target: &Target) -> Result<Vec<Manifest>> {
-    let mut keys = target.list("backups").await?;
-    keys.retain(|k| k.ends_with(".json"));
-    keys.sort();
-    let mut out = Vec::with_capacity(keys.len());
-    for key in keys {
-        if let Some(bytes) = target.get(&key).await? {
-            out.push(Manifest::parse(&bytes, &key)?);
-        }
-    }
-    Ok(out)
-}
-
-/// The manifest of backup `id`; the newest when `id` is `None`.
-pub async fn manifest(target: &Target, id: Option<&str>) -> Result<Manifest> {
-    match id {
-        Some(id) => {
-            if id.is_empty() || !id.chars().all(|c| c.is_ascii_alphanumeric() || c == '-') {
-                return Err(Error::usage(format!(
-                    "backup id {id:?}: ids are letters, digits and '-' (see nova backup list)"
-                )));
-            }
-            let key = manifest_key(id);
-            let bytes = target.get(&key).await?.ok_or_else(|| {
-                Error::usage(format!(
-                    "no backup {id} in {} (see nova backup list)",
-                    target.label
-                ))
-            })?;
-            Manifest::parse(&bytes, &key)
-        }
-        None => list(target)
-            .await?
-            .pop()
-            .ok_or_else(|| Error::Failed(format!("{} holds no backup yet", target.label))),
-    }
-}
 
 /// A file of a backup whose object is missing or not what the manifest says.
 #[derive(Debug, Clone, Serialize)]
@@ -60,45 +21,63 @@ pub struct Problem {
 /// Fetch `manifest`'s objects and hand each verified file to `keep`;
 /// returns every file that failed its check.
 async fn fetch_verified(
-    target: &Target,
+    repo: &Repo,
     manifest: &Manifest,
     mut keep: impl FnMut(&str, Vec<u8>) -> Result<()>,
 ) -> Result<Vec<Problem>> {
     let mut problems = Vec::new();
-    for entry in &manifest.files {
-        let key = object_key(&entry.sha256);
-        let problem = |reason: String| Problem {
-            path: entry.path.clone(),
-            object: key.clone(),
-            reason,
-        };
-        match target.get(&key).await? {
-            None => problems.push(problem("the object is missing".into())),
-            Some(bytes) => {
-                let found = sha256_hex(&bytes);
-                if found != entry.sha256 {
+    let sealed = manifest.encrypted_to.is_some();
+    'files: for entry in &manifest.files {
+        let mut bytes = Vec::with_capacity(entry.size as usize);
+        for sha256 in entry.objects() {
+            let object = repo.object_key(sha256, sealed);
+            let problem = |reason: String| Problem {
+                path: entry.path.clone(),
+                object: object.clone(),
+                reason,
+            };
+            match repo.get_object(sha256, sealed).await? {
+                Fetched::Missing => problems.push(problem("the object is missing".into())),
+                Fetched::Unreadable(why) => problems.push(problem(why)),
+                Fetched::Bytes(piece) => {
+                    let found = sha256_hex(&piece);
+                    if found == sha256 {
+                        bytes.extend_from_slice(&piece);
+                        continue;
+                    }
                     problems.push(problem(format!(
-                        "the object's SHA-256 is {found}, the manifest says {}",
-                        entry.sha256
+                        "the object's SHA-256 is {found}, the manifest says {sha256}"
                     )));
-                } else if bytes.len() as u64 != entry.size {
-                    problems.push(problem(format!(
-                        "the object has {} bytes, the manifest says {}",
-                        bytes.len(),
-                        entry.size
-                    )));
-                } else {
-                    keep(&entry.path, bytes)?;
                 }
             }
+            continue 'files;
+        }
+        let problem = |reason: String| Problem {
+            path: entry.path.clone(),
+            object: format!("{} pieces", entry.chunks.len()),
+            reason,
+        };
+        if bytes.len() as u64 != entry.size {
+            problems.push(problem(format!(
+                "the file has {} bytes, the manifest says {}",
+                bytes.len(),
+                entry.size
+            )));
+        } else if !entry.chunks.is_empty() && sha256_hex(&bytes) != entry.sha256 {
+            problems.push(problem(format!(
+                "the pieces put together do not have the SHA-256 {}",
+                entry.sha256
+            )));
+        } else {
+            keep(&entry.path, bytes)?;
         }
     }
     Ok(problems)
 }
 
 /// Check every object of `manifest` against its hash.
-pub async fn verify(target: &Target, manifest: &Manifest) -> Result<Vec<Problem>> {
-    fetch_verified(target, manifest, |_, _| Ok(())).await
+pub async fn verify(repo: &Repo, manifest: &Manifest) -> Result<Vec<Problem>> {
+    fetch_verified(repo, manifest, |_, _| Ok(())).await
 }
 
 /// What a restore did.
@@ -110,18 +89,38 @@ pub struct Restored {
     pub bytes: u64,
     /// Records in the restored audit chain, which verified.
     pub audit_records: u64,
+    /// With --force over a workspace: where the files it replaced were moved.
+    pub replaced_into: Option<PathBuf>,
 }
 
-/// Rebuild the workspace of `manifest` in `folder`, which must be empty or
-/// missing. Every object is checked before anything is put in place: a
-/// damaged backup leaves `folder` as it was.
-pub async fn restore(target: &Target, manifest: &Manifest, folder: &Path) -> Result<Restored> {
-    if folder.exists() {
-        let mut entries = std::fs::read_dir(folder).map_err(|e| Error::io(folder, e))?;
-        if entries.next().is_some() {
-            return Err(Error::usage(format!(
-                "--to {}: the folder is not empty; restore into an empty or new folder",
-                folder.display()
+/// Rebuild the workspace of `manifest` in `folder`: an empty or missing
+/// one, or with `force` an existing workspace whose database no process
+/// has open (what it replaces is moved aside, not deleted). Every object
+/// is checked before anything is put in place: a damaged backup leaves
+/// `folder` as it was.
+pub async fn restore(
+    repo: &Repo,
+    manifest: &Manifest,
+    folder: &Path,
+    force: bool,
+) -> Result<Restored> {
+    let occupied = folder.exists()
+        && std::fs::read_dir(folder)
+            .map_err(|e| Error::io(folder, e))?
+            .next()
+            .is_some();
+    if occupied && !force {
+        return Err(Error::usage(format!(
+            "--to {}: the folder is not empty; restore into an empty or new folder, or give --force to replace the workspace there",
+            folder.display()
+        )));
+    }
+    if occupied {
+        let db = folder.join(".nova").join(crate::workspace::DB_FILE);
+        if let Some(pid) = in_use(&db) {
+            return Err(Error::Failed(format!(
+                "{}: the database is in use by process {pid}; stop it (nova serve, a run) before restoring over it",
+                db.display()
             )));
         }
     }
@@ -135,7 +134,7 @@ pub async fn restore(target: &Target, manifest: &Manifest, folder: &Path) -> Res
         .prefix(".nova-restore-")
         .tempdir_in(parent)
         .map_err(|e| Error::io(parent, e))?;
-    let problems = fetch_verified(target, manifest, |path, bytes| {
+    let problems = fetch_verified(repo, manifest, |path, bytes| {
         let file = staging.path().join(path);
         if let Some(dir) = file.parent() {
             std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
@@ -151,24 +150,81 @@ pub async fn restore(target: &Target, manifest: &Manifest, folder: &Path) -> Res
         return Err(Error::Failed(format!(
             "backup {} in {} is damaged; nothing was restored:\n{}",
             manifest.id,
-            target.label,
+            repo.label(),
             list.join("\n")
         )));
     }
 
     let audit_records = check_audit(staging.path(), manifest).await?;
-    if folder.exists() {
-        std::fs::remove_dir(folder).map_err(|e| Error::io(folder, e))?;
-    }
-    let staged = staging.keep();
-    std::fs::rename(&staged, folder).map_err(|e| Error::io(folder, e))?;
+    let replaced_into = if occupied {
+        Some(move_in_over(staging.path(), folder)?)
+    } else {
+        if folder.exists() {
+            std::fs::remove_dir(folder).map_err(|e| Error::io(folder, e))?;
+        }
+        let staged = staging.keep();
+        std::fs::rename(&staged, folder).map_err(|e| Error::io(folder, e))?;
+        None
+    };
     Ok(Restored {
         id: manifest.id.clone(),
         folder: folder.to_path_buf(),
         files: manifest.files.len(),
         bytes: manifest.total_bytes(),
         audit_records,
+        replaced_into,
     })
+}
+
+/// Move each top-level entry of `staged` into `folder`, first moving what
+/// it replaces to `folder/.nova-replaced-TIME`; that folder.
+fn move_in_over(staged: &Path, folder: &Path) -> Result<PathBuf> {
+    let stamp = humantime::format_rfc3339_seconds(std::time::SystemTime::now())
+        .to_string()
+        .replace(['-', ':'], "");
+    let aside = folder.join(format!(".nova-replaced-{stamp}"));
+    std::fs::create_dir_all(&aside).map_err(|e| Error::io(&aside, e))?;
+    for entry in std::fs::read_dir(staged).map_err(|e| Error::io(staged, e))? {
+        let entry = entry.map_err(|e| Error::io(staged, e))?;
+        let into = folder.join(entry.file_name());
+        if into.symlink_metadata().is_ok() {
+            let keep = aside.join(entry.file_name());
+            std::fs::rename(&into, &keep).map_err(|e| Error::io(&into, e))?;
+        }
+        std::fs::rename(entry.path(), &into).map_err(|e| Error::io(&into, e))?;
+    }
+    Ok(aside)
+}
+
+/// A process (other than this one) that has `db` or its WAL open, read
+/// from /proc: SQLite's own locks say nothing about an idle connection.
+fn in_use(db: &Path) -> Option<u32> {
+    let db = std::fs::canonicalize(db).ok()?;
+    let wal = PathBuf::from(format!("{}-wal", db.display()));
+    let me = std::process::id();
+    for proc_entry in std::fs::read_dir("/proc").ok()?.flatten() {
+        let Some(pid) = proc_entry
+            .file_name()
+            .to_str()
+            .and_then(|p| p.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        if pid == me {
+            continue;
+        }
+        let Ok(fds) = std::fs::read_dir(proc_entry.path().join("fd")) else {
+            continue;
+        };
+        for fd in fds.flatten() {
+            if let Ok(target) = std::fs::read_link(fd.path()) {
+                if target == db || target == wal {
+                    return Some(pid);
+                }
+            }
+        }
+    }
+    None
 }
 
 /// The restored database's audit chain must hold and end where the

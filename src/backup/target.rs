@@ -150,6 +150,14 @@ impl Target {
         }
     }
 
+    /// Remove the object at `key` (gone already is fine).
+    pub async fn delete(&self, key: &str) -> Result<()> {
+        match self.store.delete(&Key::from(key)).await {
+            Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(()),
+            Err(e) => Err(self.failed(key, e)),
+        }
+    }
+
     /// The keys under `prefix`.
     pub async fn list(&self, prefix: &str) -> Result<Vec<String>> {
         use futures_util::TryStreamExt;
@@ -161,16 +169,6 @@ impl Target {
             .map_err(|e| self.failed(prefix, e))?;
         Ok(metas.into_iter().map(|m| m.location.to_string()).collect())
     }
-}
-
-/// Where the object with this SHA-256 (hex) lives.
-pub fn object_key(sha256: &str) -> String {
-    format!("objects/{}/{sha256}", &sha256[..2])
-}
-
-/// Where the manifest of backup `id` lives.
-pub fn manifest_key(id: &str) -> String {
-    format!("backups/{id}.json")
 }
 
 /// What went wrong, in a line: the S3 service's own error code and message
@@ -192,7 +190,10 @@ fn describe(e: &object_store::Error) -> String {
     }
     // A HEAD answer has no body to carry a code: go by the status.
     if let Some(at) = debug.find("status: ") {
-        let status: String = debug[at + 8..].chars().take_while(char::is_ascii_digit).collect();
+        let status: String = debug[at + 8..]
+            .chars()
+            .take_while(char::is_ascii_digit)
+            .collect();
         match status.as_str() {
             "401" | "403" => {
                 return format!(

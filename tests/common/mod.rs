@@ -165,6 +165,8 @@ impl Workspace {
                 cmd.env_remove(key);
             }
         }
+        // The audit checkpoint signing key goes under the workspace, not ~/.config.
+        cmd.env("XDG_CONFIG_HOME", self.path().join(".config"));
         cmd.env("AWS_CONFIG_FILE", self.path().join(".aws/config"))
             .env(
                 "AWS_SHARED_CREDENTIALS_FILE",
