@@ -217,10 +217,10 @@ fn in_use(db: &Path) -> Option<u32> {
             continue;
         };
         for fd in fds.flatten() {
-            if let Ok(target) = std::fs::read_link(fd.path()) {
-                if target == db || target == wal {
-                    return Some(pid);
-                }
+            if let Ok(target) = std::fs::read_link(fd.path())
+                && (target == db || target == wal)
+            {
+                return Some(pid);
             }
         }
     }
