@@ -133,6 +133,9 @@ pub async fn prune(ws: &Workspace, repo: &Repo, keep: usize) -> Result<Pruned> {
 /// Save this process's KPIs (the backup counters) under `source`, for a
 /// one-shot command; `nova serve` saves its own.
 pub fn save_kpis(ws: &Workspace, source: &str) {
+    if !ws.db_path().exists() {
+        return;
+    }
     let saved = crate::store::Store::open(&ws.db_path())
         .map_err(|e| Error::Failed(e.to_string()))
         .and_then(|store| {

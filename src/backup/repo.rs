@@ -143,6 +143,12 @@ impl Repo {
                 manifest,
             });
         }
+        // Ids sort by the second they were taken; within one, by the time
+        // the manifest records (an unreadable one keeps its place by id).
+        out.sort_by_key(|l| {
+            let at = l.manifest.as_ref().map_or(0, |m| m.created_at);
+            (l.id.get(..16).unwrap_or_default().to_string(), at)
+        });
         Ok(out)
     }
 

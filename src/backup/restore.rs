@@ -157,11 +157,13 @@ pub async fn restore(
 
     let audit_records = check_audit(staging.path(), manifest).await?;
     let replaced_into = if occupied {
-        Some(move_in_over(staging.path(), folder)?)
+        Some(move_in(staging.path(), folder, true)?)
+    } else if folder.exists() {
+        // Into the folder itself, not a new one in its place: a shell whose
+        // current directory it is still sees the workspace.
+        move_in(staging.path(), folder, false)?;
+        None
     } else {
-        if folder.exists() {
-            std::fs::remove_dir(folder).map_err(|e| Error::io(folder, e))?;
-        }
         let staged = staging.keep();
         std::fs::rename(&staged, folder).map_err(|e| Error::io(folder, e))?;
         None
@@ -176,24 +178,27 @@ pub async fn restore(
     })
 }
 
-/// Move each top-level entry of `staged` into `folder`, first moving what
-/// it replaces to `folder/.nova-replaced-TIME`; that folder.
-fn move_in_over(staged: &Path, folder: &Path) -> Result<PathBuf> {
+/// Move each top-level entry of `staged` into `folder`. With `aside`, what
+/// an entry replaces is first moved to `folder/.nova-replaced-TIME`, which
+/// is returned.
+fn move_in(staged: &Path, folder: &Path, aside: bool) -> Result<PathBuf> {
     let stamp = humantime::format_rfc3339_seconds(std::time::SystemTime::now())
         .to_string()
         .replace(['-', ':'], "");
-    let aside = folder.join(format!(".nova-replaced-{stamp}"));
-    std::fs::create_dir_all(&aside).map_err(|e| Error::io(&aside, e))?;
+    let kept = folder.join(format!(".nova-replaced-{stamp}"));
+    if aside {
+        std::fs::create_dir_all(&kept).map_err(|e| Error::io(&kept, e))?;
+    }
     for entry in std::fs::read_dir(staged).map_err(|e| Error::io(staged, e))? {
         let entry = entry.map_err(|e| Error::io(staged, e))?;
         let into = folder.join(entry.file_name());
-        if into.symlink_metadata().is_ok() {
-            let keep = aside.join(entry.file_name());
+        if aside && into.symlink_metadata().is_ok() {
+            let keep = kept.join(entry.file_name());
             std::fs::rename(&into, &keep).map_err(|e| Error::io(&into, e))?;
         }
         std::fs::rename(entry.path(), &into).map_err(|e| Error::io(&into, e))?;
     }
-    Ok(aside)
+    Ok(kept)
 }
 
 /// A process (other than this one) that has `db` or its WAL open, read

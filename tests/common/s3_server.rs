@@ -61,6 +61,51 @@ impl S3Server {
     pub fn create_bucket(&self, bucket: &str) -> u16 {
         request(self.port, "PUT", &format!("/{bucket}"))
     }
+
+    /// Every key in `bucket`, read straight from the server.
+    pub fn keys(&self, bucket: &str) -> Vec<String> {
+        use futures_util::TryStreamExt;
+        use object_store::ObjectStore;
+        let store = self.client(bucket);
+        runtime().block_on(async {
+            let all: Vec<_> = store.list(None).try_collect().await.unwrap();
+            all.into_iter().map(|m| m.location.to_string()).collect()
+        })
+    }
+
+    /// A plain object_store client of `bucket` (moto refuses anonymous
+    /// reads of objects, so the test's own reads are signed too).
+    fn client(&self, bucket: &str) -> object_store::aws::AmazonS3 {
+        object_store::aws::AmazonS3Builder::new()
+            .with_endpoint(self.endpoint())
+            .with_allow_http(true)
+            .with_bucket_name(bucket)
+            .with_region("us-east-1")
+            .with_access_key_id("test")
+            .with_secret_access_key("test")
+            .build()
+            .unwrap()
+    }
+
+    /// The raw bytes stored at `key` in `bucket`.
+    pub fn get(&self, bucket: &str, key: &str) -> Vec<u8> {
+        use object_store::ObjectStoreExt;
+        let store = self.client(bucket);
+        runtime().block_on(async {
+            let found = store
+                .get(&object_store::path::Path::from(key))
+                .await
+                .unwrap();
+            found.bytes().await.unwrap().to_vec()
+        })
+    }
+}
+
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap()
 }
 
 impl Drop for S3Server {
