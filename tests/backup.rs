@@ -251,3 +251,370 @@ fn a_bad_backup_section_in_nova_yaml_is_named() {
         .stderr_has("nova.yaml")
         .stderr_has("destination");
 }
+
+fn audit_db(ws: &Workspace) -> rusqlite::Connection {
+    rusqlite::Connection::open(ws.home().join("nova.db")).unwrap()
+}
+
+#[test]
+fn a_chain_rewritten_or_cut_after_a_backup_passes_alone_but_fails_against_the_checkpoints() {
+    let ws = busy_workspace();
+    let to = target(&ws);
+    let taken = ws.run(&["backup", "--to", &to, "--json"]).success().json();
+    let pinned = taken["manifest"]["audit_head"]["seq"].as_u64().unwrap();
+    assert!(
+        taken["checkpoint"]
+            .as_str()
+            .unwrap()
+            .starts_with("checkpoints/")
+    );
+    let note = std::fs::read_to_string(
+        ws.path()
+            .join("backups")
+            .join(taken["checkpoint"].as_str().unwrap()),
+    )
+    .unwrap();
+    assert!(note.starts_with("nova-audit/"), "{note}");
+    assert!(note.contains(&format!("\n{pinned}\n")), "{note}");
+    ws.run(&["audit", "verify", "--checkpoints", &to])
+        .success()
+        .stdout_has("all 1 checkpoints");
+
+    // A forger rewrites record 2 and re-seals every record after it: the
+    // chain is consistent again.
+    let conn = audit_db(&ws);
+    let mut records: Vec<nova::audit::Record> = conn
+        .prepare("SELECT seq, at, actor, action, target, outcome, details, controls, prev_hash, hash FROM audit_log ORDER BY seq")
+        .unwrap()
+        .query_map([], |r| {
+            Ok(nova::audit::Record {
+                seq: r.get::<_, i64>(0)? as u64,
+                at: r.get(1)?,
+                actor: r.get(2)?,
+                action: r.get(3)?,
+                target: r.get(4)?,
+                outcome: r.get(5)?,
+                details: serde_json::from_str(&r.get::<_, String>(6)?).unwrap(),
+                controls: serde_json::from_str(&r.get::<_, String>(7)?).unwrap(),
+                prev_hash: r.get(8)?,
+                hash: r.get(9)?,
+            })
+        })
+        .unwrap()
+        .map(Result::unwrap)
+        .collect();
+    records[1].actor = "someone-else".into();
+    for i in 1..records.len() {
+        records[i].prev_hash = records[i - 1].hash.clone();
+        records[i].hash = records[i].expected_hash();
+        conn.execute(
+            "UPDATE audit_log SET actor = ?1, prev_hash = ?2, hash = ?3 WHERE seq = ?4",
+            rusqlite::params![
+                records[i].actor,
+                records[i].prev_hash,
+                records[i].hash,
+                records[i].seq as i64
+            ],
+        )
+        .unwrap();
+    }
+    drop(conn);
+    ws.run(&["audit", "verify"])
+        .success()
+        .stdout_has("audit chain holds");
+    ws.run(&["audit", "verify", "--checkpoints", &to])
+        .code(1)
+        .stderr_has("holds by itself")
+        .stderr_has(&format!("record {pinned} has hash"))
+        .stderr_has("rewritten");
+
+    // Cut short instead: the records from the pinned one on are gone.
+    let ws = busy_workspace();
+    let to = target(&ws);
+    ws.run(&["backup", "--to", &to]).success();
+    audit_db(&ws)
+        .execute("DELETE FROM audit_log WHERE seq >= 3", [])
+        .unwrap();
+    // (Checked first: every verify appends a record of its own.)
+    ws.run(&["audit", "verify", "--checkpoints", &to])
+        .code(1)
+        .stderr_has("records were removed");
+    ws.run(&["audit", "verify"]).success();
+    // A checkpoint changed in the target no longer verifies.
+    let dir = ws.path().join("backups/checkpoints");
+    let file = std::fs::read_dir(&dir)
+        .unwrap()
+        .next()
+        .unwrap()
+        .unwrap()
+        .path();
+    let text = std::fs::read_to_string(&file).unwrap();
+    std::fs::write(&file, text.replacen("nova-audit/", "nova-audlt/", 1)).unwrap();
+    ws.run(&["audit", "verify", "--checkpoints", &to])
+        .code(1)
+        .stderr_has("signature");
+}
+
+#[test]
+fn prune_keeps_the_newest_backups_and_removes_only_unused_objects() {
+    let ws = busy_workspace();
+    let to = target(&ws);
+    let mut ids = Vec::new();
+    for i in 0..3 {
+        ws.write(&format!("policies/p{i}.rego"), &format!("package p{i}\n"));
+        let taken = ws.run(&["backup", "--to", &to, "--json"]).success().json();
+        ids.push(taken["manifest"]["id"].as_str().unwrap().to_string());
+    }
+    let objects = || walkdir(&ws.path().join("backups/objects")).len();
+    let before = objects();
+    ws.run(&["backup", "prune", "--to", &to])
+        .code(2)
+        .stderr_has("--keep");
+    ws.run(&["backup", "prune", "--to", &to, "--keep", "0"])
+        .code(2);
+    let pruned = ws
+        .run(&["backup", "prune", "--to", &to, "--keep", "1", "--json"])
+        .success()
+        .json();
+    assert_eq!(pruned["removed"], serde_json::json!([ids[0], ids[1]]));
+    assert!(pruned["objects_removed"].as_u64().unwrap() >= 2, "{pruned}");
+    assert!(objects() < before);
+    let list = ws
+        .run(&["backup", "list", "--to", &to, "--json"])
+        .success()
+        .json();
+    assert_eq!(list.as_array().unwrap().len(), 1);
+    assert_eq!(list[0]["id"], ids[2].as_str());
+    // What is left is whole, and every checkpoint stays.
+    ws.run(&["backup", "verify", &ids[2], "--to", &to])
+        .success();
+    assert_eq!(
+        std::fs::read_dir(ws.path().join("backups/checkpoints"))
+            .unwrap()
+            .count(),
+        3
+    );
+    restore(&ws, &ids[2], &ws.path().join("r")).success();
+
+    // Retention from nova.yaml: each backup keeps the newest two.
+    ws.write("nova.yaml", &format!("backup:\n  to: {to}\n  keep: 2\n"));
+    ws.run(&["backup"]).success();
+    ws.run(&["backup"])
+        .success()
+        .stdout_has("retention: removed 1");
+    let list = ws.run(&["backup", "list", "--json"]).success().json();
+    assert_eq!(list.as_array().unwrap().len(), 2);
+    let actions = ws
+        .run(&["audit", "log", "--action", "backup.prune", "--json"])
+        .success()
+        .json();
+    assert!(actions.as_array().unwrap().len() >= 2, "{actions}");
+}
+
+fn walkdir(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir(dir).unwrap().flatten() {
+        if entry.path().is_dir() {
+            out.extend(walkdir(&entry.path()));
+        } else {
+            out.push(entry.path());
+        }
+    }
+    out
+}
+
+#[test]
+fn restore_over_a_workspace_needs_force_is_refused_while_in_use_and_keeps_what_it_replaced() {
+    let ws = busy_workspace();
+    let to = target(&ws);
+    let id = ws.run(&["backup", "--to", &to, "--json"]).success().json()["manifest"]["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    // Work after the backup: one more task, a changed policy.
+    ws.run(&["queue", "enqueue", "after"]).success();
+    ws.write("policies/extra.rego", "package changed\n");
+    let here = ws.path().to_str().unwrap().to_string();
+    ws.run(&["restore", &id, "--from", &to, "--to", &here])
+        .code(2)
+        .stderr_has("--force");
+
+    // While nova serve has the database open: refused, nothing moved.
+    let (mut server, _) = ws.serve(&["--listen", "127.0.0.1:0"]);
+    ws.run(&["restore", &id, "--from", &to, "--to", &here, "--force"])
+        .code(1)
+        .stderr_has("in use by process");
+    server.kill().unwrap();
+    server.wait().unwrap();
+    assert_eq!(
+        std::fs::read_to_string(ws.path().join("policies/extra.rego")).unwrap(),
+        "package changed\n"
+    );
+
+    let done = ws
+        .run(&[
+            "restore", &id, "--from", &to, "--to", &here, "--force", "--json",
+        ])
+        .success()
+        .json();
+    let aside = std::path::PathBuf::from(done["replaced_into"].as_str().unwrap());
+    assert!(aside.starts_with(ws.path()));
+    assert_eq!(
+        std::fs::read_to_string(ws.path().join("policies/extra.rego")).unwrap(),
+        "package extra\n"
+    );
+    assert_eq!(
+        std::fs::read_to_string(aside.join("policies/extra.rego")).unwrap(),
+        "package changed\n"
+    );
+    assert!(aside.join(".nova/nova.db").exists());
+    let tasks = ws.run(&["queue", "list", "--json"]).success().json();
+    assert_eq!(
+        tasks.as_array().unwrap().len(),
+        3,
+        "the task enqueued after the backup is gone"
+    );
+    ws.run(&["audit", "verify"]).success();
+}
+
+#[test]
+fn a_backup_killed_half_way_lists_nothing_and_the_next_one_succeeds() {
+    let ws = busy_workspace();
+    // Enough to take a while: 200 files of 512 KiB in the runs folder.
+    let runs = ws.home().join("runs/big");
+    std::fs::create_dir_all(&runs).unwrap();
+    for i in 0..200u32 {
+        let bytes: Vec<u8> = (0..512 * 1024u32)
+            .map(|j| (j.wrapping_mul(2654435761).wrapping_add(i) >> 13) as u8)
+            .collect();
+        std::fs::write(runs.join(format!("f{i}.bin")), bytes).unwrap();
+    }
+    let to = target(&ws);
+    let mut child = ws
+        .std_command()
+        .args(["backup", "--to", &to, "--with-runs"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let objects = ws.path().join("backups/objects");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while std::time::Instant::now() < deadline
+        && (!objects.exists() || walkdir(&objects).len() < 20)
+    {
+        std::thread::sleep(std::time::Duration::from_millis(2));
+    }
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(child.id() as i32),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .unwrap();
+    child.wait().unwrap();
+    let written = walkdir(&objects).len();
+    assert!(
+        written >= 20 && written < 400,
+        "the backup was not cut half-way ({written} objects)"
+    );
+    let list = ws
+        .run(&["backup", "list", "--to", &to, "--json"])
+        .success()
+        .json();
+    assert_eq!(list, serde_json::json!([]), "a killed backup is listed");
+
+    let taken = ws
+        .run(&["backup", "--to", &to, "--with-runs", "--json"])
+        .success()
+        .json();
+    let id = taken["manifest"]["id"].as_str().unwrap();
+    ws.run(&["backup", "verify", id, "--to", &to]).success();
+    // What the killed one wrote was not written again.
+    let files = taken["manifest"]["files"].as_array().unwrap().len() as u64;
+    assert!(
+        taken["uploaded_objects"].as_u64().unwrap() < files * 2 - 10,
+        "{}",
+        taken["uploaded_objects"]
+    );
+}
+
+#[test]
+fn a_backup_taken_under_live_queue_load_restores_to_a_database_whose_chain_verifies() {
+    use nova::queue::proto::task_queue_client::TaskQueueClient;
+    use nova::queue::proto::{AckRequest, DequeueRequest, EnqueueRequest};
+    let ws = busy_workspace();
+    let (mut server, announced) = ws.serve(&["--listen", "127.0.0.1:0"]);
+    let url = announced["listening"].as_str().unwrap().to_string();
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let load = {
+        let stop = stop.clone();
+        std::thread::spawn(move || {
+            let rt = tokio::runtime::Runtime::new().unwrap();
+            rt.block_on(async {
+                let mut client = TaskQueueClient::connect(url).await.unwrap();
+                let mut done = 0u64;
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    client
+                        .enqueue(EnqueueRequest {
+                            r#type: "load".into(),
+                            payload: format!("{{\"n\":{done}}}"),
+                            ..Default::default()
+                        })
+                        .await
+                        .unwrap();
+                    let got = client
+                        .dequeue(DequeueRequest {
+                            worker_id: "w".into(),
+                            lease_ms: 30_000,
+                            ..Default::default()
+                        })
+                        .await
+                        .unwrap()
+                        .into_inner();
+                    if let Some(task) = got.task {
+                        client
+                            .ack(AckRequest {
+                                task_id: task.id,
+                                success: true,
+                                lease_id: task.lease_id,
+                                ..Default::default()
+                            })
+                            .await
+                            .unwrap();
+                    }
+                    done += 1;
+                }
+                done
+            })
+        })
+    };
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    let to = target(&ws);
+    let taken = ws.run(&["backup", "--to", &to, "--json"]).success().json();
+    std::thread::sleep(std::time::Duration::from_millis(200));
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let done = load.join().unwrap();
+    server.kill().unwrap();
+    server.wait().unwrap();
+    assert!(
+        done > 20,
+        "only {done} tasks went through while the backup ran"
+    );
+
+    let id = taken["manifest"]["id"].as_str().unwrap();
+    let into = ws.path().join("restored");
+    restore(&ws, id, &into)
+        .success()
+        .stdout_has("audit chain of");
+    let (code, verified) = run_in(&ws, &into, &["audit", "verify"]);
+    assert_eq!(code, 0, "{verified}");
+    let (code, listed) = run_in(
+        &ws,
+        &into,
+        &["queue", "list", "--json", "--limit", "100000"],
+    );
+    assert_eq!(code, 0, "{listed}");
+    let tasks: serde_json::Value = serde_json::from_str(&listed).unwrap();
+    assert!(
+        tasks.as_array().unwrap().len() > 3,
+        "the snapshot holds none of the load"
+    );
+}
