@@ -284,6 +284,15 @@ pub struct ServeArgs {
     /// Delete finished tasks once they are this old (as 7d), checked every minute [default: keep them]
     #[arg(long, value_parser = humantime::parse_duration, value_name = "DURATION")]
     pub keep_finished: Option<std::time::Duration>,
+
+    /// Back up the workspace this often (as 6h), to --backup-to, with nova.yaml's backup.key
+    /// and backup.keep [default: no scheduled backups]
+    #[arg(long, value_parser = humantime::parse_duration, value_name = "DURATION")]
+    pub backup_every: Option<std::time::Duration>,
+
+    /// Where scheduled backups go: a folder or s3://bucket/prefix [default: nova.yaml's backup.to]
+    #[arg(long, value_name = "URL", requires = "backup_every")]
+    pub backup_to: Option<String>,
 }
 
 #[derive(Debug, Args)]

@@ -41,6 +41,23 @@ pub fn run(ws: &Workspace, out: &Output, args: &ServeArgs) -> Result<()> {
     }
     let store = StoreUrl::resolve(ws, &args.store.choice())?;
     let policy = crate::policy::open(ws)?;
+    // Checked before listening: a schedule with nowhere to go is a usage error.
+    let backups = match args.backup_every {
+        Some(every) if every.is_zero() => {
+            return Err(Error::usage("--backup-every 0s: give a period such as 6h"));
+        }
+        Some(every) => Some((
+            crate::backup::repo::Repo::open(
+                ws,
+                args.backup_to.as_deref(),
+                "--backup-to",
+                None,
+                true,
+            )?,
+            every,
+        )),
+        None => None,
+    };
     let rt = crate::runtime::runtime()?;
     rt.block_on(async {
         let input = crate::policy::input(
@@ -138,6 +155,11 @@ pub fn run(ws: &Workspace, out: &Output, args: &ServeArgs) -> Result<()> {
         let purger = args
             .keep_finished
             .map(|keep| tokio::spawn(purge_every(backend.clone(), keep)));
+        let backup_every = args
+            .backup_every
+            .map(|d| humantime::format_duration(d).to_string());
+        let backuper =
+            backups.map(|(repo, every)| tokio::spawn(backup_on_schedule(ws.clone(), repo, every)));
         let audit = crate::audit::workspace_log(ws, &args.store.choice(), true).await?;
         let details = json!({
             "listen": addr.to_string(),
@@ -145,6 +167,7 @@ pub fn run(ws: &Workspace, out: &Output, args: &ServeArgs) -> Result<()> {
             "auth": token.is_some(),
             "metrics": metrics_url,
             "dashboard": dashboard_url,
+            "backup_every": backup_every,
         });
         if let Some(log) = &audit {
             crate::audit::record(
@@ -177,6 +200,10 @@ pub fn run(ws: &Workspace, out: &Output, args: &ServeArgs) -> Result<()> {
         if let Some(p) = purger {
             p.abort();
         }
+        // A backup cut short here is not listed: its manifest is written last.
+        if let Some(b) = backuper {
+            b.abort();
+        }
         let _ = tokio::task::spawn_blocking(move || save_kpis(&db)).await;
         served.map_err(|e| Error::Failed(format!("server error: {e}")))?;
         tracing::info!("server stopped");
@@ -199,6 +226,33 @@ fn save_kpis(db: &Path) {
         });
     if let Err(e) = saved {
         tracing::warn!(error = %e, "could not save the KPI snapshot");
+    }
+}
+
+/// Back up every `every` (the first one `every` after the start), applying
+/// nova.yaml's `backup.keep` after each; a failure is logged (and audited
+/// and counted by `take`) and the schedule goes on.
+async fn backup_on_schedule(
+    ws: Workspace,
+    repo: crate::backup::repo::Repo,
+    every: std::time::Duration,
+) {
+    let mut tick = tokio::time::interval(every);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    tick.tick().await;
+    loop {
+        tick.tick().await;
+        match crate::backup::ops::take(&ws, &repo, false).await {
+            Ok((done, _)) => {
+                tracing::info!(id = %done.manifest.id, target = %repo.label(), bytes = done.uploaded_bytes, "scheduled backup taken");
+                if let Some(keep) = ws.config.backup.keep
+                    && let Err(e) = crate::backup::ops::prune(&ws, &repo, keep).await
+                {
+                    tracing::warn!(error = %e, "scheduled backup: pruning failed");
+                }
+            }
+            Err(e) => tracing::warn!(error = %e, target = %repo.label(), "scheduled backup failed"),
+        }
     }
 }
 

@@ -618,3 +618,65 @@ fn a_backup_taken_under_live_queue_load_restores_to_a_database_whose_chain_verif
         "the snapshot holds none of the load"
     );
 }
+
+#[test]
+fn nova_serve_backs_up_on_a_schedule_with_retention_and_counts_it() {
+    let ws = busy_workspace();
+    ws.run(&["serve", "--listen", "127.0.0.1:0", "--backup-every", "1h"])
+        .code(2)
+        .stderr_has("no backup target");
+    ws.run(&[
+        "serve",
+        "--listen",
+        "127.0.0.1:0",
+        "--backup-every",
+        "0s",
+        "--backup-to",
+        "b",
+    ])
+    .code(2)
+    .stderr_has("--backup-every 0s");
+    ws.write("nova.yaml", "backup:\n  keep: 2\n");
+    let to = target(&ws);
+    let (mut server, _) = ws.serve(&[
+        "--listen",
+        "127.0.0.1:0",
+        "--backup-every",
+        "300ms",
+        "--backup-to",
+        &to,
+    ]);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    let prunes = || {
+        ws.run(&["audit", "log", "--action", "backup.prune", "--json"])
+            .success()
+            .json()
+            .as_array()
+            .unwrap()
+            .len()
+    };
+    while prunes() < 3 && std::time::Instant::now() < deadline {
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    let pid = nix::unistd::Pid::from_raw(server.id() as i32);
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM).unwrap();
+    server.wait().unwrap();
+    let created = ws
+        .run(&["audit", "log", "--action", "backup.create", "--json"])
+        .success()
+        .json();
+    let created = created.as_array().unwrap();
+    assert!(created.len() >= 3, "{created:?}");
+    assert!(
+        created.iter().all(|r| r["outcome"] == "done"),
+        "{created:?}"
+    );
+    let list = ws
+        .run(&["backup", "list", "--to", &to, "--json"])
+        .success()
+        .json();
+    assert_eq!(list.as_array().unwrap().len(), 2, "retention kept {list}");
+    ws.run(&["backup", "verify", "--to", &to]).success();
+    let kpis = ws.run(&["kpi", "--json"]).success().stdout;
+    assert!(kpis.contains("backup.created"), "{kpis}");
+}
