@@ -83,17 +83,12 @@ pub async fn create(
     let mut files = Vec::with_capacity(sources.len());
     let (mut uploaded_objects, mut uploaded_bytes) = (0, 0);
     for source in sources {
-        let Some((entry, pieces)) = read_pieces(&source)? else {
+        let Some(entry) =
+            store_file(repo, &source, &mut uploaded_objects, &mut uploaded_bytes).await?
+        else {
             // A log rotated away or a run pruned while we walked.
             continue;
         };
-        for (sha256, bytes) in pieces {
-            let written = repo.put_object(&sha256, bytes).await?;
-            if written > 0 {
-                uploaded_objects += 1;
-                uploaded_bytes += written;
-            }
-        }
         files.push(entry);
     }
 
@@ -128,11 +123,16 @@ pub async fn create(
     })
 }
 
-/// A file's manifest entry and the pieces to store, each with its SHA-256:
-/// the whole file when it is small, else [`CHUNK_SIZE`] pieces. `None`
+/// Store `source` piece by piece (one piece in memory at a time): the
+/// whole file when it is small, else [`CHUNK_SIZE`] pieces, each under its
+/// own hash and only if the target lacks it. Its manifest entry; `None`
 /// when the file is gone.
-#[allow(clippy::type_complexity)]
-fn read_pieces(source: &Source) -> Result<Option<(Entry, Vec<(String, Vec<u8>)>)>> {
+async fn store_file(
+    repo: &Repo,
+    source: &Source,
+    objects: &mut u64,
+    bytes: &mut u64,
+) -> Result<Option<Entry>> {
     use sha2::Digest;
     use std::io::Read;
     let mut file = match std::fs::File::open(&source.file) {
@@ -141,7 +141,7 @@ fn read_pieces(source: &Source) -> Result<Option<(Entry, Vec<(String, Vec<u8>)>)
         Err(e) => return Err(Error::io(&source.file, e)),
     };
     let mut whole = sha2::Sha256::new();
-    let mut pieces = Vec::new();
+    let mut chunks = Vec::new();
     let mut size = 0u64;
     loop {
         let mut piece = Vec::with_capacity(CHUNK_SIZE);
@@ -149,30 +149,32 @@ fn read_pieces(source: &Source) -> Result<Option<(Entry, Vec<(String, Vec<u8>)>)
             .take(CHUNK_SIZE as u64)
             .read_to_end(&mut piece)
             .map_err(|e| Error::io(&source.file, e))?;
-        if piece.is_empty() && !pieces.is_empty() {
+        if piece.is_empty() && !chunks.is_empty() {
             break;
         }
         let full = piece.len() == CHUNK_SIZE;
         size += piece.len() as u64;
         whole.update(&piece);
-        pieces.push((sha256_hex(&piece), piece));
+        let sha256 = sha256_hex(&piece);
+        let written = repo.put_object(&sha256, piece).await?;
+        if written > 0 {
+            *objects += 1;
+            *bytes += written;
+        }
+        chunks.push(sha256);
         if !full {
             break;
         }
     }
-    let sha256 = hex(&whole.finalize());
-    let chunks = if pieces.len() > 1 {
-        pieces.iter().map(|(sha, _)| sha.clone()).collect()
-    } else {
-        Vec::new()
-    };
-    let entry = Entry {
+    if chunks.len() == 1 {
+        chunks.clear();
+    }
+    Ok(Some(Entry {
         path: source.path.clone(),
         size,
-        sha256,
+        sha256: hex(&whole.finalize()),
         chunks,
-    };
-    Ok(Some((entry, pieces)))
+    }))
 }
 
 /// Copy the live database to `to` with SQLite's online backup API (one

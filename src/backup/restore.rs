@@ -18,17 +18,23 @@ pub struct Problem {
     pub reason: String,
 }
 
-/// Fetch `manifest`'s objects and hand each verified file to `keep`;
-/// returns every file that failed its check.
-async fn fetch_verified(
+/// Fetch `manifest`'s objects, checking each piece's hash as it comes and
+/// each file's size and hash at its end, and write every file to the
+/// writer `open` gives for its path (one piece in memory at a time).
+/// Returns every file that failed its check; what was written of a failed
+/// file is the caller's to discard.
+async fn fetch_verified<W: std::io::Write>(
     repo: &Repo,
     manifest: &Manifest,
-    mut keep: impl FnMut(&str, Vec<u8>) -> Result<()>,
+    mut open: impl FnMut(&str) -> Result<W>,
 ) -> Result<Vec<Problem>> {
+    use sha2::Digest;
     let mut problems = Vec::new();
     let sealed = manifest.encrypted_to.is_some();
     'files: for entry in &manifest.files {
-        let mut bytes = Vec::with_capacity(entry.size as usize);
+        let mut out = open(&entry.path)?;
+        let mut whole = sha2::Sha256::new();
+        let mut size = 0u64;
         for sha256 in entry.objects() {
             let object = repo.object_key(sha256, sealed);
             let problem = |reason: String| Problem {
@@ -42,7 +48,10 @@ async fn fetch_verified(
                 Fetched::Bytes(piece) => {
                     let found = sha256_hex(&piece);
                     if found == sha256 {
-                        bytes.extend_from_slice(&piece);
+                        whole.update(&piece);
+                        size += piece.len() as u64;
+                        out.write_all(&piece)
+                            .map_err(|e| Error::Failed(format!("restoring {}: {e}", entry.path)))?;
                         continue;
                     }
                     problems.push(problem(format!(
@@ -52,24 +61,26 @@ async fn fetch_verified(
             }
             continue 'files;
         }
+        out.flush()
+            .map_err(|e| Error::Failed(format!("restoring {}: {e}", entry.path)))?;
         let problem = |reason: String| Problem {
             path: entry.path.clone(),
-            object: format!("{} pieces", entry.chunks.len()),
+            object: match entry.chunks.len() {
+                0 => repo.object_key(&entry.sha256, sealed),
+                n => format!("{n} pieces"),
+            },
             reason,
         };
-        if bytes.len() as u64 != entry.size {
+        if size != entry.size {
             problems.push(problem(format!(
-                "the file has {} bytes, the manifest says {}",
-                bytes.len(),
+                "the file has {size} bytes, the manifest says {}",
                 entry.size
             )));
-        } else if !entry.chunks.is_empty() && sha256_hex(&bytes) != entry.sha256 {
+        } else if crate::digest::hex(&whole.finalize()) != entry.sha256 {
             problems.push(problem(format!(
                 "the pieces put together do not have the SHA-256 {}",
                 entry.sha256
             )));
-        } else {
-            keep(&entry.path, bytes)?;
         }
     }
     Ok(problems)
@@ -77,7 +88,7 @@ async fn fetch_verified(
 
 /// Check every object of `manifest` against its hash.
 pub async fn verify(repo: &Repo, manifest: &Manifest) -> Result<Vec<Problem>> {
-    fetch_verified(repo, manifest, |_, _| Ok(())).await
+    fetch_verified(repo, manifest, |_| Ok(std::io::sink())).await
 }
 
 /// What a restore did.
@@ -134,12 +145,14 @@ pub async fn restore(
         .prefix(".nova-restore-")
         .tempdir_in(parent)
         .map_err(|e| Error::io(parent, e))?;
-    let problems = fetch_verified(repo, manifest, |path, bytes| {
+    let problems = fetch_verified(repo, manifest, |path| {
         let file = staging.path().join(path);
         if let Some(dir) = file.parent() {
             std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
         }
-        std::fs::write(&file, bytes).map_err(|e| Error::io(&file, e))
+        std::fs::File::create(&file)
+            .map(std::io::BufWriter::new)
+            .map_err(|e| Error::io(&file, e))
     })
     .await?;
     if !problems.is_empty() {
