@@ -680,3 +680,51 @@ fn nova_serve_backs_up_on_a_schedule_with_retention_and_counts_it() {
     let kpis = ws.run(&["kpi", "--json"]).success().stdout;
     assert!(kpis.contains("backup.created"), "{kpis}");
 }
+
+#[test]
+fn a_full_disk_is_named_and_no_backup_is_listed() {
+    // A 64 KiB tmpfs in a mount namespace of the backup's own: root only.
+    if !nix::unistd::Uid::effective().is_root() {
+        eprintln!("skipped: mounting a small tmpfs needs root (CI runs as root)");
+        return;
+    }
+    let ws = busy_workspace();
+    let full = ws.path().join("full");
+    std::fs::create_dir_all(&full).unwrap();
+    let nova = assert_cmd::cargo::cargo_bin("nova");
+    let script = format!(
+        "mount -t tmpfs -o size=64k tmpfs '{dir}' && '{nova}' backup --to '{dir}'; code=$?; '{nova}' backup list --to '{dir}' --json; exit $code",
+        dir = full.display(),
+        nova = nova.display()
+    );
+    // The harness's environment (no NOVA_*, no AWS_*, the key folder) for `unshare`.
+    let harness = ws.std_command();
+    let mut cmd = std::process::Command::new("unshare");
+    for (key, value) in harness.get_envs() {
+        match value {
+            Some(value) => cmd.env(key, value),
+            None => cmd.env_remove(key),
+        };
+    }
+    let out = cmd
+        .args(["-m", "sh", "-c", &script])
+        .current_dir(ws.path())
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("No space left on device"), "{stderr}");
+    assert!(stderr.contains(&full.display().to_string()), "{stderr}");
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        "[]",
+        "a backup was listed"
+    );
+    // The workspace is untouched, and the failure is on its record.
+    ws.run(&["audit", "verify"]).success();
+    let failed = ws
+        .run(&["audit", "log", "--action", "backup.create", "--json"])
+        .success()
+        .json();
+    assert_eq!(failed[0]["outcome"], "failed", "{failed}");
+}

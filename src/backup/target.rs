@@ -213,5 +213,9 @@ fn describe(e: &object_store::Error) -> String {
     // The last two causes name the failure and its reason ("tcp connect
     // error: Connection refused"), the outer ones only wrap them.
     let n = causes.len();
-    causes[n.saturating_sub(2)..].join(": ")
+    match &causes[n.saturating_sub(2)..] {
+        [outer, inner] if !outer.contains(inner.as_str()) => format!("{outer}: {inner}"),
+        [.., last] => last.clone(),
+        [] => unreachable!("there is at least the error itself"),
+    }
 }
