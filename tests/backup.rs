@@ -480,11 +480,11 @@ fn restore_over_a_workspace_needs_force_is_refused_while_in_use_and_keeps_what_i
 #[test]
 fn a_backup_killed_half_way_lists_nothing_and_the_next_one_succeeds() {
     let ws = busy_workspace();
-    // Enough to take a while: 200 files of 512 KiB in the runs folder.
+    // Enough to take a while: 120 files of 256 KiB (480 pieces) in the runs folder.
     let runs = ws.home().join("runs/big");
     std::fs::create_dir_all(&runs).unwrap();
-    for i in 0..200u32 {
-        let bytes: Vec<u8> = (0..512 * 1024u32)
+    for i in 0..120u32 {
+        let bytes: Vec<u8> = (0..256 * 1024u32)
             .map(|j| (j.wrapping_mul(2654435761).wrapping_add(i) >> 13) as u8)
             .collect();
         std::fs::write(runs.join(format!("f{i}.bin")), bytes).unwrap();
@@ -500,7 +500,7 @@ fn a_backup_killed_half_way_lists_nothing_and_the_next_one_succeeds() {
     let objects = ws.path().join("backups/objects");
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
     while std::time::Instant::now() < deadline
-        && (!objects.exists() || walkdir(&objects).len() < 20)
+        && (!objects.exists() || walkdir(&objects).len() < 100)
     {
         std::thread::sleep(std::time::Duration::from_millis(2));
     }
@@ -512,7 +512,7 @@ fn a_backup_killed_half_way_lists_nothing_and_the_next_one_succeeds() {
     child.wait().unwrap();
     let written = walkdir(&objects).len();
     assert!(
-        (20..400).contains(&written),
+        (100..480).contains(&written),
         "the backup was not cut half-way ({written} objects)"
     );
     let list = ws
@@ -528,11 +528,18 @@ fn a_backup_killed_half_way_lists_nothing_and_the_next_one_succeeds() {
     let id = taken["manifest"]["id"].as_str().unwrap();
     ws.run(&["backup", "verify", id, "--to", &to]).success();
     // What the killed one wrote was not written again.
-    let files = taken["manifest"]["files"].as_array().unwrap().len() as u64;
+    let pieces: usize = taken["manifest"]["files"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|f| f["chunks"].as_array().map_or(1, Vec::len))
+        .sum();
+    let uploaded = taken["uploaded_objects"].as_u64().unwrap() as usize;
+    // (Some slack: the database changed in between, and a file the kill
+    // cut short is a temporary file, not an object.)
     assert!(
-        taken["uploaded_objects"].as_u64().unwrap() < files * 2 - 10,
-        "{}",
-        taken["uploaded_objects"]
+        uploaded + written <= pieces + 1 + 20,
+        "{uploaded} objects written after {written}, for {pieces} pieces"
     );
 }
 

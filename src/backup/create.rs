@@ -82,9 +82,16 @@ pub async fn create(
 
     let mut files = Vec::with_capacity(sources.len());
     let (mut uploaded_objects, mut uploaded_bytes) = (0, 0);
+    let mut known = repo.object_keys().await?;
     for source in sources {
-        let Some(entry) =
-            store_file(repo, &source, &mut uploaded_objects, &mut uploaded_bytes).await?
+        let Some(entry) = store_file(
+            repo,
+            &source,
+            &mut known,
+            &mut uploaded_objects,
+            &mut uploaded_bytes,
+        )
+        .await?
         else {
             // A log rotated away or a run pruned while we walked.
             continue;
@@ -130,6 +137,7 @@ pub async fn create(
 async fn store_file(
     repo: &Repo,
     source: &Source,
+    known: &mut std::collections::HashSet<String>,
     objects: &mut u64,
     bytes: &mut u64,
 ) -> Result<Option<Entry>> {
@@ -156,7 +164,7 @@ async fn store_file(
         size += piece.len() as u64;
         whole.update(&piece);
         let sha256 = sha256_hex(&piece);
-        let written = repo.put_object(&sha256, piece).await?;
+        let written = repo.put_object(&sha256, piece, known).await?;
         if written > 0 {
             *objects += 1;
             *bytes += written;

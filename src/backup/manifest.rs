@@ -51,7 +51,7 @@ pub struct Entry {
 
 /// The size of the pieces a large file is stored in (a multiple of
 /// SQLite's page size, so a changed page changes one piece).
-pub const CHUNK_SIZE: usize = 256 * 1024;
+pub const CHUNK_SIZE: usize = 64 * 1024;
 
 impl Entry {
     /// The content hashes of the objects holding this file.

@@ -7,6 +7,7 @@
 //! and `checkpoints/<id>` (signed audit heads, never encrypted: they hold
 //! only a record count and a hash).
 
+use std::collections::HashSet;
 use std::path::Path;
 
 use super::key::Key;
@@ -79,11 +80,22 @@ impl Repo {
         format!("objects/{}/{name}", &name[..2])
     }
 
-    /// Store `bytes` (whose SHA-256 is `sha256`) unless it is there already;
-    /// the bytes written (0 when it was there).
-    pub async fn put_object(&self, sha256: &str, bytes: Vec<u8>) -> Result<u64> {
+    /// The keys of every object in the target: one listing, so that a
+    /// backup asks for each piece's presence here instead of once per piece.
+    pub async fn object_keys(&self) -> Result<HashSet<String>> {
+        Ok(self.target.list("objects").await?.into_iter().collect())
+    }
+
+    /// Store `bytes` (whose SHA-256 is `sha256`) unless `known` (the target's
+    /// objects) has it; the bytes written (0 when it was there).
+    pub async fn put_object(
+        &self,
+        sha256: &str,
+        bytes: Vec<u8>,
+        known: &mut HashSet<String>,
+    ) -> Result<u64> {
         let key = self.object_key(sha256, self.key.is_some());
-        if self.target.exists(&key).await? {
+        if known.contains(&key) {
             return Ok(0);
         }
         let stored = match &self.key {
@@ -92,6 +104,7 @@ impl Repo {
         };
         let size = stored.len() as u64;
         self.target.put(&key, stored).await?;
+        known.insert(key);
         Ok(size)
     }
 
@@ -112,7 +125,7 @@ impl Repo {
     /// Write `manifest` (last, so the backup is listed only once complete);
     /// the bytes written.
     pub async fn put_manifest(&self, manifest: &Manifest) -> Result<u64> {
-        let json = serde_json::to_vec_pretty(manifest).expect("a manifest serializes");
+        let json = serde_json::to_vec(manifest).expect("a manifest serializes");
         let (key, bytes) = match &self.key {
             Some(k) => (format!("backups/{}.json.age", manifest.id), k.seal(&json)),
             None => (format!("backups/{}.json", manifest.id), json),
