@@ -54,22 +54,8 @@ fn newest(ws: &Workspace) -> String {
         .to_string()
 }
 
-/// A workspace with queue tasks, audit records, a policy and nova.yaml.
 fn busy_workspace() -> Workspace {
-    let ws = Workspace::new();
-    ws.write("policies/extra.rego", "package extra\n");
-    ws.write("nova.yaml", "execution_mode: parallel\n");
-    for i in 0..3 {
-        ws.run(&[
-            "queue",
-            "enqueue",
-            "demo",
-            "--payload",
-            &format!("{{\"n\":{i}}}"),
-        ])
-        .success();
-    }
-    ws
+    Workspace::with_history()
 }
 
 #[test]

@@ -25,27 +25,15 @@ fn run_s3(ws: &Workspace, s3: &S3Server, dir: &std::path::Path, args: &[&str]) -
     }
 }
 
-/// A workspace with a finished run, queue tasks and audit records.
+/// A workspace with a finished run besides queue tasks and audit records.
 fn busy_workspace() -> Workspace {
-    let ws = Workspace::new();
-    ws.write("policies/extra.rego", "package extra\n");
-    ws.write("nova.yaml", "execution_mode: parallel\n");
+    let ws = Workspace::with_history();
     ws.write(
         "blueprints/hello.yaml",
         "name: hello\nrole: implementation\nphase: build\ntasks:\n  - id: greet\n    title: greets\n    run: {shell: \"echo hello\"}\n",
     );
     ws.run(&["orchestrate", "--agents", "hello", "--apply"])
         .success();
-    for i in 0..3 {
-        ws.run(&[
-            "queue",
-            "enqueue",
-            "demo",
-            "--payload",
-            &format!("{{\"n\":{i}}}"),
-        ])
-        .success();
-    }
     ws
 }
 

@@ -181,3 +181,24 @@ impl Workspace {
         cmd
     }
 }
+
+impl Workspace {
+    /// A workspace with something to back up: a policy, nova.yaml, three
+    /// queue tasks (`demo`) and the audit records they left.
+    pub fn with_history() -> Workspace {
+        let ws = Workspace::new();
+        ws.write("policies/extra.rego", "package extra\n");
+        ws.write("nova.yaml", "execution_mode: parallel\n");
+        for i in 0..3 {
+            ws.run(&[
+                "queue",
+                "enqueue",
+                "demo",
+                "--payload",
+                &format!("{{\"n\":{i}}}"),
+            ])
+            .success();
+        }
+        ws
+    }
+}
