@@ -141,7 +141,7 @@ fn a_missing_bucket_wrong_keys_and_a_dead_endpoint_are_named_and_list_nothing() 
     run_s3(&ws, &strict, &here, &["backup", "--to", "s3://any/p"])
         .code(1)
         .stderr_has("s3://any/p")
-        .stderr_has("access denied");
+        .stderr_has("InvalidAccessKeyId");
 
     // Nothing listens on the port of a server that stopped.
     let port = s3.port;
