@@ -1285,6 +1285,28 @@ async fn an_ack_can_lease_the_next_task(backend: Backend) {
         "{}",
         refused.message()
     );
+
+    // An ack that is refused (a lease that does not hold the task) leases
+    // nothing: the next task stays for others.
+    let e = enqueue(c, req("e")).await;
+    let mut stale = ack(&held, true);
+    stale.lease_id = "not-the-lease".into();
+    stale.next = Some(next("w"));
+    let refused = c.ack(stale).await.unwrap_err();
+    assert_eq!(refused.code(), Code::FailedPrecondition);
+    let waiting = c
+        .get_task(GetTaskRequest {
+            task_id: e.id.clone(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .task
+        .unwrap();
+    assert_eq!(
+        waiting.status, "PENDING",
+        "a refused ack leased the next task"
+    );
 }
 
 macro_rules! conformance {

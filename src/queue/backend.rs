@@ -48,6 +48,34 @@ pub trait QueueBackend: Send + Sync + 'static {
         now: i64,
     ) -> impl Future<Output = QueueResult<Vec<QueueResult<Task>>>> + Send;
 
+    /// Apply one ack and, when it was applied, lease the caller's next
+    /// tasks: what an Ack with `next` asks. A backend that can do both in
+    /// one round trip overrides this.
+    fn ack_and_lease(
+        &self,
+        ack: AckSpec,
+        next: DequeueSpec,
+        now: i64,
+    ) -> impl Future<Output = QueueResult<(QueueResult<Task>, Vec<Task>)>> + Send {
+        async move {
+            let acked = self
+                .ack(vec![ack], now)
+                .await?
+                .pop()
+                .expect("one ack in, one outcome out");
+            // The ack stands whatever the lease does: a failing lease
+            // answers no tasks, and the caller's next Dequeue meets it.
+            let leased = match &acked {
+                Ok(_) => self.dequeue(next, now).await.unwrap_or_else(|e| {
+                    tracing::warn!(error = %e, "the lease after an ack failed");
+                    Vec::new()
+                }),
+                Err(_) => Vec::new(),
+            };
+            Ok((acked, leased))
+        }
+    }
+
     /// Extend a lease the caller still holds.
     fn heartbeat(
         &self,

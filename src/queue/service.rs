@@ -301,32 +301,47 @@ impl<B: QueueBackend> TaskQueue for QueueService<B> {
             None => None,
         };
         let spec = ack_spec("", request)?;
-        let mut outcomes = self
-            .backend
-            .ack(vec![spec], now_ms())
-            .await
-            .map_err(to_status)?;
-        let task = outcomes
-            .pop()
-            .expect("one ack in, one outcome out")
-            .map_err(|e| {
-                crate::counter!("queue.acks.refused").inc();
-                tracing::info!(reason = %e, "ack refused");
-                to_status(e)
-            })?;
+        // With `next`, one backend call acks and leases (one script on Redis).
+        let (acked, leased) = match &next {
+            Some((lease, _)) => self
+                .backend
+                .ack_and_lease(spec, lease.clone(), now_ms())
+                .await
+                .map_err(to_status)?,
+            None => {
+                let mut outcomes = self
+                    .backend
+                    .ack(vec![spec], now_ms())
+                    .await
+                    .map_err(to_status)?;
+                (
+                    outcomes.pop().expect("one ack in, one outcome out"),
+                    Vec::new(),
+                )
+            }
+        };
+        let task = acked.map_err(|e| {
+            crate::counter!("queue.acks.refused").inc();
+            tracing::info!(reason = %e, "ack refused");
+            to_status(e)
+        })?;
         crate::counter!("queue.acks.applied").inc();
         tracing::debug!(task = %task.id, status = %task.status, "acknowledged");
         if task.status == Status::Pending.as_str() {
             self.wake(1);
         }
-        // The ack is applied whatever happens next: a failing lease answers
-        // no tasks, and the caller's Dequeue meets the failure itself.
+        crate::counter!("queue.tasks.leased").add(leased.len() as u64);
+        // Nothing was due: wait for the next task as Dequeue would. The ack
+        // is applied whatever happens next: a failing lease answers no
+        // tasks, and the caller's Dequeue meets the failure itself.
         let next = match next {
-            Some((spec, wait_ms)) => self.lease(spec, wait_ms).await.unwrap_or_else(|e| {
-                tracing::warn!(error = %e.message(), "the lease after an ack failed");
-                Vec::new()
-            }),
-            None => Vec::new(),
+            Some((spec, wait_ms)) if leased.is_empty() && wait_ms > 0 => {
+                self.lease(spec, wait_ms).await.unwrap_or_else(|e| {
+                    tracing::warn!(error = %e.message(), "the lease after an ack failed");
+                    Vec::new()
+                })
+            }
+            _ => leased,
         };
         Ok(Response::new(AckResponse {
             task: Some(task),

@@ -29,14 +29,19 @@ const PURGE_CHUNK: u32 = 500;
 /// How many tasks `list` reads from Redis per round trip.
 const LIST_CHUNK: isize = 200;
 
-fn script(body: &str) -> Script {
-    Script::new(&format!("{PRELUDE}\n{body}"))
+/// A script: the prelude, then `parts` (function files, then the body).
+fn script(parts: &[&str]) -> Script {
+    Script::new(&format!("{PRELUDE}\n{}", parts.join("\n")))
 }
+
+const ACK_FN: &str = include_str!("ack_fn.lua");
+const LEASE_FN: &str = include_str!("lease_fn.lua");
 
 struct Scripts {
     enqueue: Script,
     dequeue: Script,
     ack: Script,
+    ack_lease: Script,
     heartbeat: Script,
     cancel: Script,
     retry: Script,
@@ -45,14 +50,15 @@ struct Scripts {
 }
 
 static SCRIPTS: LazyLock<Scripts> = LazyLock::new(|| Scripts {
-    enqueue: script(include_str!("enqueue.lua")),
-    dequeue: script(include_str!("dequeue.lua")),
-    ack: script(include_str!("ack.lua")),
-    heartbeat: script(include_str!("heartbeat.lua")),
-    cancel: script(include_str!("cancel.lua")),
-    retry: script(include_str!("retry.lua")),
-    reap: script(include_str!("reap.lua")),
-    purge: script(include_str!("purge.lua")),
+    enqueue: script(&[include_str!("enqueue.lua")]),
+    dequeue: script(&[LEASE_FN, include_str!("dequeue.lua")]),
+    ack: script(&[ACK_FN, include_str!("ack.lua")]),
+    ack_lease: script(&[ACK_FN, LEASE_FN, include_str!("ack_lease.lua")]),
+    heartbeat: script(&[include_str!("heartbeat.lua")]),
+    cancel: script(&[include_str!("cancel.lua")]),
+    retry: script(&[include_str!("retry.lua")]),
+    reap: script(&[include_str!("reap.lua")]),
+    purge: script(&[include_str!("purge.lua")]),
 });
 
 /// The field order of `FIELDS` in `prelude.lua`.
@@ -173,6 +179,35 @@ impl RedisQueue {
         let reply = self.invoke(script, args).await?;
         outcome(id, as_array(reply)?)
     }
+}
+
+/// What `lease_tasks` reads (lease_fn.lua).
+fn lease_args(spec: DequeueSpec) -> Vec<Vec<u8>> {
+    let max = spec.max_tasks.clamp(1, 256);
+    let mut args = vec![
+        spec.worker_id.into_bytes(),
+        arg(lease_ms(spec.lease_ms)),
+        arg(max),
+        arg(spec.queues.len()),
+    ];
+    args.extend(spec.queues.into_iter().map(String::into_bytes));
+    args.extend((0..max).map(|_| arg(new_id())));
+    args.push(arg(spec.max_bytes));
+    args.push(arg(super::model::TASK_OVERHEAD));
+    args
+}
+
+/// What `ack_all` reads for one ack (ack_fn.lua).
+fn ack_args(a: &AckSpec) -> [Vec<u8>; 7] {
+    [
+        arg(&a.task_id),
+        arg(if a.success { 1 } else { 0 }),
+        arg(&a.result),
+        arg(a.lease_id.as_deref().unwrap_or("")),
+        arg(if a.retry { 1 } else { 0 }),
+        arg(&a.error),
+        arg(rand::rng().random::<f64>()),
+    ]
 }
 
 fn arg(value: impl ToString) -> Vec<u8> {
@@ -343,18 +378,8 @@ impl QueueBackend for RedisQueue {
     }
 
     async fn dequeue(&self, spec: DequeueSpec, now: i64) -> QueueResult<Vec<Task>> {
-        let max = spec.max_tasks.clamp(1, 256);
-        let mut args = vec![
-            arg(now),
-            spec.worker_id.into_bytes(),
-            arg(lease_ms(spec.lease_ms)),
-            arg(max),
-            arg(spec.queues.len()),
-        ];
-        args.extend(spec.queues.into_iter().map(String::into_bytes));
-        args.extend((0..max).map(|_| arg(new_id())));
-        args.push(arg(spec.max_bytes));
-        args.push(arg(super::model::TASK_OVERHEAD));
+        let mut args = vec![arg(now)];
+        args.extend(lease_args(spec));
         let reply = self.invoke(&SCRIPTS.dequeue, args).await?;
         as_array(reply)?.into_iter().map(packed).collect()
     }
@@ -362,15 +387,7 @@ impl QueueBackend for RedisQueue {
     async fn ack(&self, acks: Vec<AckSpec>, now: i64) -> QueueResult<Vec<QueueResult<Task>>> {
         let mut args = vec![arg(now)];
         for a in &acks {
-            args.extend([
-                arg(&a.task_id),
-                arg(if a.success { 1 } else { 0 }),
-                arg(&a.result),
-                arg(a.lease_id.as_deref().unwrap_or("")),
-                arg(if a.retry { 1 } else { 0 }),
-                arg(&a.error),
-                arg(rand::rng().random::<f64>()),
-            ]);
+            args.extend(ack_args(a));
         }
         let reply = as_array(self.invoke(&SCRIPTS.ack, args).await?)?;
         if reply.len() != acks.len() {
@@ -381,6 +398,28 @@ impl QueueBackend for RedisQueue {
             .zip(&acks)
             .map(|(item, a)| Ok(outcome(&a.task_id, as_array(item)?)))
             .collect()
+    }
+
+    /// One script: the ack, then (when it was applied) the lease.
+    async fn ack_and_lease(
+        &self,
+        ack: AckSpec,
+        next: DequeueSpec,
+        now: i64,
+    ) -> QueueResult<(QueueResult<Task>, Vec<Task>)> {
+        let mut args = vec![arg(now)];
+        args.extend(ack_args(&ack));
+        args.extend(lease_args(next));
+        let mut reply = as_array(self.invoke(&SCRIPTS.ack_lease, args).await?)?;
+        if reply.len() != 2 {
+            return Err(corrupt("an ack's outcome and the leased tasks"));
+        }
+        let leased = as_array(reply.pop().expect("two items"))?
+            .into_iter()
+            .map(packed)
+            .collect::<QueueResult<Vec<Task>>>()?;
+        let acked = outcome(&ack.task_id, as_array(reply.pop().expect("two items"))?);
+        Ok((acked, leased))
     }
 
     async fn heartbeat(
