@@ -563,6 +563,57 @@ async fn a_long_poll_wakes_on_enqueue(backend: Backend) {
     );
 }
 
+/// A long poll on one server gets a task enqueued through another server
+/// over the same store: the service's poller asks the backend what is due.
+async fn a_long_poll_sees_another_servers_enqueue(backend: Backend) {
+    use nova::queue::proto::task_queue_server::TaskQueue;
+    let h = start(backend, None).await;
+    let here = std::sync::Arc::new(
+        nova::queue::service::QueueService::new(std::sync::Arc::new(h.queue.clone()))
+            .with_poll(Duration::from_millis(20)),
+    );
+    let elsewhere = nova::queue::service::QueueService::new(std::sync::Arc::new(h.queue.clone()));
+    let waiter = here.clone();
+    let poll = tokio::spawn(async move {
+        waiter
+            .dequeue(tonic::Request::new(DequeueRequest {
+                worker_id: "w".into(),
+                queues: vec!["wanted".into()],
+                wait_ms: 20_000,
+                ..Default::default()
+            }))
+            .await
+            .unwrap()
+            .into_inner()
+    });
+    tokio::time::sleep(Duration::from_millis(150)).await;
+    // A task in a queue the waiter does not ask for wakes it, but it waits on.
+    elsewhere
+        .enqueue(tonic::Request::new(EnqueueRequest {
+            queue: "other".into(),
+            ..req("not for it")
+        }))
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(150)).await;
+    assert!(!poll.is_finished(), "the waiter returned without a task");
+    let t = elsewhere
+        .enqueue(tonic::Request::new(EnqueueRequest {
+            queue: "wanted".into(),
+            ..req("for it")
+        }))
+        .await
+        .unwrap()
+        .into_inner()
+        .task
+        .unwrap();
+    let got = tokio::time::timeout(Duration::from_secs(10), poll)
+        .await
+        .expect("the poller never woke the waiter")
+        .unwrap();
+    assert_eq!(got.task.unwrap().id, t.id);
+}
+
 async fn bad_requests_are_refused_and_change_nothing(backend: Backend) {
     let mut h = start(backend, None).await;
     let c = &mut h.client;
@@ -1328,6 +1379,7 @@ macro_rules! conformance {
 
 conformance!(
     an_ack_can_lease_the_next_task,
+    a_long_poll_sees_another_servers_enqueue,
     a_paused_queue_hands_out_nothing_until_resumed,
     a_queue_bigger_than_one_answer_is_listed_in_parts,
     a_dequeue_leases_only_what_its_answer_can_carry,

@@ -34,6 +34,19 @@ impl QueueBackend for AnyQueue {
         each!(self, q => q.ack(acks, now))
     }
 
+    async fn ack_and_lease(
+        &self,
+        ack: AckSpec,
+        next: DequeueSpec,
+        now: i64,
+    ) -> QueueResult<(QueueResult<Task>, Vec<Task>)> {
+        each!(self, q => q.ack_and_lease(ack, next, now))
+    }
+
+    async fn due(&self, now: i64) -> QueueResult<u64> {
+        each!(self, q => q.due(now))
+    }
+
     async fn heartbeat(
         &self,
         task_id: String,

@@ -76,6 +76,15 @@ pub trait QueueBackend: Send + Sync + 'static {
         }
     }
 
+    /// About how many tasks a Dequeue over every queue that is not paused
+    /// could lease now (due pending tasks and expired leases): a cheap
+    /// question the service's one poller asks for all waiting long polls.
+    /// `u64::MAX` when a backend cannot tell cheaply: every waiter looks.
+    fn due(&self, now: i64) -> impl Future<Output = QueueResult<u64>> + Send {
+        let _ = now;
+        async { Ok(u64::MAX) }
+    }
+
     /// Extend a lease the caller still holds.
     fn heartbeat(
         &self,

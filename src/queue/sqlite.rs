@@ -579,6 +579,22 @@ impl QueueBackend for SqliteQueue {
         .await
     }
 
+    async fn due(&self, now: i64) -> QueueResult<u64> {
+        self.read(move |conn| {
+            let n: i64 = conn
+                .prepare_cached(
+                    "SELECT (SELECT COUNT(*) FROM queue_tasks WHERE status = 'PENDING' AND run_at <= ?1
+                        AND NOT EXISTS (SELECT 1 FROM paused_queues p WHERE p.queue = queue_tasks.queue))
+                     + (SELECT COUNT(*) FROM queue_tasks WHERE status = 'IN_PROGRESS' AND lease_expires_at <= ?1)",
+                )
+                .map_err(sql_err)?
+                .query_row([now], |r| r.get(0))
+                .map_err(sql_err)?;
+            Ok(n as u64)
+        })
+        .await
+    }
+
     async fn reap(&self, now: i64) -> QueueResult<u64> {
         self.write_relaxed(move |conn| reap_expired(conn, now))
             .await
