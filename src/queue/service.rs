@@ -176,17 +176,30 @@ impl<B: QueueBackend> QueueService<B> {
     /// enqueue sent 50 of them to the backend to find one task).
     /// Lease tasks for `spec`, waiting up to `wait_ms` for one to be due
     /// (the long poll of Dequeue and of an ack's `next`).
-    async fn lease(&self, spec: DequeueSpec, wait_ms: u32) -> Result<Vec<Task>, GrpcStatus> {
+    /// Without `look_first` the caller has just looked and found nothing:
+    /// the first look waits for a wake-up (an enqueue here, or the poller),
+    /// so a worker whose ack leased nothing costs no second empty look.
+    async fn lease(
+        &self,
+        spec: DequeueSpec,
+        wait_ms: u32,
+        look_first: bool,
+    ) -> Result<Vec<Task>, GrpcStatus> {
         let deadline = tokio::time::Instant::now() + Duration::from_millis(wait_ms as u64);
+        let mut look = look_first;
         loop {
             let notified = self.waiters.notify.notified();
             tokio::pin!(notified);
             notified.as_mut().enable();
-            let tasks = self
-                .backend
-                .dequeue(spec.clone(), now_ms())
-                .await
-                .map_err(to_status)?;
+            let tasks = if look {
+                self.backend
+                    .dequeue(spec.clone(), now_ms())
+                    .await
+                    .map_err(to_status)?
+            } else {
+                Vec::new()
+            };
+            look = true;
             let now = tokio::time::Instant::now();
             if !tasks.is_empty() || now >= deadline {
                 crate::counter!("queue.tasks.leased").add(tasks.len() as u64);
@@ -348,7 +361,7 @@ impl<B: QueueBackend> TaskQueue for QueueService<B> {
         let req = request.into_inner();
         let wait_ms = req.wait_ms;
         let spec = dequeue_spec("", req)?;
-        let tasks = self.lease(spec, wait_ms).await?;
+        let tasks = self.lease(spec, wait_ms, true).await?;
         Ok(Response::new(DequeueResponse {
             has_task: !tasks.is_empty(),
             task: tasks.first().cloned(),
@@ -405,7 +418,8 @@ impl<B: QueueBackend> TaskQueue for QueueService<B> {
         // tasks, and the caller's Dequeue meets the failure itself.
         let next = match next {
             Some((spec, wait_ms)) if leased.is_empty() && wait_ms > 0 => {
-                self.lease(spec, wait_ms).await.unwrap_or_else(|e| {
+                // The ack's own lease just found nothing: wait before looking again.
+                self.lease(spec, wait_ms, false).await.unwrap_or_else(|e| {
                     tracing::warn!(error = %e.message(), "the lease after an ack failed");
                     Vec::new()
                 })
