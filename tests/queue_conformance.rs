@@ -59,6 +59,16 @@ async fn start(backend: Backend, token: Option<&str>) -> Harness {
     }
 }
 
+/// The task `id` as the server has it now.
+async fn get(c: &mut Client, id: impl Into<String>) -> Task {
+    c.get_task(GetTaskRequest { task_id: id.into() })
+        .await
+        .unwrap()
+        .into_inner()
+        .task
+        .unwrap()
+}
+
 /// Serve `backend` on a free loopback port; the server stops when the sender drops.
 async fn serve(
     backend: AnyQueue,
@@ -129,15 +139,7 @@ async fn original_semantics_hold(backend: Backend) {
     let a = enqueue(c, req("a")).await;
     let b = enqueue(c, req("b")).await;
     assert_eq!(a.status, "PENDING");
-    let stored = c
-        .get_task(GetTaskRequest {
-            task_id: a.id.clone(),
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .task
-        .unwrap();
+    let stored = get(c, a.id.clone()).await;
     assert_eq!(stored, a, "enqueue answers the task as stored");
     assert!(
         a.created_at >= before && a.created_at < before + 60_000,
@@ -262,15 +264,7 @@ async fn an_expired_lease_moves_the_task_and_the_late_ack_is_refused(backend: Ba
         .await
         .unwrap_err();
     assert_eq!(hb.code(), Code::FailedPrecondition);
-    let now = c
-        .get_task(GetTaskRequest {
-            task_id: t.id.clone(),
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .task
-        .unwrap();
+    let now = get(c, t.id.clone()).await;
     assert_eq!(
         (now.status.as_str(), now.worker_id.as_str()),
         ("IN_PROGRESS", "w2")
@@ -1312,15 +1306,7 @@ async fn an_ack_can_lease_the_next_task(backend: Backend) {
         "{}",
         refused.message()
     );
-    let still = c
-        .get_task(GetTaskRequest {
-            task_id: d.id.clone(),
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .task
-        .unwrap();
+    let still = get(c, d.id.clone()).await;
     assert_eq!(still.status, "IN_PROGRESS", "the refused ack was applied");
     let mut in_batch = ack(&held, true);
     in_batch.next = Some(next("w"));
@@ -1345,15 +1331,7 @@ async fn an_ack_can_lease_the_next_task(backend: Backend) {
     stale.next = Some(next("w"));
     let refused = c.ack(stale).await.unwrap_err();
     assert_eq!(refused.code(), Code::FailedPrecondition);
-    let waiting = c
-        .get_task(GetTaskRequest {
-            task_id: e.id.clone(),
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .task
-        .unwrap();
+    let waiting = get(c, e.id.clone()).await;
     assert_eq!(
         waiting.status, "PENDING",
         "a refused ack leased the next task"
