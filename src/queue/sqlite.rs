@@ -412,6 +412,28 @@ impl QueueBackend for SqliteQueue {
         .await
     }
 
+    /// One writer job: the ack, then (when it was applied) the lease, in
+    /// one savepoint of one commit (both or, on a store error, neither).
+    async fn ack_and_lease(
+        &self,
+        ack: AckSpec,
+        next: DequeueSpec,
+        now: i64,
+    ) -> QueueResult<(QueueResult<Task>, Vec<Task>)> {
+        self.write(move |conn| {
+            let acked = match ack_one(conn, &ack, now) {
+                Err(QueueError::Unavailable(e)) => return Err(QueueError::Unavailable(e)),
+                other => other,
+            };
+            let leased = match acked {
+                Ok(_) => dequeue(conn, &next, now)?,
+                Err(_) => Vec::new(),
+            };
+            Ok((acked, leased))
+        })
+        .await
+    }
+
     async fn heartbeat(
         &self,
         task_id: String,
