@@ -721,3 +721,51 @@ fn a_full_disk_is_named_and_no_backup_is_listed() {
         .json();
     assert_eq!(failed[0]["outcome"], "failed", "{failed}");
 }
+
+#[test]
+fn bad_keys_urls_and_verifier_keys_are_named_and_change_nothing() {
+    let ws = busy_workspace();
+    let to = target(&ws);
+    ws.write("not-a-key.txt", "hello\n");
+    ws.run(&["backup", "--to", &to, "--encrypt", "not-a-key.txt"])
+        .code(2)
+        .stderr_has("not-a-key.txt")
+        .stderr_has("not an age identity");
+    ws.run(&["backup", "--to", &to, "--encrypt", "missing.key"])
+        .code(2)
+        .stderr_has("missing.key");
+    ws.run(&["backup", "keygen", "k"]).success();
+    ws.run(&["backup", "keygen", "k"])
+        .code(2)
+        .stderr_has("already exists");
+    ws.run(&["backup", "--to", "s3://"])
+        .code(2)
+        .stderr_has("no bucket name");
+    ws.run(&["backup", "--to", &to]).success();
+    ws.run(&[
+        "audit",
+        "verify",
+        "--checkpoints",
+        &to,
+        "--verifier-key",
+        "junk",
+    ])
+    .code(2)
+    .stderr_has("verifier key \"junk\"");
+    ws.write(".config/nova/audit-signing.key", "PRIVATE+KEY+broken\n");
+    ws.run(&["backup", "--to", &to])
+        .code(1)
+        .stderr_has("audit-signing.key")
+        .stderr_has("not a signed-note signing key");
+    // Nothing of it reached the target or the chain.
+    assert_eq!(
+        ws.run(&["backup", "list", "--to", &to, "--json"])
+            .success()
+            .json()
+            .as_array()
+            .unwrap()
+            .len(),
+        1
+    );
+    ws.run(&["audit", "verify"]).success();
+}

@@ -25,7 +25,16 @@ impl Key {
     /// Read the identity in `file` (comment lines, as `age-keygen` writes
     /// them, are skipped).
     pub fn load(file: &Path) -> Result<Key> {
-        let text = std::fs::read_to_string(file).map_err(|e| Error::io(file, e))?;
+        let text = std::fs::read_to_string(file).map_err(|e| {
+            if e.kind() == std::io::ErrorKind::NotFound {
+                Error::usage(format!(
+                    "{}: no such key file; `nova backup keygen FILE` writes one",
+                    file.display()
+                ))
+            } else {
+                Error::io(file, e)
+            }
+        })?;
         let line = text
             .lines()
             .map(str::trim)
