@@ -581,6 +581,37 @@ async fn a_loopback_dashboard_answers_only_to_a_loopback_host() {
     );
 }
 
+/// Tasks enqueued by another process on the same store (as every run that
+/// `nova dashboard` starts is) move the queue page's throughput series, not
+/// only calls through this server.
+#[tokio::test(flavor = "multi_thread")]
+async fn queue_throughput_counts_other_processes_on_the_store() {
+    let ws = demo();
+    let server = serve(&ws, false);
+    let c = http();
+    let busy = |series: &Value| {
+        series
+            .as_array()
+            .is_some_and(|s| s.iter().any(|p| p["enqueued_per_s"].as_f64() > Some(0.0)))
+    };
+    let series = server.get(&c, "/api/v1/queues").await["series"].clone();
+    assert!(!busy(&series), "nothing was enqueued yet: {series}");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let out = ws.run(&["queue", "enqueue", "elsewhere", "--queue", "side"]);
+        assert_eq!(out.code, 0, "{}", out.stderr);
+        let series = server.get(&c, "/api/v1/queues").await["series"].clone();
+        if busy(&series) {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the series never moved: {series}"
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn bad_bodies_get_a_4xx_naming_the_field_and_change_nothing() {
     let ws = demo();

@@ -502,17 +502,19 @@ pub struct QueueDepth {
     pub paused: bool,
 }
 
-/// Queue throughput and latency over one interval, from this server's KPIs.
+/// Queue throughput and latency over one interval. Throughput counts every
+/// process on the store (the higher of this server's counters and the
+/// store's movement); latency is this server's own calls.
 #[derive(Debug, Clone, Serialize, ToSchema)]
 pub struct KpiPoint {
     pub at: i64,
-    /// Tasks enqueued per second.
+    /// Tasks enqueued per second (any process on the store).
     pub enqueued_per_s: f64,
-    /// Acks applied per second.
+    /// Tasks finished per second (any process on the store).
     pub acked_per_s: f64,
-    /// Mean time of a Dequeue call in the interval, in microseconds.
+    /// Mean time of this server's Dequeue calls in the interval, in microseconds (0: none).
     pub dequeue_us: f64,
-    /// Mean time of an Ack call in the interval, in microseconds.
+    /// Mean time of this server's Ack calls in the interval, in microseconds (0: none).
     pub ack_us: f64,
 }
 

@@ -10,7 +10,12 @@
 //! Events name what changed (`runs`, `run` with its id, `audit`) or carry
 //! the new figures (`queue`, `host`); a page refetches only what it shows.
 //! Queue throughput and latency points are kept whether or not anyone
-//! watches: they come from in-process counters and cost nothing to read.
+//! watches. Latency comes from this process's counters; throughput is the
+//! higher of what this process applied and what the store's counts moved
+//! by, so runs in other processes on the same store (each run that
+//! `nova dashboard` starts is one) and other servers on a shared Redis show
+//! up too. Both are lower bounds: retention purging finished tasks hides
+//! some of the store's movement.
 
 use std::collections::{HashMap, VecDeque};
 use std::convert::Infallible;
@@ -160,7 +165,7 @@ pub async fn watch(state: AppState) {
     let mut seen = Seen::default();
     let mut conn: Option<rusqlite::Connection> = None;
     let mut last_host = Instant::now() - HOST_EVERY;
-    let mut last_kpi: Option<(Instant, crate::kpi::Snapshot)> = None;
+    let mut last_kpi: Option<KpiMark> = None;
     let mut tick = tokio::time::interval(TICK);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -170,9 +175,15 @@ pub async fn watch(state: AppState) {
         }
         if last_kpi
             .as_ref()
-            .is_none_or(|(at, _)| at.elapsed() >= KPI_EVERY)
+            .is_none_or(|mark| mark.at.elapsed() >= KPI_EVERY)
         {
-            last_kpi = Some(kpi_point(&state.live, last_kpi.take()));
+            let totals = state
+                .queue
+                .stats(now_ms())
+                .await
+                .ok()
+                .map(|s| StoreTotals::of(&s));
+            last_kpi = Some(kpi_point(&state.live, last_kpi.take(), totals));
         }
         if state.live.watchers() == 0 {
             continue;
@@ -300,23 +311,54 @@ fn db_changes(
     Ok(out)
 }
 
-/// The KPI point since `last`, kept in the series; the new snapshot.
-fn kpi_point(
-    live: &Live,
-    last: Option<(Instant, crate::kpi::Snapshot)>,
-) -> (Instant, crate::kpi::Snapshot) {
+/// Tasks in the store, all and finished, at one look.
+#[derive(Clone, Copy)]
+struct StoreTotals {
+    all: u64,
+    finished: u64,
+}
+
+impl StoreTotals {
+    fn of(stats: &crate::queue::model::Stats) -> StoreTotals {
+        let mut totals = StoreTotals {
+            all: 0,
+            finished: 0,
+        };
+        for (_, status, n) in &stats.counts {
+            totals.all += n;
+            if matches!(status.as_str(), "COMPLETED" | "FAILED" | "CANCELLED") {
+                totals.finished += n;
+            }
+        }
+        totals
+    }
+}
+
+/// What the last KPI point was computed from.
+struct KpiMark {
+    at: Instant,
+    counters: crate::kpi::Snapshot,
+    store: Option<StoreTotals>,
+}
+
+/// The KPI point since `last`, kept in the series; the new mark.
+fn kpi_point(live: &Live, last: Option<KpiMark>, store: Option<StoreTotals>) -> KpiMark {
     let now = Instant::now();
     let snap = crate::kpi::snapshot();
-    if let Some((at, before)) = last {
-        let secs = now.duration_since(at).as_secs_f64().max(0.001);
+    if let Some(before) = last {
+        let secs = now.duration_since(before.at).as_secs_f64().max(0.001);
         let counter = |s: &crate::kpi::Snapshot, name: &str| {
             s.counters
                 .iter()
                 .find(|(n, _)| n == name)
                 .map_or(0, |(_, v)| *v)
         };
-        let per_s =
-            |name: &str| counter(&snap, name).saturating_sub(counter(&before, name)) as f64 / secs;
+        let here =
+            |name: &str| counter(&snap, name).saturating_sub(counter(&before.counters, name));
+        let moved = |pick: fn(&StoreTotals) -> u64| match (before.store, store) {
+            (Some(a), Some(b)) => pick(&b).saturating_sub(pick(&a)),
+            _ => 0,
+        };
         let mean_us = |name: &str| {
             let h = |s: &crate::kpi::Snapshot| {
                 s.histograms
@@ -324,7 +366,7 @@ fn kpi_point(
                     .find(|h| h.name == name)
                     .map_or((0, 0), |h| (h.count, h.sum_ns))
             };
-            let ((c0, s0), (c1, s1)) = (h(&before), h(&snap));
+            let ((c0, s0), (c1, s1)) = (h(&before.counters), h(&snap));
             let n = c1.saturating_sub(c0);
             if n == 0 {
                 0.0
@@ -334,8 +376,8 @@ fn kpi_point(
         };
         let point = KpiPoint {
             at: now_ms(),
-            enqueued_per_s: per_s("queue.tasks.enqueued"),
-            acked_per_s: per_s("queue.acks.applied"),
+            enqueued_per_s: here("queue.tasks.enqueued").max(moved(|t| t.all)) as f64 / secs,
+            acked_per_s: here("queue.acks.applied").max(moved(|t| t.finished)) as f64 / secs,
             dequeue_us: mean_us("queue.grpc.dequeue"),
             ack_us: mean_us("queue.grpc.ack"),
         };
@@ -345,7 +387,11 @@ fn kpi_point(
             kpis.pop_front();
         }
     }
-    (now, snap)
+    KpiMark {
+        at: now,
+        counters: snap,
+        store,
+    }
 }
 
 /// The event stream every open page listens to.

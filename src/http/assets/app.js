@@ -425,9 +425,9 @@ function queuesView(main) {
     state.lastSeries = series;
     const last = series[series.length - 1] || {};
     stats.replaceChildren(
-      h("div", { class: "panel" }, h("div", { class: "label" }, "Enqueued / acked per second (this server's gRPC)"), h("div", { class: "stat" }, `${(last.enqueued_per_s || 0).toFixed(1)} / ${(last.acked_per_s || 0).toFixed(1)}`),
+      h("div", { class: "panel" }, h("div", { class: "label" }, "Enqueued / finished per second (all processes on this store)"), h("div", { class: "stat" }, `${(last.enqueued_per_s || 0).toFixed(1)} / ${(last.acked_per_s || 0).toFixed(1)}`),
         sparkline(series.map((p) => p.enqueued_per_s)), sparkline(series.map((p) => p.acked_per_s), "spark2")),
-      h("div", { class: "panel" }, h("div", { class: "label" }, "Mean Dequeue / Ack time (µs)"), h("div", { class: "stat" }, `${(last.dequeue_us || 0).toFixed(0)} / ${(last.ack_us || 0).toFixed(0)}`),
+      h("div", { class: "panel" }, h("div", { class: "label" }, "Mean Dequeue / Ack time of this server's calls (µs)"), h("div", { class: "stat" }, `${(last.dequeue_us || 0).toFixed(0)} / ${(last.ack_us || 0).toFixed(0)}`),
         sparkline(series.map((p) => p.dequeue_us)), sparkline(series.map((p) => p.ack_us), "spark2")),
       h("div", { class: "panel" }, h("div", { class: "label" }, "Leases in flight · oldest pending"), h("div", { class: "stat" }, `${o.in_flight_leases} · ${duration(o.oldest_pending_age_ms)}`),
         h("div", { class: "label" }, o.store || "")));
