@@ -786,6 +786,11 @@ pub struct BenchQueueArgs {
     /// Only the run over gRPC (skip the direct one)
     #[arg(long)]
     pub grpc_only: bool,
+
+    /// gRPC workers call Dequeue and Ack (with its `next`) per task, as
+    /// clients of the original proto do, instead of one Work stream each
+    #[arg(long)]
+    pub unary: bool,
 }
 
 #[derive(Debug, Args)]

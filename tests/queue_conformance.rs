@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use common::redis_server::RedisServer;
 use nova::queue::any::AnyQueue;
-use nova::queue::client::{self, Client};
+use nova::queue::client::{self, Client, WorkStream};
 use nova::queue::proto::*;
 use nova::queue::redis::RedisQueue;
 use nova::queue::server;
@@ -1338,6 +1338,138 @@ async fn an_ack_can_lease_the_next_task(backend: Backend) {
     );
 }
 
+/// The server's next message on a work stream, within five seconds.
+async fn recv(stream: &mut WorkStream) -> WorkResponse {
+    tokio::time::timeout(Duration::from_secs(5), stream.next())
+        .await
+        .expect("a message within 5 s")
+        .expect("the stream is healthy")
+        .expect("the stream is open")
+}
+
+async fn a_work_stream_leases_by_credit_and_answers_acks(backend: Backend) {
+    let mut h = start(backend, None).await;
+    let c = &mut h.client;
+    let a = enqueue(c, req("a")).await;
+    let b = enqueue(c, req("b")).await;
+    let third = enqueue(c, req("c")).await;
+    let lease = DequeueRequest {
+        worker_id: "s".into(),
+        lease_ms: 60_000,
+        ..Default::default()
+    };
+    let mut stream = WorkStream::open(c, lease.clone(), 2).await.unwrap();
+    let mut got = Vec::new();
+    while got.len() < 2 {
+        got.extend(recv(&mut stream).await.tasks);
+    }
+    let ids: Vec<&str> = got.iter().map(|t| t.id.as_str()).collect();
+    assert_eq!(ids, [a.id.as_str(), b.id.as_str()], "oldest first");
+    assert!(
+        got.iter()
+            .all(|t| t.status == "IN_PROGRESS" && t.worker_id == "s")
+    );
+    // Credit spent: the third task stays in the queue.
+    assert!(
+        tokio::time::timeout(Duration::from_millis(300), stream.next())
+            .await
+            .is_err(),
+        "a task came beyond the credit"
+    );
+    assert_eq!(get(c, third.id.clone()).await.status, "PENDING");
+
+    // An ack with one more credit: applied, and the next task in the same answer.
+    stream.send(1, vec![ack(&got[0], true)]).await.unwrap();
+    let answer = recv(&mut stream).await;
+    assert_eq!(answer.acks.len(), 1);
+    assert_eq!(answer.acks[0].code, 0, "{}", answer.acks[0].message);
+    assert_eq!(answer.acks[0].task.as_ref().unwrap().status, "COMPLETED");
+    let mut tasks = answer.tasks;
+    if tasks.is_empty() {
+        tasks = recv(&mut stream).await.tasks;
+    }
+    assert_eq!(tasks.len(), 1);
+    assert_eq!(tasks[0].id, third.id);
+
+    // A refused ack (a lease that does not hold the task) is answered and changes nothing.
+    let mut stale = ack(&got[1], true);
+    stale.lease_id = "not-the-lease".into();
+    stream.send(0, vec![stale]).await.unwrap();
+    let answer = recv(&mut stream).await;
+    assert_eq!(answer.acks[0].code, Code::FailedPrecondition as i32);
+    assert_eq!(answer.acks[0].task_id, got[1].id);
+    assert_eq!(get(c, got[1].id.clone()).await.status, "IN_PROGRESS");
+
+    // Both acked with credit left and nothing due: a new task is pushed when it comes.
+    stream
+        .send(1, vec![ack(&got[1], true), ack(&tasks[0], false)])
+        .await
+        .unwrap();
+    let answer = recv(&mut stream).await;
+    assert_eq!(answer.acks.len(), 2);
+    assert!(answer.acks.iter().all(|o| o.code == 0));
+    assert_eq!(answer.acks[1].task.as_ref().unwrap().status, "FAILED");
+    assert!(answer.tasks.is_empty());
+    let d = enqueue(c, req("d")).await;
+    let pushed = recv(&mut stream).await.tasks;
+    assert_eq!(pushed.len(), 1);
+    assert_eq!(pushed[0].id, d.id);
+
+    // A bad ack ends the stream with the field named and changes nothing.
+    let mut bad = ack(&pushed[0], true);
+    bad.next = Some(lease.clone());
+    stream.send(0, vec![bad]).await.unwrap();
+    let refused = tokio::time::timeout(Duration::from_secs(5), stream.next())
+        .await
+        .unwrap()
+        .unwrap_err();
+    assert_eq!(refused.code(), Code::InvalidArgument);
+    assert!(
+        refused.message().contains("acks[0].next"),
+        "{}",
+        refused.message()
+    );
+    drop(stream);
+    // A worker that goes keeps its lease until it expires.
+    assert_eq!(get(c, d.id.clone()).await.status, "IN_PROGRESS");
+
+    // A stream must first say what to lease, with names that are names.
+    let (tx, rx) = tokio::sync::mpsc::channel(1);
+    tx.send(WorkRequest {
+        credit: 1,
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    let refused = match c
+        .work(tokio_stream::wrappers::ReceiverStream::new(rx))
+        .await
+    {
+        Ok(_) => panic!("a stream without a lease was taken"),
+        Err(e) => e,
+    };
+    assert_eq!(refused.code(), Code::InvalidArgument);
+    assert!(
+        refused.message().starts_with("lease:"),
+        "{}",
+        refused.message()
+    );
+    let bad_lease = DequeueRequest {
+        queues: vec!["no spaces".into()],
+        ..lease.clone()
+    };
+    let refused = match WorkStream::open(c, bad_lease, 1).await {
+        Ok(mut s) => s.next().await.unwrap_err(),
+        Err(e) => e,
+    };
+    assert_eq!(refused.code(), Code::InvalidArgument);
+    assert!(
+        refused.message().contains("lease.queues[0]"),
+        "{}",
+        refused.message()
+    );
+}
+
 macro_rules! conformance {
     ($($name:ident),* $(,)?) => {
         mod sqlite {
@@ -1356,6 +1488,7 @@ macro_rules! conformance {
 }
 
 conformance!(
+    a_work_stream_leases_by_credit_and_answers_acks,
     an_ack_can_lease_the_next_task,
     a_long_poll_sees_another_servers_enqueue,
     a_paused_queue_hands_out_nothing_until_resumed,

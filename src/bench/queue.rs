@@ -20,7 +20,7 @@ use crate::error::{Error, Result};
 use crate::output::Output;
 use crate::queue::any::AnyQueue;
 use crate::queue::backend::QueueBackend;
-use crate::queue::client::{self, Client};
+use crate::queue::client::{self, Client, WorkStream};
 use crate::queue::model::{AckSpec, DequeueSpec, now_ms};
 use crate::queue::proto::*;
 use crate::queue::redis::RedisQueue;
@@ -41,6 +41,9 @@ pub struct Report {
     pub producers: u32,
     pub workers: u32,
     pub batch: u32,
+    /// How gRPC workers take tasks: `stream` (one Work stream each) or
+    /// `unary` (Dequeue, then Ack with `next`, per call).
+    pub grpc_workers: &'static str,
     pub runs: Vec<RunResult>,
 }
 
@@ -304,6 +307,69 @@ async fn work(
     Ok(())
 }
 
+/// A gRPC worker on the Work stream: `batch` tasks of credit, each message's
+/// tasks acked together with as much new credit.
+async fn work_stream(
+    mut client: Client,
+    shared: Arc<Shared>,
+    name: String,
+    total: u64,
+    batch: u32,
+) -> std::result::Result<(), Failure> {
+    let lease = DequeueRequest {
+        worker_id: name,
+        lease_ms: LEASE_MS,
+        ..Default::default()
+    };
+    let mut stream = WorkStream::open(&mut client, lease, batch)
+        .await
+        .map_err(|e| e.to_string())?;
+    let mut latencies = Vec::new();
+    while shared.acked.load(Ordering::Relaxed) < total {
+        let wait = Duration::from_millis(WAIT_MS as u64);
+        let Ok(message) = tokio::time::timeout(wait, stream.next()).await else {
+            continue;
+        };
+        let message = message
+            .map_err(|e| e.to_string())?
+            .ok_or("the server ended the work stream")?;
+        if let Some(bad) = message.acks.iter().find(|o| o.code != 0) {
+            return Err(format!("ack of {} refused: {}", bad.task_id, bad.message));
+        }
+        // A task counts once the server answers that its ack was applied.
+        shared
+            .acked
+            .fetch_add(message.acks.len() as u64, Ordering::Relaxed);
+        let tasks = message.tasks;
+        if tasks.is_empty() {
+            continue;
+        }
+        let acks = tasks
+            .iter()
+            .map(|t| AckRequest {
+                task_id: t.id.clone(),
+                success: true,
+                lease_id: t.lease_id.clone(),
+                ..Default::default()
+            })
+            .collect();
+        stream
+            .send(tasks.len() as u32, acks)
+            .await
+            .map_err(|e| e.to_string())?;
+        let now = shared.start.elapsed().as_micros() as u64;
+        for t in &tasks {
+            let sent: u64 = t
+                .payload
+                .parse()
+                .map_err(|_| "a bench task lost its payload")?;
+            latencies.push(now.saturating_sub(sent));
+        }
+    }
+    shared.latencies_us.lock().await.extend(latencies);
+    Ok(())
+}
+
 /// Connect a client per producer and worker, or hand each the backend.
 async fn endpoints(queue: &AnyQueue, url: Option<&str>, n: u32) -> Result<Vec<Endpoint>> {
     let mut out = Vec::new();
@@ -352,13 +418,13 @@ async fn one_run(path: &'static str, queue: AnyQueue, args: &BenchQueueArgs) -> 
         .into_iter()
         .enumerate()
         .map(|(i, e)| {
-            tokio::spawn(work(
-                e,
-                shared.clone(),
-                format!("bench-worker-{i}"),
-                total,
-                args.batch,
-            ))
+            let name = format!("bench-worker-{i}");
+            match e {
+                Endpoint::Grpc(client) if !args.unary => {
+                    tokio::spawn(work_stream(client, shared.clone(), name, total, args.batch))
+                }
+                e => tokio::spawn(work(e, shared.clone(), name, total, args.batch)),
+            }
         })
         .collect();
     let producer_handles: Vec<_> = producers
@@ -433,6 +499,7 @@ pub fn run(ws: &Workspace, out: &Output, args: &BenchQueueArgs) -> Result<()> {
             producers: args.producers,
             workers: args.workers,
             batch: args.batch,
+            grpc_workers: if args.unary { "unary" } else { "stream" },
             runs,
         })
     })?;
@@ -444,8 +511,13 @@ fn print(out: &Output, report: &Report) -> Result<()> {
         return out.json(report);
     }
     out.text(&format!(
-        "queue benchmark: {} tasks, {} producers, {} workers, batch {}, store {}\n",
-        report.tasks, report.producers, report.workers, report.batch, report.store
+        "queue benchmark: {} tasks, {} producers, {} workers ({} over gRPC), batch {}, store {}\n",
+        report.tasks,
+        report.producers,
+        report.workers,
+        report.grpc_workers,
+        report.batch,
+        report.store
     ))?;
     let mut table = out.table(&[
         "path",

@@ -7,6 +7,7 @@ use tonic::transport::{Channel, Endpoint};
 use tonic::{Request, Status};
 
 use super::proto::task_queue_client::TaskQueueClient;
+use super::proto::{AckRequest, DequeueRequest, WorkRequest, WorkResponse};
 
 pub type Client = TaskQueueClient<InterceptedService<Channel, AddToken>>;
 
@@ -111,5 +112,58 @@ pub fn grpc_error(status: tonic::Status) -> crate::error::Error {
         Code::InvalidArgument | Code::NotFound | Code::ResourceExhausted => Error::usage(message),
         Code::Unauthenticated => Error::Denied(message),
         _ => Error::Failed(format!("{:?}: {message}", status.code())),
+    }
+}
+
+/// A worker's end of the `Work` stream: tasks pushed by the server as
+/// credit allows, acks sent back on the same stream (see
+/// [`super::work_stream`] for the server's side).
+pub struct WorkStream {
+    requests: tokio::sync::mpsc::Sender<WorkRequest>,
+    responses: tonic::Streaming<WorkResponse>,
+}
+
+impl WorkStream {
+    /// Open a stream that leases as `lease` says, granting `credit` tasks.
+    /// A server older than the stream answers `Unimplemented`.
+    pub async fn open(
+        client: &mut Client,
+        lease: DequeueRequest,
+        credit: u32,
+    ) -> Result<WorkStream, Status> {
+        let (requests, rx) = tokio::sync::mpsc::channel(16);
+        requests
+            .try_send(WorkRequest {
+                lease: Some(lease),
+                credit,
+                acks: Vec::new(),
+            })
+            .expect("a new channel has room");
+        let responses = client
+            .work(tokio_stream::wrappers::ReceiverStream::new(rx))
+            .await?
+            .into_inner();
+        Ok(WorkStream {
+            requests,
+            responses,
+        })
+    }
+
+    /// Ack tasks and grant `credit` more.
+    pub async fn send(&self, credit: u32, acks: Vec<AckRequest>) -> Result<(), Status> {
+        self.requests
+            .send(WorkRequest {
+                lease: None,
+                credit,
+                acks,
+            })
+            .await
+            .map_err(|_| Status::unavailable("the work stream has ended"))
+    }
+
+    /// The server's next message: leased tasks and ack outcomes; `None` when
+    /// the server ended the stream.
+    pub async fn next(&mut self) -> Result<Option<WorkResponse>, Status> {
+        self.responses.message().await
     }
 }

@@ -22,6 +22,7 @@ pub mod server;
 pub mod service;
 pub mod sqlite;
 pub mod validate;
+pub mod work_stream;
 
 pub use backend::{QueueBackend, QueueError};
 pub use model::{AckSpec, DequeueSpec, NewTask, Status};

@@ -36,14 +36,14 @@ pub const REPLY_BUDGET: u64 = (MAX_MESSAGE - 4 * 1024 * 1024) as u64;
 /// What the long polls of one service share: the wake-up, how many are
 /// waiting, and whether the poller runs.
 #[derive(Default)]
-struct Waiters {
-    notify: Notify,
+pub(super) struct Waiters {
+    pub(super) notify: Notify,
     waiting: AtomicUsize,
     poller: AtomicBool,
 }
 
 /// Counts a long poll as waiting while it lives.
-struct Waiting<'a>(&'a Waiters);
+pub(super) struct Waiting<'a>(&'a Waiters);
 
 impl<'a> Waiting<'a> {
     fn enter(waiters: &'a Waiters) -> Waiting<'a> {
@@ -219,8 +219,21 @@ impl<B: QueueBackend> QueueService<B> {
         }
     }
 
+    pub(super) fn backend(&self) -> &B {
+        &self.backend
+    }
+
+    pub(super) fn waiters(&self) -> &Waiters {
+        &self.waiters
+    }
+
+    /// Count the caller as a waiter (the poller looks for it) while the guard lives.
+    pub(super) fn enter_waiting(&self) -> Waiting<'_> {
+        Waiting::enter(&self.waiters)
+    }
+
     /// Start this service's poller, once.
-    fn start_poller(&self) {
+    pub(super) fn start_poller(&self) {
         if self.waiters.poller.swap(true, Ordering::AcqRel) {
             return;
         }
@@ -229,7 +242,7 @@ impl<B: QueueBackend> QueueService<B> {
         tokio::spawn(poll_for_waiters(backend, waiters, self.poll));
     }
 
-    fn wake(&self, tasks: usize) {
+    pub(super) fn wake(&self, tasks: usize) {
         for _ in 0..tasks {
             self.waiters.notify.notify_one();
         }
@@ -293,7 +306,7 @@ pub fn to_status(e: QueueError) -> GrpcStatus {
 /// Refuse a request larger than [`MAX_MESSAGE`]. The transport accepts up to
 /// four times that, so a client that sends too much reads this status rather
 /// than a reset stream.
-fn check_size(message: &impl prost::Message) -> Result<(), GrpcStatus> {
+pub(super) fn check_size(message: &impl prost::Message) -> Result<(), GrpcStatus> {
     let len = message.encoded_len();
     if len > MAX_MESSAGE {
         return Err(GrpcStatus::resource_exhausted(format!(
@@ -303,11 +316,11 @@ fn check_size(message: &impl prost::Message) -> Result<(), GrpcStatus> {
     Ok(())
 }
 
-fn invalid(message: String) -> GrpcStatus {
+pub(super) fn invalid(message: String) -> GrpcStatus {
     GrpcStatus::invalid_argument(message)
 }
 
-fn ack_spec(field: &str, req: AckRequest) -> Result<AckSpec, GrpcStatus> {
+pub(super) fn ack_spec(field: &str, req: AckRequest) -> Result<AckSpec, GrpcStatus> {
     validate::task_id(&format!("{field}task_id"), &req.task_id).map_err(invalid)?;
     // Ack takes its `next` off before this; anywhere else it would be ignored.
     if req.next.is_some() {
@@ -681,32 +694,78 @@ impl<B: QueueBackend> TaskQueue for QueueService<B> {
         let outcomes = ids
             .into_iter()
             .zip(outcomes)
-            .map(|(task_id, outcome)| match outcome {
-                Ok(task) => {
-                    crate::counter!("queue.acks.applied").inc();
-                    tracing::debug!(task = %task.id, status = %task.status, "acknowledged");
-                    requeued += usize::from(task.status == Status::Pending.as_str());
-                    AckOutcome {
-                        task_id,
-                        code: 0,
-                        message: String::new(),
-                        task: Some(task),
-                    }
-                }
-                Err(e) => {
-                    crate::counter!("queue.acks.refused").inc();
-                    tracing::info!(task = %task_id, reason = %e, "ack refused");
-                    let status = to_status(e);
-                    AckOutcome {
-                        task_id,
-                        code: status.code() as i32,
-                        message: status.message().to_string(),
-                        task: None,
-                    }
-                }
-            })
+            .map(|(task_id, outcome)| outcome_of(task_id, outcome, &mut requeued))
             .collect();
         self.wake(requeued);
         Ok(Response::new(AckBatchResponse { outcomes }))
+    }
+
+    type WorkStream = super::work_stream::WorkStream;
+
+    async fn work(
+        &self,
+        request: Request<tonic::Streaming<WorkRequest>>,
+    ) -> Result<Response<Self::WorkStream>, GrpcStatus> {
+        let mut inbound = request.into_inner();
+        let first = inbound
+            .message()
+            .await?
+            .ok_or_else(|| invalid("the stream ended before its first request".into()))?;
+        check_size(&first)?;
+        let lease = first.lease.clone().ok_or_else(|| {
+            invalid("lease: the stream's first request must say what to lease".into())
+        })?;
+        let spec = dequeue_spec(
+            "lease.",
+            DequeueRequest {
+                wait_ms: 0,
+                max_tasks: 0,
+                ..lease
+            },
+        )?;
+        let (out, rx) = tokio::sync::mpsc::channel(16);
+        tokio::spawn(super::work_stream::serve(
+            self.clone(),
+            spec,
+            first,
+            inbound,
+            out,
+        ));
+        Ok(Response::new(Box::pin(
+            tokio_stream::wrappers::ReceiverStream::new(rx),
+        )))
+    }
+}
+
+/// An ack's outcome as AckBatch and the Work stream answer it, counted;
+/// `requeued` counts the tasks it put back in the queue (to wake takers).
+pub(super) fn outcome_of(
+    task_id: String,
+    outcome: Result<Task, QueueError>,
+    requeued: &mut usize,
+) -> AckOutcome {
+    match outcome {
+        Ok(task) => {
+            crate::counter!("queue.acks.applied").inc();
+            tracing::debug!(task = %task.id, status = %task.status, "acknowledged");
+            *requeued += usize::from(task.status == Status::Pending.as_str());
+            AckOutcome {
+                task_id,
+                code: 0,
+                message: String::new(),
+                task: Some(task),
+            }
+        }
+        Err(e) => {
+            crate::counter!("queue.acks.refused").inc();
+            tracing::info!(task = %task_id, reason = %e, "ack refused");
+            let status = to_status(e);
+            AckOutcome {
+                task_id,
+                code: status.code() as i32,
+                message: status.message().to_string(),
+                task: None,
+            }
+        }
     }
 }

@@ -1,0 +1,173 @@
+//! The server side of the `Work` stream: one long-lived stream per worker
+//! instead of a unary Dequeue and Ack per task.
+//!
+//! A unary call pays for a new HTTP/2 stream each time (headers both ways,
+//! trailers, the stream's bookkeeping): on the one-task-per-call path that
+//! framing, not the queue operation, was most of a server's CPU. On a
+//! stream a task is one DATA frame out and its ack one DATA frame back.
+//! The worker grants credit (how many more tasks it will take); the server
+//! leases while credit lasts, fusing a lease with the acks that arrive
+//! (one backend call, one script on Redis), and otherwise waits for work
+//! exactly as a Dequeue long poll does: woken by an enqueue on this server
+//! or by the service's poller. Every ack's outcome is answered, in order.
+//! Tasks leased for a worker whose stream then breaks keep their lease until
+//! it expires, as with a worker that died holding them (at-least-once).
+
+use std::pin::Pin;
+
+use tokio::sync::mpsc;
+use tokio_stream::Stream;
+use tonic::{Status as GrpcStatus, Streaming};
+
+use super::backend::QueueBackend;
+use super::model::{AckSpec, DequeueSpec, now_ms};
+use super::proto::{AckRequest, WorkRequest, WorkResponse};
+use super::service::{
+    MAX_DEQUEUE, QueueService, ack_spec, check_size, invalid, outcome_of, to_status,
+};
+use super::validate;
+
+pub type WorkStream = Pin<Box<dyn Stream<Item = Result<WorkResponse, GrpcStatus>> + Send>>;
+
+/// Credit beyond this is not granted (a worker asking for more is
+/// capped, not refused: it simply gets tasks as fast as it acks them).
+const MAX_CREDIT: u32 = 65_536;
+
+type Outbound = mpsc::Sender<Result<WorkResponse, GrpcStatus>>;
+
+/// Serve one worker's stream until it ends, the worker goes or a request is
+/// refused (the stream then ends with that status).
+pub(super) async fn serve<B: QueueBackend>(
+    service: QueueService<B>,
+    spec: DequeueSpec,
+    first: WorkRequest,
+    mut inbound: Streaming<WorkRequest>,
+    out: Outbound,
+) {
+    let mut credit = first.credit.min(MAX_CREDIT);
+    let mut acks = first.acks;
+    // Whether the queue may have tasks for us that we have not looked for.
+    let mut look = true;
+    loop {
+        let notified = service.waiters().notify.notified();
+        tokio::pin!(notified);
+        notified.as_mut().enable();
+        let round = match step(&service, &spec, credit, std::mem::take(&mut acks), look).await {
+            Ok(round) => round,
+            Err(status) => {
+                let _ = out.send(Err(status)).await;
+                return;
+            }
+        };
+        credit -= round.reply.tasks.len() as u32;
+        if round.looked && round.reply.tasks.is_empty() {
+            // Found nothing: wait for a wake-up before looking again.
+            look = false;
+        }
+        if (!round.reply.tasks.is_empty() || !round.reply.acks.is_empty())
+            && out.send(Ok(round.reply)).await.is_err()
+        {
+            return;
+        }
+        let waiting = (credit > 0).then(|| {
+            service.start_poller();
+            service.enter_waiting()
+        });
+        tokio::select! {
+            message = inbound.message() => match message {
+                Ok(Some(request)) => {
+                    if request.lease.is_some() {
+                        let _ = out.send(Err(invalid(
+                            "lease: only the stream's first request says what to lease".into(),
+                        ))).await;
+                        return;
+                    }
+                    if credit == 0 && request.credit > 0 {
+                        look = true;
+                    }
+                    credit = credit.saturating_add(request.credit).min(MAX_CREDIT);
+                    acks = request.acks;
+                }
+                // The worker ended the stream, or the connection broke.
+                Ok(None) | Err(_) => return,
+            },
+            _ = &mut notified, if credit > 0 => look = true,
+            _ = out.closed() => return,
+        }
+        drop(waiting);
+    }
+}
+
+/// What one step did: the reply to send, and whether it looked for tasks.
+struct Round {
+    reply: WorkResponse,
+    looked: bool,
+}
+
+/// Apply `acks` and lease up to `credit` tasks (when `look` or an ack was
+/// applied with credit left): one backend call for one ack and a lease.
+async fn step<B: QueueBackend>(
+    service: &QueueService<B>,
+    spec: &DequeueSpec,
+    credit: u32,
+    acks: Vec<AckRequest>,
+    look: bool,
+) -> Result<Round, GrpcStatus> {
+    let _timer = (!acks.is_empty()).then(|| crate::timer!("queue.grpc.ack"));
+    if acks.len() > validate::MAX_BATCH {
+        return Err(invalid(format!(
+            "acks: {} acks in one request; at most {}",
+            acks.len(),
+            validate::MAX_BATCH
+        )));
+    }
+    let specs = acks
+        .into_iter()
+        .enumerate()
+        .map(|(i, a)| {
+            check_size(&a)?;
+            ack_spec(&format!("acks[{i}]."), a)
+        })
+        .collect::<Result<Vec<AckSpec>, _>>()?;
+    let want = credit.min(MAX_DEQUEUE);
+    let next = DequeueSpec {
+        max_tasks: want.max(1),
+        ..spec.clone()
+    };
+    let backend = service.backend();
+    let mut looked = false;
+    let (outcomes, mut tasks) = match specs.len() {
+        0 => (Vec::new(), Vec::new()),
+        1 if want > 0 => {
+            let ack = specs.into_iter().next().expect("one ack");
+            let id = ack.task_id.clone();
+            let (outcome, leased) = backend
+                .ack_and_lease(ack, next.clone(), now_ms())
+                .await
+                .map_err(to_status)?;
+            // A refused ack leases nothing: that says nothing about the queue.
+            looked = outcome.is_ok();
+            (vec![(id, outcome)], leased)
+        }
+        _ => {
+            let ids: Vec<String> = specs.iter().map(|s| s.task_id.clone()).collect();
+            let outcomes = backend.ack(specs, now_ms()).await.map_err(to_status)?;
+            (ids.into_iter().zip(outcomes).collect(), Vec::new())
+        }
+    };
+    if want > 0 && !looked && look {
+        tasks = backend.dequeue(next, now_ms()).await.map_err(to_status)?;
+        looked = true;
+    }
+    crate::counter!("queue.tasks.leased").add(tasks.len() as u64);
+    let mut requeued = 0;
+    let acks = outcomes
+        .into_iter()
+        .map(|(task_id, outcome)| outcome_of(task_id, outcome, &mut requeued))
+        .collect();
+    service.wake(requeued);
+    Ok(Round {
+        reply: WorkResponse { tasks, acks },
+        looked,
+    })
+}
