@@ -1433,6 +1433,41 @@ async fn a_work_stream_leases_by_credit_and_answers_acks(backend: Backend) {
     // A worker that goes keeps its lease until it expires.
     assert_eq!(get(c, d.id.clone()).await.status, "IN_PROGRESS");
 
+    // A stream is handed only tasks of its queues, and only when they are due.
+    let only = DequeueRequest {
+        queues: vec!["only".into()],
+        ..lease.clone()
+    };
+    let mut stream = WorkStream::open(c, only, 1).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    enqueue(
+        c,
+        EnqueueRequest {
+            queue: "other".into(),
+            ..req("x")
+        },
+    )
+    .await;
+    let later = enqueue(
+        c,
+        EnqueueRequest {
+            queue: "only".into(),
+            delay_ms: 400,
+            ..req("later")
+        },
+    )
+    .await;
+    assert!(
+        tokio::time::timeout(Duration::from_millis(200), stream.next())
+            .await
+            .is_err(),
+        "a task of another queue, or not yet due, was handed over"
+    );
+    let pushed = recv(&mut stream).await.tasks;
+    assert_eq!(pushed.len(), 1);
+    assert_eq!(pushed[0].id, later.id, "the delayed task, once due");
+    drop(stream);
+
     // A stream must first say what to lease, with names that are names.
     let (tx, rx) = tokio::sync::mpsc::channel(1);
     tx.send(WorkRequest {

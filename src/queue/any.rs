@@ -43,6 +43,15 @@ impl QueueBackend for AnyQueue {
         each!(self, q => q.ack_and_lease(ack, next, now))
     }
 
+    async fn enqueue_and_lease(
+        &self,
+        tasks: Vec<NewTask>,
+        next: DequeueSpec,
+        now: i64,
+    ) -> QueueResult<(Vec<(Task, bool)>, Vec<Task>)> {
+        each!(self, q => q.enqueue_and_lease(tasks, next, now))
+    }
+
     async fn due(&self, now: i64) -> QueueResult<u64> {
         each!(self, q => q.due(now))
     }

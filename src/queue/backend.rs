@@ -76,6 +76,26 @@ pub trait QueueBackend: Send + Sync + 'static {
         }
     }
 
+    /// Enqueue tasks, then lease for a worker waiting for work: a new task
+    /// handed to a waiting worker in the call that stores it. The enqueue
+    /// stands whatever the lease does (a failing lease answers no tasks).
+    /// A backend that can do both in one round trip overrides this.
+    fn enqueue_and_lease(
+        &self,
+        tasks: Vec<NewTask>,
+        next: DequeueSpec,
+        now: i64,
+    ) -> impl Future<Output = QueueResult<(Vec<(Task, bool)>, Vec<Task>)>> + Send {
+        async move {
+            let stored = self.enqueue(tasks, now).await?;
+            let leased = self.dequeue(next, now).await.unwrap_or_else(|e| {
+                tracing::warn!(error = %e, "the lease after an enqueue failed");
+                Vec::new()
+            });
+            Ok((stored, leased))
+        }
+    }
+
     /// About how many tasks a Dequeue over every queue that is not paused
     /// could lease now (due pending tasks and expired leases): a cheap
     /// question the service's one poller asks for all waiting long polls.

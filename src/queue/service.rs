@@ -85,9 +85,66 @@ async fn poll_for_waiters<B: QueueBackend>(
     }
 }
 
+/// Work streams waiting for a task, oldest first. An enqueue on this server
+/// takes one and leases for it in the call that stores the task (one
+/// backend call, one script on Redis, instead of an enqueue, a wake-up and
+/// a lease). A stream withdraws before it does anything else; if an
+/// enqueue took it first, it waits for what that enqueue hands over.
+#[derive(Default)]
+pub(super) struct IdleStreams {
+    next_id: std::sync::atomic::AtomicU64,
+    waiting: std::sync::Mutex<std::collections::VecDeque<IdleStream>>,
+}
+
+struct IdleStream {
+    id: u64,
+    spec: DequeueSpec,
+    hand: tokio::sync::oneshot::Sender<Vec<Task>>,
+}
+
+/// A stream's place among the idle ones: its id, and where its tasks arrive.
+pub(super) type IdleTicket = (u64, tokio::sync::oneshot::Receiver<Vec<Task>>);
+
+impl IdleStreams {
+    /// Wait for a task as `spec` says.
+    pub(super) fn register(&self, spec: DequeueSpec) -> IdleTicket {
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let (hand, arrive) = tokio::sync::oneshot::channel();
+        self.list().push_back(IdleStream { id, spec, hand });
+        (id, arrive)
+    }
+
+    /// Stop waiting; false when an enqueue took the stream first (its tasks are on the way).
+    pub(super) fn withdraw(&self, id: u64) -> bool {
+        let mut list = self.list();
+        match list.iter().position(|s| s.id == id) {
+            Some(at) => {
+                list.remove(at);
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// The longest-waiting live stream that takes tasks of `queue`.
+    fn take(&self, queue: &str) -> Option<IdleStream> {
+        let mut list = self.list();
+        list.retain(|s| !s.hand.is_closed());
+        let at = list
+            .iter()
+            .position(|s| s.spec.queues.is_empty() || s.spec.queues.iter().any(|q| q == queue))?;
+        list.remove(at)
+    }
+
+    fn list(&self) -> std::sync::MutexGuard<'_, std::collections::VecDeque<IdleStream>> {
+        self.waiting.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
 pub struct QueueService<B> {
     backend: Arc<B>,
     waiters: Arc<Waiters>,
+    idle: Arc<IdleStreams>,
     audit: Option<AuditLog>,
     poll: Duration,
 }
@@ -97,6 +154,7 @@ impl<B> Clone for QueueService<B> {
         QueueService {
             backend: self.backend.clone(),
             waiters: self.waiters.clone(),
+            idle: self.idle.clone(),
             audit: self.audit.clone(),
             poll: self.poll,
         }
@@ -108,6 +166,7 @@ impl<B: QueueBackend> QueueService<B> {
         QueueService {
             backend,
             waiters: Arc::new(Waiters::default()),
+            idle: Arc::new(IdleStreams::default()),
             audit: None,
             poll: POLL,
         }
@@ -221,6 +280,10 @@ impl<B: QueueBackend> QueueService<B> {
 
     pub(super) fn backend(&self) -> &B {
         &self.backend
+    }
+
+    pub(super) fn idle(&self) -> &IdleStreams {
+        &self.idle
     }
 
     pub(super) fn waiters(&self) -> &Waiters {
@@ -351,15 +414,36 @@ impl<B: QueueBackend> TaskQueue for QueueService<B> {
         let request = request.into_inner();
         check_size(&request)?;
         let task = validate::enqueue("", request).map_err(invalid)?;
-        let mut stored = self
-            .backend
-            .enqueue(vec![task], now_ms())
-            .await
-            .map_err(to_status)?;
+        // A task due now goes straight to a Work stream waiting for one.
+        let taker = (task.delay_ms == 0)
+            .then(|| self.idle.take(&task.queue))
+            .flatten();
+        let (mut stored, handed) = match taker {
+            Some(taker) => {
+                let (stored, leased) = self
+                    .backend
+                    .enqueue_and_lease(vec![task], taker.spec, now_ms())
+                    .await
+                    .map_err(to_status)?;
+                crate::counter!("queue.tasks.leased").add(leased.len() as u64);
+                let handed = !leased.is_empty();
+                // A stream that went in the meantime leaves these to their
+                // lease, as a worker that died holding them would.
+                let _ = taker.hand.send(leased);
+                (stored, handed)
+            }
+            None => (
+                self.backend
+                    .enqueue(vec![task], now_ms())
+                    .await
+                    .map_err(to_status)?,
+                false,
+            ),
+        };
         let (task, existing) = stored.pop().expect("one task in, one task out");
         crate::counter!("queue.tasks.enqueued").inc();
         tracing::debug!(task = %task.id, queue = %task.queue, existing, "enqueued");
-        self.wake(usize::from(!existing));
+        self.wake(usize::from(!existing && !handed));
         Ok(Response::new(EnqueueResponse {
             task: Some(task),
             existing,

@@ -434,6 +434,24 @@ impl QueueBackend for SqliteQueue {
         .await
     }
 
+    /// One writer job: the enqueue and the lease in one commit.
+    async fn enqueue_and_lease(
+        &self,
+        tasks: Vec<NewTask>,
+        next: DequeueSpec,
+        now: i64,
+    ) -> QueueResult<(Vec<(Task, bool)>, Vec<Task>)> {
+        self.write(move |conn| {
+            let stored = tasks
+                .into_iter()
+                .map(|t| enqueue_one(conn, t, now))
+                .collect::<QueueResult<Vec<_>>>()?;
+            let leased = dequeue(conn, &next, now)?;
+            Ok((stored, leased))
+        })
+        .await
+    }
+
     async fn heartbeat(
         &self,
         task_id: String,

@@ -7,9 +7,12 @@
 //! stream a task is one DATA frame out and its ack one DATA frame back.
 //! The worker grants credit (how many more tasks it will take); the server
 //! leases while credit lasts, fusing a lease with the acks that arrive
-//! (one backend call, one script on Redis), and otherwise waits for work
-//! exactly as a Dequeue long poll does: woken by an enqueue on this server
-//! or by the service's poller. Every ack's outcome is answered, in order.
+//! (one backend call, one script on Redis). A stream that found nothing
+//! waits among the service's idle streams: an enqueue on this server takes
+//! the longest-waiting one and leases for it in the call that stores the
+//! task (so a task costs two backend calls, not three), while the
+//! service's poller still wakes it for tasks this server did not see
+//! arrive. Every ack's outcome is answered, in order.
 //! Tasks leased for a worker whose stream then breaks keep their lease until
 //! it expires, as with a worker that died holding them (at-least-once).
 
@@ -20,10 +23,10 @@ use tokio_stream::Stream;
 use tonic::{Status as GrpcStatus, Streaming};
 
 use super::backend::QueueBackend;
-use super::model::{AckSpec, DequeueSpec, now_ms};
+use super::model::{AckSpec, DequeueSpec, Task, now_ms};
 use super::proto::{AckRequest, WorkRequest, WorkResponse};
 use super::service::{
-    MAX_DEQUEUE, QueueService, ack_spec, check_size, invalid, outcome_of, to_status,
+    IdleTicket, MAX_DEQUEUE, QueueService, ack_spec, check_size, invalid, outcome_of, to_status,
 };
 use super::validate;
 
@@ -48,10 +51,23 @@ pub(super) async fn serve<B: QueueBackend>(
     let mut acks = first.acks;
     // Whether the queue may have tasks for us that we have not looked for.
     let mut look = true;
+    // Our place among the idle streams an enqueue hands new tasks to.
+    let mut idle: Option<IdleTicket> = None;
+    // Tasks an enqueue handed us, to send with the next reply.
+    let mut handed: Vec<Task> = Vec::new();
     loop {
         let notified = service.waiters().notify.notified();
         tokio::pin!(notified);
         notified.as_mut().enable();
+        // Leave the idle streams before leasing any other way (so no
+        // enqueue hands us tasks beyond our credit); an enqueue that took
+        // us first is handing its tasks over now.
+        if let Some((id, arrive)) = idle.take()
+            && !service.idle().withdraw(id)
+        {
+            handed.extend(arrive.await.unwrap_or_default());
+        }
+        credit = credit.saturating_sub(handed.len() as u32);
         let round = match step(&service, &spec, credit, std::mem::take(&mut acks), look).await {
             Ok(round) => round,
             Err(status) => {
@@ -59,20 +75,36 @@ pub(super) async fn serve<B: QueueBackend>(
                 return;
             }
         };
-        credit -= round.reply.tasks.len() as u32;
+        credit = credit.saturating_sub(round.reply.tasks.len() as u32);
         if round.looked && round.reply.tasks.is_empty() {
             // Found nothing: wait for a wake-up before looking again.
             look = false;
         }
-        if (!round.reply.tasks.is_empty() || !round.reply.acks.is_empty())
-            && out.send(Ok(round.reply)).await.is_err()
+        let mut reply = round.reply;
+        if !handed.is_empty() {
+            handed.append(&mut reply.tasks);
+            reply.tasks = std::mem::take(&mut handed);
+        }
+        if (!reply.tasks.is_empty() || !reply.acks.is_empty()) && out.send(Ok(reply)).await.is_err()
         {
             return;
+        }
+        if credit > 0 && !look {
+            idle = Some(service.idle().register(DequeueSpec {
+                max_tasks: credit.min(MAX_DEQUEUE),
+                ..spec.clone()
+            }));
         }
         let waiting = (credit > 0).then(|| {
             service.start_poller();
             service.enter_waiting()
         });
+        let arrive = async {
+            match idle.as_mut() {
+                Some((_, arrive)) => arrive.await,
+                None => std::future::pending().await,
+            }
+        };
         tokio::select! {
             message = inbound.message() => match message {
                 Ok(Some(request)) => {
@@ -91,6 +123,14 @@ pub(super) async fn serve<B: QueueBackend>(
                 // The worker ended the stream, or the connection broke.
                 Ok(None) | Err(_) => return,
             },
+            arrived = arrive => {
+                idle = None;
+                match arrived {
+                    Ok(tasks) => handed = tasks,
+                    // The enqueue failed: look for ourselves.
+                    Err(_) => look = true,
+                }
+            }
             _ = &mut notified, if credit > 0 => look = true,
             _ = out.closed() => return,
         }

@@ -35,10 +35,12 @@ fn script(parts: &[&str]) -> Script {
 }
 
 const ACK_FN: &str = include_str!("ack_fn.lua");
+const ENQUEUE_FN: &str = include_str!("enqueue_fn.lua");
 const LEASE_FN: &str = include_str!("lease_fn.lua");
 
 struct Scripts {
     enqueue: Script,
+    enqueue_lease: Script,
     dequeue: Script,
     ack: Script,
     ack_lease: Script,
@@ -51,7 +53,8 @@ struct Scripts {
 }
 
 static SCRIPTS: LazyLock<Scripts> = LazyLock::new(|| Scripts {
-    enqueue: script(&[include_str!("enqueue.lua")]),
+    enqueue: script(&[ENQUEUE_FN, include_str!("enqueue.lua")]),
+    enqueue_lease: script(&[ENQUEUE_FN, LEASE_FN, include_str!("enqueue_lease.lua")]),
     dequeue: script(&[LEASE_FN, include_str!("dequeue.lua")]),
     ack: script(&[ACK_FN, include_str!("ack.lua")]),
     ack_lease: script(&[ACK_FN, LEASE_FN, include_str!("ack_lease.lua")]),
@@ -63,6 +66,56 @@ static SCRIPTS: LazyLock<Scripts> = LazyLock::new(|| Scripts {
     reap: script(&[include_str!("reap.lua")]),
     purge: script(&[include_str!("purge.lua")]),
 });
+
+/// The enqueue script's 10 arguments per task, appended to `args`; each
+/// task as stored if it is new (Redis answers a task only when it is not).
+fn enqueue_args(tasks: Vec<NewTask>, now: i64, args: &mut Vec<Vec<u8>>) -> Vec<Task> {
+    let mut stored = Vec::with_capacity(tasks.len());
+    for t in tasks {
+        let metadata = serde_json::to_string(&t.metadata).expect("metadata serializes");
+        let task = t.into_task(new_id(), now);
+        args.extend([
+            arg(&task.id),
+            arg(&task.queue),
+            arg(&task.r#type),
+            arg(&task.payload),
+            metadata.into_bytes(),
+            arg(task.priority),
+            arg(task.max_attempts),
+            arg(task.retry_backoff_ms),
+            arg(task.run_at),
+            arg(&task.idempotency_key),
+        ]);
+        stored.push(task);
+    }
+    stored
+}
+
+/// The enqueue script's answers: each task, and whether it already existed.
+fn enqueued(reply: Value, stored: Vec<Task>) -> QueueResult<Vec<(Task, bool)>> {
+    let reply = as_array(reply)?;
+    if reply.len() != stored.len() {
+        return Err(corrupt("one answer per enqueued task"));
+    }
+    reply
+        .into_iter()
+        .zip(stored)
+        .map(|(item, new)| {
+            let mut fields = as_array(item)?;
+            if fields.is_empty() {
+                return Err(corrupt("empty enqueue answer"));
+            }
+            match as_string(fields.remove(0))?.as_str() {
+                "new" => Ok((new, false)),
+                "existing" => Ok((
+                    packed(fields.into_iter().next().unwrap_or(Value::Nil))?,
+                    true,
+                )),
+                other => Err(corrupt(other)),
+            }
+        })
+        .collect()
+}
 
 /// The field order of `FIELDS` in `prelude.lua`.
 const FIELDS: [&str; 19] = [
@@ -337,47 +390,30 @@ fn lease_ms(ms: u32) -> u32 {
 impl QueueBackend for RedisQueue {
     async fn enqueue(&self, tasks: Vec<NewTask>, now: i64) -> QueueResult<Vec<(Task, bool)>> {
         let mut args = vec![arg(now)];
-        // What each task will be if it is new; Redis answers only when it is not.
-        let mut stored = Vec::with_capacity(tasks.len());
-        for t in tasks {
-            let metadata = serde_json::to_string(&t.metadata).expect("metadata serializes");
-            let task = t.into_task(new_id(), now);
-            args.extend([
-                arg(&task.id),
-                arg(&task.queue),
-                arg(&task.r#type),
-                arg(&task.payload),
-                metadata.into_bytes(),
-                arg(task.priority),
-                arg(task.max_attempts),
-                arg(task.retry_backoff_ms),
-                arg(task.run_at),
-                arg(&task.idempotency_key),
-            ]);
-            stored.push(task);
+        let stored = enqueue_args(tasks, now, &mut args);
+        let reply = self.invoke(&SCRIPTS.enqueue, args).await?;
+        enqueued(reply, stored)
+    }
+
+    /// One script: the enqueue, then the lease.
+    async fn enqueue_and_lease(
+        &self,
+        tasks: Vec<NewTask>,
+        next: DequeueSpec,
+        now: i64,
+    ) -> QueueResult<(Vec<(Task, bool)>, Vec<Task>)> {
+        let mut args = vec![arg(now), arg(tasks.len())];
+        let stored = enqueue_args(tasks, now, &mut args);
+        args.extend(lease_args(next));
+        let mut reply = as_array(self.invoke(&SCRIPTS.enqueue_lease, args).await?)?;
+        if reply.len() != 2 {
+            return Err(corrupt("the enqueue's answers and the leased tasks"));
         }
-        let reply = as_array(self.invoke(&SCRIPTS.enqueue, args).await?)?;
-        if reply.len() != stored.len() {
-            return Err(corrupt("one answer per enqueued task"));
-        }
-        reply
+        let leased = as_array(reply.pop().expect("two items"))?
             .into_iter()
-            .zip(stored)
-            .map(|(item, new)| {
-                let mut fields = as_array(item)?;
-                if fields.is_empty() {
-                    return Err(corrupt("empty enqueue answer"));
-                }
-                match as_string(fields.remove(0))?.as_str() {
-                    "new" => Ok((new, false)),
-                    "existing" => Ok((
-                        packed(fields.into_iter().next().unwrap_or(Value::Nil))?,
-                        true,
-                    )),
-                    other => Err(corrupt(other)),
-                }
-            })
-            .collect()
+            .map(packed)
+            .collect::<QueueResult<Vec<Task>>>()?;
+        Ok((enqueued(reply.pop().expect("two items"), stored)?, leased))
     }
 
     async fn dequeue(&self, spec: DequeueSpec, now: i64) -> QueueResult<Vec<Task>> {
