@@ -1,7 +1,7 @@
 //! [`AnyQueue`]: whichever backend the store URL names, as one type, so the
 //! server and the commands are written once.
 
-use super::backend::{QueueBackend, QueueResult};
+use super::backend::{EnqueuedAndLeased, QueueBackend, QueueResult};
 use super::model::{AckSpec, DequeueSpec, NewTask, Stats, Status, Task};
 use super::redis::RedisQueue;
 use super::sqlite::SqliteQueue;
@@ -48,7 +48,7 @@ impl QueueBackend for AnyQueue {
         tasks: Vec<NewTask>,
         next: DequeueSpec,
         now: i64,
-    ) -> QueueResult<(Vec<(Task, bool)>, Vec<Task>)> {
+    ) -> QueueResult<EnqueuedAndLeased> {
         each!(self, q => q.enqueue_and_lease(tasks, next, now))
     }
 

@@ -25,6 +25,10 @@ pub enum QueueError {
 
 pub type QueueResult<T> = Result<T, QueueError>;
 
+/// What an enqueue that also leases answers: each task stored (and whether
+/// it already existed), and the tasks leased.
+pub type EnqueuedAndLeased = (Vec<(Task, bool)>, Vec<Task>);
+
 pub trait QueueBackend: Send + Sync + 'static {
     /// Enqueue tasks; for each, the stored task and whether it already existed
     /// (an idempotency key matched).
@@ -85,7 +89,7 @@ pub trait QueueBackend: Send + Sync + 'static {
         tasks: Vec<NewTask>,
         next: DequeueSpec,
         now: i64,
-    ) -> impl Future<Output = QueueResult<(Vec<(Task, bool)>, Vec<Task>)>> + Send {
+    ) -> impl Future<Output = QueueResult<EnqueuedAndLeased>> + Send {
         async move {
             let stored = self.enqueue(tasks, now).await?;
             let leased = self.dequeue(next, now).await.unwrap_or_else(|e| {

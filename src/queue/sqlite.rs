@@ -16,7 +16,7 @@ use std::sync::{Arc, Mutex};
 
 use rusqlite::{Connection, OptionalExtension, Row, params, params_from_iter};
 
-use super::backend::{QueueBackend, QueueError, QueueResult};
+use super::backend::{EnqueuedAndLeased, QueueBackend, QueueError, QueueResult};
 use super::model::{
     AckSpec, DEFAULT_LEASE_MS, DequeueSpec, NewTask, Stats, Status, TASK_OVERHEAD, Task,
     backoff_ms, new_id,
@@ -440,7 +440,7 @@ impl QueueBackend for SqliteQueue {
         tasks: Vec<NewTask>,
         next: DequeueSpec,
         now: i64,
-    ) -> QueueResult<(Vec<(Task, bool)>, Vec<Task>)> {
+    ) -> QueueResult<EnqueuedAndLeased> {
         self.write(move |conn| {
             let stored = tasks
                 .into_iter()

@@ -15,7 +15,7 @@ use ::redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use ::redis::{RedisError, Script, Value};
 use rand::Rng;
 
-use super::backend::{QueueBackend, QueueError, QueueResult};
+use super::backend::{EnqueuedAndLeased, QueueBackend, QueueError, QueueResult};
 use super::model::{AckSpec, DEFAULT_LEASE_MS, DequeueSpec, NewTask, Stats, Status, Task, new_id};
 use super::proto::TaskMetadataEntry;
 
@@ -401,7 +401,7 @@ impl QueueBackend for RedisQueue {
         tasks: Vec<NewTask>,
         next: DequeueSpec,
         now: i64,
-    ) -> QueueResult<(Vec<(Task, bool)>, Vec<Task>)> {
+    ) -> QueueResult<EnqueuedAndLeased> {
         let mut args = vec![arg(now), arg(tasks.len())];
         let stored = enqueue_args(tasks, now, &mut args);
         args.extend(lease_args(next));
