@@ -100,6 +100,17 @@ pub async fn work(
     cfg: Arc<WorkerConfig>,
     stop: tokio::sync::watch::Receiver<bool>,
 ) -> Result<(), tonic::Status> {
+    if let QueueHandle::Remote(remote) = &client {
+        match streamed(remote.clone(), client.clone(), &cfg, stop.clone()).await {
+            Err(e) if e.code() == tonic::Code::Unimplemented => {
+                tracing::info!("the server has no Work stream; taking tasks with Dequeue and Ack");
+            }
+            other => {
+                finish_audit(&cfg).await;
+                return other;
+            }
+        }
+    }
     let mut stop_wait = stop.clone();
     // Tasks leased by the last ack, to run before asking the queue again.
     // A worker told to stop with one here leaves it to its lease (it is
@@ -142,6 +153,104 @@ pub async fn work(
     Ok(())
 }
 
+/// Whether asking again cannot change a refusal (a bad request, a wrong
+/// token, a denial, a server without the call): the worker ends with it.
+fn final_refusal(e: &tonic::Status) -> bool {
+    matches!(
+        e.code(),
+        tonic::Code::InvalidArgument
+            | tonic::Code::Unauthenticated
+            | tonic::Code::PermissionDenied
+            | tonic::Code::Unimplemented
+    )
+}
+
+/// Take and run jobs on one Work stream to a remote server (a task out and
+/// its ack back as one message each, instead of a call each), reopening it
+/// when the connection breaks. One task at a time: credit 1, renewed with
+/// each ack; a stopping worker's last ack grants none, so it is handed
+/// nothing it would not run. Acks whose answer a broken stream lost are
+/// delivered again by plain Ack calls (a repeated final ack changes nothing).
+async fn streamed(
+    mut remote: crate::queue::client::Client,
+    mut client: QueueHandle,
+    cfg: &WorkerConfig,
+    stop: tokio::sync::watch::Receiver<bool>,
+) -> Result<(), tonic::Status> {
+    use crate::queue::client::WorkStream;
+    let mut stop_wait = stop.clone();
+    let mut unanswered: Vec<AckRequest> = Vec::new();
+    while !*stop.borrow() {
+        for ack in std::mem::take(&mut unanswered) {
+            deliver(&mut client, cfg, ack).await;
+        }
+        let opened = tokio::select! {
+            opened = WorkStream::open(&mut remote, next_request(cfg, 0), 1) => opened,
+            _ = stop_wait.changed() => break,
+        };
+        let mut stream = match opened {
+            Ok(stream) => stream,
+            Err(e) if final_refusal(&e) => return Err(e),
+            Err(e) => {
+                tracing::debug!(error = %e, "opening the work stream failed; retrying");
+                tokio::time::sleep(Duration::from_millis(200)).await;
+                continue;
+            }
+        };
+        loop {
+            // A stopping worker still waits for its last ack's answer.
+            let message = if *stop.borrow() && unanswered.is_empty() {
+                return Ok(());
+            } else if *stop.borrow() {
+                tokio::time::timeout(Duration::from_secs(10), stream.next())
+                    .await
+                    .unwrap_or_else(|_| Err(tonic::Status::deadline_exceeded("no answer")))
+            } else {
+                tokio::select! {
+                    message = stream.next() => message,
+                    _ = stop_wait.changed() => continue,
+                }
+            };
+            let message = match message {
+                Ok(Some(message)) => message,
+                Err(e) if final_refusal(&e) => return Err(e),
+                Ok(None) | Err(_) => {
+                    tracing::debug!("the work stream broke; reopening it");
+                    if !*stop.borrow() {
+                        tokio::time::sleep(Duration::from_millis(200)).await;
+                    }
+                    break;
+                }
+            };
+            for outcome in &message.acks {
+                unanswered.retain(|a| a.task_id != outcome.task_id);
+                if outcome.code != 0 {
+                    tracing::warn!(task = %outcome.task_id, error = %outcome.message, "ack refused");
+                }
+                if let Some(n) = &cfg.on_ack {
+                    n.notify_one();
+                }
+            }
+            for task in message.tasks {
+                let Some(ack) = run_task(&client, cfg, &task, stop.clone()).await else {
+                    continue;
+                };
+                let credit = u32::from(!*stop.borrow());
+                unanswered.push(ack.clone());
+                if stream.send(credit, vec![ack]).await.is_err() {
+                    break;
+                }
+            }
+            let mut pending = cfg.pending_audit.lock().unwrap_or_else(|p| p.into_inner());
+            while pending.try_join_next().is_some() {}
+        }
+    }
+    for ack in unanswered {
+        deliver(&mut client, cfg, ack).await;
+    }
+    Ok(())
+}
+
 /// Wait for the audit appends still in flight.
 async fn finish_audit(cfg: &WorkerConfig) {
     let pending = std::mem::take(&mut *cfg.pending_audit.lock().unwrap_or_else(|p| p.into_inner()));
@@ -167,6 +276,52 @@ async fn handle(
     task: Task,
     stop: tokio::sync::watch::Receiver<bool>,
 ) -> Vec<Task> {
+    let Some(mut ack) = run_task(client, cfg, &task, stop.clone()).await else {
+        return Vec::new();
+    };
+    // The next task comes back with the ack (one call, not two); only
+    // one already due, so the ack is never held up waiting.
+    ack.next = (!*stop.borrow()).then(|| next_request(cfg, 0));
+    deliver(client, cfg, ack).await
+}
+
+/// Deliver `ack` even across a server restart; give up once the lease is
+/// gone (the task runs again elsewhere). The tasks its `next` leased.
+async fn deliver(client: &mut QueueHandle, cfg: &WorkerConfig, mut ack: AckRequest) -> Vec<Task> {
+    for _ in 0..50 {
+        match client.ack(ack.clone()).await {
+            Ok(answer) => {
+                if let Some(n) = &cfg.on_ack {
+                    n.notify_one();
+                }
+                return answer.next;
+            }
+            Err(e)
+                if e.code() == tonic::Code::FailedPrecondition
+                    || e.code() == tonic::Code::NotFound =>
+            {
+                tracing::warn!(task = %ack.task_id, error = %e, "ack refused");
+                return Vec::new();
+            }
+            Err(_) => {
+                // The lost answer may have leased a task this worker never
+                // saw (it goes back when its lease ends); ask for none again.
+                ack.next = None;
+                tokio::time::sleep(Duration::from_millis(200)).await
+            }
+        }
+    }
+    Vec::new()
+}
+
+/// Run one task; the ack to send, or `None` when the run was stopped and
+/// the task is left to its lease (so a resume runs it again).
+async fn run_task(
+    client: &QueueHandle,
+    cfg: &WorkerConfig,
+    task: &Task,
+    stop: tokio::sync::watch::Receiver<bool>,
+) -> Option<AckRequest> {
     let job: Job = match serde_json::from_str(&task.payload) {
         Ok(job) if task.r#type == JOB_TYPE => job,
         other => {
@@ -174,16 +329,13 @@ async fn handle(
                 Err(e) => format!("not a nova job: {e}"),
                 Ok(_) => format!("unknown task type {:?}", task.r#type),
             };
-            let _ = client
-                .ack(AckRequest {
-                    task_id: task.id.clone(),
-                    success: false,
-                    lease_id: task.lease_id.clone(),
-                    error: why,
-                    ..Default::default()
-                })
-                .await;
-            return Vec::new();
+            return Some(AckRequest {
+                task_id: task.id.clone(),
+                success: false,
+                lease_id: task.lease_id.clone(),
+                error: why,
+                ..Default::default()
+            });
         }
     };
 
@@ -214,7 +366,7 @@ async fn handle(
     let _ = heartbeat.await;
     if *stop.borrow() && result.detail.contains("interrupted") {
         // The run was stopped: leave the task to its lease, so a resume runs it again.
-        return Vec::new();
+        return None;
     }
     if result.status == "failed"
         && task.attempts < task.max_attempts
@@ -232,7 +384,7 @@ async fn handle(
         .await;
     }
     let success = matches!(result.status.as_str(), "done" | "pending" | "skipped");
-    let ack = AckRequest {
+    Some(AckRequest {
         task_id: task.id.clone(),
         success,
         result: serde_json::to_string(&result).expect("a result serializes"),
@@ -243,37 +395,8 @@ async fn handle(
         } else {
             result.detail.clone()
         },
-        // The next task comes back with the ack (one call, not two); only
-        // one already due, so the ack is never held up waiting.
-        next: (!*stop.borrow()).then(|| next_request(cfg, 0)),
-    };
-    // Deliver the ack even across a server restart; give up once the lease
-    // is gone (the task runs again elsewhere).
-    let mut ack = ack;
-    for _ in 0..50 {
-        match client.ack(ack.clone()).await {
-            Ok(answer) => {
-                if let Some(n) = &cfg.on_ack {
-                    n.notify_one();
-                }
-                return answer.next;
-            }
-            Err(e)
-                if e.code() == tonic::Code::FailedPrecondition
-                    || e.code() == tonic::Code::NotFound =>
-            {
-                tracing::warn!(task = %task.id, error = %e, "ack refused");
-                return Vec::new();
-            }
-            Err(_) => {
-                // The lost answer may have leased a task this worker never
-                // saw (it goes back when its lease ends); ask for none again.
-                ack.next = None;
-                tokio::time::sleep(Duration::from_millis(200)).await
-            }
-        }
-    }
-    Vec::new()
+        next: None,
+    })
 }
 
 fn log_path(home: &std::path::Path, job: &Job) -> PathBuf {

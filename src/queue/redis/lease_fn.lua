@@ -10,10 +10,13 @@ local function lease_tasks(a)
   local max_bytes = tonumber(ARGV[a + 3 + nq + max + 1])
   local overhead = tonumber(ARGV[a + 3 + nq + max + 2])
   local used = 0
+  -- Tasks read by fits(), by ready member, so each is read once.
+  local fetched = {}
 
   -- Whether the task behind ready member m still fits the answer (the first always does).
   local function fits(m)
     local t = fetch(string.sub(m, RANK_LEN + 1))
+    fetched[m] = t
     local size = overhead
     for _, f in ipairs({'payload', 'metadata', 'result', 'last_error'}) do
       size = size + string.len(t[F[f]] or '')
@@ -69,7 +72,7 @@ local function lease_tasks(a)
   local leases = a + 3 + nq
   for n, p in ipairs(picked) do
     local id = string.sub(p[1], RANK_LEN + 1)
-    local t = fetch(id)
+    local t = fetched[p[1]] or fetch(id)
     local expires = NOW + lease_ms
     update(t, 'status', 'IN_PROGRESS', 'worker_id', worker, 'lease_id', ARGV[leases + n],
       'lease_expires_at', expires, 'attempts', tonumber(t[F.attempts]) + 1, 'updated_at', NOW)
