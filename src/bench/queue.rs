@@ -291,19 +291,29 @@ async fn work(
             continue;
         }
         ready = endpoint.ack(&tasks, &name).await?;
-        let now = shared.start.elapsed().as_micros() as u64;
-        for t in &tasks {
-            let sent: u64 = t
-                .payload
-                .parse()
-                .map_err(|_| "a bench task lost its payload")?;
-            latencies.push(now.saturating_sub(sent));
-        }
+        record_latencies(&shared, &tasks, &mut latencies)?;
         shared
             .acked
             .fetch_add(tasks.len() as u64, Ordering::Relaxed);
     }
     shared.latencies_us.lock().await.extend(latencies);
+    Ok(())
+}
+
+/// Each task's time from enqueue (its payload) to now, in microseconds.
+fn record_latencies(
+    shared: &Shared,
+    tasks: &[Task],
+    latencies: &mut Vec<u64>,
+) -> std::result::Result<(), Failure> {
+    let now = shared.start.elapsed().as_micros() as u64;
+    for t in tasks {
+        let sent: u64 = t
+            .payload
+            .parse()
+            .map_err(|_| "a bench task lost its payload")?;
+        latencies.push(now.saturating_sub(sent));
+    }
     Ok(())
 }
 
@@ -357,14 +367,7 @@ async fn work_stream(
             .send(tasks.len() as u32, acks)
             .await
             .map_err(|e| e.to_string())?;
-        let now = shared.start.elapsed().as_micros() as u64;
-        for t in &tasks {
-            let sent: u64 = t
-                .payload
-                .parse()
-                .map_err(|_| "a bench task lost its payload")?;
-            latencies.push(now.saturating_sub(sent));
-        }
+        record_latencies(&shared, &tasks, &mut latencies)?;
     }
     shared.latencies_us.lock().await.extend(latencies);
     Ok(())
