@@ -481,6 +481,12 @@ pub struct WorkerArgs {
     #[arg(long, default_value = "30s", value_parser = humantime::parse_duration, value_name = "DURATION")]
     pub lease: std::time::Duration,
 
+    /// On SIGTERM or Ctrl-C the worker takes no more tasks and lets running
+    /// ones finish for this long; then it stops them, hands back (releases)
+    /// what it did not finish, and exits 0
+    #[arg(long, default_value = "30s", value_parser = humantime::parse_duration, value_name = "DURATION")]
+    pub grace: std::time::Duration,
+
     #[command(flatten)]
     pub store: StoreArg,
 }

@@ -568,8 +568,25 @@ fn a_worker_killed_mid_task_loses_it_to_another_worker() {
     }
 }
 
+/// The queue's tasks of `queue` on the server at `url`, as JSON.
+fn queue_tasks(ws: &Workspace, url: &str, queue: &str) -> Vec<Value> {
+    ws.run(&["queue", "--server", url, "list", "--queue", queue, "--json"])
+        .success()
+        .json()
+        .as_array()
+        .cloned()
+        .unwrap_or_default()
+}
+
+fn sigterm(p: &std::process::Child) {
+    std::process::Command::new("kill")
+        .args(["-TERM", &p.id().to_string()])
+        .status()
+        .unwrap();
+}
+
 #[test]
-fn a_worker_stopped_with_sigterm_ends_its_tasks_groups_before_it_exits() {
+fn a_worker_stopped_with_sigterm_ends_its_tasks_groups_and_hands_the_task_back() {
     let ws = workspace();
     agent(
         &ws,
@@ -590,7 +607,7 @@ fn a_worker_stopped_with_sigterm_ends_its_tasks_groups_before_it_exits() {
         .unwrap();
     let mut worker = ws
         .std_command()
-        .args(["worker", "--server", &url])
+        .args(["worker", "--server", &url, "--grace", "0s"])
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::null())
         .spawn()
@@ -605,24 +622,88 @@ fn a_worker_stopped_with_sigterm_ends_its_tasks_groups_before_it_exits() {
     }
     std::thread::sleep(Duration::from_millis(100));
     let (child, grandchild) = (pid_in(&ws, "child.pid"), pid_in(&ws, "grandchild.pid"));
-    let term = |p: &std::process::Child| {
-        std::process::Command::new("kill")
-            .args(["-TERM", &p.id().to_string()])
-            .status()
-            .unwrap()
-    };
-    term(&worker);
-    worker.wait().unwrap();
+    sigterm(&worker);
+    let status = worker.wait().unwrap();
+    assert_eq!(status.code(), Some(0), "a worker told to stop exits 0");
     // Gone by the time the worker has exited, not later.
     assert!(!alive(child), "the task {child} outlived its worker");
     assert!(
         !alive(grandchild),
         "the grandchild {grandchild} outlived its worker"
     );
+    // Handed back at once, its attempt not spent: not left to its 30 s lease.
+    let tasks = queue_tasks(&ws, &url, "nova-jobs");
+    assert_eq!(tasks.len(), 1, "{tasks:?}");
+    assert_eq!(tasks[0]["status"], "PENDING", "{:?}", tasks[0]);
+    assert_eq!(tasks[0]["attempts"], 0, "{:?}", tasks[0]);
     for p in [&mut run, &mut server] {
-        term(p);
+        sigterm(p);
         p.wait().unwrap();
     }
+}
+
+#[test]
+fn a_worker_told_to_stop_finishes_its_task_within_the_grace() {
+    let ws = workspace();
+    agent(
+        &ws,
+        "steady",
+        "implementation",
+        "one",
+        &[],
+        "  - id: finish\n    title: finishes\n    run: {shell: \"touch started; sleep 1; touch finished\"}\n",
+    );
+    let (mut server, announced) = ws.serve(&["--listen", "127.0.0.1:0"]);
+    let url = announced["listening"].as_str().unwrap().to_string();
+    let run = ws
+        .std_command()
+        .args([
+            "orchestrate",
+            "--apply",
+            "--server",
+            &url,
+            "--jobs",
+            "0",
+            "--json",
+        ])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut worker = ws
+        .std_command()
+        .args(["worker", "--server", &url, "--grace", "20s"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !ws.path().join("started").exists() {
+        assert!(
+            Instant::now() < deadline,
+            "the worker never started the task"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    sigterm(&worker);
+    let stopping = Instant::now();
+    let status = worker.wait().unwrap();
+    assert_eq!(status.code(), Some(0));
+    assert!(
+        stopping.elapsed() < Duration::from_secs(15),
+        "the worker waited for more than its task"
+    );
+    assert!(
+        ws.path().join("finished").exists(),
+        "the task was cut short"
+    );
+    let tasks = queue_tasks(&ws, &url, "nova-jobs");
+    assert_eq!(tasks[0]["status"], "COMPLETED", "{:?}", tasks[0]);
+    // The run saw its task finish.
+    let out = run.wait_with_output().unwrap();
+    assert_eq!(out.status.code(), Some(0));
+    sigterm(&server);
+    server.wait().unwrap();
 }
 
 #[test]

@@ -1505,6 +1505,81 @@ async fn a_work_stream_leases_by_credit_and_answers_acks(backend: Backend) {
     );
 }
 
+async fn a_released_task_is_pending_again_without_spending_an_attempt(backend: Backend) {
+    let mut h = start(backend, None).await;
+    let c = &mut h.client;
+    let a = enqueue(
+        c,
+        EnqueueRequest {
+            max_attempts: 1,
+            ..req("a")
+        },
+    )
+    .await;
+    let held = dequeue(c, "stopping", 60_000).await.unwrap();
+    assert_eq!((held.id.as_str(), held.attempts), (a.id.as_str(), 1));
+    let release = |task: &Task, lease: &str| ReleaseRequest {
+        task_id: task.id.clone(),
+        lease_id: lease.into(),
+    };
+    let refused = c.release(release(&held, "")).await.unwrap_err();
+    assert_eq!(refused.code(), Code::InvalidArgument);
+    assert!(
+        refused.message().contains("lease_id"),
+        "{}",
+        refused.message()
+    );
+    let refused = c
+        .release(release(&held, "not-the-lease"))
+        .await
+        .unwrap_err();
+    assert_eq!(refused.code(), Code::FailedPrecondition);
+    assert_eq!(get(c, a.id.clone()).await.status, "IN_PROGRESS");
+
+    let back = c
+        .release(release(&held, &held.lease_id))
+        .await
+        .unwrap()
+        .into_inner()
+        .task
+        .unwrap();
+    assert_eq!(back.status, "PENDING");
+    assert_eq!(back.attempts, 0, "a release spends no attempt");
+    assert!(back.worker_id.is_empty() && back.lease_id.is_empty());
+    assert_eq!(
+        get(c, a.id.clone()).await,
+        back,
+        "the answer is the stored task"
+    );
+    let stats = c.stats(StatsRequest {}).await.unwrap().into_inner();
+    let in_progress: u64 = stats
+        .counts
+        .iter()
+        .filter(|q| q.status == "IN_PROGRESS")
+        .map(|q| q.count)
+        .sum();
+    assert_eq!(in_progress, 0, "{stats:?}");
+
+    // Another worker takes it at once, with its one attempt still to spend.
+    let again = dequeue(c, "other", 60_000).await.unwrap();
+    assert_eq!((again.id.as_str(), again.attempts), (a.id.as_str(), 1));
+    c.ack(ack(&again, true)).await.unwrap();
+    let refused = c
+        .release(release(&again, &again.lease_id))
+        .await
+        .unwrap_err();
+    assert_eq!(refused.code(), Code::FailedPrecondition);
+    assert_eq!(get(c, a.id.clone()).await.status, "COMPLETED");
+    let refused = c
+        .release(ReleaseRequest {
+            task_id: "no-such-task".into(),
+            lease_id: "x".into(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(refused.code(), Code::NotFound);
+}
+
 macro_rules! conformance {
     ($($name:ident),* $(,)?) => {
         mod sqlite {
@@ -1523,6 +1598,7 @@ macro_rules! conformance {
 }
 
 conformance!(
+    a_released_task_is_pending_again_without_spending_an_attempt,
     a_work_stream_leases_by_credit_and_answers_acks,
     an_ack_can_lease_the_next_task,
     a_long_poll_sees_another_servers_enqueue,

@@ -105,6 +105,7 @@ pub fn worker_command(
                 on_ack: None,
                 pending_audit: Default::default(),
                 privileges: privileges.clone(),
+                stop_grace: Some(args.grace),
             });
             workers.spawn(worker::work(
                 crate::queue::handle::QueueHandle::Remote(client),
@@ -138,10 +139,23 @@ pub fn worker_command(
             status = refused => Some(status),
         };
         let _ = stop_tx.send(true);
-        let _ = tokio::time::timeout(Duration::from_secs(10), workers.join_all()).await;
+        // The grace for running tasks, then time to hand back and ack.
+        let drained =
+            tokio::time::timeout(args.grace + Duration::from_secs(10), workers.join_all())
+                .await
+                .is_ok();
         match refused {
             Some(status) => Err(crate::queue::client::grpc_error(status)),
-            None => Err(Error::Interrupted("nova worker stopped".into())),
+            // Told to stop (systemd, Kubernetes, Ctrl-C): a clean exit once drained.
+            None if drained => {
+                if !out.quiet {
+                    eprintln!("nova worker: stopped");
+                }
+                Ok(())
+            }
+            None => Err(Error::Interrupted(
+                "nova worker stopped before its tasks were handed back".into(),
+            )),
         }
     })
 }

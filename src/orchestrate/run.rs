@@ -701,6 +701,7 @@ pub fn start(ws: &Workspace, out: &Output, args: &RunRequest) -> Result<()> {
                 on_ack: Some(acked.clone()),
                 pending_audit: Default::default(),
                 privileges: privileges.clone(),
+                stop_grace: None,
             });
             let (work_stop_tx, work_stop_rx) = tokio::sync::watch::channel(false);
             let mut workers = Vec::new();
@@ -716,6 +717,7 @@ pub fn start(ws: &Workspace, out: &Output, args: &RunRequest) -> Result<()> {
                     on_ack: cfg.on_ack.clone(),
                     pending_audit: Default::default(),
                     privileges: cfg.privileges.clone(),
+                    stop_grace: None,
                 });
                 workers.push(tokio::spawn(worker::work(
                     connect().await?,

@@ -90,6 +90,12 @@ pub struct WorkerConfig {
     pub pending_audit: std::sync::Mutex<tokio::task::JoinSet<()>>,
     /// Who tasks run as (see [`super::privilege`]).
     pub privileges: super::privilege::Privileges,
+    /// What a worker told to stop does with what it holds. `None` (a local
+    /// run): running tasks stop at once and stay leased, so `--resume` runs
+    /// them again. `Some(grace)` (`nova worker`): it takes nothing more,
+    /// lets running tasks finish for up to `grace`, then stops them, and
+    /// hands back (Release) every task it holds but did not finish.
+    pub stop_grace: Option<Duration>,
 }
 
 /// Take and run jobs until `stop` turns true. Transport errors (a server
@@ -100,8 +106,34 @@ pub async fn work(
     cfg: Arc<WorkerConfig>,
     stop: tokio::sync::watch::Receiver<bool>,
 ) -> Result<(), tonic::Status> {
+    // What stops running tasks: the stop itself, or the end of the grace.
+    let abort = match cfg.stop_grace {
+        None => stop.clone(),
+        Some(grace) => {
+            let (abort_tx, abort_rx) = tokio::sync::watch::channel(false);
+            let mut stopped = stop.clone();
+            tokio::spawn(async move {
+                if stopped.wait_for(|s| *s).await.is_ok() {
+                    tokio::select! {
+                        _ = tokio::time::sleep(grace) => {}
+                        _ = abort_tx.closed() => return,
+                    }
+                }
+                let _ = abort_tx.send(true);
+            });
+            abort_rx
+        }
+    };
     if let QueueHandle::Remote(remote) = &client {
-        match streamed(remote.clone(), client.clone(), &cfg, stop.clone()).await {
+        match streamed(
+            remote.clone(),
+            client.clone(),
+            &cfg,
+            stop.clone(),
+            abort.clone(),
+        )
+        .await
+        {
             Err(e) if e.code() == tonic::Code::Unimplemented => {
                 tracing::info!("the server has no Work stream; taking tasks with Dequeue and Ack");
             }
@@ -143,14 +175,40 @@ pub async fn work(
             std::mem::take(&mut ready)
         };
         for task in tasks {
-            ready.extend(handle(&mut client, &cfg, task, stop.clone()).await);
+            if *stop.borrow() {
+                hand_back(&mut client, &cfg, &task).await;
+                continue;
+            }
+            ready.extend(handle(&mut client, &cfg, task, stop.clone(), abort.clone()).await);
         }
         // Let go of the audit appends that are done (a long-lived worker would pile them up).
         let mut pending = cfg.pending_audit.lock().unwrap_or_else(|p| p.into_inner());
         while pending.try_join_next().is_some() {}
     }
+    for task in ready {
+        hand_back(&mut client, &cfg, &task).await;
+    }
     finish_audit(&cfg).await;
     Ok(())
+}
+
+/// Hand `task` back to the queue (a worker that stops before running it,
+/// or stopped it half-way), when this worker does that (see
+/// [`WorkerConfig::stop_grace`]); otherwise it waits for its lease to end.
+async fn hand_back(client: &mut QueueHandle, cfg: &WorkerConfig, task: &Task) {
+    if cfg.stop_grace.is_none() {
+        return;
+    }
+    let release = crate::queue::proto::ReleaseRequest {
+        task_id: task.id.clone(),
+        lease_id: task.lease_id.clone(),
+    };
+    match client.release(release).await {
+        Ok(_) => tracing::info!(task = %task.id, "handed back"),
+        Err(e) => {
+            tracing::warn!(task = %task.id, error = %e, "handing back failed; the task waits for its lease to end")
+        }
+    }
 }
 
 /// Whether asking again cannot change a refusal (a bad request, a wrong
@@ -176,6 +234,7 @@ async fn streamed(
     mut client: QueueHandle,
     cfg: &WorkerConfig,
     stop: tokio::sync::watch::Receiver<bool>,
+    abort: tokio::sync::watch::Receiver<bool>,
 ) -> Result<(), tonic::Status> {
     use crate::queue::client::WorkStream;
     let mut stop_wait = stop.clone();
@@ -232,7 +291,12 @@ async fn streamed(
                 }
             }
             for task in message.tasks {
-                let Some(ack) = run_task(&client, cfg, &task, stop.clone()).await else {
+                if *stop.borrow() {
+                    hand_back(&mut client, cfg, &task).await;
+                    continue;
+                }
+                let Some(ack) = run_task(&client, cfg, &task, abort.clone()).await else {
+                    hand_back(&mut client, cfg, &task).await;
                     continue;
                 };
                 let credit = u32::from(!*stop.borrow());
@@ -275,8 +339,10 @@ async fn handle(
     cfg: &WorkerConfig,
     task: Task,
     stop: tokio::sync::watch::Receiver<bool>,
+    abort: tokio::sync::watch::Receiver<bool>,
 ) -> Vec<Task> {
-    let Some(mut ack) = run_task(client, cfg, &task, stop.clone()).await else {
+    let Some(mut ack) = run_task(client, cfg, &task, abort).await else {
+        hand_back(client, cfg, &task).await;
         return Vec::new();
     };
     // The next task comes back with the ack (one call, not two); only

@@ -52,6 +52,10 @@ impl QueueBackend for AnyQueue {
         each!(self, q => q.enqueue_and_lease(tasks, next, now))
     }
 
+    async fn release(&self, task_id: String, lease_id: String, now: i64) -> QueueResult<Task> {
+        each!(self, q => q.release(task_id, lease_id, now))
+    }
+
     async fn due(&self, now: i64) -> QueueResult<u64> {
         each!(self, q => q.due(now))
     }

@@ -118,6 +118,15 @@ pub trait QueueBackend: Send + Sync + 'static {
         now: i64,
     ) -> impl Future<Output = QueueResult<Task>> + Send;
 
+    /// Hand back a task the caller's lease holds, without spending an
+    /// attempt: PENDING again at once, due as it was.
+    fn release(
+        &self,
+        task_id: String,
+        lease_id: String,
+        now: i64,
+    ) -> impl Future<Output = QueueResult<Task>> + Send;
+
     fn get(&self, task_id: String) -> impl Future<Output = QueueResult<Task>> + Send;
 
     /// Tasks oldest first, optionally of one status and one queue, from

@@ -70,6 +70,14 @@ impl QueueHandle {
         .map(tonic::Response::into_inner)
     }
 
+    pub async fn release(&mut self, request: ReleaseRequest) -> Result<ReleaseResponse, Status> {
+        match self {
+            QueueHandle::Remote(c) => c.release(request).await,
+            QueueHandle::Local(s) => s.release(Request::new(request)).await,
+        }
+        .map(tonic::Response::into_inner)
+    }
+
     pub async fn get_task(&mut self, request: GetTaskRequest) -> Result<GetTaskResponse, Status> {
         match self {
             QueueHandle::Remote(c) => c.get_task(request).await,

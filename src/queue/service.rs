@@ -616,6 +616,24 @@ impl<B: QueueBackend> TaskQueue for QueueService<B> {
         Ok(Response::new(HeartbeatResponse { task: Some(task) }))
     }
 
+    async fn release(
+        &self,
+        request: Request<ReleaseRequest>,
+    ) -> Result<Response<ReleaseResponse>, GrpcStatus> {
+        let req = request.into_inner();
+        validate::task_id("task_id", &req.task_id).map_err(invalid)?;
+        validate::task_id("lease_id", &req.lease_id).map_err(invalid)?;
+        let task = self
+            .backend
+            .release(req.task_id, req.lease_id, now_ms())
+            .await
+            .map_err(to_status)?;
+        crate::counter!("queue.tasks.released").inc();
+        tracing::debug!(task = %task.id, "released");
+        self.wake(1);
+        Ok(Response::new(ReleaseResponse { task: Some(task) }))
+    }
+
     async fn get_task(
         &self,
         request: Request<GetTaskRequest>,

@@ -434,6 +434,28 @@ impl QueueBackend for SqliteQueue {
         .await
     }
 
+    async fn release(&self, task_id: String, lease_id: String, now: i64) -> QueueResult<Task> {
+        self.write(move |conn| {
+            let mut task = held(conn, &task_id, Some(&lease_id), now)?;
+            let attempts = task.attempts.saturating_sub(1);
+            conn.prepare_cached(
+                "UPDATE queue_tasks SET status = 'PENDING', attempts = ?1, worker_id = '', lease_id = '',
+                     lease_expires_at = 0, updated_at = ?2 WHERE id = ?3",
+            )
+            .map_err(sql_err)?
+            .execute(params![attempts, now, task_id])
+            .map_err(sql_err)?;
+            task.status = Status::Pending.as_str().to_string();
+            task.attempts = attempts;
+            task.worker_id.clear();
+            task.lease_id.clear();
+            task.lease_expires_at = 0;
+            task.updated_at = now;
+            Ok(task)
+        })
+        .await
+    }
+
     /// One writer job: the enqueue and the lease in one commit.
     async fn enqueue_and_lease(
         &self,

@@ -46,6 +46,7 @@ struct Scripts {
     ack_lease: Script,
     due: Script,
     heartbeat: Script,
+    release: Script,
     cancel: Script,
     retry: Script,
     reap: Script,
@@ -61,6 +62,7 @@ static SCRIPTS: LazyLock<Scripts> = LazyLock::new(|| Scripts {
     // Without the prelude: the poller asks it twenty times a second.
     due: Script::new(include_str!("due.lua")),
     heartbeat: script(&[include_str!("heartbeat.lua")]),
+    release: script(&[include_str!("release.lua")]),
     cancel: script(&[include_str!("cancel.lua")]),
     retry: script(&[include_str!("retry.lua")]),
     reap: script(&[include_str!("reap.lua")]),
@@ -478,6 +480,11 @@ impl QueueBackend for RedisQueue {
     ) -> QueueResult<Task> {
         let args = vec![arg(now), arg(&task_id), arg(lease_id), arg(lease_ms(ms))];
         self.one(&SCRIPTS.heartbeat, &task_id, args).await
+    }
+
+    async fn release(&self, task_id: String, lease_id: String, now: i64) -> QueueResult<Task> {
+        let args = vec![arg(now), arg(&task_id), arg(lease_id)];
+        self.one(&SCRIPTS.release, &task_id, args).await
     }
 
     async fn get(&self, task_id: String) -> QueueResult<Task> {
