@@ -99,6 +99,13 @@ deny contains "serving beyond loopback needs a bearer token (or an explicit --in
 	not input.context.insecure == true
 }
 
+deny contains "serving beyond loopback needs TLS (or an explicit --insecure)" if {
+	input.action == "serve"
+	input.context.loopback == false
+	not input.context.tls == true
+	not input.context.insecure == true
+}
+
 deny contains msg if {
 	input.action == "install"
 	not is_string(input.resource)

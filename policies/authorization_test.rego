@@ -40,9 +40,11 @@ test_unknown_roles_and_actions_are_denied if {
 	not authz.allow with input as {"subject": subject("operator"), "action": "launch-missiles"}
 }
 
-test_serving_beyond_loopback_needs_a_token if {
-	not authz.allow with input as {"subject": subject("operator"), "action": "serve", "context": {"loopback": false, "auth": false}}
-	authz.allow with input as {"subject": subject("operator"), "action": "serve", "context": {"loopback": false, "auth": true}}
+test_serving_beyond_loopback_needs_a_token_and_tls if {
+	not authz.allow with input as {"subject": subject("operator"), "action": "serve", "context": {"loopback": false, "auth": false, "tls": true}}
+	not authz.allow with input as {"subject": subject("operator"), "action": "serve", "context": {"loopback": false, "auth": true}}
+	authz.allow with input as {"subject": subject("operator"), "action": "serve", "context": {"loopback": false, "auth": true, "tls": true}}
+	authz.allow with input as {"subject": subject("operator"), "action": "serve", "context": {"loopback": false, "insecure": true}}
 }
 
 test_the_operator_may_steer_runs_and_queues if {

@@ -257,7 +257,8 @@ impl StoreArg {
 
 #[derive(Debug, Args)]
 pub struct ServeArgs {
-    /// Address to listen on; anything but loopback needs --token-file or --insecure
+    /// Address to listen on; anything but loopback needs --token-file and
+    /// --tls-cert, or --insecure
     #[arg(long, default_value = "127.0.0.1:6682", value_name = "ADDR")]
     pub listen: std::net::SocketAddr,
 
@@ -268,7 +269,20 @@ pub struct ServeArgs {
     #[arg(long, value_name = "FILE")]
     pub token_file: Option<PathBuf>,
 
-    /// Allow a non-loopback address without a token
+    /// Serve gRPC over TLS with this certificate (PEM, the chain after it)
+    #[arg(long, value_name = "FILE")]
+    pub tls_cert: Option<PathBuf>,
+
+    /// The private key of --tls-cert (PEM)
+    #[arg(long, value_name = "FILE")]
+    pub tls_key: Option<PathBuf>,
+
+    /// Mutual TLS: refuse clients without a certificate signed by this CA (PEM)
+    #[arg(long, value_name = "FILE")]
+    pub tls_client_ca: Option<PathBuf>,
+
+    /// Allow a non-loopback address without TLS or without a token (tokens
+    /// and tasks then cross the network in clear)
     #[arg(long)]
     pub insecure: bool,
 
@@ -359,6 +373,9 @@ pub struct OrchestrateArgs {
     /// Bearer token file for --server
     #[arg(long, value_name = "FILE", requires = "server")]
     pub token_file: Option<PathBuf>,
+
+    #[command(flatten)]
+    pub tls: ClientTlsArgs,
 
     /// Also write the Markdown report here
     #[arg(long, value_name = "FILE")]
@@ -459,6 +476,32 @@ pub struct RunsPruneArgs {
     pub store: StoreArg,
 }
 
+/// TLS for a client of a queue server at an `https://` URL.
+#[derive(Debug, Clone, Default, Args)]
+pub struct ClientTlsArgs {
+    /// Trust this CA (PEM) for an https:// server, instead of the system's roots
+    #[arg(long, value_name = "FILE", global = true)]
+    pub ca: Option<PathBuf>,
+
+    /// Present this certificate (PEM) to a server that asks for one (mutual TLS)
+    #[arg(long, value_name = "FILE", global = true)]
+    pub client_cert: Option<PathBuf>,
+
+    /// The private key of --client-cert (PEM)
+    #[arg(long, value_name = "FILE", global = true)]
+    pub client_key: Option<PathBuf>,
+}
+
+impl ClientTlsArgs {
+    pub fn load(&self) -> crate::error::Result<crate::tls::ClientTls> {
+        crate::tls::ClientTls::load(
+            self.ca.as_deref(),
+            self.client_cert.as_deref(),
+            self.client_key.as_deref(),
+        )
+    }
+}
+
 #[derive(Debug, Args)]
 pub struct WorkerArgs {
     /// The queue server (http://HOST:PORT)
@@ -468,6 +511,9 @@ pub struct WorkerArgs {
     /// Bearer token file for the server
     #[arg(long, value_name = "FILE")]
     pub token_file: Option<PathBuf>,
+
+    #[command(flatten)]
+    pub tls: ClientTlsArgs,
 
     /// Tasks at once
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=256))]
@@ -808,6 +854,9 @@ pub struct QueueArgs {
     /// File holding the bearer token for --server
     #[arg(long, value_name = "FILE", global = true)]
     pub token_file: Option<PathBuf>,
+
+    #[command(flatten)]
+    pub tls: ClientTlsArgs,
 
     #[command(flatten)]
     pub store: StoreArg,

@@ -38,6 +38,7 @@ pub mod store;
 pub mod store_url;
 pub mod tasks;
 pub mod testreport;
+pub mod tls;
 pub mod workspace;
 pub mod yaml;
 

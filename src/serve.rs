@@ -3,7 +3,6 @@
 //! beside it. A leaf above the queue, the HTTP layer and the KPIs: nothing
 //! imports it.
 
-use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
 use serde_json::json;
@@ -30,11 +29,30 @@ fn operator_name() -> String {
 
 pub fn run(ws: &Workspace, out: &Output, args: &ServeArgs) -> Result<()> {
     let token = read_token(args.token_file.as_deref())?;
-    if !args.listen.ip().is_loopback() && token.is_none() && !args.insecure {
+    let tls = crate::tls::ServerTls::load(
+        args.tls_cert.as_deref(),
+        args.tls_key.as_deref(),
+        args.tls_client_ca.as_deref(),
+    )?;
+    let public = !args.listen.ip().is_loopback();
+    let mutual = tls.as_ref().is_some_and(|t| t.mutual());
+    if public && token.is_none() && !mutual && !args.insecure {
         return Err(Error::usage(format!(
-            "--listen {}: a non-loopback address needs --token-file FILE (or --insecure to serve without one)",
+            "--listen {}: a non-loopback address needs --token-file FILE or --tls-client-ca FILE (or --insecure to serve without either)",
             args.listen
         )));
+    }
+    if public && tls.is_none() && !args.insecure {
+        return Err(Error::usage(format!(
+            "--listen {}: a non-loopback address needs TLS (--tls-cert FILE --tls-key FILE), or --insecure to send tokens and tasks in clear",
+            args.listen
+        )));
+    }
+    if public && tls.is_none() {
+        eprintln!(
+            "nova serve: --insecure: on {} bearer tokens and tasks cross the network in clear (no TLS)",
+            args.listen
+        );
     }
     if let Some(http) = args.http {
         crate::http::check_listen("--http", http, token.is_some())?;
@@ -67,7 +85,9 @@ pub fn run(ws: &Workspace, out: &Output, args: &ServeArgs) -> Result<()> {
             &args.listen.to_string(),
             json!({
                 "loopback": args.listen.ip().is_loopback(),
-                "auth": token.is_some(),
+                "auth": token.is_some() || mutual,
+                "tls": tls.is_some(),
+                "mutual_tls": mutual,
                 "insecure": args.insecure,
             }),
         );
@@ -109,9 +129,10 @@ pub fn run(ws: &Workspace, out: &Output, args: &ServeArgs) -> Result<()> {
             None => None,
         };
         let (backend, label) = open_queue(&store).await?;
+        let scheme = if tls.is_some() { "https" } else { "http" };
         announce(
             out,
-            addr,
+            &format!("{scheme}://{addr}"),
             &label,
             token.is_some(),
             metrics_url.as_deref(),
@@ -172,20 +193,37 @@ pub fn run(ws: &Workspace, out: &Output, args: &ServeArgs) -> Result<()> {
         if let Some(log) = &audit {
             crate::audit::record(
                 log,
-                Event::new(operator(), "serve.start", format!("http://{addr}"), "ok")
-                    .details(details.clone()),
+                Event::new(
+                    operator(),
+                    "serve.start",
+                    format!("{scheme}://{addr}"),
+                    "ok",
+                )
+                .details(details.clone()),
             )
             .await;
         }
 
-        let served =
-            server::serve_audited(backend, listener, token, audit.clone(), server::signal()).await;
+        let served = server::serve_audited(
+            backend,
+            listener,
+            token,
+            tls.as_ref().map(|t| t.config()),
+            audit.clone(),
+            server::signal(),
+        )
+        .await;
         if let Some(log) = &audit {
             let outcome = if served.is_ok() { "ok" } else { "failed" };
             crate::audit::record(
                 log,
-                Event::new(operator(), "serve.stop", format!("http://{addr}"), outcome)
-                    .details(details),
+                Event::new(
+                    operator(),
+                    "serve.stop",
+                    format!("{scheme}://{addr}"),
+                    outcome,
+                )
+                .details(details),
             )
             .await;
         }
@@ -268,7 +306,7 @@ async fn save_kpis_every(db: PathBuf) {
 
 fn announce(
     out: &Output,
-    addr: SocketAddr,
+    url: &str,
     store: &str,
     auth: bool,
     metrics: Option<&str>,
@@ -276,7 +314,7 @@ fn announce(
 ) -> Result<()> {
     if out.json {
         return out.json_line(&json!({
-            "listening": format!("http://{addr}"),
+            "listening": url,
             "store": store,
             "auth": auth,
             "metrics": metrics,
@@ -284,7 +322,7 @@ fn announce(
         }));
     }
     out.text(&format!(
-        "nova queue server listening on http://{addr} (store {store}{}){}{}\n",
+        "nova queue server listening on {url} (store {store}{}){}{}\n",
         if auth { ", bearer token required" } else { "" },
         metrics
             .map(|m| format!("; metrics at {m}"))

@@ -19,7 +19,9 @@ use crate::workspace::Workspace;
 
 /// `nova orchestrate`.
 pub fn run(ws: &Workspace, out: &Output, args: &OrchestrateArgs, verbose: u8) -> Result<()> {
-    start(ws, out, &request(args, verbose))
+    let mut request = request(args, verbose);
+    request.tls = args.tls.load()?;
+    start(ws, out, &request)
 }
 
 /// What the flags ask the run engine for.
@@ -37,6 +39,7 @@ fn request(args: &OrchestrateArgs, verbose: u8) -> RunRequest {
         keep_going: args.keep_going,
         server: args.server.clone(),
         token_file: args.token_file.clone(),
+        tls: Default::default(),
         report: args.report.clone(),
         store: args.store.choice(),
         verbose,
@@ -79,6 +82,7 @@ pub fn worker_command(
         )));
     }
     let token = crate::files::read_token(args.token_file.as_deref())?;
+    let tls = args.tls.load()?;
     let policy = crate::policy::open(ws)?;
     let privileges = Privileges::resolve(ws.config.service_user.as_deref())?;
     let rt = crate::runtime::runtime()?;
@@ -87,7 +91,7 @@ pub fn worker_command(
         let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
         let mut workers = tokio::task::JoinSet::new();
         for i in 0..args.concurrency {
-            let client = client::connect(&args.server, token.as_deref())
+            let client = client::connect_with(&args.server, token.as_deref(), &tls)
                 .await
                 .map_err(Error::from)?;
             let cfg = Arc::new(WorkerConfig {

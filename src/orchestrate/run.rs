@@ -52,6 +52,8 @@ pub struct RunRequest {
     /// A shared queue server, instead of one in process.
     pub server: Option<String>,
     pub token_file: Option<PathBuf>,
+    /// TLS for an `https://` server.
+    pub tls: crate::tls::ClientTls,
     /// Also write the Markdown report here.
     pub report: Option<PathBuf>,
     pub store: crate::store_url::StoreChoice,
@@ -563,7 +565,7 @@ pub fn start(ws: &Workspace, out: &Output, args: &RunRequest) -> Result<()> {
         let shared_server = match &args.server {
             Some(url) => {
                 let token = crate::files::read_token(args.token_file.as_deref())?;
-                let client = client::connect(url, token.as_deref())
+                let client = client::connect_with(url, token.as_deref(), &args.tls)
                     .await
                     .map_err(Error::from)?;
                 Some((url.clone(), token, client))
@@ -664,7 +666,7 @@ pub fn start(ws: &Workspace, out: &Output, args: &RunRequest) -> Result<()> {
             };
             let connect = || async {
                 match &url {
-                    Some(url) => client::connect(url, token.as_deref())
+                    Some(url) => client::connect_with(url, token.as_deref(), &args.tls)
                         .await
                         .map(QueueHandle::Remote)
                         .map_err(Error::from),

@@ -35,15 +35,23 @@ pub enum ConnectError {
         #[source]
         source: tonic::transport::Error,
     },
+    /// Connected, but the first call failed at the connection level: the
+    /// TLS or HTTP/2 handshake said no.
+    #[error("cannot talk to {url}: {reason}")]
+    Handshake { url: String, reason: String },
 }
 
-/// An error with its causes (tonic's own says only "transport error").
+/// An error with its causes (tonic's own says only "transport error"),
+/// each said once (rustls's errors repeat their cause in their text).
 fn chain(e: &dyn std::error::Error) -> String {
     let mut text = e.to_string();
     let mut cause = e.source();
     while let Some(c) = cause {
-        text.push_str(": ");
-        text.push_str(&c.to_string());
+        let said = c.to_string();
+        if !text.contains(&said) {
+            text.push_str(": ");
+            text.push_str(&said);
+        }
         cause = c.source();
     }
     text
@@ -51,6 +59,15 @@ fn chain(e: &dyn std::error::Error) -> String {
 
 /// Connect to `url` (`http://host:port`); `token` is sent as a bearer token.
 pub async fn connect(url: &str, token: Option<&str>) -> Result<Client, ConnectError> {
+    connect_with(url, token, &crate::tls::ClientTls::default()).await
+}
+
+/// Connect to `url`, over TLS as `tls` says when it is `https://`.
+pub async fn connect_with(
+    url: &str,
+    token: Option<&str>,
+    tls: &crate::tls::ClientTls,
+) -> Result<Client, ConnectError> {
     let bad = |reason: String| ConnectError::BadUrl {
         url: url.to_string(),
         reason,
@@ -69,7 +86,21 @@ pub async fn connect(url: &str, token: Option<&str>) -> Result<Client, ConnectEr
     {
         return Err(bad(format!("{port} is not a port (1 to 65535)")));
     }
-    let endpoint = Endpoint::from_shared(url.to_string()).map_err(|e| bad(e.to_string()))?;
+    let mut endpoint = Endpoint::from_shared(url.to_string()).map_err(|e| bad(e.to_string()))?;
+    match uri.scheme_str() {
+        Some("https") => {
+            let host = uri.host().unwrap_or_default().trim_matches(['[', ']']);
+            endpoint = endpoint
+                .tls_config(tls.config(host))
+                .map_err(|e| bad(chain(&e)))?;
+        }
+        _ if tls.is_set() => {
+            return Err(bad(
+                "--ca, --client-cert and --client-key need an https:// URL".into(),
+            ));
+        }
+        _ => {}
+    }
     let token = match token {
         Some(t) => Some(
             format!("Bearer {t}")
@@ -87,9 +118,53 @@ pub async fn connect(url: &str, token: Option<&str>) -> Result<Client, ConnectEr
             url: url.to_string(),
             source,
         })?;
+    probe(url, &channel, uri.scheme_str() == Some("https"), tls).await?;
     Ok(TaskQueueClient::with_interceptor(channel, AddToken(token))
         .max_decoding_message_size(super::server::MAX_MESSAGE)
         .max_encoding_message_size(4 * super::server::MAX_MESSAGE))
+}
+
+/// One health check, so that a connection the server refuses (a TLS
+/// server spoken to in plain text, a client certificate it does not trust)
+/// fails here, with what to change, rather than as a vague error on the
+/// first real call. Answers other than a broken connection are fine.
+async fn probe(
+    url: &str,
+    channel: &Channel,
+    https: bool,
+    tls: &crate::tls::ClientTls,
+) -> Result<(), ConnectError> {
+    use tonic_health::pb::{HealthCheckRequest, health_client::HealthClient};
+    let Err(status) = HealthClient::new(channel.clone())
+        .check(HealthCheckRequest::default())
+        .await
+    else {
+        return Ok(());
+    };
+    if !matches!(
+        status.code(),
+        tonic::Code::Unknown
+            | tonic::Code::Unavailable
+            | tonic::Code::Internal
+            | tonic::Code::Cancelled
+    ) {
+        return Ok(());
+    }
+    let mut reason = match std::error::Error::source(&status) {
+        Some(source) => chain(source),
+        None => status.message().to_string(),
+    };
+    reason.push_str(if !https {
+        " (if the server uses TLS, its URL is https://)"
+    } else if tls.has_identity() {
+        " (the server may not trust this client's certificate, --client-cert)"
+    } else {
+        " (if the server requires client certificates, give --client-cert and --client-key)"
+    });
+    Err(ConnectError::Handshake {
+        url: url.to_string(),
+        reason,
+    })
 }
 
 impl From<ConnectError> for crate::error::Error {
@@ -97,7 +172,9 @@ impl From<ConnectError> for crate::error::Error {
     fn from(e: ConnectError) -> Self {
         match e {
             ConnectError::BadUrl { .. } => crate::error::Error::Usage(e.to_string()),
-            ConnectError::Connect { .. } => crate::error::Error::Failed(e.to_string()),
+            ConnectError::Connect { .. } | ConnectError::Handshake { .. } => {
+                crate::error::Error::Failed(e.to_string())
+            }
         }
     }
 }
@@ -107,7 +184,15 @@ impl From<ConnectError> for crate::error::Error {
 pub fn grpc_error(status: tonic::Status) -> crate::error::Error {
     use crate::error::Error;
     use tonic::Code;
-    let message = status.message().to_string();
+    let mut message = status.message().to_string();
+    if let Some(source) = std::error::Error::source(&status) {
+        let causes = chain(source);
+        if causes.starts_with(&message) {
+            message = causes;
+        } else if !message.contains(&causes) {
+            message = format!("{message}: {causes}");
+        }
+    }
     match status.code() {
         Code::InvalidArgument | Code::NotFound | Code::ResourceExhausted => Error::usage(message),
         Code::Unauthenticated => Error::Denied(message),

@@ -57,7 +57,8 @@ pub fn run(ws: &Workspace, out: &Output, args: &QueueArgs) -> Result<()> {
         match &args.server {
             Some(url) => {
                 let token = read_token(args.token_file.as_deref())?;
-                let mut client = client::connect(url, token.as_deref())
+                let tls = args.tls.load()?;
+                let mut client = client::connect_with(url, token.as_deref(), &tls)
                     .await
                     .map_err(Error::from)?;
                 execute(&mut client, out, action).await
@@ -76,6 +77,7 @@ pub fn run(ws: &Workspace, out: &Output, args: &QueueArgs) -> Result<()> {
                 let server = tokio::spawn(server::serve_audited(
                     backend,
                     listener,
+                    None,
                     None,
                     audit,
                     async {

@@ -102,17 +102,23 @@ pub async fn serve<B: QueueBackend>(
     token: Option<String>,
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<(), tonic::transport::Error> {
-    serve_audited(backend, listener, token, None, shutdown).await
+    serve_audited(backend, listener, token, None, None, shutdown).await
 }
 
-/// [`serve`], recording cancels and re-queues in `audit`.
+/// [`serve`], over TLS when `tls` is given, recording cancels and
+/// re-queues in `audit`.
 pub async fn serve_audited<B: QueueBackend>(
     backend: B,
     listener: TcpListener,
     token: Option<String>,
+    tls: Option<tonic::transport::ServerTlsConfig>,
     audit: Option<AuditLog>,
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<(), tonic::transport::Error> {
+    let mut builder = Server::builder();
+    if let Some(tls) = tls {
+        builder = builder.tls_config(tls)?;
+    }
     let backend = Arc::new(backend);
     let reaper = tokio::spawn(reap_loop(backend.clone()));
     let (health, health_service) = tonic_health::server::health_reporter();
@@ -124,7 +130,7 @@ pub async fn serve_audited<B: QueueBackend>(
         .max_decoding_message_size(TRANSPORT_LIMIT)
         .max_encoding_message_size(MAX_MESSAGE);
     let queue = tonic::service::interceptor::InterceptedService::new(queue, BearerAuth::new(token));
-    let result = Server::builder()
+    let result = builder
         .layer(tower::util::MapResponseLayer::new(conventional_codes))
         .add_service(health_service)
         .add_service(queue)
