@@ -56,6 +56,11 @@ pub fn run(ws: &Workspace, out: &Output, args: &ServeArgs) -> Result<()> {
     }
     if let Some(http) = args.http {
         crate::http::check_listen("--http", http, token.is_some())?;
+        if !http.ip().is_loopback() && tls.is_none() && !args.insecure {
+            return Err(Error::usage(format!(
+                "--http {http}: a dashboard off loopback needs TLS (--tls-cert FILE --tls-key FILE), or --insecure to send its token and session cookie in clear"
+            )));
+        }
     }
     let store = StoreUrl::resolve(ws, &args.store.choice())?;
     let policy = crate::policy::open(ws)?;
@@ -123,7 +128,8 @@ pub fn run(ws: &Workspace, out: &Output, args: &ServeArgs) -> Result<()> {
         };
         let dashboard_url = match &http {
             Some(l) => Some(format!(
-                "http://{}/",
+                "{}://{}/",
+                if tls.is_some() { "https" } else { "http" },
                 l.local_addr().map_err(|e| Error::Failed(e.to_string()))?
             )),
             None => None,
@@ -161,13 +167,21 @@ pub fn run(ws: &Workspace, out: &Output, args: &ServeArgs) -> Result<()> {
                 )
                 .await?;
                 let mut stop = stop.clone();
-                Some(tokio::spawn(crate::http::serve(
-                    listener,
-                    state,
-                    async move {
-                        let _ = stop.changed().await;
-                    },
-                )))
+                let stopped = async move {
+                    let _ = stop.changed().await;
+                };
+                Some(match &tls {
+                    Some(tls) => {
+                        state.auth.set_secure_cookies();
+                        let listener = crate::http::tls_listener::TlsListener::new(
+                            listener,
+                            tls.rustls_config()?,
+                        )
+                        .map_err(|e| Error::Failed(format!("--http: {e}")))?;
+                        tokio::spawn(crate::http::serve(listener, state, stopped))
+                    }
+                    None => tokio::spawn(crate::http::serve(listener, state, stopped)),
+                })
             }
             None => None,
         };

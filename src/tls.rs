@@ -114,6 +114,44 @@ impl ServerTls {
         self.client_ca.is_some()
     }
 
+    /// The same settings for a listener served with rustls directly (the
+    /// dashboard's HTTP/1.1).
+    pub fn rustls_config(&self) -> Result<std::sync::Arc<rustls::ServerConfig>> {
+        use std::sync::Arc;
+        let failed = |e: &dyn std::fmt::Display| Error::Failed(format!("TLS settings: {e}"));
+        let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+        let builder = rustls::ServerConfig::builder_with_provider(provider.clone())
+            .with_safe_default_protocol_versions()
+            .map_err(|e| failed(&e))?;
+        let builder = match &self.client_ca {
+            Some(ca) => {
+                let mut roots = rustls::RootCertStore::empty();
+                for cert in CertificateDer::pem_slice_iter(ca) {
+                    roots
+                        .add(cert.map_err(|e| failed(&e))?)
+                        .map_err(|e| failed(&e))?;
+                }
+                let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
+                    Arc::new(roots),
+                    provider,
+                )
+                .build()
+                .map_err(|e| failed(&e))?;
+                builder.with_client_cert_verifier(verifier)
+            }
+            None => builder.with_no_client_auth(),
+        };
+        let chain = CertificateDer::pem_slice_iter(&self.pair.cert)
+            .collect::<std::result::Result<Vec<_>, _>>()
+            .map_err(|e| failed(&e))?;
+        let key = PrivateKeyDer::from_pem_slice(&self.pair.key).map_err(|e| failed(&e))?;
+        let mut config = builder
+            .with_single_cert(chain, key)
+            .map_err(|e| failed(&e))?;
+        config.alpn_protocols = vec![b"http/1.1".to_vec()];
+        Ok(Arc::new(config))
+    }
+
     pub fn config(&self) -> ServerTlsConfig {
         let mut config =
             ServerTlsConfig::new().identity(Identity::from_pem(&self.pair.cert, &self.pair.key));

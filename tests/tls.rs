@@ -293,6 +293,9 @@ fn bad_tls_input_is_a_usage_error_naming_the_file() {
     ws.run(&["serve", "--listen", "0.0.0.0:0", "--token-file", "token"])
         .code(2)
         .stderr_has("needs TLS");
+    ws.run(&["serve", "--token-file", "token", "--http", "0.0.0.0:0"])
+        .code(2)
+        .stderr_has("--http 0.0.0.0:0: a dashboard off loopback needs TLS");
     // Client side.
     stats(&ws, "http://127.0.0.1:1", &["--ca", "ca.pem"])
         .code(2)
@@ -303,4 +306,70 @@ fn bad_tls_input_is_a_usage_error_naming_the_file() {
     stats(&ws, "https://127.0.0.1:1", &["--client-cert", "client.pem"])
         .code(2)
         .stderr_has("--client-key");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_dashboard_is_served_over_tls_with_a_secure_cookie() {
+    let ws = Workspace::new();
+    pki(&ws);
+    let (child, announced) = ws.serve(&[
+        "--listen",
+        "127.0.0.1:0",
+        "--token-file",
+        "token",
+        "--http",
+        "127.0.0.1:0",
+        "--tls-cert",
+        "server.pem",
+        "--tls-key",
+        "server.key",
+    ]);
+    let _server = Server {
+        child,
+        url: String::new(),
+    };
+    let page = announced["dashboard"]
+        .as_str()
+        .unwrap()
+        .trim_end_matches('/')
+        .to_string();
+    assert!(page.starts_with("https://127.0.0.1:"), "{page}");
+    let ca =
+        reqwest::Certificate::from_pem(&std::fs::read(ws.path().join("ca.pem")).unwrap()).unwrap();
+    let trusting = reqwest::Client::builder()
+        .add_root_certificate(ca)
+        .build()
+        .unwrap();
+    let signed = trusting
+        .post(format!("{page}/api/v1/session"))
+        .json(&serde_json::json!({"token": TOKEN}))
+        .send()
+        .await
+        .unwrap();
+    assert!(signed.status().is_success(), "{}", signed.status());
+    let cookie = signed.headers()["set-cookie"].to_str().unwrap().to_string();
+    assert!(
+        cookie.contains("Secure") && cookie.contains("HttpOnly"),
+        "{cookie}"
+    );
+    let queues = trusting
+        .get(format!("{page}/api/v1/queues"))
+        .bearer_auth(TOKEN)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(queues.status(), 200);
+    // Neither a client that does not trust the CA nor plain HTTP gets an answer.
+    assert!(
+        reqwest::get(format!("{page}/api/v1/session"))
+            .await
+            .is_err()
+    );
+    let plain = page.replace("https://", "http://");
+    assert!(
+        reqwest::get(format!("{plain}/api/v1/session"))
+            .await
+            .and_then(|r| r.error_for_status())
+            .is_err()
+    );
 }

@@ -67,6 +67,8 @@ pub struct Auth {
     /// The CSRF token of open (loopback, tokenless) mode.
     open_csrf: String,
     sessions: Mutex<HashMap<String, Session>>,
+    /// Served over TLS: the session cookie is marked Secure.
+    secure: std::sync::atomic::AtomicBool,
 }
 
 pub fn random_token() -> String {
@@ -80,7 +82,18 @@ impl Auth {
             token,
             open_csrf: random_token(),
             sessions: Mutex::new(HashMap::new()),
+            secure: Default::default(),
         }
+    }
+
+    /// The listener is TLS: browsers send the session cookie only over it.
+    pub fn set_secure_cookies(&self) {
+        self.secure
+            .store(true, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    fn secure_cookies(&self) -> bool {
+        self.secure.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// Whether signing in is needed (a token is configured).
@@ -172,9 +185,10 @@ fn session_cookie(headers: &HeaderMap) -> Option<String> {
 }
 
 /// The `Set-Cookie` value of a new session (or, with `None`, of signing out).
-pub fn session_cookie_header(id: Option<&str>) -> String {
+pub fn session_cookie_header(id: Option<&str>, secure: bool) -> String {
     let mut c = cookie::Cookie::build((COOKIE, id.unwrap_or("").to_string()))
         .http_only(true)
+        .secure(secure)
         .same_site(cookie::SameSite::Strict)
         .path("/");
     c = match id {
@@ -386,7 +400,10 @@ pub async fn sign_in(
         .await;
     }
     (
-        [(header::SET_COOKIE, session_cookie_header(Some(&id)))],
+        [(
+            header::SET_COOKIE,
+            session_cookie_header(Some(&id), state.auth.secure_cookies()),
+        )],
         axum::Json(info(&state, Some(&caller), peer)),
     )
         .into_response()
@@ -404,7 +421,10 @@ pub async fn sign_out(State(state): State<AppState>, headers: HeaderMap) -> Resp
     state.auth.sign_out(&headers);
     (
         StatusCode::NO_CONTENT,
-        [(header::SET_COOKIE, session_cookie_header(None))],
+        [(
+            header::SET_COOKIE,
+            session_cookie_header(None, state.auth.secure_cookies()),
+        )],
     )
         .into_response()
 }

@@ -16,6 +16,7 @@ pub mod control;
 pub mod error;
 pub mod live;
 pub mod openapi;
+pub mod tls_listener;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -183,14 +184,20 @@ async fn security_headers(mut response: axum::response::Response) -> axum::respo
 
 /// Serve the dashboard on `listener` until `shutdown`, with the change
 /// watcher running beside it.
-pub async fn serve(
-    listener: tokio::net::TcpListener,
+pub async fn serve<L>(
+    listener: L,
     state: AppState,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
-) -> std::io::Result<()> {
+) -> std::io::Result<()>
+where
+    L: axum::serve::Listener<Addr = SocketAddr>,
+{
+    use axum::serve::ListenerExt;
     let watcher = tokio::spawn(live::watch(state.clone()));
     let app = router(state.clone()).into_make_service_with_connect_info::<SocketAddr>();
-    let served = axum::serve(listener, app)
+    // Through tap_io, any listener whose addresses are socket addresses
+    // (plain TCP, or TLS over it) gives handlers the peer's address.
+    let served = axum::serve(listener.tap_io(|_| {}), app)
         .with_graceful_shutdown(async move {
             shutdown.await;
             state.live.close();
