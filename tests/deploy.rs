@@ -195,8 +195,7 @@ fn the_dockerfile_builds_in_two_stages_and_runs_as_a_user() {
     assert!(text.contains("COPY --from=build /src/target/release/nova"));
     let user = text
         .lines()
-        .filter(|l| l.starts_with("USER "))
-        .last()
+        .rfind(|l| l.starts_with("USER "))
         .expect("a USER line");
     assert!(
         !user.contains("root") && !user.split_whitespace().nth(1).unwrap().starts_with("0"),
