@@ -1396,3 +1396,69 @@ fn the_guard_ends_marked_tasks_it_was_never_told_about() {
     let _ = theirs.kill();
     let _ = theirs.wait();
 }
+
+#[test]
+fn a_worker_comes_back_by_itself_when_its_server_restarts() {
+    let ws = workspace();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let addr = format!("127.0.0.1:{port}");
+    let url = format!("http://{addr}");
+    let (mut server, _) = ws.serve(&["--listen", &addr]);
+    let mut worker = ws
+        .std_command()
+        .args(["worker", "--server", &url, "--grace", "0s"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(500));
+    sigterm(&server);
+    server.wait().unwrap();
+    // The worker keeps trying, backing off, while no server answers.
+    std::thread::sleep(Duration::from_secs(2));
+    assert!(worker.try_wait().unwrap().is_none(), "the worker gave up");
+    let (mut server, _) = ws.serve(&["--listen", &addr]);
+    let queued = ws
+        .run(&[
+            "queue",
+            "--server",
+            &url,
+            "enqueue",
+            "not-a-job",
+            "--queue",
+            "nova-jobs",
+            "--json",
+        ])
+        .success()
+        .json();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let task = ws
+            .run(&[
+                "queue",
+                "--server",
+                &url,
+                "get",
+                queued["id"].as_str().unwrap(),
+                "--json",
+            ])
+            .success()
+            .json();
+        if task["status"] == "FAILED" {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the worker never came back to the restarted server: {task}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    for p in [&mut worker, &mut server] {
+        sigterm(p);
+        p.wait().unwrap();
+    }
+}

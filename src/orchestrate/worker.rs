@@ -32,6 +32,9 @@ pub const JOB_TYPE: &str = "nova.task";
 /// queues' tasks are never touched by a worker that was not told to.
 pub const JOBS_QUEUE: &str = "nova-jobs";
 pub const LEASE_MS: u32 = 30_000;
+/// A remote worker's first wait before trying a lost server again, and its longest.
+const RETRY_FIRST: Duration = Duration::from_millis(200);
+const RETRY_MOST: Duration = Duration::from_secs(5);
 
 /// Everything a worker needs to run one blueprint task.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -239,6 +242,9 @@ async fn streamed(
     use crate::queue::client::WorkStream;
     let mut stop_wait = stop.clone();
     let mut unanswered: Vec<AckRequest> = Vec::new();
+    // Waits between tries while the server (or its Redis) is away: doubled
+    // each time up to RETRY_MOST, back to RETRY_FIRST once a message comes.
+    let mut backoff = RETRY_FIRST;
     while !*stop.borrow() {
         for ack in std::mem::take(&mut unanswered) {
             deliver(&mut client, cfg, ack).await;
@@ -251,8 +257,12 @@ async fn streamed(
             Ok(stream) => stream,
             Err(e) if final_refusal(&e) => return Err(e),
             Err(e) => {
-                tracing::debug!(error = %e, "opening the work stream failed; retrying");
-                tokio::time::sleep(Duration::from_millis(200)).await;
+                tracing::debug!(error = %e, ?backoff, "opening the work stream failed; retrying");
+                tokio::select! {
+                    _ = tokio::time::sleep(backoff) => {}
+                    _ = stop_wait.changed() => {}
+                }
+                backoff = (backoff * 2).min(RETRY_MOST);
                 continue;
             }
         };
@@ -274,13 +284,18 @@ async fn streamed(
                 Ok(Some(message)) => message,
                 Err(e) if final_refusal(&e) => return Err(e),
                 Ok(None) | Err(_) => {
-                    tracing::debug!("the work stream broke; reopening it");
+                    tracing::debug!(?backoff, "the work stream broke; reopening it");
                     if !*stop.borrow() {
-                        tokio::time::sleep(Duration::from_millis(200)).await;
+                        tokio::select! {
+                            _ = tokio::time::sleep(backoff) => {}
+                            _ = stop_wait.changed() => {}
+                        }
+                        backoff = (backoff * 2).min(RETRY_MOST);
                     }
                     break;
                 }
             };
+            backoff = RETRY_FIRST;
             for outcome in &message.acks {
                 unanswered.retain(|a| a.task_id != outcome.task_id);
                 if outcome.code != 0 {

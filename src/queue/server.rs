@@ -126,7 +126,13 @@ pub async fn serve_audited<B: QueueBackend>(
         .set_serving::<TaskQueueServer<QueueService<B>>>()
         .await;
 
-    let queue = TaskQueueServer::new(QueueService::new(backend).with_audit(audit))
+    let service = QueueService::new(backend).with_audit(audit);
+    let closer = service.clone();
+    let shutdown = async move {
+        shutdown.await;
+        closer.close();
+    };
+    let queue = TaskQueueServer::new(service)
         .max_decoding_message_size(TRANSPORT_LIMIT)
         .max_encoding_message_size(MAX_MESSAGE);
     let queue = tonic::service::interceptor::InterceptedService::new(queue, BearerAuth::new(token));

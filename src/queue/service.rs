@@ -145,6 +145,9 @@ pub struct QueueService<B> {
     backend: Arc<B>,
     waiters: Arc<Waiters>,
     idle: Arc<IdleStreams>,
+    /// Turns true when the server stops: Work streams and long polls end,
+    /// so a graceful shutdown does not wait for them.
+    closing: Arc<tokio::sync::watch::Sender<bool>>,
     audit: Option<AuditLog>,
     poll: Duration,
 }
@@ -155,6 +158,7 @@ impl<B> Clone for QueueService<B> {
             backend: self.backend.clone(),
             waiters: self.waiters.clone(),
             idle: self.idle.clone(),
+            closing: self.closing.clone(),
             audit: self.audit.clone(),
             poll: self.poll,
         }
@@ -167,6 +171,7 @@ impl<B: QueueBackend> QueueService<B> {
             backend,
             waiters: Arc::new(Waiters::default()),
             idle: Arc::new(IdleStreams::default()),
+            closing: Arc::new(tokio::sync::watch::channel(false).0),
             audit: None,
             poll: POLL,
         }
@@ -271,15 +276,29 @@ impl<B: QueueBackend> QueueService<B> {
             // has due tasks this server did not see arrive.
             self.start_poller();
             let _waiting = Waiting::enter(&self.waiters);
+            let mut closing = self.closing();
+            if *closing.borrow_and_update() {
+                return Ok(Vec::new());
+            }
             tokio::select! {
                 _ = notified => {}
                 _ = tokio::time::sleep(deadline - now) => {}
+                _ = closing.changed() => return Ok(Vec::new()),
             }
         }
     }
 
     pub(super) fn backend(&self) -> &B {
         &self.backend
+    }
+
+    /// End every Work stream and long poll (the server is stopping).
+    pub fn close(&self) {
+        self.closing.send_replace(true);
+    }
+
+    pub(super) fn closing(&self) -> tokio::sync::watch::Receiver<bool> {
+        self.closing.subscribe()
     }
 
     pub(super) fn idle(&self) -> &IdleStreams {

@@ -55,7 +55,16 @@ pub(super) async fn serve<B: QueueBackend>(
     let mut idle: Option<IdleTicket> = None;
     // Tasks an enqueue handed us, to send with the next reply.
     let mut handed: Vec<Task> = Vec::new();
+    let mut closing = service.closing();
     loop {
+        if *closing.borrow_and_update() {
+            let _ = out
+                .send(Err(GrpcStatus::unavailable(
+                    "the server is stopping; connect again",
+                )))
+                .await;
+            return;
+        }
         let notified = service.waiters().notify.notified();
         tokio::pin!(notified);
         notified.as_mut().enable();
@@ -132,6 +141,7 @@ pub(super) async fn serve<B: QueueBackend>(
                 }
             }
             _ = &mut notified, if credit > 0 => look = true,
+            _ = closing.changed() => {}
             _ = out.closed() => return,
         }
         drop(waiting);
