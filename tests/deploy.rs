@@ -208,3 +208,54 @@ fn the_dockerfile_builds_in_two_stages_and_runs_as_a_user() {
         "{runtime}"
     );
 }
+
+/// The readiness probe of nova-serve, run as written (its paths pointed at
+/// the test's files) against a real `nova serve` over TLS: it passes while
+/// the server answers and fails once it is gone.
+#[test]
+fn the_serve_probe_passes_against_a_live_tls_server_and_fails_without_one() {
+    let ws = common::Workspace::new();
+    common::pki::pki(&ws);
+    let (mut server, announced) = ws.serve(&[
+        "--listen",
+        "127.0.0.1:0",
+        "--token-file",
+        "token",
+        "--tls-cert",
+        "server.pem",
+        "--tls-key",
+        "server.key",
+    ]);
+    let port = announced["listening"]
+        .as_str()
+        .unwrap()
+        .rsplit(':')
+        .next()
+        .unwrap()
+        .to_string();
+    let text = std::fs::read_to_string(deploy().join("kubernetes/nova-serve.yaml")).unwrap();
+    let deployment = serde_yaml::Deserializer::from_str(&text)
+        .map(|d| serde_yaml::Value::deserialize(d).unwrap())
+        .find(|d| d["kind"] == "Deployment")
+        .unwrap();
+    let probe: Vec<String> = deployment["spec"]["template"]["spec"]["containers"][0]
+        ["readinessProbe"]["exec"]["command"]
+        .as_sequence()
+        .unwrap()
+        .iter()
+        .map(|s| {
+            s.as_str()
+                .unwrap()
+                .replace("https://localhost:6682", &format!("https://localhost:{port}"))
+                .replace("/etc/nova/tls/ca.crt", "ca.pem")
+                .replace("/etc/nova/token/token", "token")
+        })
+        .collect();
+    assert_eq!(probe[0], "nova");
+    let args: Vec<&str> = probe[1..].iter().map(String::as_str).collect();
+    ws.run(&args).success();
+    server.kill().unwrap();
+    server.wait().unwrap();
+    let failed = ws.run(&args);
+    assert_ne!(failed.code, 0, "the probe passed with no server");
+}
