@@ -585,6 +585,28 @@ fn sigterm(p: &std::process::Child) {
         .unwrap();
 }
 
+/// `nova ARGS...` in `ws` as a child whose output nobody reads.
+fn spawn_quiet(ws: &Workspace, args: &[&str]) -> std::process::Child {
+    ws.std_command()
+        .args(args)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap()
+}
+
+/// Wait up to 30 s for the task to create `file` in the workspace.
+fn wait_for_file(ws: &Workspace, file: &str) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !ws.path().join(file).exists() {
+        assert!(
+            Instant::now() < deadline,
+            "the worker never started the task"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
 #[test]
 fn a_worker_stopped_with_sigterm_ends_its_tasks_groups_and_hands_the_task_back() {
     let ws = workspace();
@@ -598,28 +620,12 @@ fn a_worker_stopped_with_sigterm_ends_its_tasks_groups_and_hands_the_task_back()
     );
     let (mut server, announced) = ws.serve(&["--listen", "127.0.0.1:0"]);
     let url = announced["listening"].as_str().unwrap().to_string();
-    let mut run = ws
-        .std_command()
-        .args(["orchestrate", "--apply", "--server", &url, "--jobs", "0"])
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
-    let mut worker = ws
-        .std_command()
-        .args(["worker", "--server", &url, "--grace", "0s"])
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while !ws.path().join("child.pid").exists() {
-        assert!(
-            Instant::now() < deadline,
-            "the worker never started the task"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    let mut run = spawn_quiet(
+        &ws,
+        &["orchestrate", "--apply", "--server", &url, "--jobs", "0"],
+    );
+    let mut worker = spawn_quiet(&ws, &["worker", "--server", &url, "--grace", "0s"]);
+    wait_for_file(&ws, "child.pid");
     std::thread::sleep(Duration::from_millis(100));
     let (child, grandchild) = (pid_in(&ws, "child.pid"), pid_in(&ws, "grandchild.pid"));
     sigterm(&worker);
@@ -670,21 +676,8 @@ fn a_worker_told_to_stop_finishes_its_task_within_the_grace() {
         .stderr(std::process::Stdio::null())
         .spawn()
         .unwrap();
-    let mut worker = ws
-        .std_command()
-        .args(["worker", "--server", &url, "--grace", "20s"])
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while !ws.path().join("started").exists() {
-        assert!(
-            Instant::now() < deadline,
-            "the worker never started the task"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    let mut worker = spawn_quiet(&ws, &["worker", "--server", &url, "--grace", "20s"]);
+    wait_for_file(&ws, "started");
     sigterm(&worker);
     let stopping = Instant::now();
     let status = worker.wait().unwrap();
@@ -1041,6 +1034,9 @@ fn a_malformed_job_is_failed_with_its_reason_and_bad_worker_input_exits_2() {
     ws.run(&["worker", "--server", &url, "--lease", "soon"])
         .code(2)
         .stderr_has("--lease");
+    ws.run(&["worker", "--server", &url, "--grace", "a while"])
+        .code(2)
+        .stderr_has("--grace");
     // Requests the server would refuse for ever are refused before any
     // (the worker used to retry them silently, never ending).
     ws.run(&["worker", "--server", &url, "--queues", "no spaces"])
@@ -1408,13 +1404,7 @@ fn a_worker_comes_back_by_itself_when_its_server_restarts() {
     let addr = format!("127.0.0.1:{port}");
     let url = format!("http://{addr}");
     let (mut server, _) = ws.serve(&["--listen", &addr]);
-    let mut worker = ws
-        .std_command()
-        .args(["worker", "--server", &url, "--grace", "0s"])
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
+    let mut worker = spawn_quiet(&ws, &["worker", "--server", &url, "--grace", "0s"]);
     std::thread::sleep(Duration::from_millis(500));
     sigterm(&server);
     server.wait().unwrap();

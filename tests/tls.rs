@@ -40,6 +40,21 @@ fn stats(ws: &Workspace, url: &str, args: &[&str]) -> common::Outcome {
     ws.run(&all)
 }
 
+/// `nova queue ACTION...` against `url` with the token, trusting `ca.pem`.
+fn trusting_queue(ws: &Workspace, url: &str, action: &[&str]) -> common::Outcome {
+    let mut all = vec![
+        "queue",
+        "--server",
+        url,
+        "--token-file",
+        "token",
+        "--ca",
+        "ca.pem",
+    ];
+    all.extend(action);
+    ws.run(&all)
+}
+
 #[test]
 fn a_client_trusting_the_servers_ca_connects_and_others_are_refused() {
     let ws = Workspace::new();
@@ -75,23 +90,13 @@ fn a_client_trusting_the_servers_ca_connects_and_others_are_refused() {
     );
 
     // A worker over TLS takes a task and answers it.
-    let queued = ws
-        .run(&[
-            "queue",
-            "--server",
-            &server.url,
-            "--token-file",
-            "token",
-            "--ca",
-            "ca.pem",
-            "enqueue",
-            "not-a-job",
-            "--queue",
-            "nova-jobs",
-            "--json",
-        ])
-        .success()
-        .json();
+    let queued = trusting_queue(
+        &ws,
+        &server.url,
+        &["enqueue", "not-a-job", "--queue", "nova-jobs", "--json"],
+    )
+    .success()
+    .json();
     let mut worker = ws
         .std_command()
         .args([
@@ -112,19 +117,7 @@ fn a_client_trusting_the_servers_ca_connects_and_others_are_refused() {
     let id = queued["id"].as_str().unwrap();
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
     loop {
-        let task = ws
-            .run(&[
-                "queue",
-                "--server",
-                &server.url,
-                "--token-file",
-                "token",
-                "--ca",
-                "ca.pem",
-                "get",
-                id,
-                "--json",
-            ])
+        let task = trusting_queue(&ws, &server.url, &["get", id, "--json"])
             .success()
             .json();
         if task["status"] == "FAILED" {
