@@ -307,6 +307,9 @@ pub struct ServeArgs {
     /// Where scheduled backups go: a folder or s3://bucket/prefix [default: nova.yaml's backup.to]
     #[arg(long, value_name = "URL", requires = "backup_every")]
     pub backup_to: Option<String>,
+    /// Worker threads of the server's runtime [default: half the CPUs, at least 1]
+    #[arg(long, value_name = "N", env = "NOVA_THREADS")]
+    pub threads: Option<std::num::NonZeroUsize>,
 }
 
 #[derive(Debug, Args)]
@@ -843,6 +846,10 @@ pub struct BenchQueueArgs {
     /// clients of the original proto do, instead of one Work stream each
     #[arg(long)]
     pub unary: bool,
+    /// Worker threads of the gRPC run's server, which runs on a runtime of
+    /// its own as `nova serve` would [default: as `nova serve --threads`]
+    #[arg(long, value_name = "N")]
+    pub server_threads: Option<std::num::NonZeroUsize>,
 }
 
 #[derive(Debug, Args)]

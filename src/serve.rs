@@ -81,7 +81,7 @@ pub fn run(ws: &Workspace, out: &Output, args: &ServeArgs) -> Result<()> {
         )),
         None => None,
     };
-    let rt = crate::runtime::runtime()?;
+    let rt = crate::runtime::server_runtime(args.threads)?;
     rt.block_on(async {
         let input = crate::policy::input(
             &operator_name(),

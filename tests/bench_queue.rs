@@ -32,11 +32,20 @@ fn bench_queue_on_sqlite_reports_both_paths_and_leaves_nothing() {
     let ws = Workspace::new();
     let report = ws
         .run(&[
-            "bench", "queue", "--tasks", "300", "--batch", "10", "--json",
+            "bench",
+            "queue",
+            "--tasks",
+            "300",
+            "--batch",
+            "10",
+            "--server-threads",
+            "2",
+            "--json",
         ])
         .success()
         .json();
     check_report(&report, 300);
+    assert_eq!(report["server_threads"], 2);
     assert!(ws.files().is_empty(), "{:?}", ws.files());
 
     // Into a file it would create: fine; over an existing one: refused.
@@ -108,6 +117,12 @@ fn bench_queue_flags_are_checked() {
     ws.run(&["bench", "queue", "--store", "postgres://x"])
         .code(2)
         .stderr_has("expected sqlite:PATH or redis://");
+    ws.run(&["bench", "queue", "--server-threads", "0"])
+        .code(2)
+        .stderr_has("--server-threads");
+    ws.run(&["serve", "--threads", "none"])
+        .code(2)
+        .stderr_has("--threads");
 }
 
 #[test]

@@ -1414,6 +1414,28 @@ async fn a_work_stream_leases_by_credit_and_answers_acks(backend: Backend) {
     let pushed = recv(&mut stream).await.tasks;
     assert_eq!(pushed.len(), 1);
     assert_eq!(pushed[0].id, d.id);
+    // Handed over in the call that stored it, it is leased as any dequeue leases.
+    let stored = get(c, d.id.clone()).await;
+    assert_eq!(stored, pushed[0], "the pushed task is the stored one");
+    assert_eq!(
+        (stored.status.as_str(), stored.worker_id.as_str()),
+        ("IN_PROGRESS", "s")
+    );
+    assert_eq!(stored.attempts, 1);
+    assert!(!stored.lease_id.is_empty() && stored.lease_expires_at > stored.created_at);
+    assert_eq!(
+        (stored.r#type.as_str(), stored.payload.as_str()),
+        ("d", "{}")
+    );
+    let stats = c.stats(StatsRequest {}).await.unwrap().into_inner();
+    assert_eq!(stats.in_flight_leases, 1);
+    let in_progress: Vec<(String, u64)> = stats
+        .counts
+        .iter()
+        .filter(|n| n.status == "IN_PROGRESS" || n.status == "PENDING")
+        .map(|n| (n.status.clone(), n.count))
+        .collect();
+    assert_eq!(in_progress, [("IN_PROGRESS".to_string(), 1)]);
 
     // A bad ack ends the stream with the field named and changes nothing.
     let mut bad = ack(&pushed[0], true);

@@ -4,10 +4,13 @@
 //! calls of `--batch` tasks. The run is made twice on fresh stores of the same
 //! kind: once through a real gRPC server on loopback (each producer and worker
 //! with its own connection), once against the backend directly, so the cost of
-//! the network layer shows as the difference. Each task carries the time it
-//! was sent; its latency is from then until its ack returned.
+//! the network layer shows as the difference. The server runs on a runtime
+//! and threads of its own, sized as `nova serve` sizes them, so it is
+//! scheduled as a separate server process would be. Each task carries the
+//! time it was sent; its latency is from then until its ack returned.
 
-use std::path::PathBuf;
+use std::num::NonZeroUsize;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
@@ -44,6 +47,8 @@ pub struct Report {
     /// How gRPC workers take tasks: `stream` (one Work stream each) or
     /// `unary` (Dequeue, then Ack with `next`, per call).
     pub grpc_workers: &'static str,
+    /// Worker threads of the gRPC run's server runtime.
+    pub server_threads: usize,
     pub runs: Vec<RunResult>,
 }
 
@@ -85,15 +90,11 @@ impl Scratch {
     }
 }
 
-async fn fresh_store(
-    base: &StoreUrl,
-    tmp: &tempfile::TempDir,
-    run: &str,
-) -> Result<(AnyQueue, Scratch)> {
+async fn fresh_store(base: &StoreUrl, tmp: &Path, run: &str) -> Result<(AnyQueue, Scratch)> {
     match base {
         StoreUrl::Sqlite(path) => {
             let path = if path.as_os_str().is_empty() {
-                tmp.path().join(format!("bench-{run}.db"))
+                tmp.join(format!("bench-{run}.db"))
             } else {
                 let mut p = path.clone().into_os_string();
                 p.push(format!(".{run}"));
@@ -373,21 +374,87 @@ async fn work_stream(
     Ok(())
 }
 
+/// What a run drives: a server's URL, or the backend itself.
+enum Target {
+    Grpc(String),
+    Direct(AnyQueue),
+}
+
 /// Connect a client per producer and worker, or hand each the backend.
-async fn endpoints(queue: &AnyQueue, url: Option<&str>, n: u32) -> Result<Vec<Endpoint>> {
+async fn endpoints(target: &Target, n: u32) -> Result<Vec<Endpoint>> {
     let mut out = Vec::new();
-    let direct = Arc::new(queue.clone());
     for _ in 0..n {
-        out.push(match url {
-            Some(url) => Endpoint::Grpc(
+        out.push(match target {
+            Target::Grpc(url) => Endpoint::Grpc(
                 client::connect(url, None)
                     .await
                     .map_err(|e| Error::Failed(e.to_string()))?,
             ),
-            None => Endpoint::Direct(direct.clone()),
+            Target::Direct(queue) => Endpoint::Direct(Arc::new(queue.clone())),
         });
     }
     Ok(out)
+}
+
+/// The gRPC run's server: a fresh store served on loopback by a thread with
+/// a runtime of its own, as a `nova serve` process would serve it.
+struct ServerThread {
+    url: String,
+    stop: tokio::sync::oneshot::Sender<()>,
+    thread: std::thread::JoinHandle<Result<()>>,
+}
+
+impl ServerThread {
+    async fn start(base: &StoreUrl, tmp: &Path, threads: Option<NonZeroUsize>) -> Result<Self> {
+        let rt = crate::runtime::server_runtime(threads)?;
+        let (base, tmp) = (base.clone(), tmp.to_path_buf());
+        let (ready, started) = tokio::sync::oneshot::channel();
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let thread = std::thread::Builder::new()
+            .name("bench-server".into())
+            .spawn(move || {
+                rt.block_on(async move {
+                    let opened = async {
+                        let (queue, scratch) = fresh_store(&base, &tmp, "grpc").await?;
+                        let (listener, addr) = server::loopback_listener().await?;
+                        Ok::<_, Error>((queue, scratch, listener, addr))
+                    };
+                    let (queue, scratch, listener, addr) = match opened.await {
+                        Ok(opened) => opened,
+                        Err(e) => {
+                            let _ = ready.send(Err(e));
+                            return Ok(());
+                        }
+                    };
+                    let _ = ready.send(Ok(addr));
+                    let served = server::serve(queue, listener, None, async {
+                        let _ = stopped.await;
+                    })
+                    .await;
+                    scratch.cleanup().await;
+                    served.map_err(|e| Error::Failed(format!("benchmark server: {e}")))
+                })
+            })
+            .map_err(|e| Error::Failed(format!("cannot start the benchmark's server: {e}")))?;
+        let addr = started.await.map_err(|_| {
+            Error::Failed("the benchmark's server stopped before it started".into())
+        })??;
+        Ok(ServerThread {
+            url: format!("http://{addr}"),
+            stop,
+            thread,
+        })
+    }
+
+    /// Stop serving, remove the store, and wait for the thread.
+    async fn stop(self) -> Result<()> {
+        let _ = self.stop.send(());
+        let thread = self.thread;
+        tokio::task::spawn_blocking(move || thread.join())
+            .await
+            .map_err(|e| Error::Failed(format!("benchmark server: {e}")))?
+            .map_err(|_| Error::Failed("the benchmark's server panicked".into()))?
+    }
 }
 
 /// Percentile `p` (0 to 100) of ascending microseconds, in milliseconds.
@@ -395,21 +462,9 @@ fn percentile(sorted: &[u64], p: f64) -> f64 {
     super::pick(sorted, p / 100.0).map_or(0.0, |us| us as f64 / 1000.0)
 }
 
-async fn one_run(path: &'static str, queue: AnyQueue, args: &BenchQueueArgs) -> Result<RunResult> {
-    let mut stop_server = None;
-    let url = if path == "grpc" {
-        let (listener, addr) = server::loopback_listener().await?;
-        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-        let handle = tokio::spawn(server::serve(queue.clone(), listener, None, async {
-            let _ = stopped.await;
-        }));
-        stop_server = Some((stop, handle));
-        Some(format!("http://{addr}"))
-    } else {
-        None
-    };
-    let producers = endpoints(&queue, url.as_deref(), args.producers).await?;
-    let workers = endpoints(&queue, url.as_deref(), args.workers).await?;
+async fn one_run(path: &'static str, target: Target, args: &BenchQueueArgs) -> Result<RunResult> {
+    let producers = endpoints(&target, args.producers).await?;
+    let workers = endpoints(&target, args.workers).await?;
 
     let shared = Arc::new(Shared {
         start: Instant::now(),
@@ -451,10 +506,6 @@ async fn one_run(path: &'static str, queue: AnyQueue, args: &BenchQueueArgs) -> 
         h.await.map_err(joined)?.map_err(failed)?;
     }
     let total_time = shared.start.elapsed();
-    if let Some((stop, handle)) = stop_server {
-        let _ = stop.send(());
-        let _ = handle.await;
-    }
 
     let mut latencies = std::mem::take(&mut *shared.latencies_us.lock().await);
     latencies.sort_unstable();
@@ -491,9 +542,17 @@ pub fn run(ws: &Workspace, out: &Output, args: &BenchQueueArgs) -> Result<()> {
             &["grpc", "direct"]
         };
         for &path in paths {
-            let (queue, scratch) = fresh_store(&base, &tmp, path).await?;
-            let result = one_run(path, queue, args).await;
-            scratch.cleanup().await;
+            let result = if path == "grpc" {
+                let server = ServerThread::start(&base, tmp.path(), args.server_threads).await?;
+                let result = one_run(path, Target::Grpc(server.url.clone()), args).await;
+                server.stop().await?;
+                result
+            } else {
+                let (queue, scratch) = fresh_store(&base, tmp.path(), path).await?;
+                let result = one_run(path, Target::Direct(queue), args).await;
+                scratch.cleanup().await;
+                result
+            };
             runs.push(result?);
         }
         Ok::<_, Error>(Report {
@@ -503,6 +562,9 @@ pub fn run(ws: &Workspace, out: &Output, args: &BenchQueueArgs) -> Result<()> {
             workers: args.workers,
             batch: args.batch,
             grpc_workers: if args.unary { "unary" } else { "stream" },
+            server_threads: args
+                .server_threads
+                .map_or_else(crate::runtime::server_threads, NonZeroUsize::get),
             runs,
         })
     })?;
@@ -514,12 +576,14 @@ fn print(out: &Output, report: &Report) -> Result<()> {
         return out.json(report);
     }
     out.text(&format!(
-        "queue benchmark: {} tasks, {} producers, {} workers ({} over gRPC), batch {}, store {}\n",
+        "queue benchmark: {} tasks, {} producers, {} workers ({} over gRPC), batch {}, \
+         server threads {}, store {}\n",
         report.tasks,
         report.producers,
         report.workers,
         report.grpc_workers,
         report.batch,
+        report.server_threads,
         report.store
     ))?;
     let mut table = out.table(&[
