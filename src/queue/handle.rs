@@ -7,10 +7,17 @@
 //! itself. [`QueueHandle::Local`] calls the same [`QueueService`] the server
 //! would, so validation, long polls, metrics and audit records are the same
 //! either way; only the transport is gone.
+//!
+//! Across the network, the calls a run's scheduler makes that are safe to
+//! repeat (reads, and enqueues with an idempotency key) are retried with
+//! backoff while the server or its store is unavailable, so a server or a
+//! redis-server that restarts does not end the run.
 
+use std::future::Future;
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
-use tonic::{Request, Status};
+use tonic::{Code, Request, Status};
 
 use super::any::AnyQueue;
 use super::client::Client;
@@ -35,8 +42,17 @@ impl QueueHandle {
         (QueueHandle::Local(Arc::new(service)), ReaperGuard(reaper))
     }
 
+    /// Enqueue; over the network, retried while unavailable when the
+    /// request has an idempotency key (a repeat cannot make a second task).
     pub async fn enqueue(&mut self, request: EnqueueRequest) -> Result<EnqueueResponse, Status> {
         match self {
+            QueueHandle::Remote(c) if !request.idempotency_key.is_empty() => {
+                retried("enqueue", || {
+                    let (mut c, request) = (c.clone(), request.clone());
+                    async move { c.enqueue(request).await }
+                })
+                .await
+            }
             QueueHandle::Remote(c) => c.enqueue(request).await,
             QueueHandle::Local(s) => s.enqueue(Request::new(request)).await,
         }
@@ -78,12 +94,46 @@ impl QueueHandle {
         .map(tonic::Response::into_inner)
     }
 
+    /// Read a task; over the network, retried while unavailable.
     pub async fn get_task(&mut self, request: GetTaskRequest) -> Result<GetTaskResponse, Status> {
         match self {
-            QueueHandle::Remote(c) => c.get_task(request).await,
+            QueueHandle::Remote(c) => {
+                retried("get", || {
+                    let (mut c, request) = (c.clone(), request.clone());
+                    async move { c.get_task(request).await }
+                })
+                .await
+            }
             QueueHandle::Local(s) => s.get_task(Request::new(request)).await,
         }
         .map(tonic::Response::into_inner)
+    }
+}
+
+/// How long a repeatable call is retried while the server or its store is
+/// unavailable before its error stands: longer than a Redis or server
+/// restart takes, short enough that a server gone for good is reported.
+const RETRY_FOR: Duration = Duration::from_secs(300);
+const RETRY_FIRST: Duration = Duration::from_millis(200);
+const RETRY_MOST: Duration = Duration::from_secs(5);
+
+/// `call` until it gives anything but UNAVAILABLE, or [`RETRY_FOR`] passed.
+async fn retried<T, F, Fut>(what: &str, mut call: F) -> Result<T, Status>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<T, Status>>,
+{
+    let start = Instant::now();
+    let mut wait = RETRY_FIRST;
+    loop {
+        match call().await {
+            Err(e) if e.code() == Code::Unavailable && start.elapsed() + wait < RETRY_FOR => {
+                tracing::warn!(call = what, error = %e.message(), retry_in = ?wait, "the queue is unavailable; retrying");
+                tokio::time::sleep(wait).await;
+                wait = (wait * 2).min(RETRY_MOST);
+            }
+            outcome => return outcome,
+        }
     }
 }
 

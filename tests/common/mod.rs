@@ -120,6 +120,7 @@ impl Workspace {
         out
     }
 }
+pub mod netns;
 pub mod pki;
 pub mod redis_server;
 pub mod s3_server;

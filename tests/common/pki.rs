@@ -35,14 +35,15 @@ pub fn leaf(
 }
 
 /// Certificates written into the workspace: `ca.pem` (trusted), `other-ca.pem`
-/// (not), a server pair for localhost and 127.0.0.1, an expired one, and
+/// (not), a server pair for localhost, 127.0.0.1 and 10.99.0.1, an expired one, and
 /// client pairs signed by each CA.
 pub fn pki(ws: &Workspace) {
     let ca = authority("A");
     let other = authority("B");
     ws.write("ca.pem", &ca.pem());
     ws.write("other-ca.pem", &other.pem());
-    let (cert, key) = leaf(&ca, &["localhost", "127.0.0.1"], false);
+    // 10.99.0.1: the server host of the multi-host test bed (netns.rs).
+    let (cert, key) = leaf(&ca, &["localhost", "127.0.0.1", "10.99.0.1"], false);
     ws.write("server.pem", &cert);
     ws.write("server.key", &key);
     let (cert, key) = leaf(&ca, &["localhost", "127.0.0.1"], true);
