@@ -343,7 +343,7 @@ pub struct OrchestrateArgs {
     #[arg(long, value_enum)]
     pub mode: Option<crate::config::ExecutionMode>,
 
-    /// Most tasks at once (and local workers) [default: the number of cores]
+    /// Most tasks at once, and the local workers that run them; with --server, the local workers only (the fleet's own --concurrency bounds the rest) [default: the number of cores]
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(0..=1024))]
     pub jobs: Option<u32>,
 

@@ -29,6 +29,15 @@ impl Children {
         self.0.push(child);
         pid
     }
+
+    /// Kill and reap the child `pid` now.
+    fn stop(&mut self, pid: u32) {
+        if let Some(i) = self.0.iter().position(|c| c.id() == pid) {
+            let mut c = self.0.remove(i);
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
 }
 
 impl Drop for Children {
@@ -136,24 +145,32 @@ fn serve(ws: &Workspace, host: &Host, tls: bool) -> Child {
     child
 }
 
-/// `nova worker` on `host`; its tasks see TESTBED_HOST set to the host's name.
-fn worker(ws: &Workspace, host: &Host, lease: &str) -> Child {
+/// `nova worker` running `concurrency` tasks at once on `host`, with a home
+/// of its own (as on a machine of its own); its tasks see TESTBED_HOST set
+/// to the host's name.
+fn worker(ws: &Workspace, host: &Host, lease: &str, concurrency: u32) -> Child {
     let mut cmd = ws.std_command();
+    let home = ws.path().join(format!(".nova-{}", host.name));
     cmd.args(["worker", "--server", URL, "--token-file", "token"])
         .args(["--lease", lease, "--grace", "0s"])
+        .args(["--concurrency", &concurrency.to_string()])
+        .arg("--home")
+        .arg(home)
         .env("TESTBED_HOST", &host.name)
         .stdout(Stdio::null())
         .stderr(Stdio::null());
     host.enter(cmd).spawn().expect("nova worker starts")
 }
 
-/// `nova orchestrate --apply --server` on `host` with no local workers,
+/// `nova orchestrate --apply --mode parallel --server` on `host` with no local workers,
 /// its JSON report read when it ends.
 fn orchestrate(ws: &Workspace, host: &Host) -> Child {
     let mut cmd = ws.std_command();
     cmd.args([
         "orchestrate",
         "--apply",
+        "--mode",
+        "parallel",
         "--server",
         URL,
         "--token-file",
@@ -231,15 +248,20 @@ fn names(agents: &[&str], tasks: usize) -> Vec<String> {
 }
 
 #[test]
-fn a_run_on_the_server_host_is_worked_by_two_other_hosts_over_a_slow_network() {
+fn a_run_on_the_server_host_is_worked_by_two_other_hosts_at_once() {
     let Some(bed) = Testbed::new(&["server", "w1", "w2"]) else {
         return;
     };
     let ws = Workspace::new();
     plan(&ws);
     let agents = ["a", "b", "c", "d", "e", "f"];
+    // Each task notes how many tasks were running when it started.
+    std::fs::create_dir(ws.path().join("running")).unwrap();
+    let line = format!(
+        "touch running/$NOVA_AGENT; ls running | wc -l >> peaks.txt; sleep 0.3; rm running/$NOVA_AGENT; {RECORD}"
+    );
     for a in agents {
-        agent(&ws, a, 3, &format!("sleep 0.2; {RECORD}"));
+        agent(&ws, a, 3, &line);
     }
     // A real network's round trips: 1 ms each way on every host, where
     // the kernel has netem.
@@ -250,8 +272,8 @@ fn a_run_on_the_server_host_is_worked_by_two_other_hosts_over_a_slow_network() {
     let mut children = Children::default();
     children.add(redis(bed.host("server"), redis_dir.path()));
     children.add(serve(&ws, bed.host("server"), false));
-    children.add(worker(&ws, bed.host("w1"), "5s"));
-    children.add(worker(&ws, bed.host("w2"), "5s"));
+    children.add(worker(&ws, bed.host("w1"), "5s", 2));
+    children.add(worker(&ws, bed.host("w2"), "5s", 2));
     let (code, report, stderr) = finish(
         orchestrate(&ws, bed.host("server")),
         Duration::from_secs(120),
@@ -264,6 +286,14 @@ fn a_run_on_the_server_host_is_worked_by_two_other_hosts_over_a_slow_network() {
         ["w1", "w2"],
         "both worker hosts ran tasks, the server host none"
     );
+    // Every ready agent's task is queued, so both hosts' four slots fill.
+    let peak = std::fs::read_to_string(ws.path().join("peaks.txt"))
+        .unwrap()
+        .lines()
+        .map(|l| l.trim().parse::<u32>().unwrap())
+        .max()
+        .unwrap();
+    assert!(peak >= 3, "at most {peak} tasks ran at once on 4 slots");
 }
 
 #[test]
@@ -288,14 +318,14 @@ fn a_worker_host_cut_off_mid_task_loses_it_to_the_other_host_after_the_lease() {
     children.add(redis(bed.host("server"), redis_dir.path()));
     children.add(serve(&ws, bed.host("server"), false));
     // Only w1 at first, so it takes `hold`.
-    children.add(worker(&ws, bed.host("w1"), "2s"));
+    children.add(worker(&ws, bed.host("w1"), "2s", 1));
     let run = orchestrate(&ws, bed.host("server"));
     wait_until("w1 to start the long task", Duration::from_secs(60), || {
         std::fs::read_to_string(ws.path().join("hold.txt")).is_ok_and(|s| s.trim() == "w1")
     });
     let cut_at = Instant::now();
     bed.host("w1").cut();
-    children.add(worker(&ws, bed.host("w2"), "2s"));
+    children.add(worker(&ws, bed.host("w2"), "2s", 1));
     let (code, report, stderr) = finish(run, Duration::from_secs(120));
     assert_eq!(code, 0, "{stderr}");
     let held = std::fs::read_to_string(ws.path().join("hold.txt")).unwrap();
@@ -352,8 +382,8 @@ fn a_run_survives_redis_being_killed_and_restarted_mid_run() {
     let mut children = Children::default();
     let mut first_redis = redis(bed.host("server"), redis_dir.path());
     children.add(serve(&ws, bed.host("server"), false));
-    children.add(worker(&ws, bed.host("w1"), "3s"));
-    children.add(worker(&ws, bed.host("w2"), "3s"));
+    children.add(worker(&ws, bed.host("w1"), "3s", 1));
+    children.add(worker(&ws, bed.host("w2"), "3s", 1));
     let run = orchestrate(&ws, bed.host("server"));
     wait_until("a few tasks to finish", Duration::from_secs(60), || {
         done(&ws).len() >= 3
@@ -476,15 +506,14 @@ fn with_tls_no_token_crosses_the_wire_in_clear() {
     // header, Huffman-coded) and the task, so it would see them below if
     // they were there.
     let bearer = huffman(&format!("Bearer {TOKEN}"));
-    let mut plain = serve(&ws, bed.host("server"), false);
+    let plain = children.add(serve(&ws, bed.host("server"), false));
     let seen = capture(bed.host("server"), || call(URL));
     assert!(
         contains(&seen, &bearer),
         "the capture saw no token in plain text"
     );
     assert!(contains(&seen, b"secret-work"));
-    plain.kill().unwrap();
-    plain.wait().unwrap();
+    children.stop(plain);
 
     children.add(serve(&ws, bed.host("server"), true));
     let seen = capture(bed.host("server"), || call(TLS_URL));

@@ -744,8 +744,11 @@ pub fn start(ws: &Workspace, out: &Output, args: &RunRequest) -> Result<()> {
             // (`--jobs` of them); the scheduler keeps twice that many agents'
             // tasks queued, so a worker that finishes finds the next task waiting
             // instead of waiting for the scheduler's round trip.
+            // On a shared server the fleet's workers bound it instead (their
+            // --concurrency): every agent that is ready has its next task queued.
             let concurrency = match mode {
                 ExecutionMode::Sequential => 1,
+                ExecutionMode::Parallel if args.server.is_some() => usize::MAX,
                 ExecutionMode::Parallel => 2 * jobs.max(1) as usize,
             };
             let outcome = schedule_run(
