@@ -919,6 +919,8 @@ pub enum QueueAction {
     Retry { id: String },
     /// Counts by queue and status, oldest pending age, leases in flight, paused queues
     Stats,
+    /// Workers connected now (nova worker on a Work stream): host, version, slots and the tasks each holds
+    Workers,
     /// Stop handing out a queue's tasks (running ones finish; enqueues are still taken)
     Pause { queue: String },
     /// Hand out a paused queue's tasks again

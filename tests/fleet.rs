@@ -272,8 +272,8 @@ fn a_run_on_the_server_host_is_worked_by_two_other_hosts_at_once() {
     let mut children = Children::default();
     children.add(redis(bed.host("server"), redis_dir.path()));
     children.add(serve(&ws, bed.host("server"), false));
-    children.add(worker(&ws, bed.host("w1"), "5s", 2));
-    children.add(worker(&ws, bed.host("w2"), "5s", 2));
+    let w1 = children.add(worker(&ws, bed.host("w1"), "5s", 2));
+    let w2 = children.add(worker(&ws, bed.host("w2"), "5s", 2));
     let (code, report, stderr) = finish(
         orchestrate(&ws, bed.host("server")),
         Duration::from_secs(120),
@@ -294,6 +294,67 @@ fn a_run_on_the_server_host_is_worked_by_two_other_hosts_at_once() {
         .max()
         .unwrap();
     assert!(peak >= 3, "at most {peak} tasks ran at once on 4 slots");
+
+    // The server knows its workers: each process's streams, with its
+    // version and slots; one that goes is no longer listed.
+    let listed = workers(&ws, bed.host("server"));
+    let mut pids: Vec<u64> = listed.iter().map(|w| w["pid"].as_u64().unwrap()).collect();
+    pids.sort();
+    let mut expected = vec![u64::from(w1), u64::from(w1), u64::from(w2), u64::from(w2)];
+    expected.sort();
+    assert_eq!(pids, expected, "{listed:?}");
+    for w in &listed {
+        assert_eq!(w["version"], env!("CARGO_PKG_VERSION"));
+        assert_eq!(w["concurrency"], 2);
+        assert_eq!(w["tasks"], serde_json::json!([]), "the run is over");
+    }
+    let mut cmd = ws.std_command();
+    cmd.args(["queue", "--server", URL, "--token-file", "token", "workers"]);
+    let text = bed.host("server").enter(cmd).output().unwrap();
+    let text = String::from_utf8_lossy(&text.stdout);
+    for needle in [
+        w1.to_string(),
+        w2.to_string(),
+        "0/2".into(),
+        env!("CARGO_PKG_VERSION").into(),
+    ] {
+        assert!(text.contains(&needle), "no {needle} in:\n{text}");
+    }
+    children.stop(w1);
+    wait_until(
+        "the stopped worker to leave the list",
+        Duration::from_secs(20),
+        || {
+            workers(&ws, bed.host("server"))
+                .iter()
+                .all(|w| w["pid"] == u64::from(w2))
+        },
+    );
+}
+
+/// `nova queue workers --json` asked from `host`.
+fn workers(ws: &Workspace, host: &Host) -> Vec<Value> {
+    let mut cmd = ws.std_command();
+    cmd.args([
+        "queue",
+        "--server",
+        URL,
+        "--token-file",
+        "token",
+        "workers",
+        "--json",
+    ]);
+    let out = host.enter(cmd).output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice::<Value>(&out.stdout)
+        .unwrap()
+        .as_array()
+        .unwrap()
+        .clone()
 }
 
 #[test]

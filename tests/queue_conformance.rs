@@ -1602,6 +1602,99 @@ async fn a_released_task_is_pending_again_without_spending_an_attempt(backend: B
     assert_eq!(refused.code(), Code::NotFound);
 }
 
+async fn a_worker_that_says_who_it_is_is_listed_while_its_stream_lasts(backend: Backend) {
+    let mut h = start(backend, None).await;
+    let c = &mut h.client;
+    let info = WorkerInfo {
+        host: "build-7".into(),
+        version: "9.9.9".into(),
+        pid: 4242,
+        concurrency: 3,
+    };
+    let lease = DequeueRequest {
+        worker_id: "build-7-4242-0".into(),
+        lease_ms: 60_000,
+        queues: vec!["default".into()],
+        ..Default::default()
+    };
+    let mut stream = WorkStream::open_as(c, lease.clone(), 1, Some(info.clone()))
+        .await
+        .unwrap();
+    let task = enqueue(c, req("held")).await;
+    let pushed = recv(&mut stream).await.tasks;
+    assert_eq!(pushed[0].id, task.id);
+    let listed = c
+        .list_workers(ListWorkersRequest {})
+        .await
+        .unwrap()
+        .into_inner()
+        .workers;
+    assert_eq!(listed.len(), 1, "{listed:?}");
+    let w = &listed[0];
+    assert_eq!(w.worker_id, "build-7-4242-0");
+    assert_eq!(w.info.as_ref(), Some(&info));
+    assert_eq!(w.queues, ["default"]);
+    assert_eq!(w.task_ids, std::slice::from_ref(&task.id), "the task it holds");
+    assert!(w.connected_at > 0 && w.last_seen_at >= w.connected_at);
+
+    // A stream that does not say who it is works, unlisted.
+    let mut anonymous = WorkStream::open(
+        c,
+        DequeueRequest {
+            worker_id: "quiet".into(),
+            ..lease.clone()
+        },
+        1,
+    )
+    .await
+    .unwrap();
+    let other = enqueue(c, req("other")).await;
+    assert_eq!(recv(&mut anonymous).await.tasks[0].id, other.id);
+    let listed = c
+        .list_workers(ListWorkersRequest {})
+        .await
+        .unwrap()
+        .into_inner()
+        .workers;
+    assert_eq!(listed.len(), 1);
+
+    // Gone with its stream.
+    drop(stream);
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let listed = c
+            .list_workers(ListWorkersRequest {})
+            .await
+            .unwrap()
+            .into_inner()
+            .workers;
+        if listed.is_empty() {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "still listed: {listed:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
+    // What it says is checked, and a refusal names the field.
+    let bad = WorkerInfo {
+        host: "two\nlines".into(),
+        ..info
+    };
+    let refused = match WorkStream::open_as(c, lease, 1, Some(bad)).await {
+        Ok(mut s) => s.next().await.unwrap_err(),
+        Err(e) => e,
+    };
+    assert_eq!(refused.code(), Code::InvalidArgument);
+    assert!(
+        refused.message().contains("worker.host"),
+        "{}",
+        refused.message()
+    );
+}
+
 macro_rules! conformance {
     ($($name:ident),* $(,)?) => {
         mod sqlite {
@@ -1620,6 +1713,7 @@ macro_rules! conformance {
 }
 
 conformance!(
+    a_worker_that_says_who_it_is_is_listed_while_its_stream_lasts,
     a_released_task_is_pending_again_without_spending_an_attempt,
     a_work_stream_leases_by_credit_and_answers_acks,
     an_ack_can_lease_the_next_task,

@@ -110,6 +110,7 @@ pub fn worker_command(
                 pending_audit: Default::default(),
                 privileges: privileges.clone(),
                 stop_grace: Some(args.grace),
+                concurrency: args.concurrency,
             });
             workers.spawn(worker::work(
                 crate::queue::handle::QueueHandle::Remote(client),

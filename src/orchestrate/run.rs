@@ -704,6 +704,7 @@ pub fn start(ws: &Workspace, out: &Output, args: &RunRequest) -> Result<()> {
                 pending_audit: Default::default(),
                 privileges: privileges.clone(),
                 stop_grace: None,
+                concurrency: 1,
             });
             let (work_stop_tx, work_stop_rx) = tokio::sync::watch::channel(false);
             let mut workers = Vec::new();
@@ -720,6 +721,7 @@ pub fn start(ws: &Workspace, out: &Output, args: &RunRequest) -> Result<()> {
                     pending_audit: Default::default(),
                     privileges: cfg.privileges.clone(),
                     stop_grace: None,
+                    concurrency: 1,
                 });
                 workers.push(tokio::spawn(worker::work(
                     connect().await?,

@@ -78,6 +78,9 @@ pub struct JobResult {
 
 pub struct WorkerConfig {
     pub name: String,
+    /// Tasks the whole process runs at once (`nova worker --concurrency`),
+    /// as it tells the server.
+    pub concurrency: u32,
     pub home: PathBuf,
     pub policy: Policy,
     pub audit: Option<AuditLog>,
@@ -226,6 +229,16 @@ fn final_refusal(e: &tonic::Status) -> bool {
     )
 }
 
+/// What this worker says of itself on its stream.
+fn who(cfg: &WorkerConfig) -> crate::queue::proto::WorkerInfo {
+    crate::queue::proto::WorkerInfo {
+        host: super::run::hostname(),
+        version: env!("CARGO_PKG_VERSION").to_string(),
+        pid: std::process::id(),
+        concurrency: cfg.concurrency,
+    }
+}
+
 /// Take and run jobs on one Work stream to a remote server (a task out and
 /// its ack back as one message each, instead of a call each), reopening it
 /// when the connection breaks. One task at a time: credit 1, renewed with
@@ -250,7 +263,7 @@ async fn streamed(
             deliver(&mut client, cfg, ack).await;
         }
         let opened = tokio::select! {
-            opened = WorkStream::open(&mut remote, next_request(cfg, 0), 1) => opened,
+            opened = WorkStream::open_as(&mut remote, next_request(cfg, 0), 1, Some(who(cfg))) => opened,
             _ = stop_wait.changed() => break,
         };
         let mut stream = match opened {

@@ -2,7 +2,7 @@
 //! server and the commands are written once.
 
 use super::backend::{EnqueuedAndLeased, QueueBackend, QueueResult};
-use super::model::{AckSpec, DequeueSpec, NewTask, Stats, Status, Task};
+use super::model::{AckSpec, DequeueSpec, NewTask, Stats, Status, Task, WorkerRecord};
 use super::redis::RedisQueue;
 use super::sqlite::SqliteQueue;
 
@@ -98,6 +98,18 @@ impl QueueBackend for AnyQueue {
 
     async fn stats(&self, now: i64) -> QueueResult<Stats> {
         each!(self, q => q.stats(now))
+    }
+
+    async fn worker_seen(&self, worker: WorkerRecord) -> QueueResult<()> {
+        each!(self, q => q.worker_seen(worker))
+    }
+
+    async fn worker_gone(&self, id: String) -> QueueResult<()> {
+        each!(self, q => q.worker_gone(id))
+    }
+
+    async fn workers(&self, now: i64) -> QueueResult<Vec<WorkerRecord>> {
+        each!(self, q => q.workers(now))
     }
 
     async fn reap(&self, now: i64) -> QueueResult<u64> {

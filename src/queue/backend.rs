@@ -7,7 +7,7 @@
 
 use std::future::Future;
 
-use super::model::{AckSpec, DequeueSpec, NewTask, Stats, Status, Task};
+use super::model::{AckSpec, DequeueSpec, NewTask, Stats, Status, Task, WorkerRecord};
 
 #[derive(Debug, Clone, thiserror::Error, PartialEq, Eq)]
 pub enum QueueError {
@@ -156,6 +156,16 @@ pub trait QueueBackend: Send + Sync + 'static {
     ) -> impl Future<Output = QueueResult<bool>> + Send;
 
     fn stats(&self, now: i64) -> impl Future<Output = QueueResult<Stats>> + Send;
+
+    /// Note a worker connected, or still connected (replacing its record),
+    /// and forget records not refreshed for [`super::model::WORKER_FORGET_MS`].
+    fn worker_seen(&self, worker: WorkerRecord) -> impl Future<Output = QueueResult<()>> + Send;
+
+    /// Forget a worker whose stream ended.
+    fn worker_gone(&self, id: String) -> impl Future<Output = QueueResult<()>> + Send;
+
+    /// Workers seen within [`super::model::WORKER_TTL_MS`] of `now`, by id.
+    fn workers(&self, now: i64) -> impl Future<Output = QueueResult<Vec<WorkerRecord>>> + Send;
 
     /// Return tasks whose lease expired before `now` to the queue; how many.
     fn reap(&self, now: i64) -> impl Future<Output = QueueResult<u64>> + Send;

@@ -7,7 +7,7 @@ use tonic::transport::{Channel, Endpoint};
 use tonic::{Request, Status};
 
 use super::proto::task_queue_client::TaskQueueClient;
-use super::proto::{AckRequest, DequeueRequest, WorkRequest, WorkResponse};
+use super::proto::{AckRequest, DequeueRequest, WorkRequest, WorkResponse, WorkerInfo};
 
 pub type Client = TaskQueueClient<InterceptedService<Channel, AddToken>>;
 
@@ -216,12 +216,24 @@ impl WorkStream {
         lease: DequeueRequest,
         credit: u32,
     ) -> Result<WorkStream, Status> {
+        Self::open_as(client, lease, credit, None).await
+    }
+
+    /// [`WorkStream::open`], saying who the worker is (listed by `nova
+    /// queue workers` while the stream lasts).
+    pub async fn open_as(
+        client: &mut Client,
+        lease: DequeueRequest,
+        credit: u32,
+        worker: Option<WorkerInfo>,
+    ) -> Result<WorkStream, Status> {
         let (requests, rx) = tokio::sync::mpsc::channel(16);
         requests
             .try_send(WorkRequest {
                 lease: Some(lease),
                 credit,
                 acks: Vec::new(),
+                worker,
             })
             .expect("a new channel has room");
         let responses = client
@@ -241,6 +253,7 @@ impl WorkStream {
                 lease: None,
                 credit,
                 acks,
+                worker: None,
             })
             .await
             .map_err(|_| Status::unavailable("the work stream has ended"))

@@ -160,6 +160,7 @@ enum Action {
     Cancel(String),
     Retry(String),
     Stats,
+    Workers,
     Pause(String, bool),
 }
 
@@ -229,6 +230,7 @@ fn parse_action(action: &QueueAction) -> Result<Action> {
         QueueAction::Cancel { id } => Action::Cancel(id.clone()),
         QueueAction::Retry { id } => Action::Retry(id.clone()),
         QueueAction::Stats => Action::Stats,
+        QueueAction::Workers => Action::Workers,
         QueueAction::Pause { queue } => Action::Pause(queue.clone(), true),
         QueueAction::Resume { queue } => Action::Pause(queue.clone(), false),
         QueueAction::Purge { .. } => unreachable!("purge runs on the store, before this"),
@@ -348,6 +350,15 @@ async fn execute(client: &mut Client, out: &Output, action: Action) -> Result<()
             }
             Ok(())
         }
+        Action::Workers => {
+            let workers = client
+                .list_workers(ListWorkersRequest {})
+                .await
+                .map_err(grpc_error)?
+                .into_inner()
+                .workers;
+            show_workers(out, &workers)
+        }
         Action::Pause(queue, pause) => {
             let (changed, paused) = if pause {
                 let r = client
@@ -417,4 +428,82 @@ pub fn task_json(t: &Task) -> Value {
         "last_error": t.last_error,
         "idempotency_key": t.idempotency_key,
     })
+}
+
+/// Connected workers: JSON, one entry per Work stream; text, one row per
+/// process (host and pid), its streams' tasks together.
+fn show_workers(out: &Output, workers: &[WorkerEntry]) -> Result<()> {
+    if out.json {
+        return out.json(
+            &workers
+                .iter()
+                .map(|w| {
+                    let info = w.info.clone().unwrap_or_default();
+                    json!({
+                        "worker_id": w.worker_id, "host": info.host, "version": info.version,
+                        "pid": info.pid, "concurrency": info.concurrency, "queues": w.queues,
+                        "connected_at": w.connected_at, "last_seen_at": w.last_seen_at,
+                        "tasks": w.task_ids,
+                    })
+                })
+                .collect::<Vec<_>>(),
+        );
+    }
+    if workers.is_empty() {
+        return out.text("no workers connected\n");
+    }
+    let mut processes: Vec<(WorkerInfo, Vec<&WorkerEntry>)> = Vec::new();
+    for w in workers {
+        let info = w.info.clone().unwrap_or_default();
+        match processes
+            .iter_mut()
+            .find(|(i, _)| i.host == info.host && i.pid == info.pid)
+        {
+            Some((_, streams)) => streams.push(w),
+            None => processes.push((info, vec![w])),
+        }
+    }
+    let mut table = out.table(&[
+        "host",
+        "pid",
+        "version",
+        "busy",
+        "queues",
+        "connected",
+        "tasks",
+    ]);
+    let now = crate::clock::now_ms();
+    for (info, streams) in &processes {
+        let tasks: Vec<&str> = streams
+            .iter()
+            .flat_map(|w| w.task_ids.iter().map(String::as_str))
+            .collect();
+        let since = streams.iter().map(|w| w.connected_at).min().unwrap_or(now);
+        let queues = if streams[0].queues.is_empty() {
+            "all".to_string()
+        } else {
+            streams[0].queues.join(", ")
+        };
+        table.add_row(vec![
+            info.host.clone(),
+            info.pid.to_string(),
+            info.version.clone(),
+            format!("{}/{}", tasks.len(), info.concurrency),
+            queues,
+            format!("{} ago", ago(now - since)),
+            tasks.join(" "),
+        ]);
+    }
+    out.print_table(&table)
+}
+
+/// `ms` as a short duration: 45s, 12m, 3h, 2d.
+fn ago(ms: i64) -> String {
+    let s = (ms / 1000).max(0);
+    match s {
+        0..60 => format!("{s}s"),
+        60..3600 => format!("{}m", s / 60),
+        3600..86400 => format!("{}h", s / 3600),
+        _ => format!("{}d", s / 86400),
+    }
 }

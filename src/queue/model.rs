@@ -155,6 +155,28 @@ pub struct Stats {
     pub paused: Vec<String>,
 }
 
+/// A worker connected by a Work stream, as the store keeps it while the
+/// stream lasts (refreshed every [`WORKER_REFRESH`]).
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct WorkerRecord {
+    pub id: String,
+    pub host: String,
+    pub version: String,
+    pub pid: u32,
+    pub concurrency: u32,
+    /// The queues it takes tasks from (none: every queue).
+    pub queues: Vec<String>,
+    pub connected_at: i64,
+    pub last_seen_at: i64,
+}
+
+/// How often a server notes that a worker's stream is still there.
+pub const WORKER_REFRESH: Duration = Duration::from_secs(10);
+/// A worker not heard of for this long is not listed (its server went
+/// without saying goodbye); after [`WORKER_FORGET_MS`] its record is deleted.
+pub const WORKER_TTL_MS: i64 = 30_000;
+pub const WORKER_FORGET_MS: i64 = 3_600_000;
+
 pub use crate::clock::{ms_ago, now_ms};
 
 pub fn new_id() -> String {

@@ -7,6 +7,7 @@
 //! (another server's or process's enqueues, delayed tasks, expired leases)
 //! and wakes that many waiters.
 
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Weak};
 use std::time::Duration;
@@ -15,7 +16,7 @@ use tokio::sync::Notify;
 use tonic::{Request, Response, Status as GrpcStatus};
 
 use super::backend::{QueueBackend, QueueError};
-use super::model::{AckSpec, DequeueSpec, Status, now_ms};
+use super::model::{AckSpec, DequeueSpec, Status, WorkerRecord, now_ms};
 use super::proto::task_queue_server::TaskQueue;
 use super::proto::*;
 use super::server::MAX_MESSAGE;
@@ -290,6 +291,10 @@ impl<B: QueueBackend> QueueService<B> {
 
     pub(super) fn backend(&self) -> &B {
         &self.backend
+    }
+
+    pub(super) fn backend_arc(&self) -> Arc<B> {
+        self.backend.clone()
     }
 
     /// End every Work stream and long poll (the server is stopping).
@@ -701,6 +706,41 @@ impl<B: QueueBackend> TaskQueue for QueueService<B> {
         Ok(Response::new(RetryResponse { task: Some(task) }))
     }
 
+    async fn list_workers(
+        &self,
+        _request: Request<ListWorkersRequest>,
+    ) -> Result<Response<ListWorkersResponse>, GrpcStatus> {
+        let _timer = crate::timer!("queue.grpc.list_workers");
+        let workers = self.backend.workers(now_ms()).await.map_err(to_status)?;
+        let held = self
+            .backend
+            .list(Some(Status::InProgress), None, 0, None)
+            .await
+            .map_err(to_status)?;
+        let mut tasks: HashMap<String, Vec<String>> = HashMap::new();
+        for t in held {
+            tasks.entry(t.worker_id).or_default().push(t.id);
+        }
+        Ok(Response::new(ListWorkersResponse {
+            workers: workers
+                .into_iter()
+                .map(|w| WorkerEntry {
+                    task_ids: tasks.remove(&w.id).unwrap_or_default(),
+                    worker_id: w.id,
+                    info: Some(WorkerInfo {
+                        host: w.host,
+                        version: w.version,
+                        pid: w.pid,
+                        concurrency: w.concurrency,
+                    }),
+                    queues: w.queues,
+                    connected_at: w.connected_at,
+                    last_seen_at: w.last_seen_at,
+                })
+                .collect(),
+        }))
+    }
+
     async fn stats(
         &self,
         _request: Request<StatsRequest>,
@@ -844,6 +884,23 @@ impl<B: QueueBackend> TaskQueue for QueueService<B> {
                 ..lease
             },
         )?;
+        let worker = match &first.worker {
+            Some(info) => {
+                validate::worker_info(info).map_err(invalid)?;
+                let now = now_ms();
+                Some(WorkerRecord {
+                    id: spec.worker_id.clone(),
+                    host: info.host.clone(),
+                    version: info.version.clone(),
+                    pid: info.pid,
+                    concurrency: info.concurrency,
+                    queues: spec.queues.clone(),
+                    connected_at: now,
+                    last_seen_at: now,
+                })
+            }
+            None => None,
+        };
         let (out, rx) = tokio::sync::mpsc::channel(16);
         tokio::spawn(super::work_stream::serve(
             self.clone(),
@@ -851,6 +908,7 @@ impl<B: QueueBackend> TaskQueue for QueueService<B> {
             first,
             inbound,
             out,
+            worker,
         ));
         Ok(Response::new(Box::pin(
             tokio_stream::wrappers::ReceiverStream::new(rx),

@@ -19,7 +19,7 @@ use rusqlite::{Connection, OptionalExtension, Row, params, params_from_iter};
 use super::backend::{EnqueuedAndLeased, QueueBackend, QueueError, QueueResult};
 use super::model::{
     AckSpec, DEFAULT_LEASE_MS, DequeueSpec, NewTask, Stats, Status, TASK_OVERHEAD, Task,
-    backoff_ms, new_id,
+    WORKER_FORGET_MS, WORKER_TTL_MS, WorkerRecord, backoff_ms, new_id,
 };
 use super::proto::TaskMetadataEntry;
 use crate::store::Store;
@@ -608,6 +608,58 @@ impl QueueBackend for SqliteQueue {
             }
             .map_err(sql_err)?;
             Ok(changed > 0)
+        })
+        .await
+    }
+
+    async fn worker_seen(&self, worker: WorkerRecord) -> QueueResult<()> {
+        // Presence, not a promise: losing it in a power cut loses nothing.
+        self.write_relaxed(move |conn| {
+            let record = serde_json::to_string(&worker).expect("a worker record serializes");
+            conn.prepare_cached(
+                "INSERT INTO queue_workers (id, record, last_seen_at) VALUES (?1, ?2, ?3)
+                 ON CONFLICT (id) DO UPDATE SET record = excluded.record, last_seen_at = excluded.last_seen_at",
+            )
+            .map_err(sql_err)?
+            .execute(params![worker.id, record, worker.last_seen_at])
+            .map_err(sql_err)?;
+            conn.prepare_cached("DELETE FROM queue_workers WHERE last_seen_at < ?1")
+                .map_err(sql_err)?
+                .execute([worker.last_seen_at - WORKER_FORGET_MS])
+                .map_err(sql_err)?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn worker_gone(&self, id: String) -> QueueResult<()> {
+        self.write_relaxed(move |conn| {
+            conn.prepare_cached("DELETE FROM queue_workers WHERE id = ?1")
+                .map_err(sql_err)?
+                .execute([id])
+                .map_err(sql_err)?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn workers(&self, now: i64) -> QueueResult<Vec<WorkerRecord>> {
+        self.read(move |conn| {
+            conn.prepare_cached(
+                "SELECT id, record FROM queue_workers WHERE last_seen_at >= ?1 ORDER BY id",
+            )
+            .map_err(sql_err)?
+            .query_map([now - WORKER_TTL_MS], |r| {
+                Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?))
+            })
+            .map_err(sql_err)?
+            .map(|row| {
+                let (id, record) = row.map_err(sql_err)?;
+                serde_json::from_str(&record).map_err(|e| {
+                    QueueError::Unavailable(format!("the record of worker {id} is damaged: {e}"))
+                })
+            })
+            .collect()
         })
         .await
     }

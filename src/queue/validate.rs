@@ -2,7 +2,7 @@
 //! and a bad one is refused with `INVALID_ARGUMENT` naming the field.
 
 use super::model::{DEFAULT_BACKOFF_MS, DEFAULT_QUEUE, NewTask};
-use super::proto::EnqueueRequest;
+use super::proto::{EnqueueRequest, WorkerInfo};
 
 pub const MAX_TYPE_LEN: usize = 128;
 pub const MAX_PAYLOAD: usize = 1024 * 1024;
@@ -32,6 +32,23 @@ pub fn queue_name(field: &str, queue: &str) -> Result<String, String> {
         ));
     }
     Ok(queue.to_string())
+}
+
+/// Check what a worker says of itself: a host name and a version of
+/// printable text, of reasonable length.
+pub fn worker_info(info: &WorkerInfo) -> Result<(), String> {
+    for (field, value, most) in [
+        ("worker.host", &info.host, 253),
+        ("worker.version", &info.version, 64),
+    ] {
+        if value.chars().count() > most {
+            return Err(format!("{field}: at most {most} characters"));
+        }
+        if value.chars().any(char::is_control) {
+            return Err(format!("{field}: {value:?} has control characters"));
+        }
+    }
+    Ok(())
 }
 
 /// Check an enqueue request; `field` prefixes the field names (for batches).

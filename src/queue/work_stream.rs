@@ -15,15 +15,18 @@
 //! arrive. Every ack's outcome is answered, in order.
 //! Tasks leased for a worker whose stream then breaks keep their lease until
 //! it expires, as with a worker that died holding them (at-least-once).
+//! A worker that says who it is (host, version) is kept in the store while
+//! its stream lasts, for `nova queue workers`.
 
 use std::pin::Pin;
+use std::sync::Arc;
 
 use tokio::sync::mpsc;
 use tokio_stream::Stream;
 use tonic::{Status as GrpcStatus, Streaming};
 
 use super::backend::QueueBackend;
-use super::model::{AckSpec, DequeueSpec, Task, now_ms};
+use super::model::{AckSpec, DequeueSpec, Task, WORKER_REFRESH, WorkerRecord, now_ms};
 use super::proto::{AckRequest, WorkRequest, WorkResponse};
 use super::service::{
     IdleTicket, MAX_DEQUEUE, QueueService, ack_spec, check_size, invalid, outcome_of, to_status,
@@ -46,7 +49,9 @@ pub(super) async fn serve<B: QueueBackend>(
     first: WorkRequest,
     mut inbound: Streaming<WorkRequest>,
     out: Outbound,
+    worker: Option<WorkerRecord>,
 ) {
+    let _presence = worker.map(|w| Presence::start(service.backend_arc(), w));
     let mut credit = first.credit.min(MAX_CREDIT);
     let mut acks = first.acks;
     // Whether the queue may have tasks for us that we have not looked for.
@@ -145,6 +150,50 @@ pub(super) async fn serve<B: QueueBackend>(
             _ = out.closed() => return,
         }
         drop(waiting);
+    }
+}
+
+/// A worker's record in the store while its stream lasts: written at once,
+/// refreshed every [`WORKER_REFRESH`], deleted when the stream ends. A
+/// store that fails costs the listing, never the stream.
+struct Presence<B: QueueBackend> {
+    backend: Arc<B>,
+    id: String,
+    refresher: tokio::task::JoinHandle<()>,
+}
+
+impl<B: QueueBackend> Presence<B> {
+    fn start(backend: Arc<B>, worker: WorkerRecord) -> Self {
+        let id = worker.id.clone();
+        let store = backend.clone();
+        let refresher = tokio::spawn(async move {
+            let mut worker = worker;
+            let mut every = tokio::time::interval(WORKER_REFRESH);
+            loop {
+                every.tick().await;
+                worker.last_seen_at = now_ms();
+                if let Err(e) = store.worker_seen(worker.clone()).await {
+                    tracing::warn!(worker = %worker.id, error = %e, "cannot note the worker in the store");
+                }
+            }
+        });
+        Presence {
+            backend,
+            id,
+            refresher,
+        }
+    }
+}
+
+impl<B: QueueBackend> Drop for Presence<B> {
+    fn drop(&mut self) {
+        self.refresher.abort();
+        let (backend, id) = (self.backend.clone(), std::mem::take(&mut self.id));
+        tokio::spawn(async move {
+            if let Err(e) = backend.worker_gone(id.clone()).await {
+                tracing::warn!(worker = %id, error = %e, "cannot remove the worker from the store");
+            }
+        });
     }
 }
 

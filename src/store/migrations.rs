@@ -175,6 +175,12 @@ const MIGRATIONS: &[&str] = &[
     CREATE UNIQUE INDEX queue_tasks_idempotency ON queue_tasks (idempotency_key) WHERE idempotency_key IS NOT NULL;
     CREATE INDEX queue_tasks_due ON queue_tasks (status, priority DESC, run_at, seq);
     CREATE INDEX queue_tasks_leases ON queue_tasks (status, lease_expires_at);",
+    // 8: workers connected by a Work stream (queue::sqlite), for `nova queue workers`.
+    "CREATE TABLE queue_workers (
+        id           TEXT PRIMARY KEY,
+        record       TEXT NOT NULL,
+        last_seen_at INTEGER NOT NULL
+    ) WITHOUT ROWID;",
 ];
 
 /// The schema version this nova writes.

@@ -16,7 +16,10 @@ use ::redis::{RedisError, Script, Value};
 use rand::Rng;
 
 use super::backend::{EnqueuedAndLeased, QueueBackend, QueueError, QueueResult};
-use super::model::{AckSpec, DEFAULT_LEASE_MS, DequeueSpec, NewTask, Stats, Status, Task, new_id};
+use super::model::{
+    AckSpec, DEFAULT_LEASE_MS, DequeueSpec, NewTask, Stats, Status, Task, WORKER_FORGET_MS,
+    WORKER_TTL_MS, WorkerRecord, new_id,
+};
 use super::proto::TaskMetadataEntry;
 
 const PRELUDE: &str = include_str!("prelude.lua");
@@ -564,6 +567,59 @@ impl QueueBackend for RedisQueue {
     async fn retry(&self, task_id: String, now: i64) -> QueueResult<Task> {
         let args = vec![arg(now), arg(&task_id)];
         self.one(&SCRIPTS.retry, &task_id, args).await
+    }
+
+    async fn worker_seen(&self, worker: WorkerRecord) -> QueueResult<()> {
+        let record = serde_json::to_string(&worker).expect("a worker record serializes");
+        let mut conn = self.conn.clone();
+        ::redis::cmd("HSET")
+            .arg(self.key("workers"))
+            .arg(&worker.id)
+            .arg(record)
+            .query_async::<()>(&mut conn)
+            .await
+            .map_err(unavailable)
+    }
+
+    async fn worker_gone(&self, id: String) -> QueueResult<()> {
+        let mut conn = self.conn.clone();
+        ::redis::cmd("HDEL")
+            .arg(self.key("workers"))
+            .arg(id)
+            .query_async::<()>(&mut conn)
+            .await
+            .map_err(unavailable)
+    }
+
+    async fn workers(&self, now: i64) -> QueueResult<Vec<WorkerRecord>> {
+        let mut conn = self.conn.clone();
+        let all: Vec<(String, String)> = ::redis::cmd("HGETALL")
+            .arg(self.key("workers"))
+            .query_async(&mut conn)
+            .await
+            .map_err(unavailable)?;
+        let mut listed = Vec::new();
+        let mut forget = Vec::new();
+        for (id, record) in all {
+            let worker: WorkerRecord = serde_json::from_str(&record).map_err(|e| {
+                QueueError::Unavailable(format!("the record of worker {id} is damaged: {e}"))
+            })?;
+            if worker.last_seen_at < now - WORKER_FORGET_MS {
+                forget.push(id);
+            } else if worker.last_seen_at >= now - WORKER_TTL_MS {
+                listed.push(worker);
+            }
+        }
+        if !forget.is_empty() {
+            ::redis::cmd("HDEL")
+                .arg(self.key("workers"))
+                .arg(forget)
+                .query_async::<()>(&mut conn)
+                .await
+                .map_err(unavailable)?;
+        }
+        listed.sort_by(|a, b| a.id.cmp(&b.id));
+        Ok(listed)
     }
 
     async fn stats(&self, now: i64) -> QueueResult<Stats> {
