@@ -998,7 +998,46 @@ async fn steer(b: &fantoccini::Client, server: &Server) {
             .as_deref(),
         Some("no")
     );
+
+    // A worker that says who it is shows under Workers, with the task it holds.
+    let mut grpc = client::connect(&server.grpc, Some(TOKEN)).await.unwrap();
+    let info = WorkerInfo {
+        host: "gpu-box".into(),
+        version: "1.2.3".into(),
+        pid: 777,
+        concurrency: 2,
+    };
+    let lease = DequeueRequest {
+        worker_id: "gpu-box-777-0".into(),
+        queues: vec!["jobs".into()],
+        lease_ms: 60_000,
+        ..Default::default()
+    };
+    let mut stream = client::WorkStream::open_as(&mut grpc, lease, 1, Some(info))
+        .await
+        .unwrap();
+    let held = enqueue(&server.grpc, Some(TOKEN), "jobs", 1).await;
+    let pushed = stream.next().await.unwrap().unwrap().tasks;
+    assert_eq!(pushed[0].id, held.id);
+    b.refresh().await.unwrap();
+    wait_for(
+        "the worker under Workers",
+        Duration::from_secs(20),
+        || async {
+            text(b, "#workers tr[data-pid='777'] td[data-busy]")
+                .await
+                .filter(|busy| busy == "1 / 2")
+        },
+    )
+    .await;
+    let row = text(b, "#workers tr[data-pid='777']").await.unwrap();
+    assert!(
+        row.contains("gpu-box") && row.contains("1.2.3") && row.contains("jobs"),
+        "{row}"
+    );
+    assert!(row.contains(&held.id[..13]), "{row}");
     shot(b, "queues").await;
+    drop(stream);
 
     // Retry a failed task.
     enqueue(&server.grpc, Some(TOKEN), "flaky", 1).await;

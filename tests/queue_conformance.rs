@@ -1634,7 +1634,11 @@ async fn a_worker_that_says_who_it_is_is_listed_while_its_stream_lasts(backend: 
     assert_eq!(w.worker_id, "build-7-4242-0");
     assert_eq!(w.info.as_ref(), Some(&info));
     assert_eq!(w.queues, ["default"]);
-    assert_eq!(w.task_ids, std::slice::from_ref(&task.id), "the task it holds");
+    assert_eq!(
+        w.task_ids,
+        std::slice::from_ref(&task.id),
+        "the task it holds"
+    );
     assert!(w.connected_at > 0 && w.last_seen_at >= w.connected_at);
 
     // A stream that does not say who it is works, unlisted.

@@ -569,6 +569,46 @@ pub async fn queues(State(state): State<AppState>) -> ApiResult<Json<QueueOvervi
     }))
 }
 
+/// A worker connected to the queue: one `nova worker` slot's Work stream.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct WorkerView {
+    pub id: String,
+    pub host: String,
+    pub version: String,
+    pub pid: u32,
+    /// Tasks its process runs at once.
+    pub concurrency: u32,
+    /// The queues it takes from (none: all).
+    pub queues: Vec<String>,
+    pub connected_at: i64,
+    pub last_seen_at: i64,
+    /// The tasks it holds (IN_PROGRESS).
+    pub tasks: Vec<String>,
+}
+
+/// Workers connected now, with the tasks each holds.
+#[utoipa::path(get, path = "/api/v1/workers", tag = "queues",
+    responses((status = 200, body = [WorkerView]), (status = 503, body = ApiError)))]
+pub async fn workers(State(state): State<AppState>) -> ApiResult<Json<Vec<WorkerView>>> {
+    let workers = crate::queue::service::connected_workers(&state.queue, now_ms()).await?;
+    Ok(Json(
+        workers
+            .into_iter()
+            .map(|(w, tasks)| WorkerView {
+                id: w.id,
+                host: w.host,
+                version: w.version,
+                pid: w.pid,
+                concurrency: w.concurrency,
+                queues: w.queues,
+                connected_at: w.connected_at,
+                last_seen_at: w.last_seen_at,
+                tasks,
+            })
+            .collect(),
+    ))
+}
+
 /// A queue task.
 #[derive(Debug, Serialize, ToSchema)]
 pub struct QueueTask {

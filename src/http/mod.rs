@@ -100,6 +100,7 @@ pub fn router(state: AppState) -> Router {
         .route("/runs/{id}/resume", post(control::resume_run))
         .route("/plans", get(api::plans))
         .route("/queues", get(api::queues))
+        .route("/workers", get(api::workers))
         .route("/queues/{queue}/tasks", get(api::queue_tasks))
         .route("/queues/{queue}/pause", post(control::pause_queue))
         .route("/queues/{queue}/resume", post(control::resume_queue))

@@ -21,7 +21,7 @@ use super::{api, auth, control, error, live};
         auth::session, auth::sign_in, auth::sign_out,
         api::list_runs, control::start_run, api::get_run, api::run_messages, api::task_log,
         control::cancel_run, control::resume_run, api::plans,
-        api::queues, api::queue_tasks, control::pause_queue, control::resume_queue,
+        api::queues, api::workers, api::queue_tasks, control::pause_queue, control::resume_queue,
         api::get_task, control::retry_task, control::cancel_task,
         api::host, api::audit, api::decisions, api::controls, live::events,
     ),

@@ -381,6 +381,29 @@ fn dequeue_spec(field: &str, req: DequeueRequest) -> Result<DequeueSpec, GrpcSta
     })
 }
 
+/// Workers connected now (see [`QueueBackend::workers`]), each with the ids
+/// of the tasks it holds a lease on.
+pub async fn connected_workers<B: QueueBackend>(
+    backend: &B,
+    now: i64,
+) -> Result<Vec<(WorkerRecord, Vec<String>)>, QueueError> {
+    let workers = backend.workers(now).await?;
+    let mut held: HashMap<String, Vec<String>> = HashMap::new();
+    for t in backend
+        .list(Some(Status::InProgress), None, 0, None)
+        .await?
+    {
+        held.entry(t.worker_id).or_default().push(t.id);
+    }
+    Ok(workers
+        .into_iter()
+        .map(|w| {
+            let tasks = held.remove(&w.id).unwrap_or_default();
+            (w, tasks)
+        })
+        .collect())
+}
+
 pub fn to_status(e: QueueError) -> GrpcStatus {
     match e {
         QueueError::NotFound(_) => GrpcStatus::not_found(e.to_string()),
@@ -711,21 +734,14 @@ impl<B: QueueBackend> TaskQueue for QueueService<B> {
         _request: Request<ListWorkersRequest>,
     ) -> Result<Response<ListWorkersResponse>, GrpcStatus> {
         let _timer = crate::timer!("queue.grpc.list_workers");
-        let workers = self.backend.workers(now_ms()).await.map_err(to_status)?;
-        let held = self
-            .backend
-            .list(Some(Status::InProgress), None, 0, None)
+        let workers = connected_workers(&*self.backend, now_ms())
             .await
             .map_err(to_status)?;
-        let mut tasks: HashMap<String, Vec<String>> = HashMap::new();
-        for t in held {
-            tasks.entry(t.worker_id).or_default().push(t.id);
-        }
         Ok(Response::new(ListWorkersResponse {
             workers: workers
                 .into_iter()
-                .map(|w| WorkerEntry {
-                    task_ids: tasks.remove(&w.id).unwrap_or_default(),
+                .map(|(w, task_ids)| WorkerEntry {
+                    task_ids,
                     worker_id: w.id,
                     info: Some(WorkerInfo {
                         host: w.host,

@@ -416,10 +416,34 @@ function sparkline(values, cls = "spark", w = 220, hgt = 40) {
 
 const STATUSES = ["PENDING", "IN_PROGRESS", "COMPLETED", "FAILED", "CANCELLED"];
 
+// One row per worker process (host and pid), its slots' tasks together.
+function workersTable(workers) {
+  if (!workers.length) return h("p", { class: "muted" }, "No workers connected.");
+  const procs = new Map();
+  for (const w of workers) {
+    const key = `${w.host}/${w.pid}`;
+    if (!procs.has(key)) procs.set(key, { ...w, tasks: [], since: w.connected_at });
+    const p = procs.get(key);
+    p.tasks.push(...w.tasks);
+    p.since = Math.min(p.since, w.connected_at);
+  }
+  const now = Date.now();
+  return h("table", { id: "workers" },
+    h("thead", {}, h("tr", {}, ["Host", "PID", "Version", "Busy", "Queues", "Connected", "Tasks"].map((c) => h("th", {}, c)))),
+    h("tbody", {}, [...procs.values()].map((p) => h("tr", { "data-pid": p.pid },
+      h("td", {}, p.host), h("td", {}, p.pid), h("td", {}, p.version),
+      h("td", { "data-busy": p.tasks.length }, `${p.tasks.length} / ${p.concurrency}`),
+      h("td", {}, p.queues.length ? p.queues.join(", ") : "all"),
+      h("td", { title: time(p.since) }, `${duration(now - p.since)} ago`),
+      h("td", { class: "mono" }, p.tasks.map((id) => h("a", { href: `#/tasks/${encodeURIComponent(id)}` }, id.slice(0, 13) + "… ")))))));
+}
+
 function queuesView(main) {
   const stats = h("div", { class: "grid" });
   const table = h("div", { class: "panel" });
-  main.append(h("h1", {}, "Queues"), stats, table);
+  const fleet = h("div", { class: "panel" });
+  main.append(h("h1", {}, "Queues"), stats, table, h("h2", {}, "Workers"), fleet);
+  const loadWorkers = throttle(async () => fleet.replaceChildren(workersTable(await api("/workers"))), 2000);
   const render = (o) => {
     const series = o.series || state.lastSeries || [];
     state.lastSeries = series;
@@ -441,9 +465,9 @@ function queuesView(main) {
           ? h("button", { class: "resume", "data-queue": q.name, onclick: () => act(`Queue ${q.name} resumed`, `/queues/${encodeURIComponent(q.name)}/resume`).then(load) }, "Resume")
           : h("button", { class: "pause", "data-queue": q.name, onclick: () => act(`Queue ${q.name} paused`, `/queues/${encodeURIComponent(q.name)}/pause`).then(load) }, "Pause")))))) : h("p", { class: "muted" }, "No queues yet."));
   };
-  const load = loader(main, async () => render(await api("/queues")));
+  const load = loader(main, async () => { render(await api("/queues")); await loadWorkers(); });
   load();
-  return { on: (topic, data) => { if (topic === "queue") render({ ...data, store: null }); if (topic === "resync") load(); } };
+  return { on: (topic, data) => { if (topic === "queue") { render({ ...data, store: null }); loadWorkers(); } if (topic === "resync") load(); } };
 }
 
 function queueView(main, name) {
