@@ -1515,16 +1515,7 @@ async fn a_work_stream_leases_by_credit_and_answers_acks(backend: Backend) {
         queues: vec!["no spaces".into()],
         ..lease.clone()
     };
-    let refused = match WorkStream::open(c, bad_lease, 1).await {
-        Ok(mut s) => s.next().await.unwrap_err(),
-        Err(e) => e,
-    };
-    assert_eq!(refused.code(), Code::InvalidArgument);
-    assert!(
-        refused.message().contains("lease.queues[0]"),
-        "{}",
-        refused.message()
-    );
+    refused_opening(c, bad_lease, None, "lease.queues[0]").await;
 }
 
 async fn a_released_task_is_pending_again_without_spending_an_attempt(backend: Backend) {
@@ -1687,16 +1678,23 @@ async fn a_worker_that_says_who_it_is_is_listed_while_its_stream_lasts(backend: 
         host: "two\nlines".into(),
         ..info
     };
-    let refused = match WorkStream::open_as(c, lease, 1, Some(bad)).await {
+    refused_opening(c, lease, Some(bad), "worker.host").await;
+}
+
+/// Opening a Work stream as `lease` and `worker` say is refused as an
+/// invalid argument naming `field` (when opened, or on its first message).
+async fn refused_opening(
+    c: &mut Client,
+    lease: DequeueRequest,
+    worker: Option<WorkerInfo>,
+    field: &str,
+) {
+    let refused = match WorkStream::open_as(c, lease, 1, worker).await {
         Ok(mut s) => s.next().await.unwrap_err(),
         Err(e) => e,
     };
     assert_eq!(refused.code(), Code::InvalidArgument);
-    assert!(
-        refused.message().contains("worker.host"),
-        "{}",
-        refused.message()
-    );
+    assert!(refused.message().contains(field), "{}", refused.message());
 }
 
 macro_rules! conformance {

@@ -507,3 +507,17 @@ fn ago(ms: i64) -> String {
         _ => format!("{}d", s / 86400),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::ago;
+
+    #[test]
+    fn ages_are_short_and_round_down() {
+        assert_eq!(ago(-5), "0s");
+        assert_eq!(ago(59_999), "59s");
+        assert_eq!(ago(60_000), "1m");
+        assert_eq!(ago(3_600_000 * 5 + 1), "5h");
+        assert_eq!(ago(86_400_000 * 3), "3d");
+    }
+}

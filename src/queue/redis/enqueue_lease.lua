@@ -12,15 +12,9 @@ local a = 4 + 10 * n
 -- has another task ready.
 local function takes_only_the_new_task()
   if n ~= 1 or ARGV[13] ~= '' or tonumber(ARGV[12]) > NOW then return false end
-  local queue, nq = ARGV[5], tonumber(ARGV[a + 3])
-  local asked = {}
-  if nq == 0 then
-    asked = redis.call('SMEMBERS', P .. 'queues')
-  else
-    for i = 1, nq do asked[i] = ARGV[a + 3 + i] end
-  end
-  local wanted = nq == 0
-  for _, q in ipairs(asked) do
+  local queue = ARGV[5]
+  local wanted = tonumber(ARGV[a + 3]) == 0
+  for _, q in ipairs(asked_queues(a)) do
     if q == queue then wanted = true end
     if redis.call('EXISTS', P .. 'ready:' .. q) == 1 then return false end
   end

@@ -1,3 +1,12 @@
+-- The queues the lease at ARGV[a..] asks for: those it names, or every one.
+local function asked_queues(a)
+  local nq = tonumber(ARGV[a + 3])
+  if nq == 0 then return redis.call('SMEMBERS', P .. 'queues') end
+  local asked = {}
+  for i = 1, nq do asked[i] = ARGV[a + 3 + i] end
+  return asked
+end
+
 -- lease_tasks(a): lease due tasks as ARGV[a..] asks: worker_id, lease_ms,
 -- max_tasks, number of queues, the queues (none: every queue), then
 -- max_tasks fresh lease ids, the most bytes of tasks to answer (0: no limit)
@@ -28,12 +37,7 @@ local function lease_tasks(a)
   reap(1000)
   promote(1000)
 
-  local asked = {}
-  if nq == 0 then
-    asked = redis.call('SMEMBERS', P .. 'queues')
-  else
-    for i = 1, nq do asked[i] = ARGV[a + 3 + i] end
-  end
+  local asked = asked_queues(a)
   -- A paused queue hands out nothing.
   local queues = {}
   for _, q in ipairs(asked) do
