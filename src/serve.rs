@@ -242,11 +242,15 @@ pub fn run(ws: &Workspace, out: &Output, args: &ServeArgs) -> Result<()> {
             .await;
         }
         let _ = stopped.send(true);
-        if let Some(m) = metrics_server {
-            let _ = m.await;
-        }
-        if let Some(d) = dashboard {
-            let _ = d.await;
+        // As the queue's listener: connections get a while to close, not
+        // forever (a browser on a host that vanished never closes its own).
+        let drain = tokio::time::sleep(std::time::Duration::from_secs(10));
+        tokio::pin!(drain);
+        for listener in [metrics_server, dashboard].into_iter().flatten() {
+            tokio::select! {
+                _ = listener => {}
+                () = &mut drain => break,
+            }
         }
         saver.abort();
         if let Some(p) = purger {

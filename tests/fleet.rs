@@ -377,7 +377,7 @@ fn a_worker_host_cut_off_mid_task_loses_it_to_the_other_host_after_the_lease() {
     let redis_dir = tempfile::tempdir().unwrap();
     let mut children = Children::default();
     children.add(redis(bed.host("server"), redis_dir.path()));
-    children.add(serve(&ws, bed.host("server"), false));
+    let server = children.add(serve(&ws, bed.host("server"), false));
     // Only w1 at first, so it takes `hold`.
     children.add(worker(&ws, bed.host("w1"), "2s", 1));
     let run = orchestrate(&ws, bed.host("server"));
@@ -426,6 +426,16 @@ fn a_worker_host_cut_off_mid_task_loses_it_to_the_other_host_after_the_lease() {
         .collect();
     hold.sort();
     assert_eq!(hold, ["w1", "w2"], "{ran:?}");
+
+    // The cut-off worker's connection can never close (no packet gets
+    // through either way); the server stops anyway, within its drain time.
+    let stopping = Instant::now();
+    unsafe { libc::kill(server as i32, libc::SIGTERM) };
+    wait_until("nova serve to stop", Duration::from_secs(30), || {
+        !std::path::Path::new(&format!("/proc/{server}/cmdline")).exists()
+            || std::fs::read_to_string(format!("/proc/{server}/stat")).is_ok_and(|s| s.contains(") Z "))
+    });
+    assert!(stopping.elapsed() < Duration::from_secs(20), "{:?}", stopping.elapsed());
 }
 
 #[test]

@@ -128,23 +128,44 @@ pub async fn serve_audited<B: QueueBackend>(
 
     let service = QueueService::new(backend).with_audit(audit);
     let closer = service.clone();
+    let (stopped, stop_seen) = tokio::sync::oneshot::channel::<()>();
     let shutdown = async move {
         shutdown.await;
         closer.close();
+        let _ = stopped.send(());
     };
     let queue = TaskQueueServer::new(service)
         .max_decoding_message_size(TRANSPORT_LIMIT)
         .max_encoding_message_size(MAX_MESSAGE);
     let queue = tonic::service::interceptor::InterceptedService::new(queue, BearerAuth::new(token));
-    let result = builder
+    let serving = builder
         .layer(tower::util::MapResponseLayer::new(conventional_codes))
         .add_service(health_service)
         .add_service(queue)
-        .serve_with_incoming_shutdown(incoming(listener), shutdown)
-        .await;
+        .serve_with_incoming_shutdown(incoming(listener), shutdown);
+    // Once told to stop, connections get DRAIN to close. One whose peer
+    // vanished (a host cut off, no FIN or RST will ever come) would
+    // otherwise keep the server from stopping at all.
+    let drained = async {
+        if stop_seen.await.is_ok() {
+            tokio::time::sleep(DRAIN).await;
+        } else {
+            std::future::pending::<()>().await;
+        }
+    };
+    let result = tokio::select! {
+        result = serving => result,
+        () = drained => {
+            tracing::warn!(after = ?DRAIN, "connections still open after the stop; closing them");
+            Ok(())
+        }
+    };
     reaper.abort();
     result
 }
+
+/// How long a stopping server waits for its connections to close.
+const DRAIN: Duration = Duration::from_secs(10);
 
 /// Accepted connections with Nagle's algorithm off: a response is several
 /// small HTTP/2 frames, and holding the later ones back until the client's
