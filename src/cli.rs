@@ -159,6 +159,15 @@ pub enum BlueprintsAction {
         #[arg(long, value_name = "PHASE")]
         phase: Option<String>,
     },
+    /// Write the files built-in plans' fixes use (dashboards, workflows, scripts) into the workspace, never over an edited copy (--plan: one plan's)
+    Assets {
+        /// Only this plan's files [default: every built-in plan's]
+        #[arg(long, value_name = "NAME")]
+        plan: Option<String>,
+        /// Only say what would be written
+        #[arg(long)]
+        dry_run: bool,
+    },
     /// Check blueprint files and folders (default: the whole catalog); exit 2 on any problem
     Validate {
         /// Files or folders of blueprints to check on top of the catalog

@@ -389,3 +389,213 @@ fn nova_yaml_can_name_the_blueprint_folder() {
             .any(|b| b["name"] == "lint-bot")
     );
 }
+
+/// The states `nova blueprints assets ARGS` reported, by file.
+fn asset_states(ws: &Workspace, args: &[&str]) -> Vec<(String, String)> {
+    let mut all = vec!["blueprints", "assets", "--json"];
+    all.extend_from_slice(args);
+    ws.run(&all)
+        .success()
+        .json()
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|o| {
+            (
+                o["path"].as_str().unwrap().to_string(),
+                o["state"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect()
+}
+
+const SHIPPED: [&str; 5] = [
+    "dashboards/sophia-lux.json",
+    "dashboards/sophia-mood.json",
+    "scripts/build_knowledge_base.py",
+    "workflows/agent-pipelines.json",
+    "workflows/data-flywheel.json",
+];
+
+#[test]
+fn plan_assets_are_written_once_and_an_edited_copy_is_left_alone() {
+    let ws = Workspace::new();
+    let states = |args: &[&str]| asset_states(&ws, args);
+    let all = |state: &str| {
+        SHIPPED
+            .iter()
+            .map(|p| (p.to_string(), state.to_string()))
+            .collect::<Vec<_>>()
+    };
+
+    assert_eq!(
+        states(&["--plan", "spark-sophia", "--dry-run"]),
+        all("would write")
+    );
+    assert!(
+        !ws.path().join("dashboards").exists(),
+        "a dry run wrote files"
+    );
+    // A file of the user's own, there first, is theirs.
+    ws.write("workflows/data-flywheel.json", "{\"name\": \"mine\"}\n");
+    let mut expected = all("written");
+    expected[4].1 = "kept: not nova's".into();
+    assert_eq!(states(&["--plan", "spark-sophia"]), expected);
+    assert_eq!(
+        std::fs::read_to_string(ws.path().join("workflows/data-flywheel.json")).unwrap(),
+        "{\"name\": \"mine\"}\n"
+    );
+    expected = all("up to date");
+    expected[4].1 = "kept: not nova's".into();
+    assert_eq!(states(&[]), expected, "written once");
+
+    // Edited after nova wrote it: kept, now and from then on.
+    ws.write("dashboards/sophia-mood.json", "{\"edited\": true}\n");
+    expected[1].1 = "kept: edited".into();
+    assert_eq!(states(&["--plan", "spark-sophia"]), expected);
+    assert_eq!(
+        std::fs::read_to_string(ws.path().join("dashboards/sophia-mood.json")).unwrap(),
+        "{\"edited\": true}\n"
+    );
+    // Deleted: written again.
+    std::fs::remove_file(ws.path().join("dashboards/sophia-lux.json")).unwrap();
+    expected[0].1 = "written".into();
+    assert_eq!(states(&["--plan", "spark-sophia"]), expected);
+
+    // Plans without assets, unknown plans, a damaged record.
+    ws.run(&["blueprints", "assets", "--plan", "delivery"])
+        .success()
+        .stdout_has("no assets");
+    ws.run(&["blueprints", "assets", "--plan", "nope"])
+        .code(2)
+        .stderr_has("unknown plan `nope`");
+    ws.write(".nova/assets.json", "not json");
+    ws.run(&["blueprints", "assets"])
+        .code(2)
+        .stderr_has("assets.json: not nova's record");
+    assert_eq!(
+        std::fs::read_to_string(ws.path().join(".nova/assets.json")).unwrap(),
+        "not json"
+    );
+}
+
+#[test]
+fn shipped_plan_assets_are_valid_for_their_tools() {
+    let ws = Workspace::new();
+    asset_states(&ws, &["--plan", "spark-sophia"]);
+    let json = |rel: &str| -> serde_json::Value {
+        let text = std::fs::read_to_string(ws.path().join(rel)).unwrap();
+        serde_json::from_str(&text).unwrap_or_else(|e| panic!("{rel}: {e}"))
+    };
+    let aura = include_str!("../blueprints/spark-sophia/aura.yaml");
+    let chronos = include_str!("../blueprints/spark-sophia/chronos.yaml");
+
+    // Grafana: what POST /api/dashboards/db takes, with the uid aura's check asks for.
+    for (rel, uid) in [
+        ("dashboards/sophia-lux.json", "sophia-lux"),
+        ("dashboards/sophia-mood.json", "sophia-mood"),
+    ] {
+        let body = json(rel);
+        let d = &body["dashboard"];
+        assert_eq!(d["uid"], uid, "{rel}");
+        assert!(aura.contains(&format!("/api/dashboards/uid/{uid}")));
+        assert!(aura.contains(&format!("@{rel}")), "aura posts {rel}");
+        assert!(d["title"].as_str().is_some_and(|t| !t.is_empty()));
+        assert_eq!(body["overwrite"], true);
+        let panels = d["panels"].as_array().unwrap();
+        assert!(!panels.is_empty());
+        let mut ids = std::collections::BTreeSet::new();
+        for p in panels {
+            assert!(
+                ids.insert(p["id"].as_u64().unwrap()),
+                "{rel}: panel ids repeat"
+            );
+            assert_eq!(p["datasource"]["type"], "prometheus", "{rel}: {p}");
+            let grid = &p["gridPos"];
+            assert!(grid["w"].as_u64().unwrap() <= 24 && grid["h"].as_u64().unwrap() > 0);
+            for t in p["targets"].as_array().unwrap() {
+                let expr = t["expr"].as_str().unwrap();
+                assert!(
+                    !expr.trim().is_empty() && t["refId"].is_string(),
+                    "{rel}: {t}"
+                );
+                // Balanced brackets, at least: a PromQL typo Grafana would only show as an error panel.
+                for (open, close) in [('(', ')'), ('{', '}'), ('[', ']')] {
+                    assert_eq!(
+                        expr.matches(open).count(),
+                        expr.matches(close).count(),
+                        "{rel}: {expr}"
+                    );
+                }
+            }
+        }
+    }
+
+    // n8n: workflows `n8n import:workflow --separate --input=workflows/` takes.
+    assert!(chronos.contains("--input=workflows/"));
+    for rel in [
+        "workflows/agent-pipelines.json",
+        "workflows/data-flywheel.json",
+    ] {
+        let w = json(rel);
+        assert!(w["name"].as_str().is_some_and(|n| !n.is_empty()), "{rel}");
+        let nodes = w["nodes"].as_array().unwrap();
+        let names: std::collections::BTreeSet<&str> =
+            nodes.iter().map(|n| n["name"].as_str().unwrap()).collect();
+        assert_eq!(names.len(), nodes.len(), "{rel}: node names repeat");
+        for n in nodes {
+            assert!(
+                n["type"].as_str().unwrap().starts_with("n8n-nodes-base."),
+                "{rel}: {n}"
+            );
+            assert!(n["typeVersion"].is_number() && n["parameters"].is_object());
+            assert_eq!(n["position"].as_array().unwrap().len(), 2);
+        }
+        for (from, outputs) in w["connections"].as_object().unwrap() {
+            assert!(
+                names.contains(from.as_str()),
+                "{rel}: connection from {from}"
+            );
+            for to in outputs["main"][0].as_array().unwrap() {
+                assert!(names.contains(to["node"].as_str().unwrap()), "{rel}: {to}");
+            }
+        }
+    }
+    // chronos's data-flywheel check looks for an active workflow tagged flywheel.
+    assert!(chronos.contains("tags=flywheel"));
+    let tags = json("workflows/data-flywheel.json")["tags"].clone();
+    assert!(
+        tags.as_array()
+            .unwrap()
+            .iter()
+            .any(|t| t["name"] == "flywheel"),
+        "{tags}"
+    );
+
+    // The knowledge-base builder compiles, answers --help, and refuses an empty corpus by name.
+    let script = ws.path().join("scripts/build_knowledge_base.py");
+    let compiled = std::process::Command::new("python3")
+        .args(["-B", "-m", "py_compile"])
+        .arg(&script)
+        .output()
+        .unwrap();
+    assert!(
+        compiled.status.success(),
+        "{}",
+        String::from_utf8_lossy(&compiled.stderr)
+    );
+    let help = std::process::Command::new("python3")
+        .arg(&script)
+        .arg("--help")
+        .output()
+        .unwrap();
+    assert!(help.status.success() && String::from_utf8_lossy(&help.stdout).contains("--out"));
+    let empty = std::process::Command::new("python3")
+        .arg(&script)
+        .args(["--docs", "no-such-folder", "--out", "kb/index.faiss"])
+        .current_dir(ws.path())
+        .output()
+        .unwrap();
+    assert_eq!(empty.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&empty.stderr).contains("no documents"));
+}

@@ -433,9 +433,14 @@ fn a_worker_host_cut_off_mid_task_loses_it_to_the_other_host_after_the_lease() {
     unsafe { libc::kill(server as i32, libc::SIGTERM) };
     wait_until("nova serve to stop", Duration::from_secs(30), || {
         !std::path::Path::new(&format!("/proc/{server}/cmdline")).exists()
-            || std::fs::read_to_string(format!("/proc/{server}/stat")).is_ok_and(|s| s.contains(") Z "))
+            || std::fs::read_to_string(format!("/proc/{server}/stat"))
+                .is_ok_and(|s| s.contains(") Z "))
     });
-    assert!(stopping.elapsed() < Duration::from_secs(20), "{:?}", stopping.elapsed());
+    assert!(
+        stopping.elapsed() < Duration::from_secs(20),
+        "{:?}",
+        stopping.elapsed()
+    );
 }
 
 #[test]

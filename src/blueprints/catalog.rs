@@ -25,6 +25,11 @@ mod builtin {
     include!(concat!(env!("OUT_DIR"), "/builtin_blueprints.rs"));
 }
 
+/// The files built-in plans' fixes use: (plan, path, text); see [`super::assets`].
+pub fn builtin_assets() -> &'static [(&'static str, &'static str, &'static str)] {
+    builtin::ASSETS
+}
+
 /// Where an input comes from; later layers override earlier ones by name.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub enum Layer {

@@ -27,7 +27,32 @@ pub fn run(ws: &Workspace, out: &Output, args: &BlueprintsArgs) -> Result<()> {
             phase,
         }) => new(ws, out, role, name, plan.as_deref(), phase.as_deref()),
         Some(BlueprintsAction::Validate { paths }) => validate(ws, out, paths),
+        Some(BlueprintsAction::Assets { plan, dry_run }) => {
+            assets(ws, out, plan.as_deref(), *dry_run)
+        }
     }
+}
+
+fn assets(ws: &Workspace, out: &Output, plan: Option<&str>, dry_run: bool) -> Result<()> {
+    if let Some(plan) = plan {
+        Catalog::load(ws)?.plan(plan)?;
+    }
+    let outcomes = super::assets::write(ws, plan, dry_run)?;
+    if out.json {
+        return out.json(&outcomes);
+    }
+    if outcomes.is_empty() {
+        return out.text("no assets: this plan's fixes use no files nova ships\n");
+    }
+    let mut table = out.table(&["plan", "file", "state"]);
+    for o in &outcomes {
+        table.add_row(vec![
+            o.plan.to_string(),
+            o.path.to_string(),
+            o.state.to_string(),
+        ]);
+    }
+    out.print_table(&table)
 }
 
 #[derive(Serialize)]

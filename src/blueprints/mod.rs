@@ -6,6 +6,7 @@
 //! them as a whole ([`validate`]). Nothing outside this module parses blueprint
 //! YAML.
 
+pub mod assets;
 pub mod catalog;
 pub mod command;
 pub mod model;

@@ -525,6 +525,21 @@ pub fn start(ws: &Workspace, out: &Output, args: &RunRequest) -> Result<()> {
     let policy = crate::policy::open(ws)?;
     let privileges = Privileges::resolve(ws.config.service_user.as_deref())?;
     ws.ensure_home()?;
+    // The files this plan's fixes use, where they look for them (never over
+    // a copy someone edited): fixes run only with --apply.
+    if args.apply {
+        for o in crate::blueprints::assets::write(ws, Some(&schedule.plan), false)? {
+            if matches!(
+                o.state,
+                "written" | "updated" | "kept: edited" | "kept: not nova's"
+            ) {
+                tracing::info!(file = o.path, state = o.state, "plan asset");
+                if !out.quiet && !out.json {
+                    eprintln!("{}: {}", o.path, o.state);
+                }
+            }
+        }
+    }
     let store = Store::open(&ws.db_path())?;
     let conn = store.into_connection();
 

@@ -1,0 +1,89 @@
+#!/usr/bin/env python3
+"""Build Sophia's knowledge base: embed the workspace's documents and write a
+FAISS index that `faiss.read_index` loads, beside a JSON file naming the
+passage behind each vector (written by nova, spark-sophia plan, lumina agent).
+
+Documents are the Markdown, text and reStructuredText files under --docs
+(default: docs/ and the workspace's README). Each is cut into passages of
+about --chunk characters on paragraph boundaries; each passage is embedded
+with a sentence-transformers model (--model: a name the library can load,
+or a local folder) and normalised, so the index's inner product is the
+cosine similarity. Exits 2 when there is nothing to index or an argument is
+wrong, naming it.
+"""
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+
+SUFFIXES = {".md", ".txt", ".rst"}
+
+
+def documents(roots):
+    """Every document file under the roots, sorted, each once."""
+    seen = set()
+    for root in roots:
+        path = Path(root)
+        files = [path] if path.is_file() else sorted(p for p in path.rglob("*") if p.is_file())
+        for f in files:
+            if f.suffix.lower() in SUFFIXES and f.resolve() not in seen:
+                seen.add(f.resolve())
+                yield f
+
+
+def passages(text, size):
+    """Paragraphs joined into passages of at most about `size` characters."""
+    out, current = [], ""
+    for para in (p.strip() for p in text.split("\n\n")):
+        if not para:
+            continue
+        if current and len(current) + len(para) + 2 > size:
+            out.append(current)
+            current = ""
+        current = f"{current}\n\n{para}" if current else para
+    if current:
+        out.append(current)
+    return out
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--docs", nargs="+", default=["docs", "README.md"],
+                        help="files or folders of documents (default: docs/ and README.md)")
+    parser.add_argument("--out", required=True, help="the FAISS index to write")
+    parser.add_argument("--model", default=os.environ.get("NOVA_KB_MODEL", "all-MiniLM-L6-v2"),
+                        help="sentence-transformers model name or folder (default: $NOVA_KB_MODEL or all-MiniLM-L6-v2)")
+    parser.add_argument("--chunk", type=int, default=1000, help="passage size in characters (default 1000)")
+    args = parser.parse_args()
+    if args.chunk < 100:
+        parser.error("--chunk: at least 100 characters")
+
+    chunks, sources = [], []
+    for doc in documents(d for d in args.docs if Path(d).exists()):
+        for i, passage in enumerate(passages(doc.read_text(encoding="utf-8", errors="replace"), args.chunk)):
+            chunks.append(passage)
+            sources.append({"file": str(doc), "passage": i, "text": passage[:200]})
+    if not chunks:
+        print(f"build_knowledge_base: no documents (.md, .txt, .rst) under {' '.join(args.docs)}", file=sys.stderr)
+        return 2
+
+    import faiss  # imported late: --help and argument errors need neither
+    from sentence_transformers import SentenceTransformer
+
+    model = SentenceTransformer(args.model)
+    vectors = model.encode(chunks, convert_to_numpy=True, normalize_embeddings=True).astype("float32")
+    index = faiss.IndexFlatIP(vectors.shape[1])
+    index.add(vectors)
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    faiss.write_index(index, str(out))
+    meta = out.with_name(out.name + ".json")
+    meta.write_text(json.dumps({"model": args.model, "passages": sources}, indent=1), encoding="utf-8")
+    print(f"build_knowledge_base: {index.ntotal} passages from {len({s['file'] for s in sources})} documents -> {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
