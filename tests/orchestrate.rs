@@ -1452,3 +1452,68 @@ fn a_worker_comes_back_by_itself_when_its_server_restarts() {
         p.wait().unwrap();
     }
 }
+
+#[test]
+fn a_fix_that_lacks_what_it_requires_is_not_run_and_says_what_it_needs() {
+    let ws = workspace();
+    agent(
+        &ws,
+        "needy",
+        "implementation",
+        "one",
+        &[],
+        "  - id: build\n    title: needs things\n    requires:\n      env: NOVA_TEST_NEEDED\n      command: nova-no-such-program\n      file: [inputs/data.txt]\n    check: {shell: \"test -f built\"}\n    run: {shell: \"touch built ran\"}\n",
+    );
+    let (code, report) = run_json(&ws, &["--apply"]);
+    assert_eq!(code, 1, "{report}");
+    let t = task(&report, "needy", "build");
+    assert_eq!(t["status"], "pending", "{t}");
+    assert_eq!(
+        t["detail"],
+        "check fails (exit 1); not done: needs NOVA_TEST_NEEDED set, nova-no-such-program on PATH, the file inputs/data.txt",
+    );
+    assert!(
+        !ws.path().join("ran").exists(),
+        "the fix ran without what it needs"
+    );
+
+    // Given what it needs, the fix runs and the task is done.
+    ws.write("inputs/data.txt", "x");
+    ws.write("bin/nova-no-such-program", "#!/bin/sh\n");
+    let bin = ws.path().join("bin");
+    std::process::Command::new("chmod")
+        .args(["+x"])
+        .arg(bin.join("nova-no-such-program"))
+        .status()
+        .unwrap();
+    let path = format!("{}:{}", bin.display(), std::env::var("PATH").unwrap());
+    let out = ws
+        .command()
+        .args(["orchestrate", "--json", "--apply"])
+        .env("NOVA_TEST_NEEDED", "yes")
+        .env("PATH", path)
+        .output()
+        .unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let report: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(task(&report, "needy", "build")["status"], "done");
+    assert!(ws.path().join("ran").exists());
+
+    // A requirement of a kind nova does not know is refused by name.
+    agent(
+        &ws,
+        "needy",
+        "implementation",
+        "one",
+        &[],
+        "  - id: build\n    title: x\n    requires:\n      service: grafana\n    run: [\"true\"]\n",
+    );
+    ws.run(&["blueprints", "validate"])
+        .code(2)
+        .stderr_has("unknown field `service`");
+}

@@ -14,4 +14,4 @@ pub mod template;
 pub mod validate;
 
 pub use catalog::{Agent, Catalog, Layer};
-pub use model::{Blueprint, CommandSpec, HumanDuration, Resources, TaskSpec, When};
+pub use model::{Blueprint, CommandSpec, HumanDuration, Requires, Resources, TaskSpec, When};

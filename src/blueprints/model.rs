@@ -64,6 +64,10 @@ pub struct TaskSpec {
     /// Conditions under which the task applies; otherwise it is skipped.
     #[serde(default, skip_serializing_if = "When::is_empty")]
     pub when: When,
+    /// What the fix needs; when something is missing the fix is not run and
+    /// the task is not done, saying what it needs.
+    #[serde(default, skip_serializing_if = "Requires::is_empty")]
+    pub requires: Requires,
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub env: BTreeMap<String, String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -224,6 +228,65 @@ impl When {
             return Some(format!("{unset} is not set"));
         }
         None
+    }
+}
+
+/// What a task's fix needs to run. Each key takes one value or a list, and
+/// every value must hold.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct Requires {
+    /// Files that must exist (relative to the task's folder).
+    #[serde(
+        default,
+        skip_serializing_if = "Vec::is_empty",
+        deserialize_with = "one_or_many"
+    )]
+    pub file: Vec<String>,
+    /// Programs that must be on `PATH`.
+    #[serde(
+        default,
+        skip_serializing_if = "Vec::is_empty",
+        deserialize_with = "one_or_many"
+    )]
+    pub command: Vec<String>,
+    /// Environment variables that must be set and not empty.
+    #[serde(
+        default,
+        skip_serializing_if = "Vec::is_empty",
+        deserialize_with = "one_or_many"
+    )]
+    pub env: Vec<String>,
+}
+
+impl Requires {
+    pub fn is_empty(&self) -> bool {
+        self.file.is_empty() && self.command.is_empty() && self.env.is_empty()
+    }
+
+    /// `None` when the fix has all it needs in folder `dir`, else what is
+    /// missing (`A2F_HOME set, docker on PATH`).
+    pub fn missing(&self, dir: &std::path::Path) -> Option<String> {
+        let mut missing: Vec<String> = Vec::new();
+        missing.extend(
+            self.env
+                .iter()
+                .filter(|v| std::env::var_os(v).is_none_or(|x| x.is_empty()))
+                .map(|v| format!("{v} set")),
+        );
+        missing.extend(
+            self.command
+                .iter()
+                .filter(|c| !on_path(c))
+                .map(|c| format!("{c} on PATH")),
+        );
+        missing.extend(
+            self.file
+                .iter()
+                .filter(|f| !dir.join(f).exists())
+                .map(|f| format!("the file {f}")),
+        );
+        (!missing.is_empty()).then(|| missing.join(", "))
     }
 }
 

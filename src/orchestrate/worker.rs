@@ -701,6 +701,12 @@ pub async fn execute(
                     format!("check fails (exit {}); --apply runs the fix", code(&o)),
                 );
             }
+            if let Some(needs) = job.task.requires.missing(&workdir) {
+                break 'steps (
+                    "pending",
+                    format!("check fails (exit {}); not done: needs {needs}", code(&o)),
+                );
+            }
             let o = step!('steps, "run", run);
             if !o.success() {
                 break 'steps ("failed", format!("run failed (exit {})", code(&o)));
@@ -720,6 +726,9 @@ pub async fn execute(
                     "pending",
                     "no check to verify it; --apply runs it".to_string(),
                 );
+            }
+            if let Some(needs) = job.task.requires.missing(&workdir) {
+                break 'steps ("pending", format!("not done: needs {needs}"));
             }
             let o = step!('steps, "run", run);
             if o.success() {
