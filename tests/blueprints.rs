@@ -599,3 +599,125 @@ fn shipped_plan_assets_are_valid_for_their_tools() {
     assert_eq!(empty.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&empty.stderr).contains("no documents"));
 }
+
+/// Words of a command that look like relative file paths (`dir/file`,
+/// `name.json`), with the prefixes curl and n8n put before them removed.
+fn relative_paths(command: &serde_yaml::Value) -> Vec<String> {
+    let words: Vec<String> = match command {
+        serde_yaml::Value::Sequence(argv) => argv
+            .iter()
+            .map(|a| a.as_str().unwrap().to_string())
+            .collect(),
+        serde_yaml::Value::Mapping(m) => m["shell"]
+            .as_str()
+            .unwrap()
+            .split(|c: char| c.is_whitespace() || ";&|()<>".contains(c))
+            .map(str::to_string)
+            .collect(),
+        other => panic!("not a command: {other:?}"),
+    };
+    words
+        .into_iter()
+        .map(|w| {
+            let w = w.trim_matches(|c| c == '"' || c == '\'');
+            let w = ["@", "--input=", "--out=", "--file="]
+                .iter()
+                .fold(w, |w, p| w.strip_prefix(p).unwrap_or(w));
+            w.to_string()
+        })
+        .filter(|w| {
+            let pathlike = w.contains('/')
+                || [".json", ".py", ".sh", ".yaml", ".yml", ".toml", ".txt"]
+                    .iter()
+                    .any(|e| w.ends_with(e));
+            pathlike
+                && !w.starts_with(['/', '$', '~', '-', '.'])
+                && !w.contains("://")
+                && w.chars()
+                    .all(|c| c.is_ascii_alphanumeric() || "_.-/".contains(c))
+        })
+        .collect()
+}
+
+#[test]
+fn no_fix_of_a_built_in_plan_uses_a_file_nova_does_not_ship_or_the_task_does_not_require() {
+    let ws = Workspace::new();
+    let shipped: Vec<String> = asset_states(&ws, &["--dry-run"])
+        .into_iter()
+        .map(|(path, _)| path)
+        .collect();
+    // Words that look like paths and are not files the fix reads, each with why.
+    let not_files = [
+        ("grafana/grafana-oss", "a container image"),
+        ("application/json", "a media type"),
+        (
+            "package-lock.json",
+            "tested for with [ -f ] before npm uses it",
+        ),
+        (
+            "riva_init.sh",
+            "in $RIVA_QUICKSTART, which the task requires",
+        ),
+        (
+            "riva_start.sh",
+            "in $RIVA_QUICKSTART, which the task requires",
+        ),
+    ];
+    let mut checked = 0;
+    for plan in ["delivery", "spark-sophia"] {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("blueprints")
+            .join(plan);
+        for entry in std::fs::read_dir(&dir).unwrap() {
+            let path = entry.unwrap().path();
+            if path.extension().is_none_or(|e| e != "yaml") {
+                continue;
+            }
+            let doc: serde_yaml::Value =
+                serde_yaml::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+            let Some(tasks) = doc.get("tasks").and_then(|t| t.as_sequence()) else {
+                continue;
+            };
+            for task in tasks {
+                let Some(run) = task.get("run") else { continue };
+                let declared = |key: &str| -> Vec<String> {
+                    match task.get(key).and_then(|r| r.get("file")) {
+                        Some(serde_yaml::Value::String(f)) => vec![f.clone()],
+                        Some(serde_yaml::Value::Sequence(fs)) => {
+                            fs.iter().map(|f| f.as_str().unwrap().to_string()).collect()
+                        }
+                        _ => Vec::new(),
+                    }
+                };
+                let (requires, when) = (declared("requires"), declared("when"));
+                for word in relative_paths(run) {
+                    checked += 1;
+                    let ok = shipped
+                        .iter()
+                        .any(|s| *s == word || (word.ends_with('/') && s.starts_with(&word)))
+                        || requires.contains(&word)
+                        || when.contains(&word)
+                        || not_files.iter().any(|(w, _)| *w == word);
+                    assert!(
+                        ok,
+                        "{}: task {}: its fix uses {word}, which nova does not ship and the task does not list in requires: file",
+                        path.display(),
+                        task["id"].as_str().unwrap()
+                    );
+                    // A file a fix needs from nova is declared, so the report can say it is missing.
+                    if shipped.contains(&word) {
+                        assert!(
+                            requires.contains(&word),
+                            "{}: {word} not in requires",
+                            path.display()
+                        );
+                    }
+                }
+            }
+        }
+    }
+    assert!(
+        checked >= 8,
+        "only {checked} path-like words seen: is the walk right?"
+    );
+}
