@@ -117,15 +117,7 @@ impl Manager {
             let text = String::from_utf8_lossy(&out.stdout).trim().to_string();
             (out.status.success() && !text.is_empty()).then_some(text)
         };
-        // The path as found on PATH, then the file it links to (on a merged
-        // /usr, /bin/x is owned under its /usr/bin name, and alternatives link).
-        let mut candidates = vec![path.to_path_buf()];
-        if let Ok(real) = std::fs::canonicalize(path)
-            && real != path
-        {
-            candidates.push(real);
-        }
-        candidates.into_iter().find_map(|p| {
+        owner_candidates(path).into_iter().find_map(|p| {
             let p = p.to_str()?.to_string();
             match self {
                 Manager::Apt => run("dpkg", &["-S", &p]).and_then(|t| {
@@ -148,6 +140,48 @@ impl Manager {
             }
         })
     }
+}
+
+/// The names under which a package database may record the file found at
+/// `path`: the path itself, the file it links to (as written and fully
+/// resolved: alternatives link), and each one's other name on a merged /usr,
+/// where /usr/sbin/ip and /sbin/ip are one file but dpkg knows only the name
+/// its package shipped.
+fn owner_candidates(path: &Path) -> Vec<std::path::PathBuf> {
+    let mut found = vec![path.to_path_buf()];
+    if let Ok(target) = std::fs::read_link(path) {
+        found.push(match path.parent() {
+            Some(dir) if target.is_relative() => dir.join(target),
+            _ => target,
+        });
+    }
+    if let Ok(real) = std::fs::canonicalize(path) {
+        found.push(real);
+    }
+    let mut all = Vec::new();
+    for p in found {
+        let other = merged_usr_alias(&p);
+        for q in std::iter::once(p).chain(other) {
+            if !all.contains(&q) {
+                all.push(q);
+            }
+        }
+    }
+    all
+}
+
+/// `/usr/bin/x` for `/bin/x` and the other way round (bin, sbin, lib).
+fn merged_usr_alias(path: &Path) -> Option<std::path::PathBuf> {
+    let text = path.to_str()?;
+    for top in ["bin/", "sbin/", "lib/"] {
+        if let Some(rest) = text.strip_prefix(&format!("/usr/{top}")) {
+            return Some(format!("/{top}{rest}").into());
+        }
+        if let Some(rest) = text.strip_prefix(&format!("/{top}")) {
+            return Some(format!("/usr/{top}{rest}").into());
+        }
+    }
+    None
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -397,6 +431,21 @@ pub fn missing(wanted: &[Wanted]) -> Vec<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_file_is_looked_up_under_its_merged_usr_names_and_link_targets() {
+        assert_eq!(merged_usr_alias(Path::new("/usr/sbin/ip")), Some("/sbin/ip".into()));
+        assert_eq!(merged_usr_alias(Path::new("/bin/ls")), Some("/usr/bin/ls".into()));
+        assert_eq!(merged_usr_alias(Path::new("/opt/x/bin/y")), None);
+        let dir = tempfile::tempdir().unwrap();
+        let real = dir.path().join("real");
+        std::fs::write(&real, "").unwrap();
+        let link = dir.path().join("link");
+        std::os::unix::fs::symlink("real", &link).unwrap();
+        let found = owner_candidates(&link);
+        assert_eq!(found[0], link);
+        assert!(found.contains(&real), "{found:?}");
+    }
 
     #[test]
     fn versions_are_found_in_what_tools_print() {
