@@ -1593,6 +1593,14 @@ async fn a_released_task_is_pending_again_without_spending_an_attempt(backend: B
     assert_eq!(refused.code(), Code::NotFound);
 }
 
+async fn workers(c: &mut Client) -> Vec<WorkerEntry> {
+    c.list_workers(ListWorkersRequest {})
+        .await
+        .unwrap()
+        .into_inner()
+        .workers
+}
+
 async fn a_worker_that_says_who_it_is_is_listed_while_its_stream_lasts(backend: Backend) {
     let mut h = start(backend, None).await;
     let c = &mut h.client;
@@ -1614,12 +1622,7 @@ async fn a_worker_that_says_who_it_is_is_listed_while_its_stream_lasts(backend: 
     let task = enqueue(c, req("held")).await;
     let pushed = recv(&mut stream).await.tasks;
     assert_eq!(pushed[0].id, task.id);
-    let listed = c
-        .list_workers(ListWorkersRequest {})
-        .await
-        .unwrap()
-        .into_inner()
-        .workers;
+    let listed = workers(c).await;
     assert_eq!(listed.len(), 1, "{listed:?}");
     let w = &listed[0];
     assert_eq!(w.worker_id, "build-7-4242-0");
@@ -1645,24 +1648,14 @@ async fn a_worker_that_says_who_it_is_is_listed_while_its_stream_lasts(backend: 
     .unwrap();
     let other = enqueue(c, req("other")).await;
     assert_eq!(recv(&mut anonymous).await.tasks[0].id, other.id);
-    let listed = c
-        .list_workers(ListWorkersRequest {})
-        .await
-        .unwrap()
-        .into_inner()
-        .workers;
+    let listed = workers(c).await;
     assert_eq!(listed.len(), 1);
 
     // Gone with its stream.
     drop(stream);
     let deadline = std::time::Instant::now() + Duration::from_secs(10);
     loop {
-        let listed = c
-            .list_workers(ListWorkersRequest {})
-            .await
-            .unwrap()
-            .into_inner()
-            .workers;
+        let listed = workers(c).await;
         if listed.is_empty() {
             break;
         }

@@ -434,8 +434,14 @@ mod tests {
 
     #[test]
     fn a_file_is_looked_up_under_its_merged_usr_names_and_link_targets() {
-        assert_eq!(merged_usr_alias(Path::new("/usr/sbin/ip")), Some("/sbin/ip".into()));
-        assert_eq!(merged_usr_alias(Path::new("/bin/ls")), Some("/usr/bin/ls".into()));
+        assert_eq!(
+            merged_usr_alias(Path::new("/usr/sbin/ip")),
+            Some("/sbin/ip".into())
+        );
+        assert_eq!(
+            merged_usr_alias(Path::new("/bin/ls")),
+            Some("/usr/bin/ls".into())
+        );
         assert_eq!(merged_usr_alias(Path::new("/opt/x/bin/y")), None);
         let dir = tempfile::tempdir().unwrap();
         let real = dir.path().join("real");
