@@ -175,33 +175,17 @@ impl Serialize for CommandSpec {
 #[serde(deny_unknown_fields)]
 pub struct When {
     /// True when any of these paths exists (relative to the task's folder).
-    #[serde(
-        default,
-        skip_serializing_if = "Vec::is_empty",
-        deserialize_with = "one_or_many"
-    )]
-    pub file: Vec<String>,
+    #[serde(default, skip_serializing_if = "Names::is_empty")]
+    pub file: Names,
     /// True when every one of these programs is on `PATH`.
-    #[serde(
-        default,
-        skip_serializing_if = "Vec::is_empty",
-        deserialize_with = "one_or_many"
-    )]
-    pub command: Vec<String>,
+    #[serde(default, skip_serializing_if = "Names::is_empty")]
+    pub command: Names,
     /// True when every one of these environment variables is set and not empty.
-    #[serde(
-        default,
-        skip_serializing_if = "Vec::is_empty",
-        deserialize_with = "one_or_many"
-    )]
-    pub env: Vec<String>,
+    #[serde(default, skip_serializing_if = "Names::is_empty")]
+    pub env: Names,
     /// True when the operating system is one of these (`linux`, `macos`, ...).
-    #[serde(
-        default,
-        skip_serializing_if = "Vec::is_empty",
-        deserialize_with = "one_or_many"
-    )]
-    pub os: Vec<String>,
+    #[serde(default, skip_serializing_if = "Names::is_empty")]
+    pub os: Names,
 }
 
 impl When {
@@ -237,26 +221,14 @@ impl When {
 #[serde(deny_unknown_fields)]
 pub struct Requires {
     /// Files that must exist (relative to the task's folder).
-    #[serde(
-        default,
-        skip_serializing_if = "Vec::is_empty",
-        deserialize_with = "one_or_many"
-    )]
-    pub file: Vec<String>,
+    #[serde(default, skip_serializing_if = "Names::is_empty")]
+    pub file: Names,
     /// Programs that must be on `PATH`.
-    #[serde(
-        default,
-        skip_serializing_if = "Vec::is_empty",
-        deserialize_with = "one_or_many"
-    )]
-    pub command: Vec<String>,
+    #[serde(default, skip_serializing_if = "Names::is_empty")]
+    pub command: Names,
     /// Environment variables that must be set and not empty.
-    #[serde(
-        default,
-        skip_serializing_if = "Vec::is_empty",
-        deserialize_with = "one_or_many"
-    )]
-    pub env: Vec<String>,
+    #[serde(default, skip_serializing_if = "Names::is_empty")]
+    pub env: Names,
 }
 
 impl Requires {
@@ -298,17 +270,38 @@ pub fn on_path(program: &str) -> bool {
         .is_some_and(|paths| std::env::split_paths(&paths).any(|dir| dir.join(program).is_file()))
 }
 
-fn one_or_many<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error> {
-    #[derive(Deserialize)]
-    #[serde(untagged, expecting = "a string or a list of strings")]
-    enum OneOrMany {
-        One(String),
-        Many(Vec<String>),
+/// One name or a list of names: a blueprint may write `env: CI` or
+/// `env: [CI, HOME]`. Written back as a list.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+#[serde(transparent)]
+pub struct Names(pub Vec<String>);
+
+impl Names {
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
     }
-    Ok(match OneOrMany::deserialize(d)? {
-        OneOrMany::One(s) => vec![s],
-        OneOrMany::Many(v) => v,
-    })
+}
+
+impl std::ops::Deref for Names {
+    type Target = Vec<String>;
+    fn deref(&self) -> &Vec<String> {
+        &self.0
+    }
+}
+
+impl<'de> Deserialize<'de> for Names {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged, expecting = "a string or a list of strings")]
+        enum OneOrMany {
+            One(String),
+            Many(Vec<String>),
+        }
+        Ok(Names(match OneOrMany::deserialize(d)? {
+            OneOrMany::One(s) => vec![s],
+            OneOrMany::Many(v) => v,
+        }))
+    }
 }
 
 pub use crate::yaml::HumanDuration;
