@@ -403,9 +403,10 @@ pub struct OrchestrateArgs {
 
 #[derive(Debug, Args)]
 pub struct SetupArgs {
-    /// Packages to install: docker, kubernetes, python, git, wireguard,
-    /// nvidia-container-toolkit, redis, postgresql, tree, iproute2, pciutils,
-    /// ethtool, lshw, ufw, clamav, restic (or nova.yaml's setup.catalog), or
+    /// Packages to install: docker, kubernetes, python, python-venv, nodejs,
+    /// curl, git, wireguard, nvidia-container-toolkit, redis, postgresql, tree,
+    /// iproute2, pciutils, ethtool, lshw, ufw, clamav, restic (or nova.yaml's
+    /// setup.catalog), or
     /// MANAGER:PACKAGE. A package whose command already answers is left alone.
     #[arg(long, num_args = 1.., value_name = "NAME")]
     pub packages: Vec<String>,

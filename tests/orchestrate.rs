@@ -90,7 +90,7 @@ fn built_in_plans_run_end_to_end_in_a_fresh_workspace() {
     }
     let (code, report) = run_json(&ws, &["--plan", "spark-sophia"]);
     assert_eq!(code, 1);
-    assert_eq!(report["tasks"].as_array().unwrap().len(), 22);
+    assert_eq!(report["tasks"].as_array().unwrap().len(), 28);
     let runs = ws.run(&["runs", "--json"]).success().json();
     assert_eq!(runs.as_array().unwrap().len(), 2);
     // nova tasks shows what the runs verified.
@@ -1454,6 +1454,66 @@ fn a_worker_comes_back_by_itself_when_its_server_restarts() {
 }
 
 #[test]
+fn an_agent_that_depends_on_one_task_of_another_runs_when_that_task_ended_well() {
+    let ws = workspace();
+    agent(
+        &ws,
+        "base",
+        "implementation",
+        "one",
+        &[],
+        "  - id: Ready\n    title: works\n    run: [\"true\"]\n  - id: broken\n    title: fails\n    run: [\"false\"]\n",
+    );
+    for (name, dep) in [
+        ("needs-ready", "base/Ready"),
+        ("needs-broken", "base/broken"),
+        ("needs-base", "base"),
+    ] {
+        agent(
+            &ws,
+            name,
+            "implementation",
+            "two",
+            &[dep],
+            &format!("  - id: go\n    title: runs\n    run: [touch, {name}-ran]\n"),
+        );
+    }
+    let (code, report) = run_json(&ws, &["--apply", "--keep-going"]);
+    assert_eq!(code, 1, "{report}");
+    let outcome = |name: &str| {
+        report["agents"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|a| a["agent"] == name)
+            .unwrap()["outcome"]
+            .as_str()
+            .unwrap()
+            .to_string()
+    };
+    assert_eq!(outcome("base"), "failed");
+    assert_eq!(outcome("needs-ready"), "done");
+    assert_eq!(outcome("needs-broken"), "skipped");
+    assert_eq!(outcome("needs-base"), "skipped");
+    assert!(ws.path().join("needs-ready-ran").exists());
+    assert!(!ws.path().join("needs-broken-ran").exists());
+    assert!(!ws.path().join("needs-base-ran").exists());
+
+    // A task that is not there is named, with the tasks that are.
+    agent(
+        &ws,
+        "needs-ready",
+        "implementation",
+        "two",
+        &["base/ready"],
+        "  - id: go\n    title: runs\n    run: [\"true\"]\n",
+    );
+    ws.run(&["blueprints", "validate"])
+        .code(2)
+        .stderr_has("agent `base` has no task `ready`; its tasks: Ready, broken");
+}
+
+#[test]
 fn a_fix_that_lacks_what_it_requires_is_not_run_and_says_what_it_needs() {
     let ws = workspace();
     agent(
@@ -1475,6 +1535,12 @@ fn a_fix_that_lacks_what_it_requires_is_not_run_and_says_what_it_needs() {
     assert!(
         !ws.path().join("ran").exists(),
         "the fix ran without what it needs"
+    );
+    // A dry run says the same: no --apply would help.
+    let (_, report) = run_json(&ws, &[]);
+    assert_eq!(
+        task(&report, "needy", "build")["detail"],
+        "check fails (exit 1); not done: needs NOVA_TEST_NEEDED set, nova-no-such-program on PATH, the file inputs/data.txt",
     );
 
     // Given what it needs, the fix runs and the task is done.
@@ -1503,6 +1569,64 @@ fn a_fix_that_lacks_what_it_requires_is_not_run_and_says_what_it_needs() {
     let report: Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(task(&report, "needy", "build")["status"], "done");
     assert!(ws.path().join("ran").exists());
+
+    // A GPU and systemd, as this host has them or not.
+    agent(
+        &ws,
+        "needy",
+        "implementation",
+        "one",
+        &[],
+        "  - id: build\n    title: x\n    requires: {gpu: true, systemd: true}\n    check: {shell: \"test -f built\"}\n    run: {shell: \"touch built\"}\n",
+    );
+    std::fs::remove_file(ws.path().join("built")).ok();
+    let nvidia = std::fs::read_dir("/sys/bus/pci/devices")
+        .map(|d| {
+            d.flatten().any(|d| {
+                let read = |f: &str| std::fs::read_to_string(d.path().join(f)).unwrap_or_default();
+                read("vendor").trim() == "0x10de" && read("class").starts_with("0x03")
+            })
+        })
+        .unwrap_or(false);
+    let systemd = std::path::Path::new("/run/systemd/system").is_dir();
+    let lacking: Vec<&str> = [
+        (!nvidia).then_some("an NVIDIA GPU"),
+        (!systemd).then_some("systemd running as the service manager"),
+    ]
+    .into_iter()
+    .flatten()
+    .collect();
+    let (_, report) = run_json(&ws, &["--apply"]);
+    let t = task(&report, "needy", "build");
+    if lacking.is_empty() {
+        assert_eq!(t["status"], "done", "{t}");
+    } else {
+        assert_eq!(
+            t["detail"],
+            format!(
+                "check fails (exit 1); not done: needs {}",
+                lacking.join(", ")
+            ),
+        );
+        assert!(!ws.path().join("built").exists());
+    }
+
+    // A check whose program is not installed says the task is not done.
+    agent(
+        &ws,
+        "needy",
+        "implementation",
+        "one",
+        &[],
+        "  - id: build\n    title: x\n    check: [nova-no-such-program, --version]\n",
+    );
+    let (_, report) = run_json(&ws, &[]);
+    let t = task(&report, "needy", "build");
+    assert_eq!(t["status"], "pending", "{t}");
+    assert_eq!(
+        t["detail"],
+        "check fails (exit 127); no fix available (the task has no run step)"
+    );
 
     // A requirement of a kind nova does not know is refused by name.
     agent(

@@ -44,6 +44,13 @@ pub fn shipped(plan: Option<&str>) -> Vec<Asset> {
         .collect()
 }
 
+/// Whether nova ships a file at `path` (a workspace path) for some plan.
+pub fn is_shipped(path: &str) -> bool {
+    super::catalog::builtin_assets()
+        .iter()
+        .any(|(_, p, _)| *p == path)
+}
+
 fn record_path(ws: &Workspace) -> std::path::PathBuf {
     ws.home.join("assets.json")
 }

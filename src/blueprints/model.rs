@@ -26,6 +26,8 @@ pub struct Blueprint {
     pub description: String,
     #[serde(default)]
     pub skills: Vec<String>,
+    /// Agents (`planner`) or tasks of agents (`nova/python`) this agent waits
+    /// for; it does not start when one of them failed.
     #[serde(default)]
     pub depends_on: Vec<String>,
     #[serde(default)]
@@ -34,6 +36,29 @@ pub struct Blueprint {
     pub definition_of_done: Vec<String>,
     #[serde(default)]
     pub tasks: Vec<TaskSpec>,
+}
+
+impl Blueprint {
+    /// The agents this one waits for, lower-cased, each once: its
+    /// `depends_on` entries without their `/task`.
+    pub fn dependency_agents(&self) -> Vec<String> {
+        let mut out: Vec<String> = Vec::new();
+        for dep in &self.depends_on {
+            let agent = split_dependency(dep).0.to_lowercase();
+            if !out.contains(&agent) {
+                out.push(agent);
+            }
+        }
+        out
+    }
+}
+
+/// A `depends_on` entry as (agent, task): `nova/python` → (`nova`, `python`).
+pub fn split_dependency(dep: &str) -> (&str, Option<&str>) {
+    match dep.split_once('/') {
+        Some((agent, task)) => (agent, Some(task)),
+        None => (dep, None),
+    }
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
@@ -229,17 +254,37 @@ pub struct Requires {
     /// Environment variables that must be set and not empty.
     #[serde(default, skip_serializing_if = "Names::is_empty")]
     pub env: Names,
+    /// An NVIDIA GPU must be on the host's PCI bus (driver or not).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub gpu: bool,
+    /// systemd must be the running service manager (`systemctl` works).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub systemd: bool,
+    /// Services that must accept TCP connections, as `HOST:PORT`.
+    #[serde(default, skip_serializing_if = "Names::is_empty")]
+    pub tcp: Names,
 }
 
 impl Requires {
     pub fn is_empty(&self) -> bool {
-        self.file.is_empty() && self.command.is_empty() && self.env.is_empty()
+        self.file.is_empty()
+            && self.command.is_empty()
+            && self.env.is_empty()
+            && !self.gpu
+            && !self.systemd
+            && self.tcp.is_empty()
     }
 
     /// `None` when the fix has all it needs in folder `dir`, else what is
     /// missing (`A2F_HOME set, docker on PATH`).
     pub fn missing(&self, dir: &std::path::Path) -> Option<String> {
         let mut missing: Vec<String> = Vec::new();
+        if self.gpu && !nvidia_gpu_present() {
+            missing.push("an NVIDIA GPU".into());
+        }
+        if self.systemd && !systemd_running() {
+            missing.push("systemd running as the service manager".into());
+        }
         missing.extend(
             self.env
                 .iter()
@@ -249,8 +294,21 @@ impl Requires {
         missing.extend(
             self.command
                 .iter()
-                .filter(|c| !on_path(c))
-                .map(|c| format!("{c} on PATH")),
+                .filter(|c| {
+                    // A path of a program is relative to the task's folder.
+                    if c.contains('/') {
+                        !dir.join(c).is_file()
+                    } else {
+                        !on_path(c)
+                    }
+                })
+                .map(|c| {
+                    if c.contains('/') {
+                        format!("the program {c}")
+                    } else {
+                        format!("{c} on PATH")
+                    }
+                }),
         );
         missing.extend(
             self.file
@@ -258,8 +316,40 @@ impl Requires {
                 .filter(|f| !dir.join(f).exists())
                 .map(|f| format!("the file {f}")),
         );
+        missing.extend(
+            self.tcp
+                .iter()
+                .filter(|a| !accepts_tcp(a))
+                .map(|a| format!("a service listening on {a}")),
+        );
         (!missing.is_empty()).then(|| missing.join(", "))
     }
+}
+
+/// An NVIDIA display or 3D controller on the PCI bus, as sysfs lists it:
+/// seen before any driver is installed, which is when a fix needs to know.
+fn nvidia_gpu_present() -> bool {
+    let Ok(devices) = std::fs::read_dir("/sys/bus/pci/devices") else {
+        return false;
+    };
+    devices.flatten().any(|d| {
+        let read = |f: &str| std::fs::read_to_string(d.path().join(f)).unwrap_or_default();
+        // Class 0x03xxxx is a display controller (VGA 0x0300, 3D 0x0302).
+        read("vendor").trim() == "0x10de" && read("class").trim().starts_with("0x03")
+    })
+}
+
+/// Whether `addr` (`HOST:PORT`) takes a TCP connection within a second.
+fn accepts_tcp(addr: &str) -> bool {
+    use std::net::ToSocketAddrs;
+    let timeout = std::time::Duration::from_secs(1);
+    addr.to_socket_addrs()
+        .is_ok_and(|mut all| all.any(|a| std::net::TcpStream::connect_timeout(&a, timeout).is_ok()))
+}
+
+/// systemd's own test (`sd_booted`): it made this folder when it started.
+fn systemd_running() -> bool {
+    std::path::Path::new("/run/systemd/system").is_dir()
 }
 
 pub fn on_path(program: &str) -> bool {

@@ -165,7 +165,8 @@ fn agent_fields(
             push(format!("`{dep}` is listed twice"), line(), field);
             continue;
         }
-        if dep.eq_ignore_ascii_case(&spec.name) {
+        let (dep_agent, dep_task) = super::model::split_dependency(dep);
+        if dep_agent.eq_ignore_ascii_case(&spec.name) {
             push(
                 format!("agent `{}` cannot depend on itself", spec.name),
                 line(),
@@ -173,7 +174,7 @@ fn agent_fields(
             );
             continue;
         }
-        let Some(target) = by_key.get(&dep.to_lowercase()) else {
+        let Some(target) = by_key.get(&dep_agent.to_lowercase()) else {
             let mut same_plan: Vec<&str> = by_key
                 .values()
                 .filter(|a| a.plan.eq_ignore_ascii_case(&agent.plan))
@@ -182,7 +183,7 @@ fn agent_fields(
             same_plan.sort();
             push(
                 format!(
-                    "unknown agent `{dep}`; agents of plan `{}`: {}",
+                    "unknown agent `{dep_agent}`; agents of plan `{}`: {}",
                     agent.plan,
                     same_plan.join(", ")
                 ),
@@ -196,6 +197,21 @@ fn agent_fields(
                 format!(
                     "`{dep}` belongs to plan `{}`, not `{}`; dependencies stay within one plan",
                     target.plan, agent.plan
+                ),
+                line(),
+                field,
+            );
+            continue;
+        }
+        if let Some(task) = dep_task
+            && !target.spec.tasks.iter().any(|t| t.id == task)
+        {
+            let ids: Vec<&str> = target.spec.tasks.iter().map(|t| t.id.as_str()).collect();
+            push(
+                format!(
+                    "agent `{}` has no task `{task}`; its tasks: {}",
+                    target.name(),
+                    ids.join(", ")
                 ),
                 line(),
                 field,
@@ -297,12 +313,7 @@ fn cycles(agents: &[Agent], by_key: &HashMap<String, &Agent>) -> Vec<Diagnostic>
         let Some(agent) = by_key.get(key) else { return };
         marks.insert(key.to_string(), Mark::Visiting);
         stack.push(key.to_string());
-        let mut deps: Vec<String> = agent
-            .spec
-            .depends_on
-            .iter()
-            .map(|d| d.to_lowercase())
-            .collect();
+        let mut deps = agent.spec.dependency_agents();
         deps.sort();
         for dep in deps {
             if dep != key {
@@ -331,14 +342,22 @@ fn cycles(agents: &[Agent], by_key: &HashMap<String, &Agent>) -> Vec<Diagnostic>
                 .spec
                 .depends_on
                 .iter()
-                .find(|d| d.eq_ignore_ascii_case(next))
+                .find(|d| {
+                    super::model::split_dependency(d)
+                        .0
+                        .eq_ignore_ascii_case(next)
+                })
                 .cloned()
                 .unwrap_or_default();
             let index = agent
                 .spec
                 .depends_on
                 .iter()
-                .position(|d| d.eq_ignore_ascii_case(next))
+                .position(|d| {
+                    super::model::split_dependency(d)
+                        .0
+                        .eq_ignore_ascii_case(next)
+                })
                 .unwrap_or(0);
             Diagnostic::new(
                 &agent.source,

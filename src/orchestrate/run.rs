@@ -15,6 +15,7 @@ use super::worker::{self, JOB_TYPE, Job, JobResult, WorkerConfig};
 use super::{AgentOutcome, AgentRun, report};
 use crate::audit::{AuditLog, Event};
 use crate::audit::{operator, workspace_log};
+use crate::blueprints::model::split_dependency;
 use crate::blueprints::{Catalog, TaskSpec};
 use crate::clock::now_ms;
 use crate::config::ExecutionMode;
@@ -239,7 +240,10 @@ impl Run {
     fn inbox(&self, agent: &AgentRun) -> Vec<Value> {
         let concerns = |name: &str| {
             name.eq_ignore_ascii_case(&agent.name)
-                || agent.deps.iter().any(|d| d.eq_ignore_ascii_case(name))
+                || agent
+                    .deps
+                    .iter()
+                    .any(|d| split_dependency(d).0 == name.to_lowercase())
         };
         self.messages
             .lock()
@@ -862,6 +866,8 @@ async fn schedule_run(
 ) -> Result<Vec<AgentRun>> {
     let mut finished: Vec<AgentRun> = Vec::new();
     let mut outcomes: HashMap<String, AgentOutcome> = HashMap::new();
+    // How each task ended, for agents that depend on one task of another.
+    let mut task_status: HashMap<(String, String), String> = HashMap::new();
     let mut stop_starting = false;
     for phase in &schedule.phases {
         let mut agents: Vec<AgentRun> = phase
@@ -876,11 +882,15 @@ async fn schedule_run(
                     name: agent.spec.name.clone(),
                     role: agent.spec.role.clone(),
                     phase: phase.name.clone(),
+                    // Agent names match in any case; task ids as written.
                     deps: agent
                         .spec
                         .depends_on
                         .iter()
-                        .map(|d| d.to_lowercase())
+                        .map(|d| match split_dependency(d) {
+                            (agent, Some(task)) => format!("{}/{task}", agent.to_lowercase()),
+                            (agent, None) => agent.to_lowercase(),
+                        })
                         .collect(),
                     tasks: agent.spec.tasks.clone(),
                     memory_limit: agent.spec.resources.memory.map(|m| m.as_u64()),
@@ -921,15 +931,20 @@ async fn schedule_run(
                     continue;
                 }
                 let blocked = a.deps.iter().find(|d| {
-                    matches!(
-                        outcomes.get(*d),
-                        Some(
-                            AgentOutcome::Failed
-                                | AgentOutcome::Denied
-                                | AgentOutcome::Skipped
-                                | AgentOutcome::Interrupted
-                        )
-                    )
+                    let (agent, task) = split_dependency(d);
+                    match (outcomes.get(agent), task) {
+                        (Some(AgentOutcome::Skipped | AgentOutcome::Interrupted), _) => true,
+                        (Some(AgentOutcome::Failed | AgentOutcome::Denied), None) => true,
+                        // The agent stopped; the one task named may have ended well first.
+                        (Some(AgentOutcome::Failed | AgentOutcome::Denied), Some(task)) => {
+                            let key = (agent.to_string(), task.to_string());
+                            !run.finished.contains(&key)
+                                && !task_status.get(&key).is_some_and(|s| {
+                                    matches!(s.as_str(), "done" | "skipped" | "pending")
+                                })
+                        }
+                        _ => false,
+                    }
                 });
                 if let Some(dep) = blocked {
                     let dep = dep.clone();
@@ -945,10 +960,10 @@ async fn schedule_run(
                     run.hub("agent-done", &a.name, json!({"agent": a.name, "outcome": "skipped", "reason": "the run stops after a failure (--keep-going runs on)"})).await;
                     continue;
                 }
-                let ready = a
-                    .deps
-                    .iter()
-                    .all(|d| outcomes.contains_key(d) || !schedule_has(schedule, d));
+                let ready = a.deps.iter().all(|d| {
+                    let agent = split_dependency(d).0;
+                    outcomes.contains_key(agent) || !schedule_has(schedule, agent)
+                });
                 if !ready || slots == 0 {
                     continue;
                 }
@@ -1003,6 +1018,7 @@ async fn schedule_run(
                     result.detail = "cancelled".into();
                 }
                 let spec = a.tasks[idx].clone();
+                task_status.insert((a.key.clone(), spec.id.clone()), result.status.clone());
                 let recorded = run.record(a, &spec, &result, task.attempts);
                 for m in &result.messages {
                     run.hub("agent", &a.name, m.clone()).await;

@@ -637,9 +637,17 @@ pub async fn execute(
                           result: &mut JobResult|
            -> Result<Outcome, String> {
         let header = format!("== attempt {attempt}: {name}: {}", command.display());
-        let outcome = supervisor::run(&step(command), &log, &header, stop.clone())
-            .await
-            .map_err(|e| format!("cannot start {}: {e}", command.display()))?;
+        let outcome = match supervisor::run(&step(command), &log, &header, stop.clone()).await {
+            Ok(o) => o,
+            // A check whose program is not installed fails as a shell's
+            // would (127): the task is not done, nova did not break.
+            Err(e) if name == "check" && e.kind() == std::io::ErrorKind::NotFound => Outcome {
+                exit_code: Some(127),
+                tail: vec![format!("{}: {e}", command.display())],
+                ..Outcome::default()
+            },
+            Err(e) => return Err(format!("cannot start {}: {e}", command.display())),
+        };
         result.exit_code = outcome.exit_code;
         result.peak_rss = result.peak_rss.max(outcome.peak_rss);
         result.mean_cpu = outcome.mean_cpu;
@@ -680,11 +688,27 @@ pub async fn execute(
             }
         };
     }
+    // Without --apply nova's own files need not be there yet: --apply
+    // writes them before any fix runs.
+    let mut requires = job.task.requires.clone();
+    if !job.apply {
+        requires
+            .file
+            .0
+            .retain(|f| !crate::blueprints::assets::is_shipped(f));
+    }
     let outcome = 'steps: {
         if let Some(check) = &job.task.check {
             let o = step!('steps, "check", check);
             if o.success() {
                 break 'steps ("done", "check passes".to_string());
+            }
+            // What the host lacks comes first: no --apply would help.
+            if let Some(needs) = requires.missing(&workdir) {
+                break 'steps (
+                    "pending",
+                    format!("check fails (exit {}); not done: needs {needs}", code(&o)),
+                );
             }
             let Some(run) = &job.task.run else {
                 break 'steps (
@@ -701,12 +725,6 @@ pub async fn execute(
                     format!("check fails (exit {}); --apply runs the fix", code(&o)),
                 );
             }
-            if let Some(needs) = job.task.requires.missing(&workdir) {
-                break 'steps (
-                    "pending",
-                    format!("check fails (exit {}); not done: needs {needs}", code(&o)),
-                );
-            }
             let o = step!('steps, "run", run);
             if !o.success() {
                 break 'steps ("failed", format!("run failed (exit {})", code(&o)));
@@ -721,14 +739,14 @@ pub async fn execute(
                 )
             }
         } else if let Some(run) = &job.task.run {
+            if let Some(needs) = requires.missing(&workdir) {
+                break 'steps ("pending", format!("not done: needs {needs}"));
+            }
             if !job.apply {
                 break 'steps (
                     "pending",
                     "no check to verify it; --apply runs it".to_string(),
                 );
-            }
-            if let Some(needs) = job.task.requires.missing(&workdir) {
-                break 'steps ("pending", format!("not done: needs {needs}"));
             }
             let o = step!('steps, "run", run);
             if o.success() {

@@ -64,8 +64,7 @@ impl Schedule {
         if with_dependencies {
             let mut stack: Vec<String> = chosen.iter().cloned().collect();
             while let Some(key) = stack.pop() {
-                for dep in &by_key[&key].spec.depends_on {
-                    let dep = dep.to_lowercase();
+                for dep in by_key[&key].spec.dependency_agents() {
                     if chosen.insert(dep.clone()) {
                         stack.push(dep);
                     }
@@ -81,9 +80,8 @@ impl Schedule {
             let agent = by_key[key];
             let deps: Vec<String> = agent
                 .spec
-                .depends_on
-                .iter()
-                .map(|d| d.to_lowercase())
+                .dependency_agents()
+                .into_iter()
                 .filter(|d| chosen.contains(d))
                 .collect();
             for dep in &deps {
