@@ -72,7 +72,10 @@ fn every_spark_sophia_task_has_a_check_and_a_run() {
             tasks += 1;
         }
     }
-    assert_eq!(tasks, 22, "the original system has 22 tasks");
+    // The original system's 22, with the host inventory, the security audit
+    // and the databases split in two, and Python, its environment and
+    // Node.js set up first.
+    assert_eq!(tasks, 28);
 }
 
 #[test]
@@ -539,6 +542,14 @@ fn shipped_plan_assets_are_valid_for_their_tools() {
     ] {
         let w = json(rel);
         assert!(w["name"].as_str().is_some_and(|n| !n.is_empty()), "{rel}");
+        // A fixed id, as n8n writes them (16 letters and digits): importing
+        // again updates the workflow, and chronos's checks look for it.
+        let id = w["id"].as_str().unwrap();
+        assert!(
+            id.len() == 16 && id.chars().all(|c| c.is_ascii_alphanumeric()),
+            "{rel}: id {id}"
+        );
+        assert!(chronos.contains(&format!("grep -qx {id}")), "{rel}: {id}");
         let nodes = w["nodes"].as_array().unwrap();
         let names: std::collections::BTreeSet<&str> =
             nodes.iter().map(|n| n["name"].as_str().unwrap()).collect();
@@ -561,8 +572,8 @@ fn shipped_plan_assets_are_valid_for_their_tools() {
             }
         }
     }
-    // chronos's data-flywheel check looks for an active workflow tagged flywheel.
-    assert!(chronos.contains("tags=flywheel"));
+    // chronos's data-flywheel task activates the flywheel workflow, tagged so.
+    assert!(chronos.contains("list:workflow --active=true --onlyId | grep -qx SophiaFlywheel01"));
     let tags = json("workflows/data-flywheel.json")["tags"].clone();
     assert!(
         tags.as_array()
@@ -650,6 +661,7 @@ fn no_fix_of_a_built_in_plan_uses_a_file_nova_does_not_ship_or_the_task_does_not
     let not_files = [
         ("grafana/grafana-oss", "a container image"),
         ("application/json", "a media type"),
+        ("22/tcp", "a firewall port"),
         (
             "package-lock.json",
             "tested for with [ -f ] before npm uses it",
@@ -720,4 +732,78 @@ fn no_fix_of_a_built_in_plan_uses_a_file_nova_does_not_ship_or_the_task_does_not
         checked >= 8,
         "only {checked} path-like words seen: is the walk right?"
     );
+}
+
+/// The knowledge-base builder, run for real: a few documents embedded with
+/// the model the wordllama package carries (nothing downloaded), an index
+/// FAISS loads, and a query that finds the passage it is about.
+#[test]
+fn the_knowledge_base_builder_indexes_documents_that_faiss_then_finds() {
+    let python = std::env::var("NOVA_TEST_PYTHON").unwrap_or_else(|_| "python3".into());
+    let ws = Workspace::new();
+    ws.run(&["blueprints", "assets", "--plan", "spark-sophia"])
+        .code(0);
+    ws.write(
+        "docs/gpu.md",
+        "# GPU drivers\nInstall the NVIDIA driver, then check that nvidia-smi lists every GPU of the DGX host.\n\n# Power\nThe DCGM exporter publishes the power drawn by each graphics card.\n",
+    );
+    ws.write(
+        "docs/data.txt",
+        "PostgreSQL keeps Sophia's conversations; MongoDB keeps the profiles of her users.\n",
+    );
+    ws.write(
+        "docs/voice.rst",
+        "Sophia speaks through Riva's text-to-speech and listens through its speech recognition.\n",
+    );
+    ws.write("docs/ignored.json", "{\"not\": \"a document\"}\n");
+    let run = |args: &[&str]| {
+        let out = std::process::Command::new(&python)
+            .arg("scripts/build_knowledge_base.py")
+            .args(args)
+            .current_dir(ws.path())
+            .env("HF_HUB_OFFLINE", "1")
+            .output()
+            .unwrap_or_else(|e| panic!("cannot run {python} ({e}): scripts/test installs faiss-cpu and wordllama and names its Python in NOVA_TEST_PYTHON"));
+        assert!(
+            out.status.success(),
+            "{args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let built = run(&["--docs", "docs", "--out", "data/kb.faiss", "--chunk", "100"]);
+    assert!(
+        built.contains("4 passages from 3 documents -> data/kb.faiss"),
+        "{built}"
+    );
+
+    // FAISS itself loads the index: one unit vector a passage.
+    let loaded = std::process::Command::new(&python)
+        .args([
+            "-c",
+            "import faiss, json; i = faiss.read_index('data/kb.faiss'); m = json.load(open('data/kb.faiss.json')); \
+             v = i.reconstruct(0); print(i.ntotal, i.d, len(m['passages']), m['model'], round(float((v * v).sum()), 3))",
+        ])
+        .current_dir(ws.path())
+        .output()
+        .unwrap();
+    assert!(
+        loaded.status.success(),
+        "{}",
+        String::from_utf8_lossy(&loaded.stderr)
+    );
+    assert_eq!(
+        String::from_utf8_lossy(&loaded.stdout).trim(),
+        "4 256 4 wordllama 1.0"
+    );
+
+    // The nearest passage to a question is the one that answers it.
+    for (question, source) in [
+        ("which graphics card driver to install", "docs/gpu.md#0"),
+        ("where are the conversations stored", "docs/data.txt#0"),
+        ("speech recognition", "docs/voice.rst#0"),
+    ] {
+        let found = run(&["--out", "data/kb.faiss", "--query", question, "--top", "1"]);
+        assert!(found.contains(source), "{question}: {found}");
+    }
 }

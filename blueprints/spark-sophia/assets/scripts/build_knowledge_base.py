@@ -6,10 +6,16 @@ passage behind each vector (written by nova, spark-sophia plan, lumina agent).
 Documents are the Markdown, text and reStructuredText files under --docs
 (default: docs/ and the workspace's README). Each is cut into passages of
 about --chunk characters on paragraph boundaries; each passage is embedded
-with a sentence-transformers model (--model: a name the library can load,
-or a local folder) and normalised, so the index's inner product is the
-cosine similarity. Exits 2 when there is nothing to index or an argument is
-wrong, naming it.
+and normalised, so the index's inner product is the cosine similarity.
+
+The model (--model, or $NOVA_KB_MODEL) is `wordllama` by default: the small
+static embedding model the wordllama package carries in its wheel, which
+runs on a CPU and downloads nothing. Any other value is a sentence-transformers
+model (a name the library can load, or a local folder), for hosts that have
+sentence-transformers and a GPU.
+
+--query TEXT searches an index built before and prints the best passages.
+Exits 2 when there is nothing to index or an argument is wrong, naming it.
 """
 
 import argparse
@@ -48,17 +54,57 @@ def passages(text, size):
     return out
 
 
+def embed(model, texts):
+    """Unit-length float32 vectors of `texts`, one row each."""
+    if model == "wordllama":
+        import wordllama
+
+        # The package's own folder holds its weights and tokenizer; as the
+        # cache folder it makes load() find both without a download.
+        wl = wordllama.WordLlama.load(cache_dir=Path(wordllama.__file__).parent)
+        vectors = wl.embed(texts, norm=True)
+    else:
+        from sentence_transformers import SentenceTransformer
+
+        vectors = SentenceTransformer(model).encode(texts, convert_to_numpy=True, normalize_embeddings=True)
+    return vectors.astype("float32")
+
+
+def search(args):
+    """Print the --top passages of the index at --out nearest to --query."""
+    out = Path(args.out)
+    meta_path = out.with_name(out.name + ".json")
+    if not out.is_file() or not meta_path.is_file():
+        print(f"build_knowledge_base: no index at {out} (or its {meta_path.name}); build it first", file=sys.stderr)
+        return 2
+    import faiss
+
+    meta = json.loads(meta_path.read_text(encoding="utf-8"))
+    index = faiss.read_index(str(out))
+    scores, ids = index.search(embed(meta["model"], [args.query]), min(args.top, index.ntotal))
+    for score, i in zip(scores[0], ids[0]):
+        p = meta["passages"][i]
+        print(f"{score:.3f}\t{p['file']}#{p['passage']}\t{p['text'][:100]!r}")
+    return 0
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--docs", nargs="+", default=["docs", "README.md"],
                         help="files or folders of documents (default: docs/ and README.md)")
     parser.add_argument("--out", required=True, help="the FAISS index to write")
-    parser.add_argument("--model", default=os.environ.get("NOVA_KB_MODEL", "all-MiniLM-L6-v2"),
-                        help="sentence-transformers model name or folder (default: $NOVA_KB_MODEL or all-MiniLM-L6-v2)")
+    parser.add_argument("--model", default=os.environ.get("NOVA_KB_MODEL") or "wordllama",
+                        help="wordllama, or a sentence-transformers model name or folder (default: $NOVA_KB_MODEL or wordllama)")
     parser.add_argument("--chunk", type=int, default=1000, help="passage size in characters (default 1000)")
+    parser.add_argument("--query", help="search the index at --out for this text instead of building it")
+    parser.add_argument("--top", type=int, default=3, help="passages --query prints (default 3)")
     args = parser.parse_args()
     if args.chunk < 100:
         parser.error("--chunk: at least 100 characters")
+    if args.top < 1:
+        parser.error("--top: at least 1")
+    if args.query is not None:
+        return search(args)
 
     chunks, sources = [], []
     for doc in documents(d for d in args.docs if Path(d).exists()):
@@ -70,10 +116,8 @@ def main():
         return 2
 
     import faiss  # imported late: --help and argument errors need neither
-    from sentence_transformers import SentenceTransformer
 
-    model = SentenceTransformer(args.model)
-    vectors = model.encode(chunks, convert_to_numpy=True, normalize_embeddings=True).astype("float32")
+    vectors = embed(args.model, chunks)
     index = faiss.IndexFlatIP(vectors.shape[1])
     index.add(vectors)
     out = Path(args.out)
