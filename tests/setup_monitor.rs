@@ -131,7 +131,7 @@ fn setup_refuses_bad_names_and_settings() {
     let ws = Workspace::new();
     ws.run(&["setup", "--packages", "teapot"])
         .code(2)
-        .stderr_has("unknown package name; known: clamav, docker, ethtool");
+        .stderr_has("unknown package name; known: clamav, curl, docker, ethtool");
     if is_apt_host() {
         ws.run(&["setup", "--packages", "dnf:tree"])
             .code(2)

@@ -160,7 +160,7 @@ fn tasks_and_roadmap_show_recorded_states() {
     let roadmap = ws.run(&["roadmap", "--json"]).success().json();
     assert_eq!(roadmap["phases"][0]["name"], "foundation");
     assert_eq!(roadmap["phases"][0]["progress"]["done"], 2);
-    assert_eq!(roadmap["phases"][0]["progress"]["percent"], 40);
+    assert_eq!(roadmap["phases"][0]["progress"]["percent"], 20);
     assert_eq!(roadmap["progress"]["done"], 2);
-    assert_eq!(roadmap["progress"]["total"], 22);
+    assert_eq!(roadmap["progress"]["total"], 28);
 }

@@ -19,7 +19,7 @@ fn roadmap_markdown_is_a_shareable_document() {
 fn roadmap_for_one_phase() {
     let ws = Workspace::new();
     let out = ws.run(&["roadmap", "--phase", "foundation"]).success();
-    let out = out.stdout_has("foundation").stdout_has("0/5");
+    let out = out.stdout_has("foundation").stdout_has("0/10");
     assert!(!out.stdout.contains("observability"), "{}", out.stdout);
 
     let json = ws
@@ -39,10 +39,10 @@ fn roadmap_for_one_phase() {
         .map(|p| p["name"].as_str().unwrap())
         .collect();
     assert_eq!(phases, ["foundation", "observability"]);
-    assert_eq!(json["progress"]["total"], 9);
+    assert_eq!(json["progress"]["total"], 14);
     let nova = &json["phases"][0]["agents"][0];
     assert_eq!(nova["name"], "nova");
-    assert_eq!(nova["remaining"].as_array().unwrap().len(), 5);
+    assert_eq!(nova["remaining"].as_array().unwrap().len(), 10);
     assert!(!nova["definition_of_done"].as_array().unwrap().is_empty());
 }
 
@@ -121,7 +121,7 @@ fn tasks_filter_by_phase_and_status() {
         .run(&["tasks", "--phase", "data-services", "--json"])
         .success()
         .json();
-    assert_eq!(rows.as_array().unwrap().len(), 2);
+    assert_eq!(rows.as_array().unwrap().len(), 3);
     assert!(
         rows.as_array()
             .unwrap()
