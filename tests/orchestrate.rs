@@ -1640,4 +1640,16 @@ fn a_fix_that_lacks_what_it_requires_is_not_run_and_says_what_it_needs() {
     ws.run(&["blueprints", "validate"])
         .code(2)
         .stderr_has("unknown field `service`");
+    // A service is HOST:PORT.
+    agent(
+        &ws,
+        "needy",
+        "implementation",
+        "one",
+        &[],
+        "  - id: build\n    title: x\n    requires:\n      tcp: [grafana, \"127.0.0.1:3000\"]\n    run: [\"true\"]\n",
+    );
+    ws.run(&["blueprints", "validate"])
+        .code(2)
+        .stderr_has("field `tasks[0].requires.tcp[0]`: `grafana` is not HOST:PORT");
 }

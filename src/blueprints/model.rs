@@ -395,3 +395,36 @@ impl<'de> Deserialize<'de> for Names {
 }
 
 pub use crate::yaml::HumanDuration;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_required_service_is_there_while_something_listens_on_it() {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap().to_string();
+        let requires = Requires {
+            tcp: Names(vec![addr.clone()]),
+            command: Names(vec!["bin/tool".into()]),
+            ..Requires::default()
+        };
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir(dir.path().join("bin")).unwrap();
+        std::fs::write(dir.path().join("bin/tool"), "").unwrap();
+        assert_eq!(requires.missing(dir.path()), None);
+        drop(listener);
+        assert_eq!(
+            requires.missing(dir.path()),
+            Some(format!("a service listening on {addr}"))
+        );
+        // A program given as a path is looked for in the task's folder.
+        std::fs::remove_file(dir.path().join("bin/tool")).unwrap();
+        assert!(
+            requires
+                .missing(dir.path())
+                .unwrap()
+                .starts_with("the program bin/tool, ")
+        );
+    }
+}

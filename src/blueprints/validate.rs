@@ -283,6 +283,18 @@ fn agent_fields(
                 format!("tasks[{i}]"),
             );
         }
+        for (j, addr) in task.requires.tcp.iter().enumerate() {
+            let port = addr
+                .rsplit_once(':')
+                .map(|(host, port)| (host, port.parse::<u16>()));
+            if !matches!(port, Some((host, Ok(p))) if !host.is_empty() && p > 0) {
+                push(
+                    format!("`{addr}` is not HOST:PORT (127.0.0.1:3000, localhost:5432)"),
+                    line(),
+                    format!("tasks[{i}].requires.tcp[{j}]"),
+                );
+            }
+        }
     }
     diags
 }
