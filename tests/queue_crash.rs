@@ -73,6 +73,9 @@ fn start_server(store: &str, home: &std::path::Path, listen: &str) -> Server {
 /// One lease a worker was given, and whether its ack took effect.
 #[derive(Debug, Clone)]
 struct Delivery {
+    /// When the worker asked for it: the lease cannot be older. (When the
+    /// answer was read is no bound: a busy machine may run the worker only
+    /// after the kill, for a lease the server gave before it.)
     dequeued_at: Instant,
     acked: bool,
 }
@@ -126,6 +129,7 @@ async fn produce(url: String) {
 async fn work(url: String, name: String, ledger: Arc<Ledger>) {
     let mut c = connect(&url).await;
     while ledger.completed.load(Ordering::SeqCst) < TASKS {
+        let asked_at = Instant::now();
         let tasks = match c
             .dequeue(DequeueRequest {
                 worker_id: name.clone(),
@@ -146,12 +150,11 @@ async fn work(url: String, name: String, ledger: Arc<Ledger>) {
         if tasks.is_empty() {
             continue;
         }
-        let now = Instant::now();
         {
             let mut d = ledger.deliveries.lock().unwrap();
             for t in &tasks {
                 d.entry(t.id.clone()).or_default().push(Delivery {
-                    dequeued_at: now,
+                    dequeued_at: asked_at,
                     acked: false,
                 });
             }
