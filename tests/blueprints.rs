@@ -550,6 +550,14 @@ fn shipped_plan_assets_are_valid_for_their_tools() {
             "{rel}: id {id}"
         );
         assert!(chronos.contains(&format!("grep -qx {id}")), "{rel}: {id}");
+        // Tags carry ids too: without them n8n makes a tag per workflow and
+        // the second `sophia` breaks its unique names (seen with n8n 1.94).
+        for tag in w["tags"].as_array().unwrap() {
+            assert!(
+                tag["id"].as_str().is_some_and(|i| i.len() == 16),
+                "{rel}: {tag}"
+            );
+        }
         let nodes = w["nodes"].as_array().unwrap();
         let names: std::collections::BTreeSet<&str> =
             nodes.iter().map(|n| n["name"].as_str().unwrap()).collect();
