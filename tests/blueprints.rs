@@ -774,7 +774,7 @@ fn the_knowledge_base_builder_indexes_documents_that_faiss_then_finds() {
             .unwrap_or_else(|e| panic!("cannot run {python} ({e}): scripts/test installs faiss-cpu and wordllama and names its Python in NOVA_TEST_PYTHON"));
         assert!(
             out.status.success(),
-            "{args:?}: {}",
+            "{args:?}: {} (with {python}; scripts/test installs faiss-cpu and wordllama and names its Python in NOVA_TEST_PYTHON)",
             String::from_utf8_lossy(&out.stderr)
         );
         String::from_utf8_lossy(&out.stdout).into_owned()
