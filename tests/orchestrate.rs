@@ -1516,12 +1516,8 @@ fn an_agent_that_depends_on_one_task_of_another_runs_when_that_task_ended_well()
 #[test]
 fn a_fix_that_lacks_what_it_requires_is_not_run_and_says_what_it_needs() {
     let ws = workspace();
-    agent(
-        &ws,
-        "needy",
-        "implementation",
-        "one",
-        &[],
+    let needy = |tasks: &str| agent(&ws, "needy", "implementation", "one", &[], tasks);
+    needy(
         "  - id: build\n    title: needs things\n    requires:\n      env: NOVA_TEST_NEEDED\n      command: nova-no-such-program\n      file: [inputs/data.txt]\n    check: {shell: \"test -f built\"}\n    run: {shell: \"touch built ran\"}\n",
     );
     let (code, report) = run_json(&ws, &["--apply"]);
@@ -1571,12 +1567,7 @@ fn a_fix_that_lacks_what_it_requires_is_not_run_and_says_what_it_needs() {
     assert!(ws.path().join("ran").exists());
 
     // A GPU and systemd, as this host has them or not.
-    agent(
-        &ws,
-        "needy",
-        "implementation",
-        "one",
-        &[],
+    needy(
         "  - id: build\n    title: x\n    requires: {gpu: true, systemd: true}\n    check: {shell: \"test -f built\"}\n    run: {shell: \"touch built\"}\n",
     );
     std::fs::remove_file(ws.path().join("built")).ok();
@@ -1612,14 +1603,7 @@ fn a_fix_that_lacks_what_it_requires_is_not_run_and_says_what_it_needs() {
     }
 
     // A check whose program is not installed says the task is not done.
-    agent(
-        &ws,
-        "needy",
-        "implementation",
-        "one",
-        &[],
-        "  - id: build\n    title: x\n    check: [nova-no-such-program, --version]\n",
-    );
+    needy("  - id: build\n    title: x\n    check: [nova-no-such-program, --version]\n");
     let (_, report) = run_json(&ws, &[]);
     let t = task(&report, "needy", "build");
     assert_eq!(t["status"], "pending", "{t}");
@@ -1629,24 +1613,14 @@ fn a_fix_that_lacks_what_it_requires_is_not_run_and_says_what_it_needs() {
     );
 
     // A requirement of a kind nova does not know is refused by name.
-    agent(
-        &ws,
-        "needy",
-        "implementation",
-        "one",
-        &[],
+    needy(
         "  - id: build\n    title: x\n    requires:\n      service: grafana\n    run: [\"true\"]\n",
     );
     ws.run(&["blueprints", "validate"])
         .code(2)
         .stderr_has("unknown field `service`");
     // A service is HOST:PORT.
-    agent(
-        &ws,
-        "needy",
-        "implementation",
-        "one",
-        &[],
+    needy(
         "  - id: build\n    title: x\n    requires:\n      tcp: [grafana, \"127.0.0.1:3000\"]\n    run: [\"true\"]\n",
     );
     ws.run(&["blueprints", "validate"])
