@@ -43,7 +43,7 @@ fn demo() -> Workspace {
     agent(
         "build",
         "prepare",
-        "fetch",
+        "fetch/sources",
         "  - id: compile\n    title: compile\n    run: {shell: \"echo compiling; sleep 1; echo compiled\"}\n",
     );
     agent(
@@ -896,6 +896,8 @@ async fn steer(b: &fantoccini::Client, server: &Server) {
         ]
     );
     assert!(b.find_all(Css("#graph .node")).await.unwrap().len() == 5);
+    // One edge a dependency, build's on one task of fetch included.
+    assert_eq!(b.find_all(Css("#graph .edge")).await.unwrap().len(), 4);
     // A task's log.
     click(b, "#run-tasks tr[data-task='lint/lint'] .log-button").await;
     let log = wait_for("the log", Duration::from_secs(20), || async {

@@ -358,13 +358,15 @@ function drawTimeline(tasks, run, showLog) {
 // Agents in columns by dependency depth, edges from each dependency.
 function drawGraph(agents, tasks) {
   const byName = new Map(agents.map((a) => [a.name.toLowerCase(), a]));
+  // A dependency names an agent, or one task of it (`nova/python`).
+  const agentOf = (dep) => dep.split("/")[0].toLowerCase();
   const depth = new Map();
   const depthOf = (a, seen = new Set()) => {
     const key = a.name.toLowerCase();
     if (depth.has(key)) return depth.get(key);
     if (seen.has(key)) return 0;
     seen.add(key);
-    const d = Math.max(-1, ...a.depends_on.map((n) => byName.get(n.toLowerCase())).filter(Boolean).map((b) => depthOf(b, seen))) + 1;
+    const d = Math.max(-1, ...a.depends_on.map((n) => byName.get(agentOf(n))).filter(Boolean).map((b) => depthOf(b, seen))) + 1;
     depth.set(key, d);
     return d;
   };
@@ -387,7 +389,7 @@ function drawGraph(agents, tasks) {
   for (const a of agents) {
     const to = pos.get(a.name.toLowerCase());
     for (const d of a.depends_on) {
-      const from = pos.get(d.toLowerCase());
+      const from = pos.get(agentOf(d));
       if (!from) continue;
       const x1 = from.x + boxW, y1 = from.y + boxH / 2, x2 = to.x, y2 = to.y + boxH / 2;
       svg.append(s("path", { class: "edge", d: `M${x1},${y1} C${x1 + gapX / 2},${y1} ${x2 - gapX / 2},${y2} ${x2},${y2}` }));
