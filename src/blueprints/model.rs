@@ -226,14 +226,10 @@ impl When {
         if !self.file.is_empty() && !self.file.iter().any(|f| dir.join(f).exists()) {
             return Some(format!("no {} here", self.file.join(" or ")));
         }
-        if let Some(missing) = self.command.iter().find(|c| !on_path(c)) {
+        if let Some(missing) = self.command.iter().find(|c| !program_found(dir, c)) {
             return Some(format!("{missing} is not on PATH"));
         }
-        if let Some(unset) = self
-            .env
-            .iter()
-            .find(|v| std::env::var_os(v).is_none_or(|x| x.is_empty()))
-        {
+        if let Some(unset) = self.env.iter().find(|v| !env_set(v)) {
             return Some(format!("{unset} is not set"));
         }
         None
@@ -288,20 +284,13 @@ impl Requires {
         missing.extend(
             self.env
                 .iter()
-                .filter(|v| std::env::var_os(v).is_none_or(|x| x.is_empty()))
+                .filter(|v| !env_set(v))
                 .map(|v| format!("{v} set")),
         );
         missing.extend(
             self.command
                 .iter()
-                .filter(|c| {
-                    // A path of a program is relative to the task's folder.
-                    if c.contains('/') {
-                        !dir.join(c).is_file()
-                    } else {
-                        !on_path(c)
-                    }
-                })
+                .filter(|c| !program_found(dir, c))
                 .map(|c| {
                     if c.contains('/') {
                         format!("the program {c}")
@@ -350,6 +339,21 @@ fn accepts_tcp(addr: &str) -> bool {
 /// systemd's own test (`sd_booted`): it made this folder when it started.
 fn systemd_running() -> bool {
     std::path::Path::new("/run/systemd/system").is_dir()
+}
+
+/// Whether variable `name` is set and not empty.
+fn env_set(name: &str) -> bool {
+    std::env::var_os(name).is_some_and(|v| !v.is_empty())
+}
+
+/// Whether `program` can be run from the task's folder `dir`: a path
+/// (`.venv/bin/python`) is relative to it, a bare name is looked up on `PATH`.
+fn program_found(dir: &std::path::Path, program: &str) -> bool {
+    if program.contains('/') {
+        dir.join(program).is_file()
+    } else {
+        on_path(program)
+    }
 }
 
 pub fn on_path(program: &str) -> bool {
