@@ -779,6 +779,20 @@ fn the_knowledge_base_builder_indexes_documents_that_faiss_then_finds() {
         );
         String::from_utf8_lossy(&out.stdout).into_owned()
     };
+    // Searching before building names the missing index and exits 2.
+    let early = std::process::Command::new(&python)
+        .args([
+            "scripts/build_knowledge_base.py",
+            "--out",
+            "data/kb.faiss",
+            "--query",
+            "x",
+        ])
+        .current_dir(ws.path())
+        .output()
+        .unwrap();
+    assert_eq!(early.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&early.stderr).contains("no index at data/kb.faiss"));
     let built = run(&["--docs", "docs", "--out", "data/kb.faiss", "--chunk", "100"]);
     assert!(
         built.contains("4 passages from 3 documents -> data/kb.faiss"),

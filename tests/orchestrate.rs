@@ -1626,4 +1626,11 @@ fn a_fix_that_lacks_what_it_requires_is_not_run_and_says_what_it_needs() {
     ws.run(&["blueprints", "validate"])
         .code(2)
         .stderr_has("field `tasks[0].requires.tcp[0]`: `grafana` is not HOST:PORT");
+    // gpu and systemd are yes or no.
+    needy(
+        "  - id: build\n    title: x\n    requires: {gpu: \"yes please\"}\n    run: [\"true\"]\n",
+    );
+    ws.run(&["blueprints", "validate"]).code(2).stderr_has(
+        "field `tasks[0].requires.gpu`: invalid type: string \"yes please\", expected a boolean",
+    );
 }
