@@ -898,6 +898,11 @@ async fn steer(b: &fantoccini::Client, server: &Server) {
     assert!(b.find_all(Css("#graph .node")).await.unwrap().len() == 5);
     // One edge a dependency, build's on one task of fetch included.
     assert_eq!(b.find_all(Css("#graph .edge")).await.unwrap().len(), 4);
+    b.execute("document.getElementById('graph').scrollIntoView()", vec![])
+        .await
+        .unwrap();
+    shot(b, "run-graph").await;
+    b.execute("window.scrollTo(0, 0)", vec![]).await.unwrap();
     // A task's log.
     click(b, "#run-tasks tr[data-task='lint/lint'] .log-button").await;
     let log = wait_for("the log", Duration::from_secs(20), || async {
