@@ -20,6 +20,7 @@ use std::path::Path;
 
 use serde::Serialize;
 
+pub use crate::store::writer::Durability;
 pub use record::{Event, GENESIS, Record};
 
 #[derive(Debug, thiserror::Error)]
@@ -57,30 +58,34 @@ impl AuditLog {
         Ok(AuditLog::Redis(redis::RedisAudit::connect(url).await?))
     }
 
-    /// Append `event` after the last record; the sealed record as stored.
+    /// Append `event` after the last record; the sealed record as stored,
+    /// on disk once answered.
     pub async fn append(&self, event: Event) -> AuditResult<Record> {
-        let _timer = crate::timer!("audit.append");
-        match self {
-            AuditLog::Sqlite(log) => {
-                let log = log.clone();
-                tokio::task::spawn_blocking(move || log.append(event))
-                    .await
-                    .map_err(|e| AuditError::Store(e.to_string()))?
-            }
-            AuditLog::Redis(log) => log.append(event).await,
-        }
+        let mut records = self.append_all(vec![event]).await?;
+        Ok(records.pop().expect("one record per event"))
     }
 
-    /// Append several events in order, as one write where the store allows.
+    /// Append several events in order, as one write where the store allows,
+    /// on disk once answered.
     pub async fn append_all(&self, events: Vec<Event>) -> AuditResult<Vec<Record>> {
+        self.append_all_with(events, Durability::Durable).await
+    }
+
+    /// [`AuditLog::append_all`] with the durability the caller needs. With
+    /// [`Durability::Background`] the records are answered once committed
+    /// (every reader sees them, killing the process does not lose them, a
+    /// store that cannot take them says so) while the fsync that puts them
+    /// on disk runs; a power cut in that moment can lose them with every
+    /// later write. Redis writes as its own persistence settings say,
+    /// whatever is asked.
+    pub async fn append_all_with(
+        &self,
+        events: Vec<Event>,
+        durability: Durability,
+    ) -> AuditResult<Vec<Record>> {
         let _timer = crate::timer!("audit.append");
         match self {
-            AuditLog::Sqlite(log) => {
-                let log = log.clone();
-                tokio::task::spawn_blocking(move || log.append_all(events))
-                    .await
-                    .map_err(|e| AuditError::Store(e.to_string()))?
-            }
+            AuditLog::Sqlite(log) => log.append_all(events, durability).await,
             AuditLog::Redis(log) => {
                 let mut out = Vec::with_capacity(events.len());
                 for e in events {

@@ -15,7 +15,7 @@ use rusqlite::{Connection, OptionalExtension, Row, params};
 use super::record::{Event, GENESIS, Record};
 use super::{AuditError, AuditResult};
 use crate::store::Store;
-use crate::store::writer::Writer;
+use crate::store::writer::{Durability, Writer};
 
 #[derive(Clone)]
 pub struct SqliteAudit {
@@ -120,17 +120,20 @@ impl SqliteAudit {
             .ok_or_else(|| AuditError::Store("the workspace database can only be read here".into()))
     }
 
-    pub fn append(&self, event: Event) -> AuditResult<Record> {
+    /// Append `events` in order in one transaction of the file's writer,
+    /// answered once it is committed with `durability`.
+    pub async fn append_all(
+        &self,
+        events: Vec<Event>,
+        durability: Durability,
+    ) -> AuditResult<Vec<Record>> {
         self.writer()?
-            .write_blocking(move |conn| append_in(conn, event), AuditError::Store)
-    }
-
-    /// Append `events` in order in one transaction.
-    pub fn append_all(&self, events: Vec<Event>) -> AuditResult<Vec<Record>> {
-        self.writer()?.write_blocking(
-            move |conn| events.into_iter().map(|e| append_in(conn, e)).collect(),
-            AuditError::Store,
-        )
+            .write_with(
+                durability,
+                move |conn| events.into_iter().map(|e| append_in(conn, e)).collect(),
+                AuditError::Store,
+            )
+            .await
     }
 
     /// Every record in sequence order; unreadable ones as errors in place.

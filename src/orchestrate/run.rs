@@ -678,7 +678,8 @@ pub fn start(ws: &Workspace, out: &Output, args: &RunRequest) -> Result<()> {
                 Some((url, token, client)) => (Some(url), token, QueueHandle::Remote(client)),
                 None => {
                     let (backend, _) = open_queue(&StoreUrl::resolve(ws, &args.store)?).await?;
-                    let (handle, guard) = QueueHandle::in_process(backend, audit.clone());
+                    let (handle, guard) =
+                        QueueHandle::in_process(backend.for_local_run(), audit.clone());
                     reaper = Some(guard);
                     (None, None, handle)
                 }

@@ -3,9 +3,10 @@
 //! The command runs in its own process group, so a timeout or a cancel can
 //! stop it with everything it started: SIGTERM to the group, then SIGKILL
 //! after a grace period. Whatever the group leaves behind when its leader
-//! exits is killed too. stdout and stderr go line by line to a log file (and,
-//! when asked, to the terminal with the agent's name in front); stdout lines
-//! of the form `::nova:: {json}` are messages for the hub. While it runs, the
+//! exits is killed too. stdout and stderr go line by line to a log file,
+//! made when the first line comes (and, when asked, to the terminal with the
+//! agent's name in front); stdout lines of the form `::nova:: {json}` are
+//! messages for the hub. While it runs, the
 //! process tree's memory and CPU are sampled; a memory limit stops it. The
 //! group is registered with the [`super::guard`], which ends it should this
 //! process die without doing so itself.
@@ -175,8 +176,37 @@ fn open_log(log: &Path) -> std::io::Result<std::fs::File> {
     }
 }
 
-/// Run `spec`, appending `header` and then its output to `log`; `cancel`
-/// turning true stops it.
+/// A step's log file, opened (and its header written) with the first line
+/// of output: a step that prints nothing leaves no file behind, and costs no
+/// file creation.
+struct LazyLog {
+    path: PathBuf,
+    header: String,
+    file: Option<std::fs::File>,
+    /// Opening failed once; the output still reaches the tail, not the file.
+    failed: bool,
+}
+
+impl LazyLog {
+    fn line(&mut self, line: &str) {
+        use std::io::Write;
+        if self.file.is_none() && !self.failed {
+            match open_log(&self.path).and_then(|mut f| writeln!(f, "{}", self.header).map(|_| f)) {
+                Ok(f) => self.file = Some(f),
+                Err(e) => {
+                    self.failed = true;
+                    tracing::warn!(log = %self.path.display(), error = %e, "cannot write the task's log");
+                }
+            }
+        }
+        if let Some(f) = &mut self.file {
+            let _ = writeln!(f, "{line}");
+        }
+    }
+}
+
+/// Run `spec`, appending `header` and then its output to `log` (made with
+/// the first line of output); `cancel` turning true stops it.
 ///
 /// The log is written with plain blocking writes: a line appended to a
 /// local file takes microseconds, less than handing it to tokio's blocking
@@ -187,10 +217,12 @@ pub async fn run(
     header: &str,
     mut cancel: tokio::sync::watch::Receiver<bool>,
 ) -> std::io::Result<Outcome> {
-    use std::io::Write;
-    let mut file = open_log(log)?;
-    writeln!(file, "{header}")?;
-    let file = Arc::new(Mutex::new(file));
+    let file = Arc::new(Mutex::new(LazyLog {
+        path: log.to_path_buf(),
+        header: header.to_string(),
+        file: None,
+        failed: false,
+    }));
     let started = Instant::now();
     let mut child = build(spec).spawn()?;
     let pid = child.id().unwrap_or(0);
@@ -237,7 +269,7 @@ pub async fn run(
                 if let Some(prefix) = &echo {
                     eprintln!("{prefix} {line}");
                 }
-                let _ = writeln!(file.lock().unwrap_or_else(|p| p.into_inner()), "{line}");
+                file.lock().unwrap_or_else(|p| p.into_inner()).line(&line);
                 let mut t = tail.lock().unwrap_or_else(|p| p.into_inner());
                 if t.len() == TAIL_LINES {
                     t.pop_front();

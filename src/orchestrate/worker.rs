@@ -18,7 +18,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
 use super::supervisor::{self, Outcome};
-use crate::audit::{AuditLog, Event};
+use crate::audit::{AuditLog, Durability, Event};
 use crate::blueprints::{CommandSpec, TaskSpec};
 use crate::clock::now_ms;
 use crate::policy::Policy;
@@ -546,7 +546,12 @@ pub async fn execute(
         c.extend(who);
     }
     let input = crate::policy::input(&job.agent, &job.role, "run", &job.task.id, context);
-    // The decision and the start go to the audit log together (one commit).
+    // The decision and the start go to the audit log together (one commit)
+    // before the task starts: a store that cannot take them keeps it from
+    // starting. The task starts once they are committed; the fsync that
+    // puts them on disk runs meanwhile (a power cut in that moment loses
+    // them with everything after, the task's ack included, so the task runs
+    // again and is recorded again).
     let decision = cfg.policy.decide(&input).await;
     if let Some(log) = &cfg.audit {
         let mut events = vec![crate::policy::decision_event(&input, &decision)];
@@ -559,7 +564,7 @@ pub async fn execute(
                        "user": identity.user, "as_root": identity.as_root}),
             ));
         }
-        if let Err(e) = log.append_all(events).await {
+        if let Err(e) = log.append_all_with(events, Durability::Background).await {
             // Fail closed: a task whose start cannot be audited does not start.
             return finish(
                 result,
@@ -791,13 +796,16 @@ fn home_inbox(home: &std::path::Path, job: &Job) -> PathBuf {
 }
 
 /// Write the agent's inbox: the messages addressed to it so far, a JSON line
-/// each. Most tasks get none; an empty inbox that is already there is left
-/// as it is rather than truncated again for every task.
+/// each. An inbox already on disk with the same lines (the usual case: most
+/// tasks of an agent see the messages the one before saw) is left as it is
+/// rather than truncated and written again for every task.
 fn write_inbox(inbox: &std::path::Path, messages: &[Value]) {
-    if messages.is_empty() && std::fs::metadata(inbox).is_ok_and(|m| m.is_file() && m.len() == 0) {
+    let lines: String = messages.iter().map(|m| format!("{m}\n")).collect();
+    let same = std::fs::metadata(inbox).is_ok_and(|m| m.is_file() && m.len() == lines.len() as u64)
+        && std::fs::read(inbox).is_ok_and(|on_disk| on_disk == lines.as_bytes());
+    if same {
         return;
     }
-    let lines: String = messages.iter().map(|m| format!("{m}\n")).collect();
     if let Err(e) = std::fs::write(inbox, &lines)
         && e.kind() == std::io::ErrorKind::NotFound
         && let Some(dir) = inbox.parent()

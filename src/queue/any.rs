@@ -12,6 +12,18 @@ pub enum AnyQueue {
     Redis(RedisQueue),
 }
 
+impl AnyQueue {
+    /// The queue of a local run, whose acks only its own workers and
+    /// scheduler hear of (see [`SqliteQueue::with_relaxed_acks`]); Redis
+    /// keeps its own persistence rules.
+    pub fn for_local_run(self) -> AnyQueue {
+        match self {
+            AnyQueue::Sqlite(q) => AnyQueue::Sqlite(q.with_relaxed_acks()),
+            other => other,
+        }
+    }
+}
+
 macro_rules! each {
     ($self:ident, $q:ident => $call:expr) => {
         match $self {

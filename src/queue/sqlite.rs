@@ -1,15 +1,15 @@
 //! The SQLite queue backend: the embedded default.
 //!
 //! Writes go through the file's one writer ([`Writer`]): every operation
-//! waiting is applied in its own savepoint of one `IMMEDIATE` transaction,
-//! committed once, and only then answered. With `synchronous = FULL` an
-//! answered enqueue or ack is on disk, and the fsync is shared by the whole
-//! batch (group commit), so throughput is not bound to one fsync per
-//! operation. Leases (dequeue, heartbeat, the reaper) are committed without
-//! an fsync of their own: a power cut can only lose the newest of them, and
-//! a lost lease puts its task back in the queue, which at-least-once delivery
-//! allows; they reach the disk with the next enqueue or ack. Reads (get, list, stats) use their own connection and run
-//! beside the writer (WAL).
+//! waiting is applied in its own savepoint of one `IMMEDIATE` transaction and
+//! committed once. An enqueue or ack is answered once it is on disk, and one
+//! fsync serves every commit made while the last one ran (group commit), so
+//! throughput is not bound to one fsync per operation. Leases (dequeue,
+//! heartbeat, the reaper) are answered once committed, without waiting for
+//! an fsync: a power cut can only lose the newest of them, and a lost lease
+//! puts its task back in the queue, which at-least-once delivery allows; they
+//! reach the disk with the next enqueue or ack. Reads (get, list, stats) use
+//! their own connection and run beside the writer (WAL).
 
 use std::path::Path;
 use std::sync::{Arc, Mutex};
@@ -29,6 +29,8 @@ use crate::store::writer::{Durability, Writer};
 pub struct SqliteQueue {
     writer: Arc<Writer>,
     reader: Arc<Mutex<Connection>>,
+    /// What an answered ack promises (see [`SqliteQueue::with_relaxed_acks`]).
+    acks: Durability,
 }
 
 impl SqliteQueue {
@@ -40,7 +42,19 @@ impl SqliteQueue {
         Ok(SqliteQueue {
             writer,
             reader: Arc::new(Mutex::new(reader)),
+            acks: Durability::Durable,
         })
+    }
+
+    /// Acks answered once committed, before they reach the disk (with the
+    /// next durable write). Only for a queue whose acks nobody outside this
+    /// process hears of: a local run's own workers, whose scheduler records
+    /// each outcome durably after reading the ack, so the ack is on disk
+    /// before anything is reported done; a power cut before then leaves the
+    /// task unacknowledged, to run again.
+    pub fn with_relaxed_acks(mut self) -> SqliteQueue {
+        self.acks = Durability::Relaxed;
+        self
     }
 
     async fn write<T: Send + 'static>(
@@ -48,6 +62,16 @@ impl SqliteQueue {
         op: impl FnOnce(&Connection) -> QueueResult<T> + Send + 'static,
     ) -> QueueResult<T> {
         self.writer.write(op, QueueError::Unavailable).await
+    }
+
+    async fn write_with<T: Send + 'static>(
+        &self,
+        durability: Durability,
+        op: impl FnOnce(&Connection) -> QueueResult<T> + Send + 'static,
+    ) -> QueueResult<T> {
+        self.writer
+            .write_with(durability, op, QueueError::Unavailable)
+            .await
     }
 
     /// A write whose loss in a power cut only returns tasks to the queue
@@ -399,7 +423,8 @@ impl QueueBackend for SqliteQueue {
     }
 
     async fn ack(&self, acks: Vec<AckSpec>, now: i64) -> QueueResult<Vec<QueueResult<Task>>> {
-        self.write(move |conn| {
+        let durability = self.acks;
+        self.write_with(durability, move |conn| {
             let mut outcomes = Vec::with_capacity(acks.len());
             for ack in &acks {
                 match ack_one(conn, ack, now) {
@@ -420,7 +445,8 @@ impl QueueBackend for SqliteQueue {
         next: DequeueSpec,
         now: i64,
     ) -> QueueResult<(QueueResult<Task>, Vec<Task>)> {
-        self.write(move |conn| {
+        let durability = self.acks;
+        self.write_with(durability, move |conn| {
             let acked = match ack_one(conn, &ack, now) {
                 Err(QueueError::Unavailable(e)) => return Err(QueueError::Unavailable(e)),
                 other => other,

@@ -3,19 +3,20 @@
 //! Everything nova writes to `nova.db` (queue operations, audit records, run
 //! outcomes) goes through one thread that owns the write connection. It takes
 //! every operation waiting, runs each in its own savepoint of one `IMMEDIATE`
-//! transaction, commits once, and only then answers the callers. With
-//! `synchronous = FULL` an answered write is on disk, the fsync is shared by
-//! the whole batch, and writers in one process never wait on each other's
-//! file lock. [`Writer::shared`] hands every caller in the process the same
-//! writer for the same file. Other processes are kept in order by SQLite's
-//! own lock (the transaction is `IMMEDIATE`).
+//! transaction, and commits once; writers in one process never wait on each
+//! other's file lock. [`Writer::shared`] hands every caller in the process
+//! the same writer for the same file. Other processes are kept in order by
+//! SQLite's own lock (the transaction is `IMMEDIATE`).
 //!
-//! A write whose loss in a power cut does no harm (a queue lease: the task
-//! would go back to the queue, as at-least-once delivery allows) may be
-//! [`Durability::Relaxed`]: a batch of only such writes commits without the
-//! fsync (`synchronous = NORMAL`). It is still committed before its caller
-//! hears back, survives the process being killed, and goes to disk with the
-//! next durable commit, since the WAL is written in order.
+//! A [`Durability::Durable`] write is answered once it is on disk: a second
+//! thread fsyncs the WAL after the commit (what `synchronous = FULL` would do
+//! inside it), one fsync for every commit made while the last one ran, and
+//! the writer goes on with the next batch meanwhile. A write whose loss in a
+//! power cut does no harm (a queue lease: the task would go back to the
+//! queue, as at-least-once delivery allows) may be [`Durability::Relaxed`]:
+//! answered once committed, without waiting for any fsync. It is visible to
+//! every reader, survives the process being killed, and goes to disk with
+//! the next durable write, since the WAL is written in order.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -44,6 +45,10 @@ pub enum Durability {
     /// Committed, and on disk with the next durable commit; a power cut
     /// before then may lose it, leaving the database as it was before.
     Relaxed,
+    /// Answered once committed, as [`Durability::Relaxed`], with an fsync
+    /// started at once that the caller does not wait for: on disk a moment
+    /// later, whatever else is written.
+    Background,
 }
 
 struct Queued {
@@ -192,8 +197,17 @@ fn control(conn: &Connection, sql: &str) -> rusqlite::Result<()> {
 }
 
 fn write_loop(conn: Connection, rx: mpsc::Receiver<Queued>) {
-    // The connection starts with synchronous = FULL (Store::open).
-    let mut synced = true;
+    let wal = conn
+        .query_row("PRAGMA journal_mode", [], |r| r.get::<_, String>(0))
+        .is_ok_and(|mode| mode.eq_ignore_ascii_case("wal"));
+    let syncer = match conn.path() {
+        Some(db) if wal && control(&conn, "PRAGMA synchronous = NORMAL").is_ok() => {
+            Syncer::start(PathBuf::from(format!("{db}-wal")))
+        }
+        // Not in WAL mode (the connection starts with synchronous = FULL):
+        // every commit is on disk when it returns.
+        _ => None,
+    };
     while let Ok(first) = rx.recv() {
         let mut queued = vec![first];
         while queued.len() < MAX_BATCH {
@@ -202,50 +216,180 @@ fn write_loop(conn: Connection, rx: mpsc::Receiver<Queued>) {
                 Err(_) => break,
             }
         }
-        let durable = queued.iter().any(|q| q.durability == Durability::Durable);
-        if durable != synced {
-            let mode = if durable {
-                "PRAGMA synchronous = FULL"
-            } else {
-                "PRAGMA synchronous = NORMAL"
-            };
-            if control(&conn, mode).is_ok() {
-                synced = durable;
+        if let Some(failed) = syncer.as_ref().and_then(Syncer::failed) {
+            for q in queued {
+                let (reply, _) = (q.job)(None);
+                reply(Err(failed.clone()));
             }
+            continue;
         }
-        let jobs = queued.into_iter().map(|q| q.job);
         if let Err(e) = control(&conn, "BEGIN IMMEDIATE") {
             let message = e.to_string();
-            for job in jobs {
-                let (reply, _) = job(None);
+            for q in queued {
+                let (reply, _) = (q.job)(None);
                 reply(Err(message.clone()));
             }
             continue;
         }
-        let mut replies = Vec::with_capacity(jobs.len());
-        for job in jobs {
+        let mut replies = Vec::with_capacity(queued.len());
+        for q in queued {
             let _ = control(&conn, "SAVEPOINT op");
-            let (reply, ok) = job(Some(&conn));
+            let (reply, ok) = (q.job)(Some(&conn));
             if !ok {
                 let _ = control(&conn, "ROLLBACK TO op");
             }
             let _ = control(&conn, "RELEASE op");
-            replies.push(reply);
+            replies.push((reply, q.durability));
         }
         let commit = {
             let _timer = crate::timer!("store.commit");
             control(&conn, "COMMIT").map_err(|e| e.to_string())
         };
         crate::counter!("store.commits").inc();
-        if !synced {
-            crate::counter!("store.commits.relaxed").inc();
-        }
         crate::counter!("store.operations").add(replies.len() as u64);
         if commit.is_err() {
             let _ = control(&conn, "ROLLBACK");
         }
-        for reply in replies {
+        let durable: Vec<Reply> = match &syncer {
+            Some(syncer) if commit.is_ok() => {
+                let (mut durable, mut sync) = (Vec::new(), false);
+                for (reply, durability) in replies {
+                    sync |= durability != Durability::Relaxed;
+                    match durability {
+                        Durability::Relaxed | Durability::Background => reply(Ok(())),
+                        Durability::Durable => durable.push(reply),
+                    }
+                }
+                if sync {
+                    syncer.sync(durable);
+                } else {
+                    crate::counter!("store.commits.relaxed").inc();
+                }
+                continue;
+            }
+            _ => replies.into_iter().map(|(reply, _)| reply).collect(),
+        };
+        for reply in durable {
             reply(commit.clone());
+        }
+    }
+    // The syncer answers what it holds before the connection closes.
+    drop(syncer);
+}
+
+/// The fsync half of the writer in WAL mode. The writer commits with
+/// `synchronous = NORMAL` (its frames are written to the WAL, not yet
+/// flushed) and answers relaxed writes at once; durable ones wait here for
+/// an fsync of the WAL that began after their commit. Meanwhile the writer
+/// goes on with the next batch, so a relaxed write never waits for another
+/// batch's fsync, and one fsync covers every commit made while the last one
+/// ran. A commit is on disk once the WAL's frames up to it are (SQLite's
+/// `synchronous = FULL` does exactly this fsync, only inside the commit).
+///
+/// A failed fsync leaves the database's durability unknown: every later
+/// write fails with it, as a database server would stop, rather than go on
+/// answering writes that may not be on disk.
+struct Syncer {
+    batches: Option<mpsc::Sender<Vec<Reply>>>,
+    failed: Arc<OnceLock<String>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Syncer {
+    fn start(wal: PathBuf) -> Option<Syncer> {
+        let (batches, rx) = mpsc::channel::<Vec<Reply>>();
+        let failed = Arc::new(OnceLock::new());
+        let failed_in = failed.clone();
+        let thread = std::thread::Builder::new()
+            .name("nova-db-sync".into())
+            .spawn(move || sync_loop(wal, rx, failed_in))
+            .ok()?;
+        Some(Syncer {
+            batches: Some(batches),
+            failed,
+            thread: Some(thread),
+        })
+    }
+
+    /// Why writes fail from now on, once an fsync has failed.
+    fn failed(&self) -> Option<String> {
+        self.failed.get().cloned()
+    }
+
+    /// Answer `replies` once the WAL, as written so far, is on disk.
+    fn sync(&self, replies: Vec<Reply>) {
+        if let Some(batches) = &self.batches
+            && let Err(mpsc::SendError(replies)) = batches.send(replies)
+        {
+            for reply in replies {
+                reply(Err("the database's fsync thread has stopped".into()));
+            }
+        }
+    }
+}
+
+impl Drop for Syncer {
+    fn drop(&mut self) {
+        drop(self.batches.take());
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+/// The open WAL file, reopened when the path no longer names the same file
+/// (another process's last connection removed it, a new one made it).
+struct WalFile {
+    path: PathBuf,
+    file: Option<(std::fs::File, (u64, u64))>,
+}
+
+impl WalFile {
+    fn sync(&mut self) -> std::io::Result<()> {
+        use std::os::unix::fs::MetadataExt;
+        let on_disk = std::fs::metadata(&self.path).map(|m| (m.dev(), m.ino()))?;
+        if self.file.as_ref().is_none_or(|(_, id)| *id != on_disk) {
+            let file = std::fs::File::open(&self.path)?;
+            let id = file.metadata().map(|m| (m.dev(), m.ino()))?;
+            // A WAL file this process has not synced before: its name in
+            // the folder must be on disk too.
+            if let Some(dir) = self.path.parent() {
+                std::fs::File::open(dir)?.sync_all()?;
+            }
+            self.file = Some((file, id));
+        }
+        let (file, _) = self.file.as_ref().expect("opened above");
+        file.sync_data()
+    }
+}
+
+fn sync_loop(wal: PathBuf, rx: mpsc::Receiver<Vec<Reply>>, failed: Arc<OnceLock<String>>) {
+    let mut wal = WalFile {
+        path: wal,
+        file: None,
+    };
+    while let Ok(first) = rx.recv() {
+        let mut replies = first;
+        while let Ok(more) = rx.try_recv() {
+            replies.extend(more);
+        }
+        let synced = match failed.get() {
+            Some(why) => Err(why.clone()),
+            None => {
+                let _timer = crate::timer!("store.fsync");
+                wal.sync().map_err(|e| {
+                    let why = format!(
+                        "writing {} to disk failed ({e}); nova stops writing to this database",
+                        wal.path.display()
+                    );
+                    tracing::error!("{why}");
+                    failed.get_or_init(|| why).clone()
+                })
+            }
+        };
+        crate::counter!("store.fsyncs").inc();
+        for reply in replies {
+            reply(synced.clone());
         }
     }
 }
@@ -254,7 +398,7 @@ fn write_loop(conn: Connection, rx: mpsc::Receiver<Queued>) {
 mod tests {
     use super::*;
 
-    fn synchronous(w: &Writer, durability: Durability) -> i64 {
+    fn insert(w: &Writer, durability: Durability) -> Result<(), String> {
         let rt = tokio::runtime::Builder::new_current_thread()
             .build()
             .unwrap();
@@ -264,31 +408,61 @@ mod tests {
                 conn.execute(
                     "INSERT INTO paused_queues (queue, paused_at) VALUES (hex(randomblob(8)), 0)",
                     [],
-                )?;
-                conn.query_row("PRAGMA synchronous", [], |r| r.get::<_, i64>(0))
+                )
+                .map(|_| ())
+                .map_err(|e| e.to_string())
             },
-            rusqlite::Error::InvalidParameterName,
+            |e| e,
         ))
-        .unwrap()
     }
 
-    /// Relaxed writes commit without `synchronous = FULL`, durable ones with
-    /// it, whatever came before; both are committed for every reader.
+    fn rows(path: &Path) -> i64 {
+        let reader = Store::open(path).unwrap().into_connection();
+        reader
+            .query_row("SELECT count(*) FROM paused_queues", [], |r| r.get(0))
+            .unwrap()
+    }
+
+    /// Both kinds of write are committed for every reader once answered; a
+    /// durable one only after an fsync of the WAL (other tests' writers
+    /// may add fsyncs to the count, never take any away).
     #[test]
-    fn each_batch_commits_with_the_durability_it_needs() {
+    fn durable_writes_wait_for_an_fsync_and_every_write_is_committed() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("nova.db");
         let w = Writer::shared(&path).unwrap();
-        const FULL: i64 = 2;
-        const NORMAL: i64 = 1;
-        assert_eq!(synchronous(&w, Durability::Durable), FULL);
-        assert_eq!(synchronous(&w, Durability::Relaxed), NORMAL);
-        assert_eq!(synchronous(&w, Durability::Relaxed), NORMAL);
-        assert_eq!(synchronous(&w, Durability::Durable), FULL);
-        let reader = Store::open(&path).unwrap().into_connection();
-        let rows: i64 = reader
-            .query_row("SELECT count(*) FROM paused_queues", [], |r| r.get(0))
-            .unwrap();
-        assert_eq!(rows, 4);
+        insert(&w, Durability::Relaxed).unwrap();
+        let fsyncs = crate::counter!("store.fsyncs").get();
+        insert(&w, Durability::Durable).unwrap();
+        assert!(crate::counter!("store.fsyncs").get() > fsyncs);
+        insert(&w, Durability::Relaxed).unwrap();
+        assert_eq!(rows(&path), 3);
+        // A background write is answered without waiting, and still synced.
+        let fsyncs = crate::counter!("store.fsyncs").get();
+        insert(&w, Durability::Background).unwrap();
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while crate::counter!("store.fsyncs").get() == fsyncs {
+            assert!(std::time::Instant::now() < deadline, "no fsync followed");
+            std::thread::sleep(std::time::Duration::from_millis(1));
+        }
+        assert_eq!(rows(&path), 4);
+    }
+
+    /// When the WAL cannot be synced, the durable write is answered with the
+    /// failure, and every later write fails too rather than be answered
+    /// without knowing it is on disk. What was written before stays.
+    #[test]
+    fn a_failed_fsync_stops_every_later_write() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("nova.db");
+        let w = Writer::shared(&path).unwrap();
+        insert(&w, Durability::Durable).unwrap();
+        std::fs::remove_file(dir.path().join("nova.db-wal")).unwrap();
+        let e = insert(&w, Durability::Durable).unwrap_err();
+        assert!(e.contains("nova.db-wal") && e.contains("to disk failed"), "{e}");
+        let e = insert(&w, Durability::Relaxed).unwrap_err();
+        assert!(e.contains("nova stops writing"), "{e}");
+        drop(w);
+        assert!(rows(&path) >= 1);
     }
 }
