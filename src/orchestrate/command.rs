@@ -106,7 +106,7 @@ pub fn worker_command(
                     args.queues.clone()
                 },
                 lease_ms: args.lease.as_millis().clamp(100, u32::MAX as u128) as u32,
-                on_ack: None,
+                on_change: None,
                 pending_audit: Default::default(),
                 privileges: privileges.clone(),
                 stop_grace: Some(args.grace),

@@ -221,9 +221,12 @@ impl Run {
             m
         };
         let id = self.id.clone();
+        // Answered once committed; on disk a moment later (the run's
+        // closing record is durable, and follows every write before it).
         let stored = self
             .writer
-            .write(
+            .write_with(
+                Durability::Background,
                 move |conn| runs::add_message(conn, &id, &m).map_err(|e| e.to_string()),
                 |e| e,
             )
@@ -355,10 +358,12 @@ impl Run {
         };
         let id = self.id.clone();
         async move {
-            // The run's record and the task state that `nova tasks` shows, in one commit.
+            // The run's record and the task state that `nova tasks` shows, in
+            // one commit, fsynced in the background like the run's enqueues.
             let stored = self
                 .writer
-                .write(
+                .write_with(
+                    Durability::Background,
                     move |conn| {
                         runs::upsert_task(conn, &id, &row)
                             .and_then(|()| crate::store::record_task_state(conn, &state))
@@ -711,7 +716,7 @@ pub fn start(ws: &Workspace, out: &Output, args: &RunRequest) -> Result<()> {
                     url.as_deref().unwrap_or_default()
                 ));
             }
-            let acked = Arc::new(tokio::sync::Notify::new());
+            let (changes_tx, mut changes) = tokio::sync::mpsc::unbounded_channel();
             let cfg = Arc::new(WorkerConfig {
                 name: format!("{}-local", hostname()),
                 home: ws.home.clone(),
@@ -720,7 +725,7 @@ pub fn start(ws: &Workspace, out: &Output, args: &RunRequest) -> Result<()> {
                 echo: verbose > 0 && !out.quiet,
                 queues: vec![queue_name.clone()],
                 lease_ms: worker::LEASE_MS,
-                on_ack: Some(acked.clone()),
+                on_change: Some(changes_tx),
                 pending_audit: Default::default(),
                 privileges: privileges.clone(),
                 stop_grace: None,
@@ -737,7 +742,7 @@ pub fn start(ws: &Workspace, out: &Output, args: &RunRequest) -> Result<()> {
                     echo: cfg.echo,
                     queues: cfg.queues.clone(),
                     lease_ms: cfg.lease_ms,
-                    on_ack: cfg.on_ack.clone(),
+                    on_change: cfg.on_change.clone(),
                     pending_audit: Default::default(),
                     privileges: cfg.privileges.clone(),
                     stop_grace: None,
@@ -782,7 +787,7 @@ pub fn start(ws: &Workspace, out: &Output, args: &RunRequest) -> Result<()> {
                 concurrency,
                 args.keep_going,
                 &interrupted,
-                &acked,
+                &mut changes,
             )
             .await;
 
@@ -863,8 +868,13 @@ async fn schedule_run(
     concurrency: usize,
     keep_going: bool,
     interrupted: &std::sync::atomic::AtomicBool,
-    acked: &tokio::sync::Notify,
+    changes: &mut tokio::sync::mpsc::UnboundedReceiver<String>,
 ) -> Result<Vec<AgentRun>> {
+    // Tasks local workers said they started or acked since the last look;
+    // every task in flight is looked at when none said anything for POLL
+    // (remote workers say nothing).
+    let mut changed: HashSet<String> = HashSet::new();
+    let mut look_at_all = true;
     let mut finished: Vec<AgentRun> = Vec::new();
     let mut outcomes: HashMap<String, AgentOutcome> = HashMap::new();
     // How each task ended, for agents that depend on one task of another.
@@ -978,10 +988,16 @@ async fn schedule_run(
 
             // Collect what finished.
             let mut progressed = false;
+            while let Ok(id) = changes.try_recv() {
+                changed.insert(id);
+            }
             for a in agents.iter_mut().filter(|a| a.outcome.is_none()) {
                 let Some((task_id, idx)) = a.in_flight.clone() else {
                     continue;
                 };
+                if !look_at_all && !changed.remove(&task_id) {
+                    continue;
+                }
                 let task = client
                     .get_task(GetTaskRequest {
                         task_id: task_id.clone(),
@@ -1080,9 +1096,23 @@ async fn schedule_run(
             if agents.iter().all(|a| a.outcome.is_some()) {
                 break;
             }
+            if look_at_all {
+                // What was said about tasks no longer in flight.
+                changed.clear();
+                look_at_all = false;
+            }
             if !progressed {
-                // Local workers say when they ack; remote ones are polled for.
-                let _ = tokio::time::timeout(POLL, acked.notified()).await;
+                // Local workers say what changed; remote ones are polled for.
+                match tokio::time::timeout(POLL, changes.recv()).await {
+                    Ok(Some(id)) => {
+                        changed.insert(id);
+                    }
+                    Ok(None) => {
+                        tokio::time::sleep(POLL).await;
+                        look_at_all = true;
+                    }
+                    Err(_) => look_at_all = true,
+                }
             }
         }
         finished.extend(agents);

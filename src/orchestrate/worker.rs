@@ -89,9 +89,9 @@ pub struct WorkerConfig {
     pub queues: Vec<String>,
     /// How long a lease lasts; heartbeats renew it every third of that.
     pub lease_ms: u32,
-    /// Told after each ack (the orchestrator of a local run waits on it
-    /// instead of polling the queue).
-    pub on_ack: Option<Arc<tokio::sync::Notify>>,
+    /// Told the id of each task this worker starts or acks (the scheduler
+    /// of a local run looks at those tasks instead of polling every one).
+    pub on_change: Option<tokio::sync::mpsc::UnboundedSender<String>>,
     /// Audit appends in flight; [`work`] waits for them before it returns.
     pub pending_audit: std::sync::Mutex<tokio::task::JoinSet<()>>,
     /// Who tasks run as (see [`super::privilege`]).
@@ -314,9 +314,7 @@ async fn streamed(
                 if outcome.code != 0 {
                     tracing::warn!(task = %outcome.task_id, error = %outcome.message, "ack refused");
                 }
-                if let Some(n) = &cfg.on_ack {
-                    n.notify_one();
-                }
+                changed(cfg, &outcome.task_id);
             }
             for task in message.tasks {
                 if *stop.borrow() {
@@ -341,6 +339,13 @@ async fn streamed(
         deliver(&mut client, cfg, ack).await;
     }
     Ok(())
+}
+
+/// Tell whoever listens (a local run's scheduler) that `task` changed state.
+fn changed(cfg: &WorkerConfig, task: &str) {
+    if let Some(tx) = &cfg.on_change {
+        let _ = tx.send(task.to_string());
+    }
 }
 
 /// Wait for the audit appends still in flight.
@@ -385,9 +390,7 @@ async fn deliver(client: &mut QueueHandle, cfg: &WorkerConfig, mut ack: AckReque
     for _ in 0..50 {
         match client.ack(ack.clone()).await {
             Ok(answer) => {
-                if let Some(n) = &cfg.on_ack {
-                    n.notify_one();
-                }
+                changed(cfg, &ack.task_id);
                 return answer.next;
             }
             Err(e)
@@ -433,6 +436,7 @@ async fn run_task(
         }
     };
 
+    changed(cfg, &task.id);
     // Keep the lease while the job runs.
     let (done_tx, mut done_rx) = tokio::sync::oneshot::channel::<()>();
     let mut hb_client = client.clone();
@@ -549,9 +553,9 @@ pub async fn execute(
     // The decision and the start go to the audit log together (one commit)
     // before the task starts: a store that cannot take them keeps it from
     // starting. The task starts once they are committed; the fsync that
-    // puts them on disk runs meanwhile (a power cut in that moment loses
-    // them with everything after, the task's ack included, so the task runs
-    // again and is recorded again).
+    // puts them on disk follows within milliseconds (a power cut in that
+    // moment loses them with everything after, the task's ack included, so
+    // the task runs again and is recorded again).
     let decision = cfg.policy.decide(&input).await;
     if let Some(log) = &cfg.audit {
         let mut events = vec![crate::policy::decision_event(&input, &decision)];

@@ -13,12 +13,12 @@ pub enum AnyQueue {
 }
 
 impl AnyQueue {
-    /// The queue of a local run, whose acks only its own workers and
-    /// scheduler hear of (see [`SqliteQueue::with_relaxed_acks`]); Redis
-    /// keeps its own persistence rules.
+    /// The queue of a local run, whose answers only its own scheduler and
+    /// workers hear of (see [`SqliteQueue::for_local_run`]); Redis keeps
+    /// its own persistence rules.
     pub fn for_local_run(self) -> AnyQueue {
         match self {
-            AnyQueue::Sqlite(q) => AnyQueue::Sqlite(q.with_relaxed_acks()),
+            AnyQueue::Sqlite(q) => AnyQueue::Sqlite(q.for_local_run()),
             other => other,
         }
     }

@@ -29,8 +29,8 @@ use crate::store::writer::{Durability, Writer};
 pub struct SqliteQueue {
     writer: Arc<Writer>,
     reader: Arc<Mutex<Connection>>,
-    /// What an answered ack promises (see [`SqliteQueue::with_relaxed_acks`]).
-    acks: Durability,
+    /// What an answered enqueue or ack promises (see [`SqliteQueue::for_local_run`]).
+    durability: Durability,
 }
 
 impl SqliteQueue {
@@ -42,18 +42,19 @@ impl SqliteQueue {
         Ok(SqliteQueue {
             writer,
             reader: Arc::new(Mutex::new(reader)),
-            acks: Durability::Durable,
+            durability: Durability::Durable,
         })
     }
 
-    /// Acks answered once committed, before they reach the disk (with the
-    /// next durable write). Only for a queue whose acks nobody outside this
-    /// process hears of: a local run's own workers, whose scheduler records
-    /// each outcome durably after reading the ack, so the ack is on disk
-    /// before anything is reported done; a power cut before then leaves the
-    /// task unacknowledged, to run again.
-    pub fn with_relaxed_acks(mut self) -> SqliteQueue {
-        self.acks = Durability::Relaxed;
+    /// Enqueues and acks answered once committed, with their fsync run in
+    /// the background ([`Durability::Background`]). Only for a queue whose
+    /// answers nobody outside this process hears of: a local run's own
+    /// scheduler and workers. What the run reports comes after a durable
+    /// commit, which the WAL's order puts after every write before it; a
+    /// power cut mid-run loses at most the last moment's writes, in order,
+    /// and `--resume` goes on from what is on disk.
+    pub fn for_local_run(mut self) -> SqliteQueue {
+        self.durability = Durability::Background;
         self
     }
 
@@ -408,7 +409,8 @@ fn ack_one(conn: &Connection, ack: &AckSpec, now: i64) -> QueueResult<Task> {
 
 impl QueueBackend for SqliteQueue {
     async fn enqueue(&self, tasks: Vec<NewTask>, now: i64) -> QueueResult<Vec<(Task, bool)>> {
-        self.write(move |conn| {
+        let durability = self.durability;
+        self.write_with(durability, move |conn| {
             tasks
                 .into_iter()
                 .map(|t| enqueue_one(conn, t, now))
@@ -423,7 +425,7 @@ impl QueueBackend for SqliteQueue {
     }
 
     async fn ack(&self, acks: Vec<AckSpec>, now: i64) -> QueueResult<Vec<QueueResult<Task>>> {
-        let durability = self.acks;
+        let durability = self.durability;
         self.write_with(durability, move |conn| {
             let mut outcomes = Vec::with_capacity(acks.len());
             for ack in &acks {
@@ -445,7 +447,7 @@ impl QueueBackend for SqliteQueue {
         next: DequeueSpec,
         now: i64,
     ) -> QueueResult<(QueueResult<Task>, Vec<Task>)> {
-        let durability = self.acks;
+        let durability = self.durability;
         self.write_with(durability, move |conn| {
             let acked = match ack_one(conn, &ack, now) {
                 Err(QueueError::Unavailable(e)) => return Err(QueueError::Unavailable(e)),
@@ -489,7 +491,8 @@ impl QueueBackend for SqliteQueue {
         next: DequeueSpec,
         now: i64,
     ) -> QueueResult<EnqueuedAndLeased> {
-        self.write(move |conn| {
+        let durability = self.durability;
+        self.write_with(durability, move |conn| {
             let stored = tasks
                 .into_iter()
                 .map(|t| enqueue_one(conn, t, now))

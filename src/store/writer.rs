@@ -16,7 +16,9 @@
 //! queue, as at-least-once delivery allows) may be [`Durability::Relaxed`]:
 //! answered once committed, without waiting for any fsync. It is visible to
 //! every reader, survives the process being killed, and goes to disk with
-//! the next durable write, since the WAL is written in order.
+//! the next durable write, since the WAL is written in order. A
+//! [`Durability::Background`] write is answered the same way, and an fsync
+//! follows within a few milliseconds whatever else is written.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -29,6 +31,9 @@ use super::{Store, StoreError};
 
 /// Most operations applied in one transaction.
 const MAX_BATCH: usize = 2048;
+/// How long a [`Durability::Background`] write may wait for its fsync, so
+/// that one fsync covers the background writes of that moment.
+const BACKGROUND_SYNC_DELAY: std::time::Duration = std::time::Duration::from_millis(5);
 
 type Reply = Box<dyn FnOnce(Result<(), String>) + Send>;
 /// An operation: run against the connection inside the batch transaction, or
@@ -46,8 +51,8 @@ pub enum Durability {
     /// before then may lose it, leaving the database as it was before.
     Relaxed,
     /// Answered once committed, as [`Durability::Relaxed`], with an fsync
-    /// started at once that the caller does not wait for: on disk a moment
-    /// later, whatever else is written.
+    /// that the caller does not wait for within a few milliseconds
+    /// ([`BACKGROUND_SYNC_DELAY`]), whatever else is written.
     Background,
 }
 
@@ -373,6 +378,16 @@ fn sync_loop(wal: PathBuf, rx: mpsc::Receiver<Vec<Reply>>, failed: Arc<OnceLock<
         while let Ok(more) = rx.try_recv() {
             replies.extend(more);
         }
+        // Only background writes to sync: nobody waits, so wait a little
+        // for more (or for a durable write) and sync them all at once,
+        // rather than keep the disk busy with an fsync per commit.
+        let deadline = std::time::Instant::now() + BACKGROUND_SYNC_DELAY;
+        while replies.is_empty() {
+            match rx.recv_timeout(deadline.saturating_duration_since(std::time::Instant::now())) {
+                Ok(more) => replies.extend(more),
+                Err(_) => break,
+            }
+        }
         let synced = match failed.get() {
             Some(why) => Err(why.clone()),
             None => {
@@ -459,7 +474,10 @@ mod tests {
         insert(&w, Durability::Durable).unwrap();
         std::fs::remove_file(dir.path().join("nova.db-wal")).unwrap();
         let e = insert(&w, Durability::Durable).unwrap_err();
-        assert!(e.contains("nova.db-wal") && e.contains("to disk failed"), "{e}");
+        assert!(
+            e.contains("nova.db-wal") && e.contains("to disk failed"),
+            "{e}"
+        );
         let e = insert(&w, Durability::Relaxed).unwrap_err();
         assert!(e.contains("nova stops writing"), "{e}");
         drop(w);
