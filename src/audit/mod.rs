@@ -134,9 +134,14 @@ impl AuditLog {
 /// stderr, not only in the log files. Records that gate an action are
 /// appended directly by the action, which is not taken when they fail.
 pub async fn record(log: &AuditLog, event: Event) {
+    record_with(log, event, Durability::Durable).await
+}
+
+/// [`record`] with the durability the caller needs (see [`AuditLog::append_all_with`]).
+pub async fn record_with(log: &AuditLog, event: Event, durability: Durability) {
     static SAID: std::sync::Once = std::sync::Once::new();
     let action = event.action.clone();
-    if let Err(e) = log.append(event).await {
+    if let Err(e) = log.append_all_with(vec![event], durability).await {
         tracing::info!(action = %action, error = %e, "could not append to the audit log");
         SAID.call_once(|| {
             eprintln!("note: nothing this command did was recorded in the audit log ({e})");

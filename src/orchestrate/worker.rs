@@ -772,6 +772,7 @@ pub async fn execute(
     if let Some(log) = &cfg.audit {
         // Not waited for: the writer keeps records in order, and the ack need
         // not wait for this one's commit. `work` waits for it before it ends.
+        // Fsynced in the background, like the start.
         let event = task_event(
             job,
             "task.finish",
@@ -782,7 +783,9 @@ pub async fn execute(
         cfg.pending_audit
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .spawn(async move { crate::audit::record(&log, event).await });
+            .spawn(
+                async move { crate::audit::record_with(&log, event, Durability::Background).await },
+            );
     }
     r
 }

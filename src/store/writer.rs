@@ -8,17 +8,17 @@
 //! the same writer for the same file. Other processes are kept in order by
 //! SQLite's own lock (the transaction is `IMMEDIATE`).
 //!
-//! A [`Durability::Durable`] write is answered once it is on disk: a second
-//! thread fsyncs the WAL after the commit (what `synchronous = FULL` would do
-//! inside it), one fsync for every commit made while the last one ran, and
-//! the writer goes on with the next batch meanwhile. A write whose loss in a
-//! power cut does no harm (a queue lease: the task would go back to the
-//! queue, as at-least-once delivery allows) may be [`Durability::Relaxed`]:
-//! answered once committed, without waiting for any fsync. It is visible to
-//! every reader, survives the process being killed, and goes to disk with
-//! the next durable write, since the WAL is written in order. A
-//! [`Durability::Background`] write is answered the same way, and an fsync
-//! follows within a few milliseconds whatever else is written.
+//! A [`Durability::Durable`] write is answered once it is on disk: its batch
+//! commits with `synchronous = FULL`, one fsync for the whole batch, and
+//! operations that arrive meanwhile wait to form the next batch. A write
+//! whose loss in a power cut does no harm (a queue lease: the task would go
+//! back to the queue, as at-least-once delivery allows) may be
+//! [`Durability::Relaxed`]: a batch of only such writes commits without the
+//! fsync (`synchronous = NORMAL`). It is still committed before its caller
+//! hears back, survives the process being killed, and goes to disk with the
+//! next durable commit, since the WAL is written in order. A
+//! [`Durability::Background`] write is answered the same way, and the WAL is
+//! fsynced within a few milliseconds whatever else is written.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -202,18 +202,39 @@ fn control(conn: &Connection, sql: &str) -> rusqlite::Result<()> {
 }
 
 fn write_loop(conn: Connection, rx: mpsc::Receiver<Queued>) {
-    let wal = conn
-        .query_row("PRAGMA journal_mode", [], |r| r.get::<_, String>(0))
-        .is_ok_and(|mode| mode.eq_ignore_ascii_case("wal"));
-    let syncer = match conn.path() {
-        Some(db) if wal && control(&conn, "PRAGMA synchronous = NORMAL").is_ok() => {
-            Syncer::start(PathBuf::from(format!("{db}-wal")))
+    // The connection starts with synchronous = FULL (Store::open).
+    let mut synced = true;
+    // In WAL mode, background writes are fsynced by this loop itself.
+    let mut wal = match conn.path() {
+        Some(db)
+            if conn
+                .query_row("PRAGMA journal_mode", [], |r| r.get::<_, String>(0))
+                .is_ok_and(|mode| mode.eq_ignore_ascii_case("wal")) =>
+        {
+            Some(WalFile::new(PathBuf::from(format!("{db}-wal"))))
         }
-        // Not in WAL mode (the connection starts with synchronous = FULL):
-        // every commit is on disk when it returns.
         _ => None,
     };
-    while let Ok(first) = rx.recv() {
+    // When background writes committed since the last fsync must be synced.
+    let mut sync_due: Option<std::time::Instant> = None;
+    loop {
+        let first = match sync_due {
+            None => rx.recv().ok(),
+            Some(due) => {
+                match rx.recv_timeout(due.saturating_duration_since(std::time::Instant::now())) {
+                    Ok(job) => Some(job),
+                    Err(mpsc::RecvTimeoutError::Timeout) => {
+                        if let Some(wal) = wal.as_mut() {
+                            let _ = wal.sync();
+                        }
+                        sync_due = None;
+                        continue;
+                    }
+                    Err(mpsc::RecvTimeoutError::Disconnected) => None,
+                }
+            }
+        };
+        let Some(first) = first else { break };
         let mut queued = vec![first];
         while queued.len() < MAX_BATCH {
             match rx.try_recv() {
@@ -221,136 +242,122 @@ fn write_loop(conn: Connection, rx: mpsc::Receiver<Queued>) {
                 Err(_) => break,
             }
         }
-        if let Some(failed) = syncer.as_ref().and_then(Syncer::failed) {
+        if let Some(failed) = wal.as_ref().and_then(WalFile::failed) {
             for q in queued {
                 let (reply, _) = (q.job)(None);
                 reply(Err(failed.clone()));
             }
             continue;
         }
+        let durable = queued.iter().any(|q| q.durability == Durability::Durable);
+        let background = queued
+            .iter()
+            .any(|q| q.durability == Durability::Background);
+        if durable != synced {
+            let mode = if durable {
+                "PRAGMA synchronous = FULL"
+            } else {
+                "PRAGMA synchronous = NORMAL"
+            };
+            if control(&conn, mode).is_ok() {
+                synced = durable;
+            }
+        }
+        let jobs = queued.into_iter().map(|q| q.job);
         if let Err(e) = control(&conn, "BEGIN IMMEDIATE") {
             let message = e.to_string();
-            for q in queued {
-                let (reply, _) = (q.job)(None);
+            for job in jobs {
+                let (reply, _) = job(None);
                 reply(Err(message.clone()));
             }
             continue;
         }
-        let mut replies = Vec::with_capacity(queued.len());
-        for q in queued {
+        let mut replies = Vec::with_capacity(jobs.len());
+        for job in jobs {
             let _ = control(&conn, "SAVEPOINT op");
-            let (reply, ok) = (q.job)(Some(&conn));
+            let (reply, ok) = job(Some(&conn));
             if !ok {
                 let _ = control(&conn, "ROLLBACK TO op");
             }
             let _ = control(&conn, "RELEASE op");
-            replies.push((reply, q.durability));
+            replies.push(reply);
         }
         let commit = {
             let _timer = crate::timer!("store.commit");
             control(&conn, "COMMIT").map_err(|e| e.to_string())
         };
         crate::counter!("store.commits").inc();
+        if !synced {
+            crate::counter!("store.commits.relaxed").inc();
+        }
         crate::counter!("store.operations").add(replies.len() as u64);
         if commit.is_err() {
             let _ = control(&conn, "ROLLBACK");
+        } else if synced {
+            // This commit's fsync put every commit before it on disk.
+            sync_due = None;
+        } else if background {
+            sync_due.get_or_insert_with(|| std::time::Instant::now() + BACKGROUND_SYNC_DELAY);
         }
-        let durable: Vec<Reply> = match &syncer {
-            Some(syncer) if commit.is_ok() => {
-                let (mut durable, mut sync) = (Vec::new(), false);
-                for (reply, durability) in replies {
-                    sync |= durability != Durability::Relaxed;
-                    match durability {
-                        Durability::Relaxed | Durability::Background => reply(Ok(())),
-                        Durability::Durable => durable.push(reply),
-                    }
-                }
-                if sync {
-                    syncer.sync(durable);
-                } else {
-                    crate::counter!("store.commits.relaxed").inc();
-                }
-                continue;
-            }
-            _ => replies.into_iter().map(|(reply, _)| reply).collect(),
-        };
-        for reply in durable {
+        for reply in replies {
             reply(commit.clone());
         }
     }
-    // The syncer answers what it holds before the connection closes.
-    drop(syncer);
+    if sync_due.is_some()
+        && let Some(wal) = wal.as_mut()
+    {
+        let _ = wal.sync();
+    }
 }
 
-/// The fsync half of the writer in WAL mode. The writer commits with
-/// `synchronous = NORMAL` (its frames are written to the WAL, not yet
-/// flushed) and answers relaxed writes at once; durable ones wait here for
-/// an fsync of the WAL that began after their commit. Meanwhile the writer
-/// goes on with the next batch, so a relaxed write never waits for another
-/// batch's fsync, and one fsync covers every commit made while the last one
-/// ran. A commit is on disk once the WAL's frames up to it are (SQLite's
-/// `synchronous = FULL` does exactly this fsync, only inside the commit).
+/// The WAL file, for the fsync that background writes get when no durable
+/// commit (which fsyncs the WAL inside the commit, `synchronous = FULL`)
+/// came within [`BACKGROUND_SYNC_DELAY`] of them. An fsync of the WAL puts
+/// every commit before it on disk.
 ///
 /// A failed fsync leaves the database's durability unknown: every later
 /// write fails with it, as a database server would stop, rather than go on
 /// answering writes that may not be on disk.
-struct Syncer {
-    batches: Option<mpsc::Sender<Vec<Reply>>>,
-    failed: Arc<OnceLock<String>>,
-    thread: Option<std::thread::JoinHandle<()>>,
+struct WalFile {
+    path: PathBuf,
+    /// The open file, and its device and inode: reopened when the path no
+    /// longer names the same file.
+    file: Option<(std::fs::File, (u64, u64))>,
+    failed: Option<String>,
 }
 
-impl Syncer {
-    fn start(wal: PathBuf) -> Option<Syncer> {
-        let (batches, rx) = mpsc::channel::<Vec<Reply>>();
-        let failed = Arc::new(OnceLock::new());
-        let failed_in = failed.clone();
-        let thread = std::thread::Builder::new()
-            .name("nova-db-sync".into())
-            .spawn(move || sync_loop(wal, rx, failed_in))
-            .ok()?;
-        Some(Syncer {
-            batches: Some(batches),
-            failed,
-            thread: Some(thread),
-        })
+impl WalFile {
+    fn new(path: PathBuf) -> WalFile {
+        WalFile {
+            path,
+            file: None,
+            failed: None,
+        }
     }
 
     /// Why writes fail from now on, once an fsync has failed.
     fn failed(&self) -> Option<String> {
-        self.failed.get().cloned()
+        self.failed.clone()
     }
 
-    /// Answer `replies` once the WAL, as written so far, is on disk.
-    fn sync(&self, replies: Vec<Reply>) {
-        if let Some(batches) = &self.batches
-            && let Err(mpsc::SendError(replies)) = batches.send(replies)
-        {
-            for reply in replies {
-                reply(Err("the database's fsync thread has stopped".into()));
-            }
+    fn sync(&mut self) -> Result<(), String> {
+        if let Some(why) = &self.failed {
+            return Err(why.clone());
         }
+        let _timer = crate::timer!("store.fsync");
+        crate::counter!("store.fsyncs").inc();
+        self.sync_file().map_err(|e| {
+            let why = format!(
+                "writing {} to disk failed ({e}); nova stops writing to this database",
+                self.path.display()
+            );
+            tracing::error!("{why}");
+            self.failed = Some(why.clone());
+            why
+        })
     }
-}
 
-impl Drop for Syncer {
-    fn drop(&mut self) {
-        drop(self.batches.take());
-        if let Some(thread) = self.thread.take() {
-            let _ = thread.join();
-        }
-    }
-}
-
-/// The open WAL file, reopened when the path no longer names the same file
-/// (another process's last connection removed it, a new one made it).
-struct WalFile {
-    path: PathBuf,
-    file: Option<(std::fs::File, (u64, u64))>,
-}
-
-impl WalFile {
-    fn sync(&mut self) -> std::io::Result<()> {
+    fn sync_file(&mut self) -> std::io::Result<()> {
         use std::os::unix::fs::MetadataExt;
         let on_disk = std::fs::metadata(&self.path).map(|m| (m.dev(), m.ino()))?;
         if self.file.as_ref().is_none_or(|(_, id)| *id != on_disk) {
@@ -365,47 +372,6 @@ impl WalFile {
         }
         let (file, _) = self.file.as_ref().expect("opened above");
         file.sync_data()
-    }
-}
-
-fn sync_loop(wal: PathBuf, rx: mpsc::Receiver<Vec<Reply>>, failed: Arc<OnceLock<String>>) {
-    let mut wal = WalFile {
-        path: wal,
-        file: None,
-    };
-    while let Ok(first) = rx.recv() {
-        let mut replies = first;
-        while let Ok(more) = rx.try_recv() {
-            replies.extend(more);
-        }
-        // Only background writes to sync: nobody waits, so wait a little
-        // for more (or for a durable write) and sync them all at once,
-        // rather than keep the disk busy with an fsync per commit.
-        let deadline = std::time::Instant::now() + BACKGROUND_SYNC_DELAY;
-        while replies.is_empty() {
-            match rx.recv_timeout(deadline.saturating_duration_since(std::time::Instant::now())) {
-                Ok(more) => replies.extend(more),
-                Err(_) => break,
-            }
-        }
-        let synced = match failed.get() {
-            Some(why) => Err(why.clone()),
-            None => {
-                let _timer = crate::timer!("store.fsync");
-                wal.sync().map_err(|e| {
-                    let why = format!(
-                        "writing {} to disk failed ({e}); nova stops writing to this database",
-                        wal.path.display()
-                    );
-                    tracing::error!("{why}");
-                    failed.get_or_init(|| why).clone()
-                })
-            }
-        };
-        crate::counter!("store.fsyncs").inc();
-        for reply in replies {
-            reply(synced.clone());
-        }
     }
 }
 
@@ -438,34 +404,52 @@ mod tests {
             .unwrap()
     }
 
-    /// Both kinds of write are committed for every reader once answered; a
-    /// durable one only after an fsync of the WAL (other tests' writers
-    /// may add fsyncs to the count, never take any away).
+    fn synchronous(w: &Writer, durability: Durability) -> i64 {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
+        rt.block_on(w.write_with(
+            durability,
+            |conn| {
+                conn.execute(
+                    "INSERT INTO paused_queues (queue, paused_at) VALUES (hex(randomblob(8)), 0)",
+                    [],
+                )?;
+                conn.query_row("PRAGMA synchronous", [], |r| r.get::<_, i64>(0))
+            },
+            rusqlite::Error::InvalidParameterName,
+        ))
+        .unwrap()
+    }
+
+    /// Durable writes commit with `synchronous = FULL`, the others without
+    /// it, whatever came before; every kind is committed for every reader
+    /// once answered, and a background write gets its fsync soon after
+    /// (other tests' writers may add fsyncs to the count, never take any).
     #[test]
-    fn durable_writes_wait_for_an_fsync_and_every_write_is_committed() {
+    fn each_batch_commits_with_the_durability_it_needs() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("nova.db");
         let w = Writer::shared(&path).unwrap();
-        insert(&w, Durability::Relaxed).unwrap();
+        const FULL: i64 = 2;
+        const NORMAL: i64 = 1;
+        assert_eq!(synchronous(&w, Durability::Durable), FULL);
+        assert_eq!(synchronous(&w, Durability::Relaxed), NORMAL);
+        assert_eq!(synchronous(&w, Durability::Relaxed), NORMAL);
+        assert_eq!(synchronous(&w, Durability::Durable), FULL);
         let fsyncs = crate::counter!("store.fsyncs").get();
-        insert(&w, Durability::Durable).unwrap();
-        assert!(crate::counter!("store.fsyncs").get() > fsyncs);
-        insert(&w, Durability::Relaxed).unwrap();
-        assert_eq!(rows(&path), 3);
-        // A background write is answered without waiting, and still synced.
-        let fsyncs = crate::counter!("store.fsyncs").get();
-        insert(&w, Durability::Background).unwrap();
+        assert_eq!(synchronous(&w, Durability::Background), NORMAL);
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
         while crate::counter!("store.fsyncs").get() == fsyncs {
             assert!(std::time::Instant::now() < deadline, "no fsync followed");
             std::thread::sleep(std::time::Duration::from_millis(1));
         }
-        assert_eq!(rows(&path), 4);
+        assert_eq!(rows(&path), 5);
     }
 
-    /// When the WAL cannot be synced, the durable write is answered with the
-    /// failure, and every later write fails too rather than be answered
-    /// without knowing it is on disk. What was written before stays.
+    /// When the WAL cannot be synced after background writes, every later
+    /// write fails rather than be answered without knowing it is on disk.
+    /// What was written before stays.
     #[test]
     fn a_failed_fsync_stops_every_later_write() {
         let dir = tempfile::tempdir().unwrap();
@@ -473,13 +457,20 @@ mod tests {
         let w = Writer::shared(&path).unwrap();
         insert(&w, Durability::Durable).unwrap();
         std::fs::remove_file(dir.path().join("nova.db-wal")).unwrap();
-        let e = insert(&w, Durability::Durable).unwrap_err();
+        insert(&w, Durability::Background).unwrap();
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        let e = loop {
+            std::thread::sleep(BACKGROUND_SYNC_DELAY);
+            match insert(&w, Durability::Relaxed) {
+                Err(e) => break e,
+                Ok(()) => assert!(std::time::Instant::now() < deadline, "writes go on"),
+            }
+        };
         assert!(
-            e.contains("nova.db-wal") && e.contains("to disk failed"),
+            e.contains("nova.db-wal") && e.contains("nova stops writing"),
             "{e}"
         );
-        let e = insert(&w, Durability::Relaxed).unwrap_err();
-        assert!(e.contains("nova stops writing"), "{e}");
+        assert!(insert(&w, Durability::Durable).is_err());
         drop(w);
         assert!(rows(&path) >= 1);
     }
