@@ -379,7 +379,16 @@ impl WalFile {
 mod tests {
     use super::*;
 
-    fn insert(w: &Writer, durability: Durability) -> Result<(), String> {
+    fn rows(path: &Path) -> i64 {
+        let reader = Store::open(path).unwrap().into_connection();
+        reader
+            .query_row("SELECT count(*) FROM paused_queues", [], |r| r.get(0))
+            .unwrap()
+    }
+
+    /// Insert a row with `durability`; the connection's `synchronous`
+    /// setting while it did.
+    fn insert(w: &Writer, durability: Durability) -> Result<i64, String> {
         let rt = tokio::runtime::Builder::new_current_thread()
             .build()
             .unwrap();
@@ -390,36 +399,11 @@ mod tests {
                     "INSERT INTO paused_queues (queue, paused_at) VALUES (hex(randomblob(8)), 0)",
                     [],
                 )
-                .map(|_| ())
+                .and_then(|_| conn.query_row("PRAGMA synchronous", [], |r| r.get::<_, i64>(0)))
                 .map_err(|e| e.to_string())
             },
             |e| e,
         ))
-    }
-
-    fn rows(path: &Path) -> i64 {
-        let reader = Store::open(path).unwrap().into_connection();
-        reader
-            .query_row("SELECT count(*) FROM paused_queues", [], |r| r.get(0))
-            .unwrap()
-    }
-
-    fn synchronous(w: &Writer, durability: Durability) -> i64 {
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .build()
-            .unwrap();
-        rt.block_on(w.write_with(
-            durability,
-            |conn| {
-                conn.execute(
-                    "INSERT INTO paused_queues (queue, paused_at) VALUES (hex(randomblob(8)), 0)",
-                    [],
-                )?;
-                conn.query_row("PRAGMA synchronous", [], |r| r.get::<_, i64>(0))
-            },
-            rusqlite::Error::InvalidParameterName,
-        ))
-        .unwrap()
     }
 
     /// Durable writes commit with `synchronous = FULL`, the others without
@@ -433,12 +417,12 @@ mod tests {
         let w = Writer::shared(&path).unwrap();
         const FULL: i64 = 2;
         const NORMAL: i64 = 1;
-        assert_eq!(synchronous(&w, Durability::Durable), FULL);
-        assert_eq!(synchronous(&w, Durability::Relaxed), NORMAL);
-        assert_eq!(synchronous(&w, Durability::Relaxed), NORMAL);
-        assert_eq!(synchronous(&w, Durability::Durable), FULL);
+        assert_eq!(insert(&w, Durability::Durable), Ok(FULL));
+        assert_eq!(insert(&w, Durability::Relaxed), Ok(NORMAL));
+        assert_eq!(insert(&w, Durability::Relaxed), Ok(NORMAL));
+        assert_eq!(insert(&w, Durability::Durable), Ok(FULL));
         let fsyncs = crate::counter!("store.fsyncs").get();
-        assert_eq!(synchronous(&w, Durability::Background), NORMAL);
+        assert_eq!(insert(&w, Durability::Background), Ok(NORMAL));
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
         while crate::counter!("store.fsyncs").get() == fsyncs {
             assert!(std::time::Instant::now() < deadline, "no fsync followed");
@@ -463,7 +447,7 @@ mod tests {
             std::thread::sleep(BACKGROUND_SYNC_DELAY);
             match insert(&w, Durability::Relaxed) {
                 Err(e) => break e,
-                Ok(()) => assert!(std::time::Instant::now() < deadline, "writes go on"),
+                Ok(_) => assert!(std::time::Instant::now() < deadline, "writes go on"),
             }
         };
         assert!(
