@@ -7,6 +7,8 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use rusqlite::Connection;
+use serde::Serialize;
+use serde_json::value::RawValue;
 use serde_json::{Value, json};
 
 use super::privilege::Privileges;
@@ -240,7 +242,19 @@ impl Run {
     /// `agent-start` and `agent-done` of itself and the agents it depends on,
     /// and agents' messages whose `to` is its name or `*`. (Not every
     /// broadcast: in a run of many agents that would grow without bound.)
-    fn inbox(&self, agent: &AgentRun) -> Vec<Value> {
+    ///
+    /// Each as the JSON line the agent's inbox file holds, written straight
+    /// from the stored message (no copy of its body as a value first: the
+    /// phase's start lists every agent of the phase, and rides in every job).
+    fn inbox(&self, agent: &AgentRun) -> Vec<Box<RawValue>> {
+        /// An inbox line; fields in the order a JSON object's keys sort.
+        #[derive(Serialize)]
+        struct Line<'a> {
+            body: &'a Value,
+            from: &'a str,
+            kind: &'a str,
+            seq: u64,
+        }
         let concerns = |name: &str| {
             name.eq_ignore_ascii_case(&agent.name)
                 || agent
@@ -260,7 +274,15 @@ impl Run {
                     .is_some_and(|to| to == "*" || to.eq_ignore_ascii_case(&agent.name)),
                 _ => false,
             })
-            .map(|m| json!({"seq": m.seq, "kind": m.kind, "from": m.agent, "body": m.body}))
+            .filter_map(|m| {
+                serde_json::value::to_raw_value(&Line {
+                    body: &m.body,
+                    from: &m.agent,
+                    kind: &m.kind,
+                    seq: m.seq,
+                })
+                .ok()
+            })
             .collect()
     }
 

@@ -49,8 +49,9 @@ pub struct Job {
     pub workdir: PathBuf,
     pub memory_limit: Option<u64>,
     pub wall_time: Option<Duration>,
-    /// Messages addressed to this agent so far (broadcasts included).
-    pub messages: Vec<Value>,
+    /// Messages addressed to this agent so far (broadcasts included), as
+    /// the JSON lines of its inbox: carried, never taken apart.
+    pub messages: Vec<Box<serde_json::value::RawValue>>,
 }
 
 /// What a worker reports in its ack.
@@ -806,8 +807,12 @@ fn home_inbox(home: &std::path::Path, job: &Job) -> PathBuf {
 /// each. An inbox already on disk with the same lines (the usual case: most
 /// tasks of an agent see the messages the one before saw) is left as it is
 /// rather than truncated and written again for every task.
-fn write_inbox(inbox: &std::path::Path, messages: &[Value]) {
-    let lines: String = messages.iter().map(|m| format!("{m}\n")).collect();
+fn write_inbox(inbox: &std::path::Path, messages: &[Box<serde_json::value::RawValue>]) {
+    let mut lines = String::with_capacity(messages.iter().map(|m| m.get().len() + 1).sum());
+    for m in messages {
+        lines.push_str(m.get());
+        lines.push('\n');
+    }
     let same = std::fs::metadata(inbox).is_ok_and(|m| m.is_file() && m.len() == lines.len() as u64)
         && std::fs::read(inbox).is_ok_and(|on_disk| on_disk == lines.as_bytes());
     if same {
