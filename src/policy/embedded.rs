@@ -167,13 +167,20 @@ impl Embedded {
             // Either is undefined or fails: ask for each on its own, which
             // says which and why.
             _ => {
-                let allow = match engine.eval_rule("data.nova.authz.allow".to_string()) {
-                    Ok(v) => v,
-                    Err(e) => return deny(format!("policy evaluation failed: {e}")),
+                let mut rule = |path: &str| match engine.eval_rule(path.to_string()) {
+                    Ok(v) => Ok(v),
+                    // regorus's word for a rule no policy declares.
+                    Err(e) if e.to_string().contains("not a valid rule path") => {
+                        Ok(regorus::Value::Undefined)
+                    }
+                    Err(e) => Err(format!("policy evaluation failed: {e}")),
                 };
-                match engine.eval_rule("data.nova.authz.reasons".to_string()) {
-                    Ok(v) => (allow, reasons_of(&v)),
-                    Err(e) => return deny(format!("policy evaluation failed: {e}")),
+                match (
+                    rule("data.nova.authz.allow"),
+                    rule("data.nova.authz.reasons"),
+                ) {
+                    (Ok(allow), Ok(reasons)) => (allow, reasons_of(&reasons)),
+                    (Err(e), _) | (_, Err(e)) => return deny(e),
                 }
             }
         };
@@ -221,5 +228,37 @@ mod tests {
             assert!(!denied.allow);
             assert_eq!(denied.reasons, ["role \"implementation\" may not install"]);
         }
+    }
+
+    /// A workspace policy that replaces the built-in one without an `allow`
+    /// rule denies, and says which rule is missing.
+    #[test]
+    fn a_policy_without_allow_denies_and_names_the_rule() {
+        let files = [PolicyFile {
+            name: "authorization.rego".into(),
+            text: "package nova.authz\nimport rego.v1\nreasons contains \"none\" if true\n".into(),
+            path: None,
+        }];
+        let input = json!({"subject": {"agent": "a", "role": "operator"}, "action": "install", "resource": "tree"});
+        let e = Embedded::new(&files).unwrap();
+        let d = e.decide(&input);
+        assert!(!d.allow);
+        assert!(
+            d.reasons[0].contains("no policy defines data.nova.authz.allow"),
+            "{:?}",
+            d.reasons
+        );
+        // Nor any rule at all.
+        let files = [PolicyFile {
+            text: "package nova.authz\n".into(),
+            ..files[0].clone()
+        }];
+        let d = Embedded::new(&files).unwrap().decide(&input);
+        assert!(!d.allow);
+        assert!(
+            d.reasons[0].contains("no policy defines data.nova.authz.allow"),
+            "{:?}",
+            d.reasons
+        );
     }
 }
