@@ -65,13 +65,14 @@ impl SqliteQueue {
         self.writer.write(op, QueueError::Unavailable).await
     }
 
-    async fn write_with<T: Send + 'static>(
+    /// An enqueue or ack: answered as this queue promises (durable, or for
+    /// a local run in the background).
+    async fn write_answered<T: Send + 'static>(
         &self,
-        durability: Durability,
         op: impl FnOnce(&Connection) -> QueueResult<T> + Send + 'static,
     ) -> QueueResult<T> {
         self.writer
-            .write_with(durability, op, QueueError::Unavailable)
+            .write_with(self.durability, op, QueueError::Unavailable)
             .await
     }
 
@@ -409,8 +410,7 @@ fn ack_one(conn: &Connection, ack: &AckSpec, now: i64) -> QueueResult<Task> {
 
 impl QueueBackend for SqliteQueue {
     async fn enqueue(&self, tasks: Vec<NewTask>, now: i64) -> QueueResult<Vec<(Task, bool)>> {
-        let durability = self.durability;
-        self.write_with(durability, move |conn| {
+        self.write_answered(move |conn| {
             tasks
                 .into_iter()
                 .map(|t| enqueue_one(conn, t, now))
@@ -425,8 +425,7 @@ impl QueueBackend for SqliteQueue {
     }
 
     async fn ack(&self, acks: Vec<AckSpec>, now: i64) -> QueueResult<Vec<QueueResult<Task>>> {
-        let durability = self.durability;
-        self.write_with(durability, move |conn| {
+        self.write_answered(move |conn| {
             let mut outcomes = Vec::with_capacity(acks.len());
             for ack in &acks {
                 match ack_one(conn, ack, now) {
@@ -447,8 +446,7 @@ impl QueueBackend for SqliteQueue {
         next: DequeueSpec,
         now: i64,
     ) -> QueueResult<(QueueResult<Task>, Vec<Task>)> {
-        let durability = self.durability;
-        self.write_with(durability, move |conn| {
+        self.write_answered(move |conn| {
             let acked = match ack_one(conn, &ack, now) {
                 Err(QueueError::Unavailable(e)) => return Err(QueueError::Unavailable(e)),
                 other => other,
@@ -491,8 +489,7 @@ impl QueueBackend for SqliteQueue {
         next: DequeueSpec,
         now: i64,
     ) -> QueueResult<EnqueuedAndLeased> {
-        let durability = self.durability;
-        self.write_with(durability, move |conn| {
+        self.write_answered(move |conn| {
             let stored = tasks
                 .into_iter()
                 .map(|t| enqueue_one(conn, t, now))

@@ -249,7 +249,11 @@ fn write_loop(conn: Connection, rx: mpsc::Receiver<Queued>) {
             }
             continue;
         }
-        let durable = queued.iter().any(|q| q.durability == Durability::Durable);
+        // Without a WAL this loop can sync, a background write is durable.
+        let durable = queued.iter().any(|q| {
+            q.durability == Durability::Durable
+                || (wal.is_none() && q.durability == Durability::Background)
+        });
         let background = queued
             .iter()
             .any(|q| q.durability == Durability::Background);
