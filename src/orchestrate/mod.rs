@@ -18,6 +18,7 @@ pub mod privilege;
 pub mod progress;
 pub mod prune;
 pub mod report;
+pub mod results;
 pub mod run;
 pub mod runs;
 pub mod supervisor;

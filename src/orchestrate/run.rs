@@ -186,6 +186,9 @@ fn schedule(ws: &Workspace, args: &RunRequest) -> Result<(Catalog, Schedule)> {
 }
 
 const POLL: Duration = Duration::from_millis(50);
+/// How long a task has run before the run's records show it running: most
+/// tasks of a busy run end before, and are then recorded once, not twice.
+const RUNNING_AFTER: Duration = Duration::from_millis(100);
 /// Base of the backoff between attempts of a failing task.
 const RETRY_BACKOFF_MS: u32 = 200;
 
@@ -287,13 +290,10 @@ impl Run {
     }
 
     /// Record, once per attempt, that a worker has taken the task: `nova runs
-    /// show` and the dashboard see it running before it ends.
-    async fn mark_running(
-        &self,
-        agent: &AgentRun,
-        spec: &TaskSpec,
-        task: &crate::queue::proto::Task,
-    ) {
+    /// show` and the dashboard see it running before it ends. Not waited
+    /// for: the write is queued now, so the task's outcome, queued later,
+    /// commits after it.
+    fn mark_running(&self, agent: &AgentRun, spec: &TaskSpec, task: &crate::queue::proto::Task) {
         let first = self
             .running
             .lock()
@@ -323,16 +323,18 @@ impl Run {
         let id = self.id.clone();
         // Relaxed: lost in a power cut, the task shows as queued, not running,
         // until its outcome is recorded.
-        let stored = self
-            .writer
-            .write_with(
-                Durability::Relaxed,
-                move |conn| runs::upsert_task(conn, &id, &row).map_err(|e| e.to_string()),
-                |e: String| e,
-            )
-            .await;
-        if let Err(e) = stored {
-            tracing::warn!(error = %e, "could not record a task as running");
+        let queued = self.writer.submit(
+            Durability::Relaxed,
+            move |conn| runs::upsert_task(conn, &id, &row).map_err(|e| e.to_string()),
+            |e: String| e,
+            |stored| {
+                if let Err(e) = stored {
+                    tracing::warn!(error = %e, "could not record a task as running");
+                }
+            },
+        );
+        if !queued {
+            tracing::warn!("could not record a task as running: the database writer has stopped");
         }
     }
 
@@ -890,12 +892,13 @@ async fn schedule_run(
     concurrency: usize,
     keep_going: bool,
     interrupted: &std::sync::atomic::AtomicBool,
-    changes: &mut tokio::sync::mpsc::UnboundedReceiver<String>,
+    changes: &mut tokio::sync::mpsc::UnboundedReceiver<worker::Change>,
 ) -> Result<Vec<AgentRun>> {
-    // Tasks local workers said they started or acked since the last look;
-    // every task in flight is looked at when none said anything for POLL
-    // (remote workers say nothing).
-    let mut changed: HashSet<String> = HashSet::new();
+    // Tasks local workers said they acked since the last look, and those
+    // they started, looked at once they have run for RUNNING_AFTER; every
+    // task in flight is looked at when none said anything for POLL (remote
+    // workers say nothing).
+    let mut changed = Changed::default();
     let mut look_at_all = true;
     let mut finished: Vec<AgentRun> = Vec::new();
     let mut outcomes: HashMap<String, AgentOutcome> = HashMap::new();
@@ -1010,28 +1013,25 @@ async fn schedule_run(
 
             // Collect what finished.
             let mut progressed = false;
-            while let Ok(id) = changes.try_recv() {
-                changed.insert(id);
+            while let Ok(change) = changes.try_recv() {
+                changed.note(change);
             }
+            let running_long = changed.running_long();
             for a in agents.iter_mut().filter(|a| a.outcome.is_none()) {
                 let Some((task_id, idx)) = a.in_flight.clone() else {
                     continue;
                 };
-                if !look_at_all && !changed.remove(&task_id) {
-                    continue;
-                }
-                let task = client
-                    .get_task(GetTaskRequest {
-                        task_id: task_id.clone(),
-                    })
-                    .await
-                    .map_err(|e| {
-                        Error::Failed(format!("the queue did not answer: {}", e.message()))
-                    })?
-                    .task
-                    .unwrap_or_default();
+                let task = match changed.acked.remove(&task_id) {
+                    // What the worker's ack left, as its answer said.
+                    Some(Some(task)) => *task,
+                    Some(None) => get_task(client, &task_id).await?,
+                    None if look_at_all || running_long.contains(&task_id) => {
+                        get_task(client, &task_id).await?
+                    }
+                    None => continue,
+                };
                 if task.status == "IN_PROGRESS" {
-                    run.mark_running(a, &a.tasks[idx], &task).await;
+                    run.mark_running(a, &a.tasks[idx], &task);
                 }
                 if task.status != "COMPLETED"
                     && task.status != "FAILED"
@@ -1120,26 +1120,79 @@ async fn schedule_run(
             }
             if look_at_all {
                 // What was said about tasks no longer in flight.
-                changed.clear();
+                changed.acked.clear();
                 look_at_all = false;
             }
             if !progressed {
                 // Local workers say what changed; remote ones are polled for.
-                match tokio::time::timeout(POLL, changes.recv()).await {
-                    Ok(Some(id)) => {
-                        changed.insert(id);
-                    }
+                let wait = changed.wait();
+                match tokio::time::timeout(wait, changes.recv()).await {
+                    Ok(Some(change)) => changed.note(change),
                     Ok(None) => {
                         tokio::time::sleep(POLL).await;
                         look_at_all = true;
                     }
-                    Err(_) => look_at_all = true,
+                    // A started task's time came, or silence.
+                    Err(_) => look_at_all = wait == POLL,
                 }
             }
         }
         finished.extend(agents);
     }
     Ok(finished)
+}
+
+/// What local workers said about tasks since the scheduler last looked.
+#[derive(Default)]
+struct Changed {
+    /// Acked tasks, with the task as the ack left it when the worker had it.
+    acked: HashMap<String, Option<Box<crate::queue::proto::Task>>>,
+    /// Started tasks, looked at once they have run for RUNNING_AFTER.
+    started: std::collections::VecDeque<(std::time::Instant, String)>,
+}
+
+impl Changed {
+    fn note(&mut self, change: worker::Change) {
+        match change {
+            worker::Change::Acked(id, task) => {
+                self.acked.insert(id, task);
+            }
+            worker::Change::Started(id) => {
+                self.started.push_back((std::time::Instant::now(), id));
+            }
+        }
+    }
+
+    /// The started tasks whose time to be looked at has come.
+    fn running_long(&mut self) -> HashSet<String> {
+        let mut due = HashSet::new();
+        while let Some((at, _)) = self.started.front()
+            && at.elapsed() >= RUNNING_AFTER
+        {
+            due.extend(self.started.pop_front().map(|(_, id)| id));
+        }
+        due
+    }
+
+    /// How long to wait for news before looking again.
+    fn wait(&self) -> Duration {
+        self.started.front().map_or(POLL, |(at, _)| {
+            (*at + RUNNING_AFTER)
+                .saturating_duration_since(std::time::Instant::now())
+                .min(POLL)
+        })
+    }
+}
+
+async fn get_task(client: &mut QueueHandle, task_id: &str) -> Result<crate::queue::proto::Task> {
+    Ok(client
+        .get_task(GetTaskRequest {
+            task_id: task_id.to_string(),
+        })
+        .await
+        .map_err(|e| Error::Failed(format!("the queue did not answer: {}", e.message())))?
+        .task
+        .unwrap_or_default())
 }
 
 fn schedule_has(schedule: &Schedule, key: &str) -> bool {
@@ -1268,6 +1321,7 @@ async fn finish(
     };
     let snapshot = crate::kpi::snapshot();
     let mut text = report::markdown(row.as_ref(), plan, agents, &tasks, &messages, &snapshot);
+    super::results::tidy(&ws.home.join("runs").join(&run.id));
     let tests = crate::testreport::run_section(&ws.home.join("runs").join(&run.id), "##");
     if let Some((section, _)) = &tests {
         text.push('\n');

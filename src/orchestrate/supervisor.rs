@@ -279,8 +279,11 @@ pub async fn run(
         }));
     }
 
-    // Without process information (an odd platform), run unsampled.
-    let mut sys = sysinfo::System::new().ok();
+    // Made at the first sample (reading /proc costs a task that ends before
+    // then for nothing); without process information (an odd platform), the
+    // task runs unsampled.
+    let mut sys: Option<sysinfo::System> = None;
+    let mut unsampled = false;
     let (mut peak, mut mem_sum, mut cpu_sum, mut samples) = (0u64, 0u64, 0f32, 0u32);
     let (mut gpu_peak, mut gpu_util_sum, mut gpu_samples) = (None::<u64>, 0f32, 0u32);
     let mut tick = tokio::time::interval_at(
@@ -304,8 +307,14 @@ pub async fn run(
                     break stop(&mut child, pgid).await?;
                 }
             }
-            _ = tick.tick(), if sys.is_some() => {
-                let Some(sys) = sys.as_mut() else { continue };
+            _ = tick.tick(), if !unsampled => {
+                if sys.is_none() {
+                    sys = sysinfo::System::new().ok();
+                }
+                let Some(sys) = sys.as_mut() else {
+                    unsampled = true;
+                    continue;
+                };
                 let (mem, cpu, pids) = sample_tree(sys, pid);
                 if let Some((gpu_mem, util)) = crate::gpu::usage_of(&pids) {
                     gpu_peak = Some(gpu_peak.unwrap_or(0).max(gpu_mem));

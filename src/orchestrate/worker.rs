@@ -77,6 +77,15 @@ pub struct JobResult {
     pub worker: String,
 }
 
+/// What a worker tells a local run's scheduler about a task, by its id.
+#[derive(Debug, Clone)]
+pub enum Change {
+    Started(String),
+    /// Acked: finished, or put back for another attempt; with the task as
+    /// the ack left it, when the ack's answer had it.
+    Acked(String, Option<Box<Task>>),
+}
+
 pub struct WorkerConfig {
     pub name: String,
     /// Tasks the whole process runs at once (`nova worker --concurrency`),
@@ -90,9 +99,9 @@ pub struct WorkerConfig {
     pub queues: Vec<String>,
     /// How long a lease lasts; heartbeats renew it every third of that.
     pub lease_ms: u32,
-    /// Told the id of each task this worker starts or acks (the scheduler
-    /// of a local run looks at those tasks instead of polling every one).
-    pub on_change: Option<tokio::sync::mpsc::UnboundedSender<String>>,
+    /// Told of each task this worker starts or acks (the scheduler of a
+    /// local run looks at those tasks instead of polling every one).
+    pub on_change: Option<tokio::sync::mpsc::UnboundedSender<Change>>,
     /// Audit appends in flight; [`work`] waits for them before it returns.
     pub pending_audit: std::sync::Mutex<tokio::task::JoinSet<()>>,
     /// Who tasks run as (see [`super::privilege`]).
@@ -315,7 +324,7 @@ async fn streamed(
                 if outcome.code != 0 {
                     tracing::warn!(task = %outcome.task_id, error = %outcome.message, "ack refused");
                 }
-                changed(cfg, &outcome.task_id);
+                changed(cfg, || Change::Acked(outcome.task_id.clone(), None));
             }
             for task in message.tasks {
                 if *stop.borrow() {
@@ -342,10 +351,10 @@ async fn streamed(
     Ok(())
 }
 
-/// Tell whoever listens (a local run's scheduler) that `task` changed state.
-fn changed(cfg: &WorkerConfig, task: &str) {
+/// Tell whoever listens (a local run's scheduler) that a task changed state.
+fn changed(cfg: &WorkerConfig, change: impl FnOnce() -> Change) {
     if let Some(tx) = &cfg.on_change {
-        let _ = tx.send(task.to_string());
+        let _ = tx.send(change());
     }
 }
 
@@ -391,7 +400,9 @@ async fn deliver(client: &mut QueueHandle, cfg: &WorkerConfig, mut ack: AckReque
     for _ in 0..50 {
         match client.ack(ack.clone()).await {
             Ok(answer) => {
-                changed(cfg, &ack.task_id);
+                changed(cfg, || {
+                    Change::Acked(ack.task_id.clone(), answer.task.map(Box::new))
+                });
                 return answer.next;
             }
             Err(e)
@@ -437,7 +448,7 @@ async fn run_task(
         }
     };
 
-    changed(cfg, &task.id);
+    changed(cfg, || Change::Started(task.id.clone()));
     // Keep the lease while the job runs.
     let (done_tx, mut done_rx) = tokio::sync::oneshot::channel::<()>();
     let mut hb_client = client.clone();
@@ -603,15 +614,9 @@ pub async fn execute(
         ("NOVA_INBOX".to_string(), inbox.display().to_string()),
     ]);
     // Test results in JUnit XML go here; the run's report summarizes them.
-    let results = cfg
-        .home
-        .join("runs")
-        .join(&job.run)
-        .join(&job.agent)
-        .join("results")
-        .join(&job.task.id);
-    let _ = std::fs::create_dir_all(&results);
-    env.insert("NOVA_RESULTS".into(), results.display().to_string());
+    let run_dir = cfg.home.join("runs").join(&job.run);
+    let results = super::results::lend(&run_dir);
+    env.insert("NOVA_RESULTS".into(), results.path().display().to_string());
     if let Some(account) = &identity.account {
         env.insert("HOME".into(), account.home.display().to_string());
         env.insert("USER".into(), account.name.clone());
@@ -619,13 +624,13 @@ pub async fn execute(
     }
     // A fix installs packages through this same binary (`"$NOVA_BIN" setup`),
     // so one set of package rules holds everywhere.
-    if let Ok(exe) = crate::files::own_executable() {
-        env.insert("NOVA_BIN".into(), exe.display().to_string());
+    if let Some(exe) = own_executable() {
+        env.insert("NOVA_BIN".into(), exe.to_string());
     }
     write_inbox(&inbox, &job.messages);
     if let Some(account) = &identity.account {
         super::privilege::hand_over(&inbox, account);
-        super::privilege::hand_over(&results, account);
+        super::privilege::hand_over(results.path(), account);
     }
 
     let log = log_path(&cfg.home, job);
@@ -768,6 +773,7 @@ pub async fn execute(
             ("skipped", "the task has neither check nor run".to_string())
         }
     };
+    results.file(&super::results::filed(&run_dir, &job.agent, &job.task.id));
     let (status, detail) = outcome;
     let r = finish(result, status, detail);
     if let Some(log) = &cfg.audit {
@@ -789,6 +795,18 @@ pub async fn execute(
             );
     }
     r
+}
+
+/// This binary's path for `$NOVA_BIN`, found once: the path stays the
+/// same for the life of the process, even when the file is replaced.
+fn own_executable() -> Option<&'static str> {
+    static EXE: std::sync::OnceLock<Option<String>> = std::sync::OnceLock::new();
+    EXE.get_or_init(|| {
+        crate::files::own_executable()
+            .ok()
+            .map(|p| p.display().to_string())
+    })
+    .as_deref()
 }
 
 fn code(o: &Outcome) -> String {

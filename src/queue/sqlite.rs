@@ -102,8 +102,12 @@ impl SqliteQueue {
     }
 }
 
-const COLUMNS: &str = "id, type, payload, metadata, status, created_at, updated_at, result, worker_id, queue, \
-    priority, attempts, max_attempts, run_at, idempotency_key, last_error, lease_expires_at, lease_id, retry_backoff_ms";
+const COLUMNS: &str = "t.id, t.type, p.payload, t.metadata, t.status, t.created_at, t.updated_at, t.result, \
+    t.worker_id, t.queue, t.priority, t.attempts, t.max_attempts, t.run_at, t.idempotency_key, t.last_error, \
+    t.lease_expires_at, t.lease_id, t.retry_backoff_ms";
+/// Where [`COLUMNS`] come from: a task's row (`t`) and its payload (`p`),
+/// kept apart so that updating a task does not rewrite its payload.
+const TASKS: &str = "queue_tasks t JOIN queue_payloads p ON p.seq = t.seq";
 
 fn task_from_row(row: &Row) -> rusqlite::Result<Task> {
     task_from_row_at(row, 0)
@@ -144,7 +148,7 @@ fn sql_err(e: rusqlite::Error) -> QueueError {
 }
 
 fn find(conn: &Connection, id: &str) -> QueueResult<Task> {
-    conn.prepare_cached(&format!("SELECT {COLUMNS} FROM queue_tasks WHERE id = ?1"))
+    conn.prepare_cached(&format!("SELECT {COLUMNS} FROM {TASKS} WHERE t.id = ?1"))
         .map_err(sql_err)?
         .query_row([id], task_from_row)
         .optional()
@@ -232,7 +236,7 @@ fn enqueue_one(conn: &Connection, task: NewTask, now: i64) -> QueueResult<(Task,
     if let Some(key) = &task.idempotency_key {
         let existing = conn
             .prepare_cached(&format!(
-                "SELECT {COLUMNS} FROM queue_tasks WHERE idempotency_key = ?1"
+                "SELECT {COLUMNS} FROM {TASKS} WHERE t.idempotency_key = ?1"
             ))
             .map_err(sql_err)?
             .query_row([key], task_from_row)
@@ -246,16 +250,15 @@ fn enqueue_one(conn: &Connection, task: NewTask, now: i64) -> QueueResult<(Task,
     // The row as inserted (the columns' defaults included), without reading it back.
     let task = task.into_task(new_id(), now);
     conn.prepare_cached(
-        "INSERT INTO queue_tasks (id, queue, type, payload, metadata, status, priority, attempts, max_attempts,
+        "INSERT INTO queue_tasks (id, queue, type, metadata, status, priority, attempts, max_attempts,
              retry_backoff_ms, run_at, created_at, updated_at, idempotency_key)
-         VALUES (?1, ?2, ?3, ?4, ?5, 'PENDING', ?6, 0, ?7, ?8, ?9, ?10, ?10, ?11)",
+         VALUES (?1, ?2, ?3, ?4, 'PENDING', ?5, 0, ?6, ?7, ?8, ?9, ?9, ?10)",
     )
     .map_err(sql_err)?
     .execute(params![
         task.id,
         task.queue,
         task.r#type,
-        task.payload,
         metadata,
         task.priority,
         task.max_attempts,
@@ -264,6 +267,12 @@ fn enqueue_one(conn: &Connection, task: NewTask, now: i64) -> QueueResult<(Task,
         now,
         (!task.idempotency_key.is_empty()).then_some(&task.idempotency_key)
     ])
+    .map_err(sql_err)?;
+    conn.prepare_cached(
+        "INSERT INTO queue_payloads (seq, payload) VALUES (last_insert_rowid(), ?1)",
+    )
+    .map_err(sql_err)?
+    .execute([&task.payload])
     .map_err(sql_err)?;
     Ok((task, false))
 }
@@ -274,17 +283,17 @@ fn dequeue(conn: &Connection, spec: &DequeueSpec, now: i64) -> QueueResult<Vec<T
     // NOT EXISTS, not NOT IN: a lookup in paused_queues' key per candidate
     // instead of a temporary table built on every call.
     let mut sql = format!(
-        "SELECT seq, {COLUMNS} FROM queue_tasks
-         WHERE status = 'PENDING' AND run_at <= ?
-           AND NOT EXISTS (SELECT 1 FROM paused_queues p WHERE p.queue = queue_tasks.queue)"
+        "SELECT t.seq, {COLUMNS} FROM {TASKS}
+         WHERE t.status = 'PENDING' AND t.run_at <= ?
+           AND NOT EXISTS (SELECT 1 FROM paused_queues pq WHERE pq.queue = t.queue)"
     );
     if !spec.queues.is_empty() {
         sql.push_str(&format!(
-            " AND queue IN ({})",
+            " AND t.queue IN ({})",
             vec!["?"; spec.queues.len()].join(", ")
         ));
     }
-    sql.push_str(" ORDER BY priority DESC, run_at, seq LIMIT ?");
+    sql.push_str(" ORDER BY t.priority DESC, t.run_at, t.seq LIMIT ?");
     let mut args: Vec<rusqlite::types::Value> = vec![now.into()];
     args.extend(spec.queues.iter().map(|q| q.clone().into()));
     args.push(limit.into());
@@ -545,7 +554,7 @@ impl QueueBackend for SqliteQueue {
         after: Option<String>,
     ) -> QueueResult<Vec<Task>> {
         self.read(move |conn| {
-            let mut sql = format!("SELECT {COLUMNS} FROM queue_tasks WHERE 1 = 1");
+            let mut sql = format!("SELECT {COLUMNS} FROM {TASKS} WHERE 1 = 1");
             let mut args: Vec<rusqlite::types::Value> = Vec::new();
             if let Some(after) = after {
                 let seq: i64 = conn
@@ -555,18 +564,18 @@ impl QueueBackend for SqliteQueue {
                     .optional()
                     .map_err(sql_err)?
                     .ok_or(QueueError::NotFound(after))?;
-                sql.push_str(" AND seq > ?");
+                sql.push_str(" AND t.seq > ?");
                 args.push(seq.into());
             }
             if let Some(status) = status {
-                sql.push_str(" AND status = ?");
+                sql.push_str(" AND t.status = ?");
                 args.push(status.as_str().to_string().into());
             }
             if let Some(queue) = queue {
-                sql.push_str(" AND queue = ?");
+                sql.push_str(" AND t.queue = ?");
                 args.push(queue.into());
             }
-            sql.push_str(" ORDER BY seq");
+            sql.push_str(" ORDER BY t.seq");
             if limit > 0 {
                 sql.push_str(&format!(" LIMIT {limit}"));
             }

@@ -118,7 +118,11 @@ impl Writer {
         Ok(writer)
     }
 
-    fn submit<T: Send + 'static, E: Send + 'static>(
+    /// Queue a write without waiting for it: it takes its place in the
+    /// writer's order now (a write queued later commits after it), and
+    /// `answer` gets its result once committed. False when the writer has
+    /// stopped.
+    pub fn submit<T: Send + 'static, E: Send + 'static>(
         &self,
         durability: Durability,
         op: impl FnOnce(&Connection) -> Result<T, E> + Send + 'static,
