@@ -102,12 +102,14 @@ impl SqliteQueue {
     }
 }
 
-const COLUMNS: &str = "t.id, t.type, p.payload, t.metadata, t.status, t.created_at, t.updated_at, t.result, \
+const COLUMNS: &str = "t.id, t.type, coalesce(p.payload, t.payload), t.metadata, t.status, t.created_at, t.updated_at, t.result, \
     t.worker_id, t.queue, t.priority, t.attempts, t.max_attempts, t.run_at, t.idempotency_key, t.last_error, \
     t.lease_expires_at, t.lease_id, t.retry_backoff_ms";
-/// Where [`COLUMNS`] come from: a task's row (`t`) and its payload (`p`),
-/// kept apart so that updating a task does not rewrite its payload.
-const TASKS: &str = "queue_tasks t JOIN queue_payloads p ON p.seq = t.seq";
+/// Where [`COLUMNS`] come from: a task's row (`t`) and, for a payload over
+/// [`INLINE_PAYLOAD`] bytes, the payload's own row (`p`), kept apart so that
+/// updating the task does not rewrite it.
+const TASKS: &str = "queue_tasks t LEFT JOIN queue_payloads p ON p.seq = t.seq";
+const INLINE_PAYLOAD: usize = 1024;
 
 fn task_from_row(row: &Row) -> rusqlite::Result<Task> {
     task_from_row_at(row, 0)
@@ -249,16 +251,18 @@ fn enqueue_one(conn: &Connection, task: NewTask, now: i64) -> QueueResult<(Task,
     let metadata = serde_json::to_string(&task.metadata).expect("metadata serializes");
     // The row as inserted (the columns' defaults included), without reading it back.
     let task = task.into_task(new_id(), now);
+    let large = task.payload.len() > INLINE_PAYLOAD;
     conn.prepare_cached(
-        "INSERT INTO queue_tasks (id, queue, type, metadata, status, priority, attempts, max_attempts,
+        "INSERT INTO queue_tasks (id, queue, type, payload, metadata, status, priority, attempts, max_attempts,
              retry_backoff_ms, run_at, created_at, updated_at, idempotency_key)
-         VALUES (?1, ?2, ?3, ?4, 'PENDING', ?5, 0, ?6, ?7, ?8, ?9, ?9, ?10)",
+         VALUES (?1, ?2, ?3, ?4, ?5, 'PENDING', ?6, 0, ?7, ?8, ?9, ?10, ?10, ?11)",
     )
     .map_err(sql_err)?
     .execute(params![
         task.id,
         task.queue,
         task.r#type,
+        if large { "" } else { task.payload.as_str() },
         metadata,
         task.priority,
         task.max_attempts,
@@ -268,12 +272,14 @@ fn enqueue_one(conn: &Connection, task: NewTask, now: i64) -> QueueResult<(Task,
         (!task.idempotency_key.is_empty()).then_some(&task.idempotency_key)
     ])
     .map_err(sql_err)?;
-    conn.prepare_cached(
-        "INSERT INTO queue_payloads (seq, payload) VALUES (last_insert_rowid(), ?1)",
-    )
-    .map_err(sql_err)?
-    .execute([&task.payload])
-    .map_err(sql_err)?;
+    if large {
+        conn.prepare_cached(
+            "INSERT INTO queue_payloads (seq, payload) VALUES (last_insert_rowid(), ?1)",
+        )
+        .map_err(sql_err)?
+        .execute([&task.payload])
+        .map_err(sql_err)?;
+    }
     Ok((task, false))
 }
 
@@ -826,7 +832,9 @@ mod tests {
         new.priority = 3;
         new.max_attempts = 2;
         new.retry_backoff_ms = 1;
-        let mut failing = NewTask::new("kind", "second");
+        // Over INLINE_PAYLOAD: kept in a row of its own.
+        let large = format!("second {}", "x".repeat(INLINE_PAYLOAD));
+        let mut failing = NewTask::new("kind", large.clone());
         failing.queue = "other".into();
         let enqueued = queue.enqueue(vec![new, failing], 1_000).await.unwrap();
         for (task, _) in &enqueued {
@@ -868,5 +876,16 @@ mod tests {
         let failed = failed.into_iter().next().unwrap().unwrap();
         assert_eq!(failed.status, "FAILED");
         same(&failed, &queue.get(second.id.clone()).await.unwrap());
+        assert_eq!(failed.payload, large);
+
+        let conn = Connection::open(dir.path().join("nova.db")).unwrap();
+        let stored: Vec<(String, i64)> = conn
+            .prepare("SELECT t.payload, p.seq IS NOT NULL FROM queue_tasks t LEFT JOIN queue_payloads p USING (seq) ORDER BY t.seq")
+            .unwrap()
+            .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
+            .unwrap()
+            .collect::<Result<_, _>>()
+            .unwrap();
+        assert_eq!(stored, [("payload".to_string(), 0), (String::new(), 1)]);
     }
 }

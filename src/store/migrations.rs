@@ -181,16 +181,17 @@ const MIGRATIONS: &[&str] = &[
         record       TEXT NOT NULL,
         last_seen_at INTEGER NOT NULL
     ) WITHOUT ROWID;",
-    // 9: a task's payload in a table of its own, written once: SQLite
-    // rewrites a whole row, overflow pages and all, on every UPDATE, and a
-    // task's row is updated at its lease and its ack while its payload (an
-    // agent's job: kilobytes) never changes. Deleting a task deletes it.
+    // 9: large payloads in a table of their own, written once (queue::sqlite
+    // puts one there when it is over 1 KiB, and leaves the task's own column
+    // empty): SQLite rewrites a whole row, overflow pages and all, on every
+    // UPDATE, and a task's row is updated at its lease and at its ack while
+    // its payload (an agent's job: kilobytes) never changes. Small ones stay
+    // in the row, where one write is cheaper than two. Deleting a task
+    // deletes its payload.
     "CREATE TABLE queue_payloads (
         seq     INTEGER PRIMARY KEY,
         payload TEXT NOT NULL
     );
-    INSERT INTO queue_payloads (seq, payload) SELECT seq, payload FROM queue_tasks;
-    ALTER TABLE queue_tasks DROP COLUMN payload;
     CREATE TRIGGER queue_tasks_payload AFTER DELETE ON queue_tasks
     BEGIN
         DELETE FROM queue_payloads WHERE seq = OLD.seq;
@@ -289,20 +290,14 @@ mod tests {
              DELETE FROM queue_tasks WHERE id = 'c';",
         )
         .unwrap();
-        let dump = |from: &str| {
-            format!(
-                "SELECT seq || id || queue || type || payload || metadata || status || priority || attempts
-                 || max_attempts || retry_backoff_ms || run_at || created_at || updated_at || result || worker_id
-                 || lease_id || lease_expires_at || coalesce(idempotency_key, '-') || last_error
-                 FROM {from} ORDER BY seq"
-            )
-        };
-        let before = rows(&conn, &dump("queue_tasks"));
+        let dump = "SELECT seq || id || queue || type || payload || metadata || status || priority || attempts
+            || max_attempts || retry_backoff_ms || run_at || created_at || updated_at || result || worker_id
+            || lease_id || lease_expires_at || coalesce(idempotency_key, '-') || last_error
+            FROM queue_tasks ORDER BY seq";
+        let before = rows(&conn, dump);
 
         assert_eq!(apply(&conn, &path).unwrap(), SCHEMA_VERSION);
-        // Since version 9 the payloads have a table of their own.
-        let joined = "queue_tasks JOIN queue_payloads USING (seq)";
-        assert_eq!(rows(&conn, &dump(joined)), before);
+        assert_eq!(rows(&conn, dump), before);
         assert_eq!(
             rows(
                 &conn,
@@ -311,9 +306,9 @@ mod tests {
             ["orionnemodoner1"]
         );
         conn.execute_batch(
-            "INSERT INTO queue_tasks (id, queue, type, metadata, status, priority, attempts,
+            "INSERT INTO queue_tasks (id, queue, type, payload, metadata, status, priority, attempts,
                  max_attempts, retry_backoff_ms, run_at, created_at, updated_at)
-             VALUES ('d', 'default', 't', '[]', 'PENDING', 0, 0, 1, 10, 1, 1, 4)",
+             VALUES ('d', 'default', 't', 'p4', '[]', 'PENDING', 0, 0, 1, 10, 1, 1, 4)",
         )
         .unwrap();
         assert_eq!(
@@ -342,11 +337,14 @@ mod tests {
         assert!(plan.contains("queue_tasks_idempotency"), "{plan}");
 
         // A deleted task takes its payload with it.
-        conn.execute_batch("DELETE FROM queue_tasks WHERE id = 'a'")
-            .unwrap();
+        conn.execute_batch(
+            "INSERT INTO queue_payloads (seq, payload) VALUES (1, 'large'), (2, 'large');
+             DELETE FROM queue_tasks WHERE id = 'a';",
+        )
+        .unwrap();
         assert_eq!(
-            rows(&conn, "SELECT payload FROM queue_payloads ORDER BY seq"),
-            ["p2"]
+            rows(&conn, "SELECT CAST(seq AS TEXT) FROM queue_payloads"),
+            ["2"]
         );
     }
 }
