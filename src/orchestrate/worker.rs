@@ -615,7 +615,7 @@ pub async fn execute(
     ]);
     // Test results in JUnit XML go here; the run's report summarizes them.
     let run_dir = cfg.home.join("runs").join(&job.run);
-    let results = super::results::lend(&run_dir);
+    let results = super::results::lend(&run_dir, identity.account.as_ref().map(|a| a.uid));
     env.insert("NOVA_RESULTS".into(), results.path().display().to_string());
     if let Some(account) = &identity.account {
         env.insert("HOME".into(), account.home.display().to_string());
