@@ -1321,8 +1321,9 @@ async fn finish(
     };
     let snapshot = crate::kpi::snapshot();
     let mut text = report::markdown(row.as_ref(), plan, agents, &tasks, &messages, &snapshot);
-    super::results::tidy(&ws.home.join("runs").join(&run.id));
-    let tests = crate::testreport::run_section(&ws.home.join("runs").join(&run.id), "##");
+    let run_dir = ws.home.join("runs").join(&run.id);
+    super::results::tidy(&run_dir);
+    let tests = crate::testreport::run_section(&run_dir, "##");
     if let Some((section, _)) = &tests {
         text.push('\n');
         text.push_str(section);
