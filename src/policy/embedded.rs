@@ -117,35 +117,9 @@ const DECISION_RULE: &str = "data.nova_embedded_decision.decision";
 /// A compiled set of policies, ready to evaluate. Decisions share one
 /// engine behind a lock: cloning the engine per decision cost more than the
 /// evaluation itself.
-///
-/// The decision rule also runs compiled for regorus's virtual machine (RVM),
-/// when the policies compile for it: 55 against 180 µs a decision with the
-/// shipped policy, the same answers. Anything the machine cannot answer as
-/// a plain decision (it fails, or `allow` is not a boolean) is asked of the
-/// interpreter, which also says why.
 pub struct Embedded {
     engine: regorus::Engine,
     shared: std::sync::Mutex<regorus::Engine>,
-    machine: Option<std::sync::Mutex<regorus::rvm::RegoVM>>,
-}
-
-/// The decision rule compiled for regorus's virtual machine, when the
-/// policies compile for it.
-fn machine(engine: &regorus::Engine) -> Option<std::sync::Mutex<regorus::rvm::RegoVM>> {
-    let compiled = engine
-        .clone()
-        .compile_with_entrypoint(&DECISION_RULE.into())
-        .map_err(|e| tracing::debug!(error = %e, "the policies do not compile for regorus's VM"))
-        .ok()?;
-    let program = regorus::languages::rego::compiler::Compiler::compile_from_policy(
-        &compiled,
-        &[DECISION_RULE],
-    )
-    .map_err(|e| tracing::debug!(error = %e, "the policies do not compile for regorus's VM"))
-    .ok()?;
-    let mut vm = regorus::rvm::RegoVM::new();
-    vm.load_program(program);
-    Some(std::sync::Mutex::new(vm))
 }
 
 impl Embedded {
@@ -167,7 +141,6 @@ impl Embedded {
             })?;
         Ok(Embedded {
             shared: std::sync::Mutex::new(engine.clone()),
-            machine: machine(&engine),
             engine,
         })
     }
@@ -180,47 +153,11 @@ impl Embedded {
     /// is a denial; an evaluation error is one too, with its message.
     pub fn decide(&self, input: &Value) -> Decision {
         let deny = |reason: String| Decision::deny("embedded", vec![reason]);
+        let mut engine = self.shared.lock().unwrap_or_else(|p| p.into_inner());
         let input = match regorus::Value::from_json_str(&input.to_string()) {
             Ok(v) => v,
             Err(e) => return deny(format!("the input is not valid JSON: {e}")),
         };
-        if let Some(decision) = self.decide_on_machine(&input) {
-            return decision;
-        }
-        self.interpret(input)
-    }
-
-    /// The decision as the virtual machine gives it, when it gives a plain
-    /// one: `allow` a boolean, the reasons a collection.
-    fn decide_on_machine(&self, input: &regorus::Value) -> Option<Decision> {
-        let mut vm = self
-            .machine
-            .as_ref()?
-            .lock()
-            .unwrap_or_else(|p| p.into_inner());
-        vm.set_input(input.clone());
-        let both = vm.execute().ok()?;
-        let pair = both.as_array().ok()?;
-        match (pair.first()?, pair.get(1)?) {
-            (
-                regorus::Value::Bool(allow),
-                reasons @ (regorus::Value::Set(_) | regorus::Value::Array(_)),
-            ) if pair.len() == 2 => {
-                let reasons = reasons_of(reasons);
-                Some(if *allow {
-                    Decision::allow("embedded", reasons)
-                } else {
-                    Decision::deny("embedded", reasons)
-                })
-            }
-            _ => None,
-        }
-    }
-
-    /// The decision as the interpreter gives it, with why it is none.
-    fn interpret(&self, input: regorus::Value) -> Decision {
-        let deny = |reason: String| Decision::deny("embedded", vec![reason]);
-        let mut engine = self.shared.lock().unwrap_or_else(|p| p.into_inner());
         engine.set_input(input);
         // Both in one evaluation: the rules they share (the grants, the
         // denials) are computed once, not once per rule asked for.
@@ -323,49 +260,5 @@ mod tests {
             "{:?}",
             d.reasons
         );
-    }
-
-    /// The shipped policy compiles for regorus's VM, and the VM decides
-    /// every kind of input (each grant, each denial, several at once) as the
-    /// interpreter does, reasons and all.
-    #[test]
-    fn the_virtual_machine_decides_as_the_interpreter() {
-        let files = policy_files(Path::new("/nonexistent")).unwrap();
-        let e = Embedded::new(&files).unwrap();
-        assert!(
-            e.machine.is_some(),
-            "the shipped policy compiles for the VM"
-        );
-        let subject = |role: &str| json!({"agent": "a", "role": role});
-        let inputs = [
-            json!({"subject": subject("testing"), "action": "run", "resource": "t-1",
-                   "context": {"run": "r", "apply": true, "as_root": true, "service_user": "root"}}),
-            json!({"subject": subject("testing"), "action": "run", "context": {"as_root": true, "apply": true}}),
-            json!({"subject": subject("testing"), "action": "run", "context": {"as_root": true, "apply": false}}),
-            json!({"subject": subject("testing"), "action": "run",
-                   "context": {"as_root": true, "blueprint_allows_root": true}}),
-            json!({"subject": subject("infrastructure"), "action": "run",
-                   "context": {"as_root": true, "blueprint_allows_root": true}}),
-            json!({"subject": subject("implementation"), "action": "install", "resource": "tree"}),
-            json!({"subject": subject("operator"), "action": "install"}),
-            json!({"subject": subject("operator"), "action": "install", "resource": "tree"}),
-            json!({"subject": subject("nobody"), "action": "fly"}),
-            json!({"subject": subject("observability"), "action": "serve", "context": {"loopback": false}}),
-            json!({"subject": subject("observability"), "action": "serve",
-                   "context": {"loopback": false, "auth": true, "tls": true}}),
-            json!({"subject": subject("operator"), "action": "cancel-run", "resource": "r-1"}),
-            json!({"subject": subject("planning"), "action": "pause-queue"}),
-            json!({"action": "run"}),
-        ];
-        for input in inputs {
-            let value = regorus::Value::from_json_str(&input.to_string()).unwrap();
-            let vm = e.decide_on_machine(&value).expect("a plain decision");
-            let interpreted = e.interpret(value);
-            assert_eq!(
-                (vm.allow, &vm.reasons),
-                (interpreted.allow, &interpreted.reasons),
-                "{input}"
-            );
-        }
     }
 }
