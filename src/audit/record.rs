@@ -6,6 +6,7 @@
 //! `action`, `target`, `outcome`, `details` and `controls`, every object's
 //! keys sorted. The first record's previous hash is [`GENESIS`].
 
+use std::borrow::Cow;
 use std::sync::LazyLock;
 
 use regex::Regex;
@@ -194,9 +195,17 @@ static SECRET_TEXT: LazyLock<Vec<(Regex, &'static str)>> = LazyLock::new(|| {
 });
 
 pub fn scrub_text(text: &str) -> String {
-    let mut out = text.to_string();
+    scrubbed(text).into_owned()
+}
+
+/// `text` with secrets replaced, copied only when one was found (most
+/// strings hold none, and every audited step scrubs several).
+fn scrubbed(text: &str) -> Cow<'_, str> {
+    let mut out = Cow::Borrowed(text);
     for (pattern, replacement) in SECRET_TEXT.iter() {
-        out = pattern.replace_all(&out, *replacement).into_owned();
+        if let Cow::Owned(replaced) = pattern.replace_all(&out, *replacement) {
+            out = Cow::Owned(replaced);
+        }
     }
     out
 }
@@ -217,7 +226,10 @@ pub fn scrub_value(value: Value) -> Value {
                 .collect(),
         ),
         Value::Array(items) => Value::Array(items.into_iter().map(scrub_value).collect()),
-        Value::String(s) => Value::String(scrub_text(&s)),
+        Value::String(s) => match scrubbed(&s) {
+            Cow::Borrowed(_) => Value::String(s),
+            Cow::Owned(clean) => Value::String(clean),
+        },
         other => other,
     }
 }
