@@ -192,6 +192,35 @@ const RUNNING_AFTER: Duration = Duration::from_millis(100);
 /// Base of the backoff between attempts of a failing task.
 const RETRY_BACKOFF_MS: u32 = 200;
 
+/// A message of the run's hub, with the line an agent's inbox holds for
+/// it, written once (the phase's start lists every agent of the phase and
+/// goes into every job of the phase).
+struct HubMessage {
+    message: Message,
+    line: Option<Box<RawValue>>,
+}
+
+impl HubMessage {
+    fn new(message: Message) -> HubMessage {
+        /// An inbox line; fields in the order a JSON object's keys sort.
+        #[derive(Serialize)]
+        struct Line<'a> {
+            body: &'a Value,
+            from: &'a str,
+            kind: &'a str,
+            seq: u64,
+        }
+        let line = serde_json::value::to_raw_value(&Line {
+            body: &message.body,
+            from: &message.agent,
+            kind: &message.kind,
+            seq: message.seq,
+        })
+        .ok();
+        HubMessage { message, line }
+    }
+}
+
 struct Run {
     id: String,
     writer: Arc<crate::store::writer::Writer>,
@@ -199,7 +228,7 @@ struct Run {
     workdir: PathBuf,
     db: Mutex<Connection>,
     audit: Option<AuditLog>,
-    messages: Mutex<Vec<Message>>,
+    messages: Mutex<Vec<HubMessage>>,
     /// Tasks a resumed run already finished: (agent key, task id).
     finished: HashSet<(String, String)>,
     /// Queue tasks (id, attempt) already recorded as running.
@@ -222,7 +251,7 @@ impl Run {
                 agent: agent.to_string(),
                 body,
             };
-            messages.push(m.clone());
+            messages.push(HubMessage::new(m.clone()));
             m
         };
         let id = self.id.clone();
@@ -246,18 +275,9 @@ impl Run {
     /// and agents' messages whose `to` is its name or `*`. (Not every
     /// broadcast: in a run of many agents that would grow without bound.)
     ///
-    /// Each as the JSON line the agent's inbox file holds, written straight
-    /// from the stored message (no copy of its body as a value first: the
-    /// phase's start lists every agent of the phase, and rides in every job).
+    /// Each as the JSON line the agent's inbox file holds, written once per
+    /// message ([`HubMessage`]).
     fn inbox(&self, agent: &AgentRun) -> Vec<Box<RawValue>> {
-        /// An inbox line; fields in the order a JSON object's keys sort.
-        #[derive(Serialize)]
-        struct Line<'a> {
-            body: &'a Value,
-            from: &'a str,
-            kind: &'a str,
-            seq: u64,
-        }
         let concerns = |name: &str| {
             name.eq_ignore_ascii_case(&agent.name)
                 || agent
@@ -269,23 +289,18 @@ impl Run {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .iter()
-            .filter(|m| match m.kind.as_str() {
-                "phase-start" => m.body["phase"].as_str() == Some(agent.phase.as_str()),
-                "agent-start" | "agent-done" => concerns(&m.agent),
-                "agent" => m.body["to"]
-                    .as_str()
-                    .is_some_and(|to| to == "*" || to.eq_ignore_ascii_case(&agent.name)),
-                _ => false,
+            .filter(|h| {
+                let m = &h.message;
+                match m.kind.as_str() {
+                    "phase-start" => m.body["phase"].as_str() == Some(agent.phase.as_str()),
+                    "agent-start" | "agent-done" => concerns(&m.agent),
+                    "agent" => m.body["to"]
+                        .as_str()
+                        .is_some_and(|to| to == "*" || to.eq_ignore_ascii_case(&agent.name)),
+                    _ => false,
+                }
             })
-            .filter_map(|m| {
-                serde_json::value::to_raw_value(&Line {
-                    body: &m.body,
-                    from: &m.agent,
-                    kind: &m.kind,
-                    seq: m.seq,
-                })
-                .ok()
-            })
+            .filter_map(|h| h.line.clone())
             .collect()
     }
 
@@ -660,7 +675,8 @@ pub fn start(ws: &Workspace, out: &Output, args: &RunRequest) -> Result<()> {
             if args.resume.is_some() {
                 // The hub's history continues where it stopped.
                 let old = runs::messages(&db, &id).unwrap_or_default();
-                *run.messages.lock().unwrap_or_else(|p| p.into_inner()) = old;
+                *run.messages.lock().unwrap_or_else(|p| p.into_inner()) =
+                    old.into_iter().map(HubMessage::new).collect();
             }
         }
         if args.resume.is_some() {
@@ -1280,7 +1296,7 @@ fn resume_round(run: &Run) -> usize {
         .lock()
         .unwrap_or_else(|p| p.into_inner())
         .iter()
-        .filter(|m| m.kind == "run-resumed")
+        .filter(|h| h.message.kind == "run-resumed")
         .count()
 }
 
