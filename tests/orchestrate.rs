@@ -1634,3 +1634,50 @@ fn a_fix_that_lacks_what_it_requires_is_not_run_and_says_what_it_needs() {
         "field `tasks[0].requires.gpu`: invalid type: string \"yes please\", expected a boolean",
     );
 }
+
+/// A run whose database can no longer be synced (here its WAL file is
+/// removed under it, as when the workspace is deleted mid-run) stops with
+/// an error that says so, instead of going on for ever with every write
+/// failing.
+#[test]
+fn a_run_whose_database_cannot_be_synced_stops_and_says_why() {
+    let ws = workspace();
+    agent(
+        &ws,
+        "steps",
+        "implementation",
+        "one",
+        &[],
+        "  - id: first\n    title: waits for the flag to go\n    run: {shell: \"touch started; i=0; while [ -f hold ] && [ $i -lt 300 ]; do sleep 0.1; i=$((i+1)); done\"}\n  - id: second\n    title: quick\n    run: {shell: \"true\"}\n  - id: third\n    title: quick\n    run: {shell: \"true\"}\n",
+    );
+    ws.write("hold", "");
+    let logs = tempfile::tempdir().unwrap();
+    let stderr = std::fs::File::create(logs.path().join("stderr")).unwrap();
+    let mut child = ws
+        .std_command()
+        .args(["orchestrate", "--apply"])
+        .stdout(std::process::Stdio::null())
+        .stderr(stderr)
+        .spawn()
+        .unwrap();
+    wait_for_file(&ws, "started");
+    std::fs::remove_file(ws.home().join("nova.db-wal")).unwrap();
+    std::fs::remove_file(ws.path().join("hold")).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("the run went on with a database it cannot sync");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let said = std::fs::read_to_string(logs.path().join("stderr")).unwrap();
+    assert!(!status.success(), "{said}");
+    assert!(
+        said.contains("the run stops") && said.contains("nova.db-wal"),
+        "{said}"
+    );
+}

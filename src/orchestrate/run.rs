@@ -967,6 +967,12 @@ async fn schedule_run(
         run.progress.phase(&phase.name, phase_tasks as u64);
 
         loop {
+            // A database that can no longer be written (its WAL could not
+            // be synced: the disk failed, or the workspace was deleted)
+            // ends the run; going on, every task would fail to be recorded.
+            if let Some(why) = run.writer.failed() {
+                return Err(Error::Failed(format!("the run stops: {why}")));
+            }
             if interrupted.load(std::sync::atomic::Ordering::SeqCst) {
                 for a in agents.iter_mut().filter(|a| a.outcome.is_none()) {
                     a.outcome = Some(AgentOutcome::Interrupted);

@@ -65,6 +65,8 @@ pub struct Writer {
     /// `None` once the writer is being dropped.
     jobs: Mutex<Option<mpsc::Sender<Queued>>>,
     thread: Mutex<Option<std::thread::JoinHandle<()>>>,
+    /// Why every write fails from now on, once an fsync has failed.
+    failure: Arc<OnceLock<String>>,
 }
 
 /// The last user of a writer waits for its thread to close the connection:
@@ -103,9 +105,11 @@ impl Writer {
         conn.set_prepared_statement_cache_capacity(128);
         let key = std::fs::canonicalize(path).unwrap_or(key);
         let (jobs, rx) = mpsc::channel::<Queued>();
+        let failure = Arc::new(OnceLock::new());
+        let failed = failure.clone();
         let thread = std::thread::Builder::new()
             .name("nova-db-writer".into())
-            .spawn(move || write_loop(conn, rx))
+            .spawn(move || write_loop(conn, rx, &failed))
             .map_err(|source| StoreError::Io {
                 path: path.to_path_buf(),
                 source,
@@ -113,9 +117,18 @@ impl Writer {
         let writer = Arc::new(Writer {
             jobs: Mutex::new(Some(jobs)),
             thread: Mutex::new(Some(thread)),
+            failure,
         });
         reg.insert(key, Arc::downgrade(&writer));
         Ok(writer)
+    }
+
+    /// Why every write to this database fails from now on (an fsync
+    /// failed, so nothing written can be known to be on disk); `None` while
+    /// writes go on. Long-running callers (a run) stop on it rather than
+    /// go on with every write failing.
+    pub fn failed(&self) -> Option<String> {
+        self.failure.get().cloned()
     }
 
     /// Queue a write without waiting for it: it takes its place in the
@@ -205,7 +218,7 @@ fn control(conn: &Connection, sql: &str) -> rusqlite::Result<()> {
     conn.prepare_cached(sql)?.execute([]).map(|_| ())
 }
 
-fn write_loop(conn: Connection, rx: mpsc::Receiver<Queued>) {
+fn write_loop(conn: Connection, rx: mpsc::Receiver<Queued>, failure: &OnceLock<String>) {
     // The connection starts with synchronous = FULL (Store::open).
     let mut synced = true;
     // In WAL mode, background writes are fsynced by this loop itself.
@@ -228,8 +241,10 @@ fn write_loop(conn: Connection, rx: mpsc::Receiver<Queued>) {
                 match rx.recv_timeout(due.saturating_duration_since(std::time::Instant::now())) {
                     Ok(job) => Some(job),
                     Err(mpsc::RecvTimeoutError::Timeout) => {
-                        if let Some(wal) = wal.as_mut() {
-                            let _ = wal.sync();
+                        if let Some(wal) = wal.as_mut()
+                            && let Err(why) = wal.sync()
+                        {
+                            let _ = failure.set(why);
                         }
                         sync_due = None;
                         continue;
