@@ -357,13 +357,7 @@ fn ctrl_c_leaves_no_child_and_resume_finishes_only_what_was_left() {
         "  - id: first\n    title: quick\n    run: {shell: \"echo x >> first.count\"}\n  - id: second\n    title: slow while the flag is there\n    run: {shell: \"if [ -f slow ]; then sleep 300 & echo $! > sleeper.pid; wait; fi; echo x >> second.count\"}\n",
     );
     ws.write("slow", "");
-    let mut child = ws
-        .std_command()
-        .args(["orchestrate", "--apply", "--json"])
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
+    let mut child = spawn_quiet(&ws, &["orchestrate", "--apply", "--json"]);
     let deadline = Instant::now() + Duration::from_secs(30);
     while !ws.path().join("sleeper.pid").exists() {
         assert!(Instant::now() < deadline, "the second task never started");
