@@ -120,6 +120,8 @@ const DECISION_RULE: &str = "data.nova_embedded_decision.decision";
 pub struct Embedded {
     engine: regorus::Engine,
     shared: std::sync::Mutex<regorus::Engine>,
+    /// What of the input the decision can read: its cache key.
+    reads: super::reads::InputReads,
 }
 
 impl Embedded {
@@ -139,10 +141,20 @@ impl Embedded {
                 origin: "nova's decision rule".into(),
                 message: e.to_string(),
             })?;
+        let reads = super::reads::InputReads::of(
+            engine.get_modules(),
+            &[&["nova", "authz"], &["nova_embedded_decision"]],
+        );
         Ok(Embedded {
             shared: std::sync::Mutex::new(engine.clone()),
             engine,
+            reads,
         })
+    }
+
+    /// What of the input the decision can read ([`super::reads`]).
+    pub fn reads(&self) -> &super::reads::InputReads {
+        &self.reads
     }
 
     pub fn engine(&self) -> regorus::Engine {

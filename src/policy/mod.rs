@@ -5,12 +5,15 @@
 //! remote OPA over REST ([`opa`], when `--opa-url`/`NOVA_OPA_URL`/nova.yaml's
 //! `opa_url` is set). Deny by default: no policy, an undefined decision, an
 //! error or an unreachable OPA all deny, with a reason. Decisions are cached
-//! by their canonical input for a short time; hits and misses are KPIs.
+//! for a short time by their canonical input, or for the embedded evaluator
+//! by the parts of it that its policies read ([`reads`]); hits and misses
+//! are KPIs.
 
 pub mod command;
 pub mod embedded;
 pub mod opa;
 pub mod open;
+pub mod reads;
 
 pub use open::open;
 
@@ -98,7 +101,12 @@ impl Policy {
     /// lately. Denials caused by a fault (OPA down) are not cached.
     pub async fn decide(&self, input: &Value) -> Decision {
         let _timer = crate::timer!("policy.decide");
-        let key = crate::audit::record::canonical_json(input);
+        // The embedded policies' decision depends only on what they read of
+        // the input; OPA's policies are not known here.
+        let key = match &self.evaluator {
+            Evaluator::Embedded(e) => e.reads().key(input),
+            Evaluator::Opa(_) => crate::audit::record::canonical_json(input),
+        };
         if let Some(mut hit) = self.cache.get(&key) {
             crate::counter!("policy.cache.hits").inc();
             hit.cached = true;
