@@ -790,6 +790,11 @@ pub struct BenchOrchestrateArgs {
     /// Tasks at once (nova --jobs, xargs -P)
     #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u32).range(1..=64))]
     pub jobs: u32,
+
+    /// Rounds of nova, xargs and GNU parallel in turn; the report gives each
+    /// one's median and every round's ratio (a busy machine's noise shows)
+    #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..=50))]
+    pub rounds: u32,
 }
 
 #[derive(Debug, Args)]

@@ -179,11 +179,20 @@ fn bench_orchestrate_compares_with_xargs() {
             "20",
             "--jobs",
             "2",
+            "--rounds",
+            "2",
             "--json",
         ])
         .success()
         .json();
     assert_eq!(report["tasks"], 20);
+    assert_eq!(report["rounds"], 2);
+    let per_round = report["ratio_per_round"].as_array().unwrap();
+    assert_eq!(per_round.len(), 2, "{report}");
+    assert!(
+        per_round.iter().all(|r| r.as_f64().unwrap() > 0.0),
+        "{report}"
+    );
     for key in ["nova_seconds", "xargs_seconds", "ratio"] {
         assert!(report[key].as_f64().unwrap() > 0.0, "{key}: {report}");
     }

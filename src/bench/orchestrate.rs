@@ -5,6 +5,8 @@
 //! reports both times and their ratio, from the same run, with nova's peak
 //! memory; and, when GNU parallel is installed, its time with bookkeeping
 //! like nova's (a job log, output files, retries) as a second reference.
+//! `--rounds` runs the three in turn that many times and reports medians
+//! and each round's ratio, so that a shared machine's noise shows.
 
 use std::path::Path;
 use std::process::{Command, Stdio};
@@ -20,9 +22,14 @@ use crate::output::Output;
 struct Report {
     tasks: u32,
     jobs: u32,
+    rounds: u32,
+    /// Medians over the rounds.
     nova_seconds: f64,
     xargs_seconds: f64,
+    /// Of the medians.
     ratio: f64,
+    /// nova over xargs in each round, in order.
+    ratio_per_round: Vec<f64>,
     /// GNU parallel with --joblog, --results and --retries 3, when installed.
     parallel_seconds: Option<f64>,
     /// How many times faster nova was than that (below 1: slower).
@@ -68,76 +75,49 @@ fn children_max_rss() -> u64 {
 pub fn run(out: &Output, args: &BenchOrchestrateArgs) -> Result<()> {
     let tmp = tempfile::tempdir().map_err(|e| Error::io(std::env::temp_dir(), e))?;
     write_workspace(tmp.path(), args.tasks)?;
-    let exe = std::env::current_exe().map_err(|e| Error::io("current executable", e))?;
-
-    let start = Instant::now();
-    let status = Command::new(&exe)
-        .args([
-            "orchestrate",
-            "--apply",
-            "--mode",
-            "parallel",
-            "-q",
-            "--jobs",
-        ])
-        .arg(args.jobs.to_string())
-        .current_dir(tmp.path())
-        .env("NOVA_HOME", tmp.path().join(".nova"))
-        .env("NOVA_SERVICE_USER", super::service_user())
-        .env_remove("NOVA_STORE")
-        .env_remove("NOVA_OPA_URL")
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .output()
-        .map_err(|e| Error::Failed(format!("cannot run nova orchestrate: {e}")))?;
-    let nova = start.elapsed().as_secs_f64();
-    let peak = children_max_rss();
-    if !status.status.success() {
-        return Err(Error::Failed(format!(
-            "the benchmark's run failed: {}",
-            String::from_utf8_lossy(&status.stderr)
-        )));
-    }
-
-    let xargs_secs = time_reference(
-        Command::new("xargs").args(["-P", &args.jobs.to_string(), "-n", "1", "true"]),
-        args.tasks,
-    )
-    .map_err(|e| Error::Failed(format!("xargs: {e}")))?;
-
-    // GNU parallel with bookkeeping like nova's: a job log, each task's
-    // output kept in files, retries.
-    let parallel_secs = if is_gnu_parallel() {
-        let results = tmp.path().join("parallel-results");
-        let joblog = tmp.path().join("parallel-joblog");
-        let seconds = time_reference(
-            Command::new("parallel")
-                .args([
-                    "--will-cite",
-                    "-j",
-                    &args.jobs.to_string(),
-                    "--retries",
-                    "3",
-                ])
-                .arg("--joblog")
-                .arg(&joblog)
-                .arg("--results")
-                .arg(&results)
-                .arg("true"),
+    let gnu_parallel = is_gnu_parallel();
+    let mut rounds: Vec<Round> = Vec::new();
+    let mut peak = 0;
+    for round in 0..args.rounds {
+        // A home of its own each round: a run in the home of an earlier one
+        // would find its tasks' states there.
+        let nova = time_nova(
+            tmp.path(),
+            &tmp.path().join(format!(".nova-{round}")),
+            args.jobs,
+        )?;
+        if round == 0 {
+            // Only nova has been waited for yet: the largest child is it.
+            peak = children_max_rss();
+        }
+        let xargs = time_reference(
+            Command::new("xargs").args(["-P", &args.jobs.to_string(), "-n", "1", "true"]),
             args.tasks,
         )
-        .map_err(|e| Error::Failed(format!("GNU parallel: {e}")))?;
-        Some(seconds)
-    } else {
-        None
-    };
+        .map_err(|e| Error::Failed(format!("xargs: {e}")))?;
+        let parallel = if gnu_parallel {
+            Some(time_parallel(tmp.path(), round, args)?)
+        } else {
+            None
+        };
+        rounds.push(Round {
+            nova,
+            xargs,
+            parallel,
+        });
+    }
 
+    let nova = median(rounds.iter().map(|r| r.nova));
+    let xargs_secs = median(rounds.iter().map(|r| r.xargs));
+    let parallel_secs = gnu_parallel.then(|| median(rounds.iter().filter_map(|r| r.parallel)));
     let report = Report {
         tasks: args.tasks,
         jobs: args.jobs,
+        rounds: args.rounds,
         nova_seconds: nova,
         xargs_seconds: xargs_secs,
         ratio: nova / xargs_secs.max(1e-9),
+        ratio_per_round: rounds.iter().map(|r| r.nova / r.xargs.max(1e-9)).collect(),
         parallel_seconds: parallel_secs,
         parallel_over_nova: parallel_secs.map(|p| p / nova.max(1e-9)),
         nova_peak_rss_bytes: peak,
@@ -153,8 +133,22 @@ pub fn run(out: &Output, args: &BenchOrchestrateArgs) -> Result<()> {
         ),
         _ => "  GNU parallel      not installed (apt-get install parallel)\n".to_string(),
     };
+    let per_round = report
+        .ratio_per_round
+        .iter()
+        .map(|r| format!("{r:.2}x"))
+        .collect::<Vec<_>>()
+        .join(", ");
+    let (what, each) = if report.rounds == 1 {
+        ("1 round".to_string(), String::new())
+    } else {
+        (
+            format!("medians of {} rounds", report.rounds),
+            format!(" (each round: {per_round})"),
+        )
+    };
     out.text(&format!(
-        "{} tasks of `true`, {} at a time:\n  nova orchestrate  {:.2} s ({:.0} tasks/s), peak memory {}\n  xargs -P {}        {:.2} s\n{parallel}  ratio to xargs    {:.2}x\n",
+        "{} tasks of `true`, {} at a time, {what}:\n  nova orchestrate  {:.2} s ({:.0} tasks/s), peak memory {}\n  xargs -P {}        {:.2} s\n{parallel}  ratio to xargs    {:.2}x{each}\n",
         report.tasks,
         report.jobs,
         report.nova_seconds,
@@ -164,6 +158,81 @@ pub fn run(out: &Output, args: &BenchOrchestrateArgs) -> Result<()> {
         report.xargs_seconds,
         report.ratio
     ))
+}
+
+/// One round's times, in seconds.
+struct Round {
+    nova: f64,
+    xargs: f64,
+    parallel: Option<f64>,
+}
+
+fn median(values: impl Iterator<Item = f64>) -> f64 {
+    let mut v: Vec<f64> = values.collect();
+    v.sort_by(f64::total_cmp);
+    match v.len() {
+        0 => 0.0,
+        n if n % 2 == 1 => v[n / 2],
+        n => (v[n / 2 - 1] + v[n / 2]) / 2.0,
+    }
+}
+
+/// `nova orchestrate --apply --mode parallel --jobs J` in the workspace,
+/// with `home` as its NOVA_HOME: how long it took.
+fn time_nova(workspace: &Path, home: &Path, jobs: u32) -> Result<f64> {
+    let exe = std::env::current_exe().map_err(|e| Error::io("current executable", e))?;
+    let start = Instant::now();
+    let status = Command::new(&exe)
+        .args([
+            "orchestrate",
+            "--apply",
+            "--mode",
+            "parallel",
+            "-q",
+            "--jobs",
+        ])
+        .arg(jobs.to_string())
+        .current_dir(workspace)
+        .env("NOVA_HOME", home)
+        .env("NOVA_SERVICE_USER", super::service_user())
+        .env_remove("NOVA_STORE")
+        .env_remove("NOVA_OPA_URL")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .output()
+        .map_err(|e| Error::Failed(format!("cannot run nova orchestrate: {e}")))?;
+    let seconds = start.elapsed().as_secs_f64();
+    if !status.status.success() {
+        return Err(Error::Failed(format!(
+            "the benchmark's run failed: {}",
+            String::from_utf8_lossy(&status.stderr)
+        )));
+    }
+    Ok(seconds)
+}
+
+/// GNU parallel with bookkeeping like nova's: a job log, each task's
+/// output kept in files, retries.
+fn time_parallel(dir: &Path, round: u32, args: &BenchOrchestrateArgs) -> Result<f64> {
+    let results = dir.join(format!("parallel-results-{round}"));
+    let joblog = dir.join(format!("parallel-joblog-{round}"));
+    time_reference(
+        Command::new("parallel")
+            .args([
+                "--will-cite",
+                "-j",
+                &args.jobs.to_string(),
+                "--retries",
+                "3",
+            ])
+            .arg("--joblog")
+            .arg(&joblog)
+            .arg("--results")
+            .arg(&results)
+            .arg("true"),
+        args.tasks,
+    )
+    .map_err(|e| Error::Failed(format!("GNU parallel: {e}")))
 }
 
 /// Time `command` running `true` once per line of its stdin, `tasks` lines.
