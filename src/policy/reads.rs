@@ -349,13 +349,7 @@ impl Walk {
                 value,
                 collection,
                 ..
-            } => {
-                if let Some(k) = key {
-                    self.expr(k);
-                }
-                self.expr(value);
-                self.expr(collection);
-            }
+            } => self.membership(key.as_deref(), value, collection),
             Literal::Expr { expr, .. } | Literal::NotExpr { expr, .. } => self.expr(expr),
             Literal::Every { domain, query, .. } => {
                 self.expr(domain);
@@ -409,14 +403,17 @@ impl Walk {
                 value,
                 collection,
                 ..
-            } => {
-                if let Some(k) = key {
-                    self.expr(k);
-                }
-                self.expr(value);
-                self.expr(collection);
-            }
+            } => self.membership(key.as_deref(), value, collection),
         }
+    }
+
+    /// `key, value in collection`, as an expression or after `some`.
+    fn membership(&mut self, key: Option<&Expr>, value: &Expr, collection: &Expr) {
+        if let Some(k) = key {
+            self.expr(k);
+        }
+        self.expr(value);
+        self.expr(collection);
     }
 
     /// A variable or a chain of references: a read of `input` or `data` at
