@@ -241,10 +241,8 @@ fn write_loop(conn: Connection, rx: mpsc::Receiver<Queued>, failure: &OnceLock<S
                 match rx.recv_timeout(due.saturating_duration_since(std::time::Instant::now())) {
                     Ok(job) => Some(job),
                     Err(mpsc::RecvTimeoutError::Timeout) => {
-                        if let Some(wal) = wal.as_mut()
-                            && let Err(why) = wal.sync()
-                        {
-                            let _ = failure.set(why);
+                        if let Some(wal) = wal.as_mut() {
+                            let _ = wal.sync(failure);
                         }
                         sync_due = None;
                         continue;
@@ -261,7 +259,7 @@ fn write_loop(conn: Connection, rx: mpsc::Receiver<Queued>, failure: &OnceLock<S
                 Err(_) => break,
             }
         }
-        if let Some(failed) = wal.as_ref().and_then(WalFile::failed) {
+        if let Some(failed) = failure.get() {
             for q in queued {
                 let (reply, _) = (q.job)(None);
                 reply(Err(failed.clone()));
@@ -329,7 +327,7 @@ fn write_loop(conn: Connection, rx: mpsc::Receiver<Queued>, failure: &OnceLock<S
     if sync_due.is_some()
         && let Some(wal) = wal.as_mut()
     {
-        let _ = wal.sync();
+        let _ = wal.sync(failure);
     }
 }
 
@@ -339,32 +337,24 @@ fn write_loop(conn: Connection, rx: mpsc::Receiver<Queued>, failure: &OnceLock<S
 /// every commit before it on disk.
 ///
 /// A failed fsync leaves the database's durability unknown: every later
-/// write fails with it, as a database server would stop, rather than go on
-/// answering writes that may not be on disk.
+/// write fails with it (the writer's `failure`, which [`Writer::failed`]
+/// reports), as a database server would stop, rather than go on answering
+/// writes that may not be on disk.
 struct WalFile {
     path: PathBuf,
     /// The open file, and its device and inode: reopened when the path no
     /// longer names the same file.
     file: Option<(std::fs::File, (u64, u64))>,
-    failed: Option<String>,
 }
 
 impl WalFile {
     fn new(path: PathBuf) -> WalFile {
-        WalFile {
-            path,
-            file: None,
-            failed: None,
-        }
+        WalFile { path, file: None }
     }
 
-    /// Why writes fail from now on, once an fsync has failed.
-    fn failed(&self) -> Option<String> {
-        self.failed.clone()
-    }
-
-    fn sync(&mut self) -> Result<(), String> {
-        if let Some(why) = &self.failed {
+    /// Fsync the WAL; a failure is kept in `failure` for good.
+    fn sync(&mut self, failure: &OnceLock<String>) -> Result<(), String> {
+        if let Some(why) = failure.get() {
             return Err(why.clone());
         }
         let _timer = crate::timer!("store.fsync");
@@ -375,7 +365,7 @@ impl WalFile {
                 self.path.display()
             );
             tracing::error!("{why}");
-            self.failed = Some(why.clone());
+            let _ = failure.set(why.clone());
             why
         })
     }
