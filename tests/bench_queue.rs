@@ -123,6 +123,12 @@ fn bench_queue_flags_are_checked() {
     ws.run(&["serve", "--threads", "none"])
         .code(2)
         .stderr_has("--threads");
+    for rounds in ["0", "51", "many"] {
+        ws.run(&["bench", "orchestrate", "--rounds", rounds])
+            .code(2)
+            .stderr_has("--rounds");
+    }
+    assert!(ws.files().is_empty(), "{:?}", ws.files());
 }
 
 #[test]

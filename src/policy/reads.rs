@@ -107,8 +107,9 @@ impl InputReads {
         crate::audit::record::canonical_json(&Value::Array(entries))
     }
 
-    /// The paths read for `action`, for tests and `nova policy` output.
-    pub fn paths(&self, action: &str) -> Vec<String> {
+    /// The paths read for `action`, written `input.a.b`.
+    #[cfg(test)]
+    fn paths(&self, action: &str) -> Vec<String> {
         let input = serde_json::json!({ "action": action });
         self.paths_for(&input)
             .into_iter()
