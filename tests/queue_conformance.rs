@@ -3,8 +3,10 @@
 //! Each test starts `queue::server::serve` on a free loopback port with a
 //! fresh backend and talks to it through nova's client. Every test runs
 //! unchanged against each backend (`conformance!` at the bottom makes a
-//! `sqlite::` and a `redis::` copy): a SQLite file in a temporary folder, and
-//! a `redis-server` the test starts on a free port and stops.
+//! `sqlite::`, a `redis::` and a `redis_scripts::` copy): a SQLite file in a
+//! temporary folder, and a `redis-server` the test starts on a free port and
+//! stops, with the queue's routines as functions of nova's library and, as
+//! on a Redis older than 7, as scripts.
 
 mod common;
 
@@ -33,6 +35,7 @@ struct Harness {
 enum Backend {
     Sqlite,
     Redis,
+    RedisScripts,
 }
 
 async fn start(backend: Backend, token: Option<&str>) -> Harness {
@@ -45,6 +48,17 @@ async fn start(backend: Backend, token: Option<&str>) -> Harness {
         Backend::Redis => {
             let server = RedisServer::start();
             let queue = RedisQueue::connect(&server.url()).await.unwrap();
+            assert!(queue.uses_functions(), "the library did not load");
+            (AnyQueue::Redis(queue), Some(server))
+        }
+        Backend::RedisScripts => {
+            let server = RedisServer::start();
+            let queue = RedisQueue::connect(&server.url())
+                .await
+                .unwrap()
+                .scripts_only()
+                .await;
+            assert!(!queue.uses_functions());
             (AnyQueue::Redis(queue), Some(server))
         }
     };
@@ -864,14 +878,64 @@ async fn a_repeated_final_ack_is_answered_and_changes_nothing(backend: Backend) 
     assert_eq!(err.code(), Code::FailedPrecondition, "{err:?}");
 }
 
+/// A Redis that lost nova's functions (restarted without persistence, or
+/// `FUNCTION FLUSH`) is given the library again by the next call, which
+/// goes on as if nothing had happened.
+#[tokio::test]
+async fn a_redis_that_lost_the_functions_gets_them_again() {
+    let h = start(Backend::Redis, None).await;
+    let mut c = h.client.clone();
+    let first = enqueue(&mut c, req("first")).await;
+    let raw = ::redis::Client::open(h._redis.as_ref().unwrap().url()).unwrap();
+    let mut raw = raw.get_multiplexed_async_connection().await.unwrap();
+    let libraries = |raw: &mut ::redis::aio::MultiplexedConnection| {
+        let mut raw = raw.clone();
+        async move {
+            let listed: ::redis::Value = ::redis::cmd("FUNCTION")
+                .arg("LIST")
+                .query_async(&mut raw)
+                .await
+                .unwrap();
+            format!("{listed:?}").matches("nova_").count()
+        }
+    };
+    assert!(libraries(&mut raw).await > 0);
+    let _: () = ::redis::cmd("FUNCTION")
+        .arg("FLUSH")
+        .query_async(&mut raw)
+        .await
+        .unwrap();
+    assert_eq!(libraries(&mut raw).await, 0);
+
+    let second = enqueue(&mut c, req("second")).await;
+    assert!(
+        libraries(&mut raw).await > 0,
+        "the library was not loaded again"
+    );
+    let AnyQueue::Redis(queue) = &h.queue else {
+        unreachable!()
+    };
+    assert!(queue.uses_functions());
+    let got = dequeue(&mut c, "w", 0).await.unwrap();
+    assert_eq!(got.id, first.id);
+    let got = dequeue(&mut c, "w", 0).await.unwrap();
+    assert_eq!(got.id, second.id);
+}
+
 /// Two servers on one Redis are one queue: a task enqueued through one is
-/// handed out once across both, and either can finish it.
+/// handed out once across both, and either can finish it. One runs the
+/// queue's routines as functions, the other as scripts (as a server on an
+/// older Redis would): the same data either way.
 #[tokio::test]
 async fn two_servers_share_one_redis() {
     let redis = RedisServer::start();
     let mut servers = Vec::new();
-    for _ in 0..2 {
-        let queue = RedisQueue::connect(&redis.url()).await.unwrap();
+    for scripts in [false, true] {
+        let mut queue = RedisQueue::connect(&redis.url()).await.unwrap();
+        if scripts {
+            queue = queue.scripts_only().await;
+        }
+        assert_eq!(queue.uses_functions(), !scripts);
         servers.push(serve(AnyQueue::Redis(queue), None).await);
     }
     let mut a = servers[0].0.clone();
@@ -1702,6 +1766,12 @@ macro_rules! conformance {
             $(#[tokio::test]
             async fn $name() {
                 super::$name(super::Backend::Redis).await
+            })*
+        }
+        mod redis_scripts {
+            $(#[tokio::test]
+            async fn $name() {
+                super::$name(super::Backend::RedisScripts).await
             })*
         }
     };

@@ -1,7 +1,8 @@
 //! The Redis queue backend: for many machines sharing one queue.
 //!
-//! Every step that changes a task is one Lua script (in this folder), so
-//! Redis applies it whole or not at all, and several `nova serve` processes
+//! Every step that changes a task is one Lua routine (in this folder; run as
+//! a function of nova's library, or as a script on an older Redis: see
+//! `routines`), so Redis applies it whole or not at all, and several `nova serve` processes
 //! can share a Redis without locks of their own. A server or worker that dies
 //! between two steps leaves each task in exactly one state: pending (in a
 //! ready or delayed set), leased (in the lease set, reaped when it expires),
@@ -9,10 +10,10 @@
 //! Redis's own: run it with `--appendonly yes --appendfsync always` when an
 //! acknowledged enqueue must survive a power cut.
 
-use std::sync::{Arc, LazyLock};
+use std::sync::Arc;
 
 use ::redis::aio::{ConnectionManager, ConnectionManagerConfig};
-use ::redis::{RedisError, Script, Value};
+use ::redis::{RedisError, Value};
 use rand::Rng;
 
 use super::backend::{EnqueuedAndLeased, QueueBackend, QueueError, QueueResult};
@@ -21,8 +22,10 @@ use super::model::{
     WORKER_TTL_MS, WorkerRecord, new_id,
 };
 use super::proto::TaskMetadataEntry;
+use routines::{Caller, ROUTINES, Routine};
 
-const PRELUDE: &str = include_str!("prelude.lua");
+mod routines;
+
 /// The key prefix of the queue's data in Redis.
 pub const DEFAULT_PREFIX: &str = "nova:q:";
 /// Most expired leases one script returns to the queue.
@@ -31,46 +34,6 @@ const REAP_LIMIT: u32 = 1000;
 const PURGE_CHUNK: u32 = 500;
 /// How many tasks `list` reads from Redis per round trip.
 const LIST_CHUNK: isize = 200;
-
-/// A script: the prelude, then `parts` (function files, then the body).
-fn script(parts: &[&str]) -> Script {
-    Script::new(&format!("{PRELUDE}\n{}", parts.join("\n")))
-}
-
-const ACK_FN: &str = include_str!("ack_fn.lua");
-const ENQUEUE_FN: &str = include_str!("enqueue_fn.lua");
-const LEASE_FN: &str = include_str!("lease_fn.lua");
-
-struct Scripts {
-    enqueue: Script,
-    enqueue_lease: Script,
-    dequeue: Script,
-    ack: Script,
-    ack_lease: Script,
-    due: Script,
-    heartbeat: Script,
-    release: Script,
-    cancel: Script,
-    retry: Script,
-    reap: Script,
-    purge: Script,
-}
-
-static SCRIPTS: LazyLock<Scripts> = LazyLock::new(|| Scripts {
-    enqueue: script(&[ENQUEUE_FN, include_str!("enqueue.lua")]),
-    enqueue_lease: script(&[ENQUEUE_FN, LEASE_FN, include_str!("enqueue_lease.lua")]),
-    dequeue: script(&[LEASE_FN, include_str!("dequeue.lua")]),
-    ack: script(&[ACK_FN, include_str!("ack.lua")]),
-    ack_lease: script(&[ACK_FN, LEASE_FN, include_str!("ack_lease.lua")]),
-    // Without the prelude: the poller asks it twenty times a second.
-    due: Script::new(include_str!("due.lua")),
-    heartbeat: script(&[include_str!("heartbeat.lua")]),
-    release: script(&[include_str!("release.lua")]),
-    cancel: script(&[include_str!("cancel.lua")]),
-    retry: script(&[include_str!("retry.lua")]),
-    reap: script(&[include_str!("reap.lua")]),
-    purge: script(&[include_str!("purge.lua")]),
-});
 
 /// The enqueue script's 10 arguments per task, appended to `args`; each
 /// task as stored if it is new (Redis answers a task only when it is not).
@@ -148,6 +111,7 @@ const FIELDS: [&str; 19] = [
 #[derive(Clone)]
 pub struct RedisQueue {
     conn: ConnectionManager,
+    caller: Arc<Caller>,
     url: String,
     prefix: Arc<str>,
 }
@@ -179,8 +143,10 @@ impl RedisQueue {
             .get_connection_manager_with_config(config)
             .await
             .map_err(|e| QueueError::Unavailable(format!("cannot connect to {url}: {e}")))?;
+        let caller = Arc::new(Caller::new(&conn, true).await);
         Ok(RedisQueue {
             conn,
+            caller,
             url: url.to_string(),
             prefix: Arc::from(prefix),
         })
@@ -224,21 +190,30 @@ impl RedisQueue {
         &self.url
     }
 
-    async fn invoke(&self, script: &Script, args: Vec<Vec<u8>>) -> QueueResult<Value> {
-        let mut call = script.prepare_invoke();
-        call.arg(&*self.prefix);
-        for arg in args {
-            call.arg(arg);
-        }
-        call.invoke_async(&mut self.conn.clone())
+    async fn invoke(&self, routine: &Routine, args: Vec<Vec<u8>>) -> QueueResult<Value> {
+        self.caller
+            .call(&self.conn, routine, &self.prefix, &args)
             .await
             .map_err(unavailable)
     }
 
-    /// Run a script that answers one outcome for one task.
-    async fn one(&self, script: &Script, id: &str, args: Vec<Vec<u8>>) -> QueueResult<Task> {
-        let reply = self.invoke(script, args).await?;
+    /// Run a routine that answers one outcome for one task.
+    async fn one(&self, routine: &Routine, id: &str, args: Vec<Vec<u8>>) -> QueueResult<Task> {
+        let reply = self.invoke(routine, args).await?;
         outcome(id, as_array(reply)?)
+    }
+
+    /// This queue with its routines run as scripts whatever Redis offers,
+    /// as on a Redis older than 7 (for the tests of that path).
+    #[doc(hidden)]
+    pub async fn scripts_only(mut self) -> RedisQueue {
+        self.caller = Arc::new(Caller::new(&self.conn, false).await);
+        self
+    }
+
+    /// Whether the routines run as functions of nova's library in Redis.
+    pub fn uses_functions(&self) -> bool {
+        self.caller.uses_functions()
     }
 }
 
@@ -396,7 +371,7 @@ impl QueueBackend for RedisQueue {
     async fn enqueue(&self, tasks: Vec<NewTask>, now: i64) -> QueueResult<Vec<(Task, bool)>> {
         let mut args = vec![arg(now)];
         let stored = enqueue_args(tasks, now, &mut args);
-        let reply = self.invoke(&SCRIPTS.enqueue, args).await?;
+        let reply = self.invoke(&ROUTINES.enqueue, args).await?;
         enqueued(reply, stored)
     }
 
@@ -410,7 +385,7 @@ impl QueueBackend for RedisQueue {
         let mut args = vec![arg(now), arg(tasks.len())];
         let stored = enqueue_args(tasks, now, &mut args);
         args.extend(lease_args(next));
-        let mut reply = as_array(self.invoke(&SCRIPTS.enqueue_lease, args).await?)?;
+        let mut reply = as_array(self.invoke(&ROUTINES.enqueue_lease, args).await?)?;
         if reply.len() != 2 {
             return Err(corrupt("the enqueue's answers and the leased tasks"));
         }
@@ -424,7 +399,7 @@ impl QueueBackend for RedisQueue {
     async fn dequeue(&self, spec: DequeueSpec, now: i64) -> QueueResult<Vec<Task>> {
         let mut args = vec![arg(now)];
         args.extend(lease_args(spec));
-        let reply = self.invoke(&SCRIPTS.dequeue, args).await?;
+        let reply = self.invoke(&ROUTINES.dequeue, args).await?;
         as_array(reply)?.into_iter().map(packed).collect()
     }
 
@@ -433,7 +408,7 @@ impl QueueBackend for RedisQueue {
         for a in &acks {
             args.extend(ack_args(a));
         }
-        let reply = as_array(self.invoke(&SCRIPTS.ack, args).await?)?;
+        let reply = as_array(self.invoke(&ROUTINES.ack, args).await?)?;
         if reply.len() != acks.len() {
             return Err(corrupt("one outcome per ack"));
         }
@@ -445,11 +420,11 @@ impl QueueBackend for RedisQueue {
     }
 
     async fn due(&self, now: i64) -> QueueResult<u64> {
-        let mut call = SCRIPTS.due.prepare_invoke();
-        call.arg(&*self.prefix).arg(now);
-        call.invoke_async(&mut self.conn.clone())
-            .await
-            .map_err(unavailable)
+        let reply = self.invoke(&ROUTINES.due, vec![arg(now)]).await?;
+        match reply {
+            Value::Int(n) if n >= 0 => Ok(n as u64),
+            other => Err(corrupt(&format!("{other:?}"))),
+        }
     }
 
     /// One script: the ack, then (when it was applied) the lease.
@@ -462,7 +437,7 @@ impl QueueBackend for RedisQueue {
         let mut args = vec![arg(now)];
         args.extend(ack_args(&ack));
         args.extend(lease_args(next));
-        let mut reply = as_array(self.invoke(&SCRIPTS.ack_lease, args).await?)?;
+        let mut reply = as_array(self.invoke(&ROUTINES.ack_lease, args).await?)?;
         if reply.len() != 2 {
             return Err(corrupt("an ack's outcome and the leased tasks"));
         }
@@ -482,12 +457,12 @@ impl QueueBackend for RedisQueue {
         now: i64,
     ) -> QueueResult<Task> {
         let args = vec![arg(now), arg(&task_id), arg(lease_id), arg(lease_ms(ms))];
-        self.one(&SCRIPTS.heartbeat, &task_id, args).await
+        self.one(&ROUTINES.heartbeat, &task_id, args).await
     }
 
     async fn release(&self, task_id: String, lease_id: String, now: i64) -> QueueResult<Task> {
         let args = vec![arg(now), arg(&task_id), arg(lease_id)];
-        self.one(&SCRIPTS.release, &task_id, args).await
+        self.one(&ROUTINES.release, &task_id, args).await
     }
 
     async fn get(&self, task_id: String) -> QueueResult<Task> {
@@ -561,12 +536,12 @@ impl QueueBackend for RedisQueue {
 
     async fn cancel(&self, task_id: String, now: i64) -> QueueResult<Task> {
         let args = vec![arg(now), arg(&task_id)];
-        self.one(&SCRIPTS.cancel, &task_id, args).await
+        self.one(&ROUTINES.cancel, &task_id, args).await
     }
 
     async fn retry(&self, task_id: String, now: i64) -> QueueResult<Task> {
         let args = vec![arg(now), arg(&task_id)];
-        self.one(&SCRIPTS.retry, &task_id, args).await
+        self.one(&ROUTINES.retry, &task_id, args).await
     }
 
     async fn worker_seen(&self, worker: WorkerRecord) -> QueueResult<()> {
@@ -681,7 +656,7 @@ impl QueueBackend for RedisQueue {
         let mut total = 0;
         loop {
             let reply = self
-                .invoke(&SCRIPTS.reap, vec![arg(now), arg(REAP_LIMIT)])
+                .invoke(&ROUTINES.reap, vec![arg(now), arg(REAP_LIMIT)])
                 .await?;
             let Value::Int(n) = reply else {
                 return Err(corrupt(&format!("{reply:?}")));
@@ -699,7 +674,7 @@ impl QueueBackend for RedisQueue {
         loop {
             let reply = self
                 .invoke(
-                    &SCRIPTS.purge,
+                    &ROUTINES.purge,
                     vec![
                         arg(super::model::now_ms()),
                         arg(before),

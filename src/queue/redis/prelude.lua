@@ -1,4 +1,4 @@
--- Shared by every script (redis.rs puts it in front of each one).
+-- Shared by every routine (routines.rs puts it in front of them all).
 --
 -- Keys, under the prefix P (ARGV[1]):
 --   P..'t:'..id        hash: one task, the fields of FIELDS plus 'seq'
@@ -14,8 +14,14 @@
 --   P..'leases'        zset id -> lease_expires_at: tasks IN_PROGRESS
 --   P..'idem:'..key    string: the task an idempotency key created
 --   P..'counts'        hash queue..'\t'..status -> count
-local P = ARGV[1]
-local NOW = tonumber(ARGV[2])
+--
+-- Set by begin() at the start of every call (a function of the library is
+-- called many times per load): the call's arguments, the prefix P and the
+-- time NOW they start with, and the count changes finish() writes.
+local ARGV, P, NOW, deltas
+local function begin(args)
+  ARGV, P, NOW, deltas = args, args[1], tonumber(args[2]), {}
+end
 
 local FIELDS = {'id', 'type', 'payload', 'metadata', 'status', 'created_at', 'updated_at', 'result',
   'worker_id', 'queue', 'priority', 'attempts', 'max_attempts', 'run_at', 'idempotency_key',
@@ -23,7 +29,7 @@ local FIELDS = {'id', 'type', 'payload', 'metadata', 'status', 'created_at', 'up
 
 -- Index of each field in FIELDS, for tasks read with fetch().
 local F = {}
-for i, name in ipairs(FIELDS) do F[name] = i end
+for i = 1, #FIELDS do F[FIELDS[i]] = i end
 
 local function tkey(id) return P .. 't:' .. id end
 
@@ -47,8 +53,7 @@ local function rank(priority, run_at, seq)
 end
 local RANK_LEN = 36
 
--- Count changes are summed here and written once, by finish().
-local deltas = {}
+-- Count changes are summed in deltas and written once, by finish().
 local function count(queue, status, by)
   local k = queue .. '\t' .. status
   deltas[k] = (deltas[k] or 0) + by
@@ -118,7 +123,8 @@ local function pack(t)
   for i = 1, #FIELDS do
     local v = t[i] or ''
     if type(v) == 'number' then v = string.format('%d', v) end
-    parts[i] = #v .. ':' .. v
+    -- string.format: `#v .. ':'` would format the length as a float.
+    parts[i] = string.format('%d:', #v) .. v
   end
   return table.concat(parts)
 end
