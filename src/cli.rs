@@ -857,8 +857,10 @@ pub struct BenchQueueArgs {
     #[arg(long)]
     pub grpc_only: bool,
 
-    /// gRPC workers call Dequeue and Ack (with its `next`) per task, as
-    /// clients of the original proto do, instead of one Work stream each
+    /// Unary calls, as clients of the original proto make them: gRPC
+    /// producers call Enqueue per task (with --batch 1) and workers Dequeue
+    /// and Ack (with its `next`), instead of one EnqueueStream or Work
+    /// stream each
     #[arg(long)]
     pub unary: bool,
     /// Worker threads of the gRPC run's server, which runs on a runtime of

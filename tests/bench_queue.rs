@@ -46,6 +46,7 @@ fn bench_queue_on_sqlite_reports_both_paths_and_leaves_nothing() {
         .json();
     check_report(&report, 300);
     assert_eq!(report["server_threads"], 2);
+    assert_eq!(report["grpc_producers"], "unary", "batches are EnqueueBatch calls");
     assert!(ws.files().is_empty(), "{:?}", ws.files());
 
     // Into a file it would create: fine; over an existing one: refused.
@@ -83,6 +84,9 @@ fn bench_queue_on_redis_cleans_up_its_keys() {
         .success()
         .json();
     check_report(&report, 300);
+    // One task per call: a stream for each producer and each worker.
+    assert_eq!(report["grpc_producers"], "stream");
+    assert_eq!(report["grpc_workers"], "stream");
     // The benchmark's own keys are gone afterwards; the queue's are untouched.
     ws.run(&["queue", "--store", &redis.url(), "enqueue", "keep"])
         .success();

@@ -14,7 +14,7 @@ use std::time::Duration;
 
 use common::redis_server::RedisServer;
 use nova::queue::any::AnyQueue;
-use nova::queue::client::{self, Client, WorkStream};
+use nova::queue::client::{self, Client, EnqueueStream, WorkStream};
 use nova::queue::proto::*;
 use nova::queue::redis::RedisQueue;
 use nova::queue::server;
@@ -1402,6 +1402,78 @@ async fn an_ack_can_lease_the_next_task(backend: Backend) {
     );
 }
 
+/// A producer's stream enqueues as Enqueue does, answering each request in
+/// order; a refused request is answered with its code and the stream goes
+/// on; an idempotency key matches across the stream and unary calls; a
+/// task sent on it reaches a waiting worker like any other.
+async fn an_enqueue_stream_answers_each_task_in_order(backend: Backend) {
+    let mut h = start(backend, None).await;
+    let c = &mut h.client;
+    let mut stream = EnqueueStream::open(c).await.unwrap();
+    let mut ids = Vec::new();
+    for i in 0..5 {
+        let answered = stream
+            .enqueue(EnqueueRequest {
+                payload: format!("p{i}"),
+                ..req("streamed")
+            })
+            .await
+            .unwrap();
+        let task = answered.task.unwrap();
+        assert_eq!(task.payload, format!("p{i}"), "answers out of order");
+        assert!(!answered.existing);
+        ids.push(task.id);
+    }
+
+    let refused = stream.enqueue(req("")).await.unwrap_err();
+    assert_eq!(refused.code(), Code::InvalidArgument);
+    assert!(refused.message().contains("type"), "{}", refused.message());
+    let huge = EnqueueRequest {
+        payload: "x".repeat(2 << 20),
+        ..req("big")
+    };
+    let refused = stream.enqueue(huge).await.unwrap_err();
+    assert_eq!(refused.code(), Code::InvalidArgument);
+
+    // The stream goes on after refusals; idempotency keys are the queue's.
+    let keyed = EnqueueRequest {
+        idempotency_key: "once".into(),
+        ..req("keyed")
+    };
+    let first = stream.enqueue(keyed.clone()).await.unwrap();
+    let again = c.enqueue(keyed).await.unwrap().into_inner();
+    assert!(again.existing);
+    assert_eq!(again.task.unwrap().id, first.task.unwrap().id);
+    assert_eq!(list(c).await.len(), 6, "refused requests stored nothing");
+
+    // In order of enqueue, to a worker.
+    for id in &ids {
+        assert_eq!(dequeue(c, "w", 0).await.map(|t| t.id).as_ref(), Some(id));
+    }
+
+    // A worker waiting on its Work stream is handed a streamed task.
+    let lease = DequeueRequest {
+        worker_id: "waiting".into(),
+        queues: vec!["later".into()],
+        ..Default::default()
+    };
+    let mut work = WorkStream::open(c, lease, 1).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let sent = stream
+        .enqueue(EnqueueRequest {
+            queue: "later".into(),
+            ..req("handed")
+        })
+        .await
+        .unwrap()
+        .task
+        .unwrap();
+    let pushed = recv(&mut work).await;
+    assert_eq!(pushed.tasks.len(), 1);
+    assert_eq!(pushed.tasks[0].id, sent.id);
+    assert_eq!(pushed.tasks[0].status, "IN_PROGRESS");
+}
+
 /// The server's next message on a work stream, within five seconds.
 async fn recv(stream: &mut WorkStream) -> WorkResponse {
     tokio::time::timeout(Duration::from_secs(5), stream.next())
@@ -1778,6 +1850,7 @@ macro_rules! conformance {
 }
 
 conformance!(
+    an_enqueue_stream_answers_each_task_in_order,
     a_worker_that_says_who_it_is_is_listed_while_its_stream_lasts,
     a_released_task_is_pending_again_without_spending_an_attempt,
     a_work_stream_leases_by_credit_and_answers_acks,

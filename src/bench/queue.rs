@@ -23,7 +23,7 @@ use crate::error::{Error, Result};
 use crate::output::Output;
 use crate::queue::any::AnyQueue;
 use crate::queue::backend::QueueBackend;
-use crate::queue::client::{self, Client, WorkStream};
+use crate::queue::client::{self, Client, EnqueueStream, WorkStream};
 use crate::queue::model::{AckSpec, DequeueSpec, now_ms};
 use crate::queue::proto::*;
 use crate::queue::redis::RedisQueue;
@@ -47,6 +47,10 @@ pub struct Report {
     /// How gRPC workers take tasks: `stream` (one Work stream each) or
     /// `unary` (Dequeue, then Ack with `next`, per call).
     pub grpc_workers: &'static str,
+    /// How gRPC producers enqueue one task per call: `stream` (one
+    /// EnqueueStream each) or `unary` (Enqueue); batches always use
+    /// EnqueueBatch.
+    pub grpc_producers: &'static str,
     /// Worker threads of the gRPC run's server runtime.
     pub server_threads: usize,
     pub runs: Vec<RunResult>,
@@ -273,6 +277,29 @@ async fn produce(
     Ok(shared.start.elapsed())
 }
 
+/// A producer of one task per call on an EnqueueStream of its own.
+async fn produce_stream(
+    mut client: Client,
+    shared: Arc<Shared>,
+    count: u32,
+) -> std::result::Result<Duration, Failure> {
+    let mut stream = EnqueueStream::open(&mut client)
+        .await
+        .map_err(|e| e.to_string())?;
+    for _ in 0..count {
+        let sent = shared.start.elapsed().as_micros() as u64;
+        stream
+            .enqueue(EnqueueRequest {
+                r#type: "bench".into(),
+                payload: sent.to_string(),
+                ..Default::default()
+            })
+            .await
+            .map_err(|e| e.to_string())?;
+    }
+    Ok(shared.start.elapsed())
+}
+
 async fn work(
     mut endpoint: Endpoint,
     shared: Arc<Shared>,
@@ -492,7 +519,12 @@ async fn one_run(path: &'static str, target: Target, args: &BenchQueueArgs) -> R
             // Spread the tasks; the first producers take the remainder.
             let share =
                 args.tasks / args.producers + u32::from((i as u32) < args.tasks % args.producers);
-            tokio::spawn(produce(e, shared.clone(), share, args.batch))
+            match e {
+                Endpoint::Grpc(client) if !args.unary && args.batch == 1 => {
+                    tokio::spawn(produce_stream(client, shared.clone(), share))
+                }
+                e => tokio::spawn(produce(e, shared.clone(), share, args.batch)),
+            }
         })
         .collect();
 
@@ -562,6 +594,11 @@ pub fn run(ws: &Workspace, out: &Output, args: &BenchQueueArgs) -> Result<()> {
             workers: args.workers,
             batch: args.batch,
             grpc_workers: if args.unary { "unary" } else { "stream" },
+            grpc_producers: if args.unary || args.batch > 1 {
+                "unary"
+            } else {
+                "stream"
+            },
             server_threads: args
                 .server_threads
                 .map_or_else(crate::runtime::server_threads, NonZeroUsize::get),

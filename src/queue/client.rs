@@ -7,7 +7,10 @@ use tonic::transport::{Channel, Endpoint};
 use tonic::{Request, Status};
 
 use super::proto::task_queue_client::TaskQueueClient;
-use super::proto::{AckRequest, DequeueRequest, WorkRequest, WorkResponse, WorkerInfo};
+use super::proto::{
+    AckRequest, DequeueRequest, EnqueueOutcome, EnqueueRequest, EnqueueResponse, WorkRequest,
+    WorkResponse, WorkerInfo,
+};
 
 pub type Client = TaskQueueClient<InterceptedService<Channel, AddToken>>;
 
@@ -263,5 +266,44 @@ impl WorkStream {
     /// the server ended the stream.
     pub async fn next(&mut self) -> Result<Option<WorkResponse>, Status> {
         self.responses.message().await
+    }
+}
+
+/// A producer's end of the `EnqueueStream`: one task per request, each
+/// answered in order (see [`super::enqueue_stream`] for the server's side).
+/// What a producer that enqueues one task at a time uses instead of a unary
+/// Enqueue per task.
+pub struct EnqueueStream {
+    requests: tokio::sync::mpsc::Sender<EnqueueRequest>,
+    responses: tonic::Streaming<EnqueueOutcome>,
+}
+
+impl EnqueueStream {
+    /// Open a stream. A server older than the stream answers `Unimplemented`.
+    pub async fn open(client: &mut Client) -> Result<EnqueueStream, Status> {
+        let (requests, rx) = tokio::sync::mpsc::channel(16);
+        let responses = client
+            .enqueue_stream(tokio_stream::wrappers::ReceiverStream::new(rx))
+            .await?
+            .into_inner();
+        Ok(EnqueueStream {
+            requests,
+            responses,
+        })
+    }
+
+    /// Enqueue one task and wait for its answer, as a unary Enqueue would
+    /// answer it: a refused request is its status (the stream goes on).
+    pub async fn enqueue(&mut self, request: EnqueueRequest) -> Result<EnqueueResponse, Status> {
+        let ended = || Status::unavailable("the enqueue stream has ended");
+        self.requests.send(request).await.map_err(|_| ended())?;
+        let outcome = self.responses.message().await?.ok_or_else(ended)?;
+        if outcome.code != 0 {
+            return Err(Status::new(outcome.code.into(), outcome.message));
+        }
+        Ok(EnqueueResponse {
+            task: outcome.task,
+            existing: outcome.existing,
+        })
     }
 }

@@ -12,6 +12,7 @@ pub mod any;
 pub mod backend;
 pub mod client;
 pub mod command;
+pub mod enqueue_stream;
 pub mod handle;
 pub mod metrics;
 pub mod model;

@@ -302,6 +302,49 @@ impl<B: QueueBackend> QueueService<B> {
         self.closing.send_replace(true);
     }
 
+    /// One Enqueue, as the unary call and the producer's stream make it.
+    pub(super) async fn enqueue_one(
+        &self,
+        request: EnqueueRequest,
+    ) -> Result<EnqueueResponse, GrpcStatus> {
+        check_size(&request)?;
+        let task = validate::enqueue("", request).map_err(invalid)?;
+        // A task due now goes straight to a Work stream waiting for one.
+        let taker = (task.delay_ms == 0)
+            .then(|| self.idle.take(&task.queue))
+            .flatten();
+        let (mut stored, handed) = match taker {
+            Some(taker) => {
+                let (stored, leased) = self
+                    .backend
+                    .enqueue_and_lease(vec![task], taker.spec, now_ms())
+                    .await
+                    .map_err(to_status)?;
+                crate::counter!("queue.tasks.leased").add(leased.len() as u64);
+                let handed = !leased.is_empty();
+                // A stream that went in the meantime leaves these to their
+                // lease, as a worker that died holding them would.
+                let _ = taker.hand.send(leased);
+                (stored, handed)
+            }
+            None => (
+                self.backend
+                    .enqueue(vec![task], now_ms())
+                    .await
+                    .map_err(to_status)?,
+                false,
+            ),
+        };
+        let (task, existing) = stored.pop().expect("one task in, one task out");
+        crate::counter!("queue.tasks.enqueued").inc();
+        tracing::debug!(task = %task.id, queue = %task.queue, existing, "enqueued");
+        self.wake(usize::from(!existing && !handed));
+        Ok(EnqueueResponse {
+            task: Some(task),
+            existing,
+        })
+    }
+
     pub(super) fn closing(&self) -> tokio::sync::watch::Receiver<bool> {
         self.closing.subscribe()
     }
@@ -458,43 +501,26 @@ impl<B: QueueBackend> TaskQueue for QueueService<B> {
         request: Request<EnqueueRequest>,
     ) -> Result<Response<EnqueueResponse>, GrpcStatus> {
         let _timer = crate::timer!("queue.grpc.enqueue");
-        let request = request.into_inner();
-        check_size(&request)?;
-        let task = validate::enqueue("", request).map_err(invalid)?;
-        // A task due now goes straight to a Work stream waiting for one.
-        let taker = (task.delay_ms == 0)
-            .then(|| self.idle.take(&task.queue))
-            .flatten();
-        let (mut stored, handed) = match taker {
-            Some(taker) => {
-                let (stored, leased) = self
-                    .backend
-                    .enqueue_and_lease(vec![task], taker.spec, now_ms())
-                    .await
-                    .map_err(to_status)?;
-                crate::counter!("queue.tasks.leased").add(leased.len() as u64);
-                let handed = !leased.is_empty();
-                // A stream that went in the meantime leaves these to their
-                // lease, as a worker that died holding them would.
-                let _ = taker.hand.send(leased);
-                (stored, handed)
-            }
-            None => (
-                self.backend
-                    .enqueue(vec![task], now_ms())
-                    .await
-                    .map_err(to_status)?,
-                false,
-            ),
-        };
-        let (task, existing) = stored.pop().expect("one task in, one task out");
-        crate::counter!("queue.tasks.enqueued").inc();
-        tracing::debug!(task = %task.id, queue = %task.queue, existing, "enqueued");
-        self.wake(usize::from(!existing && !handed));
-        Ok(Response::new(EnqueueResponse {
-            task: Some(task),
-            existing,
-        }))
+        self.enqueue_one(request.into_inner())
+            .await
+            .map(Response::new)
+    }
+
+    type EnqueueStreamStream = super::enqueue_stream::EnqueueStream;
+
+    async fn enqueue_stream(
+        &self,
+        request: Request<tonic::Streaming<EnqueueRequest>>,
+    ) -> Result<Response<Self::EnqueueStreamStream>, GrpcStatus> {
+        let (out, rx) = tokio::sync::mpsc::channel(16);
+        tokio::spawn(super::enqueue_stream::serve(
+            self.clone(),
+            request.into_inner(),
+            out,
+        ));
+        Ok(Response::new(Box::pin(
+            tokio_stream::wrappers::ReceiverStream::new(rx),
+        )))
     }
 
     async fn dequeue(
