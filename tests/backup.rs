@@ -537,18 +537,22 @@ fn a_backup_taken_under_live_queue_load_restores_to_a_database_whose_chain_verif
     let (mut server, announced) = ws.serve(&["--listen", "127.0.0.1:0"]);
     let url = announced["listening"].as_str().unwrap().to_string();
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    // Tasks through the queue so far, read around the backup.
+    let done = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
     let load = {
-        let stop = stop.clone();
+        let (stop, done) = (stop.clone(), done.clone());
         std::thread::spawn(move || {
             let rt = tokio::runtime::Runtime::new().unwrap();
             rt.block_on(async {
                 let mut client = TaskQueueClient::connect(url).await.unwrap();
-                let mut done = 0u64;
                 while !stop.load(std::sync::atomic::Ordering::Relaxed) {
                     client
                         .enqueue(EnqueueRequest {
                             r#type: "load".into(),
-                            payload: format!("{{\"n\":{done}}}"),
+                            payload: format!(
+                                "{{\"n\":{}}}",
+                                done.load(std::sync::atomic::Ordering::Relaxed)
+                            ),
                             ..Default::default()
                         })
                         .await
@@ -573,24 +577,30 @@ fn a_backup_taken_under_live_queue_load_restores_to_a_database_whose_chain_verif
                             .await
                             .unwrap();
                     }
-                    done += 1;
+                    done.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 }
-                done
             })
         })
     };
-    std::thread::sleep(std::time::Duration::from_millis(300));
+    // The load is under way before the backup starts (how fast it goes
+    // depends on the machine; that it goes on during the backup does not).
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while done.load(std::sync::atomic::Ordering::Relaxed) < 5 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the load never started"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
     let to = target(&ws);
+    let before = done.load(std::sync::atomic::Ordering::Relaxed);
     let taken = ws.run(&["backup", "--to", &to, "--json"]).success().json();
-    std::thread::sleep(std::time::Duration::from_millis(200));
+    let during = done.load(std::sync::atomic::Ordering::Relaxed) - before;
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
-    let done = load.join().unwrap();
+    load.join().unwrap();
     server.kill().unwrap();
     server.wait().unwrap();
-    assert!(
-        done > 20,
-        "only {done} tasks went through while the backup ran"
-    );
+    assert!(during > 0, "no task went through while the backup ran");
 
     let id = taken["manifest"]["id"].as_str().unwrap();
     let into = ws.path().join("restored");

@@ -46,7 +46,10 @@ fn bench_queue_on_sqlite_reports_both_paths_and_leaves_nothing() {
         .json();
     check_report(&report, 300);
     assert_eq!(report["server_threads"], 2);
-    assert_eq!(report["grpc_producers"], "unary", "batches are EnqueueBatch calls");
+    assert_eq!(
+        report["grpc_producers"], "unary",
+        "batches are EnqueueBatch calls"
+    );
     assert!(ws.files().is_empty(), "{:?}", ws.files());
 
     // Into a file it would create: fine; over an existing one: refused.
