@@ -779,6 +779,21 @@ async fn a_token_is_required_when_set(backend: Backend) {
     );
     let mut right = h.client.clone();
     right.stats(StatsRequest {}).await.unwrap();
+
+    // A producer's stream asks for the token as the unary calls do, and
+    // stores nothing without it.
+    let refused = match EnqueueStream::open(&mut anonymous).await {
+        Err(status) => status,
+        Ok(mut stream) => stream.enqueue(req("sneaky")).await.unwrap_err(),
+    };
+    assert_eq!(refused.code(), Code::Unauthenticated);
+    let mut stream = EnqueueStream::open(&mut right).await.unwrap();
+    stream.enqueue(req("allowed")).await.unwrap();
+    let listed = list(&mut right).await;
+    assert_eq!(
+        listed.iter().map(|t| t.r#type.as_str()).collect::<Vec<_>>(),
+        ["allowed"]
+    );
 }
 
 mod original {

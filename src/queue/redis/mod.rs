@@ -2,8 +2,8 @@
 //!
 //! Every step that changes a task is one Lua routine (in this folder; run as
 //! a function of nova's library, or as a script on an older Redis: see
-//! `routines`), so Redis applies it whole or not at all, and several `nova serve` processes
-//! can share a Redis without locks of their own. A server or worker that dies
+//! `routines`), so Redis applies it whole or not at all, and several `nova
+//! serve` processes can share a Redis without locks of their own. A server or worker that dies
 //! between two steps leaves each task in exactly one state: pending (in a
 //! ready or delayed set), leased (in the lease set, reaped when it expires),
 //! or finished. The key layout is described in `prelude.lua`. Durability is

@@ -26,8 +26,8 @@ const LEASE_FN: &str = include_str!("lease_fn.lua");
 const NAME: &str = "{LIBRARY}";
 
 pub(super) struct Routine {
-    /// Its name in the library: `<library>_<routine>`.
-    function: String,
+    /// Its name in the library is `<library>_<name>`.
+    name: &'static str,
     script: Script,
 }
 
@@ -46,11 +46,13 @@ pub(super) struct Routines {
     pub purge: Routine,
     /// The function library: every routine, the prelude once.
     library: String,
+    /// The library's name: `nova_` and a digest of its code.
+    name: String,
 }
 
 pub(super) static ROUTINES: LazyLock<Routines> = LazyLock::new(|| {
     let mut library = format!("#!lua name={NAME}\n{PRELUDE}\n{ACK_FN}\n{ENQUEUE_FN}\n{LEASE_FN}\n");
-    let mut routine = |name: &str, parts: &[&str], body: &str| {
+    let mut routine = |name: &'static str, parts: &[&str], body: &str| {
         library.push_str(&format!(
             "redis.register_function('{NAME}_{name}', function(_, args)\nbegin(args)\n{body}\nend)\n"
         ));
@@ -60,10 +62,7 @@ pub(super) static ROUTINES: LazyLock<Routines> = LazyLock::new(|| {
             "local GIVEN = ARGV\n{PRELUDE}\n{}\nbegin(GIVEN)\n{body}",
             parts.join("\n")
         ));
-        Routine {
-            function: name.to_string(),
-            script,
-        }
+        Routine { name, script }
     };
     let mut routines = Routines {
         enqueue: routine("enqueue", &[ENQUEUE_FN], include_str!("enqueue.lua")),
@@ -87,26 +86,11 @@ pub(super) static ROUTINES: LazyLock<Routines> = LazyLock::new(|| {
         reap: routine("reap", &[], include_str!("reap.lua")),
         purge: routine("purge", &[], include_str!("purge.lua")),
         library: String::new(),
+        name: String::new(),
     };
     let digest = Script::new(&library).get_hash().to_string();
-    let name = format!("nova_{}", &digest[..16]);
-    routines.library = library.replace(NAME, &name);
-    for r in [
-        &mut routines.enqueue,
-        &mut routines.enqueue_lease,
-        &mut routines.dequeue,
-        &mut routines.ack,
-        &mut routines.ack_lease,
-        &mut routines.due,
-        &mut routines.heartbeat,
-        &mut routines.release,
-        &mut routines.cancel,
-        &mut routines.retry,
-        &mut routines.reap,
-        &mut routines.purge,
-    ] {
-        r.function = format!("{name}_{}", r.function);
-    }
+    routines.name = format!("nova_{}", &digest[..16]);
+    routines.library = library.replace(NAME, &routines.name);
     routines
 });
 
@@ -164,7 +148,9 @@ async fn fcall(
     args: &[Vec<u8>],
 ) -> Result<Value, RedisError> {
     let mut cmd = ::redis::cmd("FCALL");
-    cmd.arg(&routine.function).arg(0).arg(prefix);
+    cmd.arg(format!("{}_{}", ROUTINES.name, routine.name))
+        .arg(0)
+        .arg(prefix);
     for arg in args {
         cmd.arg(arg);
     }
