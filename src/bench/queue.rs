@@ -613,10 +613,11 @@ fn print(out: &Output, report: &Report) -> Result<()> {
         return out.json(report);
     }
     out.text(&format!(
-        "queue benchmark: {} tasks, {} producers, {} workers ({} over gRPC), batch {}, \
-         server threads {}, store {}\n",
+        "queue benchmark: {} tasks, {} producers ({} over gRPC), {} workers ({} over gRPC), \
+         batch {}, server threads {}, store {}\n",
         report.tasks,
         report.producers,
+        report.grpc_producers,
         report.workers,
         report.grpc_workers,
         report.batch,
