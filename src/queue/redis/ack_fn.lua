@@ -1,7 +1,7 @@
 -- ack_all(from, to): apply the acks in ARGV[from..to], 7 arguments each:
 -- task id, success ('1'/'0'), result, lease id ('' for none), retry
 -- ('1'/'0'), error, jitter fraction for the backoff.
--- Answers, per ack, {'ok', packed fields}, {'notfound'} or {'precondition', message}.
+-- Answers, per ack, {'ok', fields}, {'notfound'} or {'precondition', message}.
 local function ack_all(from, to)
   local out = {}
   for i = from, to, 7 do
@@ -18,16 +18,16 @@ local function ack_all(from, to)
       local queue, attempts = t[F.queue], tonumber(t[F.attempts])
       redis.call('ZREM', P .. 'leases', id)
       if success then
-        update(t, 'status', 'COMPLETED', 'result', result, 'lease_expires_at', 0, 'updated_at', NOW)
+        update(t, 'status', 'COMPLETED', 'result', result, 'lease_expires_at', '0', 'updated_at', NOW_ARG)
         move(queue, 'IN_PROGRESS', 'COMPLETED')
       elseif retry and attempts < tonumber(t[F.max_attempts]) then
         local run_at = NOW + backoff(tonumber(t[F.retry_backoff_ms]), attempts, fraction)
         update(t, 'status', 'PENDING', 'result', result, 'last_error', err, 'run_at', run_at, 'worker_id', '',
-          'lease_id', '', 'lease_expires_at', 0, 'updated_at', NOW)
+          'lease_id', '', 'lease_expires_at', '0', 'updated_at', NOW_ARG)
         move(queue, 'IN_PROGRESS', 'PENDING')
         file_pending(id, queue, tonumber(t[F.priority]), run_at, tonumber(redis.call('HGET', tkey(id), 'seq')))
       else
-        update(t, 'status', 'FAILED', 'result', result, 'last_error', err, 'lease_expires_at', 0, 'updated_at', NOW)
+        update(t, 'status', 'FAILED', 'result', result, 'last_error', err, 'lease_expires_at', '0', 'updated_at', NOW_ARG)
         move(queue, 'IN_PROGRESS', 'FAILED')
       end
       out[#out + 1] = ok(t)

@@ -2,7 +2,8 @@
 -- to a waiting worker in the call that stores it.
 -- ARGV: P, now, the number of tasks n, 10 arguments per task (see
 -- enqueue_tasks), then what lease_tasks reads.
--- Answers {the enqueue answers, {the leased tasks, packed}}.
+-- Answers {the enqueue answers, {the leased tasks' fields}}, or {{{'new'}},
+-- 1} when the one new task was leased with the first lease id given.
 local n = tonumber(ARGV[3])
 local a = 4 + 10 * n
 
@@ -23,25 +24,24 @@ end
 
 -- The new task stored as leased: what enqueue_tasks then lease_tasks would
 -- leave, without filing it as pending first. A third of the work of the
--- two, on the path every task takes while workers keep up.
+-- two, on the path every task takes while workers keep up. Answers 1 for
+-- the leased tasks: the caller knows the task it sent and the lease it
+-- asked for, and sending them back cost Redis about 8 µs a task.
 local function store_leased()
   local id, queue = ARGV[4], ARGV[5]
-  local worker, expires = ARGV[a], NOW + tonumber(ARGV[a + 1])
+  local worker, expires = ARGV[a], int(NOW + tonumber(ARGV[a + 1]))
   local lease = ARGV[a + 4 + tonumber(ARGV[a + 3])]
-  local seq = redis.call('INCR', P .. 'seq')
-  local t = {id, ARGV[6], ARGV[7], ARGV[8], 'IN_PROGRESS', ARGV[2], ARGV[2], '', worker, queue, ARGV[9], '1',
-    ARGV[10], ARGV[12], '', '', string.format('%d', expires), lease, ARGV[11]}
-  local fields = {}
-  for i, name in ipairs(FIELDS) do
-    fields[2 * i - 1] = name
-    fields[2 * i] = t[i]
-  end
-  redis.call('HSET', tkey(id), 'seq', seq, unpack(fields))
+  local seq = int(redis.call('INCR', P .. 'seq'))
+  redis.call('HSET', tkey(id), 'seq', seq, 'id', id, 'type', ARGV[6], 'payload', ARGV[7], 'metadata', ARGV[8],
+    'status', 'IN_PROGRESS', 'created_at', NOW_ARG, 'updated_at', NOW_ARG, 'result', '', 'worker_id', worker,
+    'queue', queue, 'priority', ARGV[9], 'attempts', '1', 'max_attempts', ARGV[10], 'run_at', ARGV[12],
+    'idempotency_key', '', 'last_error', '', 'lease_expires_at', expires, 'lease_id', lease,
+    'retry_backoff_ms', ARGV[11])
   redis.call('SADD', P .. 'queues', queue)
   redis.call('ZADD', P .. 'all', seq, id)
   redis.call('ZADD', P .. 'leases', expires, id)
   count(queue, 'IN_PROGRESS', 1)
-  return {{{'new'}}, {pack(t)}}
+  return {{{'new'}}, 1}
 end
 
 reap(1000)

@@ -11,8 +11,8 @@ end
 -- max_tasks, number of queues, the queues (none: every queue), then
 -- max_tasks fresh lease ids, the most bytes of tasks to answer (0: no limit)
 -- and what a task weighs beyond its fields.
--- Answers the leased tasks, each packed (see pack). Tasks are sized before they
--- are taken, so nothing is leased that the answer cannot carry.
+-- Answers the leased tasks' fields (as fetch reads them). Tasks are sized
+-- before they are taken, so nothing is leased that the answer cannot carry.
 local function lease_tasks(a)
   local worker, lease_ms, max = ARGV[a], tonumber(ARGV[a + 1]), tonumber(ARGV[a + 2])
   local nq = tonumber(ARGV[a + 3])
@@ -50,7 +50,7 @@ local function lease_tasks(a)
   if #queues == 1 then
     local key = P .. 'ready:' .. queues[1]
     local taken = {}
-    for _, m in ipairs(redis.call('ZRANGE', key, 0, max - 1)) do
+    for _, m in ipairs(redis.call('ZRANGE', key, '0', int(max - 1))) do
       if not fits(m) then break end
       taken[#taken + 1] = m
       picked[#picked + 1] = {m, queues[1]}
@@ -59,7 +59,7 @@ local function lease_tasks(a)
   else
     -- The head of each ready set; only the set a task came from is read again.
     local heads = {}
-    for _, q in ipairs(queues) do heads[q] = redis.call('ZRANGE', P .. 'ready:' .. q, 0, 0)[1] or false end
+    for _, q in ipairs(queues) do heads[q] = redis.call('ZRANGE', P .. 'ready:' .. q, '0', '0')[1] or false end
     for _ = 1, max do
       local best, from = false, nil
       for q, head in pairs(heads) do
@@ -67,7 +67,7 @@ local function lease_tasks(a)
       end
       if not best or not fits(best) then break end
       redis.call('ZREM', P .. 'ready:' .. from, best)
-      heads[from] = redis.call('ZRANGE', P .. 'ready:' .. from, 0, 0)[1] or false
+      heads[from] = redis.call('ZRANGE', P .. 'ready:' .. from, '0', '0')[1] or false
       picked[#picked + 1] = {best, from}
     end
   end
@@ -77,13 +77,13 @@ local function lease_tasks(a)
   for n, p in ipairs(picked) do
     local id = string.sub(p[1], RANK_LEN + 1)
     local t = fetched[p[1]] or fetch(id)
-    local expires = NOW + lease_ms
+    local expires = int(NOW + lease_ms)
     update(t, 'status', 'IN_PROGRESS', 'worker_id', worker, 'lease_id', ARGV[leases + n],
-      'lease_expires_at', expires, 'attempts', tonumber(t[F.attempts]) + 1, 'updated_at', NOW)
+      'lease_expires_at', expires, 'attempts', tonumber(t[F.attempts]) + 1, 'updated_at', NOW_ARG)
     redis.call('ZADD', P .. 'leases', expires, id)
     redis.call('ZREM', P .. 'pending', id)
     move(p[2], 'PENDING', 'IN_PROGRESS')
-    out[#out + 1] = pack(t)
+    out[#out + 1] = t
   end
   return out
 end
