@@ -937,6 +937,50 @@ async fn a_redis_that_lost_the_functions_gets_them_again() {
     assert_eq!(got.id, second.id);
 }
 
+/// A Redis busy for longer than the redis crate's default wait (500 ms:
+/// another client's slow command here) is waited for: the enqueue made
+/// meanwhile is answered as stored, and it is. (Reported as failed, the
+/// task would still have been stored, and a retry would store it twice.)
+#[tokio::test]
+async fn a_busy_redis_is_waited_for_not_reported_as_down() {
+    use nova::queue::backend::QueueBackend;
+    use nova::queue::model::{NewTask, now_ms};
+    let redis = RedisServer::start_with(&[
+        "--save",
+        "",
+        "--appendonly",
+        "no",
+        "--enable-debug-command",
+        "yes",
+    ]);
+    let queue = RedisQueue::connect(&redis.url()).await.unwrap();
+    let raw = ::redis::Client::open(redis.url()).unwrap();
+    let mut raw = raw.get_multiplexed_async_connection().await.unwrap();
+    // This connection gives up on its own answer after 500 ms; Redis
+    // sleeps on regardless.
+    let busy = tokio::spawn(async move {
+        let _: Result<(), _> = ::redis::cmd("DEBUG")
+            .arg("SLEEP")
+            .arg("1.2")
+            .query_async(&mut raw)
+            .await;
+    });
+    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    let started = std::time::Instant::now();
+    let stored = queue
+        .enqueue(vec![NewTask::new("patient", "{}")], now_ms())
+        .await
+        .expect("an enqueue on a busy Redis waits for it");
+    assert!(
+        started.elapsed() > std::time::Duration::from_millis(500),
+        "Redis was not busy for long enough to show anything"
+    );
+    busy.await.unwrap();
+    let (task, existing) = &stored[0];
+    assert!(!existing);
+    assert_eq!(queue.get(task.id.clone()).await.unwrap().r#type, "patient");
+}
+
 /// Two servers on one Redis are one queue: a task enqueued through one is
 /// handed out once across both, and either can finish it. One runs the
 /// queue's routines as functions, the other as scripts (as a server on an

@@ -108,6 +108,19 @@ const FIELDS: [&str; 19] = [
     "retry_backoff_ms",
 ];
 
+/// How nova's connections to Redis (the queue's, the audit log's) wait.
+/// The redis crate answers "timed out" after 500 ms by default, but the
+/// script it stops waiting for goes on and commits: a batch of a few
+/// thousand tasks on a busy Redis would be stored and reported as not
+/// stored (CI met it with 5,200 tasks). Ten seconds is still quick to
+/// notice a Redis that stopped answering.
+pub fn connection_config() -> ConnectionManagerConfig {
+    ConnectionManagerConfig::new()
+        .set_connection_timeout(Some(std::time::Duration::from_secs(5)))
+        .set_response_timeout(Some(std::time::Duration::from_secs(10)))
+        .set_number_of_retries(3)
+}
+
 #[derive(Clone)]
 pub struct RedisQueue {
     conn: ConnectionManager,
@@ -136,11 +149,8 @@ impl RedisQueue {
     pub async fn connect_with_prefix(url: &str, prefix: &str) -> QueueResult<RedisQueue> {
         let client = ::redis::Client::open(url)
             .map_err(|e| QueueError::InvalidArgument(format!("bad Redis URL {url:?}: {e}")))?;
-        let config = ConnectionManagerConfig::new()
-            .set_connection_timeout(Some(std::time::Duration::from_secs(5)))
-            .set_number_of_retries(3);
         let conn = client
-            .get_connection_manager_with_config(config)
+            .get_connection_manager_with_config(connection_config())
             .await
             .map_err(|e| QueueError::Unavailable(format!("cannot connect to {url}: {e}")))?;
         let caller = Arc::new(Caller::new(&conn, true).await);
