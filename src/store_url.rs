@@ -1,7 +1,8 @@
 //! Where the queue's (and the audit log's) state lives: the workspace
 //! database, another SQLite file, or Redis. One place resolves it from
 //! `--store`, `NOVA_STORE` and nova.yaml for every command and front-end,
-//! and names where a bad value came from.
+//! and names where a bad value came from; and says how long a connection
+//! to Redis waits.
 
 use std::path::{Path, PathBuf};
 
@@ -88,4 +89,17 @@ impl StoreUrl {
             "{source} {url:?}: expected sqlite:PATH or redis://HOST:PORT/DB"
         )))
     }
+}
+
+/// How nova's connections to Redis (the queue's, the audit log's) wait.
+/// The redis crate answers "timed out" after 500 ms by default, but the
+/// script it stops waiting for goes on and commits: a batch of a few
+/// thousand tasks on a busy Redis would be stored and reported as not
+/// stored (CI met it with 5,200 tasks). Ten seconds is still quick to
+/// notice a Redis that stopped answering.
+pub fn redis_connection_config() -> redis::aio::ConnectionManagerConfig {
+    redis::aio::ConnectionManagerConfig::new()
+        .set_connection_timeout(Some(std::time::Duration::from_secs(5)))
+        .set_response_timeout(Some(std::time::Duration::from_secs(10)))
+        .set_number_of_retries(3)
 }

@@ -37,7 +37,7 @@ impl RedisAudit {
     pub async fn connect(url: &str) -> AuditResult<RedisAudit> {
         let client = ::redis::Client::open(url).map_err(store_err)?;
         let conn = client
-            .get_connection_manager_with_config(crate::queue::redis::connection_config())
+            .get_connection_manager_with_config(crate::store_url::redis_connection_config())
             .await
             .map_err(|e| AuditError::Store(format!("cannot connect to {url}: {e}")))?;
         Ok(RedisAudit { conn })

@@ -12,7 +12,7 @@
 
 use std::sync::Arc;
 
-use ::redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use ::redis::aio::ConnectionManager;
 use ::redis::{RedisError, Value};
 use rand::Rng;
 
@@ -108,19 +108,6 @@ const FIELDS: [&str; 19] = [
     "retry_backoff_ms",
 ];
 
-/// How nova's connections to Redis (the queue's, the audit log's) wait.
-/// The redis crate answers "timed out" after 500 ms by default, but the
-/// script it stops waiting for goes on and commits: a batch of a few
-/// thousand tasks on a busy Redis would be stored and reported as not
-/// stored (CI met it with 5,200 tasks). Ten seconds is still quick to
-/// notice a Redis that stopped answering.
-pub fn connection_config() -> ConnectionManagerConfig {
-    ConnectionManagerConfig::new()
-        .set_connection_timeout(Some(std::time::Duration::from_secs(5)))
-        .set_response_timeout(Some(std::time::Duration::from_secs(10)))
-        .set_number_of_retries(3)
-}
-
 #[derive(Clone)]
 pub struct RedisQueue {
     conn: ConnectionManager,
@@ -150,7 +137,7 @@ impl RedisQueue {
         let client = ::redis::Client::open(url)
             .map_err(|e| QueueError::InvalidArgument(format!("bad Redis URL {url:?}: {e}")))?;
         let conn = client
-            .get_connection_manager_with_config(connection_config())
+            .get_connection_manager_with_config(crate::store_url::redis_connection_config())
             .await
             .map_err(|e| QueueError::Unavailable(format!("cannot connect to {url}: {e}")))?;
         let caller = Arc::new(Caller::new(&conn, true).await);
