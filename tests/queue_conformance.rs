@@ -1542,6 +1542,59 @@ async fn recv(stream: &mut WorkStream) -> WorkResponse {
         .expect("the stream is open")
 }
 
+/// A task enqueued while a stream waits is handed to it in the call that
+/// stores it, and what the stream gets is the task as stored: every field,
+/// the lease included (on Redis the server builds it from what it sent).
+async fn a_task_handed_to_a_waiting_stream_is_the_stored_task(backend: Backend) {
+    let mut h = start(backend, None).await;
+    let c = &mut h.client;
+    let lease = DequeueRequest {
+        worker_id: "waiting".into(),
+        lease_ms: 45_000,
+        ..Default::default()
+    };
+    let mut stream = WorkStream::open(c, lease, 1).await.unwrap();
+    // Nothing to lease yet: the stream goes idle.
+    assert!(
+        tokio::time::timeout(Duration::from_millis(200), stream.next())
+            .await
+            .is_err()
+    );
+    let sent = enqueue(
+        c,
+        EnqueueRequest {
+            priority: 7,
+            max_attempts: 3,
+            retry_backoff_ms: 250,
+            payload: r#"{"n": 1}"#.into(),
+            metadata: vec![TaskMetadataEntry {
+                key: "k".into(),
+                value: "v".into(),
+            }],
+            ..req("handed")
+        },
+    )
+    .await;
+    let handed = recv(&mut stream).await.tasks;
+    assert_eq!(handed.len(), 1);
+    let handed = &handed[0];
+    assert_eq!(handed.id, sent.id);
+    assert_eq!(
+        (
+            handed.status.as_str(),
+            handed.attempts,
+            handed.worker_id.as_str()
+        ),
+        ("IN_PROGRESS", 1, "waiting")
+    );
+    assert!(!handed.lease_id.is_empty());
+    assert!(handed.lease_expires_at >= sent.created_at + 45_000);
+    assert_eq!(&get(c, sent.id.clone()).await, handed, "handed as stored");
+    stream.send(0, vec![ack(handed, true)]).await.unwrap();
+    let answer = recv(&mut stream).await;
+    assert_eq!(answer.acks[0].code, 0, "{}", answer.acks[0].message);
+}
+
 async fn a_work_stream_leases_by_credit_and_answers_acks(backend: Backend) {
     let mut h = start(backend, None).await;
     let c = &mut h.client;
@@ -1913,6 +1966,7 @@ conformance!(
     a_worker_that_says_who_it_is_is_listed_while_its_stream_lasts,
     a_released_task_is_pending_again_without_spending_an_attempt,
     a_work_stream_leases_by_credit_and_answers_acks,
+    a_task_handed_to_a_waiting_stream_is_the_stored_task,
     an_ack_can_lease_the_next_task,
     a_long_poll_sees_another_servers_enqueue,
     a_paused_queue_hands_out_nothing_until_resumed,
