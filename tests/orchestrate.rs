@@ -740,6 +740,54 @@ fn agents_get_their_environment_and_messages_reach_the_hub_and_inboxes() {
         .success()
         .stdout_has("hello reader");
     ws.run(&["runs", "show", "no-such-run"]).code(2);
+    // The run's queue was in its own process: its jobs left the messages
+    // to the run's workers instead of carrying them through the store.
+    let db = rusqlite::Connection::open(ws.home().join("nova.db")).unwrap();
+    let carried: i64 = db
+        .query_row(
+            "SELECT count(*) FROM queue_payloads WHERE payload LIKE '%phase-start%'",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert_eq!(carried, 0);
+}
+
+/// Jobs on a shared server carry their agent's messages: a worker of
+/// another process writes the inbox from the job alone.
+#[test]
+fn a_remote_worker_writes_the_inbox_its_job_carries() {
+    let ws = workspace();
+    agent(
+        &ws,
+        "writer",
+        "implementation",
+        "one",
+        &[],
+        "  - id: say\n    title: says hello\n    run: {shell: \"echo '::nova:: {\\\"to\\\": \\\"reader\\\", \\\"note\\\": \\\"hello reader\\\"}'\"}\n",
+    );
+    agent(
+        &ws,
+        "reader",
+        "implementation",
+        "two",
+        &["writer"],
+        "  - id: listen\n    title: reads its inbox\n    check: {shell: \"grep -q 'hello reader' \\\"$NOVA_INBOX\\\" && grep -q phase-start \\\"$NOVA_INBOX\\\"\"}\n",
+    );
+    let (mut server, announced) = ws.serve(&["--listen", "127.0.0.1:0"]);
+    let url = announced["listening"].as_str().unwrap().to_string();
+    let mut worker = spawn_quiet(&ws, &["worker", "--server", &url]);
+    let (code, report) = run_json(&ws, &["--apply", "--server", &url, "--jobs", "0"]);
+    assert_eq!(code, 0, "{report}");
+    assert_eq!(
+        task(&report, "reader", "listen")["status"],
+        "done",
+        "{report}"
+    );
+    for p in [&mut worker, &mut server] {
+        sigterm(p);
+        p.wait().unwrap();
+    }
 }
 
 #[test]

@@ -96,6 +96,24 @@ impl AuditLog {
         }
     }
 
+    /// [`AuditLog::append_all_with`], queued in the SQLite writer's order
+    /// at once: a write the caller queues after this call commits after
+    /// it, in the same transaction when it comes in time. (Redis appends
+    /// start when the future is polled.)
+    pub fn append_all_queued(
+        &self,
+        events: Vec<Event>,
+        durability: Durability,
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = AuditResult<Vec<Record>>> + Send>> {
+        match self {
+            AuditLog::Sqlite(log) => Box::pin(log.append_all_queued(events, durability)),
+            AuditLog::Redis(_) => {
+                let log = self.clone();
+                Box::pin(async move { log.append_all_with(events, durability).await })
+            }
+        }
+    }
+
     /// Every record, oldest first.
     pub async fn records(&self) -> AuditResult<Vec<Record>> {
         match self {
@@ -137,15 +155,26 @@ pub async fn record(log: &AuditLog, event: Event) {
     record_with(log, event, Durability::Durable).await
 }
 
-/// [`record`] with the durability the caller needs (see [`AuditLog::append_all_with`]).
-pub async fn record_with(log: &AuditLog, event: Event, durability: Durability) {
+/// [`record`] with the durability the caller needs (see
+/// [`AuditLog::append_all_with`]). The record takes its place in the
+/// store's order when this is called, not when the future is first polled,
+/// so it commits with whatever the caller writes next (see
+/// [`AuditLog::append_all_queued`]).
+pub fn record_with(
+    log: &AuditLog,
+    event: Event,
+    durability: Durability,
+) -> impl std::future::Future<Output = ()> + Send + 'static {
     static SAID: std::sync::Once = std::sync::Once::new();
     let action = event.action.clone();
-    if let Err(e) = log.append_all_with(vec![event], durability).await {
-        tracing::info!(action = %action, error = %e, "could not append to the audit log");
-        SAID.call_once(|| {
-            eprintln!("note: nothing this command did was recorded in the audit log ({e})");
-        });
+    let appended = log.append_all_queued(vec![event], durability);
+    async move {
+        if let Err(e) = appended.await {
+            tracing::info!(action = %action, error = %e, "could not append to the audit log");
+            SAID.call_once(|| {
+                eprintln!("note: nothing this command did was recorded in the audit log ({e})");
+            });
+        }
     }
 }
 

@@ -9,7 +9,7 @@
 use std::borrow::Cow;
 use std::sync::LazyLock;
 
-use regex::Regex;
+use regex::{Regex, RegexSet};
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 use sha2::{Digest, Sha256};
@@ -175,23 +175,34 @@ static SECRET_KEY: LazyLock<Regex> = LazyLock::new(|| {
         .expect("valid regex")
 });
 
-/// Secrets inside free text: `password=...`, `--token ...`, `Bearer ...`, URL credentials.
+/// Secrets inside free text: `password=...`, `--token ...`, `Bearer ...`,
+/// URL credentials; each pattern with its replacement, applied in turn.
+const SECRET_TEXT_PATTERNS: [(&str, &str); 3] = [
+    (
+        r"(?i)\b(bearer|basic)\s+[A-Za-z0-9._~+/=-]+",
+        "$1 [redacted]",
+    ),
+    (
+        r"(?i)((?:passw(?:or)?d|passphrase|secret|token|api[_-]?key)[A-Za-z_-]*)(\s*[=:]\s*|\s+)([^\s,;&]+)",
+        "$1$2[redacted]",
+    ),
+    (
+        r"([a-z][a-z0-9+.-]*://[^/\s:@]*):[^@\s/]+@",
+        "$1:[redacted]@",
+    ),
+];
+
 static SECRET_TEXT: LazyLock<Vec<(Regex, &'static str)>> = LazyLock::new(|| {
-    vec![
-        (
-            Regex::new(r"(?i)\b(bearer|basic)\s+[A-Za-z0-9._~+/=-]+").expect("valid regex"),
-            "$1 [redacted]",
-        ),
-        (
-            Regex::new(r"(?i)((?:passw(?:or)?d|passphrase|secret|token|api[_-]?key)[A-Za-z_-]*)(\s*[=:]\s*|\s+)([^\s,;&]+)")
-                .expect("valid regex"),
-            "$1$2[redacted]",
-        ),
-        (
-            Regex::new(r"([a-z][a-z0-9+.-]*://[^/\s:@]*):[^@\s/]+@").expect("valid regex"),
-            "$1:[redacted]@",
-        ),
-    ]
+    SECRET_TEXT_PATTERNS
+        .iter()
+        .map(|(pattern, replacement)| (Regex::new(pattern).expect("valid regex"), *replacement))
+        .collect()
+});
+
+/// Whether any of [`SECRET_TEXT_PATTERNS`] occurs: one pass over a string
+/// that holds no secret (nearly all do not) instead of one per pattern.
+static ANY_SECRET_TEXT: LazyLock<RegexSet> = LazyLock::new(|| {
+    RegexSet::new(SECRET_TEXT_PATTERNS.iter().map(|(pattern, _)| pattern)).expect("valid regexes")
 });
 
 pub fn scrub_text(text: &str) -> String {
@@ -202,6 +213,11 @@ pub fn scrub_text(text: &str) -> String {
 /// strings hold none, and every audited step scrubs several).
 fn scrubbed(text: &str) -> Cow<'_, str> {
     let mut out = Cow::Borrowed(text);
+    // No pattern matches the text as it is, so none of the replacements,
+    // applied in turn, would change it.
+    if !ANY_SECRET_TEXT.is_match(text) {
+        return out;
+    }
     for (pattern, replacement) in SECRET_TEXT.iter() {
         if let Cow::Owned(replaced) = pattern.replace_all(&out, *replacement) {
             out = Cow::Owned(replaced);

@@ -136,6 +136,39 @@ impl SqliteAudit {
             .await
     }
 
+    /// [`SqliteAudit::append_all`], queued in the writer's order now; the
+    /// returned future answers once the records are committed.
+    pub fn append_all_queued(
+        &self,
+        events: Vec<Event>,
+        durability: Durability,
+    ) -> impl std::future::Future<Output = AuditResult<Vec<Record>>> + Send + 'static {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let queued = self.writer().map(|writer| {
+            writer.submit(
+                durability,
+                move |conn| {
+                    events
+                        .into_iter()
+                        .map(|e| append_in(conn, e))
+                        .collect::<AuditResult<Vec<Record>>>()
+                },
+                AuditError::Store,
+                move |r| {
+                    let _ = tx.send(r);
+                },
+            )
+        });
+        async move {
+            let stopped = || AuditError::Store("the database writer has stopped".into());
+            match queued {
+                Err(e) => Err(e),
+                Ok(false) => Err(stopped()),
+                Ok(true) => rx.await.unwrap_or_else(|_| Err(stopped())),
+            }
+        }
+    }
+
     /// Every record in sequence order; unreadable ones as errors in place.
     pub fn read_all(&self) -> AuditResult<Vec<AuditResult<Record>>> {
         let conn = self.conn.lock().unwrap_or_else(|p| p.into_inner());

@@ -110,6 +110,7 @@ pub fn worker_command(
                 pending_audit: Default::default(),
                 privileges: privileges.clone(),
                 stop_grace: Some(args.grace),
+                inboxes: None,
                 concurrency: args.concurrency,
             });
             workers.spawn(worker::work(

@@ -234,6 +234,10 @@ struct Run {
     /// Queue tasks (id, attempt) already recorded as running.
     running: Mutex<HashSet<(String, u32)>>,
     progress: super::progress::Progress,
+    /// The messages of jobs in flight, for a run whose queue is in this
+    /// process (its jobs leave them out); `None` for a run on a server,
+    /// whose jobs carry them to workers elsewhere.
+    inboxes: Option<worker::Inboxes>,
 }
 
 impl Run {
@@ -302,6 +306,16 @@ impl Run {
             })
             .filter_map(|h| h.line.clone())
             .collect()
+    }
+
+    /// Let go of a finished task's messages (see [`Run::inboxes`]).
+    fn forget_inbox(&self, agent: &AgentRun, task: &str) {
+        if let Some(inboxes) = &self.inboxes {
+            inboxes
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .remove(&(agent.name.clone(), task.to_string()));
+        }
     }
 
     /// Record, once per attempt, that a worker has taken the task: `nova runs
@@ -647,6 +661,7 @@ pub fn start(ws: &Workspace, out: &Output, args: &RunRequest) -> Result<()> {
             finished,
             running: Mutex::new(HashSet::new()),
             progress: super::progress::Progress::new(out.is_terminal(), out.quiet || out.json),
+            inboxes: shared_server.is_none().then(Default::default),
         });
         {
             let db = run.db.lock().unwrap_or_else(|p| p.into_inner());
@@ -770,6 +785,7 @@ pub fn start(ws: &Workspace, out: &Output, args: &RunRequest) -> Result<()> {
                 privileges: privileges.clone(),
                 stop_grace: None,
                 concurrency: 1,
+                inboxes: run.inboxes.clone(),
             });
             let (work_stop_tx, work_stop_rx) = tokio::sync::watch::channel(false);
             let mut workers = Vec::new();
@@ -787,6 +803,7 @@ pub fn start(ws: &Workspace, out: &Output, args: &RunRequest) -> Result<()> {
                     privileges: cfg.privileges.clone(),
                     stop_grace: None,
                     concurrency: 1,
+                    inboxes: cfg.inboxes.clone(),
                 });
                 workers.push(tokio::spawn(worker::work(
                     connect().await?,
@@ -1113,6 +1130,7 @@ async fn schedule_run(
                     }
                 ));
                 a.in_flight = None;
+                run.forget_inbox(a, &spec.id);
                 match result.status.as_str() {
                     "done" | "skipped" => {}
                     "pending" => a.saw_pending = true,
@@ -1254,6 +1272,17 @@ async fn advance(
         if run.finished.contains(&(a.key.clone(), spec.id.clone())) {
             continue;
         }
+        let messages = run.inbox(a);
+        let messages = match &run.inboxes {
+            Some(inboxes) => {
+                inboxes
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .insert((a.name.clone(), spec.id.clone()), messages.into());
+                Vec::new()
+            }
+            None => messages,
+        };
         let job = Job {
             run: run.id.clone(),
             agent: a.name.clone(),
@@ -1264,7 +1293,7 @@ async fn advance(
             workdir: run.workdir.clone(),
             memory_limit: a.memory_limit,
             wall_time: a.wall_time,
-            messages: run.inbox(a),
+            messages,
         };
         let request = EnqueueRequest {
             r#type: JOB_TYPE.into(),
