@@ -3,7 +3,8 @@
 //! The same loop serves the local workers of `nova orchestrate` and
 //! `nova worker --server URL` on other machines. A queue task carries a whole
 //! [`Job`] (the blueprint task, the agent, the run, its messages), so a
-//! worker needs nothing but the queue. For each job it checks `when`, asks
+//! worker needs nothing but the queue; a local run's jobs leave the
+//! messages to its own workers ([`Inboxes`]). For each job it checks `when`, asks
 //! the policy engine for `run`, then runs the check (and, with `--apply`, the
 //! run step and the check again), holding its lease by heartbeat, and acks
 //! with a [`JobResult`]. A failed attempt is acked for retry; the queue brings
