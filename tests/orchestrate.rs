@@ -693,25 +693,33 @@ fn a_worker_told_to_stop_finishes_its_task_within_the_grace() {
     server.wait().unwrap();
 }
 
-#[test]
-fn agents_get_their_environment_and_messages_reach_the_hub_and_inboxes() {
-    let ws = workspace();
+/// A writer agent that sends the reader a message (and then runs `also`),
+/// and a reader whose check finds it, and the phase's start, in its inbox.
+fn talking_agents(ws: &Workspace, also: &str) {
     agent(
-        &ws,
+        ws,
         "writer",
         "implementation",
         "one",
         &[],
-        "  - id: say\n    title: says hello\n    run: {shell: \"echo '::nova:: {\\\"to\\\": \\\"reader\\\", \\\"note\\\": \\\"hello reader\\\"}'; env | grep ^NOVA_ | sort > env.txt\"}\n",
+        &format!(
+            "  - id: say\n    title: says hello\n    run: {{shell: \"echo '::nova:: {{\\\"to\\\": \\\"reader\\\", \\\"note\\\": \\\"hello reader\\\"}}'{also}\"}}\n"
+        ),
     );
     agent(
-        &ws,
+        ws,
         "reader",
         "implementation",
         "two",
         &["writer"],
         "  - id: listen\n    title: reads its inbox\n    check: {shell: \"grep -q 'hello reader' \\\"$NOVA_INBOX\\\" && grep -q phase-start \\\"$NOVA_INBOX\\\"\"}\n",
     );
+}
+
+#[test]
+fn agents_get_their_environment_and_messages_reach_the_hub_and_inboxes() {
+    let ws = workspace();
+    talking_agents(&ws, "; env | grep ^NOVA_ | sort > env.txt");
     let (code, report) = run_json(&ws, &["--apply"]);
     assert_eq!(code, 0, "{report}");
     let run = report["run"].as_str().unwrap();
@@ -758,22 +766,7 @@ fn agents_get_their_environment_and_messages_reach_the_hub_and_inboxes() {
 #[test]
 fn a_remote_worker_writes_the_inbox_its_job_carries() {
     let ws = workspace();
-    agent(
-        &ws,
-        "writer",
-        "implementation",
-        "one",
-        &[],
-        "  - id: say\n    title: says hello\n    run: {shell: \"echo '::nova:: {\\\"to\\\": \\\"reader\\\", \\\"note\\\": \\\"hello reader\\\"}'\"}\n",
-    );
-    agent(
-        &ws,
-        "reader",
-        "implementation",
-        "two",
-        &["writer"],
-        "  - id: listen\n    title: reads its inbox\n    check: {shell: \"grep -q 'hello reader' \\\"$NOVA_INBOX\\\" && grep -q phase-start \\\"$NOVA_INBOX\\\"\"}\n",
-    );
+    talking_agents(&ws, "");
     let (mut server, announced) = ws.serve(&["--listen", "127.0.0.1:0"]);
     let url = announced["listening"].as_str().unwrap().to_string();
     let mut worker = spawn_quiet(&ws, &["worker", "--server", &url]);
