@@ -309,7 +309,7 @@ fn write_loop(conn: Connection, rx: mpsc::Receiver<Queued>, failure: &OnceLock<S
             let _ = control(&conn, "RELEASE op");
             replies.push(reply);
         }
-        let commit = {
+        let mut commit = {
             let _timer = crate::timer!("store.commit");
             control(&conn, "COMMIT").map_err(|e| e.to_string())
         };
@@ -321,8 +321,18 @@ fn write_loop(conn: Connection, rx: mpsc::Receiver<Queued>, failure: &OnceLock<S
         if commit.is_err() {
             let _ = control(&conn, "ROLLBACK");
         } else if synced {
-            // This commit's fsync put every commit before it on disk.
-            sync_due = None;
+            // This commit's fsync put every commit before it on disk. SQLite
+            // syncs the WAL through the descriptor it holds, though, and only
+            // a sync by the WAL's name finds one removed or replaced under it
+            // (the workspace deleted mid-run): background writes waiting for
+            // their fsync get that sync here, answering this batch with its
+            // failure.
+            if sync_due.take().is_some()
+                && let Some(wal) = wal.as_mut()
+                && let Err(why) = wal.sync(failure)
+            {
+                commit = Err(why);
+            }
         } else if background {
             sync_due.get_or_insert_with(|| std::time::Instant::now() + BACKGROUND_SYNC_DELAY);
         }
