@@ -127,13 +127,7 @@ impl SqliteAudit {
         events: Vec<Event>,
         durability: Durability,
     ) -> AuditResult<Vec<Record>> {
-        self.writer()?
-            .write_with(
-                durability,
-                move |conn| events.into_iter().map(|e| append_in(conn, e)).collect(),
-                AuditError::Store,
-            )
-            .await
+        self.append_all_queued(events, durability).await
     }
 
     /// [`SqliteAudit::append_all`], queued in the writer's order now; the
