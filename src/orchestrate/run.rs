@@ -870,6 +870,15 @@ pub fn start(ws: &Workspace, out: &Output, args: &RunRequest) -> Result<()> {
                 return Err(e);
             }
         };
+        // Tasks' records went to disk in the background; one durable commit
+        // puts them there, or finds that it cannot (the WAL removed or the
+        // disk failing), before the run says how it ended.
+        let _ = run.writer.write(|_| Ok::<_, String>(()), |why| why).await;
+        if let Some(why) = run.writer.failed() {
+            let e = Error::Failed(format!("the run stops: {why}"));
+            end_failed(&run, &e).await;
+            return Err(e);
+        }
         finish(
             ws,
             out,

@@ -18,7 +18,7 @@
 //! hears back, survives the process being killed, and goes to disk with the
 //! next durable commit, since the WAL is written in order. A
 //! [`Durability::Background`] write is answered the same way, and the WAL is
-//! fsynced within a few milliseconds whatever else is written.
+//! fsynced within 20 ms whatever else is written.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -33,7 +33,7 @@ use super::{Store, StoreError};
 const MAX_BATCH: usize = 2048;
 /// How long a [`Durability::Background`] write may wait for its fsync, so
 /// that one fsync covers the background writes of that moment.
-const BACKGROUND_SYNC_DELAY: std::time::Duration = std::time::Duration::from_millis(5);
+const BACKGROUND_SYNC_DELAY: std::time::Duration = std::time::Duration::from_millis(20);
 
 type Reply = Box<dyn FnOnce(Result<(), String>) + Send>;
 /// An operation: run against the connection inside the batch transaction, or
@@ -51,7 +51,7 @@ pub enum Durability {
     /// before then may lose it, leaving the database as it was before.
     Relaxed,
     /// Answered once committed, as [`Durability::Relaxed`], with an fsync
-    /// that the caller does not wait for within a few milliseconds
+    /// that the caller does not wait for within 20 ms
     /// ([`BACKGROUND_SYNC_DELAY`]), whatever else is written.
     Background,
 }
