@@ -617,6 +617,9 @@ pub enum BackupAction {
         #[arg(long, value_name = "N")]
         keep: Option<usize>,
     },
+    /// Remove the target's stale locks (left by a backup, verify, restore or prune whose process
+    /// is gone) and list the ones still held
+    Unlock,
     /// Write a new age key file for --encrypt (readable by its owner only; never replaces a file)
     Keygen {
         /// Where to write the key; keep a copy away from the backups

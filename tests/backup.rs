@@ -54,6 +54,16 @@ fn newest(ws: &Workspace) -> String {
         .to_string()
 }
 
+/// How many backups `nova backup list` shows in `to`.
+fn listed(ws: &Workspace, to: &str) -> usize {
+    ws.run(&["backup", "list", "--to", to, "--json"])
+        .success()
+        .json()
+        .as_array()
+        .unwrap()
+        .len()
+}
+
 fn busy_workspace() -> Workspace {
     Workspace::with_history()
 }
@@ -506,6 +516,16 @@ fn a_backup_killed_half_way_lists_nothing_and_the_next_one_succeeds() {
         .success()
         .json();
     assert_eq!(list, serde_json::json!([]), "a killed backup is listed");
+    // Its lock stays behind, and is known for a dead process's.
+    let unlocked = ws
+        .run(&["backup", "unlock", "--to", &to, "--json"])
+        .success()
+        .json();
+    assert_eq!(
+        unlocked["removed"].as_array().unwrap().len(),
+        1,
+        "{unlocked}"
+    );
 
     let taken = ws
         .run(&["backup", "--to", &to, "--with-runs", "--json"])
@@ -768,14 +788,125 @@ fn bad_keys_urls_and_verifier_keys_are_named_and_change_nothing() {
         .stderr_has("audit-signing.key")
         .stderr_has("not a signed-note signing key");
     // Nothing of it reached the target or the chain.
-    assert_eq!(
-        ws.run(&["backup", "list", "--to", &to, "--json"])
-            .success()
-            .json()
-            .as_array()
-            .unwrap()
-            .len(),
-        1
-    );
+    assert_eq!(listed(&ws, &to), 1);
     ws.run(&["audit", "verify"]).success();
+}
+
+/// Write a lock into the target as another nova process would.
+fn put_lock(ws: &Workspace, name: &str, kind: &str, host: &str, pid: u32, age_ms: i64) {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as i64;
+    let locks = ws.path().join("backups/locks");
+    std::fs::create_dir_all(&locks).unwrap();
+    let lock = serde_json::json!({
+        "kind": kind, "purpose": if kind == "exclusive" { "prune" } else { "backup" }, "host": host, "pid": pid,
+        "taken_at": now - age_ms, "refreshed_at": now - age_ms,
+    });
+    std::fs::write(locks.join(name), lock.to_string()).unwrap();
+}
+
+fn locks_left(ws: &Workspace) -> Vec<String> {
+    let dir = ws.path().join("backups/locks");
+    let mut names: Vec<String> = std::fs::read_dir(dir)
+        .map(|d| {
+            d.map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+                .collect()
+        })
+        .unwrap_or_default();
+    names.sort();
+    names
+}
+
+/// Prune waits for the backups, verifies and restores running beside it
+/// (their shared locks in the target), and a backup for a prune; a lock
+/// whose process is gone (on this host at once, elsewhere after 30
+/// minutes) is ignored and `nova backup unlock` removes it; a file in the
+/// locks folder that is not a lock stops prune, named.
+#[test]
+fn prune_and_backups_keep_out_of_each_others_way_through_the_targets_locks() {
+    let ws = busy_workspace();
+    let to = target(&ws);
+    ws.run(&["backup", "--to", &to]).success();
+    ws.run(&["backup", "--to", &to]).success();
+    assert_eq!(
+        locks_left(&ws),
+        Vec::<String>::new(),
+        "a backup left its lock"
+    );
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .unwrap()
+        .trim()
+        .to_string();
+
+    // A backup running on this host (a live process holds its lock).
+    let mut holder = std::process::Command::new("sleep")
+        .arg("60")
+        .spawn()
+        .unwrap();
+    put_lock(&ws, "a.json", "shared", &host, holder.id(), 0);
+    ws.run(&["backup", "prune", "--to", &to, "--keep", "1"])
+        .code(1)
+        .stderr_has("is locked: backup by")
+        .stderr_has("a.json");
+    assert_eq!(listed(&ws, &to), 2, "a refused prune removed a backup");
+    // Shared locks do not keep each other out.
+    ws.run(&["backup", "--to", &to]).success();
+    ws.run(&["backup", "verify", "--to", &to]).success();
+    ws.run(&["backup", "unlock", "--to", &to])
+        .success()
+        .stdout_has("removed 0 stale locks")
+        .stdout_has("still held");
+    holder.kill().unwrap();
+    holder.wait().unwrap();
+    let unlocked = ws
+        .run(&["backup", "unlock", "--to", &to, "--json"])
+        .success()
+        .json();
+    assert_eq!(unlocked["removed"], serde_json::json!(["locks/a.json"]));
+
+    // A prune elsewhere keeps backups out while it is fresh, not after.
+    put_lock(&ws, "b.json", "exclusive", "elsewhere.example", 1, 60_000);
+    ws.run(&["backup", "--to", &to])
+        .code(1)
+        .stderr_has("prune")
+        .stderr_has("elsewhere.example");
+    ws.run(&["restore", &newest(&ws), "--from", &to, "--to", "r1"])
+        .code(1)
+        .stderr_has("is locked");
+    put_lock(
+        &ws,
+        "b.json",
+        "exclusive",
+        "elsewhere.example",
+        1,
+        31 * 60_000,
+    );
+    ws.run(&["backup", "--to", &to]).success();
+    ws.run(&["backup", "unlock", "--to", &to])
+        .success()
+        .stdout_has("removed 1 stale locks");
+
+    // Something nova cannot read in the locks folder.
+    std::fs::write(ws.path().join("backups/locks/c.json"), "not json").unwrap();
+    ws.run(&["backup", "prune", "--to", &to, "--keep", "1"])
+        .code(1)
+        .stderr_has("c.json is not a lock nova can read");
+    std::fs::remove_file(ws.path().join("backups/locks/c.json")).unwrap();
+    ws.run(&["backup", "prune", "--to", &to, "--keep", "1"])
+        .success();
+    assert_eq!(locks_left(&ws), Vec::<String>::new());
+
+    // A target this process cannot write a lock to (a file where the
+    // locks folder goes, as root cannot be kept out by permissions): what
+    // only reads goes on without a lock, what writes does not.
+    std::fs::remove_dir(ws.path().join("backups/locks")).unwrap();
+    std::fs::write(ws.path().join("backups/locks"), "").unwrap();
+    ws.run(&["backup", "verify", "--to", &to]).success();
+    ws.run(&["restore", &newest(&ws), "--from", &to, "--to", "r2"])
+        .success();
+    ws.run(&["backup", "--to", &to])
+        .code(1)
+        .stderr_has("locks/");
 }

@@ -1,9 +1,10 @@
-//! `nova backup` (take, list, verify, prune, keygen), `nova restore`, and
+//! `nova backup` (take, list, verify, prune, unlock, keygen), `nova restore`, and
 //! `nova audit verify --checkpoints`.
 
 use serde_json::json;
 
 use super::key::Key;
+use super::lock;
 use super::ops;
 use super::repo::Repo;
 use super::restore;
@@ -56,11 +57,47 @@ pub fn run(ws: &Workspace, out: &Output, args: &BackupArgs) -> Result<()> {
                     pruned.objects_removed
                 ))
             }
+            Some(BackupAction::Unlock) => unlock(out, &repo).await,
             Some(BackupAction::Keygen { .. }) => unreachable!("handled above"),
         }
     });
     ops::save_kpis(ws, "backup");
     done
+}
+
+async fn unlock(out: &Output, repo: &Repo) -> Result<()> {
+    let removed = lock::remove_stale(&repo.target).await?;
+    let held = lock::list(&repo.target).await?;
+    if out.json {
+        return out.json(&json!({
+            "removed": removed,
+            "held": held.iter().map(|(key, l)| match l {
+                Ok(l) => json!({"key": key, "lock": l}),
+                Err(e) => json!({"key": key, "error": e}),
+            }).collect::<Vec<_>>(),
+        }));
+    }
+    let mut text = format!(
+        "removed {} stale locks from {}\n",
+        removed.len(),
+        repo.label()
+    );
+    for (key, l) in &held {
+        text.push_str(&match l {
+            Ok(l) => format!(
+                "still held: {key}: {} ({}) by {} (pid {}) since {}\n",
+                l.purpose,
+                l.kind.as_str(),
+                l.host,
+                l.pid,
+                crate::clock::rfc3339(l.taken_at)
+            ),
+            Err(e) => format!(
+                "not a lock nova can read: {key} ({e}); remove it by hand if it is not yours\n"
+            ),
+        });
+    }
+    out.text(&text)
 }
 
 async fn take(ws: &Workspace, out: &Output, repo: &Repo, with_runs: bool) -> Result<()> {
@@ -195,10 +232,19 @@ pub fn restore_command(ws: &Workspace, out: &Output, args: &RestoreArgs) -> Resu
     )?;
     let rt = crate::runtime::runtime()?;
     rt.block_on(async {
-        let m = repo.manifest(Some(&args.id)).await?;
         // Components, so that `./restored` is not shown as `ws/./restored`.
         let folder: std::path::PathBuf = ws.root.join(&args.to).components().collect();
-        let done = restore::restore(&repo, &m, &folder, args.force).await?;
+        let lock = lock::hold_to_read(&repo.target, "restore").await?;
+        let restored = async {
+            let m = repo.manifest(Some(&args.id)).await?;
+            let done = restore::restore(&repo, &m, &folder, args.force).await?;
+            Ok::<_, Error>((m, done))
+        }
+        .await;
+        if let Some(lock) = lock {
+            lock.release().await;
+        }
+        let (m, done) = restored?;
         crate::counter!("backup.restored").inc();
         // The restore is the first record of the restored workspace's own history.
         let restored = Workspace::at(folder.clone(), None)?;

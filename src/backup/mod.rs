@@ -7,13 +7,16 @@
 //! consistent snapshot. Objects already in the target are not written again,
 //! and the manifest is written last: a backup cut short is never listed.
 //! The target is reached through `object_store`, so other stores than a
-//! folder plug in behind [`target::Target`].
+//! folder plug in behind [`target::Target`]. Prune takes the target's lock
+//! for itself alone, so it never deletes what a backup, verify or restore
+//! running elsewhere counts on ([`lock`]).
 
 mod aws_profile;
 pub mod checkpoint;
 pub mod command;
 pub mod create;
 pub mod key;
+pub mod lock;
 pub mod manifest;
 pub mod ops;
 pub mod prune;

@@ -8,6 +8,7 @@ use serde_json::json;
 
 use super::checkpoint::SigningKey;
 use super::create::{Outcome, create};
+use super::lock::{self, Kind};
 use super::manifest::Manifest;
 use super::prune::Pruned;
 use super::repo::Repo;
@@ -48,8 +49,10 @@ pub async fn take(ws: &Workspace, repo: &Repo, with_runs: bool) -> Result<(Outco
     let _t = crate::timer!("backup.take");
     let done = async {
         let signer = SigningKey::load_or_create(&signing_key_path(ws))?;
-        let done = create(ws, repo, with_runs, Some(&signer)).await?;
-        Ok::<_, Error>((done, signer.verifier_key))
+        let lock = lock::hold(&repo.target, Kind::Shared, "backup").await?;
+        let done = create(ws, repo, with_runs, Some(&signer)).await;
+        lock.release().await;
+        Ok::<_, Error>((done?, signer.verifier_key))
     }
     .await;
     let (id, outcome, details) = match &done {
@@ -94,8 +97,17 @@ pub async fn verify(
     repo: &Repo,
     id: Option<&str>,
 ) -> Result<(Manifest, Vec<Problem>)> {
-    let m = repo.manifest(id).await?;
-    let problems = super::restore::verify(repo, &m).await?;
+    let lock = lock::hold_to_read(&repo.target, "verify").await?;
+    let checked = async {
+        let m = repo.manifest(id).await?;
+        let problems = super::restore::verify(repo, &m).await?;
+        Ok::<_, Error>((m, problems))
+    }
+    .await;
+    if let Some(lock) = lock {
+        lock.release().await;
+    }
+    let (m, problems) = checked?;
     let outcome = if problems.is_empty() {
         crate::counter!("backup.verified").inc();
         "verified"
@@ -116,7 +128,10 @@ pub async fn verify(
 
 /// Keep the newest `keep` backups.
 pub async fn prune(ws: &Workspace, repo: &Repo, keep: usize) -> Result<Pruned> {
-    let pruned = super::prune::prune(repo, keep).await?;
+    let lock = lock::hold(&repo.target, Kind::Exclusive, "prune").await?;
+    let pruned = super::prune::prune(repo, keep).await;
+    lock.release().await;
+    let pruned = pruned?;
     crate::counter!("backup.pruned").add(pruned.removed.len() as u64);
     audit(
         ws,

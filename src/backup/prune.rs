@@ -3,8 +3,8 @@
 //! backup left behind). Signed audit checkpoints are never removed.
 //!
 //! Prune must not run while a backup to the same target is being taken: a
-//! backup that found an object already there counts on it staying. `nova
-//! serve --backup-every` runs the two one after the other.
+//! backup that found an object already there counts on it staying. The
+//! target's exclusive lock (taken by `ops::prune`) sees to that.
 
 use std::collections::HashSet;
 

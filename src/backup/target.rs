@@ -16,6 +16,7 @@ use object_store::{ObjectStore, ObjectStoreExt, PutPayload};
 use crate::error::{Error, Result};
 
 /// An object store holding backups, and what to call it in messages.
+#[derive(Clone)]
 pub struct Target {
     store: Arc<dyn ObjectStore>,
     pub label: String,
