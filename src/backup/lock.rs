@@ -53,11 +53,13 @@ pub struct Lock {
 
 impl Lock {
     /// Whether its holder is gone: not refreshed for [`STALE_MS`], or a
-    /// process of this host that no longer runs.
+    /// process of this host that no longer runs (where `/proc` tells).
     pub fn stale(&self, now: i64) -> bool {
+        let proc = std::path::Path::new("/proc");
         now - self.refreshed_at > STALE_MS
             || (self.host == crate::orchestrate::run::hostname()
-                && !std::path::Path::new(&format!("/proc/{}", self.pid)).exists())
+                && proc.join("self").exists()
+                && !proc.join(self.pid.to_string()).exists())
     }
 
     fn describe(&self, key: &str) -> String {

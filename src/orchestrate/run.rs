@@ -866,6 +866,12 @@ pub fn start(ws: &Workspace, out: &Output, args: &RunRequest) -> Result<()> {
         let (agents, interrupted) = match proceed.await {
             Ok(ended) => ended,
             Err(e) => {
+                // A database that can no longer be written is the reason,
+                // whichever step (an enqueue, a record) came upon it first.
+                let e = match run.writer.failed() {
+                    Some(why) => Error::Failed(format!("the run stops: {why}")),
+                    None => e,
+                };
                 end_failed(&run, &e).await;
                 return Err(e);
             }
