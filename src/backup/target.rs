@@ -39,7 +39,8 @@ impl Target {
                     "{url}: nova cannot back up to {scheme}:// targets; give a folder (a path or file:///path) or s3://bucket/prefix"
                 )));
             }
-            None => root.join(url),
+            // Components, so that `./t` is named `ws/t`, not `ws/./t`.
+            None => root.join(url).components().collect(),
         };
         if create {
             std::fs::create_dir_all(&folder).map_err(|e| Error::io(&folder, e))?;
