@@ -6,7 +6,11 @@
 //! memory; and, when GNU parallel is installed, its time with bookkeeping
 //! like nova's (a job log, output files, retries) as a second reference.
 //! `--rounds` runs the three in turn that many times and reports medians
-//! and each round's ratio, so that a shared machine's noise shows.
+//! and each round's ratio, so that a shared machine's noise shows. The
+//! ratios reported are medians of the rounds' own ratios, not ratios of
+//! medians: a round's runs follow each other within seconds, while the
+//! medians of the times can come from rounds minutes apart, in different
+//! moods of a shared machine.
 
 use std::path::Path;
 use std::process::{Command, Stdio};
@@ -26,13 +30,14 @@ struct Report {
     /// Medians over the rounds.
     nova_seconds: f64,
     xargs_seconds: f64,
-    /// Of the medians.
+    /// The median of the rounds' ratios.
     ratio: f64,
     /// nova over xargs in each round, in order.
     ratio_per_round: Vec<f64>,
     /// GNU parallel with --joblog, --results and --retries 3, when installed.
     parallel_seconds: Option<f64>,
-    /// How many times faster nova was than that (below 1: slower).
+    /// How many times faster nova was than that (below 1: slower): the
+    /// median of the rounds' own.
     parallel_over_nova: Option<f64>,
     nova_peak_rss_bytes: u64,
     nova_tasks_per_second: f64,
@@ -108,18 +113,23 @@ pub fn run(out: &Output, args: &BenchOrchestrateArgs) -> Result<()> {
     }
 
     let nova = median(rounds.iter().map(|r| r.nova));
-    let xargs_secs = median(rounds.iter().map(|r| r.xargs));
-    let parallel_secs = gnu_parallel.then(|| median(rounds.iter().filter_map(|r| r.parallel)));
+    let ratio_per_round: Vec<f64> = rounds.iter().map(|r| r.nova / r.xargs.max(1e-9)).collect();
     let report = Report {
         tasks: args.tasks,
         jobs: args.jobs,
         rounds: args.rounds,
         nova_seconds: nova,
-        xargs_seconds: xargs_secs,
-        ratio: nova / xargs_secs.max(1e-9),
-        ratio_per_round: rounds.iter().map(|r| r.nova / r.xargs.max(1e-9)).collect(),
-        parallel_seconds: parallel_secs,
-        parallel_over_nova: parallel_secs.map(|p| p / nova.max(1e-9)),
+        xargs_seconds: median(rounds.iter().map(|r| r.xargs)),
+        ratio: median(ratio_per_round.iter().copied()),
+        ratio_per_round,
+        parallel_seconds: gnu_parallel.then(|| median(rounds.iter().filter_map(|r| r.parallel))),
+        parallel_over_nova: gnu_parallel.then(|| {
+            median(
+                rounds
+                    .iter()
+                    .filter_map(|r| Some(r.parallel? / r.nova.max(1e-9))),
+            )
+        }),
         nova_peak_rss_bytes: peak,
         nova_tasks_per_second: args.tasks as f64 / nova.max(1e-9),
     };

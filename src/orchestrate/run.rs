@@ -868,10 +868,7 @@ pub fn start(ws: &Workspace, out: &Output, args: &RunRequest) -> Result<()> {
             Err(e) => {
                 // A database that can no longer be written is the reason,
                 // whichever step (an enqueue, a record) came upon it first.
-                let e = match run.writer.failed() {
-                    Some(why) => Error::Failed(format!("the run stops: {why}")),
-                    None => e,
-                };
+                let e = store_failure(&run).unwrap_or(e);
                 end_failed(&run, &e).await;
                 return Err(e);
             }
@@ -880,8 +877,7 @@ pub fn start(ws: &Workspace, out: &Output, args: &RunRequest) -> Result<()> {
         // puts them there, or finds that it cannot (the WAL removed or the
         // disk failing), before the run says how it ended.
         let _ = run.writer.write(|_| Ok::<_, String>(()), |why| why).await;
-        if let Some(why) = run.writer.failed() {
-            let e = Error::Failed(format!("the run stops: {why}"));
+        if let Some(e) = store_failure(&run) {
             end_failed(&run, &e).await;
             return Err(e);
         }
@@ -901,6 +897,15 @@ pub fn start(ws: &Workspace, out: &Output, args: &RunRequest) -> Result<()> {
 /// A run that could not go on (its queue unreachable, a store failing) ends
 /// as failed, with the reason, in its record and the audit log, instead of
 /// staying `running` for ever.
+/// What a run stops with once its database can no longer be written (its
+/// WAL could not be synced: the disk failed, or the workspace was deleted),
+/// whichever step came upon it first.
+fn store_failure(run: &Run) -> Option<Error> {
+    run.writer
+        .failed()
+        .map(|why| Error::Failed(format!("the run stops: {why}")))
+}
+
 async fn end_failed(run: &Run, error: &Error) {
     {
         let db = run.db.lock().unwrap_or_else(|p| p.into_inner());
@@ -1002,8 +1007,8 @@ async fn schedule_run(
             // A database that can no longer be written (its WAL could not
             // be synced: the disk failed, or the workspace was deleted)
             // ends the run; going on, every task would fail to be recorded.
-            if let Some(why) = run.writer.failed() {
-                return Err(Error::Failed(format!("the run stops: {why}")));
+            if let Some(e) = store_failure(run) {
+                return Err(e);
             }
             if interrupted.load(std::sync::atomic::Ordering::SeqCst) {
                 for a in agents.iter_mut().filter(|a| a.outcome.is_none()) {
