@@ -140,6 +140,13 @@ pub struct BlueprintsArgs {
 
 #[derive(Debug, Subcommand)]
 pub enum BlueprintsAction {
+    /// List the catalog's blueprints, as `nova blueprints` alone does
+    #[command(visible_alias = "ls")]
+    List {
+        /// Only blueprints of this plan
+        #[arg(long, value_name = "NAME")]
+        plan: Option<String>,
+    },
     /// Print a blueprint's YAML (by agent name or role)
     Show {
         /// Agent name or role, case-insensitive

@@ -86,6 +86,20 @@ fn plan_filter_and_unknown_plan() {
         .success()
         .json();
     assert_eq!(list.as_array().unwrap().len(), 6);
+    // `list` (or `ls`) says the same as the bare command.
+    for word in ["list", "ls"] {
+        let listed = ws
+            .run(&["blueprints", word, "--json", "--plan", "spark-sophia"])
+            .success()
+            .json();
+        assert_eq!(
+            listed,
+            ws.run(&["blueprints", "--json", "--plan", "spark-sophia"])
+                .success()
+                .json()
+        );
+    }
+    ws.run(&["blueprints", "list", "--plan", "nope"]).code(2);
     ws.run(&["blueprints", "--plan", "nope"])
         .code(2)
         .stderr_has("unknown plan `nope`")

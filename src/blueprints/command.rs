@@ -19,6 +19,7 @@ use super::validate::name_problem;
 pub fn run(ws: &Workspace, out: &Output, args: &BlueprintsArgs) -> Result<()> {
     match &args.action {
         None => list(ws, out, args.plan.as_deref()),
+        Some(BlueprintsAction::List { plan }) => list(ws, out, plan.as_deref()),
         Some(BlueprintsAction::Show { name }) => show(ws, out, name),
         Some(BlueprintsAction::New {
             role,
