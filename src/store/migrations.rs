@@ -196,6 +196,53 @@ const MIGRATIONS: &[&str] = &[
     BEGIN
         DELETE FROM queue_payloads WHERE seq = OLD.seq;
     END;",
+    // 10: the queue's tasks numbered without AUTOINCREMENT, which writes
+    // `sqlite_sequence` on every enqueue: one page in six of a durable
+    // commit. A new task is still numbered after every task in the queue
+    // (the largest number plus one); only the number of a purged newest task
+    // can come again, and nothing keeps one: outside this table a task is
+    // named by its id, and a deleted task's payload goes with it.
+    "CREATE TABLE queue_tasks_v10 (
+        seq              INTEGER PRIMARY KEY,
+        id               TEXT NOT NULL UNIQUE,
+        queue            TEXT NOT NULL,
+        type             TEXT NOT NULL,
+        payload          TEXT NOT NULL,
+        metadata         TEXT NOT NULL,
+        status           TEXT NOT NULL CHECK (status = 'PENDING' OR status = 'IN_PROGRESS' OR status = 'COMPLETED'
+                                             OR status = 'FAILED' OR status = 'CANCELLED'),
+        priority         INTEGER NOT NULL,
+        attempts         INTEGER NOT NULL,
+        max_attempts     INTEGER NOT NULL,
+        retry_backoff_ms INTEGER NOT NULL,
+        run_at           INTEGER NOT NULL,
+        created_at       INTEGER NOT NULL,
+        updated_at       INTEGER NOT NULL,
+        result           TEXT NOT NULL DEFAULT '',
+        worker_id        TEXT NOT NULL DEFAULT '',
+        lease_id         TEXT NOT NULL DEFAULT '',
+        lease_expires_at INTEGER NOT NULL DEFAULT 0,
+        idempotency_key  TEXT,
+        last_error       TEXT NOT NULL DEFAULT ''
+    );
+    INSERT INTO queue_tasks_v10 (seq, id, queue, type, payload, metadata, status, priority, attempts, max_attempts,
+            retry_backoff_ms, run_at, created_at, updated_at, result, worker_id, lease_id, lease_expires_at,
+            idempotency_key, last_error)
+        SELECT seq, id, queue, type, payload, metadata, status, priority, attempts, max_attempts,
+            retry_backoff_ms, run_at, created_at, updated_at, result, worker_id, lease_id, lease_expires_at,
+            idempotency_key, last_error FROM queue_tasks;
+    DROP TABLE queue_tasks;
+    ALTER TABLE queue_tasks_v10 RENAME TO queue_tasks;
+    DELETE FROM sqlite_sequence WHERE name = 'queue_tasks';
+    -- A number can now come again: no payload may wait under one.
+    DELETE FROM queue_payloads WHERE seq NOT IN (SELECT seq FROM queue_tasks);
+    CREATE UNIQUE INDEX queue_tasks_idempotency ON queue_tasks (idempotency_key) WHERE idempotency_key IS NOT NULL;
+    CREATE INDEX queue_tasks_due ON queue_tasks (status, priority DESC, run_at, seq);
+    CREATE INDEX queue_tasks_leases ON queue_tasks (status, lease_expires_at);
+    CREATE TRIGGER queue_tasks_payload AFTER DELETE ON queue_tasks
+    BEGIN
+        DELETE FROM queue_payloads WHERE seq = OLD.seq;
+    END;",
 ];
 
 /// The schema version this nova writes.
@@ -271,9 +318,9 @@ mod tests {
             .unwrap()
     }
 
-    /// Version 7 rebuilds the per-task tables: every row survives, purged
-    /// tasks' numbers stay used, the status rules still hold, and the
-    /// idempotency key is still unique and looked up by index.
+    /// Version 7 rebuilds the per-task tables: every row survives, the
+    /// status rules still hold, and the idempotency key is still unique and
+    /// looked up by index.
     #[test]
     fn rebuilding_the_task_tables_keeps_rows_sequence_and_rules() {
         let dir = tempfile::tempdir().unwrap();
@@ -311,13 +358,14 @@ mod tests {
              VALUES ('d', 'default', 't', 'p4', '[]', 'PENDING', 0, 0, 1, 10, 1, 1, 4)",
         )
         .unwrap();
+        // Numbered after every task there (since version 10, the purged
+        // newest task's number can come again).
         assert_eq!(
             rows(
                 &conn,
                 "SELECT CAST(seq AS TEXT) FROM queue_tasks WHERE id = 'd'"
             ),
-            ["4"],
-            "the purged task's number was handed out again"
+            ["3"]
         );
 
         let refused = |sql: &str| {
@@ -346,5 +394,89 @@ mod tests {
             rows(&conn, "SELECT CAST(seq AS TEXT) FROM queue_payloads"),
             ["2"]
         );
+    }
+
+    /// Version 10 numbers the queue's tasks without `sqlite_sequence`: every
+    /// row and large payload survives, a new task is numbered after them,
+    /// the indexes and the payload's trigger are back, and a payload left
+    /// without its task is gone (its number may come again).
+    #[test]
+    fn numbering_tasks_without_autoincrement_keeps_rows_payloads_and_indexes() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("nova.db");
+        let conn = Connection::open(&path).unwrap();
+        at_version(&conn, 9);
+        conn.execute_batch(
+            "INSERT INTO queue_tasks (id, queue, type, payload, metadata, status, priority, attempts,
+                 max_attempts, retry_backoff_ms, run_at, created_at, updated_at, idempotency_key)
+             VALUES ('a', 'default', 't', '', '[]', 'PENDING', 0, 0, 1, 10, 1, 1, 1, 'key-a'),
+                    ('b', 'default', 't', 'p2', '[]', 'IN_PROGRESS', 0, 1, 1, 10, 1, 1, 2, NULL),
+                    ('c', 'default', 't', 'p3', '[]', 'COMPLETED', 0, 1, 1, 10, 1, 1, 3, NULL);
+             INSERT INTO queue_payloads (seq, payload) VALUES (1, 'large'), (9, 'orphan');
+             DELETE FROM queue_tasks WHERE id = 'c';",
+        )
+        .unwrap();
+        let dump = "SELECT t.seq || t.id || t.payload || coalesce(p.payload, '-') || t.status
+            || coalesce(t.idempotency_key, '-') FROM queue_tasks t LEFT JOIN queue_payloads p USING (seq)
+            ORDER BY t.seq";
+        let before = rows(&conn, dump);
+        assert_eq!(before, ["1alargePENDINGkey-a", "2bp2-IN_PROGRESS-"]);
+
+        assert_eq!(apply(&conn, &path).unwrap(), SCHEMA_VERSION);
+        assert_eq!(rows(&conn, dump), before);
+        let table: String = conn
+            .query_row(
+                "SELECT sql FROM sqlite_master WHERE name = 'queue_tasks'",
+                [],
+                |r| r.get(0),
+            )
+            .unwrap();
+        assert!(!table.contains("AUTOINCREMENT"), "{table}");
+        assert!(
+            rows(
+                &conn,
+                "SELECT name FROM sqlite_sequence WHERE name = 'queue_tasks'"
+            )
+            .is_empty()
+        );
+        assert_eq!(
+            rows(&conn, "SELECT CAST(seq AS TEXT) FROM queue_payloads"),
+            ["1"]
+        );
+        conn.execute_batch(
+            "INSERT INTO queue_tasks (id, queue, type, payload, metadata, status, priority, attempts,
+                 max_attempts, retry_backoff_ms, run_at, created_at, updated_at)
+             VALUES ('d', 'default', 't', 'p4', '[]', 'PENDING', 0, 0, 1, 10, 1, 1, 4)",
+        )
+        .unwrap();
+        assert_eq!(
+            rows(
+                &conn,
+                "SELECT CAST(seq AS TEXT) FROM queue_tasks WHERE id = 'd'"
+            ),
+            ["3"]
+        );
+        for (sql, index) in [
+            (
+                "SELECT id FROM queue_tasks WHERE idempotency_key = 'key-a'",
+                "queue_tasks_idempotency",
+            ),
+            (
+                "SELECT id FROM queue_tasks WHERE status = 'PENDING' ORDER BY priority DESC, run_at, seq",
+                "queue_tasks_due",
+            ),
+            (
+                "SELECT 1 FROM queue_tasks WHERE status = 'IN_PROGRESS' AND lease_expires_at <= 5",
+                "queue_tasks_leases",
+            ),
+        ] {
+            let plan: String = conn
+                .query_row(&format!("EXPLAIN QUERY PLAN {sql}"), [], |r| r.get(3))
+                .unwrap();
+            assert!(plan.contains(index), "{sql}: {plan}");
+        }
+        conn.execute_batch("DELETE FROM queue_tasks WHERE id = 'a'")
+            .unwrap();
+        assert!(rows(&conn, "SELECT CAST(seq AS TEXT) FROM queue_payloads").is_empty());
     }
 }
