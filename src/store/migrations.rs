@@ -243,6 +243,11 @@ const MIGRATIONS: &[&str] = &[
     BEGIN
         DELETE FROM queue_payloads WHERE seq = OLD.seq;
     END;",
+    // 11: no index of the audit log by action. Every reader takes the whole
+    // chain in order (verifying it, filtering in memory), so the index was
+    // only written: the most pages of any table in a local run's commits
+    // (three records a task under three actions, three places in it).
+    "DROP INDEX audit_log_action;",
 ];
 
 /// The schema version this nova writes.
@@ -478,5 +483,29 @@ mod tests {
         conn.execute_batch("DELETE FROM queue_tasks WHERE id = 'a'")
             .unwrap();
         assert!(rows(&conn, "SELECT CAST(seq AS TEXT) FROM queue_payloads").is_empty());
+    }
+
+    /// Version 11 drops the audit log's index by action, which no query
+    /// reads; the records stay.
+    #[test]
+    fn the_audit_logs_unread_index_goes() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("nova.db");
+        let conn = Connection::open(&path).unwrap();
+        at_version(&conn, 10);
+        conn.execute_batch(
+            "INSERT INTO audit_log (seq, at, actor, action, target, outcome, details, controls, prev_hash, hash)
+             VALUES (1, 1, 'me', 'task.start', 't', 'started', '{}', '[]', '', 'h1')",
+        )
+        .unwrap();
+        assert_eq!(apply(&conn, &path).unwrap(), SCHEMA_VERSION);
+        assert!(
+            rows(
+                &conn,
+                "SELECT name FROM sqlite_master WHERE name = 'audit_log_action'"
+            )
+            .is_empty()
+        );
+        assert_eq!(rows(&conn, "SELECT action FROM audit_log"), ["task.start"]);
     }
 }
