@@ -247,3 +247,46 @@ fn the_chain_lives_in_redis_when_the_queue_does() {
         }
     );
 }
+
+/// `newest` reads back from the end of the log only as far as it finds the
+/// records asked for, on SQLite and on Redis (across Redis's read chunks of
+/// 1,000): the newest matches, newest first, at most `limit` of them.
+#[test]
+fn the_newest_matching_records_come_newest_first_on_both_stores() {
+    let redis = RedisServer::start();
+    let dir = tempfile::tempdir().unwrap();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        let logs = [
+            nova::audit::AuditLog::sqlite(&dir.path().join("nova.db")).unwrap(),
+            nova::audit::AuditLog::redis(&redis.url()).await.unwrap(),
+        ];
+        for log in &logs {
+            // 2,500 records: every fifth is "rare.x", the rest "common.y".
+            let events = (0..2500)
+                .map(|i| {
+                    let action = if i % 5 == 0 { "rare.x" } else { "common.y" };
+                    nova::audit::Event::new("tester", action, format!("t{i}"), "ok")
+                })
+                .collect();
+            log.append_all(events).await.unwrap();
+
+            let rare = log.newest(|r| r.action == "rare.x", 3).await.unwrap();
+            let targets: Vec<&str> = rare.iter().map(|r| r.target.as_str()).collect();
+            assert_eq!(targets, ["t2495", "t2490", "t2485"]);
+            assert!(rare.windows(2).all(|w| w[0].seq > w[1].seq));
+
+            // More asked for than there are: every match, down to the first.
+            let all = log.newest(|r| r.action == "rare.x", 10_000).await.unwrap();
+            assert_eq!(all.len(), 500);
+            assert_eq!(all.last().unwrap().target, "t0");
+            assert!(
+                log.newest(|r| r.action == "none", 5)
+                    .await
+                    .unwrap()
+                    .is_empty()
+            );
+            assert!(log.newest(|_| true, 0).await.unwrap().is_empty());
+        }
+    });
+}

@@ -114,6 +114,24 @@ impl AuditLog {
         }
     }
 
+    /// The newest `limit` records that `keep` accepts, newest first,
+    /// without reading the log further back than they are found.
+    pub async fn newest(
+        &self,
+        keep: impl Fn(&Record) -> bool + Send + Sync + 'static,
+        limit: usize,
+    ) -> AuditResult<Vec<Record>> {
+        match self {
+            AuditLog::Sqlite(log) => {
+                let log = log.clone();
+                tokio::task::spawn_blocking(move || log.newest(&keep, limit))
+                    .await
+                    .map_err(|e| AuditError::Store(e.to_string()))?
+            }
+            AuditLog::Redis(log) => log.newest(&keep, limit).await,
+        }
+    }
+
     /// Every record, oldest first.
     pub async fn records(&self) -> AuditResult<Vec<Record>> {
         match self {

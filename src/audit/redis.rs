@@ -104,4 +104,36 @@ impl RedisAudit {
     pub async fn records(&self) -> AuditResult<Vec<Record>> {
         self.read_all().await?.into_iter().collect()
     }
+
+    /// The newest `limit` records that `keep` accepts, newest first, read
+    /// a chunk at a time from the end of the list.
+    pub async fn newest(
+        &self,
+        keep: &(dyn Fn(&Record) -> bool + Sync),
+        limit: usize,
+    ) -> AuditResult<Vec<Record>> {
+        let mut conn = self.conn.clone();
+        let len: isize = conn.llen(LOG).await.map_err(store_err)?;
+        let mut found = Vec::new();
+        let mut end = len;
+        while found.len() < limit && end > 0 {
+            let start = (end - READ_CHUNK).max(0);
+            let chunk: Vec<String> = conn.lrange(LOG, start, end - 1).await.map_err(store_err)?;
+            for (i, json) in chunk.iter().enumerate().rev() {
+                let record =
+                    serde_json::from_str::<Record>(json).map_err(|e| AuditError::Unreadable {
+                        seq: start as u64 + i as u64 + 1,
+                        reason: e.to_string(),
+                    })?;
+                if keep(&record) {
+                    found.push(record);
+                    if found.len() == limit {
+                        break;
+                    }
+                }
+            }
+            end = start;
+        }
+        Ok(found)
+    }
 }

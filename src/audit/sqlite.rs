@@ -180,4 +180,27 @@ impl SqliteAudit {
     pub fn records(&self) -> AuditResult<Vec<Record>> {
         self.read_all()?.into_iter().collect()
     }
+
+    /// The newest `limit` records that `keep` accepts, newest first, read
+    /// from the newest back only as far as they are found.
+    pub fn newest(&self, keep: &dyn Fn(&Record) -> bool, limit: usize) -> AuditResult<Vec<Record>> {
+        let conn = self.conn.lock().unwrap_or_else(|p| p.into_inner());
+        let mut stmt = conn
+            .prepare(&format!(
+                "SELECT {COLUMNS} FROM audit_log ORDER BY seq DESC"
+            ))
+            .map_err(store_err)?;
+        let mut rows = stmt.query([]).map_err(store_err)?;
+        let mut found = Vec::new();
+        while found.len() < limit {
+            let Some(row) = rows.next().map_err(store_err)? else {
+                break;
+            };
+            let record = record_from_row(row).map_err(store_err)??;
+            if keep(&record) {
+                found.push(record);
+            }
+        }
+        Ok(found)
+    }
 }

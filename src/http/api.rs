@@ -851,17 +851,21 @@ async fn records(state: &AppState) -> ApiResult<Vec<crate::audit::Record>> {
     }
 }
 
+/// The newest `limit` records `keep` accepts, newest first: the log is read
+/// back from its end only as far as they are found.
 async fn audit_entries(
     state: &AppState,
-    keep: impl Fn(&crate::audit::Record) -> bool,
+    keep: impl Fn(&crate::audit::Record) -> bool + Send + Sync + 'static,
     limit: usize,
 ) -> ApiResult<Vec<AuditEntry>> {
-    Ok(records(state)
-        .await?
+    let Some(log) = &state.audit else {
+        return Ok(Vec::new());
+    };
+    Ok(log
+        .newest(keep, limit)
+        .await
+        .map_err(|e| ApiError::internal(format!("cannot read the audit log: {e}")))?
         .into_iter()
-        .rev()
-        .filter(|r| keep(r))
-        .take(limit)
         .map(AuditEntry::from)
         .collect())
 }
@@ -915,21 +919,22 @@ pub async fn audit(
             .map_err(|e| ApiError::internal(format!("cannot verify the audit log: {e}")))?,
         None => crate::audit::verify(Vec::new()),
     };
-    let matches_action = |action: &str| match &q.action {
+    let AuditQuery {
+        action, actor, run, ..
+    } = q;
+    let matches_action = move |got: &str| match &action {
         None => true,
         Some(want) => match want.strip_suffix('*') {
-            Some(prefix) => action.starts_with(prefix),
-            None => action == want,
+            Some(prefix) => got.starts_with(prefix),
+            None => got == want,
         },
     };
     let entries = audit_entries(
         &state,
-        |r| {
+        move |r| {
             matches_action(&r.action)
-                && q.actor
-                    .as_ref()
-                    .is_none_or(|a| r.actor.contains(a.as_str()))
-                && q.run.as_ref().is_none_or(|id| {
+                && actor.as_ref().is_none_or(|a| r.actor.contains(a.as_str()))
+                && run.as_ref().is_none_or(|id| {
                     r.target.contains(id.as_str()) || r.details.to_string().contains(id.as_str())
                 })
         },
@@ -984,7 +989,7 @@ pub async fn decisions(
     let only_denied = q.denied.unwrap_or(false);
     let found = audit_entries(
         &state,
-        |r| r.action == "policy.decision" && (!only_denied || r.outcome == "denied"),
+        move |r| r.action == "policy.decision" && (!only_denied || r.outcome == "denied"),
         limit as usize,
     )
     .await?;
