@@ -894,9 +894,6 @@ pub fn start(ws: &Workspace, out: &Output, args: &RunRequest) -> Result<()> {
     })
 }
 
-/// A run that could not go on (its queue unreachable, a store failing) ends
-/// as failed, with the reason, in its record and the audit log, instead of
-/// staying `running` for ever.
 /// What a run stops with once its database can no longer be written (its
 /// WAL could not be synced: the disk failed, or the workspace was deleted),
 /// whichever step came upon it first.
@@ -906,6 +903,9 @@ fn store_failure(run: &Run) -> Option<Error> {
         .map(|why| Error::Failed(format!("the run stops: {why}")))
 }
 
+/// A run that could not go on (its queue unreachable, a store failing) ends
+/// as failed, with the reason, in its record and the audit log, instead of
+/// staying `running` for ever.
 async fn end_failed(run: &Run, error: &Error) {
     {
         let db = run.db.lock().unwrap_or_else(|p| p.into_inner());
