@@ -1766,6 +1766,228 @@ async fn a_work_stream_leases_by_credit_and_answers_acks(backend: Backend) {
     refused_opening(c, bad_lease, None, "lease.queues[0]").await;
 }
 
+/// A raw Work stream (not nova's client): its first request as given.
+struct RawStream {
+    requests: tokio::sync::mpsc::Sender<WorkRequest>,
+    responses: tonic::Streaming<WorkResponse>,
+}
+
+impl RawStream {
+    async fn open(c: &mut Client, first: WorkRequest) -> RawStream {
+        let (requests, rx) = tokio::sync::mpsc::channel(4);
+        requests.send(first).await.unwrap();
+        let responses = c
+            .work(tokio_stream::wrappers::ReceiverStream::new(rx))
+            .await
+            .unwrap()
+            .into_inner();
+        RawStream {
+            requests,
+            responses,
+        }
+    }
+
+    async fn send(&self, request: WorkRequest) {
+        self.requests.send(request).await.unwrap();
+    }
+
+    async fn recv(&mut self) -> Result<WorkResponse, tonic::Status> {
+        tokio::time::timeout(Duration::from_secs(5), self.responses.message())
+            .await
+            .expect("a message within 5 s")
+            .map(|m| m.expect("the stream is open"))
+    }
+
+    /// The next message that carries tasks.
+    async fn tasks(&mut self) -> Vec<Task> {
+        loop {
+            let m = self.recv().await.unwrap();
+            if !m.tasks.is_empty() {
+                return m.tasks;
+            }
+        }
+    }
+}
+
+/// A stream that asks for brief acks gets each applied ack's task with its
+/// id and status only (whatever path the ack took: with a lease, in a
+/// batch, repeated, requeued for a retry); one that does not gets the whole
+/// task. Either way the stored task is changed the same, payload kept.
+async fn a_work_stream_answers_acks_briefly_when_asked(backend: Backend) {
+    let mut h = start(backend, None).await;
+    let c = &mut h.client;
+    let payload = r#"{"job": "a payload the worker has already"}"#;
+    let with_payload = |kind: &str| EnqueueRequest {
+        payload: payload.into(),
+        max_attempts: 3,
+        ..req(kind)
+    };
+    let lease = DequeueRequest {
+        worker_id: "b".into(),
+        lease_ms: 60_000,
+        ..Default::default()
+    };
+
+    // Not asked: the whole task, as before.
+    let whole = enqueue(c, with_payload("whole")).await;
+    let mut stream = RawStream::open(
+        c,
+        WorkRequest {
+            lease: Some(lease.clone()),
+            credit: 1,
+            ..Default::default()
+        },
+    )
+    .await;
+    let got = stream.tasks().await;
+    assert_eq!(got[0].id, whole.id);
+    stream
+        .send(WorkRequest {
+            acks: vec![ack(&got[0], true)],
+            ..Default::default()
+        })
+        .await;
+    let answer = stream.recv().await.unwrap();
+    let task = answer.acks[0].task.clone().unwrap();
+    assert_eq!(
+        (
+            task.status.as_str(),
+            task.payload.as_str(),
+            task.r#type.as_str()
+        ),
+        ("COMPLETED", payload, "whole")
+    );
+    drop(stream);
+
+    // Asked: id and status only.
+    let a = enqueue(c, with_payload("a")).await;
+    let b = enqueue(c, with_payload("b")).await;
+    let third = enqueue(c, with_payload("c")).await;
+    let mut stream = RawStream::open(
+        c,
+        WorkRequest {
+            lease: Some(lease.clone()),
+            credit: 1,
+            brief_acks: true,
+            ..Default::default()
+        },
+    )
+    .await;
+    let first = stream.tasks().await;
+    assert_eq!(first[0].id, a.id);
+    assert_eq!(first[0].payload, payload, "leased tasks come whole");
+    let brief = |id: &str, status: &str| Task {
+        id: id.into(),
+        status: status.into(),
+        ..Task::default()
+    };
+    // With a lease in the same call, and the same final ack again.
+    stream
+        .send(WorkRequest {
+            credit: 1,
+            acks: vec![ack(&first[0], true)],
+            ..Default::default()
+        })
+        .await;
+    let answer = stream.recv().await.unwrap();
+    assert_eq!(answer.acks[0].code, 0, "{}", answer.acks[0].message);
+    assert_eq!(answer.acks[0].task, Some(brief(&a.id, "COMPLETED")));
+    let second = if answer.tasks.is_empty() {
+        stream.tasks().await
+    } else {
+        answer.tasks
+    };
+    assert_eq!(second[0].id, b.id);
+    stream
+        .send(WorkRequest {
+            acks: vec![ack(&first[0], true)],
+            ..Default::default()
+        })
+        .await;
+    let answer = stream.recv().await.unwrap();
+    assert_eq!(answer.acks[0].task, Some(brief(&a.id, "COMPLETED")));
+    // A failure to retry is PENDING again; two acks in one message take the
+    // batch path.
+    let mut retry = ack(&second[0], false);
+    retry.retry = true;
+    retry.error = "try again".into();
+    stream
+        .send(WorkRequest {
+            credit: 1,
+            acks: vec![retry],
+            ..Default::default()
+        })
+        .await;
+    let answer = stream.recv().await.unwrap();
+    assert_eq!(answer.acks[0].task, Some(brief(&b.id, "PENDING")));
+    let third_leased = if answer.tasks.is_empty() {
+        stream.tasks().await
+    } else {
+        answer.tasks
+    };
+    assert_eq!(third_leased[0].id, third.id);
+    let stored_a = get(c, a.id.clone()).await;
+    assert_eq!(
+        (stored_a.status.as_str(), stored_a.payload.as_str()),
+        ("COMPLETED", payload)
+    );
+    let stored_b = get(c, b.id.clone()).await;
+    assert_eq!(
+        (stored_b.status.as_str(), stored_b.last_error.as_str()),
+        ("PENDING", "try again")
+    );
+    let extra = enqueue(c, with_payload("d")).await;
+    stream
+        .send(WorkRequest {
+            credit: 1,
+            ..Default::default()
+        })
+        .await;
+    let fourth = stream.tasks().await;
+    let mut both = vec![ack(&third_leased[0], false), ack(&fourth[0], true)];
+    both[0].error = "no".into();
+    stream
+        .send(WorkRequest {
+            acks: both,
+            ..Default::default()
+        })
+        .await;
+    let answer = stream.recv().await.unwrap();
+    let statuses: Vec<Option<Task>> = answer.acks.iter().map(|o| o.task.clone()).collect();
+    let fourth_id = fourth[0].id.clone();
+    assert!(
+        fourth_id == b.id || fourth_id == extra.id,
+        "{fourth_id} was leased"
+    );
+    assert_eq!(
+        statuses,
+        [
+            Some(brief(&third.id, "FAILED")),
+            Some(brief(&fourth_id, "COMPLETED"))
+        ]
+    );
+
+    // Only the first request may ask.
+    stream
+        .send(WorkRequest {
+            brief_acks: true,
+            ..Default::default()
+        })
+        .await;
+    let refused = loop {
+        match stream.recv().await {
+            Ok(_) => continue,
+            Err(e) => break e,
+        }
+    };
+    assert_eq!(refused.code(), Code::InvalidArgument);
+    assert!(
+        refused.message().starts_with("brief_acks:"),
+        "{}",
+        refused.message()
+    );
+}
+
 async fn a_released_task_is_pending_again_without_spending_an_attempt(backend: Backend) {
     let mut h = start(backend, None).await;
     let c = &mut h.client;
@@ -1962,6 +2184,7 @@ macro_rules! conformance {
 }
 
 conformance!(
+    a_work_stream_answers_acks_briefly_when_asked,
     an_enqueue_stream_answers_each_task_in_order,
     a_worker_that_says_who_it_is_is_listed_while_its_stream_lasts,
     a_released_task_is_pending_again_without_spending_an_attempt,

@@ -237,6 +237,7 @@ impl Endpoint {
                         lease_id: Some(t.lease_id.clone()),
                         retry: false,
                         error: String::new(),
+                        brief: true,
                     })
                     .collect();
                 for outcome in q.ack(acks, now_ms()).await.map_err(|e| e.to_string())? {

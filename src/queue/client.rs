@@ -213,7 +213,8 @@ pub struct WorkStream {
 
 impl WorkStream {
     /// Open a stream that leases as `lease` says, granting `credit` tasks.
-    /// A server older than the stream answers `Unimplemented`.
+    /// Its acks are answered briefly (each task's id and status: the worker
+    /// has the rest). A server older than the stream answers `Unimplemented`.
     pub async fn open(
         client: &mut Client,
         lease: DequeueRequest,
@@ -237,6 +238,7 @@ impl WorkStream {
                 credit,
                 acks: Vec::new(),
                 worker,
+                brief_acks: true,
             })
             .expect("a new channel has room");
         let responses = client
@@ -257,6 +259,7 @@ impl WorkStream {
                 credit,
                 acks,
                 worker: None,
+                brief_acks: false,
             })
             .await
             .map_err(|_| Status::unavailable("the work stream has ended"))

@@ -143,6 +143,10 @@ pub struct AckSpec {
     pub lease_id: Option<String>,
     pub retry: bool,
     pub error: String,
+    /// The outcome needs only the task's id and status (a Work stream's
+    /// brief acks): a backend may leave the task's other fields empty, and
+    /// need not read them.
+    pub brief: bool,
 }
 
 #[derive(Debug, Clone, Default, PartialEq)]

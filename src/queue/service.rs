@@ -491,6 +491,7 @@ pub(super) fn ack_spec(field: &str, req: AckRequest) -> Result<AckSpec, GrpcStat
         lease_id: (!req.lease_id.is_empty()).then_some(req.lease_id),
         retry: req.retry,
         error: req.error,
+        brief: false,
     })
 }
 

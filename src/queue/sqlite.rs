@@ -158,6 +158,31 @@ fn find(conn: &Connection, id: &str) -> QueueResult<Task> {
         .ok_or_else(|| QueueError::NotFound(id.to_string()))
 }
 
+/// What an ack reads of a task: the fields it checks and changes, without
+/// the payload and the rest (a brief ack answers only the id and status).
+fn find_for_ack(conn: &Connection, id: &str) -> QueueResult<Task> {
+    conn.prepare_cached(
+        "SELECT status, attempts, max_attempts, retry_backoff_ms, lease_id, lease_expires_at
+         FROM queue_tasks WHERE id = ?1",
+    )
+    .map_err(sql_err)?
+    .query_row([id], |r| {
+        Ok(Task {
+            id: id.to_string(),
+            status: r.get(0)?,
+            attempts: r.get(1)?,
+            max_attempts: r.get(2)?,
+            retry_backoff_ms: r.get(3)?,
+            lease_id: r.get(4)?,
+            lease_expires_at: r.get(5)?,
+            ..Task::default()
+        })
+    })
+    .optional()
+    .map_err(sql_err)?
+    .ok_or_else(|| QueueError::NotFound(id.to_string()))
+}
+
 fn not_in_progress(task: &Task) -> QueueError {
     QueueError::FailedPrecondition(format!(
         "task {} is {}, not IN_PROGRESS",
@@ -376,7 +401,11 @@ fn paused_queues(conn: &Connection) -> QueueResult<Vec<String>> {
 }
 
 fn ack_one(conn: &Connection, ack: &AckSpec, now: i64) -> QueueResult<Task> {
-    let mut task = find(conn, &ack.task_id)?;
+    let mut task = if ack.brief {
+        find_for_ack(conn, &ack.task_id)?
+    } else {
+        find(conn, &ack.task_id)?
+    };
     if repeated_ack(&task, ack) {
         return Ok(task);
     }
@@ -815,6 +844,7 @@ mod tests {
             } else {
                 "it broke".into()
             },
+            brief: false,
         }
     }
 

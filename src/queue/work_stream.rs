@@ -54,6 +54,7 @@ pub(super) async fn serve<B: QueueBackend>(
     let _presence = worker.map(|w| Presence::start(service.backend_arc(), w));
     let mut credit = first.credit.min(MAX_CREDIT);
     let mut acks = first.acks;
+    let brief = first.brief_acks;
     // Whether the queue may have tasks for us that we have not looked for.
     let mut look = true;
     // Our place among the idle streams an enqueue hands new tasks to.
@@ -82,7 +83,16 @@ pub(super) async fn serve<B: QueueBackend>(
             handed.extend(arrive.await.unwrap_or_default());
         }
         credit = credit.saturating_sub(handed.len() as u32);
-        let round = match step(&service, &spec, credit, std::mem::take(&mut acks), look).await {
+        let round = match step(
+            &service,
+            &spec,
+            credit,
+            std::mem::take(&mut acks),
+            look,
+            brief,
+        )
+        .await
+        {
             Ok(round) => round,
             Err(status) => {
                 let _ = out.send(Err(status)).await;
@@ -125,6 +135,12 @@ pub(super) async fn serve<B: QueueBackend>(
                     if request.lease.is_some() {
                         let _ = out.send(Err(invalid(
                             "lease: only the stream's first request says what to lease".into(),
+                        ))).await;
+                        return;
+                    }
+                    if request.brief_acks {
+                        let _ = out.send(Err(invalid(
+                            "brief_acks: only the stream's first request asks for brief acks".into(),
                         ))).await;
                         return;
                     }
@@ -205,12 +221,14 @@ struct Round {
 
 /// Apply `acks` and lease up to `credit` tasks (when `look` or an ack was
 /// applied with credit left): one backend call for one ack and a lease.
+/// With `brief`, an applied ack's task is answered with its id and status only.
 async fn step<B: QueueBackend>(
     service: &QueueService<B>,
     spec: &DequeueSpec,
     credit: u32,
     acks: Vec<AckRequest>,
     look: bool,
+    brief: bool,
 ) -> Result<Round, GrpcStatus> {
     let _timer = (!acks.is_empty()).then(|| crate::timer!("queue.grpc.ack"));
     if acks.len() > validate::MAX_BATCH {
@@ -225,7 +243,9 @@ async fn step<B: QueueBackend>(
         .enumerate()
         .map(|(i, a)| {
             check_size(&a)?;
-            ack_spec(&format!("acks[{i}]."), a)
+            let mut spec = ack_spec(&format!("acks[{i}]."), a)?;
+            spec.brief = brief;
+            Ok::<_, GrpcStatus>(spec)
         })
         .collect::<Result<Vec<AckSpec>, _>>()?;
     let want = credit.min(MAX_DEQUEUE);
@@ -262,7 +282,18 @@ async fn step<B: QueueBackend>(
     let mut requeued = 0;
     let acks = outcomes
         .into_iter()
-        .map(|(task_id, outcome)| outcome_of(task_id, outcome, &mut requeued))
+        .map(|(task_id, outcome)| {
+            // Every backend may answer more than a brief ack asks for.
+            let outcome = match outcome {
+                Ok(task) if brief => Ok(Task {
+                    id: task.id,
+                    status: task.status,
+                    ..Task::default()
+                }),
+                other => other,
+            };
+            outcome_of(task_id, outcome, &mut requeued)
+        })
         .collect();
     service.wake(requeued);
     Ok(Round {

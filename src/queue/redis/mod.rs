@@ -235,7 +235,7 @@ fn lease_args(spec: DequeueSpec, args: &mut Vec<Vec<u8>>) -> String {
 }
 
 /// What `ack_all` reads for one ack (ack_fn.lua).
-fn ack_args(a: &AckSpec) -> [Vec<u8>; 7] {
+fn ack_args(a: &AckSpec) -> [Vec<u8>; 8] {
     [
         arg(&a.task_id),
         arg(if a.success { 1 } else { 0 }),
@@ -244,6 +244,7 @@ fn ack_args(a: &AckSpec) -> [Vec<u8>; 7] {
         arg(if a.retry { 1 } else { 0 }),
         arg(&a.error),
         arg(rand::rng().random::<f64>()),
+        arg(if a.brief { 1 } else { 0 }),
     ]
 }
 
@@ -338,6 +339,12 @@ fn outcome(id: &str, mut reply: Vec<Value>) -> QueueResult<Task> {
     let code = as_string(reply.remove(0))?;
     match code.as_str() {
         "ok" => answered(reply.into_iter().next().unwrap_or(Value::Nil)),
+        // A brief ack's answer: the task's status only.
+        "brief" => Ok(Task {
+            id: id.to_string(),
+            status: as_string(reply.into_iter().next().unwrap_or(Value::Nil))?,
+            ..Task::default()
+        }),
         "notfound" => Err(QueueError::NotFound(id.to_string())),
         "precondition" => Err(QueueError::FailedPrecondition(as_string(
             reply.into_iter().next().unwrap_or(Value::Nil),
