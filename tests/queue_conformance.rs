@@ -1798,6 +1798,26 @@ impl RawStream {
             .map(|m| m.expect("the stream is open"))
     }
 
+    /// Send `acks` with `credit` more; the answer.
+    async fn ack(&mut self, credit: u32, acks: Vec<AckRequest>) -> WorkResponse {
+        self.send(WorkRequest {
+            credit,
+            acks,
+            ..Default::default()
+        })
+        .await;
+        self.recv().await.unwrap()
+    }
+
+    /// The tasks `answer` carried, or else those of the next message that does.
+    async fn tasks_after(&mut self, answer: WorkResponse) -> Vec<Task> {
+        if answer.tasks.is_empty() {
+            self.tasks().await
+        } else {
+            answer.tasks
+        }
+    }
+
     /// The next message that carries tasks.
     async fn tasks(&mut self) -> Vec<Task> {
         loop {
@@ -1841,13 +1861,7 @@ async fn a_work_stream_answers_acks_briefly_when_asked(backend: Backend) {
     .await;
     let got = stream.tasks().await;
     assert_eq!(got[0].id, whole.id);
-    stream
-        .send(WorkRequest {
-            acks: vec![ack(&got[0], true)],
-            ..Default::default()
-        })
-        .await;
-    let answer = stream.recv().await.unwrap();
+    let answer = stream.ack(0, vec![ack(&got[0], true)]).await;
     let task = answer.acks[0].task.clone().unwrap();
     assert_eq!(
         (
@@ -1882,49 +1896,21 @@ async fn a_work_stream_answers_acks_briefly_when_asked(backend: Backend) {
         ..Task::default()
     };
     // With a lease in the same call, and the same final ack again.
-    stream
-        .send(WorkRequest {
-            credit: 1,
-            acks: vec![ack(&first[0], true)],
-            ..Default::default()
-        })
-        .await;
-    let answer = stream.recv().await.unwrap();
+    let answer = stream.ack(1, vec![ack(&first[0], true)]).await;
     assert_eq!(answer.acks[0].code, 0, "{}", answer.acks[0].message);
     assert_eq!(answer.acks[0].task, Some(brief(&a.id, "COMPLETED")));
-    let second = if answer.tasks.is_empty() {
-        stream.tasks().await
-    } else {
-        answer.tasks
-    };
+    let second = stream.tasks_after(answer).await;
     assert_eq!(second[0].id, b.id);
-    stream
-        .send(WorkRequest {
-            acks: vec![ack(&first[0], true)],
-            ..Default::default()
-        })
-        .await;
-    let answer = stream.recv().await.unwrap();
+    let answer = stream.ack(0, vec![ack(&first[0], true)]).await;
     assert_eq!(answer.acks[0].task, Some(brief(&a.id, "COMPLETED")));
     // A failure to retry is PENDING again; two acks in one message take the
     // batch path.
     let mut retry = ack(&second[0], false);
     retry.retry = true;
     retry.error = "try again".into();
-    stream
-        .send(WorkRequest {
-            credit: 1,
-            acks: vec![retry],
-            ..Default::default()
-        })
-        .await;
-    let answer = stream.recv().await.unwrap();
+    let answer = stream.ack(1, vec![retry]).await;
     assert_eq!(answer.acks[0].task, Some(brief(&b.id, "PENDING")));
-    let third_leased = if answer.tasks.is_empty() {
-        stream.tasks().await
-    } else {
-        answer.tasks
-    };
+    let third_leased = stream.tasks_after(answer).await;
     assert_eq!(third_leased[0].id, third.id);
     let stored_a = get(c, a.id.clone()).await;
     assert_eq!(
@@ -1946,13 +1932,7 @@ async fn a_work_stream_answers_acks_briefly_when_asked(backend: Backend) {
     let fourth = stream.tasks().await;
     let mut both = vec![ack(&third_leased[0], false), ack(&fourth[0], true)];
     both[0].error = "no".into();
-    stream
-        .send(WorkRequest {
-            acks: both,
-            ..Default::default()
-        })
-        .await;
-    let answer = stream.recv().await.unwrap();
+    let answer = stream.ack(0, both).await;
     let statuses: Vec<Option<Task>> = answer.acks.iter().map(|o| o.task.clone()).collect();
     let fourth_id = fourth[0].id.clone();
     assert!(

@@ -183,6 +183,15 @@ pub const WORKER_FORGET_MS: i64 = 3_600_000;
 
 pub use crate::clock::{ms_ago, now_ms};
 
+/// A task as a brief ack answers it: its id and status, nothing else.
+pub fn brief_task(id: String, status: String) -> Task {
+    Task {
+        id,
+        status,
+        ..Task::default()
+    }
+}
+
 pub fn new_id() -> String {
     uuid::Uuid::now_v7().to_string()
 }

@@ -26,7 +26,7 @@ use tokio_stream::Stream;
 use tonic::{Status as GrpcStatus, Streaming};
 
 use super::backend::QueueBackend;
-use super::model::{AckSpec, DequeueSpec, Task, WORKER_REFRESH, WorkerRecord, now_ms};
+use super::model::{AckSpec, DequeueSpec, Task, WORKER_REFRESH, WorkerRecord, brief_task, now_ms};
 use super::proto::{AckRequest, WorkRequest, WorkResponse};
 use super::service::{
     IdleTicket, MAX_DEQUEUE, QueueService, ack_spec, check_size, invalid, outcome_of, to_status,
@@ -285,11 +285,7 @@ async fn step<B: QueueBackend>(
         .map(|(task_id, outcome)| {
             // Every backend may answer more than a brief ack asks for.
             let outcome = match outcome {
-                Ok(task) if brief => Ok(Task {
-                    id: task.id,
-                    status: task.status,
-                    ..Task::default()
-                }),
+                Ok(task) if brief => Ok(brief_task(task.id, task.status)),
                 other => other,
             };
             outcome_of(task_id, outcome, &mut requeued)

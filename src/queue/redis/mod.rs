@@ -340,11 +340,10 @@ fn outcome(id: &str, mut reply: Vec<Value>) -> QueueResult<Task> {
     match code.as_str() {
         "ok" => answered(reply.into_iter().next().unwrap_or(Value::Nil)),
         // A brief ack's answer: the task's status only.
-        "brief" => Ok(Task {
-            id: id.to_string(),
-            status: as_string(reply.into_iter().next().unwrap_or(Value::Nil))?,
-            ..Task::default()
-        }),
+        "brief" => Ok(super::model::brief_task(
+            id.to_string(),
+            as_string(reply.into_iter().next().unwrap_or(Value::Nil))?,
+        )),
         "notfound" => Err(QueueError::NotFound(id.to_string())),
         "precondition" => Err(QueueError::FailedPrecondition(as_string(
             reply.into_iter().next().unwrap_or(Value::Nil),
