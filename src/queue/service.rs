@@ -86,11 +86,18 @@ async fn poll_for_waiters<B: QueueBackend>(
     }
 }
 
-/// Work streams waiting for a task, oldest first. An enqueue on this server
-/// takes one and leases for it in the call that stores the task (one
-/// backend call, one script on Redis, instead of an enqueue, a wake-up and
-/// a lease). A stream withdraws before it does anything else; if an
-/// enqueue took it first, it waits for what that enqueue hands over.
+/// Work streams waiting for a task, in the order they came. An enqueue on
+/// this server takes the newest and leases for it in the call that stores
+/// the task (one backend call, one script on Redis, instead of an enqueue,
+/// a wake-up and a lease). A stream withdraws before it does anything else;
+/// if an enqueue took it first, it waits for what that enqueue hands over.
+///
+/// Newest first, not oldest: with more workers than tasks in flight, the
+/// stream that just finished a task takes the next, so the work stays on a
+/// few warm connections while the others sleep. Taking the oldest spread
+/// every task over all of them (50 workers cost more CPU a task than 4, and
+/// ran slower; see docs/performance.md, session 22). Which worker gets a
+/// task was never promised.
 #[derive(Default)]
 pub(super) struct IdleStreams {
     next_id: std::sync::atomic::AtomicU64,
@@ -127,13 +134,13 @@ impl IdleStreams {
         }
     }
 
-    /// The longest-waiting live stream that takes tasks of `queue`.
+    /// The newest live stream that takes tasks of `queue`.
     fn take(&self, queue: &str) -> Option<IdleStream> {
         let mut list = self.list();
         list.retain(|s| !s.hand.is_closed());
         let at = list
             .iter()
-            .position(|s| s.spec.queues.is_empty() || s.spec.queues.iter().any(|q| q == queue))?;
+            .rposition(|s| s.spec.queues.is_empty() || s.spec.queues.iter().any(|q| q == queue))?;
         list.remove(at)
     }
 

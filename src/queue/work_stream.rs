@@ -9,7 +9,7 @@
 //! leases while credit lasts, fusing a lease with the acks that arrive
 //! (one backend call, one script on Redis). A stream that found nothing
 //! waits among the service's idle streams: an enqueue on this server takes
-//! the longest-waiting one and leases for it in the call that stores the
+//! the one that went idle last and leases for it in the call that stores the
 //! task (so a task costs two backend calls, not three), while the
 //! service's poller still wakes it for tasks this server did not see
 //! arrive. Every ack's outcome is answered, in order.
