@@ -1545,6 +1545,57 @@ async fn recv(stream: &mut WorkStream) -> WorkResponse {
 /// A task enqueued while a stream waits is handed to it in the call that
 /// stores it, and what the stream gets is the task as stored: every field,
 /// the lease included (on Redis the server builds it from what it sent).
+/// Which of two streams gets the next task: true for `a`, with the tasks.
+async fn first_to_get(a: &mut RawStream, b: &mut RawStream) -> (bool, Vec<Task>) {
+    tokio::select! {
+        tasks = a.tasks() => (true, tasks),
+        tasks = b.tasks() => (false, tasks),
+    }
+}
+
+async fn a_worker_whose_task_failed_is_offered_new_tasks_after_the_others(backend: Backend) {
+    let mut h = start(backend, None).await;
+    let c = &mut h.client;
+    let open = |worker: &str| WorkRequest {
+        lease: Some(DequeueRequest {
+            worker_id: worker.into(),
+            lease_ms: 60_000,
+            ..Default::default()
+        }),
+        credit: 1,
+        ..Default::default()
+    };
+    // Time for a stream's round to end (it then waits among the idle ones).
+    let settle = || tokio::time::sleep(Duration::from_millis(300));
+    let mut one = RawStream::open(c, open("one")).await;
+    settle().await;
+    let mut two = RawStream::open(c, open("two")).await;
+    settle().await;
+    let once = |kind: &str| EnqueueRequest {
+        max_attempts: 1,
+        ..req(kind)
+    };
+
+    // Whichever stream takes the first task fails it and asks for more...
+    let first = enqueue(c, once("first")).await;
+    let (one_took_it, tasks) = first_to_get(&mut one, &mut two).await;
+    assert_eq!(tasks[0].id, first.id);
+    let failer = if one_took_it { &mut one } else { &mut two };
+    let answer = failer.ack(1, vec![ack(&tasks[0], false)]).await;
+    assert_eq!(answer.acks[0].code, 0, "{}", answer.acks[0].message);
+    assert_eq!(answer.acks[0].task.as_ref().unwrap().status, "FAILED");
+    settle().await;
+
+    // ...and is idle again first, yet the next task goes to the other one.
+    let next = enqueue(c, once("next")).await;
+    let (one_took_next, tasks) = first_to_get(&mut one, &mut two).await;
+    assert_eq!(tasks[0].id, next.id);
+    assert_ne!(
+        one_took_next, one_took_it,
+        "the worker that just failed a task was handed the next one"
+    );
+}
+
 async fn a_task_handed_to_a_waiting_stream_is_the_stored_task(backend: Backend) {
     let mut h = start(backend, None).await;
     let c = &mut h.client;
@@ -2165,6 +2216,7 @@ macro_rules! conformance {
 
 conformance!(
     a_work_stream_answers_acks_briefly_when_asked,
+    a_worker_whose_task_failed_is_offered_new_tasks_after_the_others,
     an_enqueue_stream_answers_each_task_in_order,
     a_worker_that_says_who_it_is_is_listed_while_its_stream_lasts,
     a_released_task_is_pending_again_without_spending_an_attempt,

@@ -86,8 +86,8 @@ async fn poll_for_waiters<B: QueueBackend>(
     }
 }
 
-/// Work streams waiting for a task, in the order they came. An enqueue on
-/// this server takes the newest and leases for it in the call that stores
+/// Work streams waiting for a task, the next to take one last. An enqueue
+/// on this server takes the newest and leases for it in the call that stores
 /// the task (one backend call, one script on Redis, instead of an enqueue,
 /// a wake-up and a lease). A stream withdraws before it does anything else;
 /// if an enqueue took it first, it waits for what that enqueue hands over.
@@ -98,6 +98,11 @@ async fn poll_for_waiters<B: QueueBackend>(
 /// every task over all of them (50 workers cost more CPU a task than 4, and
 /// ran slower; see docs/performance.md, session 22). Which worker gets a
 /// task was never promised.
+///
+/// A stream whose worker has just reported a failed task goes behind every
+/// other, though: a broken worker fails its tasks fast and is idle again
+/// first, and newest-first would hand it every task (and every retry) while
+/// healthy workers sat idle.
 #[derive(Default)]
 pub(super) struct IdleStreams {
     next_id: std::sync::atomic::AtomicU64,
@@ -114,11 +119,17 @@ struct IdleStream {
 pub(super) type IdleTicket = (u64, tokio::sync::oneshot::Receiver<Vec<Task>>);
 
 impl IdleStreams {
-    /// Wait for a task as `spec` says.
-    pub(super) fn register(&self, spec: DequeueSpec) -> IdleTicket {
+    /// Wait for a task as `spec` says: taken before the streams already
+    /// waiting, or (not `first`) after all of them.
+    pub(super) fn register(&self, spec: DequeueSpec, first: bool) -> IdleTicket {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let (hand, arrive) = tokio::sync::oneshot::channel();
-        self.list().push_back(IdleStream { id, spec, hand });
+        let stream = IdleStream { id, spec, hand };
+        if first {
+            self.list().push_back(stream);
+        } else {
+            self.list().push_front(stream);
+        }
         (id, arrive)
     }
 

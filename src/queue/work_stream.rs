@@ -9,7 +9,8 @@
 //! leases while credit lasts, fusing a lease with the acks that arrive
 //! (one backend call, one script on Redis). A stream that found nothing
 //! waits among the service's idle streams: an enqueue on this server takes
-//! the one that went idle last and leases for it in the call that stores the
+//! the one that went idle last (behind every other, if its worker's last
+//! task failed) and leases for it in the call that stores the
 //! task (so a task costs two backend calls, not three), while the
 //! service's poller still wakes it for tasks this server did not see
 //! arrive. Every ack's outcome is answered, in order.
@@ -54,6 +55,9 @@ pub(super) async fn serve<B: QueueBackend>(
     let _presence = worker.map(|w| Presence::start(service.backend_arc(), w));
     let mut credit = first.credit.min(MAX_CREDIT);
     let mut acks = first.acks;
+    // Whether this worker's last ack reported a failure: it then waits
+    // behind the other idle streams (see IdleStreams).
+    let mut failed_last = false;
     let brief = first.brief_acks;
     // Whether the queue may have tasks for us that we have not looked for.
     let mut look = true;
@@ -83,6 +87,9 @@ pub(super) async fn serve<B: QueueBackend>(
             handed.extend(arrive.await.unwrap_or_default());
         }
         credit = credit.saturating_sub(handed.len() as u32);
+        if !acks.is_empty() {
+            failed_last = acks.iter().any(|a| !a.success);
+        }
         let round = match step(
             &service,
             &spec,
@@ -114,10 +121,13 @@ pub(super) async fn serve<B: QueueBackend>(
             return;
         }
         if credit > 0 && !look {
-            idle = Some(service.idle().register(DequeueSpec {
-                max_tasks: credit.min(MAX_DEQUEUE),
-                ..spec.clone()
-            }));
+            idle = Some(service.idle().register(
+                DequeueSpec {
+                    max_tasks: credit.min(MAX_DEQUEUE),
+                    ..spec.clone()
+                },
+                !failed_last,
+            ));
         }
         let waiting = (credit > 0).then(|| {
             service.start_poller();
