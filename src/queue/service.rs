@@ -86,8 +86,8 @@ async fn poll_for_waiters<B: QueueBackend>(
     }
 }
 
-/// Work streams waiting for a task, the next to take one last. An enqueue
-/// on this server takes the newest and leases for it in the call that stores
+/// Work streams waiting for a task; the one at the back takes the next. An
+/// enqueue on this server takes it and leases for it in the call that stores
 /// the task (one backend call, one script on Redis, instead of an enqueue,
 /// a wake-up and a lease). A stream withdraws before it does anything else;
 /// if an enqueue took it first, it waits for what that enqueue hands over.
