@@ -290,3 +290,38 @@ fn the_newest_matching_records_come_newest_first_on_both_stores() {
         }
     });
 }
+
+/// The dashboard's watch of the chain reads, after its first whole walk,
+/// only the last verified record and the ones appended since, on SQLite and
+/// on Redis (across Redis's read chunks of 1,000), and agrees with a whole
+/// verification each time.
+#[test]
+fn the_watch_of_the_chain_reads_only_new_records_on_both_stores() {
+    let redis = RedisServer::start();
+    let dir = tempfile::tempdir().unwrap();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        let logs = [
+            nova::audit::AuditLog::sqlite(&dir.path().join("nova.db")).unwrap(),
+            nova::audit::AuditLog::redis(&redis.url()).await.unwrap(),
+        ];
+        let events = |n: usize, from: usize| -> Vec<nova::audit::Event> {
+            (from..from + n)
+                .map(|i| nova::audit::Event::new("tester", "run.start", format!("t{i}"), "ok"))
+                .collect()
+        };
+        for log in &logs {
+            let watch = nova::audit::watch::ChainWatch::default();
+            log.append_all(events(1500, 0)).await.unwrap();
+            let first = watch.check(log).await.unwrap();
+            assert_eq!((first.read, first.verification.records), (1500, 1500));
+            log.append_all(events(1200, 1500)).await.unwrap();
+            let next = watch.check(log).await.unwrap();
+            assert_eq!((next.read, next.verification.records), (1201, 2700));
+            assert_eq!(next.verification, log.verify().await.unwrap());
+            assert_eq!(next.evidence.get("A.8.32"), Some(&2700));
+            let idle = watch.check(log).await.unwrap();
+            assert_eq!((idle.read, idle.verification.records), (1, 2700));
+        }
+    });
+}

@@ -612,6 +612,80 @@ async fn queue_throughput_counts_other_processes_on_the_store() {
     }
 }
 
+/// The governance page's chain state follows new records (between whole
+/// walks only they and the last verified record are read), agrees with the
+/// store, and a change to the last verified record shows at the next look.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_chain_state_follows_new_records_and_finds_a_changed_one() {
+    let ws = demo();
+    let server = serve(&ws, true);
+    let c = http();
+    let newest = |db: &rusqlite::Connection| -> (u64, String) {
+        db.query_row(
+            "SELECT seq, hash FROM audit_log ORDER BY seq DESC LIMIT 1",
+            [],
+            |r| Ok((r.get::<_, i64>(0)? as u64, r.get(1)?)),
+        )
+        .unwrap()
+    };
+    let db = rusqlite::Connection::open(ws.home().join("nova.db")).unwrap();
+    let paused = server.post(&c, "/api/v1/queues/jobs/pause").await;
+    assert_eq!(paused.status(), 200);
+    let first = server.get(&c, "/api/v1/audit").await["chain"].clone();
+    let (seq, hash) = newest(&db);
+    assert_eq!(first["ok"], true, "{first}");
+    assert_eq!(first["records"], seq, "{first}");
+    assert_eq!(first["head"], hash.as_str(), "{first}");
+    let walked = first["whole_walk_at"]
+        .as_i64()
+        .expect("when the chain was walked");
+
+    let resumed = server.post(&c, "/api/v1/queues/jobs/resume").await;
+    assert_eq!(resumed.status(), 200);
+    let next = server.get(&c, "/api/v1/audit").await["chain"].clone();
+    let (seq2, hash2) = newest(&db);
+    assert!(seq2 > seq, "resuming was recorded");
+    assert_eq!(next["ok"], true, "{next}");
+    assert_eq!(next["records"], seq2, "{next}");
+    assert_eq!(next["head"], hash2.as_str(), "{next}");
+    assert_eq!(next["whole_walk_at"], walked, "no second whole walk yet");
+
+    // Each control's evidence, as `nova audit controls` counts it.
+    let api: Value = server.get(&c, "/api/v1/controls").await;
+    let cli = ws.run(&["audit", "controls", "--json"]).success().json();
+    let counts = |v: &Value, field: &str| -> Vec<(String, u64)> {
+        v.as_array()
+            .unwrap()
+            .iter()
+            .map(|c| {
+                (
+                    c["id"].as_str().unwrap().to_string(),
+                    c[field].as_u64().unwrap(),
+                )
+            })
+            .collect()
+    };
+    // `nova audit controls` appends a record of its own, after counting.
+    assert_eq!(counts(&api, "evidence"), counts(&cli, "events"));
+
+    // Change the record the chain was last verified up to.
+    let head = server.get(&c, "/api/v1/audit").await["chain"].clone();
+    let last = head["records"].as_u64().unwrap();
+    assert_eq!(newest(&db).0, last, "{head}");
+    db.execute(
+        "UPDATE audit_log SET outcome = 'denied' WHERE seq = ?1",
+        [last as i64],
+    )
+    .unwrap();
+    let broken = server.get(&c, "/api/v1/audit").await["chain"].clone();
+    assert_eq!(broken["ok"], false, "{broken}");
+    assert_eq!(broken["broken_at"], last, "{broken}");
+    assert!(
+        broken["reason"].as_str().unwrap().contains("was changed"),
+        "{broken}"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn bad_bodies_get_a_4xx_naming_the_field_and_change_nothing() {
     let ws = demo();

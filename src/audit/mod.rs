@@ -13,6 +13,7 @@ pub mod open;
 pub mod record;
 pub mod redis;
 pub mod sqlite;
+pub mod watch;
 
 pub use open::{operator, workspace_log};
 
@@ -149,16 +150,21 @@ impl AuditLog {
 impl AuditLog {
     /// Check the whole chain.
     pub async fn verify(&self) -> AuditResult<Verification> {
-        let rows = match self {
+        Ok(verify(self.read_from(1).await?))
+    }
+
+    /// The stored records from the one numbered `first` on, in order;
+    /// unreadable ones as errors in place.
+    pub async fn read_from(&self, first: u64) -> AuditResult<Vec<AuditResult<Record>>> {
+        match self {
             AuditLog::Sqlite(log) => {
                 let log = log.clone();
-                tokio::task::spawn_blocking(move || log.read_all())
+                tokio::task::spawn_blocking(move || log.read_from(first))
                     .await
-                    .map_err(|e| AuditError::Store(e.to_string()))??
+                    .map_err(|e| AuditError::Store(e.to_string()))?
             }
-            AuditLog::Redis(log) => log.read_all().await?,
-        };
-        Ok(verify(rows))
+            AuditLog::Redis(log) => log.read_from(first).await,
+        }
     }
 }
 
@@ -217,26 +223,66 @@ pub fn verify<I>(records: I) -> Verification
 where
     I: IntoIterator<Item = AuditResult<Record>>,
 {
-    let mut count = 0;
-    let mut prev: Option<Record> = None;
-    let broken = |seq: u64, reason: String, count: u64| Verification {
-        records: count,
-        head: None,
-        broken: Some(Break { seq, reason }),
-    };
+    let mut walk = Walk::default();
     for item in records {
+        if let Err(broken) = walk.step(item) {
+            return walk.broken(broken);
+        }
+    }
+    walk.holds()
+}
+
+/// A walk along the chain: each record checked against the one before it.
+#[derive(Debug, Clone, Default)]
+pub struct Walk {
+    /// Records read so far.
+    count: u64,
+    /// The last record that held.
+    last: Option<Record>,
+}
+
+impl Walk {
+    /// A walk that goes on after `last`, the `count`th record, already
+    /// verified.
+    pub fn after(last: Record, count: u64) -> Walk {
+        Walk {
+            count,
+            last: Some(last),
+        }
+    }
+
+    /// The last record that held, if any did.
+    pub fn last(&self) -> Option<&Record> {
+        self.last.as_ref()
+    }
+
+    pub fn count(&self) -> u64 {
+        self.count
+    }
+
+    /// Check the next stored record: why the chain breaks there, if it does.
+    pub fn step(&mut self, item: AuditResult<Record>) -> Result<(), Break> {
         let record = match item {
             Ok(r) => r,
             Err(AuditError::Unreadable { seq, reason }) => {
-                return broken(seq, format!("record {seq} is unreadable: {reason}"), count);
+                return Err(Break {
+                    seq,
+                    reason: format!("record {seq} is unreadable: {reason}"),
+                });
             }
-            Err(e) => return broken(count + 1, e.to_string(), count),
+            Err(e) => {
+                return Err(Break {
+                    seq: self.count + 1,
+                    reason: e.to_string(),
+                });
+            }
         };
-        count += 1;
-        let (want_seq, want_prev) = match &prev {
-            None => (1, GENESIS.to_string()),
-            Some(p) => (p.seq + 1, p.hash.clone()),
+        self.count += 1;
+        let (want_seq, want_prev) = match &self.last {
+            None => (1, GENESIS),
+            Some(p) => (p.seq + 1, p.hash.as_str()),
         };
+        let broken = |seq: u64, reason: String| Err(Break { seq, reason });
         if record.seq > want_seq {
             let missing = if record.seq == want_seq + 1 {
                 format!("record {want_seq} is missing")
@@ -250,7 +296,6 @@ where
                     want_seq - 1,
                     record.seq
                 ),
-                count,
             );
         }
         if record.seq < want_seq {
@@ -261,7 +306,6 @@ where
                     record.seq,
                     want_seq - 1
                 ),
-                count,
             );
         }
         if record.hash != record.expected_hash() {
@@ -271,7 +315,6 @@ where
                     "record {} was changed: its contents do not match its hash",
                     record.seq
                 ),
-                count,
             );
         }
         if record.prev_hash != want_prev {
@@ -282,15 +325,32 @@ where
                     record.seq,
                     want_seq - 1
                 ),
-                count,
             );
         }
-        prev = Some(record);
+        self.last = Some(record);
+        Ok(())
     }
-    Verification {
-        records: count,
-        head: Some(prev.map_or_else(|| GENESIS.to_string(), |p| p.hash)),
-        broken: None,
+
+    /// The verdict when every record so far held.
+    pub fn holds(&self) -> Verification {
+        Verification {
+            records: self.count,
+            head: Some(
+                self.last
+                    .as_ref()
+                    .map_or_else(|| GENESIS.to_string(), |p| p.hash.clone()),
+            ),
+            broken: None,
+        }
+    }
+
+    /// The verdict when the chain broke at `broken`.
+    pub fn broken(&self, broken: Break) -> Verification {
+        Verification {
+            records: self.count,
+            head: None,
+            broken: Some(broken),
+        }
     }
 }
 

@@ -77,9 +77,15 @@ impl RedisAudit {
     }
 
     pub async fn read_all(&self) -> AuditResult<Vec<AuditResult<Record>>> {
+        self.read_from(1).await
+    }
+
+    /// The records from the `first`th in the list on (the record numbered
+    /// `first`, unless some before it were removed), as [`Self::read_all`].
+    pub async fn read_from(&self, first: u64) -> AuditResult<Vec<AuditResult<Record>>> {
         let mut conn = self.conn.clone();
         let mut out = Vec::new();
-        let mut start: isize = 0;
+        let mut start = isize::try_from(first.max(1) - 1).unwrap_or(isize::MAX);
         loop {
             let chunk: Vec<String> = conn
                 .lrange(LOG, start, start + READ_CHUNK - 1)

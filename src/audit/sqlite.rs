@@ -165,12 +165,19 @@ impl SqliteAudit {
 
     /// Every record in sequence order; unreadable ones as errors in place.
     pub fn read_all(&self) -> AuditResult<Vec<AuditResult<Record>>> {
+        self.read_from(1)
+    }
+
+    /// The records numbered `first` and after, as [`Self::read_all`].
+    pub fn read_from(&self, first: u64) -> AuditResult<Vec<AuditResult<Record>>> {
         let conn = self.conn.lock().unwrap_or_else(|p| p.into_inner());
         let mut stmt = conn
-            .prepare(&format!("SELECT {COLUMNS} FROM audit_log ORDER BY seq"))
+            .prepare(&format!(
+                "SELECT {COLUMNS} FROM audit_log WHERE seq >= ?1 ORDER BY seq"
+            ))
             .map_err(store_err)?;
         let rows = stmt
-            .query_map([], record_from_row)
+            .query_map([first as i64], record_from_row)
             .map_err(store_err)?
             .collect::<Result<Vec<_>, _>>()
             .map_err(store_err)?;

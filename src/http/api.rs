@@ -841,16 +841,6 @@ impl From<crate::audit::Record> for AuditEntry {
     }
 }
 
-async fn records(state: &AppState) -> ApiResult<Vec<crate::audit::Record>> {
-    match &state.audit {
-        Some(log) => log
-            .records()
-            .await
-            .map_err(|e| ApiError::internal(format!("cannot read the audit log: {e}"))),
-        None => Ok(Vec::new()),
-    }
-}
-
 /// The newest `limit` records `keep` accepts, newest first: the log is read
 /// back from its end only as far as they are found.
 async fn audit_entries(
@@ -895,6 +885,25 @@ pub struct ChainState {
     /// The first record that does not chain, and why.
     pub broken_at: Option<u64>,
     pub reason: Option<String>,
+    /// When the whole chain was last walked (ms since the Unix epoch):
+    /// between whole walks only the records appended since the last
+    /// verified one are checked, and that one again (a whole walk comes
+    /// at least every 5 minutes; `nova audit verify` always walks it all).
+    pub whole_walk_at: Option<i64>,
+}
+
+/// The chain's state and each control's evidence, as the dashboard's
+/// watch of the chain has them now.
+async fn checked(state: &AppState) -> ApiResult<Option<crate::audit::watch::Checked>> {
+    match &state.audit {
+        Some(log) => state
+            .chain
+            .check(log)
+            .await
+            .map(Some)
+            .map_err(|e| ApiError::internal(format!("cannot verify the audit log: {e}"))),
+        None => Ok(None),
+    }
 }
 
 #[derive(Debug, Serialize, ToSchema)]
@@ -912,13 +921,9 @@ pub async fn audit(
     QueryArgs(q): QueryArgs<AuditQuery>,
 ) -> ApiResult<Json<AuditView>> {
     let limit = limit(q.limit, 200, 5000)?;
-    let verification = match &state.audit {
-        Some(log) => log
-            .verify()
-            .await
-            .map_err(|e| ApiError::internal(format!("cannot verify the audit log: {e}")))?,
-        None => crate::audit::verify(Vec::new()),
-    };
+    let checked = checked(&state).await?;
+    let whole_walk_at = checked.as_ref().map(|c| c.whole_at);
+    let verification = checked.map_or_else(|| crate::audit::verify(Vec::new()), |c| c.verification);
     let AuditQuery {
         action, actor, run, ..
     } = q;
@@ -949,6 +954,7 @@ pub async fn audit(
             head: verification.head,
             broken_at: verification.broken.as_ref().map(|b| b.seq),
             reason: verification.broken.map(|b| b.reason),
+            whole_walk_at,
         },
     }))
 }
@@ -1031,7 +1037,10 @@ pub struct ControlView {
 #[utoipa::path(get, path = "/api/v1/controls", tag = "governance",
     responses((status = 200, body = [ControlView]), (status = 500, body = ApiError)))]
 pub async fn controls(State(state): State<AppState>) -> ApiResult<Json<Vec<ControlView>>> {
-    let all = records(&state).await?;
+    let evidence = checked(&state)
+        .await?
+        .map(|c| c.evidence)
+        .unwrap_or_default();
     Ok(Json(
         crate::audit::controls::CONTROLS
             .iter()
@@ -1039,10 +1048,7 @@ pub async fn controls(State(state): State<AppState>) -> ApiResult<Json<Vec<Contr
                 id: c.id.to_string(),
                 title: c.title.to_string(),
                 actions: c.actions.iter().map(|a| a.to_string()).collect(),
-                evidence: all
-                    .iter()
-                    .filter(|r| r.controls.iter().any(|id| id == c.id))
-                    .count() as u64,
+                evidence: evidence.get(c.id).copied().unwrap_or(0),
             })
             .collect(),
     ))

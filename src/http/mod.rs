@@ -41,6 +41,8 @@ pub struct Dashboard {
     pub queue_label: String,
     pub policy: Policy,
     pub audit: Option<AuditLog>,
+    /// The audit chain's verification, kept up to date between requests.
+    pub chain: crate::audit::watch::ChainWatch,
     pub auth: auth::Auth,
     pub live: live::Live,
     /// Each run's agent graph, once resolved.
@@ -66,6 +68,7 @@ impl Dashboard {
             queue_label,
             policy: crate::policy::open(ws)?,
             audit: crate::audit::workspace_log(ws, store, true).await?,
+            chain: Default::default(),
             auth: auth::Auth::new(token),
             live: live::Live::default(),
             graphs: Default::default(),

@@ -617,7 +617,8 @@ function governanceView(main) {
     const [audit, dec, ctl] = await Promise.all([api(`/audit?${q}`), api("/policy/decisions?limit=100"), api("/controls")]);
     const c = audit.chain;
     chain.replaceChildren(h("strong", {}, "Audit chain: "), c.ok ? h("span", { class: "s-ok", "data-chain": "ok" }, `verified, ${c.records} records`) : h("span", { class: "s-failed", "data-chain": "broken" }, `broken at record ${c.broken_at}: ${c.reason}`),
-      c.head ? h("span", { class: "mono muted" }, `head ${c.head.slice(0, 16)}…`) : "");
+      c.head ? h("span", { class: "mono muted" }, `head ${c.head.slice(0, 16)}…`) : "",
+      c.ok && c.whole_walk_at ? h("span", { class: "muted", title: "Between whole walks (at least every 5 minutes) only the records appended since are checked, from the last verified one; nova audit verify walks it all." }, `whole chain walked ${clock(c.whole_walk_at)}`) : "");
     decisions.replaceChildren(dec.length ? h("table", { id: "decisions" }, h("thead", {}, h("tr", {}, ["When", "Decision", "Subject", "Request", "Reasons"].map((t) => h("th", {}, t)))),
       h("tbody", {}, dec.map((d) => h("tr", { "data-allowed": String(d.allowed) }, h("td", {}, time(d.at)), h("td", {}, badge(d.allowed ? "allowed" : "denied")),
         h("td", {}, d.subject), h("td", {}, d.request), h("td", { class: "wrap" }, d.reasons.join("; ")))))) : h("p", { class: "muted" }, "No decisions recorded."));
