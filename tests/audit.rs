@@ -325,3 +325,32 @@ fn the_watch_of_the_chain_reads_only_new_records_on_both_stores() {
         }
     });
 }
+
+/// Pointed at a SQLite queue store outside the workspace, `nova audit` says
+/// that the chain it reads is the workspace's, and which file that is, so
+/// "no records yet" is not taken for a verdict on the other file.
+#[test]
+fn audit_says_which_database_it_reads() {
+    let ws = Workspace::new();
+    let other = tempfile::tempdir().unwrap();
+    let db = other.path().join("queue.db");
+    ws.run(&[
+        "bench",
+        "audit",
+        "--records",
+        "3",
+        "--db",
+        db.to_str().unwrap(),
+    ])
+    .success();
+    let store = format!("sqlite:{}", db.display());
+    let here = ws.home().join("nova.db");
+    ws.run(&["audit", "--store", &store, "verify"])
+        .success()
+        .stdout_has(&format!("no records yet (there is no {})", here.display()))
+        .stderr_has(&format!(
+            "the audit log is kept in the workspace's database, {}, not in the queue's store {}",
+            here.display(),
+            db.display()
+        ));
+}

@@ -40,6 +40,17 @@ pub fn run(ws: &Workspace, out: &Output, args: &AuditArgs) -> Result<()> {
         AuditAction::Log { since: Some(s), .. } => Some(parse_since(s)?),
         _ => None,
     };
+    // On SQLite the chain is the workspace's, wherever the queue's store is.
+    if let crate::store_url::StoreUrl::Sqlite(path) =
+        crate::store_url::StoreUrl::resolve(ws, &args.store.choice())?
+        && path != ws.db_path()
+    {
+        eprintln!(
+            "note: the audit log is kept in the workspace's database, {}, not in the queue's store {}; --home names another workspace",
+            ws.db_path().display(),
+            path.display()
+        );
+    }
     crate::runtime::runtime()?.block_on(async {
         let log = workspace_log(ws, &args.store.choice(), false).await?;
         match &args.action {
@@ -126,7 +137,10 @@ async fn verify(ws: &Workspace, out: &Output, log: Option<&AuditLog>) -> Result<
         if out.json {
             return out.json(&json!({"records": 0, "holds": true}));
         }
-        return out.text("audit chain holds: no records yet\n");
+        return out.text(&format!(
+            "audit chain holds: no records yet (there is no {})\n",
+            ws.db_path().display()
+        ));
     };
     let v = log.verify().await.map_err(failed)?;
     let outcome = if v.broken.is_some() { "broken" } else { "ok" };
