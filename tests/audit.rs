@@ -5,6 +5,7 @@ mod common;
 
 use common::Workspace;
 use common::redis_server::RedisServer;
+use nova::audit::Filter;
 
 /// Make audit records the way a user would: enqueue a task (a policy
 /// decision) and cancel it, `n` times: `2n` records.
@@ -262,31 +263,70 @@ fn the_newest_matching_records_come_newest_first_on_both_stores() {
             nova::audit::AuditLog::redis(&redis.url()).await.unwrap(),
         ];
         for log in &logs {
-            // 2,500 records: every fifth is "rare.x", the rest "common.y".
+            // 2,500 records: every fifth is "rare.x", the rest "common.y";
+            // every tenth denied; each names a run in its details.
             let events = (0..2500)
                 .map(|i| {
                     let action = if i % 5 == 0 { "rare.x" } else { "common.y" };
-                    nova::audit::Event::new("tester", action, format!("t{i}"), "ok")
+                    let outcome = if i % 10 == 0 { "denied" } else { "ok" };
+                    nova::audit::Event::new("tester", action, format!("t{i}"), outcome)
+                        .details(serde_json::json!({"run": format!("run-{}", i % 100)}))
                 })
                 .collect();
             log.append_all(events).await.unwrap();
 
-            let rare = log.newest(|r| r.action == "rare.x", 3).await.unwrap();
+            let rare = log.newest(Filter::action("rare.x"), 3).await.unwrap();
             let targets: Vec<&str> = rare.iter().map(|r| r.target.as_str()).collect();
             assert_eq!(targets, ["t2495", "t2490", "t2485"]);
             assert!(rare.windows(2).all(|w| w[0].seq > w[1].seq));
 
             // More asked for than there are: every match, down to the first.
-            let all = log.newest(|r| r.action == "rare.x", 10_000).await.unwrap();
+            let all = log.newest(Filter::action("rare.x"), 10_000).await.unwrap();
             assert_eq!(all.len(), 500);
             assert_eq!(all.last().unwrap().target, "t0");
             assert!(
-                log.newest(|r| r.action == "none", 5)
+                log.newest(Filter::action("none"), 5)
                     .await
                     .unwrap()
                     .is_empty()
             );
-            assert!(log.newest(|_| true, 0).await.unwrap().is_empty());
+            assert!(log.newest(Filter::default(), 0).await.unwrap().is_empty());
+
+            // The other filters, alone and together, the same on both stores.
+            let targets = |found: Vec<nova::audit::Record>| -> Vec<String> {
+                found.into_iter().map(|r| r.target).collect()
+            };
+            let prefix = log.newest(Filter::action("rare.*"), 2).await.unwrap();
+            assert_eq!(targets(prefix), ["t2495", "t2490"]);
+            let denied = Filter {
+                outcome: Some("denied".into()),
+                ..Filter::action("rare.x")
+            };
+            assert_eq!(
+                targets(log.newest(denied, 3).await.unwrap()),
+                ["t2490", "t2480", "t2470"]
+            );
+            let by_actor = Filter {
+                actor: Some("test".into()),
+                ..Filter::default()
+            };
+            assert_eq!(
+                targets(log.newest(by_actor, 2).await.unwrap()),
+                ["t2499", "t2498"]
+            );
+            let mentions = |m: &str| Filter {
+                mentions: Some(m.into()),
+                ..Filter::default()
+            };
+            assert_eq!(
+                targets(log.newest(mentions("run-42"), 3).await.unwrap()),
+                ["t2442", "t2342", "t2242"]
+            );
+            assert_eq!(
+                targets(log.newest(mentions("t1234"), 5).await.unwrap()),
+                ["t1234"]
+            );
+            assert!(log.newest(mentions("nobody"), 5).await.unwrap().is_empty());
         }
     });
 }

@@ -9,12 +9,14 @@
 
 pub mod command;
 pub mod controls;
+pub mod filter;
 pub mod open;
 pub mod record;
 pub mod redis;
 pub mod sqlite;
 pub mod watch;
 
+pub use filter::Filter;
 pub use open::{operator, workspace_log};
 
 use std::path::Path;
@@ -115,21 +117,17 @@ impl AuditLog {
         }
     }
 
-    /// The newest `limit` records that `keep` accepts, newest first,
+    /// The newest `limit` records that `filter` accepts, newest first,
     /// without reading the log further back than they are found.
-    pub async fn newest(
-        &self,
-        keep: impl Fn(&Record) -> bool + Send + Sync + 'static,
-        limit: usize,
-    ) -> AuditResult<Vec<Record>> {
+    pub async fn newest(&self, filter: Filter, limit: usize) -> AuditResult<Vec<Record>> {
         match self {
             AuditLog::Sqlite(log) => {
                 let log = log.clone();
-                tokio::task::spawn_blocking(move || log.newest(&keep, limit))
+                tokio::task::spawn_blocking(move || log.newest(&filter, limit))
                     .await
                     .map_err(|e| AuditError::Store(e.to_string()))?
             }
-            AuditLog::Redis(log) => log.newest(&keep, limit).await,
+            AuditLog::Redis(log) => log.newest(&filter, limit).await,
         }
     }
 

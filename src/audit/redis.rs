@@ -8,6 +8,7 @@
 use ::redis::aio::ConnectionManager;
 use ::redis::{AsyncCommands, Script};
 
+use super::filter::Filter;
 use super::record::{Event, GENESIS, Record};
 use super::{AuditError, AuditResult};
 
@@ -111,13 +112,9 @@ impl RedisAudit {
         self.read_all().await?.into_iter().collect()
     }
 
-    /// The newest `limit` records that `keep` accepts, newest first, read
-    /// a chunk at a time from the end of the list.
-    pub async fn newest(
-        &self,
-        keep: &(dyn Fn(&Record) -> bool + Sync),
-        limit: usize,
-    ) -> AuditResult<Vec<Record>> {
+    /// The newest `limit` records `filter` accepts, newest first, read a
+    /// chunk at a time from the end of the list.
+    pub async fn newest(&self, filter: &Filter, limit: usize) -> AuditResult<Vec<Record>> {
         let mut conn = self.conn.clone();
         let len: isize = conn.llen(LOG).await.map_err(store_err)?;
         let mut found = Vec::new();
@@ -131,7 +128,7 @@ impl RedisAudit {
                         seq: start as u64 + i as u64 + 1,
                         reason: e.to_string(),
                     })?;
-                if keep(&record) {
+                if filter.matches(&record) {
                     found.push(record);
                     if found.len() == limit {
                         break;

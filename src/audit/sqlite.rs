@@ -12,6 +12,7 @@ use std::sync::{Arc, Mutex};
 
 use rusqlite::{Connection, OptionalExtension, Row, params};
 
+use super::filter::{ActionPattern, Filter};
 use super::record::{Event, GENESIS, Record};
 use super::{AuditError, AuditResult};
 use crate::store::Store;
@@ -188,25 +189,43 @@ impl SqliteAudit {
         self.read_all()?.into_iter().collect()
     }
 
-    /// The newest `limit` records that `keep` accepts, newest first, read
-    /// from the newest back only as far as they are found.
-    pub fn newest(&self, keep: &dyn Fn(&Record) -> bool, limit: usize) -> AuditResult<Vec<Record>> {
+    /// The newest `limit` records `filter` accepts, newest first: SQLite
+    /// reads back from the newest only as far as they are found, and
+    /// parses only the records it returns.
+    pub fn newest(&self, filter: &Filter, limit: usize) -> AuditResult<Vec<Record>> {
+        let (exact, prefix) = match filter.action_pattern() {
+            None => (None, None),
+            Some(ActionPattern::Exact(a)) => (Some(a), None),
+            Some(ActionPattern::Prefix(p)) => (None, Some(p)),
+        };
         let conn = self.conn.lock().unwrap_or_else(|p| p.into_inner());
         let mut stmt = conn
-            .prepare(&format!(
-                "SELECT {COLUMNS} FROM audit_log ORDER BY seq DESC"
+            .prepare_cached(&format!(
+                "SELECT {COLUMNS} FROM audit_log
+                 WHERE (?1 IS NULL OR action = ?1)
+                   AND (?2 IS NULL OR substr(action, 1, length(?2)) = ?2)
+                   AND (?3 IS NULL OR outcome = ?3)
+                   AND (?4 IS NULL OR instr(actor, ?4) > 0)
+                   AND (?5 IS NULL OR instr(target, ?5) > 0 OR instr(details, ?5) > 0)
+                 ORDER BY seq DESC LIMIT ?6"
             ))
             .map_err(store_err)?;
-        let mut rows = stmt.query([]).map_err(store_err)?;
+        let rows = stmt
+            .query_map(
+                params![
+                    exact,
+                    prefix,
+                    filter.outcome,
+                    filter.actor,
+                    filter.mentions,
+                    i64::try_from(limit).unwrap_or(i64::MAX)
+                ],
+                record_from_row,
+            )
+            .map_err(store_err)?;
         let mut found = Vec::new();
-        while found.len() < limit {
-            let Some(row) = rows.next().map_err(store_err)? else {
-                break;
-            };
-            let record = record_from_row(row).map_err(store_err)??;
-            if keep(&record) {
-                found.push(record);
-            }
+        for row in rows {
+            found.push(row.map_err(store_err)??);
         }
         Ok(found)
     }

@@ -799,7 +799,7 @@ pub async fn host(
     })
     .await?
     .unwrap_or_default();
-    let alerts = audit_entries(&state, |r| r.action == "monitor.alert", 200).await?;
+    let alerts = audit_entries(&state, crate::audit::Filter::action("monitor.alert"), 200).await?;
     Ok(Json(HostView {
         live: state.live.host_samples(),
         history,
@@ -841,18 +841,18 @@ impl From<crate::audit::Record> for AuditEntry {
     }
 }
 
-/// The newest `limit` records `keep` accepts, newest first: the log is read
-/// back from its end only as far as they are found.
+/// The newest `limit` records `filter` accepts, newest first: the log is
+/// read back from its end only as far as they are found.
 async fn audit_entries(
     state: &AppState,
-    keep: impl Fn(&crate::audit::Record) -> bool + Send + Sync + 'static,
+    filter: crate::audit::Filter,
     limit: usize,
 ) -> ApiResult<Vec<AuditEntry>> {
     let Some(log) = &state.audit else {
         return Ok(Vec::new());
     };
     Ok(log
-        .newest(keep, limit)
+        .newest(filter, limit)
         .await
         .map_err(|e| ApiError::internal(format!("cannot read the audit log: {e}")))?
         .into_iter()
@@ -927,25 +927,13 @@ pub async fn audit(
     let AuditQuery {
         action, actor, run, ..
     } = q;
-    let matches_action = move |got: &str| match &action {
-        None => true,
-        Some(want) => match want.strip_suffix('*') {
-            Some(prefix) => got.starts_with(prefix),
-            None => got == want,
-        },
+    let filter = crate::audit::Filter {
+        action,
+        actor,
+        mentions: run,
+        ..Default::default()
     };
-    let entries = audit_entries(
-        &state,
-        move |r| {
-            matches_action(&r.action)
-                && actor.as_ref().is_none_or(|a| r.actor.contains(a.as_str()))
-                && run.as_ref().is_none_or(|id| {
-                    r.target.contains(id.as_str()) || r.details.to_string().contains(id.as_str())
-                })
-        },
-        limit as usize,
-    )
-    .await?;
+    let entries = audit_entries(&state, filter, limit as usize).await?;
     Ok(Json(AuditView {
         records: entries,
         chain: ChainState {
@@ -993,12 +981,11 @@ pub async fn decisions(
 ) -> ApiResult<Json<Vec<DecisionView>>> {
     let limit = limit(q.limit, 200, 5000)?;
     let only_denied = q.denied.unwrap_or(false);
-    let found = audit_entries(
-        &state,
-        move |r| r.action == "policy.decision" && (!only_denied || r.outcome == "denied"),
-        limit as usize,
-    )
-    .await?;
+    let filter = crate::audit::Filter {
+        outcome: only_denied.then(|| "denied".to_string()),
+        ..crate::audit::Filter::action("policy.decision")
+    };
+    let found = audit_entries(&state, filter, limit as usize).await?;
     Ok(Json(
         found
             .into_iter()
