@@ -107,22 +107,16 @@ pub struct RunsQuery {
     pub limit: Option<u32>,
 }
 
-fn task_counts(conn: &Connection) -> rusqlite::Result<HashMap<String, HashMap<String, u64>>> {
-    let mut by_run: HashMap<String, HashMap<String, u64>> = HashMap::new();
-    let mut stmt =
-        conn.prepare("SELECT run_id, status, COUNT(*) FROM run_tasks GROUP BY run_id, status")?;
-    let rows = stmt.query_map([], |r| {
-        Ok((
-            r.get::<_, String>(0)?,
-            r.get::<_, String>(1)?,
-            r.get::<_, i64>(2)?,
-        ))
+/// How many of the run's tasks are in each status (read along the run's
+/// range of the table's key, not the whole table).
+fn task_counts(conn: &Connection, run: &str) -> rusqlite::Result<HashMap<String, u64>> {
+    let mut stmt = conn.prepare_cached(
+        "SELECT status, COUNT(*) FROM run_tasks WHERE run_id = ?1 GROUP BY status",
+    )?;
+    let rows = stmt.query_map([run], |r| {
+        Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)? as u64))
     })?;
-    for row in rows {
-        let (run, status, n) = row?;
-        by_run.entry(run).or_default().insert(status, n as u64);
-    }
-    Ok(by_run)
+    rows.collect()
 }
 
 /// Runs, newest first.
@@ -137,14 +131,10 @@ pub async fn list_runs(
         if !has_table(conn, "runs")? {
             return Ok(Vec::new());
         }
-        let mut all = runs::runs(conn)?;
-        all.reverse();
-        all.truncate(limit as usize);
-        let mut counts = task_counts(conn)?;
-        Ok(all
+        runs::newest_runs(conn, limit as usize)?
             .iter()
-            .map(|r| RunSummary::of(r, counts.remove(&r.id).unwrap_or_default()))
-            .collect())
+            .map(|r| Ok(RunSummary::of(r, task_counts(conn, &r.id)?)))
+            .collect()
     })
     .await?;
     Ok(Json(found.unwrap_or_default()))

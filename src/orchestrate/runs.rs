@@ -125,6 +125,15 @@ pub fn runs(conn: &Connection) -> rusqlite::Result<Vec<RunRow>> {
     .collect()
 }
 
+/// The newest `limit` runs, newest first.
+pub fn newest_runs(conn: &Connection, limit: usize) -> rusqlite::Result<Vec<RunRow>> {
+    conn.prepare(&format!(
+        "SELECT {RUN_COLUMNS} FROM runs ORDER BY started_at DESC, rowid DESC LIMIT ?1"
+    ))?
+    .query_map([i64::try_from(limit).unwrap_or(i64::MAX)], run_from_row)?
+    .collect()
+}
+
 /// The run `id`, or (with a prefix) the one run whose id starts with it.
 pub fn find_run(conn: &Connection, id: &str) -> rusqlite::Result<Option<RunRow>> {
     let exact = conn
