@@ -249,20 +249,44 @@ fn the_chain_lives_in_redis_when_the_queue_does() {
     );
 }
 
+/// An empty audit log in a SQLite file and one in a real redis-server, with
+/// a runtime to drive them; all of it goes when this does.
+struct BothStores {
+    logs: [nova::audit::AuditLog; 2],
+    rt: tokio::runtime::Runtime,
+    _redis: RedisServer,
+    _dir: tempfile::TempDir,
+}
+
+impl BothStores {
+    fn start() -> BothStores {
+        let redis = RedisServer::start();
+        let dir = tempfile::tempdir().unwrap();
+        let rt = tokio::runtime::Runtime::new().unwrap();
+        let logs = rt.block_on(async {
+            [
+                nova::audit::AuditLog::sqlite(&dir.path().join("nova.db")).unwrap(),
+                nova::audit::AuditLog::redis(&redis.url()).await.unwrap(),
+            ]
+        });
+        BothStores {
+            logs,
+            rt,
+            _redis: redis,
+            _dir: dir,
+        }
+    }
+}
+
 /// `newest` reads back from the end of the log only as far as it finds the
 /// records asked for, on SQLite and on Redis (across Redis's read chunks of
 /// 1,000): the newest matches, newest first, at most `limit` of them.
 #[test]
 fn the_newest_matching_records_come_newest_first_on_both_stores() {
-    let redis = RedisServer::start();
-    let dir = tempfile::tempdir().unwrap();
-    let rt = tokio::runtime::Runtime::new().unwrap();
-    rt.block_on(async {
-        let logs = [
-            nova::audit::AuditLog::sqlite(&dir.path().join("nova.db")).unwrap(),
-            nova::audit::AuditLog::redis(&redis.url()).await.unwrap(),
-        ];
-        for log in &logs {
+    let stores = BothStores::start();
+    stores.rt.block_on(async {
+        let logs = &stores.logs;
+        for log in logs {
             // 2,500 records: every fifth is "rare.x", the rest "common.y";
             // every tenth denied; each names a run in its details.
             let events = (0..2500)
@@ -337,20 +361,15 @@ fn the_newest_matching_records_come_newest_first_on_both_stores() {
 /// verification each time.
 #[test]
 fn the_watch_of_the_chain_reads_only_new_records_on_both_stores() {
-    let redis = RedisServer::start();
-    let dir = tempfile::tempdir().unwrap();
-    let rt = tokio::runtime::Runtime::new().unwrap();
-    rt.block_on(async {
-        let logs = [
-            nova::audit::AuditLog::sqlite(&dir.path().join("nova.db")).unwrap(),
-            nova::audit::AuditLog::redis(&redis.url()).await.unwrap(),
-        ];
+    let stores = BothStores::start();
+    stores.rt.block_on(async {
+        let logs = &stores.logs;
         let events = |n: usize, from: usize| -> Vec<nova::audit::Event> {
             (from..from + n)
                 .map(|i| nova::audit::Event::new("tester", "run.start", format!("t{i}"), "ok"))
                 .collect()
         };
-        for log in &logs {
+        for log in logs {
             let watch = nova::audit::watch::ChainWatch::default();
             log.append_all(events(1500, 0)).await.unwrap();
             let first = watch.check(log).await.unwrap();
