@@ -413,3 +413,93 @@ fn audit_says_which_database_it_reads() {
             db.display()
         ));
 }
+
+/// How many times redis-server has run each command so far.
+fn command_calls(con: &mut redis::Connection) -> std::collections::HashMap<String, u64> {
+    let info: String = redis::cmd("INFO").arg("commandstats").query(con).unwrap();
+    info.lines()
+        .filter_map(|line| {
+            let (name, rest) = line.strip_prefix("cmdstat_")?.split_once(':')?;
+            let calls = rest
+                .strip_prefix("calls=")?
+                .split(',')
+                .next()?
+                .parse()
+                .ok()?;
+            Some((name.to_string(), calls))
+        })
+        .collect()
+}
+
+/// On Redis a search for one action reads that action's records through
+/// its index, not the whole list; a log written before the indexes existed
+/// is indexed by its first such search; a list changed by hand, so that
+/// the index no longer matches it, is read whole instead.
+#[test]
+fn a_search_for_one_action_reads_only_its_records_on_redis() {
+    let redis = RedisServer::start();
+    let mut raw = redis::Client::open(redis.url())
+        .unwrap()
+        .get_connection()
+        .unwrap();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        let log = nova::audit::AuditLog::redis(&redis.url()).await.unwrap();
+        // 5,000 records, of which the first three are "rare.x".
+        let events = (0..5000)
+            .map(|i| {
+                let action = if i < 3 { "rare.x" } else { "common.y" };
+                nova::audit::Event::new("tester", action, format!("t{i}"), "ok")
+            })
+            .collect();
+        log.append_all(events).await.unwrap();
+        let rare = || async {
+            let found = log.newest(Filter::action("rare.x"), 10).await.unwrap();
+            found.into_iter().map(|r| r.target).collect::<Vec<_>>()
+        };
+
+        let before = command_calls(&mut raw);
+        assert_eq!(rare().await, ["t2", "t1", "t0"]);
+        let after = command_calls(&mut raw);
+        let made = |name: &str| after.get(name).unwrap_or(&0) - before.get(name).unwrap_or(&0);
+        assert_eq!(made("lindex"), 3, "one read per record found");
+        assert_eq!(made("lrange"), 1, "the index alone: {after:?}");
+
+        // As a nova from before the indexes leaves the log: no index, no count.
+        let indexes: Vec<String> = redis::cmd("KEYS")
+            .arg("nova:audit:action:*")
+            .query(&mut raw)
+            .unwrap();
+        assert_eq!(indexes.len(), 2, "{indexes:?}");
+        let _: () = redis::cmd("DEL").arg(&indexes).query(&mut raw).unwrap();
+        let _: () = redis::cmd("HDEL")
+            .arg("nova:audit:head")
+            .arg("indexed")
+            .query(&mut raw)
+            .unwrap();
+        assert_eq!(rare().await, ["t2", "t1", "t0"]);
+        let indexed: u64 = redis::cmd("HGET")
+            .arg("nova:audit:head")
+            .arg("indexed")
+            .query(&mut raw)
+            .unwrap();
+        assert_eq!(indexed, 5000);
+        // From then on an append indexes its own record.
+        log.append(nova::audit::Event::new("tester", "rare.x", "t5000", "ok"))
+            .await
+            .unwrap();
+        let listed: u64 = redis::cmd("LLEN")
+            .arg("nova:audit:action:rare.x")
+            .query(&mut raw)
+            .unwrap();
+        assert_eq!(listed, 4);
+        assert_eq!(rare().await, ["t5000", "t2", "t1", "t0"]);
+
+        // The list's first record removed by hand: every number is off by one.
+        let _: String = redis::cmd("LPOP")
+            .arg("nova:audit:log")
+            .query(&mut raw)
+            .unwrap();
+        assert_eq!(rare().await, ["t5000", "t2", "t1"]);
+    });
+}

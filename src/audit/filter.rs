@@ -54,8 +54,140 @@ impl Filter {
     }
 }
 
+impl Filter {
+    /// Whether a record stored as `json` (serde_json's compact form) may
+    /// match: false only when it cannot, so that a scan skips most records
+    /// without parsing them. Every text the filter looks for that holds only
+    /// characters JSON never escapes nor uses between tokens must appear in
+    /// the stored text as it is; a text with any other character says
+    /// nothing here and is left to [`Filter::matches`].
+    pub fn may_match_json(&self, json: &str) -> bool {
+        let texts = [
+            self.action
+                .as_deref()
+                .map(|a| a.strip_suffix('*').unwrap_or(a)),
+            self.outcome.as_deref(),
+            self.actor.as_deref(),
+            self.mentions.as_deref(),
+        ];
+        texts
+            .into_iter()
+            .flatten()
+            .filter(|t| t.chars().all(inside_one_token))
+            .all(|t| json.contains(t))
+    }
+}
+
+/// A character that serde_json writes as it is inside a string and that
+/// never stands between two tokens, so a text made of them is found within
+/// one string, number or literal of the stored record whatever the order of
+/// its keys.
+fn inside_one_token(c: char) -> bool {
+    c.is_alphanumeric() || matches!(c, '-' | '_' | '.' | '/' | '@' | '+' | '#' | '=' | '~' | ' ')
+}
+
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub enum ActionPattern<'a> {
     Exact(&'a str),
     Prefix(&'a str),
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::audit::Event;
+    use serde_json::json;
+
+    fn stored(
+        action: &str,
+        actor: &str,
+        target: &str,
+        details: serde_json::Value,
+    ) -> (Record, String) {
+        let record = Event::new(actor, action, target, "ok")
+            .details(details)
+            .seal(41, crate::audit::GENESIS, 1_764_800_000_000);
+        let json = serde_json::to_string(&record).unwrap();
+        (record, json)
+    }
+
+    /// The pre-check never turns away a record that the filter accepts,
+    /// whatever the texts hold, and turns away records that lack a plain text.
+    #[test]
+    fn the_json_precheck_only_turns_away_records_that_cannot_match() {
+        let records = [
+            stored(
+                "run.start",
+                "operator:ann",
+                "run-42",
+                json!({"run": "run-42", "z": 1, "a": [1, 2]}),
+            ),
+            stored(
+                "queue.ack",
+                "worker \"w\"",
+                "t:1",
+                json!({"b": {"c": "x y"}, "a": true}),
+            ),
+            stored(
+                "policy.decision",
+                "agent:é",
+                "quoted \"x\"",
+                json!({"why": "line\nbreak"}),
+            ),
+        ];
+        let texts = [
+            "run-42",
+            "run",
+            "42",
+            "1}",
+            "2]",
+            "a\":",
+            ":1",
+            "true",
+            "x y",
+            "\"w\"",
+            "w",
+            "é",
+            "line",
+            "\n",
+            "queue.*",
+            "queue.ack",
+            "ann",
+            "ok",
+            "none",
+            ",",
+            "t:1",
+        ];
+        for (record, json) in &records {
+            for t in texts {
+                for filter in [
+                    Filter::action(t),
+                    Filter {
+                        outcome: Some(t.into()),
+                        ..Filter::default()
+                    },
+                    Filter {
+                        actor: Some(t.into()),
+                        ..Filter::default()
+                    },
+                    Filter {
+                        mentions: Some(t.into()),
+                        ..Filter::default()
+                    },
+                ] {
+                    if filter.matches(record) {
+                        assert!(filter.may_match_json(json), "{filter:?} on {json}");
+                    }
+                }
+            }
+        }
+        let (_, json) = &records[0];
+        let mentions = |m: &str| Filter {
+            mentions: Some(m.into()),
+            ..Filter::default()
+        };
+        assert!(!mentions("run-43").may_match_json(json));
+        assert!(!Filter::action("queue.*").may_match_json(json));
+        assert!(mentions("run-42").may_match_json(json));
+    }
 }
