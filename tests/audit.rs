@@ -351,6 +351,16 @@ fn the_newest_matching_records_come_newest_first_on_both_stores() {
                 ["t1234"]
             );
             assert!(log.newest(mentions("nobody"), 5).await.unwrap().is_empty());
+            let since = |at: i64| Filter {
+                since: Some(at),
+                ..Filter::action("rare.x")
+            };
+            let now = nova::clock::now_ms();
+            assert_eq!(
+                log.newest(since(now - 60_000), 1000).await.unwrap().len(),
+                500
+            );
+            assert!(log.newest(since(now + 60_000), 5).await.unwrap().is_empty());
         }
     });
 }

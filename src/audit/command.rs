@@ -7,7 +7,7 @@ use std::path::Path;
 use serde_json::json;
 
 use super::controls::CONTROLS;
-use super::{AuditLog, Event, Record};
+use super::{AuditLog, Event, Filter, Record};
 use super::{operator, workspace_log};
 use crate::cli::{AuditAction, AuditArgs, ExportFormat};
 use crate::clock::rfc3339;
@@ -55,20 +55,21 @@ pub fn run(ws: &Workspace, out: &Output, args: &AuditArgs) -> Result<()> {
         let log = workspace_log(ws, &args.store.choice(), false).await?;
         match &args.action {
             AuditAction::Log { action, limit, .. } => {
-                let records = match &log {
-                    Some(log) => log.records().await.map_err(failed)?,
+                let filter = Filter {
+                    action: action.clone(),
+                    since,
+                    ..Filter::default()
+                };
+                // The newest that match, read back only as far as they go.
+                let mut shown = match &log {
+                    Some(log) => log
+                        .newest(filter, limit.unwrap_or(usize::MAX))
+                        .await
+                        .map_err(failed)?,
                     None => Vec::new(),
                 };
-                let mut shown: Vec<&Record> = records
-                    .iter()
-                    .filter(|r| since.is_none_or(|t| r.at >= t))
-                    .filter(|r| action.as_ref().is_none_or(|a| matches_action(a, &r.action)))
-                    .collect();
-                if let Some(limit) = limit {
-                    let skip = shown.len().saturating_sub(*limit);
-                    shown.drain(..skip);
-                }
-                print_log(out, &shown)
+                shown.reverse();
+                print_log(out, &shown.iter().collect::<Vec<_>>())
             }
             AuditAction::Verify { .. } => verify(ws, out, log.as_ref()).await,
             AuditAction::Export { format, output } => {
@@ -98,14 +99,6 @@ pub fn run(ws: &Workspace, out: &Output, args: &AuditArgs) -> Result<()> {
             }
         }
     })
-}
-
-/// `run.*` matches every action under `run.`; anything else matches exactly.
-fn matches_action(pattern: &str, action: &str) -> bool {
-    match pattern.strip_suffix('*') {
-        Some(prefix) => action.starts_with(prefix),
-        None => pattern == action,
-    }
 }
 
 fn print_log(out: &Output, records: &[&Record]) -> Result<()> {

@@ -17,6 +17,8 @@ pub struct Filter {
     pub actor: Option<String>,
     /// A target, or details as stored (JSON), that contain this (a run's id).
     pub mentions: Option<String>,
+    /// Sealed at or after this time (milliseconds since the Unix epoch).
+    pub since: Option<i64>,
 }
 
 impl Filter {
@@ -51,6 +53,7 @@ impl Filter {
             && self.mentions.as_ref().is_none_or(|m| {
                 r.target.contains(m.as_str()) || r.details.to_string().contains(m.as_str())
             })
+            && self.since.is_none_or(|t| r.at >= t)
     }
 }
 

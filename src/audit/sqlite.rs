@@ -207,6 +207,7 @@ impl SqliteAudit {
                    AND (?3 IS NULL OR outcome = ?3)
                    AND (?4 IS NULL OR instr(actor, ?4) > 0)
                    AND (?5 IS NULL OR instr(target, ?5) > 0 OR instr(details, ?5) > 0)
+                   AND (?7 IS NULL OR at >= ?7)
                  ORDER BY seq DESC LIMIT ?6"
             ))
             .map_err(store_err)?;
@@ -218,7 +219,8 @@ impl SqliteAudit {
                     filter.outcome,
                     filter.actor,
                     filter.mentions,
-                    i64::try_from(limit).unwrap_or(i64::MAX)
+                    i64::try_from(limit).unwrap_or(i64::MAX),
+                    filter.since
                 ],
                 record_from_row,
             )
