@@ -737,7 +737,11 @@ impl QueueBackend for SqliteQueue {
     async fn stats(&self, now: i64) -> QueueResult<Stats> {
         self.read(move |conn| {
             let counts = conn
-                .prepare_cached("SELECT queue, status, COUNT(*) FROM queue_tasks GROUP BY queue, status ORDER BY queue, status")
+                .prepare_cached("SELECT queue, status, n FROM queue_finished WHERE n > 0
+                     UNION ALL
+                     SELECT queue, status, COUNT(*) FROM queue_tasks
+                     WHERE status IN ('PENDING', 'IN_PROGRESS') GROUP BY queue, status
+                     ORDER BY queue, status")
                 .map_err(sql_err)?
                 .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get::<_, i64>(2)? as u64)))
                 .map_err(sql_err)?
