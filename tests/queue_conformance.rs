@@ -529,6 +529,26 @@ async fn batches_and_queue_selection(backend: Backend) {
         .outcomes;
     assert!(outcomes[..5].iter().all(|o| o.code == 0));
     assert_eq!(outcomes[5].code, Code::NotFound as i32);
+
+    // Several queues named: tasks of any of them, none of another.
+    c.enqueue(EnqueueRequest {
+        queue: "other".into(),
+        ..req("not asked for")
+    })
+    .await
+    .unwrap();
+    let got = c
+        .dequeue(DequeueRequest {
+            worker_id: "w".into(),
+            queues: vec!["none".into(), "even".into(), "odd".into(), "empty".into()],
+            max_tasks: 10,
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(got.tasks.len(), 5);
+    assert!(got.tasks.iter().all(|t| t.queue == "even"));
 }
 
 async fn a_long_poll_wakes_on_enqueue(backend: Backend) {

@@ -319,9 +319,11 @@ fn dequeue(conn: &Connection, spec: &DequeueSpec, now: i64) -> QueueResult<Vec<T
            AND NOT EXISTS (SELECT 1 FROM paused_queues pq WHERE pq.queue = t.queue)"
     );
     if !spec.queues.is_empty() {
+        // Comparisons, not `IN (...)`: SQLite builds a list of three or more
+        // into a temporary table on every call.
         sql.push_str(&format!(
-            " AND t.queue IN ({})",
-            vec!["?"; spec.queues.len()].join(", ")
+            " AND ({})",
+            vec!["t.queue = ?"; spec.queues.len()].join(" OR ")
         ));
     }
     sql.push_str(" ORDER BY t.priority DESC, t.run_at, t.seq LIMIT ?");
