@@ -913,6 +913,82 @@ async fn a_repeated_final_ack_is_answered_and_changes_nothing(backend: Backend) 
     assert_eq!(err.code(), Code::FailedPrecondition, "{err:?}");
 }
 
+/// Each upgrade that changes the queue's routines adds a function library.
+/// A server that loads its own removes nova's beyond the newest three (a
+/// library no server has recorded counts as the oldest) and leaves every
+/// other program's library alone.
+#[tokio::test]
+async fn a_server_removes_old_function_libraries_but_not_others() {
+    let redis = RedisServer::start();
+    let mut raw = ::redis::Client::open(redis.url())
+        .unwrap()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap();
+    let old = |c: char| format!("nova_{}", c.to_string().repeat(16));
+    for name in [
+        old('a'),
+        old('b'),
+        old('c'),
+        old('d'),
+        "someone_else".into(),
+        "nova_theirs".into(),
+    ] {
+        let code = format!(
+            "#!lua name={name}\nredis.register_function('{name}_f', function() return 1 end)"
+        );
+        let _: String = ::redis::cmd("FUNCTION")
+            .arg("LOAD")
+            .arg(code)
+            .query_async(&mut raw)
+            .await
+            .unwrap();
+    }
+    // When servers of those versions last loaded them; d's never said.
+    let _: i64 = ::redis::cmd("ZADD")
+        .arg("nova:functions")
+        .arg(&[(1, old('a')), (3, old('c')), (2, old('b'))])
+        .query_async(&mut raw)
+        .await
+        .unwrap();
+
+    let queue = RedisQueue::connect(&redis.url()).await.unwrap();
+    assert!(queue.uses_functions());
+    let listed: ::redis::Value = ::redis::cmd("FUNCTION")
+        .arg("LIST")
+        .query_async(&mut raw)
+        .await
+        .unwrap();
+    let listed = format!("{listed:?}");
+    for kept in [
+        old('b'),
+        old('c'),
+        "someone_else".into(),
+        "nova_theirs".into(),
+    ] {
+        assert!(listed.contains(&kept), "{kept} was removed: {listed}");
+    }
+    for removed in [old('a'), old('d')] {
+        assert!(
+            !listed.contains(&removed),
+            "{removed} is still there: {listed}"
+        );
+    }
+    let recorded: Vec<String> = ::redis::cmd("ZREVRANGE")
+        .arg("nova:functions")
+        .arg(0)
+        .arg(-1)
+        .query_async(&mut raw)
+        .await
+        .unwrap();
+    assert_eq!(recorded.len(), 3, "{recorded:?}");
+    assert!(
+        listed.contains(&recorded[0]),
+        "this server's own: {recorded:?}"
+    );
+    assert_eq!(recorded[1..], [old('c'), old('b')]);
+}
+
 /// A Redis that lost nova's functions (restarted without persistence, or
 /// `FUNCTION FLUSH`) is given the library again by the next call, which
 /// goes on as if nothing had happened.

@@ -11,6 +11,12 @@
 //! routine runs as a script (`EVALSHA`). A Redis that lost its functions
 //! (restarted without persistence, `FUNCTION FLUSH`) is given the library
 //! again by the first call that misses it.
+//!
+//! Each upgrade that changes the routines adds a library, so a server that
+//! loads its own also removes old ones: `nova:functions` remembers when each
+//! version's library was last loaded, and all but the newest [`LIBRARIES_KEPT`]
+//! go (a library that no server has recorded counts as the oldest). A server
+//! still running a removed version loads its library again on its next call.
 
 use std::sync::LazyLock;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -24,6 +30,12 @@ const ENQUEUE_FN: &str = include_str!("enqueue_fn.lua");
 const LEASE_FN: &str = include_str!("lease_fn.lua");
 /// Stands for the library's name in its code until the digest is known.
 const NAME: &str = "{LIBRARY}";
+/// When each version's library was last loaded (a sorted set: names scored
+/// by milliseconds since the Unix epoch).
+const LOADED: &str = "nova:functions";
+/// How many of nova's libraries a Redis keeps, this server's among them: a
+/// fleet upgraded one version at a time runs two at once.
+pub const LIBRARIES_KEPT: usize = 3;
 
 pub(super) struct Routine {
     /// Its name in the library is `<library>_<name>`.
@@ -165,9 +177,15 @@ async fn load(conn: &ConnectionManager) -> bool {
         .query_async(&mut conn.clone())
         .await;
     match loaded {
-        Ok(_) => true,
-        // Another server of this version loaded it first.
-        Err(e) if e.to_string().contains("already exists") => true,
+        // Another server of this version may have loaded it first.
+        Ok(_) => {
+            prune(conn).await;
+            true
+        }
+        Err(e) if e.to_string().contains("already exists") => {
+            prune(conn).await;
+            true
+        }
         Err(e) => {
             tracing::debug!(
                 "Redis functions unavailable ({e}): the queue's routines run as scripts"
@@ -175,4 +193,91 @@ async fn load(conn: &ConnectionManager) -> bool {
             false
         }
     }
+}
+
+/// Record this library's load, and remove nova's libraries beyond the newest
+/// [`LIBRARIES_KEPT`]. Best effort: a Redis that refuses leaves them.
+async fn prune(conn: &ConnectionManager) {
+    let mut conn = conn.clone();
+    let now = crate::clock::now_ms();
+    let listed: Result<(Value, Vec<String>), RedisError> = ::redis::pipe()
+        .zadd(LOADED, &ROUTINES.name, now)
+        .ignore()
+        .cmd("FUNCTION")
+        .arg("LIST")
+        .arg("LIBRARYNAME")
+        .arg("nova_*")
+        .zrevrange(LOADED, 0, -1)
+        .query_async(&mut conn)
+        .await;
+    let (libraries, newest_first) = match listed {
+        Ok(listed) => listed,
+        Err(e) => {
+            tracing::debug!("could not list Redis's function libraries: {e}");
+            return;
+        }
+    };
+    // Only names nova gives its libraries (the pattern ignores case).
+    let present: Vec<String> = library_names(&libraries)
+        .into_iter()
+        .filter(|n| is_nova_library(n))
+        .collect();
+    let recorded = newest_first.iter().filter(|n| present.contains(n));
+    let keep: Vec<&String> = std::iter::once(&ROUTINES.name)
+        .chain(recorded.filter(|n| **n != ROUTINES.name))
+        .take(LIBRARIES_KEPT)
+        .collect();
+    let doomed: Vec<&String> = present.iter().filter(|n| !keep.contains(n)).collect();
+    let forgotten = newest_first
+        .iter()
+        .filter(|n| !present.contains(n) || doomed.contains(n));
+    let mut removal = ::redis::pipe();
+    for name in &doomed {
+        removal
+            .cmd("FUNCTION")
+            .arg("DELETE")
+            .arg(name.as_str())
+            .ignore();
+    }
+    for name in forgotten {
+        removal.zrem(LOADED, name).ignore();
+    }
+    if let Err(e) = removal.query_async::<()>(&mut conn).await {
+        tracing::debug!("could not remove old function libraries: {e}");
+    } else if !doomed.is_empty() {
+        tracing::info!(removed = ?doomed, "removed old nova function libraries from Redis");
+    }
+}
+
+/// `nova_` and sixteen hex digits, as [`ROUTINES`] names a library.
+fn is_nova_library(name: &str) -> bool {
+    name.strip_prefix("nova_")
+        .is_some_and(|d| d.len() == 16 && d.bytes().all(|b| b.is_ascii_hexdigit()))
+}
+
+/// The libraries' names in a `FUNCTION LIST` answer (a map or a flat list
+/// of fields per library, as RESP3 or RESP2 gives it).
+fn library_names(listed: &Value) -> Vec<String> {
+    let text = |v: &Value| match v {
+        Value::BulkString(b) => String::from_utf8(b.clone()).ok(),
+        Value::SimpleString(s) => Some(s.clone()),
+        _ => None,
+    };
+    let Value::Array(libraries) = listed else {
+        return Vec::new();
+    };
+    libraries
+        .iter()
+        .filter_map(|library| match library {
+            Value::Map(fields) => fields
+                .iter()
+                .find(|(k, _)| text(k).as_deref() == Some("library_name"))
+                .and_then(|(_, v)| text(v)),
+            Value::Array(fields) => fields
+                .chunks(2)
+                .find(|kv| text(&kv[0]).as_deref() == Some("library_name"))
+                .and_then(|kv| kv.get(1).and_then(text)),
+            _ => None,
+        })
+        .collect()
 }
