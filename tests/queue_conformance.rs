@@ -926,14 +926,11 @@ async fn a_server_removes_old_function_libraries_but_not_others() {
         .await
         .unwrap();
     let old = |c: char| format!("nova_{}", c.to_string().repeat(16));
-    for name in [
-        old('a'),
-        old('b'),
-        old('c'),
-        old('d'),
-        "someone_else".into(),
-        "nova_theirs".into(),
-    ] {
+    let libraries = ['a', 'b', 'c', 'd', 'e', 'f', '9'].map(old);
+    for name in libraries
+        .into_iter()
+        .chain(["someone_else".into(), "nova_theirs".into()])
+    {
         let code = format!(
             "#!lua name={name}\nredis.register_function('{name}_f', function() return 1 end)"
         );
@@ -944,10 +941,19 @@ async fn a_server_removes_old_function_libraries_but_not_others() {
             .await
             .unwrap();
     }
-    // When servers of those versions last loaded them; d's never said.
+    // When servers of those versions last loaded them: a, b and c long ago,
+    // e, f and 9 in the last minutes; d's never said.
+    let now = nova::clock::now_ms();
     let _: i64 = ::redis::cmd("ZADD")
         .arg("nova:functions")
-        .arg(&[(1, old('a')), (3, old('c')), (2, old('b'))])
+        .arg(&[
+            (1, old('a')),
+            (3, old('c')),
+            (2, old('b')),
+            (now - 60_000, old('e')),
+            (now - 120_000, old('f')),
+            (now - 180_000, old('9')),
+        ])
         .query_async(&mut raw)
         .await
         .unwrap();
@@ -960,15 +966,18 @@ async fn a_server_removes_old_function_libraries_but_not_others() {
         .await
         .unwrap();
     let listed = format!("{listed:?}");
+    // e and f with this server's are the newest three; 9 is past them but
+    // was loaded minutes ago.
     for kept in [
-        old('b'),
-        old('c'),
+        old('e'),
+        old('f'),
+        old('9'),
         "someone_else".into(),
         "nova_theirs".into(),
     ] {
         assert!(listed.contains(&kept), "{kept} was removed: {listed}");
     }
-    for removed in [old('a'), old('d')] {
+    for removed in [old('a'), old('b'), old('c'), old('d')] {
         assert!(
             !listed.contains(&removed),
             "{removed} is still there: {listed}"
@@ -981,12 +990,12 @@ async fn a_server_removes_old_function_libraries_but_not_others() {
         .query_async(&mut raw)
         .await
         .unwrap();
-    assert_eq!(recorded.len(), 3, "{recorded:?}");
+    assert_eq!(recorded.len(), 4, "{recorded:?}");
     assert!(
         listed.contains(&recorded[0]),
         "this server's own: {recorded:?}"
     );
-    assert_eq!(recorded[1..], [old('c'), old('b')]);
+    assert_eq!(recorded[1..], [old('e'), old('f'), old('9')]);
 }
 
 /// A Redis that lost nova's functions (restarted without persistence, or

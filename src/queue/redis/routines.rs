@@ -14,9 +14,12 @@
 //!
 //! Each upgrade that changes the routines adds a library, so a server that
 //! loads its own also removes old ones: `nova:functions` remembers when each
-//! version's library was last loaded, and all but the newest [`LIBRARIES_KEPT`]
-//! go (a library that no server has recorded counts as the oldest). A server
-//! still running a removed version loads its library again on its next call.
+//! version's library was last loaded, and those beyond the newest
+//! [`LIBRARIES_KEPT`] that no server has loaded for [`LIBRARY_IDLE`] go, as
+//! do libraries no server recorded (from a nova before the record). A server
+//! still running a removed version loads its library again on its next call;
+//! the idle time keeps a fleet running more versions than that at once from
+//! taking turns to remove each other's.
 
 use std::sync::LazyLock;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -36,6 +39,8 @@ const LOADED: &str = "nova:functions";
 /// How many of nova's libraries a Redis keeps, this server's among them: a
 /// fleet upgraded one version at a time runs two at once.
 pub const LIBRARIES_KEPT: usize = 3;
+/// How long since a library was last loaded before it may be removed.
+const LIBRARY_IDLE: std::time::Duration = std::time::Duration::from_secs(7 * 24 * 3600);
 
 pub(super) struct Routine {
     /// Its name in the library is `<library>_<name>`.
@@ -196,21 +201,22 @@ async fn load(conn: &ConnectionManager) -> bool {
 }
 
 /// Record this library's load, and remove nova's libraries beyond the newest
-/// [`LIBRARIES_KEPT`]. Best effort: a Redis that refuses leaves them.
+/// [`LIBRARIES_KEPT`] that have been idle for [`LIBRARY_IDLE`], and those no
+/// server recorded. Best effort: a Redis that refuses leaves them.
 async fn prune(conn: &ConnectionManager) {
     let mut conn = conn.clone();
     let now = crate::clock::now_ms();
-    let listed: Result<(Value, Vec<String>), RedisError> = ::redis::pipe()
+    let listed: Result<(Value, Vec<(String, i64)>), RedisError> = ::redis::pipe()
         .zadd(LOADED, &ROUTINES.name, now)
         .ignore()
         .cmd("FUNCTION")
         .arg("LIST")
         .arg("LIBRARYNAME")
         .arg("nova_*")
-        .zrevrange(LOADED, 0, -1)
+        .zrevrange_withscores(LOADED, 0, -1)
         .query_async(&mut conn)
         .await;
-    let (libraries, newest_first) = match listed {
+    let (libraries, loaded) = match listed {
         Ok(listed) => listed,
         Err(e) => {
             tracing::debug!("could not list Redis's function libraries: {e}");
@@ -222,12 +228,26 @@ async fn prune(conn: &ConnectionManager) {
         .into_iter()
         .filter(|n| is_nova_library(n))
         .collect();
-    let recorded = newest_first.iter().filter(|n| present.contains(n));
+    let newest_first: Vec<&String> = loaded.iter().map(|(n, _)| n).collect();
     let keep: Vec<&String> = std::iter::once(&ROUTINES.name)
-        .chain(recorded.filter(|n| **n != ROUTINES.name))
+        .chain(
+            newest_first
+                .iter()
+                .copied()
+                .filter(|n| present.contains(n) && **n != ROUTINES.name),
+        )
         .take(LIBRARIES_KEPT)
         .collect();
-    let doomed: Vec<&String> = present.iter().filter(|n| !keep.contains(n)).collect();
+    let idle_since = now - LIBRARY_IDLE.as_millis() as i64;
+    let doomed: Vec<&String> = present
+        .iter()
+        .filter(|n| !keep.contains(n))
+        .filter(|n| {
+            loaded
+                .iter()
+                .all(|(name, at)| name != *n || *at < idle_since)
+        })
+        .collect();
     let forgotten = newest_first
         .iter()
         .filter(|n| !present.contains(n) || doomed.contains(n));
