@@ -351,6 +351,12 @@ fn the_newest_matching_records_come_newest_first_on_both_stores() {
                 ["t1234"]
             );
             assert!(log.newest(mentions("nobody"), 5).await.unwrap().is_empty());
+            // A text with JSON's own characters is matched as well (on Redis,
+            // by reading the records back rather than by Redis's search).
+            assert_eq!(
+                targets(log.newest(mentions("\"run\":\"run-42\""), 2).await.unwrap()),
+                ["t2442", "t2342"]
+            );
             let since = |at: i64| Filter {
                 since: Some(at),
                 ..Filter::action("rare.x")

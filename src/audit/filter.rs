@@ -65,19 +65,24 @@ impl Filter {
     /// the stored text as it is; a text with any other character says
     /// nothing here and is left to [`Filter::matches`].
     pub fn may_match_json(&self, json: &str) -> bool {
-        let texts = [
+        self.plain_texts().iter().all(|t| json.contains(t))
+    }
+
+    /// The texts that every record this filter accepts holds as they are
+    /// in its stored JSON (see [`Filter::may_match_json`]).
+    pub fn plain_texts(&self) -> Vec<&str> {
+        [
             self.action
                 .as_deref()
                 .map(|a| a.strip_suffix('*').unwrap_or(a)),
             self.outcome.as_deref(),
             self.actor.as_deref(),
             self.mentions.as_deref(),
-        ];
-        texts
-            .into_iter()
-            .flatten()
-            .filter(|t| t.chars().all(inside_one_token))
-            .all(|t| json.contains(t))
+        ]
+        .into_iter()
+        .flatten()
+        .filter(|t| !t.is_empty() && t.chars().all(inside_one_token))
+        .collect()
     }
 }
 
