@@ -89,13 +89,7 @@ impl AuditLog {
         let _timer = crate::timer!("audit.append");
         match self {
             AuditLog::Sqlite(log) => log.append_all(events, durability).await,
-            AuditLog::Redis(log) => {
-                let mut out = Vec::with_capacity(events.len());
-                for e in events {
-                    out.push(log.append(e).await?);
-                }
-                Ok(out)
-            }
+            AuditLog::Redis(log) => log.append_all(events).await,
         }
     }
 

@@ -1,9 +1,11 @@
 //! The audit chain in Redis, for a fleet whose queue lives there: one list of
 //! records (`nova:audit:log`) and the chain's head (`nova:audit:head`: seq
 //! and hash). Hashing happens here, not in Redis (its Lua has no SHA-256), so
-//! an append is a compare-and-set: the script adds the record only if the
-//! head is still the one the record was sealed against, and the writer that
-//! lost the race seals again on the new head.
+//! an append is a compare-and-set: the script adds the records only if the
+//! head is still the one they were sealed against, and otherwise answers
+//! the head it has, on which the writer that lost the race seals again. A
+//! writer seals against the head it last saw, so a lone writer appends in
+//! one round trip, and a batch of records in one call.
 //!
 //! Each action has an index beside the list (`nova:audit:action:NAME`: the
 //! numbers of its records, oldest first), so that the dashboard's views of
@@ -13,10 +15,10 @@
 //! records that are not (written by a nova from before the indexes) are
 //! indexed by the next reader of an action, a chunk at a time, once.
 
-use std::sync::LazyLock;
+use std::sync::{Arc, LazyLock, Mutex};
 
 use ::redis::aio::ConnectionManager;
-use ::redis::{AsyncCommands, Script};
+use ::redis::{AsyncCommands, FromRedisValue, Script};
 
 use super::filter::{ActionPattern, Filter};
 use super::record::{Event, GENESIS, Record};
@@ -30,20 +32,28 @@ const READ_CHUNK: isize = 1000;
 /// The prefix of an action's index; the action's name follows it.
 const ACTION_INDEX: &str = "nova:audit:action:";
 
-/// KEYS: the log, the head, the record's action index. ARGV: the head's seq
-/// the record was sealed against, the record, its hash.
+/// Append records sealed one after another against the head. KEYS: the log,
+/// the head, then each record's action index. ARGV: the head's seq the
+/// records were sealed against, then each record and its hash. Answers
+/// `{1}`, or, when the head has moved, `{0, seq, hash}` of the head now.
 static APPEND: LazyLock<Script> = LazyLock::new(|| {
     Script::new(
         r"
 local seq = tonumber(redis.call('HGET', KEYS[2], 'seq') or '0')
-if seq ~= tonumber(ARGV[1]) then return 0 end
-local n = redis.call('RPUSH', KEYS[1], ARGV[2])
-redis.call('HSET', KEYS[2], 'seq', seq + 1, 'hash', ARGV[3])
-if tonumber(redis.call('HGET', KEYS[2], 'indexed') or '0') == n - 1 then
-  redis.call('RPUSH', KEYS[3], n)
-  redis.call('HSET', KEYS[2], 'indexed', n)
+if seq ~= tonumber(ARGV[1]) then
+  return {0, seq, redis.call('HGET', KEYS[2], 'hash') or ''}
 end
-return 1
+local indexed = tonumber(redis.call('HGET', KEYS[2], 'indexed') or '0')
+local n = (#ARGV - 1) / 2
+for i = 1, n do
+  local len = redis.call('RPUSH', KEYS[1], ARGV[2 * i])
+  if indexed == len - 1 then
+    redis.call('RPUSH', KEYS[2 + i], len)
+    indexed = len
+  end
+end
+redis.call('HSET', KEYS[2], 'seq', seq + n, 'hash', ARGV[2 * n + 1], 'indexed', indexed)
+return {1}
 ",
     )
 });
@@ -74,9 +84,16 @@ struct ActionOf {
     action: String,
 }
 
+/// Most records appended by one script call.
+const APPEND_CHUNK: usize = 500;
+
 #[derive(Clone)]
 pub struct RedisAudit {
     conn: ConnectionManager,
+    /// The head as this process last saw it, to seal against without
+    /// reading it first; a stale one costs a retry with the head the
+    /// script answers.
+    head: Arc<Mutex<Option<(u64, String)>>>,
 }
 
 fn store_err(e: impl std::fmt::Display) -> AuditError {
@@ -90,36 +107,68 @@ impl RedisAudit {
             .get_connection_manager_with_config(crate::store_url::redis_connection_config())
             .await
             .map_err(|e| AuditError::Store(format!("cannot connect to {url}: {e}")))?;
-        Ok(RedisAudit { conn })
+        Ok(RedisAudit {
+            conn,
+            head: Arc::default(),
+        })
     }
 
-    pub async fn append(&self, event: Event) -> AuditResult<Record> {
+    /// Append `events` in order, [`APPEND_CHUNK`] to a script call.
+    pub async fn append_all(&self, events: Vec<Event>) -> AuditResult<Vec<Record>> {
+        let mut out = Vec::with_capacity(events.len());
+        for chunk in events.chunks(APPEND_CHUNK) {
+            out.extend(self.append_chunk(chunk).await?);
+        }
+        Ok(out)
+    }
+
+    async fn append_chunk(&self, events: &[Event]) -> AuditResult<Vec<Record>> {
         let mut conn = self.conn.clone();
-        let index = action_index(&event.action);
+        let cached = self.head.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        let mut head = match cached {
+            Some(head) => head,
+            None => {
+                let (seq, hash): (Option<u64>, Option<String>) = ::redis::cmd("HMGET")
+                    .arg(HEAD)
+                    .arg("seq")
+                    .arg("hash")
+                    .query_async(&mut conn)
+                    .await
+                    .map_err(store_err)?;
+                (
+                    seq.unwrap_or(0),
+                    hash.unwrap_or_else(|| GENESIS.to_string()),
+                )
+            }
+        };
         for _ in 0..MAX_TRIES {
-            let (seq, hash): (Option<u64>, Option<String>) = ::redis::cmd("HMGET")
-                .arg(HEAD)
-                .arg("seq")
-                .arg("hash")
-                .query_async(&mut conn)
-                .await
-                .map_err(store_err)?;
-            let seq = seq.unwrap_or(0);
-            let hash = hash.unwrap_or_else(|| GENESIS.to_string());
-            let record = event.clone().seal(seq, &hash, crate::clock::now_ms());
-            let json = serde_json::to_string(&record).expect("a record serializes");
-            let added: i64 = APPEND
-                .key(LOG)
-                .key(HEAD)
-                .key(&index)
-                .arg(seq)
-                .arg(json)
-                .arg(&record.hash)
-                .invoke_async(&mut conn)
-                .await
-                .map_err(store_err)?;
-            if added == 1 {
-                return Ok(record);
+            let at = crate::clock::now_ms();
+            let mut records = Vec::with_capacity(events.len());
+            let mut call = APPEND.prepare_invoke();
+            call.key(LOG).key(HEAD).arg(head.0);
+            let (mut seq, mut hash) = head.clone();
+            for event in events {
+                let record = event.clone().seal(seq, &hash, at);
+                call.key(action_index(&record.action))
+                    .arg(serde_json::to_string(&record).expect("a record serializes"))
+                    .arg(&record.hash);
+                (seq, hash) = (record.seq, record.hash.clone());
+                records.push(record);
+            }
+            let answer: Vec<::redis::Value> =
+                call.invoke_async(&mut conn).await.map_err(store_err)?;
+            match answer.as_slice() {
+                [::redis::Value::Int(1)] => {
+                    *self.head.lock().unwrap_or_else(|p| p.into_inner()) = Some((seq, hash));
+                    return Ok(records);
+                }
+                // The head moved: seal again on the one Redis has.
+                [::redis::Value::Int(0), now_seq, now_hash] => {
+                    let seq = u64::from_redis_value(now_seq.clone()).map_err(store_err)?;
+                    let hash = String::from_redis_value(now_hash.clone()).map_err(store_err)?;
+                    head = (seq, if seq == 0 { GENESIS.to_string() } else { hash });
+                }
+                _ => return Err(store_err(format!("unexpected answer {answer:?}"))),
             }
         }
         Err(AuditError::Store(format!(
