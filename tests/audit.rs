@@ -537,11 +537,31 @@ fn a_search_for_one_action_reads_only_its_records_on_redis() {
         assert_eq!(listed, 4);
         assert_eq!(rare().await, ["t5000", "t2", "t1", "t0"]);
 
+        // An index, or the head's count of indexed records, changed by hand
+        // into something that is not a number: appends go on, and searches
+        // read the list instead.
+        let _: () = redis::cmd("RPUSH")
+            .arg("nova:audit:action:rare.x")
+            .arg("not a number")
+            .query(&mut raw)
+            .unwrap();
+        assert_eq!(rare().await, ["t5000", "t2", "t1", "t0"]);
+        let _: () = redis::cmd("HSET")
+            .arg("nova:audit:head")
+            .arg("indexed")
+            .arg("garbage")
+            .query(&mut raw)
+            .unwrap();
+        log.append(nova::audit::Event::new("tester", "rare.x", "t5001", "ok"))
+            .await
+            .unwrap();
+        assert_eq!(rare().await, ["t5001", "t5000", "t2", "t1", "t0"]);
+
         // The list's first record removed by hand: every number is off by one.
         let _: String = redis::cmd("LPOP")
             .arg("nova:audit:log")
             .query(&mut raw)
             .unwrap();
-        assert_eq!(rare().await, ["t5000", "t2", "t1"]);
+        assert_eq!(rare().await, ["t5001", "t5000", "t2", "t1"]);
     });
 }

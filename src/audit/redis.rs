@@ -43,6 +43,7 @@ local seq = tonumber(redis.call('HGET', KEYS[2], 'seq') or '0')
 if seq ~= tonumber(ARGV[1]) then
   return {0, seq, redis.call('HGET', KEYS[2], 'hash') or ''}
 end
+-- nil when the count is not a number (changed by hand): nothing is indexed.
 local indexed = tonumber(redis.call('HGET', KEYS[2], 'indexed') or '0')
 local n = (#ARGV - 1) / 2
 for i = 1, n do
@@ -52,7 +53,8 @@ for i = 1, n do
     indexed = len
   end
 end
-redis.call('HSET', KEYS[2], 'seq', seq + n, 'hash', ARGV[2 * n + 1], 'indexed', indexed)
+redis.call('HSET', KEYS[2], 'seq', seq + n, 'hash', ARGV[2 * n + 1])
+if indexed then redis.call('HSET', KEYS[2], 'indexed', indexed) end
 return {1}
 ",
     )
@@ -212,29 +214,32 @@ impl RedisAudit {
         if limit == 0 {
             return Ok(Vec::new());
         }
-        if let Some(ActionPattern::Exact(action)) = filter.action_pattern() {
-            self.index_all().await?;
-            if let Some(found) = self.newest_indexed(action, filter, limit).await? {
-                return Ok(found);
-            }
+        if let Some(ActionPattern::Exact(action)) = filter.action_pattern()
+            && self.index_all().await?
+            && let Some(found) = self.newest_indexed(action, filter, limit).await?
+        {
+            return Ok(found);
         }
         self.newest_scanned(filter, limit).await
     }
 
     /// Put every record the indexes lack into its action's index, a chunk
-    /// at a time.
-    async fn index_all(&self) -> AuditResult<()> {
+    /// at a time; false when the head's count of indexed records is not a
+    /// number (changed by hand), so that the indexes cannot be trusted.
+    async fn index_all(&self) -> AuditResult<bool> {
         let mut conn = self.conn.clone();
         loop {
-            let (indexed, len): (Option<u64>, u64) = ::redis::pipe()
+            let (indexed, len): (Option<String>, u64) = ::redis::pipe()
                 .hget(HEAD, "indexed")
                 .llen(LOG)
                 .query_async(&mut conn)
                 .await
                 .map_err(store_err)?;
-            let indexed = indexed.unwrap_or(0);
+            let Ok(indexed) = indexed.as_deref().unwrap_or("0").parse::<u64>() else {
+                return Ok(false);
+            };
             if indexed >= len {
-                return Ok(());
+                return Ok(true);
             }
             let start = isize::try_from(indexed).unwrap_or(isize::MAX);
             let chunk: Vec<String> = conn
@@ -257,8 +262,8 @@ impl RedisAudit {
     }
 
     /// [`Self::newest`] through `action`'s index, or `None` when the index
-    /// does not match the list (records removed from it by hand), for the
-    /// caller to read the list itself.
+    /// does not match the list (records removed from it, or the index
+    /// changed, by hand), for the caller to read the list itself.
     async fn newest_indexed(
         &self,
         action: &str,
@@ -274,10 +279,17 @@ impl RedisAudit {
             // may turn some away.
             let wanted = isize::try_from((limit - found.len()).max(16)).unwrap_or(READ_CHUNK);
             let start = (end - wanted.min(READ_CHUNK)).max(0);
-            let numbers: Vec<u64> = conn
+            let numbers: Vec<String> = conn
                 .lrange(&index, start, end - 1)
                 .await
                 .map_err(store_err)?;
+            let Ok(numbers) = numbers
+                .iter()
+                .map(|n| n.parse())
+                .collect::<Result<Vec<u64>, _>>()
+            else {
+                return Ok(None);
+            };
             let mut read = ::redis::pipe();
             for n in numbers.iter().rev() {
                 read.lindex(LOG, isize::try_from(*n).unwrap_or(isize::MAX) - 1);
