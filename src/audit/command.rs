@@ -69,7 +69,7 @@ pub fn run(ws: &Workspace, out: &Output, args: &AuditArgs) -> Result<()> {
                     None => Vec::new(),
                 };
                 shown.reverse();
-                print_log(out, &shown.iter().collect::<Vec<_>>())
+                print_log(out, &shown)
             }
             AuditAction::Verify { .. } => verify(ws, out, log.as_ref()).await,
             AuditAction::Export { format, output } => {
@@ -101,7 +101,7 @@ pub fn run(ws: &Workspace, out: &Output, args: &AuditArgs) -> Result<()> {
     })
 }
 
-fn print_log(out: &Output, records: &[&Record]) -> Result<()> {
+fn print_log(out: &Output, records: &[Record]) -> Result<()> {
     if out.json {
         return out.json(records);
     }

@@ -248,9 +248,13 @@ async fn prune(conn: &ConnectionManager) {
                 .all(|(name, at)| name != *n || *at < idle_since)
         })
         .collect();
-    let forgotten = newest_first
-        .iter()
-        .filter(|n| !present.contains(n) || doomed.contains(n));
+    let forgotten: Vec<&String> = newest_first
+        .into_iter()
+        .filter(|n| !present.contains(n) || doomed.contains(n))
+        .collect();
+    if doomed.is_empty() && forgotten.is_empty() {
+        return;
+    }
     let mut removal = ::redis::pipe();
     for name in &doomed {
         removal
