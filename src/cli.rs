@@ -605,6 +605,21 @@ pub struct BackupArgs {
     /// The age key file that opens encrypted backups [default: nova.yaml's backup.key]
     #[arg(long, global = true, value_name = "KEYFILE")]
     pub key: Option<std::path::PathBuf>,
+
+    /// The queue's store: sqlite:PATH or redis://HOST:PORT/DB. On Redis the queue and the
+    /// audit log live there, not in the backup; the backup signs that audit log's head and is
+    /// recorded in it [default: nova.yaml's store, else the workspace database]
+    #[arg(long, global = true, env = "NOVA_STORE", value_name = "URL")]
+    pub store: Option<String>,
+}
+
+impl BackupArgs {
+    pub fn store_choice(&self) -> crate::store_url::StoreChoice {
+        crate::store_url::StoreChoice {
+            store: self.store.clone(),
+            create: false,
+        }
+    }
 }
 
 #[derive(Debug, Subcommand)]
@@ -655,6 +670,11 @@ pub struct RestoreArgs {
     /// replaced files are moved to DIR/.nova-replaced-TIME
     #[arg(long)]
     pub force: bool,
+
+    /// The restored workspace's queue store, whose audit log records the restore:
+    /// sqlite:PATH or redis://HOST:PORT/DB [default: its nova.yaml's store, else its database]
+    #[arg(long, env = "NOVA_STORE", value_name = "URL")]
+    pub store: Option<String>,
 }
 
 #[derive(Debug, Args)]

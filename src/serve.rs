@@ -193,8 +193,14 @@ pub fn run(ws: &Workspace, out: &Output, args: &ServeArgs) -> Result<()> {
         let backup_every = args
             .backup_every
             .map(|d| humantime::format_duration(d).to_string());
-        let backuper =
-            backups.map(|(repo, every)| tokio::spawn(backup_on_schedule(ws.clone(), repo, every)));
+        let backuper = backups.map(|(repo, every)| {
+            tokio::spawn(backup_on_schedule(
+                ws.clone(),
+                args.store.choice(),
+                repo,
+                every,
+            ))
+        });
         let audit = crate::audit::workspace_log(ws, &args.store.choice(), true).await?;
         let details = json!({
             "listen": addr.to_string(),
@@ -290,6 +296,7 @@ fn save_kpis(db: &Path) {
 /// and counted by `take`) and the schedule goes on.
 async fn backup_on_schedule(
     ws: Workspace,
+    store: crate::store_url::StoreChoice,
     repo: crate::backup::repo::Repo,
     every: std::time::Duration,
 ) {
@@ -298,11 +305,11 @@ async fn backup_on_schedule(
     tick.tick().await;
     loop {
         tick.tick().await;
-        match crate::backup::ops::take(&ws, &repo, false).await {
+        match crate::backup::ops::take(&ws, &store, &repo, false).await {
             Ok((done, _)) => {
                 tracing::info!(id = %done.manifest.id, target = %repo.label(), bytes = done.uploaded_bytes, "scheduled backup taken");
                 if let Some(keep) = ws.config.backup.keep
-                    && let Err(e) = crate::backup::ops::prune(&ws, &repo, keep).await
+                    && let Err(e) = crate::backup::ops::prune(&ws, &store, &repo, keep).await
                 {
                     tracing::warn!(error = %e, "scheduled backup: pruning failed");
                 }

@@ -910,3 +910,80 @@ fn prune_and_backups_keep_out_of_each_others_way_through_the_targets_locks() {
         .code(1)
         .stderr_has("locks/");
 }
+
+/// `nova ARGS` with `NOVA_STORE` set, as an operator of a Redis-backed
+/// workspace runs it.
+fn run_with_store(ws: &Workspace, store: &str, args: &[&str]) -> Outcome {
+    let output = ws
+        .std_command()
+        .env("NOVA_STORE", store)
+        .args(args)
+        .output()
+        .unwrap();
+    Outcome {
+        code: output.status.code().unwrap_or(-1),
+        stdout: String::from_utf8_lossy(&output.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
+    }
+}
+
+#[test]
+fn with_the_queue_on_redis_a_backup_names_what_it_lacks_and_signs_the_audit_chain_in_redis() {
+    let redis = common::redis_server::RedisServer::start();
+    let store = redis.url();
+    let ws = Workspace::new();
+    let to = target(&ws);
+    run_with_store(&ws, &store, &["queue", "enqueue", "demo"]).success();
+
+    let taken = run_with_store(&ws, &store, &["backup", "--to", &to, "--json"])
+        .success()
+        .json();
+    let manifest = &taken["manifest"];
+    assert_eq!(manifest["outside"]["store"], store.as_str(), "{manifest}");
+    assert_eq!(
+        manifest["outside"]["holds"],
+        serde_json::json!(["queue", "audit log"])
+    );
+    // The head signed is Redis's: the enqueue's policy decision, record 1.
+    assert_eq!(manifest["audit_head"]["seq"], 1, "{manifest}");
+    let log = run_with_store(&ws, &store, &["audit", "log", "--json"])
+        .success()
+        .json();
+    let records = log.as_array().unwrap();
+    assert_eq!(records[0]["hash"], manifest["audit_head"]["hash"]);
+    // The backup is recorded in the same chain, and no second chain is
+    // started in a workspace database.
+    assert_eq!(records[1]["action"], "backup.create", "{log}");
+    assert!(!ws.home().join("nova.db").exists(), "{:?}", ws.files());
+
+    // The text says what is not in the backup.
+    run_with_store(&ws, &store, &["backup", "--to", &to])
+        .success()
+        .stdout_has(&format!(
+            "not in it: the queue and the audit log in {store}"
+        ));
+    // The checkpoints name records of the chain in Redis, which they match.
+    run_with_store(&ws, &store, &["audit", "verify", "--checkpoints", &to])
+        .success()
+        .stdout_has("all 2 checkpoints");
+
+    // A restore has no chain to check and says where it was.
+    let id = manifest["id"].as_str().unwrap();
+    let into = ws.path().join("restored");
+    let restored = run_with_store(
+        &ws,
+        &store,
+        &["restore", id, "--from", &to, "--to", into.to_str().unwrap()],
+    )
+    .success()
+    .stdout_has(&format!("its queue and audit log were in {store}"));
+    assert!(restored.stdout.contains(id), "{}", restored.stdout);
+    let log = run_with_store(&ws, &store, &["audit", "log", "--json"])
+        .success()
+        .json();
+    assert_eq!(
+        log.as_array().unwrap().last().unwrap()["action"],
+        "backup.restore",
+        "{log}"
+    );
+}

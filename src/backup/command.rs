@@ -13,6 +13,7 @@ use crate::audit::record::Event;
 use crate::cli::{BackupAction, BackupArgs, RestoreArgs};
 use crate::error::{Error, Result};
 use crate::output::Output;
+use crate::store_url::StoreChoice;
 use crate::workspace::Workspace;
 
 pub fn run(ws: &Workspace, out: &Output, args: &BackupArgs) -> Result<()> {
@@ -34,17 +35,20 @@ pub fn run(ws: &Workspace, out: &Output, args: &BackupArgs) -> Result<()> {
         args.key.as_deref()
     };
     let repo = Repo::open(ws, args.to.as_deref(), "--to", key, taking)?;
+    let store = args.store_choice();
     let rt = crate::runtime::runtime()?;
     let done = rt.block_on(async {
         match &args.action {
-            None => take(ws, out, &repo, args.with_runs).await,
+            None => take(ws, &store, out, &repo, args.with_runs).await,
             Some(BackupAction::List) => list(out, &repo).await,
-            Some(BackupAction::Verify { id }) => verify(ws, out, &repo, id.as_deref()).await,
+            Some(BackupAction::Verify { id }) => {
+                verify(ws, &store, out, &repo, id.as_deref()).await
+            }
             Some(BackupAction::Prune { keep }) => {
                 let keep = keep.or(ws.config.backup.keep).ok_or_else(|| {
                     Error::usage("--keep: how many backups to keep? Give --keep N or set backup.keep in nova.yaml")
                 })?;
-                let pruned = ops::prune(ws, &repo, keep).await?;
+                let pruned = ops::prune(ws, &store, &repo, keep).await?;
                 if out.json {
                     return out.json(&pruned);
                 }
@@ -100,11 +104,17 @@ async fn unlock(out: &Output, repo: &Repo) -> Result<()> {
     out.text(&text)
 }
 
-async fn take(ws: &Workspace, out: &Output, repo: &Repo, with_runs: bool) -> Result<()> {
-    let (done, verifier_key) = ops::take(ws, repo, with_runs).await?;
+async fn take(
+    ws: &Workspace,
+    store: &StoreChoice,
+    out: &Output,
+    repo: &Repo,
+    with_runs: bool,
+) -> Result<()> {
+    let (done, verifier_key) = ops::take(ws, store, repo, with_runs).await?;
     // Retention: a backup that succeeded makes room for itself.
     let pruned = match ws.config.backup.keep {
-        Some(keep) => Some(ops::prune(ws, repo, keep).await?),
+        Some(keep) => Some(ops::prune(ws, store, repo, keep).await?),
         None => None,
     };
     if out.json {
@@ -135,6 +145,22 @@ async fn take(ws: &Workspace, out: &Output, repo: &Repo, with_runs: bool) -> Res
         done.uploaded_bytes,
         done.seconds
     ))?;
+    if let Some(outside) = &m.outside {
+        let keeper = if outside
+            .holds
+            .iter()
+            .any(|h| h == super::manifest::AUDIT_LOG)
+        {
+            " (Redis's own persistence, RDB snapshots or the AOF, keeps what is in Redis)"
+        } else {
+            ""
+        };
+        out.text(&format!(
+            "not in it: the {} in {}{keeper}\n",
+            outside.holds.join(" and the "),
+            outside.store
+        ))?;
+    }
     if let Some(key) = &done.checkpoint {
         out.text(&format!("audit checkpoint signed and stored at {key}\n"))?;
     }
@@ -195,8 +221,14 @@ async fn list(out: &Output, repo: &Repo) -> Result<()> {
     out.print_table(&table)
 }
 
-async fn verify(ws: &Workspace, out: &Output, repo: &Repo, id: Option<&str>) -> Result<()> {
-    let (m, problems) = ops::verify(ws, repo, id).await?;
+async fn verify(
+    ws: &Workspace,
+    store: &StoreChoice,
+    out: &Output,
+    repo: &Repo,
+    id: Option<&str>,
+) -> Result<()> {
+    let (m, problems) = ops::verify(ws, store, repo, id).await?;
     if out.json {
         out.json(&json!({"id": m.id, "files": m.files.len(), "problems": problems}))?;
     } else if problems.is_empty() {
@@ -248,8 +280,13 @@ pub fn restore_command(ws: &Workspace, out: &Output, args: &RestoreArgs) -> Resu
         crate::counter!("backup.restored").inc();
         // The restore is the first record of the restored workspace's own history.
         let restored = Workspace::at(folder.clone(), None)?;
+        let store = StoreChoice {
+            store: args.store.clone(),
+            create: false,
+        };
         ops::audit(
             &restored,
+            &store,
             Event::new(operator(), "backup.restore", m.id.clone(), "done").details(json!({
                 "from": repo.label(),
                 "files": done.files,
@@ -262,16 +299,21 @@ pub fn restore_command(ws: &Workspace, out: &Output, args: &RestoreArgs) -> Resu
         if out.json {
             return out.json(&done);
         }
+        let audit = match (done.audit_records, &m.outside) {
+            (Some(1), _) => "audit chain of 1 record verified".to_string(),
+            (Some(n), _) => format!("audit chain of {n} records verified"),
+            (None, Some(outside)) => format!(
+                "its queue and audit log were in {}, not in the backup",
+                outside.store
+            ),
+            (None, None) => "no audit chain".to_string(),
+        };
         out.text(&format!(
-            "restored backup {} into {}: {} files, {} bytes; audit chain of {} verified\n",
+            "restored backup {} into {}: {} files, {} bytes; {audit}\n",
             done.id,
             folder.display(),
             done.files,
             done.bytes,
-            match done.audit_records {
-                1 => "1 record".to_string(),
-                n => format!("{n} records"),
-            }
         ))?;
         if let Some(aside) = &done.replaced_into {
             out.text(&format!(

@@ -7,10 +7,11 @@ use std::time::{Instant, SystemTime};
 use rand::Rng;
 
 use super::checkpoint::{self, SigningKey};
-use super::manifest::{AuditHead, CHUNK_SIZE, Entry, FORMAT, Manifest};
+use super::manifest::{AUDIT_LOG, AuditHead, CHUNK_SIZE, Entry, FORMAT, Manifest, Outside, QUEUE};
 use super::repo::Repo;
 use crate::digest::{hex, sha256_hex};
 use crate::error::{Error, Result};
+use crate::store_url::StoreUrl;
 use crate::workspace::Workspace;
 
 /// What a backup wrote.
@@ -32,10 +33,12 @@ struct Source {
     file: PathBuf,
 }
 
-/// Take a backup of `ws` into `repo`; with `signer`, its audit head's
-/// signed checkpoint is stored too (before the manifest, like the objects).
+/// Take a backup of `ws`, whose queue is in `store`, into `repo`; with
+/// `signer`, its audit head's signed checkpoint is stored too (before the
+/// manifest, like the objects).
 pub async fn create(
     ws: &Workspace,
+    store: &StoreUrl,
     repo: &Repo,
     with_runs: bool,
     signer: Option<&SigningKey>,
@@ -60,6 +63,10 @@ pub async fn create(
             path: ".nova/nova.db".into(),
             file: snapshot,
         });
+    }
+    let outside = outside(ws, store);
+    if let StoreUrl::Redis(url) = store {
+        audit_head = redis_audit_head(url).await?;
     }
     if let Some(config) = &ws.config_file {
         let name = config
@@ -113,6 +120,7 @@ pub async fn create(
         nova_version: env!("CARGO_PKG_VERSION").into(),
         schema_version,
         audit_head,
+        outside,
         with_runs,
         encrypted_to: repo.key.as_ref().map(|k| k.recipient()),
         files,
@@ -182,6 +190,41 @@ async fn store_file(
         size,
         sha256: hex(&whole.finalize()),
         chunks,
+    }))
+}
+
+/// What of the workspace lives in `store` rather than in its database.
+fn outside(ws: &Workspace, store: &StoreUrl) -> Option<Outside> {
+    match store {
+        StoreUrl::Redis(url) => Some(Outside {
+            store: crate::audit::record::scrub_text(url),
+            holds: vec![QUEUE.into(), AUDIT_LOG.into()],
+        }),
+        // The audit log stays in the workspace database whatever file the queue is in.
+        StoreUrl::Sqlite(path) if *path != ws.db_path() => Some(Outside {
+            store: format!("sqlite:{}", path.display()),
+            holds: vec![QUEUE.into()],
+        }),
+        StoreUrl::Sqlite(_) => None,
+    }
+}
+
+/// The last record of the audit chain kept in Redis at `url`.
+async fn redis_audit_head(url: &str) -> Result<Option<AuditHead>> {
+    let failed = |e: crate::audit::AuditError| {
+        Error::Failed(format!(
+            "the audit log in {}: {e}",
+            crate::audit::record::scrub_text(url)
+        ))
+    };
+    let log = crate::audit::AuditLog::redis(url).await.map_err(failed)?;
+    let newest = log
+        .newest(crate::audit::filter::Filter::default(), 1)
+        .await
+        .map_err(failed)?;
+    Ok(newest.into_iter().next().map(|r| AuditHead {
+        seq: r.seq,
+        hash: r.hash,
     }))
 }
 

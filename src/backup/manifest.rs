@@ -18,8 +18,14 @@ pub struct Manifest {
     pub nova_version: String,
     /// The database's schema version.
     pub schema_version: u32,
-    /// The audit chain's last record in the snapshot, if it has any.
+    /// The audit chain's last record in the snapshot, if it has any; when
+    /// [`Outside`] names the audit log, that chain's last record when the
+    /// backup was taken.
     pub audit_head: Option<AuditHead>,
+    /// The workspace's state that lives in a store of its own and is not in
+    /// this backup (absent when everything is in the workspace database).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub outside: Option<Outside>,
     pub with_runs: bool,
     /// The age public key the objects were encrypted to, if they were.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -33,6 +39,21 @@ pub struct AuditHead {
     pub seq: u64,
     pub hash: String,
 }
+
+/// A store outside the workspace that holds some of its state: the queue
+/// on Redis or in another SQLite file, and on Redis the audit log too.
+/// Redis's own persistence (RDB snapshots, the AOF) keeps what is there.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct Outside {
+    /// The store's URL, without a password.
+    pub store: String,
+    /// What it holds: [`QUEUE`], and [`AUDIT_LOG`] on Redis.
+    pub holds: Vec<String>,
+}
+
+pub const QUEUE: &str = "queue";
+pub const AUDIT_LOG: &str = "audit log";
 
 /// One file, at its path in a restored workspace (`.nova/...` for `$NOVA_HOME`).
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -64,6 +85,14 @@ impl Entry {
 }
 
 impl Manifest {
+    /// Whether the audit chain is in the backup's database (and so a
+    /// restore can check it against [`Manifest::audit_head`]).
+    pub fn audit_in_backup(&self) -> bool {
+        self.outside
+            .as_ref()
+            .is_none_or(|o| !o.holds.iter().any(|h| h == AUDIT_LOG))
+    }
+
     pub fn total_bytes(&self) -> u64 {
         self.files.iter().map(|f| f.size).sum()
     }

@@ -16,11 +16,13 @@ use super::restore::Problem;
 use crate::audit::open::{operator, workspace_log};
 use crate::audit::record::Event;
 use crate::error::{Error, Result};
+use crate::store_url::{StoreChoice, StoreUrl};
 use crate::workspace::Workspace;
 
-/// Record `event` in the workspace's audit log (created if need be).
-pub async fn audit(ws: &Workspace, event: Event) -> Result<()> {
-    if let Some(log) = workspace_log(ws, &crate::store_url::StoreChoice::default(), true).await? {
+/// Record `event` in the workspace's audit log (created if need be): in
+/// the workspace database, or in Redis when that is the queue's `store`.
+pub async fn audit(ws: &Workspace, store: &StoreChoice, event: Event) -> Result<()> {
+    if let Some(log) = workspace_log(ws, store, true).await? {
         crate::audit::record(&log, event).await;
     }
     Ok(())
@@ -45,12 +47,18 @@ pub fn signing_key_path(ws: &Workspace) -> PathBuf {
 }
 
 /// Take a backup, with the signed checkpoint of its audit head.
-pub async fn take(ws: &Workspace, repo: &Repo, with_runs: bool) -> Result<(Outcome, String)> {
+pub async fn take(
+    ws: &Workspace,
+    store: &StoreChoice,
+    repo: &Repo,
+    with_runs: bool,
+) -> Result<(Outcome, String)> {
     let _t = crate::timer!("backup.take");
     let done = async {
+        let url = StoreUrl::resolve(ws, store)?;
         let signer = SigningKey::load_or_create(&signing_key_path(ws))?;
         let lock = lock::hold(&repo.target, Kind::Shared, "backup").await?;
-        let done = create(ws, repo, with_runs, Some(&signer)).await;
+        let done = create(ws, &url, repo, with_runs, Some(&signer)).await;
         lock.release().await;
         Ok::<_, Error>((done?, signer.verifier_key))
     }
@@ -69,6 +77,7 @@ pub async fn take(ws: &Workspace, repo: &Repo, with_runs: bool) -> Result<(Outco
                     "bytes": m.total_bytes(),
                     "uploaded_bytes": d.uploaded_bytes,
                     "audit_head": m.audit_head,
+                    "outside": m.outside,
                     "checkpoint": d.checkpoint,
                     "encrypted": m.encrypted_to.is_some(),
                 }),
@@ -85,6 +94,7 @@ pub async fn take(ws: &Workspace, repo: &Repo, with_runs: bool) -> Result<(Outco
     };
     audit(
         ws,
+        store,
         Event::new(operator(), "backup.create", id, outcome).details(details),
     )
     .await?;
@@ -94,6 +104,7 @@ pub async fn take(ws: &Workspace, repo: &Repo, with_runs: bool) -> Result<(Outco
 /// Check every object of backup `id` (the newest when `None`).
 pub async fn verify(
     ws: &Workspace,
+    store: &StoreChoice,
     repo: &Repo,
     id: Option<&str>,
 ) -> Result<(Manifest, Vec<Problem>)> {
@@ -117,6 +128,7 @@ pub async fn verify(
     };
     audit(
         ws,
+        store,
         Event::new(operator(), "backup.verify", m.id.clone(), outcome).details(json!({
             "target": repo.label(),
             "problems": problems,
@@ -127,7 +139,12 @@ pub async fn verify(
 }
 
 /// Keep the newest `keep` backups.
-pub async fn prune(ws: &Workspace, repo: &Repo, keep: usize) -> Result<Pruned> {
+pub async fn prune(
+    ws: &Workspace,
+    store: &StoreChoice,
+    repo: &Repo,
+    keep: usize,
+) -> Result<Pruned> {
     let lock = lock::hold(&repo.target, Kind::Exclusive, "prune").await?;
     let pruned = super::prune::prune(repo, keep).await;
     lock.release().await;
@@ -135,6 +152,7 @@ pub async fn prune(ws: &Workspace, repo: &Repo, keep: usize) -> Result<Pruned> {
     crate::counter!("backup.pruned").add(pruned.removed.len() as u64);
     audit(
         ws,
+        store,
         Event::new(operator(), "backup.prune", repo.label().to_string(), "done").details(json!({
             "removed": pruned.removed,
             "kept": pruned.kept,

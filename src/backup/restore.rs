@@ -98,8 +98,9 @@ pub struct Restored {
     pub folder: PathBuf,
     pub files: usize,
     pub bytes: u64,
-    /// Records in the restored audit chain, which verified.
-    pub audit_records: u64,
+    /// Records in the restored audit chain, which verified; `None` when the
+    /// audit log was not in the backup (it lives in Redis).
+    pub audit_records: Option<u64>,
     /// With --force over a workspace: where the files it replaced were moved.
     pub replaced_into: Option<PathBuf>,
 }
@@ -168,7 +169,11 @@ pub async fn restore(
         )));
     }
 
-    let audit_records = check_audit(staging.path(), manifest).await?;
+    let audit_records = if manifest.audit_in_backup() {
+        Some(check_audit(staging.path(), manifest).await?)
+    } else {
+        None
+    };
     let replaced_into = if occupied {
         Some(move_in(staging.path(), folder, true)?)
     } else if folder.exists() {
