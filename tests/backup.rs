@@ -914,17 +914,12 @@ fn prune_and_backups_keep_out_of_each_others_way_through_the_targets_locks() {
 /// `nova ARGS` with `NOVA_STORE` set, as an operator of a Redis-backed
 /// workspace runs it.
 fn run_with_store(ws: &Workspace, store: &str, args: &[&str]) -> Outcome {
-    let output = ws
-        .std_command()
+    ws.std_command()
         .env("NOVA_STORE", store)
         .args(args)
         .output()
-        .unwrap();
-    Outcome {
-        code: output.status.code().unwrap_or(-1),
-        stdout: String::from_utf8_lossy(&output.stdout).into_owned(),
-        stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
-    }
+        .unwrap()
+        .into()
 }
 
 #[test]

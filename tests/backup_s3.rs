@@ -9,20 +9,15 @@ use common::{Outcome, Workspace};
 
 /// `nova ARGS` with the S3 endpoint and keys in the environment.
 fn run_s3(ws: &Workspace, s3: &S3Server, dir: &std::path::Path, args: &[&str]) -> Outcome {
-    let out = ws
-        .std_command()
+    ws.std_command()
         .current_dir(dir)
         .env("AWS_ENDPOINT_URL", s3.endpoint())
         .env("AWS_ACCESS_KEY_ID", "nova-test")
         .env("AWS_SECRET_ACCESS_KEY", "nova-test-secret")
         .args(args)
         .output()
-        .unwrap();
-    Outcome {
-        code: out.status.code().unwrap_or(-1),
-        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
-        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
-    }
+        .unwrap()
+        .into()
 }
 
 /// A workspace with a finished run besides queue tasks and audit records.
