@@ -186,16 +186,18 @@ pub fn summary(
             .iter()
             .filter(|t| t.agent.eq_ignore_ascii_case(&a.name))
             .collect();
-        let done = rows
-            .iter()
-            .filter(|t| t.status == "done" || t.status == "skipped")
-            .count();
+        // As the roadmap counts: a skipped task (not for this host) is not done.
+        let count = |status: &str| rows.iter().filter(|t| t.status == status).count();
+        let (done, skipped) = (count("done"), count("skipped"));
         let attempts: u32 = rows.iter().map(|t| t.attempts).sum();
         table.add_row(vec![
             a.phase.clone(),
             a.name.clone(),
             a.outcome.map_or("-", |o| o.as_str()).to_string(),
-            format!("{done}/{}", a.tasks.len()),
+            match skipped {
+                0 => format!("{done}/{}", a.tasks.len()),
+                n => format!("{done}/{} ({n} skipped)", a.tasks.len()),
+            },
             attempts.to_string(),
         ]);
     }
