@@ -88,7 +88,7 @@ pub enum Command {
     /// Back up the workspace (a database snapshot, nova.yaml, blueprints, policies, reports,
     /// logs) to a folder or an S3 bucket; list and verify backups
     Backup(BackupArgs),
-    /// Rebuild a workspace from a backup in an empty folder, and verify its audit chain
+    /// Rebuild a workspace from a backup in an empty folder, and verify the audit chain it holds
     Restore(RestoreArgs),
     /// Counters and latency percentiles recorded by nova's long-running commands
     Kpi,
