@@ -267,6 +267,7 @@ impl StoreArg {
         crate::store_url::StoreChoice {
             store: self.store.clone(),
             create: self.create,
+            offers_create: true,
         }
     }
 }
@@ -617,7 +618,7 @@ impl BackupArgs {
     pub fn store_choice(&self) -> crate::store_url::StoreChoice {
         crate::store_url::StoreChoice {
             store: self.store.clone(),
-            create: false,
+            ..Default::default()
         }
     }
 }

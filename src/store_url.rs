@@ -15,6 +15,8 @@ use crate::workspace::Workspace;
 pub struct StoreChoice {
     pub store: Option<String>,
     pub create: bool,
+    /// Whether the command has `--create` (to suggest it for a missing file).
+    pub offers_create: bool,
 }
 
 /// Where queue state lives.
@@ -51,8 +53,13 @@ impl StoreUrl {
             && *path != ws.db_path()
         {
             return Err(Error::usage(format!(
-                "{source} {url:?}: there is no database at {}; --create makes one",
-                path.display()
+                "{source} {url:?}: there is no database at {}{}",
+                path.display(),
+                if arg.offers_create {
+                    "; --create makes one"
+                } else {
+                    ""
+                }
             )));
         }
         Ok(store)

@@ -218,6 +218,14 @@ fn a_mistyped_store_path_makes_nothing_and_errors_name_where_the_store_came_from
         .stderr_has("there is no database at")
         .stderr_has("--create makes one");
     assert!(!ws.path().join("no").exists(), "no folder was made");
+    // A backup takes --store (to find the audit log) but has no --create to suggest.
+    let out = ws.run(&["backup", "--to", "bk", "--store", &store]).code(2);
+    assert!(
+        out.stderr.contains("there is no database at") && !out.stderr.contains("--create"),
+        "{}",
+        out.stderr
+    );
+    assert!(!ws.path().join("bk").exists(), "no backup folder was made");
     ws.run(&["queue", "--store", "sqlite::memory:", "stats"])
         .code(2)
         .stderr_has("an in-memory database would lose everything");

@@ -34,8 +34,10 @@ pub fn run(ws: &Workspace, out: &Output, args: &BackupArgs) -> Result<()> {
     } else {
         args.key.as_deref()
     };
-    let repo = Repo::open(ws, args.to.as_deref(), "--to", key, taking)?;
     let store = args.store_choice();
+    // A bad store is named before the target's folder is made.
+    crate::store_url::StoreUrl::resolve(ws, &store)?;
+    let repo = Repo::open(ws, args.to.as_deref(), "--to", key, taking)?;
     let rt = crate::runtime::runtime()?;
     let done = rt.block_on(async {
         match &args.action {
@@ -282,7 +284,7 @@ pub fn restore_command(ws: &Workspace, out: &Output, args: &RestoreArgs) -> Resu
         let restored = Workspace::at(folder.clone(), None)?;
         let store = StoreChoice {
             store: args.store.clone(),
-            create: false,
+            ..Default::default()
         };
         ops::audit(
             &restored,
