@@ -471,6 +471,36 @@ fn restore_over_a_workspace_needs_force_is_refused_while_in_use_and_keeps_what_i
         "the task enqueued after the backup is gone"
     );
     ws.run(&["audit", "verify"]).success();
+
+    // Into a folder that holds none of the backup's files: nothing is
+    // replaced, and no folder of replaced files is made or named.
+    let other = ws.path().join("other");
+    std::fs::create_dir(&other).unwrap();
+    std::fs::write(other.join("notes.txt"), "mine\n").unwrap();
+    let done = ws
+        .run(&[
+            "restore",
+            &id,
+            "--from",
+            &to,
+            "--to",
+            other.to_str().unwrap(),
+            "--force",
+            "--json",
+        ])
+        .success()
+        .json();
+    assert!(done["replaced_into"].is_null(), "{done}");
+    let mut names: Vec<String> = std::fs::read_dir(&other)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    names.sort();
+    assert!(
+        !names.iter().any(|n| n.starts_with(".nova-replaced")),
+        "{names:?}"
+    );
+    assert!(names.contains(&"notes.txt".to_string()), "{names:?}");
 }
 
 #[test]

@@ -175,7 +175,7 @@ pub async fn restore(
         None
     };
     let replaced_into = if occupied {
-        Some(move_in(staging.path(), folder, true)?)
+        move_in(staging.path(), folder, true)?
     } else if folder.exists() {
         // Into the folder itself, not a new one in its place: a shell whose
         // current directory it is still sees the workspace.
@@ -198,25 +198,27 @@ pub async fn restore(
 
 /// Move each top-level entry of `staged` into `folder`. With `aside`, what
 /// an entry replaces is first moved to `folder/.nova-replaced-TIME`, which
-/// is returned.
-fn move_in(staged: &Path, folder: &Path, aside: bool) -> Result<PathBuf> {
+/// is returned when anything was replaced.
+fn move_in(staged: &Path, folder: &Path, aside: bool) -> Result<Option<PathBuf>> {
     let stamp = humantime::format_rfc3339_seconds(std::time::SystemTime::now())
         .to_string()
         .replace(['-', ':'], "");
     let kept = folder.join(format!(".nova-replaced-{stamp}"));
-    if aside {
-        std::fs::create_dir_all(&kept).map_err(|e| Error::io(&kept, e))?;
-    }
+    let mut replaced = false;
     for entry in std::fs::read_dir(staged).map_err(|e| Error::io(staged, e))? {
         let entry = entry.map_err(|e| Error::io(staged, e))?;
         let into = folder.join(entry.file_name());
         if aside && into.symlink_metadata().is_ok() {
+            if !replaced {
+                std::fs::create_dir_all(&kept).map_err(|e| Error::io(&kept, e))?;
+                replaced = true;
+            }
             let keep = kept.join(entry.file_name());
             std::fs::rename(&into, &keep).map_err(|e| Error::io(&into, e))?;
         }
         std::fs::rename(entry.path(), &into).map_err(|e| Error::io(&into, e))?;
     }
-    Ok(kept)
+    Ok(replaced.then_some(kept))
 }
 
 /// A process (other than this one) that has `db` or its WAL open, read
