@@ -34,14 +34,7 @@ impl StoreUrl {
     /// line or in NOVA_STORE must exist, unless `--create` says to make it.
     pub fn resolve(ws: &Workspace, arg: &StoreChoice) -> Result<StoreUrl> {
         let (url, source) = match (&arg.store, &ws.config.store) {
-            (Some(url), _) => {
-                let from_env = std::env::var("NOVA_STORE").is_ok_and(|v| v == *url)
-                    && !std::env::args().any(|a| a == "--store" || a.starts_with("--store="));
-                (
-                    url.as_str(),
-                    if from_env { "NOVA_STORE" } else { "--store" },
-                )
-            }
+            (Some(url), _) => (url.as_str(), given_in(url)),
             (None, Some(url)) => (url.as_str(), "nova.yaml store"),
             (None, None) => return Ok(StoreUrl::Sqlite(ws.db_path())),
         };
@@ -63,6 +56,16 @@ impl StoreUrl {
             )));
         }
         Ok(store)
+    }
+
+    /// The store `arg` names, if any, read without opening or checking
+    /// for it: for a command that must refuse a malformed URL before it
+    /// does anything, though the store is only used at its end.
+    pub fn check_syntax(arg: &StoreChoice, root: &Path) -> Result<()> {
+        match &arg.store {
+            Some(url) => Self::parse_from(url, root, given_in(url)).map(|_| ()),
+            None => Ok(()),
+        }
     }
 
     pub fn parse(url: &str, root: &Path) -> Result<StoreUrl> {
@@ -96,6 +99,14 @@ impl StoreUrl {
             "{source} {url:?}: expected sqlite:PATH or redis://HOST:PORT/DB"
         )))
     }
+}
+
+/// Where a store URL given to this command came from, for messages:
+/// `NOVA_STORE` or `--store`.
+fn given_in(url: &str) -> &'static str {
+    let from_env = std::env::var("NOVA_STORE").is_ok_and(|v| v == url)
+        && !std::env::args().any(|a| a == "--store" || a.starts_with("--store="));
+    if from_env { "NOVA_STORE" } else { "--store" }
 }
 
 /// How nova's connections to Redis (the queue's, the audit log's) wait.

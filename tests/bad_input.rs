@@ -226,6 +226,17 @@ fn a_mistyped_store_path_makes_nothing_and_errors_name_where_the_store_came_from
         out.stderr
     );
     assert!(!ws.path().join("bk").exists(), "no backup folder was made");
+    // A restore records itself in the store at its end: a malformed one is
+    // named before anything is restored.
+    let out: common::Outcome = ws
+        .std_command()
+        .env("NOVA_STORE", "garbage")
+        .args(["restore", "some-id", "--from", "bk", "--to", "restored"])
+        .output()
+        .unwrap()
+        .into();
+    out.code(2).stderr_has("NOVA_STORE \"garbage\"");
+    assert!(!ws.path().join("restored").exists());
     ws.run(&["queue", "--store", "sqlite::memory:", "stats"])
         .code(2)
         .stderr_has("an in-memory database would lose everything");

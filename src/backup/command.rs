@@ -257,6 +257,12 @@ async fn verify(
 }
 
 pub fn restore_command(ws: &Workspace, out: &Output, args: &RestoreArgs) -> Result<()> {
+    let store = StoreChoice {
+        store: args.store.clone(),
+        ..Default::default()
+    };
+    // Named before anything is restored; used to record the restore after.
+    crate::store_url::StoreUrl::check_syntax(&store, &ws.root)?;
     let repo = Repo::open(
         ws,
         args.from.as_deref(),
@@ -282,10 +288,6 @@ pub fn restore_command(ws: &Workspace, out: &Output, args: &RestoreArgs) -> Resu
         crate::counter!("backup.restored").inc();
         // The restore is the first record of the restored workspace's own history.
         let restored = Workspace::at(folder.clone(), None)?;
-        let store = StoreChoice {
-            store: args.store.clone(),
-            ..Default::default()
-        };
         ops::audit(
             &restored,
             &store,
