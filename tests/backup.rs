@@ -1011,4 +1011,21 @@ fn with_the_queue_on_redis_a_backup_names_what_it_lacks_and_signs_the_audit_chai
         "backup.restore",
         "{log}"
     );
+
+    // With Redis gone: no backup can sign its head, so none is taken; a
+    // prune still prunes, and says it could not be recorded.
+    drop(redis);
+    run_with_store(&ws, &store, &["backup", "--to", &to])
+        .code(1)
+        .stderr_has("the head of the audit chain")
+        .stderr_has("cannot connect");
+    assert_eq!(listed(&ws, &to), 2);
+    run_with_store(
+        &ws,
+        &store,
+        &["backup", "prune", "--keep", "1", "--to", &to],
+    )
+    .success()
+    .stderr_has("nothing this command did was recorded in the audit log");
+    assert_eq!(listed(&ws, &to), 1);
 }

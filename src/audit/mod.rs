@@ -181,17 +181,23 @@ pub fn record_with(
     event: Event,
     durability: Durability,
 ) -> impl std::future::Future<Output = ()> + Send + 'static {
-    static SAID: std::sync::Once = std::sync::Once::new();
     let action = event.action.clone();
     let appended = log.append_all_queued(vec![event], durability);
     async move {
         if let Err(e) = appended.await {
-            tracing::info!(action = %action, error = %e, "could not append to the audit log");
-            SAID.call_once(|| {
-                eprintln!("note: nothing this command did was recorded in the audit log ({e})");
-            });
+            not_recorded(&action, &e);
         }
     }
+}
+
+/// Say (once a process, on stderr) that what this command did could not
+/// be recorded: the command's own outcome stands, as it happened.
+pub fn not_recorded(action: &str, error: &dyn std::fmt::Display) {
+    static SAID: std::sync::Once = std::sync::Once::new();
+    tracing::info!(action = %action, error = %error, "could not append to the audit log");
+    SAID.call_once(|| {
+        eprintln!("note: nothing this command did was recorded in the audit log ({error})");
+    });
 }
 
 /// Why the chain breaks at a record.

@@ -298,7 +298,7 @@ pub fn restore_command(ws: &Workspace, out: &Output, args: &RestoreArgs) -> Resu
                 "replaced_into": done.replaced_into,
             })),
         )
-        .await?;
+        .await;
         ops::save_kpis(&restored, "backup");
         if out.json {
             return out.json(&done);

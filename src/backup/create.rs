@@ -212,10 +212,7 @@ fn outside(ws: &Workspace, store: &StoreUrl) -> Option<Outside> {
 /// The last record of the audit chain kept in Redis at `url`.
 async fn redis_audit_head(url: &str) -> Result<Option<AuditHead>> {
     let failed = |e: crate::audit::AuditError| {
-        Error::Failed(format!(
-            "the audit log in {}: {e}",
-            crate::audit::record::scrub_text(url)
-        ))
+        Error::Failed(format!("the head of the audit chain, to sign: {e}"))
     };
     let log = crate::audit::AuditLog::redis(url).await.map_err(failed)?;
     let newest = log

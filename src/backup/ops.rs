@@ -21,11 +21,14 @@ use crate::workspace::Workspace;
 
 /// Record `event` in the workspace's audit log (created if need be): in
 /// the workspace database, or in Redis when that is the queue's `store`.
-pub async fn audit(ws: &Workspace, store: &StoreChoice, event: Event) -> Result<()> {
-    if let Some(log) = workspace_log(ws, store, true).await? {
-        crate::audit::record(&log, event).await;
+/// A log that cannot be opened (Redis down) is noted, as a failed append
+/// is: the operation it records happened either way.
+pub async fn audit(ws: &Workspace, store: &StoreChoice, event: Event) {
+    match workspace_log(ws, store, true).await {
+        Ok(Some(log)) => crate::audit::record(&log, event).await,
+        Ok(None) => {}
+        Err(e) => crate::audit::not_recorded(&event.action, &e),
     }
-    Ok(())
 }
 
 /// Where the key that signs audit checkpoints lives: nova.yaml's
@@ -97,7 +100,7 @@ pub async fn take(
         store,
         Event::new(operator(), "backup.create", id, outcome).details(details),
     )
-    .await?;
+    .await;
     done
 }
 
@@ -134,7 +137,7 @@ pub async fn verify(
             "problems": problems,
         })),
     )
-    .await?;
+    .await;
     Ok((m, problems))
 }
 
@@ -159,7 +162,7 @@ pub async fn prune(
             "objects_removed": pruned.objects_removed,
         })),
     )
-    .await?;
+    .await;
     Ok(pruned)
 }
 
