@@ -134,6 +134,14 @@ fn write_stdout(text: &str) -> Result<()> {
         .map_err(|e| Error::io("<stdout>", e))
 }
 
+/// `n` and a regular noun, singular for one: "1 file", "3 files".
+pub fn count(n: u64, noun: &str) -> String {
+    match n {
+        1 => format!("1 {noun}"),
+        n => format!("{n} {noun}s"),
+    }
+}
+
 /// True when an error is a closed stdout pipe, which is a normal way to end.
 pub fn is_broken_pipe(err: &Error) -> bool {
     matches!(err, Error::Io { source, .. } if source.kind() == std::io::ErrorKind::BrokenPipe)

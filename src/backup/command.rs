@@ -12,7 +12,7 @@ use crate::audit::open::operator;
 use crate::audit::record::Event;
 use crate::cli::{BackupAction, BackupArgs, RestoreArgs};
 use crate::error::{Error, Result};
-use crate::output::Output;
+use crate::output::{Output, count};
 use crate::store_url::StoreChoice;
 use crate::workspace::Workspace;
 
@@ -55,12 +55,12 @@ pub fn run(ws: &Workspace, out: &Output, args: &BackupArgs) -> Result<()> {
                     return out.json(&pruned);
                 }
                 out.text(&format!(
-                    "kept {} backups in {}; removed {} ({}) and {} objects no backup used\n",
-                    pruned.kept,
+                    "kept {} in {}; removed {} ({}) and {} no backup used\n",
+                    count(pruned.kept as u64, "backup"),
                     repo.label(),
                     pruned.removed.len(),
                     if pruned.removed.is_empty() { "none".into() } else { pruned.removed.join(", ") },
-                    pruned.objects_removed
+                    count(pruned.objects_removed as u64, "object")
                 ))
             }
             Some(BackupAction::Unlock) => unlock(out, &repo).await,
@@ -133,7 +133,7 @@ async fn take(
     }
     let m = &done.manifest;
     out.text(&format!(
-        "backup {} in {}{}: {} files, {} bytes; wrote {} objects, {} bytes in {:.2} s\n",
+        "backup {} in {}{}: {}, {}; wrote {}, {} in {:.2} s\n",
         m.id,
         repo.label(),
         if m.encrypted_to.is_some() {
@@ -141,10 +141,10 @@ async fn take(
         } else {
             ""
         },
-        m.files.len(),
-        m.total_bytes(),
-        done.uploaded_objects,
-        done.uploaded_bytes,
+        count(m.files.len() as u64, "file"),
+        count(m.total_bytes(), "byte"),
+        count(done.uploaded_objects, "object"),
+        count(done.uploaded_bytes, "byte"),
         done.seconds
     ))?;
     if let Some(outside) = &m.outside {
@@ -168,9 +168,9 @@ async fn take(
     }
     if let Some(p) = pruned.filter(|p| !p.removed.is_empty()) {
         out.text(&format!(
-            "retention: removed {} older backups and {} objects\n",
-            p.removed.len(),
-            p.objects_removed
+            "retention: removed {} and {}\n",
+            count(p.removed.len() as u64, "older backup"),
+            count(p.objects_removed as u64, "object")
         ))?;
     }
     Ok(())
@@ -235,10 +235,18 @@ async fn verify(
         out.json(&json!({"id": m.id, "files": m.files.len(), "problems": problems}))?;
     } else if problems.is_empty() {
         out.text(&format!(
-            "backup {} in {}: all {} files match their hashes\n",
+            "backup {} in {}: {} {} their hashes\n",
             m.id,
             repo.label(),
-            m.files.len()
+            match m.files.len() {
+                1 => "its 1 file".to_string(),
+                n => format!("all {n} files"),
+            },
+            if m.files.len() == 1 {
+                "matches"
+            } else {
+                "match"
+            }
         ))?;
     }
     if problems.is_empty() {
@@ -304,8 +312,7 @@ pub fn restore_command(ws: &Workspace, out: &Output, args: &RestoreArgs) -> Resu
             return out.json(&done);
         }
         let audit = match (done.audit_records, &m.outside) {
-            (Some(1), _) => "audit chain of 1 record verified".to_string(),
-            (Some(n), _) => format!("audit chain of {n} records verified"),
+            (Some(n), _) => format!("audit chain of {} verified", count(n, "record")),
             (None, Some(outside)) => format!(
                 "its queue and audit log were in {}, not in the backup",
                 outside.store
@@ -313,11 +320,11 @@ pub fn restore_command(ws: &Workspace, out: &Output, args: &RestoreArgs) -> Resu
             (None, None) => "no audit chain".to_string(),
         };
         out.text(&format!(
-            "restored backup {} into {}: {} files, {} bytes; {audit}\n",
+            "restored backup {} into {}: {}, {}; {audit}\n",
             done.id,
             folder.display(),
-            done.files,
-            done.bytes,
+            count(done.files as u64, "file"),
+            count(done.bytes, "byte"),
         ))?;
         if let Some(aside) = &done.replaced_into {
             out.text(&format!(
@@ -409,11 +416,15 @@ pub fn verify_checkpoints(
         }
         if !out.json {
             out.text(&format!(
-                "audit chain holds: {} records, head {}; all {} checkpoints in {} match\n",
-                chain.records,
+                "audit chain holds: {}, head {}; {} in {} {}\n",
+                count(chain.records, "record"),
                 chain.head.unwrap_or_default(),
-                checked.len(),
-                target.label
+                match checked.len() {
+                    1 => "the 1 checkpoint".to_string(),
+                    n => format!("all {n} checkpoints"),
+                },
+                target.label,
+                if checked.len() == 1 { "matches" } else { "match" }
             ))?;
         }
         Ok(())
