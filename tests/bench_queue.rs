@@ -46,6 +46,9 @@ fn bench_queue_on_sqlite_reports_both_paths_and_leaves_nothing() {
         .json();
     check_report(&report, 300);
     assert_eq!(report["server_threads"], 2);
+    // What bounds a durable commit on this disk, measured beside the store.
+    let fsync = report["fsync_p50_us"].as_f64().unwrap();
+    assert!(fsync > 0.0, "{report}");
     assert_eq!(
         report["grpc_producers"], "unary",
         "batches are EnqueueBatch calls"
@@ -87,6 +90,10 @@ fn bench_queue_on_redis_cleans_up_its_keys() {
         .success()
         .json();
     check_report(&report, 300);
+    assert!(
+        report.get("fsync_p50_us").is_none(),
+        "no disk of ours on Redis"
+    );
     // One task per call: a stream for each producer and each worker.
     assert_eq!(report["grpc_producers"], "stream");
     assert_eq!(report["grpc_workers"], "stream");

@@ -53,6 +53,12 @@ pub struct Report {
     pub grpc_producers: &'static str,
     /// Worker threads of the gRPC run's server runtime.
     pub server_threads: usize,
+    /// On SQLite: the median time of an fsync (a 4 KiB write, then
+    /// `fdatasync`) in the store's folder, measured before the runs. Every
+    /// durable commit waits for one, so it bounds what producers that wait
+    /// for each answer can reach.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub fsync_p50_us: Option<f64>,
     pub runs: Vec<RunResult>,
 }
 
@@ -568,6 +574,20 @@ pub fn run(ws: &Workspace, out: &Output, args: &BenchQueueArgs) -> Result<()> {
     let rt = crate::runtime::runtime()?;
     let report = rt.block_on(async {
         let tmp = tempfile::tempdir().map_err(|e| Error::io(std::env::temp_dir(), e))?;
+        let fsync_p50_us = match &base {
+            StoreUrl::Sqlite(path) => {
+                let dir = match path.parent() {
+                    Some(dir) if !path.as_os_str().is_empty() => dir.to_path_buf(),
+                    _ => tmp.path().to_path_buf(),
+                };
+                Some(
+                    tokio::task::spawn_blocking(move || fsync_median_us(&dir))
+                        .await
+                        .map_err(|e| Error::Failed(e.to_string()))??,
+                )
+            }
+            StoreUrl::Redis(_) => None,
+        };
         let mut runs = Vec::new();
         let paths: &[&'static str] = if args.grpc_only {
             &["grpc"]
@@ -603,6 +623,7 @@ pub fn run(ws: &Workspace, out: &Output, args: &BenchQueueArgs) -> Result<()> {
             server_threads: args
                 .server_threads
                 .map_or_else(crate::runtime::server_threads, NonZeroUsize::get),
+            fsync_p50_us,
             runs,
         })
     })?;
@@ -625,6 +646,11 @@ fn print(out: &Output, report: &Report) -> Result<()> {
         report.server_threads,
         report.store
     ))?;
+    if let Some(us) = report.fsync_p50_us {
+        out.text(&format!(
+            "this disk: an fsync takes {us:.0} µs at the median; every durable commit waits for one\n"
+        ))?;
+    }
     let mut table = out.table(&[
         "path",
         "enqueue/s",
@@ -646,6 +672,28 @@ fn print(out: &Output, report: &Report) -> Result<()> {
         ]);
     }
     out.print_table(&table)
+}
+
+/// How many samples [`fsync_median_us`] takes.
+const FSYNC_SAMPLES: usize = 50;
+
+/// The median time, in microseconds, of writing 4 KiB to a scratch file in
+/// `dir` and `fdatasync`ing it (the flush a durable SQLite commit waits for).
+fn fsync_median_us(dir: &Path) -> Result<f64> {
+    use std::io::{Seek, Write};
+    let mut file = tempfile::tempfile_in(dir).map_err(|e| Error::io(dir, e))?;
+    let page = [0x5a_u8; 4096];
+    let mut times = Vec::with_capacity(FSYNC_SAMPLES);
+    for _ in 0..FSYNC_SAMPLES {
+        let start = Instant::now();
+        file.seek(std::io::SeekFrom::Start(0))
+            .and_then(|_| file.write_all(&page))
+            .and_then(|_| file.sync_data())
+            .map_err(|e| Error::io(dir, e))?;
+        times.push(start.elapsed().as_secs_f64() * 1e6);
+    }
+    times.sort_by(f64::total_cmp);
+    Ok(times[times.len() / 2])
 }
 
 #[cfg(test)]
