@@ -295,6 +295,11 @@ fn a_policy_that_denies_run_stops_that_agent_with_exit_3() {
     let agents = report["agents"].as_array().unwrap();
     let dependent = agents.iter().find(|a| a["agent"] == "dependent").unwrap();
     assert_eq!(dependent["outcome"], "skipped");
+    // The last words count every task of the run, the one never started too.
+    ws.run(&["orchestrate"]).code(3).stderr_has(
+        "2 tasks: 0 done, 0 not done, 0 failed, 0 skipped, 1 denied by policy, 1 not run; \
+         1 agent not started",
+    );
     let md = std::fs::read_to_string(report["report"].as_str().unwrap()).unwrap();
     assert!(md.contains("## Policy denials\n\n- prober/probe:"), "{md}");
     assert!(md.contains("testers are frozen today"));

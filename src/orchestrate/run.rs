@@ -1440,6 +1440,7 @@ async fn finish(
     let summary = ending(
         &run.id,
         &tasks,
+        agents.iter().map(|a| a.tasks.len()).sum(),
         agents
             .iter()
             .filter(|a| a.outcome == Some(AgentOutcome::Skipped))
@@ -1456,26 +1457,34 @@ async fn finish(
     }
 }
 
-/// The plain last words of a run that left work: what each task came to and
-/// what to do next. A run finding work left is its result, not nova failing.
-fn ending(run: &str, tasks: &[runs::TaskRow], agents_not_started: usize) -> String {
+/// The plain last words of a run that left work: what each of the run's
+/// `planned` tasks came to and what to do next. A run finding work left is
+/// its result, not nova failing.
+fn ending(run: &str, tasks: &[runs::TaskRow], planned: usize, agents_not_started: usize) -> String {
     let count = |s: &str| tasks.iter().filter(|t| t.status == s).count();
     let fixable = tasks
         .iter()
         .filter(|t| t.status == "pending" && t.detail.contains("--apply runs"))
         .count();
     let mut text = format!(
-        "run {run}: {} tasks: {} done, {} not done, {} failed, {} skipped, {} denied by policy",
-        tasks.len(),
+        "run {run}: {}: {} done, {} not done, {} failed, {} skipped, {} denied by policy",
+        crate::output::count(planned.max(tasks.len()) as u64, "task"),
         count("done"),
         count("pending"),
         count("failed"),
         count("skipped"),
         count("denied"),
     );
+    // Tasks after one that did not finish in their agent, and the tasks
+    // of agents that never started, have no row.
+    let not_run = planned.saturating_sub(tasks.len());
+    if not_run > 0 {
+        text.push_str(&format!(", {not_run} not run"));
+    }
     if agents_not_started > 0 {
         text.push_str(&format!(
-            "; {agents_not_started} agents not started (an agent they depend on did not finish)"
+            "; {} not started (an agent they depend on did not finish)",
+            crate::output::count(agents_not_started as u64, "agent")
         ));
     }
     for t in tasks.iter().filter(|t| t.status == "denied").take(3) {
