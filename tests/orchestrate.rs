@@ -302,6 +302,11 @@ fn a_policy_that_denies_run_stops_that_agent_with_exit_3() {
     );
     let md = std::fs::read_to_string(report["report"].as_str().unwrap()).unwrap();
     assert!(md.contains("## Policy denials\n\n- prober/probe:"), "{md}");
+    // The task of the agent that never started is in the report too.
+    assert!(
+        md.contains("| dependent | skipped | later | not run | 0 |"),
+        "{md}"
+    );
     assert!(md.contains("testers are frozen today"));
     let denials = ws
         .run(&["audit", "log", "--action", "policy.decision", "--json"])

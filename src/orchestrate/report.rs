@@ -33,6 +33,21 @@ fn gpu(t: &TaskRow) -> String {
     }
 }
 
+/// One task's row of a phase's table.
+fn task_line(md: &mut String, agent: &str, outcome: &str, t: &TaskRow) {
+    let _ = writeln!(
+        md,
+        "| {agent} | {outcome} | {} | {} | {} | {} | {} | {} | {} |",
+        t.task,
+        t.status,
+        t.attempts,
+        duration_ms(t),
+        memory(t),
+        gpu(t),
+        t.exit_code.map_or("-".into(), |c| c.to_string())
+    );
+}
+
 /// Markdown table cells must not break the table.
 fn cell(text: &str) -> String {
     text.replace('|', "\\|").replace('\n', " ")
@@ -82,22 +97,28 @@ pub fn markdown(
                 .iter()
                 .filter(|t| t.agent.eq_ignore_ascii_case(&a.name))
                 .collect();
-            if rows.is_empty() {
+            if rows.is_empty() && a.tasks.is_empty() {
                 let _ = writeln!(md, "| {} | {outcome} | - | - | - | - | - | - | - |", a.name);
             }
-            for t in rows {
-                let _ = writeln!(
-                    md,
-                    "| {} | {outcome} | {} | {} | {} | {} | {} | {} | {} |",
-                    a.name,
-                    t.task,
-                    t.status,
-                    t.attempts,
-                    duration_ms(t),
-                    memory(t),
-                    gpu(t),
-                    t.exit_code.map_or("-".into(), |c| c.to_string())
-                );
+            // In the agent's order, each task's row, or "not run" for one
+            // that never started (after one that did not finish, or in an
+            // agent that never started); then rows of tasks the blueprint no
+            // longer has (a run resumed after it changed).
+            let known = |t: &&TaskRow| a.tasks.iter().any(|spec| spec.id == t.task);
+            for spec in &a.tasks {
+                match rows.iter().find(|t| t.task == spec.id) {
+                    Some(t) => task_line(&mut md, &a.name, outcome, t),
+                    None => {
+                        let _ = writeln!(
+                            md,
+                            "| {} | {outcome} | {} | not run | 0 | - | - | - | - |",
+                            a.name, spec.id
+                        );
+                    }
+                }
+            }
+            for t in rows.iter().filter(|t| !known(t)) {
+                task_line(&mut md, &a.name, outcome, t);
             }
         }
         md.push('\n');
