@@ -38,7 +38,13 @@ pub struct Cli {
     pub color: ColorChoice,
 
     /// Ask this OPA server (http://HOST:8181) instead of the embedded policies [default: nova.yaml's opa_url]
-    #[arg(long, global = true, env = "NOVA_OPA_URL", value_name = "URL")]
+    #[arg(
+        long,
+        global = true,
+        env = "NOVA_OPA_URL",
+        hide_env_values = true,
+        value_name = "URL"
+    )]
     pub opa_url: Option<String>,
 
     /// File holding a bearer token for the OPA server
@@ -252,7 +258,7 @@ pub struct RoadmapArgs {
 #[derive(Debug, Clone, Args)]
 pub struct StoreArg {
     /// Queue store: sqlite:PATH or redis://HOST:PORT/DB [default: sqlite:$NOVA_HOME/nova.db]
-    #[arg(long, env = "NOVA_STORE", value_name = "URL")]
+    #[arg(long, env = "NOVA_STORE", hide_env_values = true, value_name = "URL")]
     pub store: Option<String>,
 
     /// Create the SQLite database --store names if there is none (without it, a
@@ -610,7 +616,13 @@ pub struct BackupArgs {
     /// The queue's store: sqlite:PATH or redis://HOST:PORT/DB. On Redis the queue and the
     /// audit log live there, not in the backup; the backup signs that audit log's head and is
     /// recorded in it [default: nova.yaml's store, else the workspace database]
-    #[arg(long, global = true, env = "NOVA_STORE", value_name = "URL")]
+    #[arg(
+        long,
+        global = true,
+        env = "NOVA_STORE",
+        hide_env_values = true,
+        value_name = "URL"
+    )]
     pub store: Option<String>,
 }
 
@@ -674,7 +686,7 @@ pub struct RestoreArgs {
 
     /// The restored workspace's queue store, whose audit log records the restore:
     /// sqlite:PATH or redis://HOST:PORT/DB [default: its nova.yaml's store, else its database]
-    #[arg(long, env = "NOVA_STORE", value_name = "URL")]
+    #[arg(long, env = "NOVA_STORE", hide_env_values = true, value_name = "URL")]
     pub store: Option<String>,
 }
 

@@ -138,3 +138,28 @@ fn a_closed_pipe_is_not_an_error() {
     assert!(status.success(), "exit {status:?}, stderr: {stderr}");
     assert!(!stderr.contains("panicked"), "{stderr}");
 }
+
+#[test]
+fn help_names_the_variables_but_never_shows_a_store_or_opa_url_with_its_password() {
+    let ws = Workspace::new();
+    for command in [
+        &["queue", "--help"][..],
+        &["backup", "--help"],
+        &["serve", "--help"],
+    ] {
+        let out: common::Outcome = ws
+            .std_command()
+            .env("NOVA_STORE", "redis://:s3cret-store@127.0.0.1:6379/0")
+            .env("NOVA_OPA_URL", "http://user:s3cret-opa@opa.internal:8181")
+            .args(command)
+            .output()
+            .unwrap()
+            .into();
+        let out = out.success().stdout_has("[env: NOVA_STORE]");
+        assert!(
+            !out.stdout.contains("s3cret"),
+            "{command:?}:\n{}",
+            out.stdout
+        );
+    }
+}
