@@ -101,6 +101,23 @@ impl StoreUrl {
     }
 }
 
+/// `url` as messages and output may show it: a password in it (as in
+/// `redis://:secret@host:6379/0` or `redis://user:secret@host`) replaced by
+/// `[redacted]`; anything else as it is.
+pub fn without_password(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_string();
+    };
+    let (authority, path) = rest.split_at(rest.find('/').unwrap_or(rest.len()));
+    match authority.rsplit_once('@') {
+        Some((userinfo, host)) if userinfo.contains(':') => {
+            let user = userinfo.split_once(':').map_or("", |(user, _)| user);
+            format!("{scheme}://{user}:[redacted]@{host}{path}")
+        }
+        _ => url.to_string(),
+    }
+}
+
 /// Where a store URL given to this command came from, for messages:
 /// `NOVA_STORE` or `--store`.
 fn given_in(url: &str) -> &'static str {
@@ -120,4 +137,17 @@ pub fn redis_connection_config() -> redis::aio::ConnectionManagerConfig {
         .set_connection_timeout(Some(std::time::Duration::from_secs(5)))
         .set_response_timeout(Some(std::time::Duration::from_secs(10)))
         .set_number_of_retries(3)
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn passwords_are_left_out_of_shown_urls() {
+        use super::without_password as w;
+        assert_eq!(w("redis://:pw@h:6379/0"), "redis://:[redacted]@h:6379/0");
+        assert_eq!(w("rediss://me:p:w@h/1"), "rediss://me:[redacted]@h/1");
+        assert_eq!(w("redis://me@h/0"), "redis://me@h/0");
+        assert_eq!(w("redis://h:6379/0"), "redis://h:6379/0");
+        assert_eq!(w("sqlite:a@b:c"), "sqlite:a@b:c");
+    }
 }

@@ -163,3 +163,35 @@ fn help_names_the_variables_but_never_shows_a_store_or_opa_url_with_its_password
         );
     }
 }
+
+#[test]
+fn a_redis_password_is_never_shown_in_errors_or_what_a_server_announces() {
+    let redis = common::redis_server::RedisServer::start();
+    let mut con = redis::Client::open(redis.url())
+        .unwrap()
+        .get_connection()
+        .unwrap();
+    redis::cmd("CONFIG")
+        .arg("SET")
+        .arg("requirepass")
+        .arg("s3cret-right")
+        .query::<()>(&mut con)
+        .unwrap();
+    let ws = Workspace::new();
+    let wrong = format!("redis://:s3cret-wrong@127.0.0.1:{}/0", redis.port);
+    let out = ws.run(&["queue", "--store", &wrong, "stats"]).code(1);
+    assert!(
+        out.stderr.contains("redis://:[redacted]@127.0.0.1") && !out.stderr.contains("s3cret"),
+        "{}",
+        out.stderr
+    );
+    let right = format!("redis://:s3cret-right@127.0.0.1:{}/0", redis.port);
+    let (mut server, announced) = ws.serve(&["--listen", "127.0.0.1:0", "--store", &right]);
+    server.kill().unwrap();
+    server.wait().unwrap();
+    let store = announced["store"].as_str().unwrap();
+    assert_eq!(
+        store,
+        format!("redis://:[redacted]@127.0.0.1:{}/0", redis.port)
+    );
+}

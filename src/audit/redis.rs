@@ -108,7 +108,12 @@ impl RedisAudit {
         let conn = client
             .get_connection_manager_with_config(crate::store_url::redis_connection_config())
             .await
-            .map_err(|e| AuditError::Store(format!("cannot connect to {url}: {e}")))?;
+            .map_err(|e| {
+                AuditError::Store(format!(
+                    "cannot connect to {}: {e}",
+                    crate::store_url::without_password(url)
+                ))
+            })?;
         Ok(RedisAudit {
             conn,
             head: Arc::default(),

@@ -197,7 +197,7 @@ async fn store_file(
 fn outside(ws: &Workspace, store: &StoreUrl) -> Option<Outside> {
     match store {
         StoreUrl::Redis(url) => Some(Outside {
-            store: crate::audit::record::scrub_text(url),
+            store: crate::store_url::without_password(url),
             holds: vec![QUEUE.into(), AUDIT_LOG.into()],
         }),
         // The audit log stays in the workspace database whatever file the queue is in.

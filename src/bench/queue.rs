@@ -568,8 +568,7 @@ pub fn run(ws: &Workspace, out: &Output, args: &BenchQueueArgs) -> Result<()> {
     };
     let label = match (&base, &args.store) {
         (StoreUrl::Sqlite(_), None) => "sqlite (temporary file, durable)".to_string(),
-        (_, Some(url)) => url.clone(),
-        (StoreUrl::Redis(url), None) => url.clone(),
+        (_, Some(url)) | (StoreUrl::Redis(url), None) => crate::store_url::without_password(url),
     };
     let rt = crate::runtime::runtime()?;
     let report = rt.block_on(async {

@@ -36,7 +36,10 @@ pub async fn open_queue(store: &StoreUrl) -> Result<(AnyQueue, String)> {
                 QueueError::InvalidArgument(m) => Error::usage(format!("--store: {m}")),
                 other => Error::Failed(other.to_string()),
             })?;
-            Ok((AnyQueue::Redis(queue), url.clone()))
+            Ok((
+                AnyQueue::Redis(queue),
+                crate::store_url::without_password(url),
+            ))
         }
     }
 }

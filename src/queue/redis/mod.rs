@@ -134,12 +134,21 @@ impl RedisQueue {
     /// Connect, keeping this queue's keys under `prefix` (several queues can
     /// share one Redis database this way; `nova bench` uses its own).
     pub async fn connect_with_prefix(url: &str, prefix: &str) -> QueueResult<RedisQueue> {
-        let client = ::redis::Client::open(url)
-            .map_err(|e| QueueError::InvalidArgument(format!("bad Redis URL {url:?}: {e}")))?;
+        let client = ::redis::Client::open(url).map_err(|e| {
+            QueueError::InvalidArgument(format!(
+                "bad Redis URL {:?}: {e}",
+                crate::store_url::without_password(url)
+            ))
+        })?;
         let conn = client
             .get_connection_manager_with_config(crate::store_url::redis_connection_config())
             .await
-            .map_err(|e| QueueError::Unavailable(format!("cannot connect to {url}: {e}")))?;
+            .map_err(|e| {
+                QueueError::Unavailable(format!(
+                    "cannot connect to {}: {e}",
+                    crate::store_url::without_password(url)
+                ))
+            })?;
         let caller = Arc::new(Caller::new(&conn, true).await);
         Ok(RedisQueue {
             conn,
