@@ -162,6 +162,27 @@ fn help_names_the_variables_but_never_shows_a_store_or_opa_url_with_its_password
             out.stdout
         );
     }
+    // Nor does a decision that could not reach OPA.
+    let input = ws.write(
+        "input.json",
+        r#"{"subject":{"agent":"a","role":"implementation"},"action":"enqueue","resource":"x","context":{}}"#,
+    );
+    let out: common::Outcome = ws
+        .std_command()
+        .env("NOVA_OPA_URL", "http://user:s3cret-opa@127.0.0.1:1")
+        .args(["policy", "eval", "--input", input.to_str().unwrap()])
+        .output()
+        .unwrap()
+        .into();
+    let out = out
+        .code(3)
+        .stdout_has("cannot reach OPA at http://user:[redacted]@");
+    assert!(
+        !out.stdout.contains("s3cret") && !out.stderr.contains("s3cret"),
+        "{}{}",
+        out.stdout,
+        out.stderr
+    );
 }
 
 #[test]

@@ -102,6 +102,7 @@ pub fn run(ws: &Workspace, out: &Output, args: &PolicyArgs) -> Result<()> {
             let files = policy_files(ws)?;
             compile(&files)?; // never upload what does not compile here
             let opa = opa_client(ws, &url, source)?;
+            let url = opa.url();
             crate::runtime::runtime()?.block_on(async {
                 let audit = workspace_log(ws, &args.store.choice(), true).await?;
                 for f in &files {

@@ -36,9 +36,12 @@ fn error_text(body: &str) -> String {
 
 impl Opa {
     pub fn new(url: &str, token: Option<String>, timeout: Duration) -> Result<Opa, String> {
-        let parsed = reqwest::Url::parse(url).map_err(|e| format!("bad OPA URL {url:?}: {e}"))?;
+        let shown = crate::store_url::without_password(url);
+        let parsed = reqwest::Url::parse(url).map_err(|e| format!("bad OPA URL {shown:?}: {e}"))?;
         if !matches!(parsed.scheme(), "http" | "https") {
-            return Err(format!("bad OPA URL {url:?}: expected http:// or https://"));
+            return Err(format!(
+                "bad OPA URL {shown:?}: expected http:// or https://"
+            ));
         }
         let client = reqwest::Client::builder()
             .timeout(timeout)
@@ -53,8 +56,9 @@ impl Opa {
         })
     }
 
-    pub fn url(&self) -> &str {
-        &self.base
+    /// The server's URL as messages show it (without a password).
+    pub fn url(&self) -> String {
+        crate::store_url::without_password(&self.base)
     }
 
     fn request(&self, method: reqwest::Method, path: &str) -> reqwest::RequestBuilder {
@@ -69,13 +73,13 @@ impl Opa {
         if e.is_timeout() {
             format!(
                 "OPA at {} did not answer within {} ms",
-                self.base,
+                self.url(),
                 self.timeout.as_millis()
             )
         } else if e.is_connect() {
-            format!("cannot reach OPA at {}: connection failed", self.base)
+            format!("cannot reach OPA at {}: connection failed", self.url())
         } else {
-            format!("OPA at {} failed: {e}", self.base)
+            format!("OPA at {} failed: {e}", self.url())
         }
     }
 
