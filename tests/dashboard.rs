@@ -341,6 +341,19 @@ async fn a_run_started_over_the_api_is_cancelled_and_resumed() {
         },
     )
     .await;
+    // The run's view lists the tasks it never started.
+    let interrupted = run_status(&c, &server, &id).await;
+    let build: Vec<&str> = interrupted["tasks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|t| t["agent"] == "build")
+        .map(|t| t["status"].as_str().unwrap())
+        .collect();
+    assert!(
+        !build.is_empty() && build.iter().all(|s| *s == "not run"),
+        "{interrupted}"
+    );
     let r = server.post(&c, &format!("/api/v1/runs/{id}/cancel")).await;
     assert_eq!(
         r.status(),

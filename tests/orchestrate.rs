@@ -364,7 +364,7 @@ fn ctrl_c_leaves_no_child_and_resume_finishes_only_what_was_left() {
         "implementation",
         "one",
         &[],
-        "  - id: first\n    title: quick\n    run: {shell: \"echo x >> first.count\"}\n  - id: second\n    title: slow while the flag is there\n    run: {shell: \"if [ -f slow ]; then sleep 300 & echo $! > sleeper.pid; wait; fi; echo x >> second.count\"}\n",
+        "  - id: first\n    title: quick\n    run: {shell: \"echo x >> first.count\"}\n  - id: second\n    title: slow while the flag is there\n    run: {shell: \"if [ -f slow ]; then sleep 300 & echo $! > sleeper.pid; wait; fi; echo x >> second.count\"}\n  - id: third\n    title: after the slow one\n    run: {shell: \"echo x >> third.count\"}\n",
     );
     ws.write("slow", "");
     let mut child = spawn_quiet(&ws, &["orchestrate", "--apply", "--json"]);
@@ -374,6 +374,29 @@ fn ctrl_c_leaves_no_child_and_resume_finishes_only_what_was_left() {
         std::thread::sleep(Duration::from_millis(20));
     }
     std::thread::sleep(Duration::from_millis(100));
+    // A run's view lists the tasks it has not started yet, in the plan's order.
+    let statuses = |ws: &Workspace| {
+        let runs = ws.run(&["runs", "--json"]).success().json();
+        let id = runs[0]["id"].as_str().unwrap().to_string();
+        let shown = ws.run(&["runs", "show", &id, "--json"]).success().json();
+        shown["tasks"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|t| {
+                format!(
+                    "{}:{}",
+                    t["task"].as_str().unwrap(),
+                    t["status"].as_str().unwrap()
+                )
+            })
+            .collect::<Vec<_>>()
+    };
+    let during = statuses(&ws);
+    assert_eq!(during.len(), 3, "{during:?}");
+    assert_eq!(during[0], "first:done", "{during:?}");
+    assert!(during[1].starts_with("second:"), "{during:?}");
+    assert_eq!(during[2], "third:waiting", "{during:?}");
     std::process::Command::new("kill")
         .args(["-INT", &child.id().to_string()])
         .status()
@@ -391,6 +414,8 @@ fn ctrl_c_leaves_no_child_and_resume_finishes_only_what_was_left() {
     );
     let runs = ws.run(&["runs", "--json"]).success().json();
     assert_eq!(runs[0]["status"], "interrupted");
+    let after = statuses(&ws);
+    assert_eq!(after[2], "third:not run", "{after:?}");
 
     std::fs::remove_file(ws.path().join("slow")).unwrap();
     let (code, report) = run_json(&ws, &["--apply", "--resume"]);
@@ -408,6 +433,12 @@ fn ctrl_c_leaves_no_child_and_resume_finishes_only_what_was_left() {
         "the finished task did not run again"
     );
     assert_eq!(count("second.count"), 1);
+    assert_eq!(count("third.count"), 1);
+    assert_eq!(
+        statuses(&ws),
+        ["first:done", "second:done", "third:done"],
+        "a resumed run's tasks that had not run ran"
+    );
     ws.run(&["runs"]).success().stdout_has("done");
 }
 

@@ -156,7 +156,9 @@ pub struct RunTask {
     pub agent: String,
     pub task: String,
     pub phase: String,
-    /// `pending`, `running`, `done`, `failed`, `skipped`, `denied`...
+    /// `waiting` (planned, not started yet), `running`, `done`, `pending`
+    /// (checked, not done), `failed`, `skipped`, `denied`, `not run` (the
+    /// run ended before it started)
     pub status: String,
     pub attempts: u32,
     pub exit_code: Option<i32>,

@@ -664,7 +664,7 @@ pub fn start(ws: &Workspace, out: &Output, args: &RunRequest) -> Result<()> {
             inboxes: shared_server.is_none().then(Default::default),
         });
         {
-            let db = run.db.lock().unwrap_or_else(|p| p.into_inner());
+            let mut db = run.db.lock().unwrap_or_else(|p| p.into_inner());
             let row = RunRow {
                 id: id.clone(),
                 plan: schedule.plan.clone(),
@@ -687,6 +687,8 @@ pub fn start(ws: &Workspace, out: &Output, args: &RunRequest) -> Result<()> {
                 runs::insert_run(&db, &row)
             }
             .map_err(|e| Error::Failed(format!("cannot record the run: {e}")))?;
+            runs::plan_tasks(&mut db, &id, &planned_tasks(&catalog, &schedule))
+                .map_err(|e| Error::Failed(format!("cannot record the run's tasks: {e}")))?;
             if args.resume.is_some() {
                 // The hub's history continues where it stopped.
                 let old = runs::messages(&db, &id).unwrap_or_default();
@@ -909,6 +911,7 @@ fn store_failure(run: &Run) -> Option<Error> {
 async fn end_failed(run: &Run, error: &Error) {
     {
         let db = run.db.lock().unwrap_or_else(|p| p.into_inner());
+        let _ = runs::mark_not_run(&db, &run.id);
         let _ = runs::set_status(&db, &run.id, "failed", Some(now_ms()));
     }
     if let Some(log) = &run.audit {
@@ -932,6 +935,21 @@ pub(crate) fn hostname() -> String {
         .ok()
         .filter(|s| !s.is_empty())
         .unwrap_or_else(|| "nova".into())
+}
+
+/// Every task `schedule` plans, as (agent, task, phase), in the plan's order.
+fn planned_tasks(catalog: &Catalog, schedule: &Schedule) -> Vec<(String, String, String)> {
+    let mut planned = Vec::new();
+    for phase in &schedule.phases {
+        for a in &phase.agents {
+            if let Ok(agent) = catalog.find_agent(&a.name, Some(&schedule.plan)) {
+                for t in &agent.spec.tasks {
+                    planned.push((agent.spec.name.clone(), t.id.clone(), phase.name.clone()));
+                }
+            }
+        }
+    }
+    planned
 }
 
 /// Drive every phase of `schedule` to its end; the agents as they finished.
@@ -1367,6 +1385,7 @@ async fn finish(
     let count = |o: AgentOutcome| agents.iter().filter(|a| a.outcome == Some(o)).count();
     let (tasks, messages) = {
         let db = run.db.lock().unwrap_or_else(|p| p.into_inner());
+        let _ = runs::mark_not_run(&db, &run.id);
         (
             runs::tasks(&db, &run.id).unwrap_or_default(),
             runs::messages(&db, &run.id).unwrap_or_default(),
@@ -1476,8 +1495,9 @@ fn ending(run: &str, tasks: &[runs::TaskRow], planned: usize, agents_not_started
         count("denied"),
     );
     // Tasks after one that did not finish in their agent, and the tasks
-    // of agents that never started, have no row.
-    let not_run = planned.saturating_sub(tasks.len());
+    // of agents that never started (a run from before plans were recorded
+    // has no row for them).
+    let not_run = count("not run") + planned.saturating_sub(tasks.len());
     if not_run > 0 {
         text.push_str(&format!(", {not_run} not run"));
     }
@@ -1493,9 +1513,10 @@ fn ending(run: &str, tasks: &[runs::TaskRow], planned: usize, agents_not_started
     text.push_str("\nnext: ");
     let mut steps = Vec::new();
     if fixable > 0 {
-        steps.push(format!(
-            "nova orchestrate --apply runs the fixes of the {fixable} tasks that have one"
-        ));
+        steps.push(match fixable {
+            1 => "nova orchestrate --apply runs the fix of the 1 task that has one".to_string(),
+            n => format!("nova orchestrate --apply runs the fixes of the {n} tasks that have one"),
+        });
     }
     steps.push(format!("nova runs show {run} has each task's details"));
     text.push_str(&steps.join("; "));

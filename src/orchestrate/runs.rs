@@ -221,10 +221,44 @@ pub fn upsert_task(conn: &Connection, run: &str, t: &TaskRow) -> rusqlite::Resul
     Ok(())
 }
 
+/// Record the tasks a run plans, in the plan's order, before it starts any:
+/// a new one as `waiting`; a resumed run's task that was `not run` waits
+/// again, and one that ran keeps its outcome.
+pub fn plan_tasks(
+    conn: &mut Connection,
+    run: &str,
+    planned: &[(String, String, String)],
+) -> rusqlite::Result<()> {
+    let tx = conn.transaction()?;
+    {
+        let mut insert = tx.prepare(
+            "INSERT INTO run_tasks (run_id, agent, task, phase, status, attempts, planned)
+             VALUES (?1, ?2, ?3, ?4, 'waiting', 0, ?5)
+             ON CONFLICT (run_id, agent, task) DO UPDATE SET planned = excluded.planned,
+                 status = CASE status WHEN 'not run' THEN 'waiting' ELSE status END",
+        )?;
+        for (i, (agent, task, phase)) in planned.iter().enumerate() {
+            insert.execute(params![run, agent, task, phase, i as i64])?;
+        }
+    }
+    tx.commit()
+}
+
+/// At a run's end: the tasks still waiting never started.
+pub fn mark_not_run(conn: &Connection, run: &str) -> rusqlite::Result<usize> {
+    conn.execute(
+        "UPDATE run_tasks SET status = 'not run' WHERE run_id = ?1 AND status = 'waiting'",
+        [run],
+    )
+}
+
+/// A run's tasks in the plan's order (tasks of runs recorded before plans
+/// were, in the order they started).
 pub fn tasks(conn: &Connection, run: &str) -> rusqlite::Result<Vec<TaskRow>> {
     conn.prepare(
         "SELECT agent, task, phase, status, attempts, exit_code, started_at, finished_at, peak_rss, mean_cpu,
-             worker, detail, log_tail, mean_rss, gpu_memory, gpu_util FROM run_tasks WHERE run_id = ?1 ORDER BY COALESCE(started_at, 0), agent, task",
+             worker, detail, log_tail, mean_rss, gpu_memory, gpu_util FROM run_tasks WHERE run_id = ?1
+             ORDER BY planned IS NULL, planned, COALESCE(started_at, 0), agent, task",
     )?
     .query_map([run], |r| {
         let tail: String = r.get(12)?;

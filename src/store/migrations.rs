@@ -287,6 +287,10 @@ const MIGRATIONS: &[&str] = &[
             SELECT NEW.queue, NEW.status, 1 WHERE NEW.status <> 'PENDING' AND NEW.status <> 'IN_PROGRESS'
             ON CONFLICT (queue, status) DO UPDATE SET n = n + 1;
     END;",
+    // 13: a run records every task it plans when it starts (`waiting`,
+    // then `not run` if it never started), so a run's view lists them all;
+    // `planned` is the task's place in the plan, for their order.
+    "ALTER TABLE run_tasks ADD COLUMN planned INTEGER;",
 ];
 
 /// The schema version this nova writes.

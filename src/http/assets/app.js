@@ -30,7 +30,15 @@ function s(tag, attrs, ...children) {
   return el;
 }
 
-const badge = (status) => h("span", { class: `badge s-${status}`, "data-status": status }, status);
+// A status as a class name: `not run` is `s-not-run`.
+const cls = (status) => String(status).replace(/\s+/g, "-");
+// A run's task counts, in the order a run goes through them.
+const TASK_ORDER = ["running", "done", "pending", "failed", "denied", "skipped", "waiting", "not run"];
+const taskCounts = (counts) => Object.entries(counts).sort(([a], [b]) => {
+  const at = (k) => (TASK_ORDER.indexOf(k) + 1 || TASK_ORDER.length + 1);
+  return at(a) - at(b) || a.localeCompare(b);
+});
+const badge = (status) => h("span", { class: `badge s-${cls(status)}`, "data-status": status }, status);
 const time = (ms) => (ms ? new Date(ms).toLocaleString() : "");
 const clock = (ms) => (ms ? new Date(ms).toLocaleTimeString() : "");
 function duration(ms) {
@@ -232,7 +240,7 @@ function runsTable(runs) {
       h("td", {}, badge(r.status)),
       h("td", {}, r.plan, r.apply ? h("span", { class: "muted" }, " · apply") : ""),
       h("td", {}, r.mode),
-      h("td", {}, Object.entries(r.tasks).map(([k, v]) => h("span", { class: `s-${k}` }, `${v} ${k} `))),
+      h("td", {}, taskCounts(r.tasks).map(([k, v]) => h("span", { class: `s-${cls(k)}` }, `${v} ${k} `))),
       h("td", {}, time(r.started_at)),
       h("td", {}, duration(r.duration_ms))))));
 }
@@ -298,7 +306,7 @@ function runView(main, id) {
       h("div", { class: "row panel" }, h("span", { id: "run-status" }, badge(r.status)), h("span", {}, `plan ${r.plan}`), h("span", {}, r.mode),
         r.apply ? h("span", {}, "applying fixes") : h("span", { class: "muted" }, "checks only"),
         h("span", {}, `started ${time(r.started_at)}`), h("span", {}, duration(r.duration_ms)),
-        h("span", {}, Object.entries(r.tasks).map(([k, v]) => h("span", { class: `s-${k}` }, `${v} ${k} `))), h("span", { class: "spacer" }), ...controls));
+        h("span", {}, taskCounts(r.tasks).map(([k, v]) => h("span", { class: `s-${cls(k)}` }, `${v} ${k} `))), h("span", { class: "spacer" }), ...controls));
     timeline.replaceChildren(view.tasks.length ? drawTimeline(view.tasks, r, showLog) : h("p", { class: "muted" }, "No task has started yet."));
     tasks.replaceChildren(tasksTable(view.tasks, showLog));
     graph.replaceChildren(view.agents.length ? drawGraph(view.agents, view.tasks) : h("p", { class: "muted" }, "The run's agents no longer resolve in the blueprints."));
@@ -325,7 +333,7 @@ function tasksTable(tasks, showLog) {
       h("td", {}, t.agent), h("td", { class: "mono" }, t.task), h("td", {}, t.phase), h("td", {}, badge(t.status)),
       h("td", {}, t.attempts), h("td", {}, t.started_at ? duration((t.finished_at || Date.now()) - t.started_at) : ""),
       h("td", { class: "hide-narrow" }, bytes(t.peak_rss)), h("td", { class: "wrap" }, t.detail),
-      h("td", {}, h("button", { class: "link log-button", onclick: () => showLog(t.agent, t.task) }, "log"))))));
+      h("td", {}, t.attempts > 0 ? h("button", { class: "link log-button", onclick: () => showLog(t.agent, t.task) }, "log") : "")))));
 }
 
 // Each task a bar from its start to its end, one row per agent, so what ran side by side shows.
@@ -345,7 +353,7 @@ function drawTimeline(tasks, run, showLog) {
   for (const t of tasks) {
     if (!t.started_at) continue;
     const row = agents.indexOf(t.agent);
-    const bar = s("rect", { class: `bar bar-${t.status}`, "data-task": `${t.agent}/${t.task}`, "data-status": t.status,
+    const bar = s("rect", { class: `bar bar-${cls(t.status)}`, "data-task": `${t.agent}/${t.task}`, "data-status": t.status,
       x: x(t.started_at), y: top + row * rowH + 3, width: Math.max(2, x(t.finished_at || Date.now()) - x(t.started_at)), height: rowH - 6, rx: 2, tabindex: 0 },
       s("title", {}, `${t.agent} / ${t.task}: ${t.status}, ${duration((t.finished_at || Date.now()) - t.started_at)}`));
     bar.addEventListener("click", () => showLog(t.agent, t.task));
