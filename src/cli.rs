@@ -196,7 +196,7 @@ pub struct Selection {
     pub plan: Option<String>,
 
     /// Only these agents and (unless --only) the agents they depend on
-    #[arg(long, num_args = 1.., value_name = "AGENT")]
+    #[arg(long, num_args = 1.., value_delimiter = ',', value_name = "AGENT")]
     pub agents: Vec<String>,
 
     /// With --agents: leave out the agents they depend on
@@ -243,7 +243,7 @@ pub enum RoadmapFormat {
 #[derive(Debug, Args)]
 pub struct RoadmapArgs {
     /// Only these phases
-    #[arg(long, num_args = 1.., value_name = "PHASE")]
+    #[arg(long, num_args = 1.., value_delimiter = ',', value_name = "PHASE")]
     pub phase: Vec<String>,
 
     /// The plan to report on [default: the plan of --phase, else nova.yaml's `plan`, else spark-sophia]
@@ -359,7 +359,7 @@ pub struct OrchestrateArgs {
     pub select: Selection,
 
     /// Only these phases
-    #[arg(long, num_args = 1.., value_name = "PHASE")]
+    #[arg(long, num_args = 1.., value_delimiter = ',', value_name = "PHASE")]
     pub phase: Vec<String>,
 
     /// One agent at a time, or independent agents side by side [default: NOVA_EXECUTION_MODE, nova.yaml, sequential]
@@ -422,7 +422,7 @@ pub struct SetupArgs {
     /// iproute2, pciutils, ethtool, lshw, ufw, clamav, restic (or nova.yaml's
     /// setup.catalog), or
     /// MANAGER:PACKAGE. A package whose command already answers is left alone.
-    #[arg(long, num_args = 1.., value_name = "NAME")]
+    #[arg(long, num_args = 1.., value_delimiter = ',', value_name = "NAME")]
     pub packages: Vec<String>,
 
     /// Only the packages: skip the host checks, firewall ports and users
@@ -547,7 +547,7 @@ pub struct WorkerArgs {
     pub concurrency: u32,
 
     /// Take tasks from these queues [default: nova-jobs, where runs on a shared server put theirs]
-    #[arg(long, num_args = 1.., value_name = "QUEUE")]
+    #[arg(long, num_args = 1.., value_delimiter = ',', value_name = "QUEUE")]
     pub queues: Vec<String>,
 
     /// Lease length: if this worker dies, its task goes to another after this long

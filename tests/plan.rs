@@ -78,6 +78,31 @@ fn agents_bring_their_dependencies_unless_only() {
         .success()
         .json();
     assert_eq!(agent_names(&only), [vec!["coder"], vec!["tester"]]);
+    // A list may also be written as one word with commas, as in many tools.
+    let commas = ws
+        .run(&["plan", "--agents", "coder,tester", "--only", "--json"])
+        .success()
+        .json();
+    assert_eq!(commas, only);
+    let phases = ws
+        .run(&[
+            "orchestrate",
+            "--dry-run",
+            "--json",
+            "--plan",
+            "delivery",
+            "--phase",
+            "plan,build",
+        ])
+        .success()
+        .json();
+    let names: Vec<&str> = phases["phases"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["phase"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["plan", "build"], "{phases}");
 }
 
 #[test]
