@@ -906,6 +906,11 @@ pub struct BenchQueueArgs {
     /// stream each
     #[arg(long)]
     pub unary: bool,
+    /// gRPC workers open their Work streams with quiet acks: the server
+    /// answers no applied ack, and each worker's stream ends cleanly once
+    /// all its acks were applied (`nova worker` reads every ack's answer)
+    #[arg(long, conflicts_with = "unary")]
+    pub quiet_acks: bool,
     /// Worker threads of the gRPC run's server, which runs on a runtime of
     /// its own as `nova serve` would [default: as `nova serve --threads`]
     #[arg(long, value_name = "N")]

@@ -97,6 +97,25 @@ fn bench_queue_on_redis_cleans_up_its_keys() {
     // One task per call: a stream for each producer and each worker.
     assert_eq!(report["grpc_producers"], "stream");
     assert_eq!(report["grpc_workers"], "stream");
+    // Workers whose applied acks are not answered still see every task
+    // through (the run ends when their streams end, all acks applied).
+    let quiet = ws
+        .run(&[
+            "bench",
+            "queue",
+            "--store",
+            &redis.url(),
+            "--tasks",
+            "300",
+            "--workers",
+            "3",
+            "--quiet-acks",
+            "--json",
+        ])
+        .success()
+        .json();
+    check_report(&quiet, 300);
+    assert_eq!(quiet["grpc_workers"], "stream, quiet acks");
     // The benchmark's own keys are gone afterwards; the queue's are untouched.
     ws.run(&["queue", "--store", &redis.url(), "enqueue", "keep"])
         .success();
@@ -134,6 +153,9 @@ fn bench_queue_flags_are_checked() {
     ws.run(&["bench", "queue", "--server-threads", "0"])
         .code(2)
         .stderr_has("--server-threads");
+    ws.run(&["bench", "queue", "--quiet-acks", "--unary"])
+        .code(2)
+        .stderr_has("--quiet-acks");
     ws.run(&["serve", "--threads", "none"])
         .code(2)
         .stderr_has("--threads");

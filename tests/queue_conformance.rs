@@ -2124,6 +2124,95 @@ async fn a_work_stream_answers_acks_briefly_when_asked(backend: Backend) {
     );
 }
 
+/// A stream opened with quiet acks answers no applied ack, whatever path it
+/// took (with the next lease, in a batch), but still answers a refused one;
+/// its clean end after the worker's says every ack before it was applied.
+/// A later request may not ask for quiet acks.
+async fn a_quiet_work_stream_answers_only_refused_acks(backend: Backend) {
+    let mut h = start(backend, None).await;
+    let c = &mut h.client;
+    let a = enqueue(c, req("a")).await;
+    let b = enqueue(c, req("b")).await;
+    let third = enqueue(c, req("c")).await;
+    let lease = DequeueRequest {
+        worker_id: "q".into(),
+        lease_ms: 60_000,
+        ..Default::default()
+    };
+    let mut stream = WorkStream::open_quiet(c, lease.clone(), 1).await.unwrap();
+    let first = recv(&mut stream).await;
+    assert_eq!(first.tasks[0].id, a.id);
+    // Applied, with the next task leased in the same call: the task comes
+    // alone.
+    stream
+        .send(1, vec![ack(&first.tasks[0], true)])
+        .await
+        .unwrap();
+    let next = recv(&mut stream).await;
+    assert!(
+        next.acks.is_empty(),
+        "an applied ack was answered: {:?}",
+        next.acks
+    );
+    assert_eq!(next.tasks[0].id, b.id);
+    // Refused (a lease that does not hold the task): answered, with its code.
+    let mut wrong = ack(&next.tasks[0], true);
+    wrong.lease_id = "not-the-lease".into();
+    stream.send(1, vec![wrong]).await.unwrap();
+    let mut refused = Vec::new();
+    let mut leased = Vec::new();
+    while refused.is_empty() || leased.is_empty() {
+        let m = recv(&mut stream).await;
+        refused.extend(m.acks);
+        leased.extend(m.tasks);
+    }
+    assert_eq!(refused.len(), 1);
+    assert_eq!(
+        (refused[0].task_id.as_str(), refused[0].code),
+        (b.id.as_str(), Code::FailedPrecondition as i32)
+    );
+    assert_eq!(leased[0].id, third.id);
+    // Two acks in one message take the batch path; then the worker ends
+    // its side, and the server's end comes after both were applied.
+    stream
+        .send(0, vec![ack(&next.tasks[0], true), ack(&leased[0], true)])
+        .await
+        .unwrap();
+    let rest = tokio::time::timeout(Duration::from_secs(5), stream.finish())
+        .await
+        .expect("the server ends the stream within 5 s")
+        .expect("a clean end");
+    assert!(
+        rest.iter().all(|m| m.acks.is_empty() && m.tasks.is_empty()),
+        "{rest:?}"
+    );
+    for id in [&a.id, &b.id, &third.id] {
+        assert_eq!(get(c, id.clone()).await.status, "COMPLETED", "{id}");
+    }
+
+    let mut raw = RawStream::open(
+        c,
+        WorkRequest {
+            lease: Some(lease),
+            credit: 1,
+            ..Default::default()
+        },
+    )
+    .await;
+    raw.send(WorkRequest {
+        quiet_acks: true,
+        ..Default::default()
+    })
+    .await;
+    let refused = raw.recv().await.unwrap_err();
+    assert_eq!(refused.code(), Code::InvalidArgument);
+    assert!(
+        refused.message().starts_with("quiet_acks:"),
+        "{}",
+        refused.message()
+    );
+}
+
 async fn a_released_task_is_pending_again_without_spending_an_attempt(backend: Backend) {
     let mut h = start(backend, None).await;
     let c = &mut h.client;
@@ -2320,6 +2409,7 @@ macro_rules! conformance {
 }
 
 conformance!(
+    a_quiet_work_stream_answers_only_refused_acks,
     a_work_stream_answers_acks_briefly_when_asked,
     a_worker_whose_task_failed_is_offered_new_tasks_after_the_others,
     an_enqueue_stream_answers_each_task_in_order,

@@ -44,7 +44,8 @@ pub struct Report {
     pub producers: u32,
     pub workers: u32,
     pub batch: u32,
-    /// How gRPC workers take tasks: `stream` (one Work stream each) or
+    /// How gRPC workers take tasks: `stream` (one Work stream each, every
+    /// ack answered), `stream, quiet acks` (applied acks not answered) or
     /// `unary` (Dequeue, then Ack with `next`, per call).
     pub grpc_workers: &'static str,
     /// How gRPC producers enqueue one task per call: `stream` (one
@@ -353,22 +354,28 @@ fn record_latencies(
 }
 
 /// A gRPC worker on the Work stream: `batch` tasks of credit, each message's
-/// tasks acked together with as much new credit.
+/// tasks acked together with as much new credit. With `quiet` acks a task
+/// counts when it arrives, and the worker's run ends when the server has
+/// ended its stream (every ack applied); otherwise when each ack is answered.
 async fn work_stream(
     mut client: Client,
     shared: Arc<Shared>,
     name: String,
     total: u64,
     batch: u32,
+    quiet: bool,
 ) -> std::result::Result<(), Failure> {
     let lease = DequeueRequest {
         worker_id: name,
         lease_ms: LEASE_MS,
         ..Default::default()
     };
-    let mut stream = WorkStream::open(&mut client, lease, batch)
-        .await
-        .map_err(|e| e.to_string())?;
+    let mut stream = if quiet {
+        WorkStream::open_quiet(&mut client, lease, batch).await
+    } else {
+        WorkStream::open(&mut client, lease, batch).await
+    }
+    .map_err(|e| e.to_string())?;
     let mut latencies = Vec::new();
     while shared.acked.load(Ordering::Relaxed) < total {
         let wait = Duration::from_millis(WAIT_MS as u64);
@@ -381,13 +388,20 @@ async fn work_stream(
         if let Some(bad) = message.acks.iter().find(|o| o.code != 0) {
             return Err(format!("ack of {} refused: {}", bad.task_id, bad.message));
         }
-        // A task counts once the server answers that its ack was applied.
+        // A task counts once the server answers that its ack was applied
+        // (with quiet acks, when it arrives: the run then waits for the
+        // stream's end, which comes after every ack was applied).
         shared
             .acked
             .fetch_add(message.acks.len() as u64, Ordering::Relaxed);
         let tasks = message.tasks;
         if tasks.is_empty() {
             continue;
+        }
+        if quiet {
+            shared
+                .acked
+                .fetch_add(tasks.len() as u64, Ordering::Relaxed);
         }
         let acks = tasks
             .iter()
@@ -403,6 +417,13 @@ async fn work_stream(
             .await
             .map_err(|e| e.to_string())?;
         record_latencies(&shared, &tasks, &mut latencies)?;
+    }
+    if quiet {
+        for message in stream.finish().await.map_err(|e| e.to_string())? {
+            if let Some(bad) = message.acks.iter().find(|o| o.code != 0) {
+                return Err(format!("ack of {} refused: {}", bad.task_id, bad.message));
+            }
+        }
     }
     shared.latencies_us.lock().await.extend(latencies);
     Ok(())
@@ -512,9 +533,14 @@ async fn one_run(path: &'static str, target: Target, args: &BenchQueueArgs) -> R
         .map(|(i, e)| {
             let name = format!("bench-worker-{i}");
             match e {
-                Endpoint::Grpc(client) if !args.unary => {
-                    tokio::spawn(work_stream(client, shared.clone(), name, total, args.batch))
-                }
+                Endpoint::Grpc(client) if !args.unary => tokio::spawn(work_stream(
+                    client,
+                    shared.clone(),
+                    name,
+                    total,
+                    args.batch,
+                    args.quiet_acks,
+                )),
                 e => tokio::spawn(work(e, shared.clone(), name, total, args.batch)),
             }
         })
@@ -613,7 +639,13 @@ pub fn run(ws: &Workspace, out: &Output, args: &BenchQueueArgs) -> Result<()> {
             producers: args.producers,
             workers: args.workers,
             batch: args.batch,
-            grpc_workers: if args.unary { "unary" } else { "stream" },
+            grpc_workers: if args.unary {
+                "unary"
+            } else if args.quiet_acks {
+                "stream, quiet acks"
+            } else {
+                "stream"
+            },
             grpc_producers: if args.unary || args.batch > 1 {
                 "unary"
             } else {

@@ -231,6 +231,27 @@ impl WorkStream {
         credit: u32,
         worker: Option<WorkerInfo>,
     ) -> Result<WorkStream, Status> {
+        Self::open_with(client, lease, credit, worker, false).await
+    }
+
+    /// [`WorkStream::open`] whose applied acks are not answered (a refused
+    /// one still is): [`WorkStream::finish`] then says that every ack was
+    /// applied. For a worker that does not look at its acks' answers.
+    pub async fn open_quiet(
+        client: &mut Client,
+        lease: DequeueRequest,
+        credit: u32,
+    ) -> Result<WorkStream, Status> {
+        Self::open_with(client, lease, credit, None, true).await
+    }
+
+    async fn open_with(
+        client: &mut Client,
+        lease: DequeueRequest,
+        credit: u32,
+        worker: Option<WorkerInfo>,
+        quiet: bool,
+    ) -> Result<WorkStream, Status> {
         let (requests, rx) = tokio::sync::mpsc::channel(16);
         requests
             .try_send(WorkRequest {
@@ -239,6 +260,7 @@ impl WorkStream {
                 acks: Vec::new(),
                 worker,
                 brief_acks: true,
+                quiet_acks: quiet,
             })
             .expect("a new channel has room");
         let responses = client
@@ -260,6 +282,7 @@ impl WorkStream {
                 acks,
                 worker: None,
                 brief_acks: false,
+                quiet_acks: false,
             })
             .await
             .map_err(|_| Status::unavailable("the work stream has ended"))
@@ -269,6 +292,23 @@ impl WorkStream {
     /// the server ended the stream.
     pub async fn next(&mut self) -> Result<Option<WorkResponse>, Status> {
         self.responses.message().await
+    }
+
+    /// End the worker's side and wait for the server to end its own, which
+    /// it does once every ack sent before has been applied or refused: the
+    /// tasks pushed meanwhile (their leases run out, as a worker's that
+    /// left) and the outcomes still to come, in order.
+    pub async fn finish(self) -> Result<Vec<WorkResponse>, Status> {
+        let WorkStream {
+            requests,
+            mut responses,
+        } = self;
+        drop(requests);
+        let mut rest = Vec::new();
+        while let Some(message) = responses.message().await? {
+            rest.push(message);
+        }
+        Ok(rest)
     }
 }
 

@@ -13,7 +13,9 @@
 //! task failed) and leases for it in the call that stores the
 //! task (so a task costs two backend calls, not three), while the
 //! service's poller still wakes it for tasks this server did not see
-//! arrive. Every ack's outcome is answered, in order.
+//! arrive. Every ack's outcome is answered, in order; a stream opened with
+//! quiet acks is answered only the refused ones (a message less a task), and
+//! its clean end after the worker's says that all the others were applied.
 //! Tasks leased for a worker whose stream then breaks keep their lease until
 //! it expires, as with a worker that died holding them (at-least-once).
 //! A worker that says who it is (host, version) is kept in the store while
@@ -59,6 +61,7 @@ pub(super) async fn serve<B: QueueBackend>(
     // behind the other idle streams (see IdleStreams).
     let mut failed_last = false;
     let brief = first.brief_acks;
+    let quiet = first.quiet_acks;
     // Whether the queue may have tasks for us that we have not looked for.
     let mut look = true;
     // Our place among the idle streams an enqueue hands new tasks to.
@@ -97,6 +100,7 @@ pub(super) async fn serve<B: QueueBackend>(
             std::mem::take(&mut acks),
             look,
             brief,
+            quiet,
         )
         .await
         {
@@ -145,6 +149,12 @@ pub(super) async fn serve<B: QueueBackend>(
                     if request.lease.is_some() {
                         let _ = out.send(Err(invalid(
                             "lease: only the stream's first request says what to lease".into(),
+                        ))).await;
+                        return;
+                    }
+                    if request.quiet_acks {
+                        let _ = out.send(Err(invalid(
+                            "quiet_acks: only the stream's first request asks for quiet acks".into(),
                         ))).await;
                         return;
                     }
@@ -239,6 +249,7 @@ async fn step<B: QueueBackend>(
     acks: Vec<AckRequest>,
     look: bool,
     brief: bool,
+    quiet: bool,
 ) -> Result<Round, GrpcStatus> {
     let _timer = (!acks.is_empty()).then(|| crate::timer!("queue.grpc.ack"));
     if acks.len() > validate::MAX_BATCH {
@@ -300,6 +311,7 @@ async fn step<B: QueueBackend>(
             };
             outcome_of(task_id, outcome, &mut requeued)
         })
+        .filter(|answer| !(quiet && answer.code == 0))
         .collect();
     service.wake(requeued);
     Ok(Round {
