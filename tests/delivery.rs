@@ -115,3 +115,108 @@ fn the_delivery_plan_runs_a_real_projects_tests_and_leaves_its_tree_clean() {
         "the tree is clean"
     );
 }
+
+/// Each of the plan's git checks: its status and detail in `report`.
+fn git_checks(report: &Value) -> Vec<(String, String)> {
+    let mut found: Vec<(String, String)> = report["tasks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|t| {
+            ["conflict-markers", "clean-tree", "secrets", "version-tag"]
+                .contains(&t["task"].as_str().unwrap())
+        })
+        .map(|t| {
+            (
+                format!(
+                    "{}/{}",
+                    t["agent"].as_str().unwrap(),
+                    t["task"].as_str().unwrap()
+                ),
+                format!("{}: {}", t["status"].as_str().unwrap(), t["detail"]),
+            )
+        })
+        .collect();
+    found.sort();
+    found
+}
+
+/// Outside a git work tree the git checks do not apply (they once passed
+/// there, `! git grep` turning git's own failure into a pass); in a
+/// repository before its first commit they check the work tree (no 'bad
+/// revision HEAD'); a conflict marker or an uncommitted file fails them.
+#[test]
+fn the_delivery_plans_git_checks_apply_only_in_a_work_tree_and_fail_on_what_they_find() {
+    let ws = Workspace::new();
+    ws.write("notes.txt", "plain\n");
+    let plan = [
+        "orchestrate",
+        "--plan",
+        "delivery",
+        "--agents",
+        "integrator,release",
+        "--json",
+    ];
+    let report = ws.run(&plan).json();
+    for (task, outcome) in git_checks(&report) {
+        assert!(
+            outcome.starts_with("skipped") && outcome.contains("not in a git work tree"),
+            "{task}: {outcome}"
+        );
+    }
+    assert_eq!(git_checks(&report).len(), 4, "{report}");
+
+    // A repository without a commit, run from a folder inside it.
+    git(&ws, &["init", "-q"]);
+    ws.write("sub/.keep", "");
+    let report = ws
+        .command()
+        .args(plan)
+        .current_dir(ws.path().join("sub"))
+        .output()
+        .unwrap();
+    let report: Value = serde_json::from_slice(&report.stdout).unwrap();
+    let checks = git_checks(&report);
+    let outcome = |task: &str| &checks.iter().find(|(t, _)| t == task).unwrap().1;
+    assert!(
+        outcome("integrator/conflict-markers").starts_with("done"),
+        "{checks:?}"
+    );
+    assert!(
+        outcome("security/secrets").starts_with("done"),
+        "{checks:?}"
+    );
+    // notes.txt is not committed: the tree is not clean (git's answer, not its failure).
+    assert!(
+        outcome("integrator/clean-tree").starts_with("pending")
+            && outcome("integrator/clean-tree").contains("exit 1)"),
+        "{checks:?}"
+    );
+
+    // Committed: clean; a conflict marker then fails its check.
+    git(&ws, &["add", "-A"]);
+    git(&ws, &["commit", "-qm", "first"]);
+    let report = ws.run(&plan).json();
+    let checks = git_checks(&report);
+    let outcome = |task: &str| &checks.iter().find(|(t, _)| t == task).unwrap().1;
+    assert!(
+        outcome("integrator/clean-tree").starts_with("done"),
+        "{checks:?}"
+    );
+    assert!(
+        outcome("integrator/conflict-markers").starts_with("done"),
+        "{checks:?}"
+    );
+    ws.write(
+        "notes.txt",
+        "<<<<<<< HEAD\nplain\n=======\nother\n>>>>>>> theirs\n",
+    );
+    git(&ws, &["commit", "-qam", "a bad merge"]);
+    let report = ws.run(&plan).json();
+    let checks = git_checks(&report);
+    let outcome = |task: &str| &checks.iter().find(|(t, _)| t == task).unwrap().1;
+    assert!(
+        outcome("integrator/conflict-markers").starts_with("pending"),
+        "{checks:?}"
+    );
+}

@@ -211,11 +211,20 @@ pub struct When {
     /// True when the operating system is one of these (`linux`, `macos`, ...).
     #[serde(default, skip_serializing_if = "Names::is_empty")]
     pub os: Names,
+    /// With `true`: true when the task's folder is in a git work tree (it or
+    /// a folder above it holds `.git`), so that a git command checks the
+    /// project rather than failing for want of a repository.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub git: bool,
 }
 
 impl When {
     pub fn is_empty(&self) -> bool {
-        self.file.is_empty() && self.command.is_empty() && self.env.is_empty() && self.os.is_empty()
+        self.file.is_empty()
+            && self.command.is_empty()
+            && self.env.is_empty()
+            && self.os.is_empty()
+            && !self.git
     }
 
     /// `None` when the task applies on this host in folder `dir`, else why not.
@@ -232,8 +241,18 @@ impl When {
         if let Some(unset) = self.env.iter().find(|v| !env_set(v)) {
             return Some(format!("{unset} is not set"));
         }
+        if self.git && !in_git_work_tree(dir) {
+            return Some("not in a git work tree".to_string());
+        }
         None
     }
+}
+
+/// Whether `dir` or a folder above it holds `.git` (a folder, or the file
+/// a linked work tree or submodule has), as git itself looks for it.
+fn in_git_work_tree(dir: &std::path::Path) -> bool {
+    let dir = std::path::absolute(dir).unwrap_or_else(|_| dir.to_path_buf());
+    dir.ancestors().any(|d| d.join(".git").exists())
 }
 
 /// What a task's fix needs to run. Each key takes one value or a list, and
@@ -403,6 +422,23 @@ pub use crate::yaml::HumanDuration;
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_git_condition_holds_in_a_work_tree_and_below_it() {
+        let when = When {
+            git: true,
+            ..When::default()
+        };
+        let dir = tempfile::tempdir().unwrap();
+        let inner = dir.path().join("a/b");
+        std::fs::create_dir_all(&inner).unwrap();
+        assert_eq!(when.unmet(&inner), Some("not in a git work tree".into()));
+        // A linked work tree's `.git` is a file naming the repository.
+        std::fs::write(dir.path().join("a/.git"), "gitdir: /elsewhere\n").unwrap();
+        assert_eq!(when.unmet(&inner), None);
+        assert_eq!(when.unmet(&dir.path().join("a")), None);
+        assert!(when.unmet(dir.path()).is_some());
+    }
 
     #[test]
     fn a_required_service_is_there_while_something_listens_on_it() {
