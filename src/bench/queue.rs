@@ -44,10 +44,12 @@ pub struct Report {
     pub producers: u32,
     pub workers: u32,
     pub batch: u32,
-    /// How gRPC workers take tasks: `stream` (one Work stream each, every
-    /// ack answered), `stream, quiet acks` (applied acks not answered) or
+    /// How gRPC workers take tasks: `stream` (one Work stream each) or
     /// `unary` (Dequeue, then Ack with `next`, per call).
     pub grpc_workers: &'static str,
+    /// Whether the gRPC workers' streams have quiet acks (applied acks not
+    /// answered; the run ends when the streams do).
+    pub quiet_acks: bool,
     /// How gRPC producers enqueue one task per call: `stream` (one
     /// EnqueueStream each) or `unary` (Enqueue); batches always use
     /// EnqueueBatch.
@@ -639,13 +641,8 @@ pub fn run(ws: &Workspace, out: &Output, args: &BenchQueueArgs) -> Result<()> {
             producers: args.producers,
             workers: args.workers,
             batch: args.batch,
-            grpc_workers: if args.unary {
-                "unary"
-            } else if args.quiet_acks {
-                "stream, quiet acks"
-            } else {
-                "stream"
-            },
+            grpc_workers: if args.unary { "unary" } else { "stream" },
+            quiet_acks: args.quiet_acks,
             grpc_producers: if args.unary || args.batch > 1 {
                 "unary"
             } else {
@@ -666,13 +663,18 @@ fn print(out: &Output, report: &Report) -> Result<()> {
         return out.json(report);
     }
     out.text(&format!(
-        "queue benchmark: {} tasks, {} producers ({} over gRPC), {} workers ({} over gRPC), \
+        "queue benchmark: {} tasks, {} producers ({} over gRPC), {} workers ({} over gRPC{}), \
          batch {}, server threads {}, store {}\n",
         report.tasks,
         report.producers,
         report.grpc_producers,
         report.workers,
         report.grpc_workers,
+        if report.quiet_acks {
+            ", quiet acks"
+        } else {
+            ""
+        },
         report.batch,
         report.server_threads,
         report.store
