@@ -416,6 +416,22 @@ fn ctrl_c_leaves_no_child_and_resume_finishes_only_what_was_left() {
     assert_eq!(runs[0]["status"], "interrupted");
     let after = statuses(&ws);
     assert_eq!(after[2], "third:not run", "{after:?}");
+    // The task that was running stopped with the run: it says so, with
+    // when, rather than running on in the run's view.
+    assert_eq!(after[1], "second:interrupted", "{after:?}");
+    let shown = ws
+        .run(&["runs", "show", runs[0]["id"].as_str().unwrap(), "--json"])
+        .success()
+        .json();
+    let second = &shown["tasks"][1];
+    assert!(second["finished_at"].as_i64().is_some(), "{second}");
+    assert!(
+        second["detail"]
+            .as_str()
+            .unwrap()
+            .contains("stopped before it finished"),
+        "{second}"
+    );
 
     std::fs::remove_file(ws.path().join("slow")).unwrap();
     let (code, report) = run_json(&ws, &["--apply", "--resume"]);

@@ -158,7 +158,8 @@ pub struct RunTask {
     pub phase: String,
     /// `waiting` (planned, not started yet), `running`, `done`, `pending`
     /// (checked, not done), `failed`, `skipped`, `denied`, `not run` (the
-    /// run ended before it started)
+    /// run ended before it started), `interrupted` (it was running when the
+    /// run ended)
     pub status: String,
     pub attempts: u32,
     pub exit_code: Option<i32>,

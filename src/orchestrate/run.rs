@@ -911,7 +911,7 @@ fn store_failure(run: &Run) -> Option<Error> {
 async fn end_failed(run: &Run, error: &Error) {
     {
         let db = run.db.lock().unwrap_or_else(|p| p.into_inner());
-        let _ = runs::mark_not_run(&db, &run.id);
+        let _ = runs::close_tasks(&db, &run.id, now_ms());
         let _ = runs::set_status(&db, &run.id, "failed", Some(now_ms()));
     }
     if let Some(log) = &run.audit {
@@ -1385,7 +1385,7 @@ async fn finish(
     let count = |o: AgentOutcome| agents.iter().filter(|a| a.outcome == Some(o)).count();
     let (tasks, messages) = {
         let db = run.db.lock().unwrap_or_else(|p| p.into_inner());
-        let _ = runs::mark_not_run(&db, &run.id);
+        let _ = runs::close_tasks(&db, &run.id, now_ms());
         (
             runs::tasks(&db, &run.id).unwrap_or_default(),
             runs::messages(&db, &run.id).unwrap_or_default(),
@@ -1500,6 +1500,12 @@ fn ending(run: &str, tasks: &[runs::TaskRow], planned: usize, agents_not_started
     let not_run = count("not run") + planned.saturating_sub(tasks.len());
     if not_run > 0 {
         text.push_str(&format!(", {not_run} not run"));
+    }
+    if count("interrupted") > 0 {
+        text.push_str(&format!(
+            ", {} stopped before finishing",
+            count("interrupted")
+        ));
     }
     if agents_not_started > 0 {
         text.push_str(&format!(

@@ -222,8 +222,8 @@ pub fn upsert_task(conn: &Connection, run: &str, t: &TaskRow) -> rusqlite::Resul
 }
 
 /// Record the tasks a run plans, in the plan's order, before it starts any:
-/// a new one as `waiting`; a resumed run's task that was `not run` waits
-/// again, and one that ran keeps its outcome.
+/// a new one as `waiting`; a resumed run's task that was `not run` or
+/// `interrupted` waits again, and one that finished keeps its outcome.
 pub fn plan_tasks(
     conn: &mut Connection,
     run: &str,
@@ -235,7 +235,7 @@ pub fn plan_tasks(
             "INSERT INTO run_tasks (run_id, agent, task, phase, status, attempts, planned)
              VALUES (?1, ?2, ?3, ?4, 'waiting', 0, ?5)
              ON CONFLICT (run_id, agent, task) DO UPDATE SET planned = excluded.planned,
-                 status = CASE status WHEN 'not run' THEN 'waiting' ELSE status END",
+                 status = CASE WHEN status IN ('not run', 'interrupted') THEN 'waiting' ELSE status END",
         )?;
         for (i, (agent, task, phase)) in planned.iter().enumerate() {
             insert.execute(params![run, agent, task, phase, i as i64])?;
@@ -244,12 +244,22 @@ pub fn plan_tasks(
     tx.commit()
 }
 
-/// At a run's end: the tasks still waiting never started.
-pub fn mark_not_run(conn: &Connection, run: &str) -> rusqlite::Result<usize> {
+/// At a run's end (at `now`): the tasks still waiting never started, and
+/// those still running were stopped with it (their processes are gone; a
+/// stopped task's outcome is not recorded, so that a resumed run runs it
+/// again).
+pub fn close_tasks(conn: &Connection, run: &str, now: i64) -> rusqlite::Result<()> {
     conn.execute(
         "UPDATE run_tasks SET status = 'not run' WHERE run_id = ?1 AND status = 'waiting'",
         [run],
-    )
+    )?;
+    conn.execute(
+        "UPDATE run_tasks SET status = 'interrupted', finished_at = ?2,
+             detail = 'stopped before it finished, when the run ended'
+         WHERE run_id = ?1 AND status = 'running'",
+        params![run, now],
+    )?;
+    Ok(())
 }
 
 /// A run's tasks in the plan's order (tasks of runs recorded before plans

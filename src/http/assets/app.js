@@ -33,7 +33,7 @@ function s(tag, attrs, ...children) {
 // A status as a class name: `not run` is `s-not-run`.
 const cls = (status) => String(status).replace(/\s+/g, "-");
 // A run's task counts, in the order a run goes through them.
-const TASK_ORDER = ["running", "done", "pending", "failed", "denied", "skipped", "waiting", "not run"];
+const TASK_ORDER = ["running", "done", "pending", "failed", "denied", "interrupted", "skipped", "waiting", "not run"];
 const taskCounts = (counts) => Object.entries(counts).sort(([a], [b]) => {
   const at = (k) => (TASK_ORDER.indexOf(k) + 1 || TASK_ORDER.length + 1);
   return at(a) - at(b) || a.localeCompare(b);
