@@ -1773,3 +1773,58 @@ fn a_run_whose_database_cannot_be_synced_stops_and_says_why() {
         "{said}"
     );
 }
+
+/// A run whose process was killed outright (no Ctrl-C to end it) still
+/// reads `running` in the store; `nova runs` and `nova runs show` say its
+/// process is gone and how to finish it, and `--resume` does.
+#[test]
+fn a_run_whose_process_was_killed_says_so_and_resumes() {
+    let ws = workspace();
+    agent(
+        &ws,
+        "steps",
+        "implementation",
+        "one",
+        &[],
+        "  - id: slow\n    title: slow while the flag is there\n    run: {shell: \"if [ -f slow ]; then sleep 300 & echo $! > sleeper.pid; wait; fi; echo x >> slow.count\"}\n",
+    );
+    ws.write("slow", "");
+    let mut child = spawn_quiet(&ws, &["orchestrate", "--apply", "--json"]);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !ws.path().join("sleeper.pid").exists() {
+        assert!(Instant::now() < deadline, "the task never started");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let runs = ws.run(&["runs", "--json"]).success().json();
+    let id = runs[0]["id"].as_str().unwrap().to_string();
+    let listed = ws.run(&["runs"]).success();
+    assert!(!listed.stdout.contains("process gone"), "{}", listed.stdout);
+
+    child.kill().unwrap(); // SIGKILL: the run cannot record its end
+    child.wait().unwrap();
+    let sleeper = pid_in(&ws, "sleeper.pid");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while alive(sleeper) && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(!alive(sleeper), "the task {sleeper} outlived its run");
+    ws.run(&["runs"])
+        .success()
+        .stdout_has("running, process gone");
+    ws.run(&["runs", "show", &id])
+        .success()
+        .stdout_has(&format!(
+            "its process is gone (killed, or the machine restarted): nova orchestrate --resume {id} finishes it"
+        ));
+
+    std::fs::remove_file(ws.path().join("slow")).unwrap();
+    let (code, report) = run_json(&ws, &["--apply", "--resume"]);
+    assert_eq!(code, 0, "{report}");
+    assert_eq!(report["run"], id.as_str(), "the same run resumed");
+    let listed = ws.run(&["runs"]).success();
+    assert!(!listed.stdout.contains("process gone"), "{}", listed.stdout);
+    assert_eq!(
+        ws.run(&["runs", "--json"]).success().json()[0]["status"],
+        "done"
+    );
+}

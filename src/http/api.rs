@@ -78,6 +78,9 @@ pub struct RunSummary {
     pub agents: Vec<String>,
     /// Whether a process of it runs on this host now (it can be cancelled).
     pub live: bool,
+    /// Whether it is recorded as running on this host while its process is
+    /// gone (killed, or the machine restarted): only a resume ends it.
+    pub abandoned: bool,
 }
 
 impl RunSummary {
@@ -95,6 +98,7 @@ impl RunSummary {
             tasks,
             agents: run.selection("agents"),
             live: crate::orchestrate::control::process(run).is_some(),
+            abandoned: crate::orchestrate::control::abandoned(run),
         }
     }
 }

@@ -212,7 +212,11 @@ pub fn runs_command(ws: &Workspace, out: &Output, args: &crate::cli::RunsArgs) -
                     r.id.clone(),
                     r.plan.clone(),
                     format!("{}{}", r.mode, if r.apply { ", apply" } else { "" }),
-                    r.status.clone(),
+                    if super::control::abandoned(r) {
+                        format!("{}, process gone", r.status)
+                    } else {
+                        r.status.clone()
+                    },
                     crate::clock::rfc3339(r.started_at),
                     r.finished_at
                         .map(crate::clock::rfc3339)
@@ -233,15 +237,26 @@ pub fn runs_command(ws: &Workspace, out: &Output, args: &crate::cli::RunsArgs) -
             if out.json {
                 return out.json(&json!({"run": row, "tasks": tasks, "messages": hub}));
             }
+            let abandoned = super::control::abandoned(&row);
             let mut text = format!(
-                "run {}: {} (plan {}, {}{}), started {}\nreport: {}\n\n",
+                "run {}: {}{} (plan {}, {}{}), started {}\nreport: {}\n{}\n",
                 row.id,
                 row.status,
+                if abandoned { ", process gone" } else { "" },
                 row.plan,
                 row.mode,
                 if row.apply { ", apply" } else { "" },
                 crate::clock::rfc3339(row.started_at),
-                row.report.clone().unwrap_or_else(|| "-".into())
+                row.report.clone().unwrap_or_else(|| "-".into()),
+                if abandoned {
+                    format!(
+                        "its process is gone (killed, or the machine restarted): \
+                         nova orchestrate --resume {} finishes it\n",
+                        row.id
+                    )
+                } else {
+                    String::new()
+                }
             );
             let mut table = out.table(&[
                 "phase", "agent", "task", "status", "attempts", "exit", "detail",

@@ -25,6 +25,15 @@ pub fn find(ws: &Workspace, id: &str) -> Result<RunRow> {
         .ok_or_else(|| Error::usage(runs::not_found(store.connection(), id)))
 }
 
+/// Whether `run` is recorded as running on this host while its process is
+/// gone (killed with SIGKILL, or the machine restarted): nothing will end it
+/// but `nova orchestrate --resume`.
+pub fn abandoned(run: &RunRow) -> bool {
+    run.status == "running"
+        && run.args["host"].as_str() == Some(hostname().as_str())
+        && process(run).is_none()
+}
+
 /// The process driving a running run on this host, if it is still alive and
 /// still a `nova orchestrate` (a recycled pid is not signalled).
 pub fn process(run: &RunRow) -> Option<i32> {

@@ -303,7 +303,9 @@ function runView(main, id) {
     if (r.status === "running" && r.live) controls.push(h("button", { id: "cancel-run", class: "danger", onclick: () => act("Run asked to stop", `/runs/${encodeURIComponent(r.id)}/cancel`) }, "Cancel run"));
     if (r.status === "interrupted" || (r.status === "running" && !r.live)) controls.push(h("button", { id: "resume-run", class: "primary", onclick: () => act("Run resumed", `/runs/${encodeURIComponent(r.id)}/resume`) }, "Resume"));
     head.replaceChildren(h("h1", {}, h("a", { href: "#/runs" }, "Runs"), " / ", h("span", { class: "mono" }, r.id)),
-      h("div", { class: "row panel" }, h("span", { id: "run-status" }, badge(r.status)), h("span", {}, `plan ${r.plan}`), h("span", {}, r.mode),
+      h("div", { class: "row panel" }, h("span", { id: "run-status" }, badge(r.status)),
+        r.abandoned ? h("span", { id: "run-gone", class: "s-failed" }, "its process is gone") : "",
+        h("span", {}, `plan ${r.plan}`), h("span", {}, r.mode),
         r.apply ? h("span", {}, "applying fixes") : h("span", { class: "muted" }, "checks only"),
         h("span", {}, `started ${time(r.started_at)}`), h("span", {}, duration(r.duration_ms)),
         h("span", {}, taskCounts(r.tasks).map(([k, v]) => h("span", { class: `s-${cls(k)}` }, `${v} ${k} `))), h("span", { class: "spacer" }), ...controls));
