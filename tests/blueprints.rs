@@ -242,6 +242,18 @@ fn validate_rejects_an_unknown_key_with_file_line_and_column() {
         .code(2)
         .stderr_has("y.yaml:9:5: field `tasks[0].retry`: unknown field `retry`")
         .stderr_has("unknown field `retry`");
+
+    // `when: {git: ...}` takes true or false, nothing else.
+    ws.write(
+        "z.yaml",
+        &GOOD.replace(
+            "    title: Lint\n",
+            "    title: Lint\n    when: {git: maybe}\n",
+        ),
+    );
+    ws.run(&["blueprints", "validate", "z.yaml"])
+        .code(2)
+        .stderr_has("z.yaml:9:17: field `tasks[0].when.git`: invalid type: string \"maybe\", expected a boolean");
 }
 
 #[test]

@@ -141,6 +141,11 @@ fn git_checks(report: &Value) -> Vec<(String, String)> {
     found
 }
 
+/// The status and detail of `task` among `checks`.
+fn outcome_of<'a>(checks: &'a [(String, String)], task: &str) -> &'a str {
+    &checks.iter().find(|(t, _)| t == task).unwrap().1
+}
+
 /// Outside a git work tree the git checks do not apply (they once passed
 /// there, `! git grep` turning git's own failure into a pass); in a
 /// repository before its first commit they check the work tree (no 'bad
@@ -177,7 +182,7 @@ fn the_delivery_plans_git_checks_apply_only_in_a_work_tree_and_fail_on_what_they
         .unwrap();
     let report: Value = serde_json::from_slice(&report.stdout).unwrap();
     let checks = git_checks(&report);
-    let outcome = |task: &str| &checks.iter().find(|(t, _)| t == task).unwrap().1;
+    let outcome = |task: &str| outcome_of(&checks, task);
     assert!(
         outcome("integrator/conflict-markers").starts_with("done"),
         "{checks:?}"
@@ -198,7 +203,7 @@ fn the_delivery_plans_git_checks_apply_only_in_a_work_tree_and_fail_on_what_they
     git(&ws, &["commit", "-qm", "first"]);
     let report = ws.run(&plan).json();
     let checks = git_checks(&report);
-    let outcome = |task: &str| &checks.iter().find(|(t, _)| t == task).unwrap().1;
+    let outcome = |task: &str| outcome_of(&checks, task);
     assert!(
         outcome("integrator/clean-tree").starts_with("done"),
         "{checks:?}"
@@ -214,7 +219,7 @@ fn the_delivery_plans_git_checks_apply_only_in_a_work_tree_and_fail_on_what_they
     git(&ws, &["commit", "-qam", "a bad merge"]);
     let report = ws.run(&plan).json();
     let checks = git_checks(&report);
-    let outcome = |task: &str| &checks.iter().find(|(t, _)| t == task).unwrap().1;
+    let outcome = |task: &str| outcome_of(&checks, task);
     assert!(
         outcome("integrator/conflict-markers").starts_with("pending"),
         "{checks:?}"

@@ -368,11 +368,7 @@ fn ctrl_c_leaves_no_child_and_resume_finishes_only_what_was_left() {
     );
     ws.write("slow", "");
     let mut child = spawn_quiet(&ws, &["orchestrate", "--apply", "--json"]);
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while !ws.path().join("sleeper.pid").exists() {
-        assert!(Instant::now() < deadline, "the second task never started");
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    wait_for_file(&ws, "sleeper.pid");
     std::thread::sleep(Duration::from_millis(100));
     // A run's view lists the tasks it has not started yet, in the plan's order.
     let statuses = |ws: &Workspace| {
@@ -652,7 +648,7 @@ fn wait_for_file(ws: &Workspace, file: &str) {
     while !ws.path().join(file).exists() {
         assert!(
             Instant::now() < deadline,
-            "the worker never started the task"
+            "the task never wrote {file}: it never started"
         );
         std::thread::sleep(Duration::from_millis(20));
     }
@@ -1790,11 +1786,7 @@ fn a_run_whose_process_was_killed_says_so_and_resumes() {
     );
     ws.write("slow", "");
     let mut child = spawn_quiet(&ws, &["orchestrate", "--apply", "--json"]);
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while !ws.path().join("sleeper.pid").exists() {
-        assert!(Instant::now() < deadline, "the task never started");
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    wait_for_file(&ws, "sleeper.pid");
     let runs = ws.run(&["runs", "--json"]).success().json();
     let id = runs[0]["id"].as_str().unwrap().to_string();
     let listed = ws.run(&["runs"]).success();
