@@ -1003,10 +1003,14 @@ async fn a_server_removes_old_function_libraries_but_not_others() {
 /// goes on as if nothing had happened.
 #[tokio::test]
 async fn a_redis_that_lost_the_functions_gets_them_again() {
-    let h = start(Backend::Redis, None).await;
-    let mut c = h.client.clone();
+    // A service without the server's reaper, whose calls every 500 ms
+    // could load the library again before the enqueue below does.
+    let redis = RedisServer::start();
+    let queue = RedisQueue::connect(&redis.url()).await.unwrap();
+    let (mut c, _stop) =
+        serve_polling(AnyQueue::Redis(queue.clone()), Duration::from_secs(3600)).await;
     let first = enqueue(&mut c, req("first")).await;
-    let raw = ::redis::Client::open(h._redis.as_ref().unwrap().url()).unwrap();
+    let raw = ::redis::Client::open(redis.url()).unwrap();
     let mut raw = raw.get_multiplexed_async_connection().await.unwrap();
     let libraries = |raw: &mut ::redis::aio::MultiplexedConnection| {
         let mut raw = raw.clone();
@@ -1032,9 +1036,6 @@ async fn a_redis_that_lost_the_functions_gets_them_again() {
         libraries(&mut raw).await > 0,
         "the library was not loaded again"
     );
-    let AnyQueue::Redis(queue) = &h.queue else {
-        unreachable!()
-    };
     assert!(queue.uses_functions());
     let got = dequeue(&mut c, "w", 0).await.unwrap();
     assert_eq!(got.id, first.id);
@@ -2213,6 +2214,237 @@ async fn a_quiet_work_stream_answers_only_refused_acks(backend: Backend) {
     );
 }
 
+/// Serve `backend` through a service whose poller ticks every `poll` (and
+/// no reaper): what the service alone does, at a pace the test sets.
+async fn serve_polling(
+    backend: AnyQueue,
+    poll: Duration,
+) -> (Client, tokio::sync::oneshot::Sender<()>) {
+    use nova::queue::proto::task_queue_server::TaskQueueServer;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    let service =
+        nova::queue::service::QueueService::new(std::sync::Arc::new(backend)).with_poll(poll);
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    tokio::spawn(
+        tonic::transport::Server::builder()
+            .add_service(TaskQueueServer::new(service))
+            .serve_with_incoming_shutdown(
+                tokio_stream::wrappers::TcpListenerStream::new(listener),
+                async {
+                    let _ = stopped.await;
+                },
+            ),
+    );
+    (client::connect(&url, None).await.unwrap(), stop)
+}
+
+/// A quiet Work stream (credit 1) on a service whose poller ticks every
+/// `poll`, holding a task handed to it while it waited among the idle ones.
+struct QuietWorker {
+    client: Client,
+    stream: WorkStream,
+    task: Task,
+    _stop: tokio::sync::oneshot::Sender<()>,
+    _h: Harness,
+}
+
+impl QuietWorker {
+    async fn start(backend: Backend, poll: Duration) -> QuietWorker {
+        let h = start(backend, None).await;
+        let (mut client, stop) = serve_polling(h.queue.clone(), poll).await;
+        let lease = DequeueRequest {
+            worker_id: "q".into(),
+            lease_ms: 60_000,
+            ..Default::default()
+        };
+        let mut stream = WorkStream::open_quiet(&mut client, lease, 1).await.unwrap();
+        // The stream looks, finds nothing and waits among the idle ones.
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let a = enqueue(&mut client, req("a")).await;
+        let task = recv(&mut stream).await.tasks.remove(0);
+        assert_eq!(task.id, a.id);
+        QuietWorker {
+            client,
+            stream,
+            task,
+            _stop: stop,
+            _h: h,
+        }
+    }
+}
+
+/// A quiet ack sent while the queue holds nothing for its stream waits for
+/// the enqueue that hands the stream its next task, and is applied in that
+/// enqueue's call: the task reads IN_PROGRESS until then (the poller, which
+/// would apply it on its next tick, is set to an hour here). A refused one
+/// is answered with the next task; the stream's clean end comes after the
+/// acks it still held were applied.
+async fn a_quiet_ack_goes_with_the_next_enqueue(backend: Backend) {
+    let mut q = QuietWorker::start(backend, Duration::from_secs(3600)).await;
+    let (c, mut stream, a) = (&mut q.client, q.stream, q.task);
+    stream.send(1, vec![ack(&a, true)]).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(
+        get(c, a.id.clone()).await.status,
+        "IN_PROGRESS",
+        "the ack was applied before an enqueue came to carry it"
+    );
+    let b = enqueue(c, req("b")).await;
+    let got = recv(&mut stream).await;
+    assert!(got.acks.is_empty(), "{:?}", got.acks);
+    assert_eq!(got.tasks[0].id, b.id);
+    assert_eq!(get(c, a.id.clone()).await.status, "COMPLETED");
+
+    // Refused (a lease that does not hold the task): answered with the next task.
+    let mut wrong = ack(&got.tasks[0], true);
+    wrong.lease_id = "not-the-lease".into();
+    stream.send(1, vec![wrong]).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let third = enqueue(c, req("c")).await;
+    let got = recv(&mut stream).await;
+    assert_eq!(got.tasks[0].id, third.id);
+    assert_eq!(got.acks.len(), 1, "{:?}", got.acks);
+    assert_eq!(
+        (got.acks[0].task_id.as_str(), got.acks[0].code),
+        (b.id.as_str(), Code::FailedPrecondition as i32)
+    );
+    assert_eq!(get(c, b.id.clone()).await.status, "IN_PROGRESS");
+
+    // Held when the worker ends its side: applied before the clean end.
+    stream
+        .send(1, vec![ack(&got.tasks[0], true)])
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let rest = tokio::time::timeout(Duration::from_secs(5), stream.finish())
+        .await
+        .expect("the server ends the stream within 5 s")
+        .expect("a clean end");
+    assert!(rest.iter().all(|m| m.acks.is_empty()), "{rest:?}");
+    assert_eq!(get(c, third.id.clone()).await.status, "COMPLETED");
+}
+
+/// With no enqueue to carry it, a held quiet ack is applied on the poller's
+/// next tick.
+async fn a_held_quiet_ack_is_applied_without_an_enqueue(backend: Backend) {
+    let mut q = QuietWorker::start(backend, Duration::from_millis(50)).await;
+    let (c, stream, a) = (&mut q.client, q.stream, q.task);
+    stream.send(1, vec![ack(&a, true)]).await.unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while get(c, a.id.clone()).await.status != "COMPLETED" {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the held ack was not applied within 5 s"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// The backend call an enqueue makes for a waiting stream: the stream's
+/// acks first (each with its own outcome, in order), then the enqueue,
+/// then the lease; with a new task that only this worker can take (the
+/// one call's short path) and with one that has an idempotency key.
+async fn an_enqueue_for_a_waiting_stream_applies_its_acks_first(backend: Backend) {
+    use nova::queue::backend::QueueBackend;
+    use nova::queue::model::{AckSpec, DequeueSpec, NewTask, now_ms};
+    let h = start(backend, None).await;
+    let q = &h.queue;
+    let new = |kind: &str, key: Option<&str>| NewTask {
+        queue: "default".into(),
+        kind: kind.into(),
+        payload: "{}".into(),
+        metadata: Vec::new(),
+        priority: 0,
+        max_attempts: 3,
+        delay_ms: 0,
+        idempotency_key: key.map(String::from),
+        retry_backoff_ms: 60_000,
+    };
+    q.enqueue(vec![new("done", None), new("again", None)], now_ms())
+        .await
+        .unwrap();
+    let spec = DequeueSpec {
+        worker_id: "w".into(),
+        queues: Vec::new(),
+        lease_ms: 60_000,
+        max_tasks: 2,
+        max_bytes: 0,
+    };
+    let held = q.dequeue(spec.clone(), now_ms()).await.unwrap();
+    assert_eq!(held.len(), 2);
+    let ack = |t: &Task, success: bool| AckSpec {
+        task_id: t.id.clone(),
+        success,
+        result: "r".into(),
+        lease_id: Some(t.lease_id.clone()),
+        retry: !success,
+        error: if success { String::new() } else { "e".into() },
+        brief: false,
+    };
+    let missing = AckSpec {
+        lease_id: None,
+        ..ack(
+            &Task {
+                id: "missing".into(),
+                ..Default::default()
+            },
+            true,
+        )
+    };
+    let one = DequeueSpec {
+        max_tasks: 1,
+        ..spec.clone()
+    };
+    let handed = q
+        .enqueue_and_lease(
+            vec![ack(&held[0], true), missing, ack(&held[1], false)],
+            vec![new("fresh", None)],
+            one.clone(),
+            now_ms(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(handed.acked.len(), 3);
+    assert_eq!(handed.acked[0].as_ref().unwrap().status, "COMPLETED");
+    assert!(
+        matches!(handed.acked[1], Err(nova::queue::QueueError::NotFound(_))),
+        "{:?}",
+        handed.acked[1]
+    );
+    // Back in the queue, due after its backoff: the lease takes the new task.
+    assert_eq!(handed.acked[2].as_ref().unwrap().status, "PENDING");
+    let (fresh, existing) = &handed.stored[0];
+    assert!(!existing);
+    assert_eq!(handed.leased.len(), 1);
+    assert_eq!(handed.leased[0].id, fresh.id);
+    assert_eq!(get_direct(q, &held[0].id).await.status, "COMPLETED");
+    assert_eq!(get_direct(q, &held[1].id).await.status, "PENDING");
+    assert_eq!(get_direct(q, &fresh.id).await.status, "IN_PROGRESS");
+
+    let handed = q
+        .enqueue_and_lease(
+            vec![ack(&handed.leased[0], true)],
+            vec![new("keyed", Some("k1"))],
+            one,
+            now_ms(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(handed.acked.len(), 1);
+    assert_eq!(handed.acked[0].as_ref().unwrap().status, "COMPLETED");
+    let (keyed, _) = &handed.stored[0];
+    assert_eq!(handed.leased.len(), 1);
+    assert_eq!(handed.leased[0].id, keyed.id);
+    assert_eq!(handed.leased[0].status, "IN_PROGRESS");
+    assert_eq!(get_direct(q, &fresh.id).await.status, "COMPLETED");
+}
+
+async fn get_direct(q: &AnyQueue, id: &str) -> Task {
+    use nova::queue::backend::QueueBackend;
+    q.get(id.to_string()).await.unwrap()
+}
+
 async fn a_released_task_is_pending_again_without_spending_an_attempt(backend: Backend) {
     let mut h = start(backend, None).await;
     let c = &mut h.client;
@@ -2410,6 +2642,9 @@ macro_rules! conformance {
 
 conformance!(
     a_quiet_work_stream_answers_only_refused_acks,
+    a_quiet_ack_goes_with_the_next_enqueue,
+    a_held_quiet_ack_is_applied_without_an_enqueue,
+    an_enqueue_for_a_waiting_stream_applies_its_acks_first,
     a_work_stream_answers_acks_briefly_when_asked,
     a_worker_whose_task_failed_is_offered_new_tasks_after_the_others,
     an_enqueue_stream_answers_each_task_in_order,

@@ -1,7 +1,7 @@
 //! [`AnyQueue`]: whichever backend the store URL names, as one type, so the
 //! server and the commands are written once.
 
-use super::backend::{EnqueuedAndLeased, QueueBackend, QueueResult};
+use super::backend::{HandOff, QueueBackend, QueueResult};
 use super::model::{AckSpec, DequeueSpec, NewTask, Stats, Status, Task, WorkerRecord};
 use super::redis::RedisQueue;
 use super::sqlite::SqliteQueue;
@@ -57,11 +57,12 @@ impl QueueBackend for AnyQueue {
 
     async fn enqueue_and_lease(
         &self,
+        acks: Vec<AckSpec>,
         tasks: Vec<NewTask>,
         next: DequeueSpec,
         now: i64,
-    ) -> QueueResult<EnqueuedAndLeased> {
-        each!(self, q => q.enqueue_and_lease(tasks, next, now))
+    ) -> QueueResult<HandOff> {
+        each!(self, q => q.enqueue_and_lease(acks, tasks, next, now))
     }
 
     async fn release(&self, task_id: String, lease_id: String, now: i64) -> QueueResult<Task> {

@@ -25,9 +25,15 @@ pub enum QueueError {
 
 pub type QueueResult<T> = Result<T, QueueError>;
 
-/// What an enqueue that also leases answers: each task stored (and whether
-/// it already existed), and the tasks leased.
-pub type EnqueuedAndLeased = (Vec<(Task, bool)>, Vec<Task>);
+/// What an enqueue handed to a waiting worker answers: the outcome of each
+/// ack it carried (in order), each task stored (and whether it already
+/// existed), and the tasks leased.
+#[derive(Debug, Default)]
+pub struct HandOff {
+    pub acked: Vec<QueueResult<Task>>,
+    pub stored: Vec<(Task, bool)>,
+    pub leased: Vec<Task>,
+}
 
 pub trait QueueBackend: Send + Sync + 'static {
     /// Enqueue tasks; for each, the stored task and whether it already existed
@@ -80,23 +86,35 @@ pub trait QueueBackend: Send + Sync + 'static {
         }
     }
 
-    /// Enqueue tasks, then lease for a worker waiting for work: a new task
-    /// handed to a waiting worker in the call that stores it. The enqueue
-    /// stands whatever the lease does (a failing lease answers no tasks).
-    /// A backend that can do both in one round trip overrides this.
+    /// Apply a waiting worker's acks, enqueue tasks, then lease for that
+    /// worker: a new task handed to a waiting worker in the call that
+    /// stores it, with the acks its worker sent since its last call (each
+    /// succeeds or fails on its own). The enqueue stands whatever the lease
+    /// does (a failing lease answers no tasks). A backend that can do all
+    /// three in one round trip overrides this.
     fn enqueue_and_lease(
         &self,
+        acks: Vec<AckSpec>,
         tasks: Vec<NewTask>,
         next: DequeueSpec,
         now: i64,
-    ) -> impl Future<Output = QueueResult<EnqueuedAndLeased>> + Send {
+    ) -> impl Future<Output = QueueResult<HandOff>> + Send {
         async move {
+            let acked = if acks.is_empty() {
+                Vec::new()
+            } else {
+                self.ack(acks, now).await?
+            };
             let stored = self.enqueue(tasks, now).await?;
             let leased = self.dequeue(next, now).await.unwrap_or_else(|e| {
                 tracing::warn!(error = %e, "the lease after an enqueue failed");
                 Vec::new()
             });
-            Ok((stored, leased))
+            Ok(HandOff {
+                acked,
+                stored,
+                leased,
+            })
         }
     }
 

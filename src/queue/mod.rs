@@ -14,6 +14,7 @@ pub mod client;
 pub mod command;
 pub mod enqueue_stream;
 pub mod handle;
+mod idle;
 pub mod metrics;
 pub mod model;
 pub mod open;

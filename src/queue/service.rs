@@ -8,14 +8,15 @@
 //! and wakes that many waiters.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Weak};
 use std::time::Duration;
 
 use tokio::sync::Notify;
 use tonic::{Request, Response, Status as GrpcStatus};
 
-use super::backend::{QueueBackend, QueueError};
+use super::backend::{HandOff, QueueBackend, QueueError};
+use super::idle::{Handed, IdleStreams};
 use super::model::{AckSpec, DequeueSpec, Status, WorkerRecord, now_ms};
 use super::proto::task_queue_server::TaskQueue;
 use super::proto::*;
@@ -41,6 +42,25 @@ pub(super) struct Waiters {
     pub(super) notify: Notify,
     waiting: AtomicUsize,
     poller: AtomicBool,
+    /// Counts the times this server learnt of tasks no idle stream was
+    /// handed (an enqueue that found none waiting, a retry, the poller
+    /// finding tasks due): a stream whose last look found nothing, and
+    /// that has seen no change here since, knows the queue holds nothing
+    /// for it without asking the backend.
+    generation: AtomicU64,
+    /// Fired on each of the poller's ticks: a stream holding acks for the
+    /// next enqueue to carry applies them itself.
+    pub(super) tick: Notify,
+}
+
+impl Waiters {
+    pub(super) fn generation(&self) -> u64 {
+        self.generation.load(Ordering::Acquire)
+    }
+
+    fn changed(&self) {
+        self.generation.fetch_add(1, Ordering::AcqRel);
+    }
 }
 
 /// Counts a long poll as waiting while it lives.
@@ -78,85 +98,15 @@ async fn poll_for_waiters<B: QueueBackend>(
         if waiting == 0 {
             continue;
         }
+        w.tick.notify_waiters();
         // On an error, every waiter looks and meets it itself.
         let due = backend.due(now_ms()).await.unwrap_or(u64::MAX);
+        if due > 0 {
+            w.changed();
+        }
         for _ in 0..due.min(waiting as u64) {
             w.notify.notify_one();
         }
-    }
-}
-
-/// Work streams waiting for a task; the one at the back takes the next. An
-/// enqueue on this server takes it and leases for it in the call that stores
-/// the task (one backend call, one script on Redis, instead of an enqueue,
-/// a wake-up and a lease). A stream withdraws before it does anything else;
-/// if an enqueue took it first, it waits for what that enqueue hands over.
-///
-/// Newest first, not oldest: with more workers than tasks in flight, the
-/// stream that just finished a task takes the next, so the work stays on a
-/// few warm connections while the others sleep. Taking the oldest spread
-/// every task over all of them (50 workers cost more CPU a task than 4, and
-/// ran slower; see docs/performance.md, session 22). Which worker gets a
-/// task was never promised.
-///
-/// A stream whose worker has just reported a failed task goes behind every
-/// other, though: a broken worker fails its tasks fast and is idle again
-/// first, and newest-first would hand it every task (and every retry) while
-/// healthy workers sat idle.
-#[derive(Default)]
-pub(super) struct IdleStreams {
-    next_id: std::sync::atomic::AtomicU64,
-    waiting: std::sync::Mutex<std::collections::VecDeque<IdleStream>>,
-}
-
-struct IdleStream {
-    id: u64,
-    spec: DequeueSpec,
-    hand: tokio::sync::oneshot::Sender<Vec<Task>>,
-}
-
-/// A stream's place among the idle ones: its id, and where its tasks arrive.
-pub(super) type IdleTicket = (u64, tokio::sync::oneshot::Receiver<Vec<Task>>);
-
-impl IdleStreams {
-    /// Wait for a task as `spec` says: taken before the streams already
-    /// waiting, or (not `first`) after all of them.
-    pub(super) fn register(&self, spec: DequeueSpec, first: bool) -> IdleTicket {
-        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
-        let (hand, arrive) = tokio::sync::oneshot::channel();
-        let stream = IdleStream { id, spec, hand };
-        if first {
-            self.list().push_back(stream);
-        } else {
-            self.list().push_front(stream);
-        }
-        (id, arrive)
-    }
-
-    /// Stop waiting; false when an enqueue took the stream first (its tasks are on the way).
-    pub(super) fn withdraw(&self, id: u64) -> bool {
-        let mut list = self.list();
-        match list.iter().position(|s| s.id == id) {
-            Some(at) => {
-                list.remove(at);
-                true
-            }
-            None => false,
-        }
-    }
-
-    /// The newest live stream that takes tasks of `queue`.
-    fn take(&self, queue: &str) -> Option<IdleStream> {
-        let mut list = self.list();
-        list.retain(|s| !s.hand.is_closed());
-        let at = list
-            .iter()
-            .rposition(|s| s.spec.queues.is_empty() || s.spec.queues.iter().any(|q| q == queue))?;
-        list.remove(at)
-    }
-
-    fn list(&self) -> std::sync::MutexGuard<'_, std::collections::VecDeque<IdleStream>> {
-        self.waiting.lock().unwrap_or_else(|p| p.into_inner())
     }
 }
 
@@ -333,16 +283,25 @@ impl<B: QueueBackend> QueueService<B> {
             .flatten();
         let (mut stored, handed) = match taker {
             Some(taker) => {
-                let (stored, leased) = self
+                // On an error the taker's hand is dropped, and it applies
+                // its acks itself.
+                let HandOff {
+                    acked,
+                    stored,
+                    leased,
+                } = self
                     .backend
-                    .enqueue_and_lease(vec![task], taker.spec, now_ms())
+                    .enqueue_and_lease(taker.acks, vec![task], taker.spec, now_ms())
                     .await
                     .map_err(to_status)?;
                 crate::counter!("queue.tasks.leased").add(leased.len() as u64);
                 let handed = !leased.is_empty();
                 // A stream that went in the meantime leaves these to their
                 // lease, as a worker that died holding them would.
-                let _ = taker.hand.send(leased);
+                let _ = taker.hand.send(Handed {
+                    tasks: leased,
+                    acked,
+                });
                 (stored, handed)
             }
             None => (
@@ -391,6 +350,9 @@ impl<B: QueueBackend> QueueService<B> {
     }
 
     pub(super) fn wake(&self, tasks: usize) {
+        if tasks > 0 {
+            self.waiters.changed();
+        }
         for _ in 0..tasks {
             self.waiters.notify.notify_one();
         }
@@ -398,6 +360,7 @@ impl<B: QueueBackend> QueueService<B> {
 
     /// Wake every waiting long poll (a queue was resumed: any may now have work).
     fn wake_all(&self) {
+        self.waiters.changed();
         self.waiters.notify.notify_waiters();
     }
 }

@@ -16,7 +16,7 @@ use std::sync::{Arc, Mutex};
 
 use rusqlite::{Connection, OptionalExtension, Row, params, params_from_iter};
 
-use super::backend::{EnqueuedAndLeased, QueueBackend, QueueError, QueueResult};
+use super::backend::{HandOff, QueueBackend, QueueError, QueueResult};
 use super::model::{
     AckSpec, DEFAULT_LEASE_MS, DequeueSpec, NewTask, Stats, Status, TASK_OVERHEAD, Task,
     WORKER_FORGET_MS, WORKER_TTL_MS, WorkerRecord, backoff_ms, new_id,
@@ -454,6 +454,18 @@ fn ack_one(conn: &Connection, ack: &AckSpec, now: i64) -> QueueResult<Task> {
     Ok(task)
 }
 
+/// Apply acks, each succeeding or failing on its own; a store error fails them all.
+fn acks_each(conn: &Connection, acks: &[AckSpec], now: i64) -> QueueResult<Vec<QueueResult<Task>>> {
+    let mut outcomes = Vec::with_capacity(acks.len());
+    for ack in acks {
+        match ack_one(conn, ack, now) {
+            Err(QueueError::Unavailable(e)) => return Err(QueueError::Unavailable(e)),
+            other => outcomes.push(other),
+        }
+    }
+    Ok(outcomes)
+}
+
 impl QueueBackend for SqliteQueue {
     async fn enqueue(&self, tasks: Vec<NewTask>, now: i64) -> QueueResult<Vec<(Task, bool)>> {
         self.write_answered(move |conn| {
@@ -471,17 +483,8 @@ impl QueueBackend for SqliteQueue {
     }
 
     async fn ack(&self, acks: Vec<AckSpec>, now: i64) -> QueueResult<Vec<QueueResult<Task>>> {
-        self.write_answered(move |conn| {
-            let mut outcomes = Vec::with_capacity(acks.len());
-            for ack in &acks {
-                match ack_one(conn, ack, now) {
-                    Err(QueueError::Unavailable(e)) => return Err(QueueError::Unavailable(e)),
-                    other => outcomes.push(other),
-                }
-            }
-            Ok(outcomes)
-        })
-        .await
+        self.write_answered(move |conn| acks_each(conn, &acks, now))
+            .await
     }
 
     /// One writer job: the ack, then (when it was applied) the lease, in
@@ -528,20 +531,26 @@ impl QueueBackend for SqliteQueue {
         .await
     }
 
-    /// One writer job: the enqueue and the lease in one commit.
+    /// One writer job: the acks, the enqueue and the lease in one commit.
     async fn enqueue_and_lease(
         &self,
+        acks: Vec<AckSpec>,
         tasks: Vec<NewTask>,
         next: DequeueSpec,
         now: i64,
-    ) -> QueueResult<EnqueuedAndLeased> {
+    ) -> QueueResult<HandOff> {
         self.write_answered(move |conn| {
+            let acked = acks_each(conn, &acks, now)?;
             let stored = tasks
                 .into_iter()
                 .map(|t| enqueue_one(conn, t, now))
                 .collect::<QueueResult<Vec<_>>>()?;
             let leased = dequeue(conn, &next, now)?;
-            Ok((stored, leased))
+            Ok(HandOff {
+                acked,
+                stored,
+                leased,
+            })
         })
         .await
     }

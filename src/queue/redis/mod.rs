@@ -16,7 +16,7 @@ use ::redis::aio::ConnectionManager;
 use ::redis::{RedisError, Value};
 use rand::Rng;
 
-use super::backend::{EnqueuedAndLeased, QueueBackend, QueueError, QueueResult};
+use super::backend::{HandOff, QueueBackend, QueueError, QueueResult};
 use super::model::{
     AckSpec, DEFAULT_LEASE_MS, DequeueSpec, NewTask, Stats, Status, Task, WORKER_FORGET_MS,
     WORKER_TTL_MS, WorkerRecord, new_id,
@@ -361,6 +361,19 @@ fn outcome(id: &str, mut reply: Vec<Value>) -> QueueResult<Task> {
     }
 }
 
+/// `ack_all`'s answer: one outcome per ack, in order.
+fn ack_outcomes(reply: Value, acks: &[AckSpec]) -> QueueResult<Vec<QueueResult<Task>>> {
+    let reply = as_array(reply)?;
+    if reply.len() != acks.len() {
+        return Err(corrupt("one outcome per ack"));
+    }
+    reply
+        .into_iter()
+        .zip(acks)
+        .map(|(item, a)| Ok(outcome(&a.task_id, as_array(item)?)))
+        .collect()
+}
+
 /// Counts by `queue\tstatus`, the oldest due pending task with its run_at,
 /// and the number of live leases.
 type StatsReply = (Vec<(String, i64)>, Vec<(String, f64)>, u64, Vec<String>);
@@ -377,23 +390,30 @@ impl QueueBackend for RedisQueue {
         enqueued(reply, stored)
     }
 
-    /// One script: the enqueue, then the lease.
+    /// One script: the acks, the enqueue, then the lease.
     async fn enqueue_and_lease(
         &self,
+        acks: Vec<AckSpec>,
         tasks: Vec<NewTask>,
         next: DequeueSpec,
         now: i64,
-    ) -> QueueResult<EnqueuedAndLeased> {
-        let mut args = vec![arg(now), arg(tasks.len())];
+    ) -> QueueResult<HandOff> {
+        let mut args = Vec::with_capacity(4 + 8 * acks.len() + 10 * tasks.len() + 8);
+        args.extend([arg(now), arg(acks.len())]);
+        for a in &acks {
+            args.extend(ack_args(a));
+        }
+        args.push(arg(tasks.len()));
         let stored = enqueue_args(tasks, now, &mut args);
         let worker = next.worker_id.clone();
         let expires = now + i64::from(lease_ms(next.lease_ms));
         let first_lease = lease_args(next, &mut args);
-        let mut reply = as_array(self.invoke(&ROUTINES.enqueue_lease, args).await?)?;
-        if reply.len() != 2 {
-            return Err(corrupt("the enqueue's answers and the leased tasks"));
-        }
-        let leased = match reply.pop().expect("two items") {
+        let reply = as_array(self.invoke(&ROUTINES.enqueue_lease, args).await?)?;
+        let [acked, enqueue_answers, leased] = <[Value; 3]>::try_from(reply).map_err(|_| {
+            corrupt("the acks' outcomes, the enqueue's answers and the leased tasks")
+        })?;
+        let acked = ack_outcomes(acked, &acks)?;
+        let leased = match leased {
             // The one new task, leased as asked (enqueue_lease.lua's store_leased).
             Value::Int(1) => {
                 let mut task = stored
@@ -412,7 +432,11 @@ impl QueueBackend for RedisQueue {
                 .map(answered)
                 .collect::<QueueResult<Vec<Task>>>()?,
         };
-        Ok((enqueued(reply.pop().expect("two items"), stored)?, leased))
+        Ok(HandOff {
+            acked,
+            stored: enqueued(enqueue_answers, stored)?,
+            leased,
+        })
     }
 
     async fn dequeue(&self, spec: DequeueSpec, now: i64) -> QueueResult<Vec<Task>> {
@@ -427,15 +451,7 @@ impl QueueBackend for RedisQueue {
         for a in &acks {
             args.extend(ack_args(a));
         }
-        let reply = as_array(self.invoke(&ROUTINES.ack, args).await?)?;
-        if reply.len() != acks.len() {
-            return Err(corrupt("one outcome per ack"));
-        }
-        reply
-            .into_iter()
-            .zip(&acks)
-            .map(|(item, a)| Ok(outcome(&a.task_id, as_array(item)?)))
-            .collect()
+        ack_outcomes(self.invoke(&ROUTINES.ack, args).await?, &acks)
     }
 
     async fn due(&self, now: i64) -> QueueResult<u64> {

@@ -85,7 +85,7 @@ pub(super) static ROUTINES: LazyLock<Routines> = LazyLock::new(|| {
         enqueue: routine("enqueue", &[ENQUEUE_FN], include_str!("enqueue.lua")),
         enqueue_lease: routine(
             "enqueue_lease",
-            &[ENQUEUE_FN, LEASE_FN],
+            &[ACK_FN, ENQUEUE_FN, LEASE_FN],
             include_str!("enqueue_lease.lua"),
         ),
         dequeue: routine("dequeue", &[LEASE_FN], include_str!("dequeue.lua")),
