@@ -236,7 +236,9 @@ impl WorkStream {
 
     /// [`WorkStream::open`] whose applied acks are not answered (a refused
     /// one still is): [`WorkStream::finish`] then says that every ack was
-    /// applied. For a worker that does not look at its acks' answers.
+    /// applied. For a worker that does not look at its acks' answers, and
+    /// whose acks may wait on the server for the next enqueue to carry them
+    /// (at most one poll of the server) while the queue holds nothing.
     pub async fn open_quiet(
         client: &mut Client,
         lease: DequeueRequest,
