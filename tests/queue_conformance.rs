@@ -2426,7 +2426,7 @@ async fn an_enqueue_for_a_waiting_stream_applies_its_acks_first(backend: Backend
         .enqueue_and_lease(
             vec![ack(&handed.leased[0], true)],
             vec![new("keyed", Some("k1"))],
-            one,
+            one.clone(),
             now_ms(),
         )
         .await
@@ -2438,6 +2438,32 @@ async fn an_enqueue_for_a_waiting_stream_applies_its_acks_first(backend: Backend
     assert_eq!(handed.leased[0].id, keyed.id);
     assert_eq!(handed.leased[0].status, "IN_PROGRESS");
     assert_eq!(get_direct(q, &fresh.id).await.status, "COMPLETED");
+
+    // Another task already due: the lease takes it, the oldest, and the
+    // new one waits its turn.
+    let older = q.enqueue(vec![new("older", None)], now_ms()).await.unwrap();
+    let older = &older[0].0;
+    let handed = q
+        .enqueue_and_lease(Vec::new(), vec![new("newer", None)], one.clone(), now_ms())
+        .await
+        .unwrap();
+    assert_eq!(handed.leased.len(), 1);
+    assert_eq!(handed.leased[0].id, older.id);
+    let newer = &handed.stored[0].0;
+    assert_eq!(get_direct(q, &newer.id).await.status, "PENDING");
+    q.dequeue(one.clone(), now_ms()).await.unwrap();
+
+    // A paused queue: stored, not leased.
+    q.set_paused("default".into(), true, now_ms())
+        .await
+        .unwrap();
+    let handed = q
+        .enqueue_and_lease(Vec::new(), vec![new("paused", None)], one, now_ms())
+        .await
+        .unwrap();
+    assert!(handed.leased.is_empty(), "{:?}", handed.leased);
+    let paused = &handed.stored[0].0;
+    assert_eq!(get_direct(q, &paused.id).await.status, "PENDING");
 }
 
 async fn get_direct(q: &AnyQueue, id: &str) -> Task {

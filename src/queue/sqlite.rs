@@ -276,11 +276,18 @@ fn enqueue_one(conn: &Connection, task: NewTask, now: i64) -> QueueResult<(Task,
     let metadata = serde_json::to_string(&task.metadata).expect("metadata serializes");
     // The row as inserted (the columns' defaults included), without reading it back.
     let task = task.into_task(new_id(), now);
+    insert(conn, &task, &metadata)?;
+    Ok((task, false))
+}
+
+/// Store `task` as a new row, as it is: its status, attempts and lease too.
+fn insert(conn: &Connection, task: &Task, metadata: &str) -> QueueResult<()> {
     let large = task.payload.len() > INLINE_PAYLOAD;
     conn.prepare_cached(
         "INSERT INTO queue_tasks (id, queue, type, payload, metadata, status, priority, attempts, max_attempts,
-             retry_backoff_ms, run_at, created_at, updated_at, idempotency_key)
-         VALUES (?1, ?2, ?3, ?4, ?5, 'PENDING', ?6, 0, ?7, ?8, ?9, ?10, ?10, ?11)",
+             retry_backoff_ms, run_at, created_at, updated_at, idempotency_key, worker_id, lease_id,
+             lease_expires_at)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17)",
     )
     .map_err(sql_err)?
     .execute(params![
@@ -289,12 +296,18 @@ fn enqueue_one(conn: &Connection, task: NewTask, now: i64) -> QueueResult<(Task,
         task.r#type,
         if large { "" } else { task.payload.as_str() },
         metadata,
+        task.status,
         task.priority,
+        task.attempts,
         task.max_attempts,
         task.retry_backoff_ms,
         task.run_at,
-        now,
-        (!task.idempotency_key.is_empty()).then_some(&task.idempotency_key)
+        task.created_at,
+        task.updated_at,
+        (!task.idempotency_key.is_empty()).then_some(&task.idempotency_key),
+        task.worker_id,
+        task.lease_id,
+        task.lease_expires_at,
     ])
     .map_err(sql_err)?;
     if large {
@@ -305,7 +318,90 @@ fn enqueue_one(conn: &Connection, task: NewTask, now: i64) -> QueueResult<(Task,
         .execute([&task.payload])
         .map_err(sql_err)?;
     }
-    Ok((task, false))
+    Ok(())
+}
+
+/// Whether a lease for `spec` now would take the new `task` and nothing
+/// else: it is due, has no idempotency key (it is new), its queue is one
+/// the worker asked for and not paused, and none of the worker's queues
+/// has another task due (expired leases returned first, as a lease does).
+fn takes_only_the_new_task(
+    conn: &Connection,
+    task: &NewTask,
+    spec: &DequeueSpec,
+    now: i64,
+) -> QueueResult<bool> {
+    if task.delay_ms != 0
+        || task.idempotency_key.is_some()
+        || !(spec.queues.is_empty() || spec.queues.contains(&task.queue))
+    {
+        return Ok(false);
+    }
+    reap_expired(conn, now)?;
+    let paused = conn
+        .prepare_cached("SELECT 1 FROM paused_queues WHERE queue = ?1")
+        .map_err(sql_err)?
+        .exists([&task.queue])
+        .map_err(sql_err)?;
+    if paused {
+        return Ok(false);
+    }
+    let sql = format!(
+        "SELECT 1 FROM queue_tasks t WHERE t.status = 'PENDING' AND t.run_at <= ?{} LIMIT 1",
+        of_queues(&spec.queues)
+    );
+    let other = conn
+        .prepare_cached(&sql)
+        .map_err(sql_err)?
+        .exists(params_from_iter(due_args(now, &spec.queues)))
+        .map_err(sql_err)?;
+    Ok(!other)
+}
+
+/// The new `task` stored as leased for `spec`: what an enqueue and then a
+/// lease would leave, without filing it as pending first (a row's index
+/// entries written once, not three times). The task as enqueued, and as
+/// leased.
+fn store_leased(
+    conn: &Connection,
+    task: NewTask,
+    spec: &DequeueSpec,
+    now: i64,
+) -> QueueResult<(Task, Task)> {
+    let metadata = serde_json::to_string(&task.metadata).expect("metadata serializes");
+    let stored = task.into_task(new_id(), now);
+    let lease_ms = if spec.lease_ms == 0 {
+        DEFAULT_LEASE_MS
+    } else {
+        spec.lease_ms
+    };
+    let leased = Task {
+        status: Status::InProgress.as_str().to_string(),
+        attempts: 1,
+        worker_id: spec.worker_id.clone(),
+        lease_id: new_id(),
+        lease_expires_at: now + i64::from(lease_ms),
+        ..stored.clone()
+    };
+    insert(conn, &leased, &metadata)?;
+    Ok((stored, leased))
+}
+
+/// The condition that a task `t` is in one of `queues` (all when empty).
+/// Comparisons, not `IN (...)`: SQLite builds a list of three or more into
+/// a temporary table on every call.
+fn of_queues(queues: &[String]) -> String {
+    if queues.is_empty() {
+        return String::new();
+    }
+    format!(" AND ({})", vec!["t.queue = ?"; queues.len()].join(" OR "))
+}
+
+/// The arguments of a look for tasks due at `now` in `queues`.
+fn due_args(now: i64, queues: &[String]) -> Vec<rusqlite::types::Value> {
+    let mut args: Vec<rusqlite::types::Value> = vec![now.into()];
+    args.extend(queues.iter().map(|q| q.clone().into()));
+    args
 }
 
 fn dequeue(conn: &Connection, spec: &DequeueSpec, now: i64) -> QueueResult<Vec<Task>> {
@@ -313,22 +409,14 @@ fn dequeue(conn: &Connection, spec: &DequeueSpec, now: i64) -> QueueResult<Vec<T
     let limit = spec.max_tasks.clamp(1, 256) as i64;
     // NOT EXISTS, not NOT IN: a lookup in paused_queues' key per candidate
     // instead of a temporary table built on every call.
-    let mut sql = format!(
+    let sql = format!(
         "SELECT t.seq, {COLUMNS} FROM {TASKS}
          WHERE t.status = 'PENDING' AND t.run_at <= ?
-           AND NOT EXISTS (SELECT 1 FROM paused_queues pq WHERE pq.queue = t.queue)"
+           AND NOT EXISTS (SELECT 1 FROM paused_queues pq WHERE pq.queue = t.queue){}
+         ORDER BY t.priority DESC, t.run_at, t.seq LIMIT ?",
+        of_queues(&spec.queues)
     );
-    if !spec.queues.is_empty() {
-        // Comparisons, not `IN (...)`: SQLite builds a list of three or more
-        // into a temporary table on every call.
-        sql.push_str(&format!(
-            " AND ({})",
-            vec!["t.queue = ?"; spec.queues.len()].join(" OR ")
-        ));
-    }
-    sql.push_str(" ORDER BY t.priority DESC, t.run_at, t.seq LIMIT ?");
-    let mut args: Vec<rusqlite::types::Value> = vec![now.into()];
-    args.extend(spec.queues.iter().map(|q| q.clone().into()));
+    let mut args = due_args(now, &spec.queues);
     args.push(limit.into());
     let candidates: Vec<(i64, Task)> = conn
         .prepare_cached(&sql)
@@ -541,6 +629,17 @@ impl QueueBackend for SqliteQueue {
     ) -> QueueResult<HandOff> {
         self.write_answered(move |conn| {
             let acked = acks_each(conn, &acks, now)?;
+            if let [task] = tasks.as_slice()
+                && takes_only_the_new_task(conn, task, &next, now)?
+            {
+                let task = tasks.into_iter().next().expect("one task");
+                let (stored, leased) = store_leased(conn, task, &next, now)?;
+                return Ok(HandOff {
+                    acked,
+                    stored: vec![(stored, false)],
+                    leased: vec![leased],
+                });
+            }
             let stored = tasks
                 .into_iter()
                 .map(|t| enqueue_one(conn, t, now))
