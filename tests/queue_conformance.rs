@@ -2260,7 +2260,7 @@ impl QuietWorker {
         };
         let mut stream = WorkStream::open_quiet(&mut client, lease, 1).await.unwrap();
         // The stream looks, finds nothing and waits among the idle ones.
-        tokio::time::sleep(Duration::from_millis(200)).await;
+        tokio::time::sleep(Duration::from_millis(500)).await;
         let a = enqueue(&mut client, req("a")).await;
         let task = recv(&mut stream).await.tasks.remove(0);
         assert_eq!(task.id, a.id);
