@@ -355,20 +355,24 @@ fn dry_run_runs_nothing_and_bad_input_exits_2() {
     assert!(ws.path().join("made").exists());
 }
 
+/// Start `nova orchestrate --apply` on one agent, `steps`, whose `tasks`
+/// YAML holds a task in `sleep` (writing `sleeper.pid`) while the file
+/// `slow` exists; returns once that task is asleep.
+fn start_held_run(ws: &Workspace, tasks: &str) -> std::process::Child {
+    agent(ws, "steps", "implementation", "one", &[], tasks);
+    ws.write("slow", "");
+    let child = spawn_quiet(ws, &["orchestrate", "--apply", "--json"]);
+    wait_for_file(ws, "sleeper.pid");
+    child
+}
+
 #[test]
 fn ctrl_c_leaves_no_child_and_resume_finishes_only_what_was_left() {
     let ws = workspace();
-    agent(
+    let mut child = start_held_run(
         &ws,
-        "steps",
-        "implementation",
-        "one",
-        &[],
         "  - id: first\n    title: quick\n    run: {shell: \"echo x >> first.count\"}\n  - id: second\n    title: slow while the flag is there\n    run: {shell: \"if [ -f slow ]; then sleep 300 & echo $! > sleeper.pid; wait; fi; echo x >> second.count\"}\n  - id: third\n    title: after the slow one\n    run: {shell: \"echo x >> third.count\"}\n",
     );
-    ws.write("slow", "");
-    let mut child = spawn_quiet(&ws, &["orchestrate", "--apply", "--json"]);
-    wait_for_file(&ws, "sleeper.pid");
     std::thread::sleep(Duration::from_millis(100));
     // A run's view lists the tasks it has not started yet, in the plan's order.
     let statuses = |ws: &Workspace| {
@@ -1776,17 +1780,10 @@ fn a_run_whose_database_cannot_be_synced_stops_and_says_why() {
 #[test]
 fn a_run_whose_process_was_killed_says_so_and_resumes() {
     let ws = workspace();
-    agent(
+    let mut child = start_held_run(
         &ws,
-        "steps",
-        "implementation",
-        "one",
-        &[],
         "  - id: slow\n    title: slow while the flag is there\n    run: {shell: \"if [ -f slow ]; then sleep 300 & echo $! > sleeper.pid; wait; fi; echo x >> slow.count\"}\n",
     );
-    ws.write("slow", "");
-    let mut child = spawn_quiet(&ws, &["orchestrate", "--apply", "--json"]);
-    wait_for_file(&ws, "sleeper.pid");
     let runs = ws.run(&["runs", "--json"]).success().json();
     let id = runs[0]["id"].as_str().unwrap().to_string();
     let listed = ws.run(&["runs"]).success();

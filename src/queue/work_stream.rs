@@ -262,7 +262,7 @@ impl<B: QueueBackend> StreamState<'_, B> {
             Some((id, arrive)) if !self.service.idle().withdraw(id) => match arrive.await {
                 Ok(given) => self.received(given),
                 // The enqueue failed: the held acks are still ours to apply.
-                Err(oneshot::error::RecvError { .. }) => Vec::new(),
+                Err(_) => Vec::new(),
             },
             _ => Vec::new(),
         }
