@@ -141,6 +141,7 @@ fn a_task_that_fails_twice_then_succeeds_is_done_after_three_attempts() {
     );
     let (code, report) = run_json(&ws, &["--apply"]);
     assert_eq!(code, 1);
+    assert_eq!(report["status"], "failed");
     let t = task(&report, "flaky", "third-time");
     assert_eq!(
         (t["status"].as_str(), t["attempts"].as_u64()),
@@ -1614,6 +1615,12 @@ fn a_fix_that_lacks_what_it_requires_is_not_run_and_says_what_it_needs() {
     );
     let (code, report) = run_json(&ws, &["--apply"]);
     assert_eq!(code, 1, "{report}");
+    // Work left, nothing failed: the run says so, and not `failed`.
+    assert_eq!(report["status"], "unfinished", "{report}");
+    assert_eq!(
+        ws.run(&["runs", "--json"]).success().json()[0]["status"],
+        "unfinished"
+    );
     let t = task(&report, "needy", "build");
     assert_eq!(t["status"], "pending", "{t}");
     assert_eq!(

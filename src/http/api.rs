@@ -65,7 +65,9 @@ pub struct RunSummary {
     pub mode: String,
     /// Whether fixes were applied.
     pub apply: bool,
-    /// `running`, `done`, `failed`, `denied` or `interrupted`.
+    /// `running`, `done`, `failed`, `unfinished` (work left, nothing
+    /// failed: checks that say a task is not done), `denied` or
+    /// `interrupted`.
     pub status: String,
     /// Milliseconds since the Unix epoch.
     pub started_at: i64,

@@ -1398,8 +1398,12 @@ async fn finish(
         "interrupted"
     } else if denied > 0 {
         "denied"
-    } else if failed > 0 || pending > 0 || count(AgentOutcome::Skipped) > 0 {
+    } else if failed > 0 {
         "failed"
+    } else if pending > 0 || count(AgentOutcome::Skipped) > 0 {
+        // Work left and nothing failed: checks that say a task is not done
+        // (a run without --apply, a fix lacking what it requires).
+        "unfinished"
     } else {
         "done"
     };

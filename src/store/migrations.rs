@@ -291,6 +291,27 @@ const MIGRATIONS: &[&str] = &[
     // then `not run` if it never started), so a run's view lists them all;
     // `planned` is the task's place in the plan, for their order.
     "ALTER TABLE run_tasks ADD COLUMN planned INTEGER;",
+    // 14: a run can end `unfinished`: work left (checks that say a task is
+    // not done, tasks not run) with nothing failed, which `failed` misnamed.
+    // The table is rebuilt for its CHECK (rows and their order kept; the
+    // run's tasks and messages still refer to it by id, with foreign keys
+    // off while migrations run and checked before they commit).
+    "CREATE TABLE runs_v14 (
+        id          TEXT PRIMARY KEY,
+        plan        TEXT NOT NULL,
+        mode        TEXT NOT NULL,
+        apply       INTEGER NOT NULL,
+        status      TEXT NOT NULL CHECK (status = 'running' OR status = 'done' OR status = 'failed'
+                                        OR status = 'unfinished' OR status = 'denied' OR status = 'interrupted'),
+        started_at  INTEGER NOT NULL,
+        finished_at INTEGER,
+        args        TEXT NOT NULL,
+        report      TEXT
+    );
+    INSERT INTO runs_v14 (rowid, id, plan, mode, apply, status, started_at, finished_at, args, report)
+        SELECT rowid, id, plan, mode, apply, status, started_at, finished_at, args, report FROM runs;
+    DROP TABLE runs;
+    ALTER TABLE runs_v14 RENAME TO runs;",
 ];
 
 /// The schema version this nova writes.
@@ -332,17 +353,52 @@ pub(super) fn apply(conn: &Connection, path: &Path) -> StoreResult<u32> {
     if read_version(conn, path)? == SCHEMA_VERSION {
         return Ok(SCHEMA_VERSION);
     }
+    // A migration that rebuilds a table others refer to (SQLite's way of
+    // changing a CHECK) drops it first: with foreign keys enforced, that
+    // would delete or refuse. They are off while the migrations run (the
+    // pragma cannot change inside a transaction) and checked before commit.
+    conn.pragma_update(None, "foreign_keys", false)
+        .map_err(sqlite_err(path))?;
+    let migrated = migrate(conn, path);
+    let enforced = conn
+        .pragma_update(None, "foreign_keys", true)
+        .map_err(sqlite_err(path));
+    migrated.and(enforced).map(|()| SCHEMA_VERSION)
+}
+
+fn migrate(conn: &Connection, path: &Path) -> StoreResult<()> {
     let tx = Transaction::new_unchecked(conn, TransactionBehavior::Immediate)
         .map_err(sqlite_err(path))?;
     // Re-read inside the write lock: another process may have migrated meanwhile.
     let current = read_version(&tx, path)?;
+    if current == SCHEMA_VERSION {
+        return tx.commit().map_err(sqlite_err(path));
+    }
+    // Rows that referred to nothing before (written by some other tool with
+    // foreign keys off) are not the migrations' doing: only new ones fail it.
+    let dangling = || {
+        tx.query_row("SELECT count(*) FROM pragma_foreign_key_check", [], |r| {
+            r.get::<_, i64>(0)
+        })
+        .map_err(sqlite_err(path))
+    };
+    let before = dangling()?;
     for (i, sql) in MIGRATIONS.iter().enumerate().skip(current as usize) {
         tx.execute_batch(sql).map_err(sqlite_err(path))?;
         tx.pragma_update(None, "user_version", (i + 1) as u32)
             .map_err(sqlite_err(path))?;
     }
-    tx.commit().map_err(sqlite_err(path))?;
-    Ok(SCHEMA_VERSION)
+    let after = dangling()?;
+    if after > before {
+        return Err(sqlite_err(path)(rusqlite::Error::SqliteFailure(
+            rusqlite::ffi::Error::new(rusqlite::ffi::SQLITE_CONSTRAINT_FOREIGNKEY),
+            Some(format!(
+                "migrating the schema would leave {} rows referring to rows that are gone",
+                after - before
+            )),
+        )));
+    }
+    tx.commit().map_err(sqlite_err(path))
 }
 
 #[cfg(test)]
@@ -612,6 +668,61 @@ mod tests {
                 "mail COMPLETED 1",
                 "mail FAILED 1"
             ]
+        );
+    }
+
+    /// Version 14 lets a run end `unfinished`: every run, in its order,
+    /// and its tasks and messages survive the rebuild; the tasks still
+    /// refer to their run (foreign keys enforced again afterwards) and the
+    /// status is still checked.
+    #[test]
+    fn a_run_can_end_unfinished_and_the_rebuild_keeps_runs_and_their_tasks() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("nova.db");
+        let conn = Connection::open(&path).unwrap();
+        conn.pragma_update(None, "foreign_keys", true).unwrap();
+        at_version(&conn, 13);
+        conn.execute_batch(
+            "INSERT INTO runs (id, plan, mode, apply, status, started_at, finished_at, args, report)
+                 VALUES ('b', 'p', 'parallel', 1, 'failed', 5, 6, '[]', 'r.md'),
+                        ('a', 'p', 'sequential', 0, 'done', 5, NULL, '[]', NULL);
+             INSERT INTO run_tasks (run_id, agent, task, phase, status, attempts)
+                 VALUES ('b', 'x', 't', 'one', 'failed', 1);
+             INSERT INTO run_messages (run_id, seq, at, kind, body) VALUES ('a', 1, 5, 'note', 'hi');",
+        )
+        .unwrap();
+        let unfinished = "UPDATE runs SET status = 'unfinished' WHERE id = 'a'";
+        assert!(conn.execute_batch(unfinished).is_err());
+        assert_eq!(apply(&conn, &path).unwrap(), SCHEMA_VERSION);
+        conn.execute_batch(unfinished).unwrap();
+        assert_eq!(
+            rows(
+                &conn,
+                "SELECT id || ' ' || status || ' ' || mode || ' ' || COALESCE(report, '-')
+                 FROM runs ORDER BY started_at, rowid"
+            ),
+            ["b failed parallel r.md", "a unfinished sequential -"]
+        );
+        assert_eq!(rows(&conn, "SELECT run_id || task FROM run_tasks"), ["bt"]);
+        assert_eq!(
+            rows(&conn, "SELECT run_id || body FROM run_messages"),
+            ["ahi"]
+        );
+        assert!(
+            conn.execute_batch("UPDATE runs SET status = 'lost' WHERE id = 'a'")
+                .is_err()
+        );
+        let enforced: i64 = conn
+            .query_row("PRAGMA foreign_keys", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(enforced, 1);
+        assert!(
+            conn.execute_batch(
+                "INSERT INTO run_tasks (run_id, agent, task, phase, status, attempts)
+                 VALUES ('nobody', 'x', 't', 'one', 'done', 1)"
+            )
+            .is_err(),
+            "a task of no run"
         );
     }
 }
