@@ -460,6 +460,10 @@ pub struct MonitorArgs {
 pub struct RunsArgs {
     #[command(subcommand)]
     pub action: Option<RunsAction>,
+
+    /// List the newest N runs, newest first (0: every run)
+    #[arg(long, value_name = "N", default_value_t = 20)]
+    pub limit: usize,
 }
 
 #[derive(Debug, Subcommand)]

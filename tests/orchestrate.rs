@@ -459,6 +459,50 @@ fn ctrl_c_leaves_no_child_and_resume_finishes_only_what_was_left() {
     ws.run(&["runs"]).success().stdout_has("done");
 }
 
+#[test]
+fn runs_are_listed_newest_first_up_to_a_limit() {
+    let ws = workspace();
+    agent(
+        &ws,
+        "quick",
+        "implementation",
+        "one",
+        &[],
+        "  - id: go\n    title: quick\n    run: [\"true\"]\n",
+    );
+    let mut started = Vec::new();
+    for _ in 0..3 {
+        let (code, report) = run_json(&ws, &["--apply"]);
+        assert_eq!(code, 0, "{report}");
+        started.push(report["run"].as_str().unwrap().to_string());
+    }
+    let ids = |args: &[&str]| -> Vec<String> {
+        let mut all = vec!["runs", "--json"];
+        all.extend_from_slice(args);
+        ws.run(&all)
+            .success()
+            .json()
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|r| r["id"].as_str().unwrap().to_string())
+            .collect()
+    };
+    let newest_first: Vec<String> = started.iter().rev().cloned().collect();
+    assert_eq!(ids(&[]), newest_first);
+    assert_eq!(ids(&["--limit", "2"]), newest_first[..2]);
+    assert_eq!(ids(&["--limit", "0"]), newest_first);
+    ws.run(&["runs", "--limit", "1"])
+        .success()
+        .stdout_has(&started[2])
+        .stdout_has("the newest 1 of 3 runs; --limit 0 lists them all");
+    let all = ws.run(&["runs"]).success();
+    assert!(!all.stdout.contains("the newest"), "{}", all.stdout);
+    ws.run(&["runs", "--limit", "many"])
+        .code(2)
+        .stderr_has("--limit");
+}
+
 // `orchestrate --agents slow --only`, interrupted, then `--resume` ran all
 // 22 spark-sophia checks under the interrupted run's id.
 #[test]

@@ -199,13 +199,19 @@ pub fn runs_command(ws: &Workspace, out: &Output, args: &crate::cli::RunsArgs) -
     let failed = |e: rusqlite::Error| Error::Failed(format!("cannot read runs: {e}"));
     match show {
         None => {
-            let list = runs::runs(conn).map_err(failed)?;
+            let limit = if args.limit == 0 {
+                usize::MAX
+            } else {
+                args.limit
+            };
+            let list = runs::newest_runs(conn, limit).map_err(failed)?;
             if out.json {
                 return out.json(&list);
             }
             if list.is_empty() {
                 return out.text("no runs yet\n");
             }
+            let all = runs::count(conn).map_err(failed)?;
             let mut table = out.table(&["run", "plan", "mode", "status", "started", "finished"]);
             for r in &list {
                 table.add_row(vec![
@@ -223,7 +229,14 @@ pub fn runs_command(ws: &Workspace, out: &Output, args: &crate::cli::RunsArgs) -
                         .unwrap_or_else(|| "-".into()),
                 ]);
             }
-            out.print_table(&table)
+            out.print_table(&table)?;
+            if all > list.len() {
+                out.text(&format!(
+                    "the newest {} of {all} runs; --limit 0 lists them all\n",
+                    list.len()
+                ))?;
+            }
+            Ok(())
         }
         Some((run, messages, tests)) => {
             let Some(row) = runs::find_run(conn, run).map_err(failed)? else {

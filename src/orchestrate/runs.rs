@@ -125,6 +125,12 @@ pub fn runs(conn: &Connection) -> rusqlite::Result<Vec<RunRow>> {
     .collect()
 }
 
+/// How many runs the store holds.
+pub fn count(conn: &Connection) -> rusqlite::Result<usize> {
+    conn.query_row("SELECT count(*) FROM runs", [], |r| r.get::<_, i64>(0))
+        .map(|n| usize::try_from(n).unwrap_or(0))
+}
+
 /// The newest `limit` runs, newest first.
 pub fn newest_runs(conn: &Connection, limit: usize) -> rusqlite::Result<Vec<RunRow>> {
     conn.prepare(&format!(
