@@ -57,6 +57,26 @@ fn run_json(ws: &Workspace, args: &[&str]) -> (i32, Value) {
     (out.code, json)
 }
 
+/// `n` runs, one after another, of an agent `echoer` whose one task says
+/// hello; their ids, oldest first.
+fn runs_of_one_echo(ws: &Workspace, n: usize) -> Vec<String> {
+    agent(
+        ws,
+        "echoer",
+        "implementation",
+        "one",
+        &[],
+        "  - id: hello\n    title: says hello\n    run: [echo, hello]\n",
+    );
+    (0..n)
+        .map(|_| {
+            let (code, report) = run_json(ws, &["--apply"]);
+            assert_eq!(code, 0, "{report}");
+            report["run"].as_str().unwrap().to_string()
+        })
+        .collect()
+}
+
 fn task<'a>(report: &'a Value, agent: &str, task: &str) -> &'a Value {
     report["tasks"]
         .as_array()
@@ -462,20 +482,7 @@ fn ctrl_c_leaves_no_child_and_resume_finishes_only_what_was_left() {
 #[test]
 fn runs_are_listed_newest_first_up_to_a_limit() {
     let ws = workspace();
-    agent(
-        &ws,
-        "quick",
-        "implementation",
-        "one",
-        &[],
-        "  - id: go\n    title: quick\n    run: [\"true\"]\n",
-    );
-    let mut started = Vec::new();
-    for _ in 0..3 {
-        let (code, report) = run_json(&ws, &["--apply"]);
-        assert_eq!(code, 0, "{report}");
-        started.push(report["run"].as_str().unwrap().to_string());
-    }
+    let started = runs_of_one_echo(&ws, 3);
     let ids = |args: &[&str]| -> Vec<String> {
         let mut all = vec!["runs", "--json"];
         all.extend_from_slice(args);
@@ -1205,20 +1212,7 @@ fn a_malformed_job_is_failed_with_its_reason_and_bad_worker_input_exits_2() {
 #[test]
 fn prune_removes_old_runs_whole_and_keeps_the_newest() {
     let ws = workspace();
-    agent(
-        &ws,
-        "echoer",
-        "implementation",
-        "one",
-        &[],
-        "  - id: hello\n    title: says hello\n    run: [echo, hello]\n",
-    );
-    let mut ids = Vec::new();
-    for _ in 0..3 {
-        let (code, report) = run_json(&ws, &["--apply"]);
-        assert_eq!(code, 0, "{report}");
-        ids.push(report["run"].as_str().unwrap().to_string());
-    }
+    let ids = runs_of_one_echo(&ws, 3);
     let queue_tasks = |id: &str| -> i64 {
         let db = rusqlite::Connection::open(ws.home().join("nova.db")).unwrap();
         db.query_row(
