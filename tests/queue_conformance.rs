@@ -1639,6 +1639,78 @@ async fn an_enqueue_stream_answers_each_task_in_order(backend: Backend) {
     assert_eq!(pushed.tasks[0].status, "IN_PROGRESS");
 }
 
+/// An enqueue that asks for a brief answer (unary, on a stream, in a batch,
+/// handed to a waiting worker) gets the stored task without its payload and
+/// metadata; the task is stored, and leased, whole.
+async fn a_brief_enqueue_is_answered_without_the_contents(backend: Backend) {
+    let mut h = start(backend, None).await;
+    let c = &mut h.client;
+    let full = || EnqueueRequest {
+        payload: "the payload".into(),
+        metadata: vec![TaskMetadataEntry {
+            key: "k".into(),
+            value: "v".into(),
+        }],
+        brief: true,
+        ..req("brief")
+    };
+    let stored_whole = |answered: &Task, stored: &Task| {
+        assert!(
+            answered.payload.is_empty() && answered.metadata.is_empty(),
+            "{answered:?}"
+        );
+        assert_eq!(answered.id, stored.id);
+        assert_eq!(answered.status, stored.status);
+        assert_eq!(answered.r#type, "brief");
+        assert_eq!(stored.payload, "the payload");
+        assert_eq!(stored.metadata.len(), 1);
+    };
+    let unary = c.enqueue(full()).await.unwrap().into_inner().task.unwrap();
+    stored_whole(&unary, &get(c, &unary.id).await);
+    let mut stream = EnqueueStream::open(c).await.unwrap();
+    let streamed = stream.enqueue(full()).await.unwrap().task.unwrap();
+    stored_whole(&streamed, &get(c, &streamed.id).await);
+    let batch = c
+        .enqueue_batch(EnqueueBatchRequest {
+            tasks: vec![
+                full(),
+                EnqueueRequest {
+                    brief: false,
+                    ..full()
+                },
+            ],
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .tasks;
+    stored_whole(&batch[0], &get(c, &batch[0].id).await);
+    assert_eq!(batch[1].payload, "the payload", "only the brief one is cut");
+
+    // Handed to a worker waiting on its stream: the worker gets it whole.
+    let lease = DequeueRequest {
+        worker_id: "waiting".into(),
+        queues: vec!["handed".into()],
+        ..Default::default()
+    };
+    let mut work = WorkStream::open(c, lease, 1).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let handed = stream
+        .enqueue(EnqueueRequest {
+            queue: "handed".into(),
+            ..full()
+        })
+        .await
+        .unwrap()
+        .task
+        .unwrap();
+    assert!(handed.payload.is_empty());
+    let pushed = recv(&mut work).await;
+    assert_eq!(pushed.tasks[0].id, handed.id);
+    assert_eq!(pushed.tasks[0].payload, "the payload");
+    assert_eq!(pushed.tasks[0].metadata.len(), 1);
+}
+
 /// The server's next message on a work stream, within five seconds.
 async fn recv(stream: &mut WorkStream) -> WorkResponse {
     tokio::time::timeout(Duration::from_secs(5), stream.next())
@@ -2667,6 +2739,7 @@ macro_rules! conformance {
 }
 
 conformance!(
+    a_brief_enqueue_is_answered_without_the_contents,
     a_quiet_work_stream_answers_only_refused_acks,
     a_quiet_ack_goes_with_the_next_enqueue,
     a_held_quiet_ack_is_applied_without_an_enqueue,

@@ -278,6 +278,7 @@ async fn produce(
             .map(|_| EnqueueRequest {
                 r#type: "bench".into(),
                 payload: sent.to_string(),
+                brief: true,
                 ..Default::default()
             })
             .collect();
@@ -302,6 +303,7 @@ async fn produce_stream(
             .enqueue(EnqueueRequest {
                 r#type: "bench".into(),
                 payload: sent.to_string(),
+                brief: true,
                 ..Default::default()
             })
             .await

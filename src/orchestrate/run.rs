@@ -1341,6 +1341,9 @@ async fn advance(
             retry_backoff_ms: RETRY_BACKOFF_MS,
             // One queue task per run, agent and task, whatever restarts in between.
             idempotency_key: format!("{}/{}/{}/{}", run.id, a.key, spec.id, resume_round(run)),
+            // The scheduler keeps the task's id; its job (messages
+            // included) need not come back.
+            brief: true,
             ..Default::default()
         };
         let task = client

@@ -199,6 +199,8 @@ fn parse_action(action: &QueueAction) -> Result<Action> {
                 delay_ms: delay.map(|d| d.as_millis() as u64).unwrap_or(0),
                 idempotency_key: idempotency_key.clone().unwrap_or_default(),
                 retry_backoff_ms: 0,
+                // The task is printed as stored, payload included.
+                brief: false,
             })
         }
         QueueAction::List {

@@ -276,6 +276,7 @@ impl<B: QueueBackend> QueueService<B> {
         request: EnqueueRequest,
     ) -> Result<EnqueueResponse, GrpcStatus> {
         check_size(&request)?;
+        let brief = request.brief;
         let task = validate::enqueue("", request).map_err(invalid)?;
         // A task due now goes straight to a Work stream waiting for one.
         let taker = (task.delay_ms == 0)
@@ -312,7 +313,10 @@ impl<B: QueueBackend> QueueService<B> {
                 false,
             ),
         };
-        let (task, existing) = stored.pop().expect("one task in, one task out");
+        let (mut task, existing) = stored.pop().expect("one task in, one task out");
+        if brief {
+            without_contents(&mut task);
+        }
         crate::counter!("queue.tasks.enqueued").inc();
         tracing::debug!(task = %task.id, queue = %task.queue, existing, "enqueued");
         self.wake(usize::from(!existing && !handed));
@@ -435,6 +439,13 @@ pub fn to_status(e: QueueError) -> GrpcStatus {
         QueueError::InvalidArgument(m) => GrpcStatus::invalid_argument(m),
         QueueError::Unavailable(m) => GrpcStatus::unavailable(m),
     }
+}
+
+/// A task as a brief enqueue answer has it: everything but the payload
+/// and metadata the producer sent.
+fn without_contents(task: &mut Task) {
+    task.payload = String::new();
+    task.metadata = Vec::new();
 }
 
 /// Refuse a request larger than [`MAX_MESSAGE`]. The transport accepts up to
@@ -831,6 +842,7 @@ impl<B: QueueBackend> TaskQueue for QueueService<B> {
                 validate::MAX_BATCH
             )));
         }
+        let brief: Vec<bool> = req.tasks.iter().map(|t| t.brief).collect();
         let tasks = req
             .tasks
             .into_iter()
@@ -849,7 +861,16 @@ impl<B: QueueBackend> TaskQueue for QueueService<B> {
         }
         self.wake(stored.len());
         Ok(Response::new(EnqueueBatchResponse {
-            tasks: stored.into_iter().map(|(t, _)| t).collect(),
+            tasks: stored
+                .into_iter()
+                .zip(brief)
+                .map(|((mut t, _), brief)| {
+                    if brief {
+                        without_contents(&mut t);
+                    }
+                    t
+                })
+                .collect(),
         }))
     }
 
