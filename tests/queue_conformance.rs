@@ -1617,13 +1617,7 @@ async fn an_enqueue_stream_answers_each_task_in_order(backend: Backend) {
     }
 
     // A worker waiting on its Work stream is handed a streamed task.
-    let lease = DequeueRequest {
-        worker_id: "waiting".into(),
-        queues: vec!["later".into()],
-        ..Default::default()
-    };
-    let mut work = WorkStream::open(c, lease, 1).await.unwrap();
-    tokio::time::sleep(Duration::from_millis(100)).await;
+    let mut work = waiting_worker(c, "later").await;
     let sent = stream
         .enqueue(EnqueueRequest {
             queue: "later".into(),
@@ -1688,13 +1682,7 @@ async fn a_brief_enqueue_is_answered_without_the_contents(backend: Backend) {
     assert_eq!(batch[1].payload, "the payload", "only the brief one is cut");
 
     // Handed to a worker waiting on its stream: the worker gets it whole.
-    let lease = DequeueRequest {
-        worker_id: "waiting".into(),
-        queues: vec!["handed".into()],
-        ..Default::default()
-    };
-    let mut work = WorkStream::open(c, lease, 1).await.unwrap();
-    tokio::time::sleep(Duration::from_millis(100)).await;
+    let mut work = waiting_worker(c, "handed").await;
     let handed = stream
         .enqueue(EnqueueRequest {
             queue: "handed".into(),
@@ -1709,6 +1697,19 @@ async fn a_brief_enqueue_is_answered_without_the_contents(backend: Backend) {
     assert_eq!(pushed.tasks[0].id, handed.id);
     assert_eq!(pushed.tasks[0].payload, "the payload");
     assert_eq!(pushed.tasks[0].metadata.len(), 1);
+}
+
+/// A worker `waiting` with one credit on a Work stream for `queue`, given
+/// time to be waiting.
+async fn waiting_worker(c: &mut Client, queue: &str) -> WorkStream {
+    let lease = DequeueRequest {
+        worker_id: "waiting".into(),
+        queues: vec![queue.into()],
+        ..Default::default()
+    };
+    let work = WorkStream::open(c, lease, 1).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    work
 }
 
 /// The server's next message on a work stream, within five seconds.
