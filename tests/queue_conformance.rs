@@ -2544,6 +2544,48 @@ async fn get_direct(q: &AnyQueue, id: &str) -> Task {
     q.get(id.to_string()).await.unwrap()
 }
 
+/// A worker that ends its stream while an enqueue is handing it a task:
+/// the task either reaches the worker (among what `finish` returns) or is
+/// pending again at once, never left leased to a stream that is gone. The
+/// two race; many rounds take both sides of it.
+async fn a_task_handed_to_an_ending_stream_reaches_it_or_is_pending_again(backend: Backend) {
+    let mut h = start(backend, None).await;
+    let producer = h.client.clone();
+    for round in 0..30 {
+        let queue = format!("ending-{round}");
+        let work = waiting_worker(&mut h.client, &queue).await;
+        let task = EnqueueRequest {
+            queue: queue.clone(),
+            ..req("raced")
+        };
+        let mut p = producer.clone();
+        let sent = tokio::spawn(async move { p.enqueue(task).await });
+        // A later start each round, through the moments the enqueue takes
+        // the stream, stores the task and hands it over.
+        for _ in 0..round {
+            tokio::task::yield_now().await;
+        }
+        let pushed = work.finish().await;
+        let sent = sent.await.unwrap().unwrap().into_inner().task.unwrap();
+        let pushed: Vec<String> = pushed
+            .unwrap()
+            .into_iter()
+            .flat_map(|r| r.tasks)
+            .map(|t| t.id)
+            .collect();
+        let stored = get(&mut h.client, &sent.id).await;
+        if pushed.contains(&sent.id) {
+            assert_eq!(stored.status, "IN_PROGRESS", "round {round}: {stored:?}");
+        } else {
+            assert_eq!(
+                (stored.status.as_str(), stored.attempts),
+                ("PENDING", 0),
+                "round {round}: a task the worker never saw is not waiting for it: {stored:?}"
+            );
+        }
+    }
+}
+
 async fn a_released_task_is_pending_again_without_spending_an_attempt(backend: Backend) {
     let mut h = start(backend, None).await;
     let c = &mut h.client;
@@ -2740,6 +2782,7 @@ macro_rules! conformance {
 }
 
 conformance!(
+    a_task_handed_to_an_ending_stream_reaches_it_or_is_pending_again,
     a_brief_enqueue_is_answered_without_the_contents,
     a_quiet_work_stream_answers_only_refused_acks,
     a_quiet_ack_goes_with_the_next_enqueue,
