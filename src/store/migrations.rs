@@ -725,4 +725,24 @@ mod tests {
             "a task of no run"
         );
     }
+
+    /// Rows that referred to nothing before the migrations (written with
+    /// foreign keys off by some other tool) do not stop them: only rows the
+    /// migrations would leave dangling do.
+    #[test]
+    fn dangling_rows_from_before_do_not_stop_the_migrations() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("nova.db");
+        let conn = Connection::open(&path).unwrap();
+        at_version(&conn, 13);
+        conn.pragma_update(None, "foreign_keys", false).unwrap();
+        conn.execute_batch(
+            "INSERT INTO run_tasks (run_id, agent, task, phase, status, attempts)
+                 VALUES ('gone', 'x', 't', 'one', 'done', 1)",
+        )
+        .unwrap();
+        conn.pragma_update(None, "foreign_keys", true).unwrap();
+        assert_eq!(apply(&conn, &path).unwrap(), SCHEMA_VERSION);
+        assert_eq!(rows(&conn, "SELECT run_id FROM run_tasks"), ["gone"]);
+    }
 }
