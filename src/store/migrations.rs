@@ -312,6 +312,13 @@ const MIGRATIONS: &[&str] = &[
         SELECT rowid, id, plan, mode, apply, status, started_at, finished_at, args, report FROM runs;
     DROP TABLE runs;
     ALTER TABLE runs_v14 RENAME TO runs;",
+    // 15: the queue's two indexes hold only the tasks they are looked up
+    // for: due tasks (pending) and leases (in progress). A finished task
+    // left both, and each of its changes wrote index pages no query reads.
+    "DROP INDEX queue_tasks_due;
+    CREATE INDEX queue_tasks_due ON queue_tasks (priority DESC, run_at, seq) WHERE status = 'PENDING';
+    DROP INDEX queue_tasks_leases;
+    CREATE INDEX queue_tasks_leases ON queue_tasks (lease_expires_at) WHERE status = 'IN_PROGRESS';",
 ];
 
 /// The schema version this nova writes.
