@@ -470,8 +470,8 @@ pub struct RunsArgs {
 pub enum RunsAction {
     /// One run: its tasks (and with --messages, the hub's timeline)
     Show {
-        /// The run's id (a unique prefix will do)
-        run: String,
+        /// The run's id (a unique prefix will do) [default: the newest run]
+        run: Option<String>,
         /// Also show the messages of the hub
         #[arg(long)]
         messages: bool,

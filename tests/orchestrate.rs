@@ -510,6 +510,29 @@ fn runs_are_listed_newest_first_up_to_a_limit() {
         .stderr_has("--limit");
 }
 
+/// `nova runs show` without a run shows the newest, as `--resume` takes
+/// the last; in a workspace without runs it fails and says so.
+#[test]
+fn runs_show_without_a_run_shows_the_newest() {
+    let empty = workspace();
+    empty
+        .run(&["runs", "show"])
+        .code(1)
+        .stderr_has("no runs yet: nova orchestrate starts one");
+    empty
+        .run(&["runs", "show", "2026"])
+        .code(2)
+        .stderr_has("no run \"2026\": there are no runs yet");
+
+    let ws = workspace();
+    let started = runs_of_one_echo(&ws, 2);
+    let shown = ws.run(&["runs", "show", "--json"]).success().json();
+    assert_eq!(shown["run"]["id"], started[1].as_str());
+    ws.run(&["runs", "show"])
+        .success()
+        .stdout_has(&format!("run {}:", started[1]));
+}
+
 // `orchestrate --agents slow --only`, interrupted, then `--resume` ran all
 // 22 spark-sophia checks under the interrupted run's id.
 #[test]

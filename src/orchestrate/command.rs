@@ -167,6 +167,14 @@ pub fn worker_command(
 }
 
 /// `nova runs` and `nova runs show RUN`.
+/// `nova runs show [RUN]` in a workspace without runs.
+fn no_run_to_show(run: Option<&String>) -> Error {
+    match run {
+        Some(run) => Error::usage(format!("no run {run:?}: there are no runs yet")),
+        None => Error::Failed("no runs yet: nova orchestrate starts one".into()),
+    }
+}
+
 pub fn runs_command(ws: &Workspace, out: &Output, args: &crate::cli::RunsArgs) -> Result<()> {
     let show = match &args.action {
         Some(crate::cli::RunsAction::Prune(prune)) => return super::prune::prune(ws, out, prune),
@@ -189,6 +197,9 @@ pub fn runs_command(ws: &Workspace, out: &Output, args: &crate::cli::RunsArgs) -
         None => None,
     };
     let Some(store) = ws.open_store_read()?.filter(|s| s.version() >= 4) else {
+        if let Some((run, _, _)) = show {
+            return Err(no_run_to_show(run.as_ref()));
+        }
         return if out.json {
             out.json(&json!([]))
         } else {
@@ -239,8 +250,15 @@ pub fn runs_command(ws: &Workspace, out: &Output, args: &crate::cli::RunsArgs) -
             Ok(())
         }
         Some((run, messages, tests)) => {
-            let Some(row) = runs::find_run(conn, run).map_err(failed)? else {
-                return Err(Error::usage(runs::not_found(conn, run)));
+            let row = match run {
+                Some(run) => runs::find_run(conn, run).map_err(failed)?,
+                None => runs::newest_runs(conn, 1).map_err(failed)?.pop(),
+            };
+            let Some(row) = row else {
+                return Err(match run {
+                    Some(run) => Error::usage(runs::not_found(conn, run)),
+                    None => no_run_to_show(None),
+                });
             };
             if tests {
                 return show_tests(ws, out, &row.id);
