@@ -103,6 +103,17 @@ impl Writer {
         // Every kind of write nova makes keeps its statement prepared (the
         // default cache of 16 is smaller than that set).
         conn.set_prepared_statement_cache_capacity(128);
+        // Each operation runs in a savepoint, whose journal (the pages it
+        // changed, as they were) SQLite keeps in memory up to 64 KiB and
+        // then moves to a temporary file for the rest of the transaction:
+        // an enqueue of a hundred tasks went over, and the writer spent
+        // half its time writing that file. Kept in memory, the journal is
+        // emptied as each savepoint is released: one operation's pages.
+        conn.execute_batch("PRAGMA temp_store = MEMORY")
+            .map_err(|e| StoreError::Sqlite {
+                path: path.to_path_buf(),
+                source: e,
+            })?;
         let key = std::fs::canonicalize(path).unwrap_or(key);
         let (jobs, rx) = mpsc::channel::<Queued>();
         let failure = Arc::new(OnceLock::new());
@@ -452,6 +463,24 @@ mod tests {
             std::thread::sleep(std::time::Duration::from_millis(1));
         }
         assert_eq!(rows(&path), 5);
+    }
+
+    /// The savepoints' journals stay in memory (`temp_store = MEMORY`): on
+    /// a temporary file, each operation over 64 KiB of changed pages had
+    /// the writer write them all out again.
+    #[test]
+    fn savepoint_journals_stay_in_memory() {
+        let dir = tempfile::tempdir().unwrap();
+        let w = Writer::shared(&dir.path().join("nova.db")).unwrap();
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
+        let temp_store = rt.block_on(w.write(
+            |conn| conn.query_row("PRAGMA temp_store", [], |r| r.get::<_, i64>(0)),
+            |e| rusqlite::Error::InvalidParameterName(e),
+        ));
+        const MEMORY: i64 = 2;
+        assert_eq!(temp_store.unwrap(), MEMORY);
     }
 
     /// When the WAL cannot be synced after background writes, every later
