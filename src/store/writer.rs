@@ -477,7 +477,7 @@ mod tests {
             .unwrap();
         let temp_store = rt.block_on(w.write(
             |conn| conn.query_row("PRAGMA temp_store", [], |r| r.get::<_, i64>(0)),
-            |e| rusqlite::Error::InvalidParameterName(e),
+            rusqlite::Error::InvalidParameterName,
         ));
         const MEMORY: i64 = 2;
         assert_eq!(temp_store.unwrap(), MEMORY);
