@@ -252,8 +252,8 @@ const MIGRATIONS: &[&str] = &[
     // triggers in the same transactions as the tasks they count, so that
     // `stats` (the dashboard asks every half second while a page watches)
     // does not group every task the store has ever finished. Pending and
-    // leased tasks are counted from the indexes, which begin with the
-    // status; the triggers fire once a task (as it finishes), not on every
+    // leased tasks are counted from their indexes (since 15, partial
+    // indexes of those statuses only); the triggers fire once a task (as it finishes), not on every
     // enqueue and lease. (Finished is written as neither pending nor
     // leased: a trigger's `IN` list is a temporary table built each time
     // it is tested, which doubled the writer's CPU.)
