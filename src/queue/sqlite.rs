@@ -233,14 +233,16 @@ fn repeated_ack(task: &Task, ack: &AckSpec) -> bool {
         && task.status == outcome.as_str()
 }
 
+/// Whether any lease has expired by `?1`.
+const ANY_EXPIRED: &str =
+    "SELECT 1 FROM queue_tasks WHERE status = 'IN_PROGRESS' AND lease_expires_at <= ?1 LIMIT 1";
+
 fn reap_expired(conn: &Connection, now: i64) -> QueueResult<u64> {
     // Usually nothing has expired, and this look is much cheaper than the
     // UPDATE, which collects rows in a temporary table before changing them
     // (it changes the index it searches).
     let expired = conn
-        .prepare_cached(
-            "SELECT 1 FROM queue_tasks WHERE status = 'IN_PROGRESS' AND lease_expires_at <= ?1 LIMIT 1",
-        )
+        .prepare_cached(ANY_EXPIRED)
         .map_err(sql_err)?
         .exists([now])
         .map_err(sql_err)?;
@@ -404,18 +406,25 @@ fn due_args(now: i64, queues: &[String]) -> Vec<rusqlite::types::Value> {
     args
 }
 
-fn dequeue(conn: &Connection, spec: &DequeueSpec, now: i64) -> QueueResult<Vec<Task>> {
-    reap_expired(conn, now)?;
-    let limit = spec.max_tasks.clamp(1, 256) as i64;
+/// The next due tasks of `queues` (any when empty) that are not paused, in
+/// the order they are handed out; arguments as [`due_args`] gives them,
+/// then the most to take.
+fn due_sql(queues: &[String]) -> String {
     // NOT EXISTS, not NOT IN: a lookup in paused_queues' key per candidate
     // instead of a temporary table built on every call.
-    let sql = format!(
+    format!(
         "SELECT t.seq, {COLUMNS} FROM {TASKS}
          WHERE t.status = 'PENDING' AND t.run_at <= ?
            AND NOT EXISTS (SELECT 1 FROM paused_queues pq WHERE pq.queue = t.queue){}
          ORDER BY t.priority DESC, t.run_at, t.seq LIMIT ?",
-        of_queues(&spec.queues)
-    );
+        of_queues(queues)
+    )
+}
+
+fn dequeue(conn: &Connection, spec: &DequeueSpec, now: i64) -> QueueResult<Vec<Task>> {
+    reap_expired(conn, now)?;
+    let limit = spec.max_tasks.clamp(1, 256) as i64;
+    let sql = due_sql(&spec.queues);
     let mut args = due_args(now, &spec.queues);
     args.push(limit.into());
     let candidates: Vec<(i64, Task)> = conn
@@ -920,9 +929,8 @@ fn list_sql(status: Option<Status>, after: bool, of_queue: bool, limit: u32) -> 
         Some(Status::InProgress) => " INDEXED BY queue_tasks_leases",
         _ => "",
     };
-    let mut sql = format!(
-        "SELECT {COLUMNS} FROM queue_tasks t{index} LEFT JOIN queue_payloads p ON p.seq = t.seq WHERE 1 = 1"
-    );
+    let from = TASKS.replacen("queue_tasks t", &format!("queue_tasks t{index}"), 1);
+    let mut sql = format!("SELECT {COLUMNS} FROM {from} WHERE 1 = 1");
     if after {
         sql.push_str(" AND t.seq > ?");
     }
@@ -997,17 +1005,13 @@ mod tests {
         let conn = Store::open(&dir.path().join("nova.db"))
             .unwrap()
             .into_connection();
-        let dequeue = format!(
-            "SELECT t.seq FROM queue_tasks t WHERE t.status = 'PENDING' AND t.run_at <= ?{}
-             ORDER BY t.priority DESC, t.run_at, t.seq LIMIT ?",
-            of_queues(&["a".into()])
-        );
         for sql in [
             COUNTS.to_string(),
             list_sql(Some(Status::Pending), true, true, 100),
             list_sql(Some(Status::InProgress), false, false, 0),
-            dequeue,
-            "SELECT 1 FROM queue_tasks WHERE status = 'IN_PROGRESS' AND lease_expires_at <= ?1 LIMIT 1".into(),
+            due_sql(&[]),
+            due_sql(&["a".into(), "b".into()]),
+            ANY_EXPIRED.into(),
         ] {
             // Unbound parameters read as NULL, which a plan does not mind.
             let mut explain = conn.prepare(&format!("EXPLAIN QUERY PLAN {sql}")).unwrap();
@@ -1017,7 +1021,9 @@ mod tests {
                 plan.push(row.get(3).unwrap());
             }
             assert!(
-                !plan.iter().any(|step| step == "SCAN queue_tasks" || step == "SCAN t"),
+                !plan
+                    .iter()
+                    .any(|step| step == "SCAN queue_tasks" || step == "SCAN t"),
                 "{sql}: {plan:?}"
             );
         }
