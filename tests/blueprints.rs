@@ -78,6 +78,32 @@ fn every_spark_sophia_task_has_a_check_and_a_run() {
     assert_eq!(tasks, 28);
 }
 
+/// The GPU inventory's check reached nvidia-smi on an H200 host as five
+/// arguments (the YAML list split `--query-gpu=a,b,c` at its commas) and
+/// exited 2; each comma list must stay one argument.
+#[test]
+fn gpu_inventory_check_keeps_its_comma_lists_whole() {
+    let ws = Workspace::new();
+    let shown = ws
+        .run(&["blueprints", "show", "nova", "--json"])
+        .success()
+        .json();
+    let task = shown["blueprint"]["tasks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|t| t["id"] == "gpu-inventory")
+        .unwrap();
+    assert_eq!(
+        task["check"],
+        serde_json::json!([
+            "nvidia-smi",
+            "--query-gpu=name,driver_version,memory.total",
+            "--format=csv,noheader"
+        ])
+    );
+}
+
 #[test]
 fn plan_filter_and_unknown_plan() {
     let ws = Workspace::new();
