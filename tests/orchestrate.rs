@@ -915,6 +915,24 @@ fn a_remote_worker_writes_the_inbox_its_job_carries() {
     }
 }
 
+/// A process's threads share its memory: counting each thread as a process
+/// of the tree multiplied a PyTorch task's 0.7 GiB into 12.5 GiB on a GPU
+/// host, and would stop a threaded task far below its memory limit.
+#[test]
+fn a_threaded_task_counts_its_memory_once() {
+    let ws = workspace();
+    ws.write(
+        "blueprints/threaded.yaml",
+        "name: threaded\nrole: implementation\nphase: one\nresources:\n  memory: 150MB\ntasks:\n  - id: spin\n    title: 16 threads beside 30 MB\n    run: [python3, -c, \"import threading, time\\nheld = bytearray(30_000_000)\\nts = [threading.Thread(target=time.sleep, args=(1.5,)) for _ in range(16)]\\n[t.start() for t in ts]\\n[t.join() for t in ts]\"]\n",
+    );
+    let (code, report) = run_json(&ws, &["--apply"]);
+    assert_eq!(code, 0, "{report}");
+    let t = task(&report, "threaded", "spin");
+    assert_eq!(t["status"], "done", "{t}");
+    let peak = t["peak_rss"].as_u64().unwrap();
+    assert!((30_000_000..100_000_000).contains(&peak), "{t}");
+}
+
 #[test]
 fn a_task_past_its_memory_limit_is_stopped_and_kills_and_retries_are_audited() {
     let ws = workspace();

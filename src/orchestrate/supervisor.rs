@@ -98,8 +98,18 @@ fn signal_group(pgid: i32, signal: Signal) {
 
 /// The memory (bytes) and CPU (%) of `root` and its descendants, and their pids.
 fn sample_tree(sys: &mut sysinfo::System, root: u32) -> (u64, f32, Vec<u32>) {
-    sys.refresh_processes(sysinfo::ProcessesToUpdate::All, true);
+    sys.refresh_processes_specifics(
+        sysinfo::ProcessesToUpdate::All,
+        true,
+        sysinfo::ProcessRefreshKind::nothing()
+            .with_memory()
+            .with_cpu(),
+    );
     let procs = sys.processes();
+    // sysinfo lists a process's threads as its children, each with the
+    // whole process's memory and CPU: counted, a PyTorch task's 0.7 GiB
+    // read as 12.5 GiB.
+    let is_process = |p: &sysinfo::Process| p.thread_kind().is_none();
     let mut tree = vec![sysinfo::Pid::from_u32(root)];
     let mut i = 0;
     while i < tree.len() {
@@ -107,7 +117,7 @@ fn sample_tree(sys: &mut sysinfo::System, root: u32) -> (u64, f32, Vec<u32>) {
         tree.extend(
             procs
                 .iter()
-                .filter(|(_, p)| p.parent() == Some(parent))
+                .filter(|(_, p)| p.parent() == Some(parent) && is_process(p))
                 .map(|(pid, _)| *pid),
         );
         i += 1;
