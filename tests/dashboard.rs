@@ -880,12 +880,38 @@ async fn shot(b: &fantoccini::Client, name: &str) {
 #[tokio::test(flavor = "multi_thread")]
 async fn an_operator_watches_and_steers_nova_from_a_browser() {
     let ws = demo();
+    ws.run(&["monitor", "--once"]).success();
+    store_an_h200_sample(&ws);
     let server = serve(&ws, true);
     let driver = chromedriver();
     let b = browser(&driver).await;
     let result = steer(&b, &server).await;
     let _ = b.close().await;
     result
+}
+
+/// The sample `nova monitor` stored on an H200 host (the device machine,
+/// 2026-12-04) under a PyTorch load, as the newest of the stored history:
+/// the machines the tests run on have no GPU.
+fn store_an_h200_sample(ws: &Workspace) {
+    let at = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as i64;
+    let sample = json!({"at": at, "cpu_percent": 6.2, "load": [0.22, 0.05, 0.02],
+        "memory_used": 1_089_048_576u64, "memory_total": 135_129_063_424u64, "memory_percent": 0.81,
+        "swap_used": 0, "swap_total": 0,
+        "disks": [{"mount": "/", "free": 68_664_008_704u64, "total": 270_553_174_016u64, "free_percent": 25.4}],
+        "net_rx_bytes_per_second": 0.0, "net_tx_bytes_per_second": 0.0,
+        "gpus": [{"index": 0, "name": "NVIDIA H200", "utilization": 99, "memory_used": 18_374_000_640u64,
+            "memory_total": 150_754_820_096u64, "temperature": 66, "power": 690.066}]});
+    rusqlite::Connection::open(ws.home().join("nova.db"))
+        .unwrap()
+        .execute(
+            "INSERT INTO monitor_samples (at, sample) VALUES (?1, ?2)",
+            rusqlite::params![at, sample.to_string()],
+        )
+        .unwrap();
 }
 
 async fn steer(b: &fantoccini::Client, server: &Server) {
@@ -1171,6 +1197,24 @@ async fn steer(b: &fantoccini::Client, server: &Server) {
     })
     .await;
     shot(b, "host").await;
+    // The stored history's GPU card: busy time, memory, temperature, power.
+    click(b, "button[role='tab']:nth-child(2)").await;
+    let gpu = wait_for("the H200's card", Duration::from_secs(20), || async {
+        text(b, "#host-charts")
+            .await
+            .filter(|t| t.contains("GPU 0 NVIDIA H200"))
+    })
+    .await;
+    for figure in [
+        "util 99%",
+        "memory 12%",
+        "17.1 GiB of 140.4 GiB",
+        "66 °C",
+        "690 W",
+    ] {
+        assert!(gpu.contains(figure), "{figure} not in {gpu}");
+    }
+    shot(b, "host-history").await;
     b.goto(&format!("{}/#/governance", server.http))
         .await
         .unwrap();

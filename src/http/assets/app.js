@@ -549,7 +549,7 @@ function pretty(text) {
 
 // ---- host ----
 
-function lineChart(title, points, series, unit) {
+function lineChart(title, points, series, unit, note) {
   const w = 420, hgt = 110, left = 36;
   const all = points.flatMap((p) => series.map((sr) => sr.get(p))).filter((v) => Number.isFinite(v));
   const max = unit === "%" ? 100 : Math.max(1e-9, ...all);
@@ -565,7 +565,20 @@ function lineChart(title, points, series, unit) {
     if (pts.length > 1) svg.append(s("polyline", { class: i ? "spark2" : "spark", points: pts.map(([at, v]) => `${x(at)},${y(v)}`).join(" ") }));
   });
   const now = points.length ? series.map((sr) => `${sr.name} ${fmtUnit(sr.get(points[points.length - 1]), unit)}`).join(" · ") : "no samples";
-  return h("div", { class: "panel" }, h("div", { class: "label" }, title), h("div", { class: "stat" }, now), svg);
+  return h("div", { class: "panel" }, h("div", { class: "label" }, title), h("div", { class: "stat" }, now),
+    note ? h("div", { class: "muted note" }, note) : null, svg);
+}
+
+// One GPU's card: busy time and memory share over time; its memory, temperature and power now.
+function gpuChart(points, g) {
+  const mine = (p) => (p.gpus || []).find((x) => x.index === g.index) || {};
+  const note = [g.memory_total ? `${bytes(g.memory_used)} of ${bytes(g.memory_total)}` : "",
+    Number.isFinite(g.temperature) ? `${g.temperature} °C` : "", Number.isFinite(g.power) ? `${g.power.toFixed(0)} W` : ""]
+    .filter(Boolean).join(" · ");
+  return lineChart(`GPU ${g.index} ${g.name || ""}`, points, [
+    { name: "util", get: (p) => mine(p).utilization },
+    { name: "memory", get: (p) => { const x = mine(p); return x.memory_total ? (100 * x.memory_used) / x.memory_total : NaN; } },
+  ], "%", note);
 }
 
 function fmtUnit(v, unit) {
@@ -593,7 +606,7 @@ function hostView(main) {
       lineChart("Load", pts, [{ name: "1 min", get: (p) => p.load[0] }, { name: "15 min", get: (p) => p.load[2] }], ""),
       lineChart("Network", pts, [{ name: "rx", get: (p) => p.net_rx_bytes_per_second }, { name: "tx", get: (p) => p.net_tx_bytes_per_second }], "B/s"),
       lineChart("Disk used", pts, (last ? last.disks : []).slice(0, 2).map((d) => ({ name: d.mount, get: (p) => { const x = p.disks.find((e) => e.mount === d.mount); return x ? 100 - x.free_percent : NaN; } })), "%"),
-      ...(gpuCount ? last.gpus.map((g, i) => lineChart(`GPU ${i} ${g.name || ""}`, pts, [{ name: "util", get: (p) => (p.gpus[i] || {}).utilization }], "%"))
+      ...(gpuCount ? last.gpus.map((g) => gpuChart(pts, g))
         : [h("div", { class: "panel" }, h("div", { class: "label" }, "GPUs"), h("p", {}, (last && last.gpu_note) || "no GPU figures"))]));
     alerts.replaceChildren(data.alerts.length ? h("table", { id: "alerts" }, h("tbody", {}, data.alerts.map((a) => h("tr", {},
       h("td", {}, time(a.at)), h("td", {}, badge(a.outcome)), h("td", {}, a.target), h("td", { class: "wrap" }, a.details.message || ""))))) : h("p", { class: "muted" }, "No alerts recorded."));
