@@ -84,6 +84,18 @@ pub fn inventory() -> Result<Inventory, Unavailable> {
     })
 }
 
+/// Every GPU's index and UUID, in NVML's (PCI bus) order.
+pub fn uuids() -> Result<Vec<(u32, String)>, Unavailable> {
+    let nvml = nvml()?;
+    let count = nvml.device_count().map_err(nvml_error)?;
+    (0..count)
+        .map(|index| {
+            let d = nvml.device_by_index(index).map_err(nvml_error)?;
+            Ok((index, d.uuid().map_err(nvml_error)?))
+        })
+        .collect()
+}
+
 /// What one GPU is doing now: the figures `nova monitor` samples.
 #[derive(Debug, Clone, Serialize, PartialEq)]
 pub struct Reading {

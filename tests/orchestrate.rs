@@ -915,6 +915,27 @@ fn a_remote_worker_writes_the_inbox_its_job_carries() {
     }
 }
 
+/// An agent's `resources.gpus` is what each of its tasks needs: on a host
+/// with fewer GPUs the tasks do not run, and the report says what is missing.
+#[test]
+fn an_agent_needing_more_gpus_than_the_host_has_does_not_run() {
+    let ws = workspace();
+    ws.write(
+        "blueprints/trainer.yaml",
+        "name: trainer\nrole: implementation\nphase: one\nresources:\n  gpus: 64\ntasks:\n  - id: train\n    title: trains\n    run: {shell: \"touch trained\"}\n",
+    );
+    let (code, report) = run_json(&ws, &["--apply"]);
+    assert_eq!(code, 1, "{report}");
+    let t = task(&report, "trainer", "train");
+    assert_eq!(t["status"], "pending", "{t}");
+    let detail = t["detail"].as_str().unwrap();
+    assert!(
+        detail.starts_with("not done: needs 64 GPUs, this host has "),
+        "{detail}"
+    );
+    assert!(!ws.path().join("trained").exists());
+}
+
 /// A process's threads share its memory: counting each thread as a process
 /// of the tree multiplied a PyTorch task's 0.7 GiB into 12.5 GiB on a GPU
 /// host, and would stop a threaded task far below its memory limit.

@@ -61,7 +61,7 @@ pub fn render(catalog: &Catalog, input: &TemplateInput) -> String {
     t.push_str("# Agents that must finish first: same plan, same or an earlier phase.\n");
     t.push_str("depends_on: []\n");
     t.push_str("# Limits for each task of this agent; a task that passes one is stopped.\n");
-    t.push_str("# Keys: memory (512MiB, 2GB), wall_time (90s, 1h), gpus (a count).\n");
+    t.push_str("# Keys: memory (512MiB, 2GB), wall_time (90s, 1h), gpus (whole GPUs each task holds while it runs).\n");
     t.push_str("resources: {}\n");
     t.push_str("definition_of_done:\n");
     for item in &done {

@@ -13,6 +13,7 @@
 
 pub mod command;
 pub mod control;
+pub mod gpus;
 pub mod guard;
 pub mod privilege;
 pub mod progress;
@@ -67,6 +68,7 @@ pub struct AgentRun {
     pub deps: Vec<String>,
     pub tasks: Vec<TaskSpec>,
     pub memory_limit: Option<u64>,
+    pub gpus: Option<u32>,
     pub wall_time: Option<Duration>,
     pub next: usize,
     /// The queue task running now, and its blueprint task's index.

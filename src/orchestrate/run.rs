@@ -1001,6 +1001,7 @@ async fn schedule_run(
                         .collect(),
                     tasks: agent.spec.tasks.clone(),
                     memory_limit: agent.spec.resources.memory.map(|m| m.as_u64()),
+                    gpus: agent.spec.resources.gpus.filter(|&n| n > 0),
                     wall_time: agent.spec.resources.wall_time.map(|w| w.0),
                     next: 0,
                     in_flight: None,
@@ -1331,6 +1332,7 @@ async fn advance(
             workdir: run.workdir.clone(),
             memory_limit: a.memory_limit,
             wall_time: a.wall_time,
+            gpus: a.gpus,
             messages,
         };
         let request = EnqueueRequest {

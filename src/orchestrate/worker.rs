@@ -50,6 +50,9 @@ pub struct Job {
     pub workdir: PathBuf,
     pub memory_limit: Option<u64>,
     pub wall_time: Option<Duration>,
+    /// Whole GPUs the task holds while it runs ([`super::gpus`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gpus: Option<u32>,
     /// Messages addressed to this agent so far (broadcasts included), as
     /// the JSON lines of its inbox: carried, never taken apart. Empty in a
     /// local run's jobs, whose workers find them in [`Inboxes`].
@@ -563,6 +566,13 @@ pub async fn execute(
     if let Some(why) = job.task.when.unmet(&workdir) {
         return finish(result, "skipped", format!("does not apply: {why}"));
     }
+    let gpus = super::gpus::Pool::host;
+    let gpus_wanted = job.gpus.unwrap_or(0);
+    if gpus_wanted > 0
+        && let Some(short) = gpus().shortfall(gpus_wanted)
+    {
+        return finish(result, "pending", format!("not done: needs {short}"));
+    }
 
     let identity = cfg.privileges.identity(job.task.run_as_root);
     let mut context = json!({"run": job.run, "phase": job.phase, "apply": job.apply});
@@ -580,16 +590,37 @@ pub async fn execute(
     // moment loses them with everything after, the task's ack included, so
     // the task runs again and is recorded again).
     let decision = cfg.policy.decide(&input).await;
+    // An allowed task that needs GPUs starts once it holds them.
+    let lease = if decision.allow && gpus_wanted > 0 {
+        let mut stop = stop.clone();
+        let interrupted = async move {
+            if stop.wait_for(|s| *s).await.is_err() {
+                std::future::pending::<()>().await;
+            }
+        };
+        tokio::select! {
+            lease = gpus().lend(gpus_wanted) => {
+                // The task starts now; its wait shows in the audit record.
+                result.started_at = now_ms();
+                Some(lease)
+            }
+            () = interrupted => {
+                return finish(result, "failed", "interrupted while waiting for a GPU".into());
+            }
+        }
+    } else {
+        None
+    };
     if let Some(log) = &cfg.audit {
         let mut events = vec![crate::policy::decision_event(&input, &decision)];
         if decision.allow {
-            events.push(task_event(
-                job,
-                "task.start",
-                "started",
-                json!({"run": job.run, "attempt": attempt, "worker": cfg.name,
-                       "user": identity.user, "as_root": identity.as_root}),
-            ));
+            let mut details = json!({"run": job.run, "attempt": attempt, "worker": cfg.name,
+                                     "user": identity.user, "as_root": identity.as_root});
+            if let Some(lease) = &lease {
+                details["gpus"] = json!(lease.indices());
+                details["gpu_wait_ms"] = json!(result.started_at - started_at);
+            }
+            events.push(task_event(job, "task.start", "started", details));
         }
         if let Err(e) = log.append_all_with(events, Durability::Background).await {
             // Fail closed: a task whose start cannot be audited does not start.
@@ -624,6 +655,9 @@ pub async fn execute(
         ("NOVA_HOME".to_string(), cfg.home.display().to_string()),
         ("NOVA_INBOX".to_string(), inbox.display().to_string()),
     ]);
+    if let Some(lease) = &lease {
+        env.extend(lease.env());
+    }
     // Test results in JUnit XML go here; the run's report summarizes them.
     let run_dir = cfg.home.join("runs").join(&job.run);
     let results = super::results::lend(&run_dir, identity.account.as_ref().map(|a| a.uid));
