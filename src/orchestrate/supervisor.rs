@@ -101,14 +101,17 @@ fn sample_tree(sys: &mut sysinfo::System, root: u32) -> (u64, f32, Vec<u32>) {
     sys.refresh_processes_specifics(
         sysinfo::ProcessesToUpdate::All,
         true,
+        // Threads are not read (`nothing()` would read them): each would
+        // cost a /proc read a sample.
         sysinfo::ProcessRefreshKind::nothing()
             .with_memory()
-            .with_cpu(),
+            .with_cpu()
+            .without_tasks(),
     );
     let procs = sys.processes();
-    // sysinfo lists a process's threads as its children, each with the
-    // whole process's memory and CPU: counted, a PyTorch task's 0.7 GiB
-    // read as 12.5 GiB.
+    // Where sysinfo lists a process's threads, it lists them as its
+    // children, each with the whole process's memory and CPU: counted, a
+    // PyTorch task's 0.7 GiB read as 12.5 GiB.
     let is_process = |p: &sysinfo::Process| p.thread_kind().is_none();
     let mut tree = vec![sysinfo::Pid::from_u32(root)];
     let mut i = 0;
