@@ -77,6 +77,8 @@ struct Server {
     child: Child,
     http: String,
     grpc: String,
+    /// The workspace's database.
+    db: std::path::PathBuf,
 }
 
 impl Drop for Server {
@@ -106,6 +108,7 @@ fn serve(ws: &Workspace, token: bool) -> Server {
             .trim_end_matches('/')
             .to_string(),
         grpc: announced["listening"].as_str().unwrap().to_string(),
+        db: ws.home().join("nova.db"),
     }
 }
 
@@ -1028,6 +1031,30 @@ async fn steer(b: &fantoccini::Client, server: &Server) {
     .await;
     assert!(log.contains("warning: unused variable"), "{log}");
     shot(b, "run").await;
+    // No GPU where the tests run, so no GPU column; a task with GPU figures
+    // (those an H200 host recorded for a PyTorch task) brings one.
+    let head = text(b, "#run-tasks thead").await.unwrap();
+    assert!(!head.contains("GPU"), "{head}");
+    rusqlite::Connection::open(&server.db)
+        .unwrap()
+        .execute(
+            "UPDATE run_tasks SET gpu_memory = 9774825472, gpu_util = 93.9
+             WHERE run_id = ?1 AND agent = 'build' AND task = 'compile'",
+            [&run_id],
+        )
+        .unwrap();
+    b.refresh().await.unwrap();
+    let row = wait_for(
+        "the task's GPU figures",
+        Duration::from_secs(20),
+        || async {
+            text(b, "#run-tasks tr[data-task='build/compile'] td.gpu")
+                .await
+                .filter(|t| !t.is_empty())
+        },
+    )
+    .await;
+    assert_eq!(row, "9.1 GiB, 94%");
     b.goto(&format!("{}/#/runs", server.http)).await.unwrap();
     wait_for("the runs list", Duration::from_secs(20), || async {
         b.find(Css(&format!("#runs tr[data-run='{run_id}']")))

@@ -173,6 +173,11 @@ pub struct RunTask {
     pub finished_at: Option<i64>,
     pub peak_rss: Option<u64>,
     pub mean_cpu: Option<f32>,
+    /// GPU memory the task's processes held at their peak (bytes), where
+    /// NVML saw a GPU
+    pub gpu_memory: Option<u64>,
+    /// Mean use (percent) of the GPUs the task ran on
+    pub gpu_util: Option<f32>,
     pub worker: String,
     pub detail: String,
 }
@@ -190,6 +195,8 @@ impl From<TaskRow> for RunTask {
             finished_at: t.finished_at,
             peak_rss: t.peak_rss,
             mean_cpu: t.mean_cpu,
+            gpu_memory: t.gpu_memory,
+            gpu_util: t.gpu_util,
             worker: t.worker,
             detail: t.detail,
         }

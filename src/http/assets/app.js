@@ -329,12 +329,18 @@ function runView(main, id) {
 }
 
 function tasksTable(tasks, showLog) {
+  // A GPU column only where a GPU was seen: on other hosts it would be empty.
+  const gpu = tasks.some((t) => t.gpu_memory !== null && t.gpu_memory !== undefined);
+  const gpuCell = (t) => (t.gpu_memory === null || t.gpu_memory === undefined ? "" :
+    bytes(t.gpu_memory) + (Number.isFinite(t.gpu_util) ? `, ${t.gpu_util.toFixed(0)}%` : ""));
+  const heads = ["Agent", "Task", "Phase", "Status", "Attempts", "Took", "Peak memory", ...(gpu ? ["GPU memory, use"] : []), "Detail", ""];
   return h("table", { id: "run-tasks" },
-    h("thead", {}, h("tr", {}, ["Agent", "Task", "Phase", "Status", "Attempts", "Took", "Peak memory", "Detail", ""].map((t) => h("th", {}, t)))),
+    h("thead", {}, h("tr", {}, heads.map((t) => h("th", {}, t)))),
     h("tbody", {}, tasks.map((t) => h("tr", { "data-task": `${t.agent}/${t.task}`, "data-status": t.status },
       h("td", {}, t.agent), h("td", { class: "mono" }, t.task), h("td", {}, t.phase), h("td", {}, badge(t.status)),
       h("td", {}, t.attempts), h("td", {}, t.started_at ? duration((t.finished_at || Date.now()) - t.started_at) : ""),
-      h("td", { class: "hide-narrow" }, bytes(t.peak_rss)), h("td", { class: "wrap" }, t.detail),
+      h("td", { class: "hide-narrow" }, bytes(t.peak_rss)), gpu ? h("td", { class: "hide-narrow gpu" }, gpuCell(t)) : null,
+      h("td", { class: "wrap" }, t.detail),
       h("td", {}, t.attempts > 0 ? h("button", { class: "link log-button", onclick: () => showLog(t.agent, t.task) }, "log") : "")))));
 }
 
