@@ -550,7 +550,8 @@ pub struct WorkerArgs {
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=256))]
     pub concurrency: u32,
 
-    /// Take tasks from these queues [default: nova-jobs, where runs on a shared server put theirs]
+    /// Take tasks from these queues [default: nova-jobs, where runs on a shared server put
+    /// theirs, and nova-jobs-gpus-N for tasks needing N GPUs, up to this host's count]
     #[arg(long, num_args = 1.., value_delimiter = ',', value_name = "QUEUE")]
     pub queues: Vec<String>,
 

@@ -694,6 +694,88 @@ fn a_worker_killed_mid_task_loses_it_to_another_worker() {
     }
 }
 
+/// On a shared server a task that needs GPUs waits in the queue of its GPU
+/// count: a worker whose host has too few leaves it there and works the
+/// rest; a worker that takes that queue gets it.
+#[test]
+fn a_shared_servers_gpu_task_waits_in_its_own_queue() {
+    let ws = workspace();
+    agent(
+        &ws,
+        "writer",
+        "implementation",
+        "one",
+        &[],
+        "  - id: note\n    title: notes\n    run: {shell: \"touch noted\"}\n",
+    );
+    ws.write(
+        "blueprints/trainer.yaml",
+        "name: trainer\nrole: implementation\nphase: one\nresources:\n  gpus: 64\ntasks:\n  - id: train\n    title: trains\n    run: {shell: \"touch trained\"}\n",
+    );
+    let (server, announced) = ws.serve(&["--listen", "127.0.0.1:0"]);
+    let url = announced["listening"].as_str().unwrap().to_string();
+    let run = ws
+        .std_command()
+        .args([
+            "orchestrate",
+            "--apply",
+            "--mode",
+            "parallel",
+            "--server",
+            &url,
+        ])
+        .args(["--jobs", "0", "--json"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let worker = |queues: &[&str]| {
+        let mut cmd = ws.std_command();
+        cmd.args(["worker", "--server", &url]);
+        if !queues.is_empty() {
+            cmd.arg("--queues").args(queues);
+        }
+        cmd.stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap()
+    };
+    let plain = worker(&[]);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !ws.path().join("noted").exists() {
+        assert!(
+            Instant::now() < deadline,
+            "the worker never ran writer/note"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    // Enqueued beside writer's task in parallel mode, and still waiting
+    // after the plain worker has gone idle.
+    std::thread::sleep(Duration::from_millis(500));
+    let waiting = queue_tasks(&ws, &url, "nova-jobs-gpus-64");
+    assert_eq!(waiting.len(), 1, "{waiting:?}");
+    assert_eq!(waiting[0]["status"], "PENDING", "{waiting:?}");
+    let gpus = worker(&["nova-jobs-gpus-64"]);
+    let out = run.wait_with_output().unwrap();
+    let report: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(out.status.code(), Some(1), "{report}");
+    assert_eq!(task(&report, "writer", "note")["status"], "done");
+    let t = task(&report, "trainer", "train");
+    assert_eq!(t["status"], "pending", "{t}");
+    assert!(
+        t["detail"]
+            .as_str()
+            .unwrap()
+            .starts_with("not done: needs 64 GPUs, this host has "),
+        "{t}"
+    );
+    assert!(!ws.path().join("trained").exists());
+    for mut child in [plain, gpus, server] {
+        sigterm(&child);
+        child.wait().unwrap();
+    }
+}
+
 /// The queue's tasks of `queue` on the server at `url`, as JSON.
 fn queue_tasks(ws: &Workspace, url: &str, queue: &str) -> Vec<Value> {
     ws.run(&["queue", "--server", url, "list", "--queue", queue, "--json"])

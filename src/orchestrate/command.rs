@@ -90,6 +90,11 @@ pub fn worker_command(
         let audit = workspace_log(ws, &args.store.choice(), true).await?;
         let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
         let mut workers = tokio::task::JoinSet::new();
+        let queues = if args.queues.is_empty() {
+            worker::jobs_queues(super::gpus::Pool::host().count())
+        } else {
+            args.queues.clone()
+        };
         for i in 0..args.concurrency {
             let client = client::connect_with(&args.server, token.as_deref(), &tls)
                 .await
@@ -100,11 +105,7 @@ pub fn worker_command(
                 policy: policy.clone(),
                 audit: audit.clone(),
                 echo: verbose > 0 && !out.quiet,
-                queues: if args.queues.is_empty() {
-                    vec![worker::JOBS_QUEUE.to_string()]
-                } else {
-                    args.queues.clone()
-                },
+                queues: queues.clone(),
                 lease_ms: args.lease.as_millis().clamp(100, u32::MAX as u128) as u32,
                 on_change: None,
                 pending_audit: Default::default(),
@@ -121,14 +122,10 @@ pub fn worker_command(
         }
         if !out.quiet {
             eprintln!(
-                "nova worker: {} at once from {}{}",
+                "nova worker: {} at once from {} (queues {})",
                 args.concurrency,
                 args.server,
-                if args.queues.is_empty() {
-                    String::new()
-                } else {
-                    format!(" (queues {})", args.queues.join(", "))
-                }
+                queues.join(", ")
             );
         }
         // Until a signal, or until the server refuses a worker for good.

@@ -52,6 +52,11 @@ impl Pool {
         })
     }
 
+    /// How many GPUs the pool lends.
+    pub fn count(&self) -> usize {
+        self.devices.len()
+    }
+
     /// `None` when the host has `n` GPUs to lend, else what it lacks
     /// (`1 GPU, this host has none: no NVIDIA driver found ...`).
     pub fn shortfall(&self, n: u32) -> Option<String> {

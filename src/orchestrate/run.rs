@@ -780,7 +780,11 @@ pub fn start(ws: &Workspace, out: &Output, args: &RunRequest) -> Result<()> {
                 policy: policy.clone(),
                 audit: audit.clone(),
                 echo: verbose > 0 && !out.quiet,
-                queues: vec![queue_name.clone()],
+                queues: if args.server.is_some() {
+                    worker::jobs_queues(super::gpus::Pool::host().count())
+                } else {
+                    vec![queue_name.clone()]
+                },
                 lease_ms: worker::LEASE_MS,
                 on_change: Some(changes_tx),
                 pending_audit: Default::default(),
@@ -1338,7 +1342,14 @@ async fn advance(
         let request = EnqueueRequest {
             r#type: JOB_TYPE.into(),
             payload: serde_json::to_string(&job).expect("a job serializes"),
-            queue: queue.to_string(),
+            // On a shared server a task that needs GPUs waits in the queue
+            // of its count, for workers on hosts that have them; a run's
+            // own queue has only its local workers, on one host.
+            queue: if queue == worker::JOBS_QUEUE {
+                worker::jobs_queue(a.gpus)
+            } else {
+                queue.to_string()
+            },
             max_attempts: spec.retries + 1,
             retry_backoff_ms: RETRY_BACKOFF_MS,
             // One queue task per run, agent and task, whatever restarts in between.

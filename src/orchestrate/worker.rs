@@ -32,6 +32,22 @@ pub const JOB_TYPE: &str = "nova.task";
 /// tasks in, and where `nova worker` takes them from by default. Other
 /// queues' tasks are never touched by a worker that was not told to.
 pub const JOBS_QUEUE: &str = "nova-jobs";
+
+/// Where a shared server's run puts a task that needs `gpus` GPUs: a queue
+/// of its own for each count (`nova-jobs-gpus-2`), so that only workers on
+/// hosts with that many take it.
+pub fn jobs_queue(gpus: Option<u32>) -> String {
+    match gpus {
+        Some(n) if n > 0 => format!("{JOBS_QUEUE}-gpus-{n}"),
+        _ => JOBS_QUEUE.to_string(),
+    }
+}
+
+/// The queues a worker on a host with `gpus` GPUs takes from by default:
+/// [`JOBS_QUEUE`], and those of tasks that need 1 to `gpus` GPUs.
+pub fn jobs_queues(gpus: usize) -> Vec<String> {
+    (0..=gpus as u32).map(|n| jobs_queue(Some(n))).collect()
+}
 pub const LEASE_MS: u32 = 30_000;
 /// A remote worker's first wait before trying a lost server again, and its longest.
 const RETRY_FIRST: Duration = Duration::from_millis(200);
@@ -901,5 +917,19 @@ fn write_inbox(inbox: &std::path::Path, messages: &[Box<serde_json::value::RawVa
     {
         let _ = std::fs::create_dir_all(dir);
         let _ = std::fs::write(inbox, &lines);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn a_worker_takes_the_queues_of_tasks_its_host_has_gpus_for() {
+        assert_eq!(super::jobs_queues(0), ["nova-jobs"]);
+        assert_eq!(
+            super::jobs_queues(2),
+            ["nova-jobs", "nova-jobs-gpus-1", "nova-jobs-gpus-2"]
+        );
+        assert_eq!(super::jobs_queue(Some(0)), "nova-jobs");
+        assert_eq!(super::jobs_queue(None), "nova-jobs");
     }
 }
