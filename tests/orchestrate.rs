@@ -629,23 +629,8 @@ fn a_worker_killed_mid_task_loses_it_to_another_worker() {
         .stderr(std::process::Stdio::null())
         .spawn()
         .unwrap();
-    let worker = |_name: &str| {
-        ws.std_command()
-            .args(["worker", "--server", &url, "--lease", "1s"])
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .spawn()
-            .unwrap()
-    };
-    let mut first = worker("first");
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while !ws.path().join("ran.txt").exists() {
-        assert!(
-            Instant::now() < deadline,
-            "the first worker never started the task"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    let mut first = spawn_worker(&ws, &url, &["--lease", "1s"]);
+    wait_for_file(&ws, "ran.txt");
     first.kill().unwrap(); // SIGKILL: no ack, no goodbye
     first.wait().unwrap();
     // Its task dies with it, the grandchild too (they ran on as orphans before).
@@ -659,7 +644,7 @@ fn a_worker_killed_mid_task_loses_it_to_another_worker() {
         !alive(grandchild),
         "the task's grandchild {grandchild} outlived its worker"
     );
-    let mut second = worker("second");
+    let mut second = spawn_worker(&ws, &url, &["--lease", "1s"]);
     let out = run.wait_with_output().unwrap();
     assert_eq!(
         out.status.code(),
@@ -729,33 +714,15 @@ fn a_shared_servers_gpu_task_waits_in_its_own_queue() {
         .stderr(std::process::Stdio::null())
         .spawn()
         .unwrap();
-    let worker = |queues: &[&str]| {
-        let mut cmd = ws.std_command();
-        cmd.args(["worker", "--server", &url]);
-        if !queues.is_empty() {
-            cmd.arg("--queues").args(queues);
-        }
-        cmd.stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .spawn()
-            .unwrap()
-    };
-    let plain = worker(&[]);
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while !ws.path().join("noted").exists() {
-        assert!(
-            Instant::now() < deadline,
-            "the worker never ran writer/note"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    let plain = spawn_worker(&ws, &url, &[]);
+    wait_for_file(&ws, "noted");
     // Enqueued beside writer's task in parallel mode, and still waiting
     // after the plain worker has gone idle.
     std::thread::sleep(Duration::from_millis(500));
     let waiting = queue_tasks(&ws, &url, "nova-jobs-gpus-64");
     assert_eq!(waiting.len(), 1, "{waiting:?}");
     assert_eq!(waiting[0]["status"], "PENDING", "{waiting:?}");
-    let gpus = worker(&["nova-jobs-gpus-64"]);
+    let gpus = spawn_worker(&ws, &url, &["--queues", "nova-jobs-gpus-64"]);
     let out = run.wait_with_output().unwrap();
     let report: Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(out.status.code(), Some(1), "{report}");
@@ -774,6 +741,17 @@ fn a_shared_servers_gpu_task_waits_in_its_own_queue() {
         sigterm(&child);
         child.wait().unwrap();
     }
+}
+
+/// `nova worker` on the server at `url`, with `args` after it; silent.
+fn spawn_worker(ws: &Workspace, url: &str, args: &[&str]) -> std::process::Child {
+    ws.std_command()
+        .args(["worker", "--server", url])
+        .args(args)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap()
 }
 
 /// The queue's tasks of `queue` on the server at `url`, as JSON.
