@@ -768,9 +768,14 @@ pub fn start(ws: &Workspace, out: &Output, args: &RunRequest) -> Result<()> {
                 jobs.max(1)
             };
             if local_workers == 0 {
+                let mut queues = vec![queue_name.clone()];
+                if args.server.is_some() {
+                    queues.extend(gpu_queues(&catalog, &schedule));
+                }
                 run.say(&format!(
-                    "no local workers: waiting for remote workers on {} (queue {queue_name})",
-                    url.as_deref().unwrap_or_default()
+                    "no local workers: waiting for remote workers on {} (queue {})",
+                    url.as_deref().unwrap_or_default(),
+                    queues.join(", ")
                 ));
             }
             let (changes_tx, mut changes) = tokio::sync::mpsc::unbounded_channel();
@@ -939,6 +944,22 @@ pub(crate) fn hostname() -> String {
         .ok()
         .filter(|s| !s.is_empty())
         .unwrap_or_else(|| "nova".into())
+}
+
+/// The shared server's queues the tasks of `schedule`'s agents that need
+/// GPUs go to, one per GPU count ([`worker::jobs_queue`]).
+fn gpu_queues(catalog: &Catalog, schedule: &Schedule) -> Vec<String> {
+    let counts: std::collections::BTreeSet<u32> = schedule
+        .phases
+        .iter()
+        .flat_map(|p| &p.agents)
+        .filter_map(|a| catalog.find_agent(&a.name, Some(&schedule.plan)).ok())
+        .filter_map(|agent| agent.spec.resources.gpus.filter(|&n| n > 0))
+        .collect();
+    counts
+        .into_iter()
+        .map(|n| worker::jobs_queue(Some(n)))
+        .collect()
 }
 
 /// Every task `schedule` plans, as (agent, task, phase), in the plan's order.
