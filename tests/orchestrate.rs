@@ -353,10 +353,16 @@ fn dry_run_runs_nothing_and_bad_input_exits_2() {
         &[],
         "  - id: make\n    title: makes a file\n    check: {shell: \"test -f made\"}\n    run: [touch, made]\n",
     );
+    ws.write(
+        "blueprints/trainer.yaml",
+        "name: trainer\nrole: implementation\nphase: one\nresources:\n  gpus: 2\n  memory: 2GiB\n  wall_time: 30m\ntasks:\n  - id: train\n    title: trains\n    run: [touch, trained]\n",
+    );
     ws.run(&["orchestrate", "--dry-run", "--apply"])
         .success()
         .stdout_has("dry run: nothing will be run")
-        .stdout_has("make: check sh -c \"test -f made\"; if it fails: run touch made, check again");
+        .stdout_has("make: check sh -c \"test -f made\"; if it fails: run touch made, check again")
+        .stdout_has("trainer (implementation); each task: 2 GPUs, memory 2.0 GiB, wall time 30m");
+    std::fs::remove_file(ws.path().join("blueprints/trainer.yaml")).unwrap();
     assert!(!ws.path().join("made").exists());
     assert!(!ws.home().exists(), "a dry run creates nothing");
     ws.run(&["orchestrate", "--agents", "nobody"]).code(2);

@@ -1599,7 +1599,27 @@ fn dry_run(
                            "timeout": t.timeout.map(|d| humantime::format_duration(d.0).to_string())})
                 })
                 .collect();
-            agents.push(json!({"agent": a.name, "role": a.role, "depends_on": a.depends_on, "tasks": tasks}));
+            let r = &agent.spec.resources;
+            // What each task of the agent holds or may use, as `1 GPU, memory 2.0 GiB`.
+            let limits: Vec<String> = [
+                r.gpus.filter(|&n| n > 0).map(|n| {
+                    if n == 1 {
+                        "1 GPU".into()
+                    } else {
+                        format!("{n} GPUs")
+                    }
+                }),
+                r.memory.map(|m| format!("memory {m}")),
+                r.wall_time
+                    .map(|w| format!("wall time {}", humantime::format_duration(w.0))),
+            ]
+            .into_iter()
+            .flatten()
+            .collect();
+            agents.push(
+                json!({"agent": a.name, "role": a.role, "depends_on": a.depends_on,
+                               "resources": r, "each_task": limits.join(", "), "tasks": tasks}),
+            );
         }
         plan.push(json!({"phase": phase.name, "agents": agents}));
     }
@@ -1625,14 +1645,20 @@ fn dry_run(
                 .flatten()
                 .filter_map(|d| d.as_str())
                 .collect();
+            let each = a["each_task"].as_str().unwrap_or("");
             text.push_str(&format!(
-                "  {} ({}){}\n",
+                "  {} ({}){}{}\n",
                 a["agent"].as_str().unwrap_or(""),
                 a["role"].as_str().unwrap_or(""),
                 if deps.is_empty() {
                     String::new()
                 } else {
                     format!(", after {}", deps.join(", "))
+                },
+                if each.is_empty() {
+                    String::new()
+                } else {
+                    format!("; each task: {each}")
                 }
             ));
             for t in a["tasks"].as_array().into_iter().flatten() {
