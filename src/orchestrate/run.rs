@@ -946,6 +946,21 @@ pub(crate) fn hostname() -> String {
         .unwrap_or_else(|| "nova".into())
 }
 
+/// How many GPUs this host lends a run's own workers, when an agent of
+/// `agents` needs some and the run's tasks stay on this host (not on a
+/// shared server's queue); NVML is asked only then.
+fn local_gpus(queue: &str, agents: &[AgentRun]) -> Option<usize> {
+    (queue != worker::JOBS_QUEUE && agents.iter().any(|a| a.gpus.is_some_and(|n| n > 0)))
+        .then(|| super::gpus::Pool::host().count())
+}
+
+/// Whether an agent needing `needs` GPUs may start with `free` of the
+/// host's `total` not held: always when it needs none, or more than the
+/// host has (its tasks then say so and end at once).
+fn gpus_to_start(needs: usize, total: usize, free: usize) -> bool {
+    needs == 0 || needs > total || needs <= free
+}
+
 /// The shared server's queues the tasks of `schedule`'s agents that need
 /// GPUs go to, one per GPU count ([`worker::jobs_queue`]).
 fn gpu_queues(catalog: &Catalog, schedule: &Schedule) -> Vec<String> {
@@ -1065,6 +1080,17 @@ async fn schedule_run(
                 .filter(|a| a.outcome.is_none() && a.in_flight.is_some())
                 .count();
             let mut slots = concurrency.saturating_sub(active);
+            // A run's own workers share this host's GPUs: an agent that
+            // needs some starts when they are free, so that no worker sits
+            // waiting for one while other agents could run.
+            let mut gpus_free = local_gpus(queue, &agents).map(|total| {
+                let held = agents
+                    .iter()
+                    .filter(|a| a.outcome.is_none() && a.in_flight.is_some())
+                    .map(|a| a.gpus.unwrap_or(0) as usize)
+                    .sum::<usize>();
+                (total, total.saturating_sub(held))
+            });
             for a in agents.iter_mut() {
                 if a.outcome.is_some() || a.in_flight.is_some() {
                     continue;
@@ -1105,6 +1131,13 @@ async fn schedule_run(
                 });
                 if !ready || slots == 0 {
                     continue;
+                }
+                if let Some((total, free)) = gpus_free.as_mut() {
+                    let needs = a.gpus.unwrap_or(0) as usize;
+                    if !gpus_to_start(needs, *total, *free) {
+                        continue;
+                    }
+                    *free = free.saturating_sub(needs);
                 }
                 slots -= 1;
                 run.hub("agent-start", &a.name, json!({"agent": a.name, "role": a.role, "phase": a.phase, "depends_on": a.deps})).await;
@@ -1671,4 +1704,20 @@ fn dry_run(
         }
     }
     out.text(&text)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::gpus_to_start;
+
+    #[test]
+    fn an_agent_needing_gpus_starts_when_enough_are_free() {
+        // Two of four free: one that needs two starts, one that needs three waits.
+        assert!(gpus_to_start(2, 4, 2));
+        assert!(!gpus_to_start(3, 4, 2));
+        // Needing none, or more than the host has (it will say so), it starts.
+        assert!(gpus_to_start(0, 4, 0));
+        assert!(gpus_to_start(1, 0, 0));
+        assert!(gpus_to_start(8, 4, 0));
+    }
 }
