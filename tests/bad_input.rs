@@ -546,3 +546,26 @@ fn dashboard_and_run_control_flags_are_checked_and_change_nothing() {
         .code(2)
         .stderr_has("queue name");
 }
+
+/// `resources.gpus` is a count: anything else stops the run before it
+/// starts, with the file, line and field, and records no run.
+#[test]
+fn a_gpu_count_that_is_not_one_is_refused_with_its_place() {
+    let ws = Workspace::new();
+    ws.write(
+        "nova.yaml",
+        "plan: workspace\nphases:\n  - name: one\n    goal: first\n",
+    );
+    for (value, said) in [("-1", "integer `-1`"), ("lots", "string \"lots\"")] {
+        ws.write(
+            "blueprints/trainer.yaml",
+            &format!("name: trainer\nrole: implementation\nphase: one\nresources:\n  gpus: {value}\ntasks:\n  - id: train\n    title: trains\n    run: [touch, trained]\n"),
+        );
+        ws.run(&["orchestrate", "--apply"])
+            .code(2)
+            .stderr_has("blueprints/trainer.yaml:5:9: field `resources.gpus`")
+            .stderr_has(said);
+        assert!(!ws.path().join("trained").exists());
+    }
+    assert!(!ws.home().join("runs").exists(), "no run was recorded");
+}

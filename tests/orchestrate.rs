@@ -981,18 +981,27 @@ fn a_remote_worker_writes_the_inbox_its_job_carries() {
     }
 }
 
+/// `nova orchestrate --apply` on one agent of one task, its blueprint
+/// `yaml`: the exit code, the report and that task's row.
+fn apply_one_task(ws: &Workspace, yaml: &str) -> (i32, Value, Value) {
+    ws.write("blueprints/only.yaml", yaml);
+    let (code, report) = run_json(ws, &["--apply"]);
+    let only = report["tasks"].as_array().map_or(0, |t| t.len());
+    assert_eq!(only, 1, "{report}");
+    let t = report["tasks"][0].clone();
+    (code, report, t)
+}
+
 /// An agent's `resources.gpus` is what each of its tasks needs: on a host
 /// with fewer GPUs the tasks do not run, and the report says what is missing.
 #[test]
 fn an_agent_needing_more_gpus_than_the_host_has_does_not_run() {
     let ws = workspace();
-    ws.write(
-        "blueprints/trainer.yaml",
+    let (code, report, t) = apply_one_task(
+        &ws,
         "name: trainer\nrole: implementation\nphase: one\nresources:\n  gpus: 64\ntasks:\n  - id: train\n    title: trains\n    run: {shell: \"touch trained\"}\n",
     );
-    let (code, report) = run_json(&ws, &["--apply"]);
     assert_eq!(code, 1, "{report}");
-    let t = task(&report, "trainer", "train");
     assert_eq!(t["status"], "pending", "{t}");
     let detail = t["detail"].as_str().unwrap();
     assert!(
@@ -1008,13 +1017,11 @@ fn an_agent_needing_more_gpus_than_the_host_has_does_not_run() {
 #[test]
 fn a_threaded_task_counts_its_memory_once() {
     let ws = workspace();
-    ws.write(
-        "blueprints/threaded.yaml",
+    let (code, report, t) = apply_one_task(
+        &ws,
         "name: threaded\nrole: implementation\nphase: one\nresources:\n  memory: 150MB\ntasks:\n  - id: spin\n    title: 16 threads beside 30 MB\n    run: [python3, -c, \"import threading, time\\nheld = bytearray(30_000_000)\\nts = [threading.Thread(target=time.sleep, args=(1.5,)) for _ in range(16)]\\n[t.start() for t in ts]\\n[t.join() for t in ts]\"]\n",
     );
-    let (code, report) = run_json(&ws, &["--apply"]);
     assert_eq!(code, 0, "{report}");
-    let t = task(&report, "threaded", "spin");
     assert_eq!(t["status"], "done", "{t}");
     let peak = t["peak_rss"].as_u64().unwrap();
     assert!((30_000_000..100_000_000).contains(&peak), "{t}");
