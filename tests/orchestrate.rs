@@ -1009,6 +1009,26 @@ fn an_agent_needing_more_gpus_than_the_host_has_does_not_run() {
         "{detail}"
     );
     assert!(!ws.path().join("trained").exists());
+    // As with `requires`, the check still runs: a task already done is done.
+    ws.write("trained", "");
+    let (code, report, t) = apply_one_task(
+        &ws,
+        "name: trainer\nrole: implementation\nphase: one\nresources:\n  gpus: 64\ntasks:\n  - id: train\n    title: trains\n    check: [test, -f, trained]\n    run: {shell: \"touch trained\"}\n",
+    );
+    assert_eq!(code, 0, "{report}");
+    assert_eq!(t["status"], "done", "{t}");
+    std::fs::remove_file(ws.path().join("trained")).unwrap();
+    let (_, _, t) = apply_one_task(
+        &ws,
+        "name: trainer\nrole: implementation\nphase: one\nresources:\n  gpus: 64\ntasks:\n  - id: train\n    title: trains\n    check: [test, -f, trained]\n    run: {shell: \"touch trained\"}\n",
+    );
+    assert_eq!(t["status"], "pending", "{t}");
+    let detail = t["detail"].as_str().unwrap();
+    assert!(
+        detail.starts_with("check fails (exit 1); not done: needs 64 GPUs, this host has "),
+        "{detail}"
+    );
+    assert!(!ws.path().join("trained").exists(), "the fix did not run");
 }
 
 /// A process's threads share its memory: counting each thread as a process

@@ -583,12 +583,16 @@ pub async fn execute(
         return finish(result, "skipped", format!("does not apply: {why}"));
     }
     let gpus = super::gpus::Pool::host;
-    let gpus_wanted = job.gpus.unwrap_or(0);
-    if gpus_wanted > 0
-        && let Some(short) = gpus().shortfall(gpus_wanted)
-    {
-        return finish(result, "pending", format!("not done: needs {short}"));
-    }
+    // Too few GPUs here is one more thing the task's run lacks, as its
+    // `requires` say: its check still runs, and may find it done.
+    let gpu_shortfall = job
+        .gpus
+        .filter(|&n| n > 0)
+        .and_then(|n| gpus().shortfall(n));
+    let gpus_wanted = match gpu_shortfall {
+        Some(_) => 0,
+        None => job.gpus.unwrap_or(0),
+    };
 
     let identity = cfg.privileges.identity(job.task.run_as_root);
     let mut context = json!({"run": job.run, "phase": job.phase, "apply": job.apply});
@@ -788,6 +792,10 @@ pub async fn execute(
             .0
             .retain(|f| !crate::blueprints::assets::is_shipped(f));
     }
+    let missing = || match (&gpu_shortfall, requires.missing(&workdir)) {
+        (Some(gpus), Some(rest)) => Some(format!("{gpus}, {rest}")),
+        (gpus, rest) => gpus.clone().or(rest),
+    };
     let outcome = 'steps: {
         if let Some(check) = &job.task.check {
             let o = step!('steps, "check", check);
@@ -795,7 +803,7 @@ pub async fn execute(
                 break 'steps ("done", "check passes".to_string());
             }
             // What the host lacks comes first: no --apply would help.
-            if let Some(needs) = requires.missing(&workdir) {
+            if let Some(needs) = missing() {
                 break 'steps (
                     "pending",
                     format!("check fails (exit {}); not done: needs {needs}", code(&o)),
@@ -830,7 +838,7 @@ pub async fn execute(
                 )
             }
         } else if let Some(run) = &job.task.run {
-            if let Some(needs) = requires.missing(&workdir) {
+            if let Some(needs) = missing() {
                 break 'steps ("pending", format!("not done: needs {needs}"));
             }
             if !job.apply {
