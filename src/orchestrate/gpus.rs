@@ -161,10 +161,7 @@ impl Pool {
         let file = match open_claim(&path) {
             Ok(file) => file,
             Err(e) => {
-                warn_once(&format!(
-                    "cannot claim GPUs for the host in {}: {e}; GPUs are lent per process",
-                    folder.display()
-                ));
+                claims_off(folder, &e);
                 return Claim::Unused;
             }
         };
@@ -172,10 +169,7 @@ impl Pool {
             Ok(()) => Claim::Held(file),
             Err(std::fs::TryLockError::WouldBlock) => Claim::Taken,
             Err(std::fs::TryLockError::Error(e)) => {
-                warn_once(&format!(
-                    "cannot claim GPUs for the host in {}: {e}; GPUs are lent per process",
-                    folder.display()
-                ));
+                claims_off(folder, &e);
                 Claim::Unused
             }
         }
@@ -209,10 +203,7 @@ fn claims_folder() -> Option<PathBuf> {
     match make_shared_folder(&folder) {
         Ok(()) => Some(folder),
         Err(e) => {
-            warn_once(&format!(
-                "cannot claim GPUs for the host in {}: {e}; GPUs are lent per process",
-                folder.display()
-            ));
+            claims_off(&folder, &e);
             None
         }
     }
@@ -250,9 +241,15 @@ fn open_claim(path: &Path) -> std::io::Result<File> {
     }
 }
 
-fn warn_once(message: &str) {
+/// Say once per process that host-wide claims are off, and why.
+fn claims_off(folder: &Path, e: &dyn std::fmt::Display) {
     static WARNED: OnceLock<()> = OnceLock::new();
-    WARNED.get_or_init(|| tracing::warn!("{message}"));
+    WARNED.get_or_init(|| {
+        tracing::warn!(
+            "cannot claim GPUs for the host in {}: {e}; GPUs are lent per process",
+            folder.display()
+        )
+    });
 }
 
 impl Lease<'_> {
