@@ -705,7 +705,7 @@ fn a_shared_servers_gpu_task_waits_in_its_own_queue() {
     );
     let (server, announced) = ws.serve(&["--listen", "127.0.0.1:0"]);
     let url = announced["listening"].as_str().unwrap().to_string();
-    let run = ws
+    let mut run = ws
         .std_command()
         .args([
             "orchestrate",
@@ -717,9 +717,10 @@ fn a_shared_servers_gpu_task_waits_in_its_own_queue() {
         ])
         .args(["--jobs", "0", "--json"])
         .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
         .spawn()
         .unwrap();
+    let said = lines_of(run.stderr.take().unwrap());
     let plain = spawn_worker(&ws, &url, &[]);
     wait_for_file(&ws, "noted");
     // Enqueued beside writer's task in parallel mode, and still waiting
@@ -728,6 +729,20 @@ fn a_shared_servers_gpu_task_waits_in_its_own_queue() {
     let waiting = queue_tasks(&ws, &url, "nova-jobs-gpus-64");
     assert_eq!(waiting.len(), 1, "{waiting:?}");
     assert_eq!(waiting[0]["status"], "PENDING", "{waiting:?}");
+    // The run says where its task waits, and who would take it.
+    let mut seen = Vec::new();
+    while !seen.iter().any(|l: &String| {
+        l.contains(&format!("1 task waits in queue nova-jobs-gpus-64, which no connected worker takes: start `nova worker --server {url}` on a host with 64 or more GPUs"))
+    }) {
+        match said.recv_timeout(Duration::from_secs(20)) {
+            Ok(line) => seen.push(line),
+            Err(_) => panic!("the run never said that its task waits untaken: {seen:?}"),
+        }
+    }
+    assert!(
+        !seen.iter().any(|l| l.contains("queue nova-jobs,")),
+        "the plain worker takes nova-jobs: {seen:?}"
+    );
     let gpus = spawn_worker(&ws, &url, &["--queues", "nova-jobs-gpus-64"]);
     let out = run.wait_with_output().unwrap();
     let report: Value = serde_json::from_slice(&out.stdout).unwrap();
@@ -747,6 +762,20 @@ fn a_shared_servers_gpu_task_waits_in_its_own_queue() {
         sigterm(&child);
         child.wait().unwrap();
     }
+}
+
+/// The lines `from` gives, as they come.
+fn lines_of(from: impl std::io::Read + Send + 'static) -> std::sync::mpsc::Receiver<String> {
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in std::io::BufRead::lines(std::io::BufReader::new(from)) {
+            let Ok(line) = line else { break };
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    rx
 }
 
 /// `nova worker` on the server at `url`, with `args` after it; silent.

@@ -23,6 +23,7 @@ pub mod results;
 pub mod run;
 pub mod runs;
 pub mod supervisor;
+pub mod takers;
 pub mod worker;
 
 use std::time::Duration;

@@ -846,18 +846,48 @@ pub fn start(ws: &Workspace, out: &Output, args: &RunRequest) -> Result<()> {
                 ExecutionMode::Parallel if args.server.is_some() => usize::MAX,
                 ExecutionMode::Parallel => 2 * jobs.max(1) as usize,
             };
-            let outcome = schedule_run(
-                &run,
-                &catalog,
-                &schedule,
-                &mut client,
-                &queue_name,
-                concurrency,
-                args.keep_going,
-                &interrupted,
-                &mut changes,
-            )
-            .await;
+            // On a shared server, tasks may wait in a queue no worker takes.
+            let watched = match &client {
+                QueueHandle::Remote(remote) if args.server.is_some() => {
+                    let mut queues = vec![queue_name.clone()];
+                    queues.extend(gpu_queues(&catalog, &schedule));
+                    Some((remote.clone(), queues))
+                }
+                _ => None,
+            };
+            let watch = async {
+                match watched {
+                    // A JSON run says it as a warning on stderr, its stdout
+                    // being the report.
+                    Some((remote, queues)) => {
+                        let url = url.as_deref().unwrap_or_default();
+                        super::takers::watch(remote, url, queues, |line| {
+                            if out.json {
+                                tracing::warn!("{line}");
+                            } else {
+                                tracing::info!("{line}");
+                                run.say(line);
+                            }
+                        })
+                        .await
+                    }
+                    None => std::future::pending().await,
+                }
+            };
+            let outcome = tokio::select! {
+                outcome = schedule_run(
+                    &run,
+                    &catalog,
+                    &schedule,
+                    &mut client,
+                    &queue_name,
+                    concurrency,
+                    args.keep_going,
+                    &interrupted,
+                    &mut changes,
+                ) => outcome,
+                never = watch => match never {},
+            };
 
             run.progress.finish();
             on_signal.abort();
