@@ -1007,8 +1007,12 @@ async fn a_redis_that_lost_the_functions_gets_them_again() {
     // could load the library again before the enqueue below does.
     let redis = RedisServer::start();
     let queue = RedisQueue::connect(&redis.url()).await.unwrap();
-    let (mut c, _stop) =
-        serve_polling(AnyQueue::Redis(queue.clone()), Duration::from_secs(3600)).await;
+    let (mut c, _stop) = serve_polling(
+        AnyQueue::Redis(queue.clone()),
+        Duration::from_secs(3600),
+        None,
+    )
+    .await;
     let first = enqueue(&mut c, req("first")).await;
     let raw = ::redis::Client::open(redis.url()).unwrap();
     let mut raw = raw.get_multiplexed_async_connection().await.unwrap();
@@ -2288,16 +2292,21 @@ async fn a_quiet_work_stream_answers_only_refused_acks(backend: Backend) {
 }
 
 /// Serve `backend` through a service whose poller ticks every `poll` (and
-/// no reaper): what the service alone does, at a pace the test sets.
+/// no reaper), holding answered acks for `answered_hold` when given: what
+/// the service alone does, at a pace the test sets.
 async fn serve_polling(
     backend: AnyQueue,
     poll: Duration,
+    answered_hold: Option<Duration>,
 ) -> (Client, tokio::sync::oneshot::Sender<()>) {
     use nova::queue::proto::task_queue_server::TaskQueueServer;
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let url = format!("http://{}", listener.local_addr().unwrap());
-    let service =
+    let mut service =
         nova::queue::service::QueueService::new(std::sync::Arc::new(backend)).with_poll(poll);
+    if let Some(hold) = answered_hold {
+        service = service.with_answered_hold(hold);
+    }
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     tokio::spawn(
         tonic::transport::Server::builder()
@@ -2312,8 +2321,9 @@ async fn serve_polling(
     (client::connect(&url, None).await.unwrap(), stop)
 }
 
-/// A quiet Work stream (credit 1) on a service whose poller ticks every
-/// `poll`, holding a task handed to it while it waited among the idle ones.
+/// A Work stream (credit 1), quiet unless `answered_hold` is given, on a
+/// service whose poller ticks every `poll`, holding a task handed to it
+/// while it waited among the idle ones.
 struct QuietWorker {
     client: Client,
     stream: WorkStream,
@@ -2324,14 +2334,26 @@ struct QuietWorker {
 
 impl QuietWorker {
     async fn start(backend: Backend, poll: Duration) -> QuietWorker {
+        Self::start_with(backend, poll, None).await
+    }
+
+    async fn start_with(
+        backend: Backend,
+        poll: Duration,
+        answered_hold: Option<Duration>,
+    ) -> QuietWorker {
         let h = start(backend, None).await;
-        let (mut client, stop) = serve_polling(h.queue.clone(), poll).await;
+        let (mut client, stop) = serve_polling(h.queue.clone(), poll, answered_hold).await;
         let lease = DequeueRequest {
             worker_id: "q".into(),
             lease_ms: 60_000,
             ..Default::default()
         };
-        let mut stream = WorkStream::open_quiet(&mut client, lease, 1).await.unwrap();
+        let mut stream = match answered_hold {
+            None => WorkStream::open_quiet(&mut client, lease, 1).await,
+            Some(_) => WorkStream::open(&mut client, lease, 1).await,
+        }
+        .unwrap();
         // The stream looks, finds nothing and waits among the idle ones.
         tokio::time::sleep(Duration::from_millis(500)).await;
         let a = enqueue(&mut client, req("a")).await;
@@ -2412,6 +2434,50 @@ async fn a_held_quiet_ack_is_applied_without_an_enqueue(backend: Backend) {
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+}
+
+/// An answered ack sent while the queue holds nothing for its stream waits
+/// (up to the service's answered hold, an hour here) for the enqueue that
+/// hands the stream its next task: applied in that enqueue's call, and
+/// answered in the message that carries the task.
+async fn an_answered_ack_goes_with_the_next_enqueue(backend: Backend) {
+    let hour = Duration::from_secs(3600);
+    let mut q = QuietWorker::start_with(backend, hour, Some(hour)).await;
+    let (c, mut stream, a) = (&mut q.client, q.stream, q.task);
+    stream.send(1, vec![ack(&a, true)]).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(
+        get(c, a.id.clone()).await.status,
+        "IN_PROGRESS",
+        "the ack was applied before an enqueue came to carry it"
+    );
+    let b = enqueue(c, req("b")).await;
+    let got = recv(&mut stream).await;
+    assert_eq!(got.tasks.len(), 1, "{got:?}");
+    assert_eq!(got.tasks[0].id, b.id);
+    assert_eq!(got.acks.len(), 1, "{:?}", got.acks);
+    assert_eq!(
+        (got.acks[0].task_id.as_str(), got.acks[0].code),
+        (a.id.as_str(), 0)
+    );
+    assert_eq!(get(c, a.id.clone()).await.status, "COMPLETED");
+}
+
+/// With no enqueue to carry it, an answered ack is applied and answered
+/// after the service's answered hold (the default, 1 ms), whatever the
+/// poller's pace (an hour here).
+async fn an_answered_ack_is_answered_without_an_enqueue(backend: Backend) {
+    let hour = Duration::from_secs(3600);
+    let mut q =
+        QuietWorker::start_with(backend, hour, Some(nova::queue::service::HOLD_ANSWERED)).await;
+    let (c, mut stream, a) = (&mut q.client, q.stream, q.task);
+    stream.send(1, vec![ack(&a, true)]).await.unwrap();
+    let got = recv(&mut stream).await;
+    assert_eq!(
+        (got.acks[0].task_id.as_str(), got.acks[0].code),
+        (a.id.as_str(), 0)
+    );
+    assert_eq!(get(c, a.id.clone()).await.status, "COMPLETED");
 }
 
 /// The backend call an enqueue makes for a waiting stream: the stream's
@@ -2787,6 +2853,8 @@ conformance!(
     a_quiet_work_stream_answers_only_refused_acks,
     a_quiet_ack_goes_with_the_next_enqueue,
     a_held_quiet_ack_is_applied_without_an_enqueue,
+    an_answered_ack_goes_with_the_next_enqueue,
+    an_answered_ack_is_answered_without_an_enqueue,
     an_enqueue_for_a_waiting_stream_applies_its_acks_first,
     a_work_stream_answers_acks_briefly_when_asked,
     a_worker_whose_task_failed_is_offered_new_tasks_after_the_others,

@@ -26,6 +26,10 @@ use crate::audit::{AuditLog, Event};
 
 /// How often the poller asks the backend for due tasks while long polls wait.
 pub const POLL: Duration = Duration::from_millis(50);
+/// How long a Work stream's answered ack may wait for the enqueue that
+/// hands its stream the next task, to go to the backend in that call (see
+/// [`super::work_stream`]): its worker may be waiting for the answer.
+pub const HOLD_ANSWERED: Duration = Duration::from_millis(1);
 pub const MAX_WAIT_MS: u32 = 60_000;
 pub const MAX_LEASE_MS: u32 = 24 * 3600 * 1000;
 pub const MAX_DEQUEUE: u32 = 256;
@@ -119,6 +123,7 @@ pub struct QueueService<B> {
     closing: Arc<tokio::sync::watch::Sender<bool>>,
     audit: Option<AuditLog>,
     poll: Duration,
+    answered_hold: Duration,
 }
 
 impl<B> Clone for QueueService<B> {
@@ -130,6 +135,7 @@ impl<B> Clone for QueueService<B> {
             closing: self.closing.clone(),
             audit: self.audit.clone(),
             poll: self.poll,
+            answered_hold: self.answered_hold,
         }
     }
 }
@@ -143,7 +149,19 @@ impl<B: QueueBackend> QueueService<B> {
             closing: Arc::new(tokio::sync::watch::channel(false).0),
             audit: None,
             poll: POLL,
+            answered_hold: HOLD_ANSWERED,
         }
+    }
+
+    /// How long a Work stream's answered ack waits for an enqueue to carry
+    /// it (default [`HOLD_ANSWERED`]).
+    pub fn with_answered_hold(mut self, hold: Duration) -> Self {
+        self.answered_hold = hold;
+        self
+    }
+
+    pub(super) fn answered_hold(&self) -> Duration {
+        self.answered_hold
     }
 
     /// Ask the backend for due tasks this often while long polls wait

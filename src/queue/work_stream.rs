@@ -16,11 +16,16 @@
 //! arrive. Every ack's outcome is answered, in order; a stream opened with
 //! quiet acks is answered only the refused ones (a message less a task), and
 //! its clean end after the worker's says that all the others were applied.
-//! While the queue is known to hold nothing for it, such a stream keeps its
+//! While the queue is known to hold nothing for it, a stream keeps its
 //! worker's acks with its place among the idle streams, and the enqueue
 //! that hands it the next task applies them in the same backend call (a
-//! round trip to the store less a task); the poller's next tick applies
-//! any that no enqueue came for, and the stream's end all it still holds.
+//! round trip to the store less a task), their answers going out with the
+//! task; quiet acks wait so up to the poller's next tick, answered ones up
+//! to [`super::service::HOLD_ANSWERED`] (1 ms), since their worker may wait
+//! for the answer. A stream whose answered acks had to be applied by their
+//! time limit applies the next [`HOLD_PAUSE`] at once: where the next
+//! enqueue waits for the answer (a run's scheduler), holding never pays.
+//! The stream's end applies all it still holds.
 //! Tasks leased for a worker whose stream then breaks keep their lease until
 //! it expires, as with a worker that died holding them (at-least-once).
 //! A worker that says who it is (host, version) is kept in the store while
@@ -51,6 +56,12 @@ const MAX_CREDIT: u32 = 65_536;
 /// Quiet acks a stream holds for the next enqueue to carry; beyond this
 /// it applies them at once.
 const MAX_HELD: usize = 64;
+
+/// After an answered ack that no enqueue came for, this many acks are
+/// applied at once before holding is tried again: a worker whose next
+/// task waits on the answer (a run's scheduler on a shared server) would
+/// otherwise pay the hold ([`super::service::HOLD_ANSWERED`]) a task.
+const HOLD_PAUSE: usize = 64;
 
 type Outbound = mpsc::Sender<Result<WorkResponse, GrpcStatus>>;
 
@@ -88,6 +99,10 @@ pub(super) async fn serve<B: QueueBackend>(
     let mut empty_since: Option<u64> = None;
     // Whether the poller's tick asked for the held acks to be applied.
     let mut flush = false;
+    // When the answered acks held now are applied if no enqueue took them.
+    let mut hold_until: Option<tokio::time::Instant> = None;
+    // Acks to apply at once before holding answered acks again.
+    let mut hold_pause = 0usize;
     // Tasks an enqueue handed us, to send with the next reply.
     let mut handed: Vec<Task> = Vec::new();
     let mut closing = service.closing();
@@ -120,14 +135,17 @@ pub(super) async fn serve<B: QueueBackend>(
         acks = Vec::new();
         if !specs.is_empty() {
             failed_last = specs.iter().any(|a| !a.success);
+            hold_pause = hold_pause.saturating_sub(specs.len());
         }
         stream.held.extend(specs);
-        // Quiet acks wait for the enqueue that hands us our next task, and
-        // go to the backend in its call (a round trip less a task), while
-        // nothing is known to wait for us in the queue: our last look found
-        // nothing and the server has learnt of no task since.
+        // Acks wait for the enqueue that hands us our next task, and go to
+        // the backend in its call (a round trip less a task), while nothing
+        // is known to wait for us in the queue: our last look found nothing
+        // and the server has learnt of no task since. Quiet acks wait as
+        // long as that lasts (up to a tick of the poller); answered ones up
+        // to HOLD_ANSWERED, and not while holding has not been paying.
         let generation = service.waiters().generation();
-        let hold = stream.quiet
+        let hold = (stream.quiet || hold_pause == 0)
             && !flush
             && !look
             && credit > 0
@@ -138,6 +156,11 @@ pub(super) async fn serve<B: QueueBackend>(
             Vec::new()
         } else {
             std::mem::take(&mut stream.held)
+        };
+        hold_until = match (hold && !stream.quiet && !stream.held.is_empty(), hold_until) {
+            (false, _) => None,
+            (true, Some(until)) => Some(until),
+            (true, None) => Some(tokio::time::Instant::now() + service.answered_hold()),
         };
         let round = match step(&stream, &spec, credit, apply, look).await {
             Ok(round) => round,
@@ -186,11 +209,18 @@ pub(super) async fn serve<B: QueueBackend>(
                 None => std::future::pending().await,
             }
         };
+        let hold_ends = async {
+            match hold_until {
+                Some(until) => tokio::time::sleep_until(until).await,
+                None => std::future::pending().await,
+            }
+        };
         let event = tokio::select! {
             message = inbound.message() => Event::Message(message),
             arrived = arrive => Event::Arrived(arrived),
             _ = &mut notified, if credit > 0 => Event::Look,
             _ = &mut tick, if holding => Event::Flush,
+            () = hold_ends => Event::HoldEnded,
             _ = closing.changed() => Event::Closing,
             _ = out.closed() => Event::Gone,
         };
@@ -225,6 +255,10 @@ pub(super) async fn serve<B: QueueBackend>(
             }
             Event::Look => look = true,
             Event::Flush => flush = true,
+            Event::HoldEnded => {
+                flush = true;
+                hold_pause = HOLD_PAUSE;
+            }
             Event::Closing => {}
         }
         drop(waiting);
@@ -237,6 +271,8 @@ enum Event {
     Arrived(Result<Handed, oneshot::error::RecvError>),
     Look,
     Flush,
+    /// Answered acks held for as long as they may be.
+    HoldEnded,
     Closing,
     Gone,
 }
