@@ -23,8 +23,9 @@
 //! task; quiet acks wait so up to the poller's next tick, answered ones up
 //! to [`super::service::HOLD_ANSWERED`] (1 ms), since their worker may wait
 //! for the answer. A stream whose answered acks had to be applied by their
-//! time limit applies the next [`HOLD_PAUSE`] at once: where the next
-//! enqueue waits for the answer (a run's scheduler), holding never pays.
+//! time limit applies its next ack at once, and after each further such
+//! hold in a row twice as many, up to [`HOLD_PAUSE`]: where the next enqueue
+//! waits for the answer (a run's scheduler), holding never pays.
 //! The stream's end applies all it still holds.
 //! Tasks leased for a worker whose stream then breaks keep their lease until
 //! it expires, as with a worker that died holding them (at-least-once).
@@ -57,11 +58,22 @@ const MAX_CREDIT: u32 = 65_536;
 /// it applies them at once.
 const MAX_HELD: usize = 64;
 
-/// After an answered ack that no enqueue came for, this many acks are
-/// applied at once before holding is tried again: a worker whose next
+/// At most this many acks are applied at once, after answered holds that
+/// no enqueue came for, before holding is tried again: a worker whose next
 /// task waits on the answer (a run's scheduler on a shared server) would
 /// otherwise pay the hold ([`super::service::HOLD_ANSWERED`]) a task.
 const HOLD_PAUSE: usize = 64;
+
+/// Acks applied at once after `lost` answered holds in a row ran out: one
+/// after the first, doubling up to [`HOLD_PAUSE`], so that a hold lost now
+/// and then (a worker whose stream was not the one handed the next task)
+/// costs little, and one that never pays is seldom tried.
+fn hold_pause_after(lost: u32) -> usize {
+    1usize
+        .checked_shl(lost.saturating_sub(1))
+        .unwrap_or(HOLD_PAUSE)
+        .min(HOLD_PAUSE)
+}
 
 type Outbound = mpsc::Sender<Result<WorkResponse, GrpcStatus>>;
 
@@ -103,6 +115,8 @@ pub(super) async fn serve<B: QueueBackend>(
     let mut hold_until: Option<tokio::time::Instant> = None;
     // Acks to apply at once before holding answered acks again.
     let mut hold_pause = 0usize;
+    // Answered holds that ran out in a row, since one was carried.
+    let mut holds_lost = 0u32;
     // Tasks an enqueue handed us, to send with the next reply.
     let mut handed: Vec<Task> = Vec::new();
     let mut closing = service.closing();
@@ -247,7 +261,12 @@ pub(super) async fn serve<B: QueueBackend>(
             Event::Arrived(arrived) => {
                 stream.idle = None;
                 match arrived {
-                    Ok(given) => handed = stream.received(given),
+                    Ok(given) => {
+                        if !stream.held.is_empty() {
+                            holds_lost = 0;
+                        }
+                        handed = stream.received(given)
+                    }
                     // The enqueue failed: look for ourselves (and apply
                     // the acks it was to carry).
                     Err(_) => look = true,
@@ -257,7 +276,8 @@ pub(super) async fn serve<B: QueueBackend>(
             Event::Flush => flush = true,
             Event::HoldEnded => {
                 flush = true;
-                hold_pause = HOLD_PAUSE;
+                holds_lost += 1;
+                hold_pause = hold_pause_after(holds_lost);
             }
             Event::Closing => {}
         }
@@ -549,4 +569,16 @@ async fn step<B: QueueBackend>(
         reply: WorkResponse { tasks, acks },
         looked,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn holds_lost_in_a_row_pause_holding_for_longer_each_time() {
+        let pauses: Vec<usize> = (1..=9).map(hold_pause_after).collect();
+        assert_eq!(pauses, [1, 2, 4, 8, 16, 32, 64, 64, 64]);
+        assert_eq!(hold_pause_after(u32::MAX), HOLD_PAUSE);
+    }
 }
