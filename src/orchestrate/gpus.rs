@@ -78,6 +78,16 @@ impl Pool {
         self.devices.len()
     }
 
+    /// How many GPUs not lent by this process another process holds now
+    /// (its claim is taken): what a scheduler counts as busy beside its
+    /// own tasks'. Each is looked at with a claim taken and dropped at once.
+    pub fn claimed_elsewhere(&self) -> usize {
+        let lent = self.lent.lock().unwrap_or_else(|p| p.into_inner());
+        (0..lent.len())
+            .filter(|&i| !lent[i] && matches!(self.claim(i), Claim::Taken))
+            .count()
+    }
+
     /// `None` when the host has `n` GPUs to lend, else what it lacks
     /// (`1 GPU, this host has none: no NVIDIA driver found ...`).
     pub fn shortfall(&self, n: u32) -> Option<String> {
@@ -365,6 +375,10 @@ mod tests {
         let a = here.lend(2).await;
         let b = there.lend(1).await;
         assert_eq!((a.indices(), b.indices()), (vec![0, 1], vec![2]));
+        assert_eq!(
+            (here.claimed_elsewhere(), there.claimed_elsewhere()),
+            (1, 2)
+        );
         assert!(folder.path().join("gpu-GPU-0.lock").is_file());
         // Three wanted, one unclaimed: it waits until `a`'s are released.
         let waiting = there.lend(3);
@@ -411,6 +425,7 @@ mod tests {
                 .await
                 .is_err()
         );
+        assert_eq!(pool.claimed_elsewhere(), 1);
         holder.kill().unwrap();
         holder.wait().unwrap();
         let all = tokio::time::timeout(Duration::from_secs(5), all)

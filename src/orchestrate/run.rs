@@ -1112,14 +1112,17 @@ async fn schedule_run(
             let mut slots = concurrency.saturating_sub(active);
             // A run's own workers share this host's GPUs: an agent that
             // needs some starts when they are free, so that no worker sits
-            // waiting for one while other agents could run.
+            // waiting for one while other agents could run. GPUs another
+            // nova process on this host holds are not free either (looked
+            // at again on every round, at least every POLL).
             let mut gpus_free = local_gpus(queue, &agents).map(|total| {
                 let held = agents
                     .iter()
                     .filter(|a| a.outcome.is_none() && a.in_flight.is_some())
                     .map(|a| a.gpus.unwrap_or(0) as usize)
                     .sum::<usize>();
-                (total, total.saturating_sub(held))
+                let elsewhere = super::gpus::Pool::host().claimed_elsewhere();
+                (total, total.saturating_sub(held + elsewhere))
             });
             for a in agents.iter_mut() {
                 if a.outcome.is_some() || a.in_flight.is_some() {
