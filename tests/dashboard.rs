@@ -1187,6 +1187,20 @@ async fn steer(b: &fantoccini::Client, server: &Server) {
         "{row}"
     );
     assert!(row.contains(&held.id[..13]), "{row}");
+    // Each queue says how many worker processes take it: jobs this one;
+    // protected, a task pending and none.
+    wait_for("the workers of jobs", Duration::from_secs(20), || async {
+        text(b, "#queues tr[data-queue='jobs'] td[data-takers]")
+            .await
+            .filter(|n| n == "1")
+    })
+    .await;
+    assert_eq!(
+        text(b, "#queues tr[data-queue='protected'] td[data-takers]")
+            .await
+            .as_deref(),
+        Some("none listed")
+    );
     shot(b, "queues").await;
     drop(stream);
 

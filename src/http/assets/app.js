@@ -461,8 +461,24 @@ function queuesView(main) {
   const table = h("div", { class: "panel" });
   const fleet = h("div", { class: "panel" });
   main.append(h("h1", {}, "Queues"), stats, table, h("h2", {}, "Workers"), fleet);
-  const loadWorkers = throttle(async () => fleet.replaceChildren(workersTable(await api("/workers"))), 2000);
+  let workers = null, overview = null;
+  const loadWorkers = throttle(async () => {
+    workers = await api("/workers");
+    fleet.replaceChildren(workersTable(workers));
+    if (overview) render(overview);
+  }, 2000);
+  // Worker processes whose streams take `queue` (one that names no queue takes all).
+  const takers = (queue) => new Set(workers.filter((w) => !w.queues.length || w.queues.includes(queue)).map((w) => `${w.host}/${w.pid}`)).size;
+  const takersCell = (q) => {
+    if (!workers) return h("td", {});
+    const n = takers(q.name);
+    const tip = "worker processes on Work streams (nova worker) that take this queue; clients that poll with Dequeue are not listed";
+    return n || !q.counts.PENDING
+      ? h("td", { "data-takers": n, title: tip }, n)
+      : h("td", { "data-takers": 0, title: tip }, h("span", { class: "badge s-unfinished" }, "none listed"));
+  };
   const render = (o) => {
+    overview = o;
     const series = o.series || state.lastSeries || [];
     state.lastSeries = series;
     const last = series[series.length - 1] || {};
@@ -474,10 +490,11 @@ function queuesView(main) {
       h("div", { class: "panel" }, h("div", { class: "label" }, "Leases in flight · oldest pending"), h("div", { class: "stat" }, `${o.in_flight_leases} · ${duration(o.oldest_pending_age_ms)}`),
         h("div", { class: "label" }, o.store || "")));
     table.replaceChildren(o.queues.length ? h("table", { id: "queues" },
-      h("thead", {}, h("tr", {}, h("th", {}, "Queue"), STATUSES.map((st) => h("th", {}, st)), h("th", {}, "State"), h("th", {}, ""))),
+      h("thead", {}, h("tr", {}, h("th", {}, "Queue"), STATUSES.map((st) => h("th", {}, st)), h("th", {}, "Workers"), h("th", {}, "State"), h("th", {}, ""))),
       h("tbody", {}, o.queues.map((q) => h("tr", { "data-queue": q.name, "data-paused": q.paused ? "yes" : "no" },
         h("td", {}, h("a", { href: `#/queues/${encodeURIComponent(q.name)}` }, q.name)),
         STATUSES.map((st) => h("td", { class: `s-${st}`, "data-count": st }, q.counts[st] || 0)),
+        takersCell(q),
         h("td", {}, q.paused ? badge("paused") : h("span", { class: "muted" }, "active")),
         h("td", {}, q.paused
           ? h("button", { class: "resume", "data-queue": q.name, onclick: () => act(`Queue ${q.name} resumed`, `/queues/${encodeURIComponent(q.name)}/resume`).then(load) }, "Resume")
