@@ -90,12 +90,19 @@ pub fn worker_command(
         let audit = workspace_log(ws, &args.store.choice(), true).await?;
         let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
         let mut workers = tokio::task::JoinSet::new();
+        let gpus = super::gpus::Pool::host().count();
         let queues = if args.queues.is_empty() {
-            worker::jobs_queues(super::gpus::Pool::host().count())
+            worker::jobs_queues(gpus)
         } else {
             args.queues.clone()
         };
         for i in 0..args.concurrency {
+            // By default only as many slots as GPUs take GPU tasks.
+            let slot_queues = if args.queues.is_empty() {
+                worker::slot_queues(i, gpus)
+            } else {
+                queues.clone()
+            };
             let client = client::connect_with(&args.server, token.as_deref(), &tls)
                 .await
                 .map_err(Error::from)?;
@@ -105,7 +112,7 @@ pub fn worker_command(
                 policy: policy.clone(),
                 audit: audit.clone(),
                 echo: verbose > 0 && !out.quiet,
-                queues: queues.clone(),
+                queues: slot_queues,
                 lease_ms: args.lease.as_millis().clamp(100, u32::MAX as u128) as u32,
                 on_change: None,
                 pending_audit: Default::default(),
@@ -121,8 +128,16 @@ pub fn worker_command(
             ));
         }
         if !out.quiet {
+            let gpu_slots = if args.queues.is_empty() && gpus > 0 {
+                format!(
+                    "; GPU tasks on {} of them",
+                    gpus.min(args.concurrency as usize)
+                )
+            } else {
+                String::new()
+            };
             eprintln!(
-                "nova worker: {} at once from {} (queues {})",
+                "nova worker: {} at once from {} (queues {}{gpu_slots})",
                 args.concurrency,
                 args.server,
                 queues.join(", ")

@@ -807,7 +807,13 @@ pub fn start(ws: &Workspace, out: &Output, args: &RunRequest) -> Result<()> {
                     policy: cfg.policy.clone(),
                     audit: cfg.audit.clone(),
                     echo: cfg.echo,
-                    queues: cfg.queues.clone(),
+                    // On a shared server, as `nova worker`: only as many
+                    // slots as GPUs take GPU tasks.
+                    queues: if args.server.is_some() {
+                        worker::slot_queues(i, super::gpus::Pool::host().count())
+                    } else {
+                        cfg.queues.clone()
+                    },
                     lease_ms: cfg.lease_ms,
                     on_change: cfg.on_change.clone(),
                     pending_audit: Default::default(),

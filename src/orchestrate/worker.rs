@@ -48,6 +48,20 @@ pub fn jobs_queue(gpus: Option<u32>) -> String {
 pub fn jobs_queues(gpus: usize) -> Vec<String> {
     (0..=gpus as u32).map(|n| jobs_queue(Some(n))).collect()
 }
+
+/// The queues slot `slot` of a worker process takes from by default on a
+/// host with `gpus` GPUs: the first `gpus` slots take GPU tasks too, the
+/// rest [`JOBS_QUEUE`] only. A task needs at least one GPU, so no more
+/// than `gpus` of them can run here at once: a slot beyond that would hold
+/// a GPU task waiting for one (its lease kept alive) while a worker on
+/// another GPU host could run it.
+pub fn slot_queues(slot: u32, gpus: usize) -> Vec<String> {
+    if (slot as usize) < gpus {
+        jobs_queues(gpus)
+    } else {
+        jobs_queues(0)
+    }
+}
 pub const LEASE_MS: u32 = 30_000;
 /// A remote worker's first wait before trying a lost server again, and its longest.
 const RETRY_FIRST: Duration = Duration::from_millis(200);
@@ -939,5 +953,15 @@ mod tests {
         );
         assert_eq!(super::jobs_queue(Some(0)), "nova-jobs");
         assert_eq!(super::jobs_queue(None), "nova-jobs");
+    }
+
+    #[test]
+    fn only_as_many_slots_as_gpus_take_gpu_tasks() {
+        let slots: Vec<Vec<String>> = (0..4).map(|i| super::slot_queues(i, 2)).collect();
+        assert_eq!(slots[0], super::jobs_queues(2));
+        assert_eq!(slots[1], super::jobs_queues(2));
+        assert_eq!(slots[2], ["nova-jobs"]);
+        assert_eq!(slots[3], ["nova-jobs"]);
+        assert_eq!(super::slot_queues(0, 0), ["nova-jobs"]);
     }
 }
