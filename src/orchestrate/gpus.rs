@@ -205,17 +205,23 @@ enum Claim {
 /// as `/tmp` is, so that each user's workers see the others' claims);
 /// `None`, with a warning, where it cannot be made.
 fn claims_folder() -> Option<PathBuf> {
-    let folder = match std::env::var_os("NOVA_GPU_LOCKS") {
-        Some(dir) if !dir.is_empty() => PathBuf::from(dir),
-        _ if Path::new("/run/lock").is_dir() => PathBuf::from("/run/lock/nova-gpus"),
-        _ => std::env::temp_dir().join("nova-gpus"),
-    };
+    let folder = claims_path(std::env::var_os("NOVA_GPU_LOCKS"));
     match make_shared_folder(&folder) {
         Ok(()) => Some(folder),
         Err(e) => {
             claims_off(&folder, &e);
             None
         }
+    }
+}
+
+/// The claims folder `NOVA_GPU_LOCKS` names (`setting`), or the default
+/// where it is unset or empty.
+fn claims_path(setting: Option<std::ffi::OsString>) -> PathBuf {
+    match setting {
+        Some(dir) if !dir.is_empty() => PathBuf::from(dir),
+        _ if Path::new("/run/lock").is_dir() => PathBuf::from("/run/lock/nova-gpus"),
+        _ => std::env::temp_dir().join("nova-gpus"),
     }
 }
 
@@ -254,12 +260,14 @@ fn open_claim(path: &Path) -> std::io::Result<File> {
 /// Say once per process that host-wide claims are off, and why.
 fn claims_off(folder: &Path, e: &dyn std::fmt::Display) {
     static WARNED: OnceLock<()> = OnceLock::new();
-    WARNED.get_or_init(|| {
-        tracing::warn!(
-            "cannot claim GPUs for the host in {}: {e}; GPUs are lent per process",
-            folder.display()
-        )
-    });
+    WARNED.get_or_init(|| tracing::warn!("{}", claims_off_message(folder, e)));
+}
+
+fn claims_off_message(folder: &Path, e: &dyn std::fmt::Display) -> String {
+    format!(
+        "cannot claim GPUs for the host in {} (NOVA_GPU_LOCKS): {e}; GPUs are lent per process",
+        folder.display()
+    )
 }
 
 impl Lease<'_> {
@@ -435,9 +443,30 @@ mod tests {
     }
 
     #[test]
+    fn nova_gpu_locks_names_the_folder_and_empty_means_the_default() {
+        assert_eq!(
+            claims_path(Some("/srv/gpu-claims".into())),
+            PathBuf::from("/srv/gpu-claims")
+        );
+        assert_eq!(claims_path(Some("".into())), claims_path(None));
+        assert!(claims_path(None).ends_with("nova-gpus"));
+    }
+
+    #[test]
     fn a_folder_that_cannot_be_made_turns_claims_off() {
         let file = tempfile::NamedTempFile::new().unwrap();
-        assert!(make_shared_folder(&file.path().join("gpus")).is_err());
+        let under_a_file = file.path().join("gpus");
+        let e = make_shared_folder(&under_a_file).unwrap_err();
+        let said = claims_off_message(&under_a_file, &e);
+        assert!(
+            said.starts_with(&format!(
+                "cannot claim GPUs for the host in {} (NOVA_GPU_LOCKS): ",
+                under_a_file.display()
+            )) && said.ends_with("; GPUs are lent per process"),
+            "{said}"
+        );
+        // A file where the folder should be is refused too.
+        assert!(make_shared_folder(file.path()).is_err());
         let folder = tempfile::tempdir().unwrap();
         let made = folder.path().join("gpus");
         make_shared_folder(&made).unwrap();
