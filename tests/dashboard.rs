@@ -1170,6 +1170,13 @@ async fn steer(b: &fantoccini::Client, server: &Server) {
     let held = enqueue(&server.grpc, Some(TOKEN), "jobs", 1).await;
     let pushed = stream.next().await.unwrap().unwrap().tasks;
     assert_eq!(pushed[0].id, held.id);
+    // So does a client that polls, as the original proto's do: the
+    // address it calls from, and no pid, version or concurrency, which it
+    // cannot say.
+    assert_eq!(
+        work_one(&server.grpc, Some(TOKEN), "jobs", true).await,
+        None
+    );
     b.refresh().await.unwrap();
     wait_for(
         "the worker under Workers",
@@ -1187,12 +1194,17 @@ async fn steer(b: &fantoccini::Client, server: &Server) {
         "{row}"
     );
     assert!(row.contains(&held.id[..13]), "{row}");
-    // Each queue says how many worker processes take it: jobs this one;
+    let poller = text(b, "#workers tr[data-pid='0']").await.unwrap();
+    assert!(
+        poller.contains("127.0.0.1") && poller.contains("0 / ?") && poller.contains("jobs"),
+        "{poller}"
+    );
+    // Each queue says how many worker processes take it: jobs these two;
     // protected, a task pending and none.
     wait_for("the workers of jobs", Duration::from_secs(20), || async {
         text(b, "#queues tr[data-queue='jobs'] td[data-takers]")
             .await
-            .filter(|n| n == "1")
+            .filter(|n| n == "2")
     })
     .await;
     assert_eq!(

@@ -189,6 +189,48 @@ fn serve_answers_remote_clients_and_stops_on_sigterm() {
     );
 }
 
+/// `nova queue workers` lists a client that polls (as the original proto's
+/// do) by the address it calls from, with what it cannot say marked
+/// unknown, beside a `nova worker` process.
+#[test]
+fn queue_workers_lists_polling_clients() {
+    let ws = Workspace::new();
+    let (mut server, announced) = ws.serve(&["--listen", "127.0.0.1:0"]);
+    let url = announced["listening"].as_str().unwrap().to_string();
+    ws.run(&["queue", "--server", &url, "workers"])
+        .success()
+        .stdout_has("no workers connected");
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        let mut c = nova::queue::client::connect(&url, None).await.unwrap();
+        c.dequeue(nova::queue::proto::DequeueRequest {
+            worker_id: "legacy-7".into(),
+            queues: vec!["reports".into()],
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    });
+    let text = ws.run(&["queue", "--server", &url, "workers"]).success();
+    let row = text
+        .stdout
+        .lines()
+        .find(|l| l.contains("127.0.0.1"))
+        .unwrap_or_else(|| panic!("no row for the poller:\n{}", text.stdout));
+    assert!(
+        row.contains("reports") && row.contains("0/-") && row.contains(" - "),
+        "{row}"
+    );
+    let listed = ws
+        .run(&["queue", "--server", &url, "workers", "--json"])
+        .success()
+        .json();
+    assert_eq!(listed[0]["worker_id"], "legacy-7");
+    assert_eq!(listed[0]["pid"], 0);
+    let _ = server.kill();
+    let _ = server.wait();
+}
+
 /// Every JSON line in the workspace's log files.
 fn log_lines(ws: &Workspace) -> Vec<serde_json::Value> {
     let dir = ws.home().join("logs");

@@ -2808,6 +2808,73 @@ async fn a_worker_that_says_who_it_is_is_listed_while_its_stream_lasts(backend: 
     refused_opening(c, lease, Some(bad), "worker.host").await;
 }
 
+/// A client that polls (Dequeue, or an ack's `next`), as every client of the
+/// original proto does, has no stream to watch: it is listed from its
+/// first call, with what the call says, and one without an id is not.
+async fn a_worker_that_polls_is_listed_from_its_first_call(backend: Backend) {
+    let mut h = start(backend, None).await;
+    let mut old = original::task_queue_client::TaskQueueClient::connect(h.url.clone())
+        .await
+        .unwrap();
+    let c = &mut h.client;
+    assert!(workers(c).await.is_empty());
+    let task = enqueue(c, req("polled")).await;
+    let leased = old
+        .dequeue(original::DequeueRequest {
+            worker_id: "old-client-1".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .task
+        .unwrap();
+    assert_eq!(leased.id, task.id);
+    // A caller without an id takes tasks as before, unlisted.
+    assert!(dequeue(c, "", 60_000).await.is_none());
+    let listed = workers(c).await;
+    assert_eq!(listed.len(), 1, "{listed:?}");
+    let w = &listed[0];
+    assert_eq!(w.worker_id, "old-client-1");
+    assert!(w.queues.is_empty(), "every queue: {:?}", w.queues);
+    assert_eq!(w.task_ids, std::slice::from_ref(&task.id));
+    let info = w.info.clone().unwrap_or_default();
+    assert_eq!(info.host, "127.0.0.1", "the address it called from");
+    assert_eq!((info.pid, info.concurrency), (0, 0), "not known");
+    assert!(info.version.is_empty());
+    assert!(w.connected_at > 0 && w.last_seen_at >= w.connected_at);
+
+    // An ack that asks for the next task is a poll too.
+    let next = c
+        .ack(AckRequest {
+            next: Some(DequeueRequest {
+                worker_id: "new-client".into(),
+                lease_ms: 60_000,
+                queues: vec!["default".into()],
+                ..Default::default()
+            }),
+            task_id: leased.id.clone(),
+            success: true,
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(next.next.is_empty());
+    let mut listed: Vec<(String, Vec<String>)> = workers(c)
+        .await
+        .into_iter()
+        .map(|w| (w.worker_id, w.queues))
+        .collect();
+    listed.sort();
+    assert_eq!(
+        listed,
+        [
+            ("new-client".to_string(), vec!["default".to_string()]),
+            ("old-client-1".to_string(), vec![])
+        ]
+    );
+}
+
 /// Opening a Work stream as `lease` and `worker` say is refused as an
 /// invalid argument naming `field` (when opened, or on its first message).
 async fn refused_opening(
@@ -2860,6 +2927,7 @@ conformance!(
     a_worker_whose_task_failed_is_offered_new_tasks_after_the_others,
     an_enqueue_stream_answers_each_task_in_order,
     a_worker_that_says_who_it_is_is_listed_while_its_stream_lasts,
+    a_worker_that_polls_is_listed_from_its_first_call,
     a_released_task_is_pending_again_without_spending_an_attempt,
     a_work_stream_leases_by_credit_and_answers_acks,
     a_task_handed_to_a_waiting_stream_is_the_stored_task,

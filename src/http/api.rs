@@ -575,14 +575,18 @@ pub async fn queues(State(state): State<AppState>) -> ApiResult<Json<QueueOvervi
     }))
 }
 
-/// A worker connected to the queue: one `nova worker` slot's Work stream.
+/// A worker connected to the queue: one `nova worker` slot's Work stream,
+/// or a client that polls with Dequeue (listed for 30 s after its last
+/// call; its version, pid and concurrency are not known: empty and 0).
 #[derive(Debug, Serialize, ToSchema)]
 pub struct WorkerView {
     pub id: String,
+    /// The host it names, or the address a polling worker calls from.
     pub host: String,
     pub version: String,
+    /// 0 when not known.
     pub pid: u32,
-    /// Tasks its process runs at once.
+    /// Tasks its process runs at once (0 when not known).
     pub concurrency: u32,
     /// The queues it takes from (none: all).
     pub queues: Vec<String>,

@@ -432,8 +432,9 @@ pub fn task_json(t: &Task) -> Value {
     })
 }
 
-/// Connected workers: JSON, one entry per Work stream; text, one row per
-/// process (host and pid), its streams' tasks together.
+/// Connected workers: JSON, one entry per Work stream or polling worker;
+/// text, one row per process (host and pid), its streams' tasks together,
+/// and one per polling worker (whose pid is not known: 0).
 fn show_workers(out: &Output, workers: &[WorkerEntry]) -> Result<()> {
     if out.json {
         return out.json(
@@ -457,10 +458,11 @@ fn show_workers(out: &Output, workers: &[WorkerEntry]) -> Result<()> {
     let mut processes: Vec<(WorkerInfo, Vec<&WorkerEntry>)> = Vec::new();
     for w in workers {
         let info = w.info.clone().unwrap_or_default();
-        match processes
-            .iter_mut()
-            .find(|(i, _)| i.host == info.host && i.pid == info.pid)
-        {
+        match processes.iter_mut().find(|(i, streams)| {
+            i.host == info.host
+                && i.pid == info.pid
+                && (info.pid != 0 || streams[0].worker_id == w.worker_id)
+        }) {
             Some((_, streams)) => streams.push(w),
             None => processes.push((info, vec![w])),
         }
@@ -486,11 +488,16 @@ fn show_workers(out: &Output, workers: &[WorkerEntry]) -> Result<()> {
         } else {
             streams[0].queues.join(", ")
         };
+        let unknown = |said: bool, what: String| if said { what } else { "-".into() };
         table.add_row(vec![
             info.host.clone(),
-            info.pid.to_string(),
-            info.version.clone(),
-            format!("{}/{}", tasks.len(), info.concurrency),
+            unknown(info.pid != 0, info.pid.to_string()),
+            unknown(!info.version.is_empty(), info.version.clone()),
+            format!(
+                "{}/{}",
+                tasks.len(),
+                unknown(info.concurrency != 0, info.concurrency.to_string())
+            ),
             queues,
             format!("{} ago", ago(now - since)),
             tasks.join(" "),

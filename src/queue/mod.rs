@@ -18,6 +18,7 @@ mod idle;
 pub mod metrics;
 pub mod model;
 pub mod open;
+mod pollers;
 pub mod proto;
 pub mod redis;
 pub mod server;

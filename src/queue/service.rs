@@ -17,7 +17,8 @@ use tonic::{Request, Response, Status as GrpcStatus};
 
 use super::backend::{HandOff, QueueBackend, QueueError};
 use super::idle::{Handed, IdleStreams};
-use super::model::{AckSpec, DequeueSpec, Status, WorkerRecord, now_ms};
+use super::model::{AckSpec, DequeueSpec, Status, WORKER_REFRESH, WorkerRecord, now_ms};
+use super::pollers::Pollers;
 use super::proto::task_queue_server::TaskQueue;
 use super::proto::*;
 use super::server::MAX_MESSAGE;
@@ -118,6 +119,7 @@ pub struct QueueService<B> {
     backend: Arc<B>,
     waiters: Arc<Waiters>,
     idle: Arc<IdleStreams>,
+    pollers: Arc<Pollers>,
     /// Turns true when the server stops: Work streams and long polls end,
     /// so a graceful shutdown does not wait for them.
     closing: Arc<tokio::sync::watch::Sender<bool>>,
@@ -132,6 +134,7 @@ impl<B> Clone for QueueService<B> {
             backend: self.backend.clone(),
             waiters: self.waiters.clone(),
             idle: self.idle.clone(),
+            pollers: self.pollers.clone(),
             closing: self.closing.clone(),
             audit: self.audit.clone(),
             poll: self.poll,
@@ -146,6 +149,7 @@ impl<B: QueueBackend> QueueService<B> {
             backend,
             waiters: Arc::new(Waiters::default()),
             idle: Arc::new(IdleStreams::default()),
+            pollers: Arc::new(Pollers::default()),
             closing: Arc::new(tokio::sync::watch::channel(false).0),
             audit: None,
             poll: POLL,
@@ -222,9 +226,6 @@ impl<B: QueueBackend> QueueService<B> {
         Ok((changed, stats.paused))
     }
 
-    /// Wake as many waiting long polls as there are new tasks to take: one
-    /// each, not every waiter for every task (with 50 workers waiting, each
-    /// enqueue sent 50 of them to the backend to find one task).
     /// Lease tasks for `spec`, waiting up to `wait_ms` for one to be due
     /// (the long poll of Dequeue and of an ack's `next`).
     /// Without `look_first` the caller has just looked and found nothing:
@@ -271,6 +272,56 @@ impl<B: QueueBackend> QueueService<B> {
                 _ = notified => {}
                 _ = tokio::time::sleep(deadline - now) => {}
                 _ = closing.changed() => return Ok(Vec::new()),
+            }
+        }
+    }
+
+    /// `call`, a poller's (Dequeue, or an ack's `next`): the poller is
+    /// noted in the store when due (see [`super::pollers`]), and again every
+    /// [`WORKER_REFRESH`] while `call` waits in a long poll.
+    async fn polling<T>(
+        &self,
+        spec: &DequeueSpec,
+        peer: Option<std::net::SocketAddr>,
+        wait_ms: u32,
+        call: impl Future<Output = T>,
+    ) -> T {
+        self.note_poller(spec, peer, false).await;
+        if Duration::from_millis(wait_ms.into()) < WORKER_REFRESH {
+            return call.await;
+        }
+        tokio::pin!(call);
+        let start = tokio::time::Instant::now() + WORKER_REFRESH;
+        let mut every = tokio::time::interval_at(start, WORKER_REFRESH);
+        loop {
+            tokio::select! {
+                biased;
+                out = &mut call => return out,
+                _ = every.tick() => self.note_poller(spec, peer, true).await,
+            }
+        }
+    }
+
+    async fn note_poller(
+        &self,
+        spec: &DequeueSpec,
+        peer: Option<std::net::SocketAddr>,
+        waiting: bool,
+    ) {
+        // Calls from inside this process have no address: not listed.
+        let Some(peer) = peer else { return };
+        let now = now_ms();
+        let record = if waiting {
+            self.pollers
+                .waiting(&spec.worker_id, &spec.queues, peer, now)
+        } else {
+            self.pollers
+                .called(&spec.worker_id, &spec.queues, peer, now)
+        };
+        if let Some(record) = record {
+            // A store that cannot note it answers the call itself.
+            if let Err(e) = self.backend.worker_seen(record).await {
+                tracing::warn!(worker = %spec.worker_id, error = %e, "cannot note the polling worker in the store");
             }
         }
     }
@@ -371,6 +422,9 @@ impl<B: QueueBackend> QueueService<B> {
         tokio::spawn(poll_for_waiters(backend, waiters, self.poll));
     }
 
+    /// Wake as many waiting long polls as there are new tasks to take: one
+    /// each, not every waiter for every task (with 50 workers waiting, each
+    /// enqueue sent 50 of them to the backend to find one task).
     pub(super) fn wake(&self, tasks: usize) {
         if tasks > 0 {
             self.waiters.changed();
@@ -539,10 +593,18 @@ impl<B: QueueBackend> TaskQueue for QueueService<B> {
         request: Request<DequeueRequest>,
     ) -> Result<Response<DequeueResponse>, GrpcStatus> {
         let _timer = crate::timer!("queue.grpc.dequeue");
+        let peer = request.remote_addr();
         let req = request.into_inner();
         let wait_ms = req.wait_ms;
         let spec = dequeue_spec("", req)?;
-        let tasks = self.lease(spec, wait_ms, true).await?;
+        let tasks = self
+            .polling(
+                &spec,
+                peer,
+                wait_ms,
+                self.lease(spec.clone(), wait_ms, true),
+            )
+            .await?;
         Ok(Response::new(DequeueResponse {
             has_task: !tasks.is_empty(),
             task: tasks.first().cloned(),
@@ -552,6 +614,7 @@ impl<B: QueueBackend> TaskQueue for QueueService<B> {
 
     async fn ack(&self, request: Request<AckRequest>) -> Result<Response<AckResponse>, GrpcStatus> {
         let _timer = crate::timer!("queue.grpc.ack");
+        let peer = request.remote_addr();
         let mut request = request.into_inner();
         check_size(&request)?;
         // The next lease is checked before the ack is applied, so a bad
@@ -564,6 +627,9 @@ impl<B: QueueBackend> TaskQueue for QueueService<B> {
             None => None,
         };
         let spec = ack_spec("", request)?;
+        if let Some((lease, _)) = &next {
+            self.note_poller(lease, peer, false).await;
+        }
         // With `next`, one backend call acks and leases (one script on Redis).
         let (acked, leased) = match &next {
             Some((lease, _)) => self
@@ -600,7 +666,14 @@ impl<B: QueueBackend> TaskQueue for QueueService<B> {
         let next = match next {
             Some((spec, wait_ms)) if leased.is_empty() && wait_ms > 0 => {
                 // The ack's own lease just found nothing: wait before looking again.
-                self.lease(spec, wait_ms, false).await.unwrap_or_else(|e| {
+                self.polling(
+                    &spec,
+                    peer,
+                    wait_ms,
+                    self.lease(spec.clone(), wait_ms, false),
+                )
+                .await
+                .unwrap_or_else(|e| {
                     tracing::warn!(error = %e.message(), "the lease after an ack failed");
                     Vec::new()
                 })

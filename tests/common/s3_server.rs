@@ -115,14 +115,21 @@ impl Drop for S3Server {
     }
 }
 
-/// Send a bodiless HTTP/1.1 request; the answer's status code.
+/// Send a bodiless HTTP/1.1 request; the answer's status code, 0 when
+/// there was none (a server still starting may take the connection and
+/// reset it).
 fn request(port: u16, method: &str, path: &str) -> u16 {
-    let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
-    write!(
+    let Ok(mut s) = TcpStream::connect(("127.0.0.1", port)) else {
+        return 0;
+    };
+    if write!(
         s,
         "{method} {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
     )
-    .unwrap();
+    .is_err()
+    {
+        return 0;
+    }
     let mut answer = String::new();
     let _ = s.read_to_string(&mut answer);
     answer
@@ -139,7 +146,7 @@ fn wait_ready(child: &mut Child, port: u16) -> bool {
         if let Ok(Some(_)) = child.try_wait() {
             return false;
         }
-        if TcpStream::connect(("127.0.0.1", port)).is_ok() && request(port, "GET", "/") != 0 {
+        if request(port, "GET", "/") != 0 {
             return true;
         }
         std::thread::sleep(Duration::from_millis(50));

@@ -434,12 +434,16 @@ function sparkline(values, cls = "spark", w = 220, hgt = 40) {
 
 const STATUSES = ["PENDING", "IN_PROGRESS", "COMPLETED", "FAILED", "CANCELLED"];
 
-// One row per worker process (host and pid), its slots' tasks together.
+// A worker's process: its host and pid, or, for a polling worker, whose
+// pid is not known (0), the worker itself.
+const procKey = (w) => (w.pid ? `${w.host}/${w.pid}` : `${w.host}/poller/${w.id}`);
+
+// One row per worker process, its slots' tasks together.
 function workersTable(workers) {
   if (!workers.length) return h("p", { class: "muted" }, "No workers connected.");
   const procs = new Map();
   for (const w of workers) {
-    const key = `${w.host}/${w.pid}`;
+    const key = procKey(w);
     if (!procs.has(key)) procs.set(key, { ...w, tasks: [], since: w.connected_at });
     const p = procs.get(key);
     p.tasks.push(...w.tasks);
@@ -449,8 +453,8 @@ function workersTable(workers) {
   return h("table", { id: "workers" },
     h("thead", {}, h("tr", {}, ["Host", "PID", "Version", "Busy", "Queues", "Connected", "Tasks"].map((c) => h("th", {}, c)))),
     h("tbody", {}, [...procs.values()].map((p) => h("tr", { "data-pid": p.pid },
-      h("td", {}, p.host), h("td", {}, p.pid), h("td", {}, p.version),
-      h("td", { "data-busy": p.tasks.length }, `${p.tasks.length} / ${p.concurrency}`),
+      h("td", {}, p.host), h("td", {}, p.pid || "–"), h("td", {}, p.version || "–"),
+      h("td", { "data-busy": p.tasks.length }, `${p.tasks.length} / ${p.concurrency || "?"}`),
       h("td", {}, p.queues.length ? p.queues.join(", ") : "all"),
       h("td", { title: time(p.since) }, `${duration(now - p.since)} ago`),
       h("td", { class: "mono" }, p.tasks.map((id) => h("a", { href: `#/tasks/${encodeURIComponent(id)}` }, id.slice(0, 13) + "… ")))))));
@@ -468,7 +472,7 @@ function queuesView(main) {
     if (overview) render(overview);
   }, 2000);
   // Worker processes whose streams take `queue` (one that names no queue takes all).
-  const takers = (queue) => new Set(workers.filter((w) => !w.queues.length || w.queues.includes(queue)).map((w) => `${w.host}/${w.pid}`)).size;
+  const takers = (queue) => new Set(workers.filter((w) => !w.queues.length || w.queues.includes(queue)).map(procKey)).size;
   const takersCell = (q) => {
     if (!workers) return h("td", {});
     const n = takers(q.name);
