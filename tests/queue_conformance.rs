@@ -1366,6 +1366,102 @@ async fn a_queue_bigger_than_one_answer_is_listed_in_parts(backend: Backend) {
     assert_eq!(got, ids[5..8].to_vec());
 }
 
+/// A list by status and queue holds every such task, oldest first, paged by
+/// `after` and `limit`, whatever else the history holds: the backends find
+/// live tasks through what holds only them, and stop once the counts say
+/// every finished task of a status was found.
+async fn a_list_by_status_holds_every_such_task_in_order(backend: Backend) {
+    let mut h = start(backend, None).await;
+    let c = &mut h.client;
+    let mut ids = Vec::new();
+    for i in 0..24 {
+        let mut r = req(&format!("mix-{i}"));
+        r.queue = if i % 2 == 0 { "a" } else { "b" }.into();
+        r.max_attempts = 1;
+        if i == 23 {
+            r.delay_ms = 3_600_000;
+        }
+        ids.push(enqueue(c, r).await.id);
+    }
+    // Tasks 0 to 11 are taken in order; each is left as its number says.
+    for (i, id) in ids.iter().enumerate().take(12) {
+        let t = dequeue(c, "w", 60_000).await.unwrap();
+        assert_eq!(&t.id, id);
+        match i % 4 {
+            0 => {
+                c.ack(ack(&t, true)).await.unwrap();
+            }
+            1 => {
+                c.ack(ack(&t, false)).await.unwrap();
+            }
+            2 => {
+                c.cancel(CancelRequest {
+                    task_id: t.id.clone(),
+                })
+                .await
+                .unwrap();
+            }
+            _ => {} // still leased
+        }
+    }
+    let c = &mut h.client;
+    let mut tasks = Vec::new();
+    for id in &ids {
+        tasks.push(get(c, id.clone()).await);
+    }
+    let list = async |c: &mut Client, status: &str, queue: &str, limit: u32, after: &str| {
+        c.list_tasks(ListTasksRequest {
+            status: status.into(),
+            queue: queue.into(),
+            limit,
+            after: after.into(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .tasks
+        .into_iter()
+        .map(|t| t.id)
+        .collect::<Vec<_>>()
+    };
+    for status in ["PENDING", "IN_PROGRESS", "COMPLETED", "FAILED", "CANCELLED"] {
+        for queue in ["", "a", "b"] {
+            let want: Vec<String> = tasks
+                .iter()
+                .filter(|t| t.status == status && (queue.is_empty() || t.queue == queue))
+                .map(|t| t.id.clone())
+                .collect();
+            assert_eq!(
+                list(c, status, queue, 0, "").await,
+                want,
+                "{status} {queue}"
+            );
+            let first_two: Vec<String> = want.iter().take(2).cloned().collect();
+            assert_eq!(
+                list(c, status, queue, 2, "").await,
+                first_two,
+                "{status} {queue}"
+            );
+            // After a task of another status (the first one enqueued).
+            let after_first: Vec<String> =
+                want.iter().filter(|id| **id != ids[0]).cloned().collect();
+            assert_eq!(
+                list(c, status, queue, 0, &ids[0]).await,
+                after_first,
+                "{status} {queue} after the first task"
+            );
+            if let Some(first) = want.first() {
+                assert_eq!(list(c, status, queue, 0, first).await, want[1..].to_vec());
+            }
+        }
+    }
+    assert!(
+        list(c, "CANCELLED", "no-such-queue", 0, "")
+            .await
+            .is_empty()
+    );
+}
+
 // 40 tasks of 1 MiB, then Dequeue(max_tasks=40): the client got OUT_OF_RANGE
 // while all 40 were leased, each losing an attempt until its lease ran out.
 async fn a_dequeue_leases_only_what_its_answer_can_carry(backend: Backend) {
@@ -2935,6 +3031,7 @@ conformance!(
     a_long_poll_sees_another_servers_enqueue,
     a_paused_queue_hands_out_nothing_until_resumed,
     a_queue_bigger_than_one_answer_is_listed_in_parts,
+    a_list_by_status_holds_every_such_task_in_order,
     a_dequeue_leases_only_what_its_answer_can_carry,
     a_repeated_final_ack_is_answered_and_changes_nothing,
     finished_tasks_are_purged_and_the_rest_stay,

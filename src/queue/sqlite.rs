@@ -719,6 +719,25 @@ impl QueueBackend for SqliteQueue {
                     .ok_or_else(|| QueueError::NotFound(after.clone()))?;
                 args.push(seq.into());
             }
+            // No more finished tasks of a status can match than its count:
+            // none, and the history is not read; a few, and the walk stops
+            // at the last of them.
+            let mut limit = limit;
+            if let Some(status) = status.filter(|s| s.is_final()) {
+                let most: i64 = conn
+                    .prepare_cached(
+                        "SELECT COALESCE(SUM(n), 0) FROM queue_finished
+                         WHERE status = ?1 AND (?2 IS NULL OR queue = ?2)",
+                    )
+                    .map_err(sql_err)?
+                    .query_row(params![status.as_str(), queue], |r| r.get(0))
+                    .map_err(sql_err)?;
+                let most = most.clamp(0, u32::MAX as i64) as u32;
+                if most == 0 {
+                    return Ok(Vec::new());
+                }
+                limit = if limit == 0 { most } else { limit.min(most) };
+            }
             let sql = list_sql(status, after.is_some(), queue.is_some(), limit);
             args.extend(queue.map(Into::into));
             conn.prepare_cached(&sql)

@@ -32,8 +32,11 @@ pub const DEFAULT_PREFIX: &str = "nova:q:";
 const REAP_LIMIT: u32 = 1000;
 /// How many tasks one purge script looks at.
 const PURGE_CHUNK: u32 = 500;
-/// How many tasks `list` reads from Redis per round trip.
+/// How many whole tasks `list` reads from Redis per round trip.
 const LIST_CHUNK: isize = 200;
+/// How many tasks' status and queue `list` reads per round trip, looking
+/// for those it lists.
+const LOOK_CHUNK: isize = 500;
 
 /// The enqueue script's 10 arguments per task, appended to `args`; each
 /// task as stored if it is new (Redis answers a task only when it is not).
@@ -226,6 +229,185 @@ impl RedisQueue {
 /// What `lease_tasks` reads (lease_fn.lua).
 /// What `lease_tasks` reads (lease_fn.lua), appended to `args`; answers the
 /// first of the fresh lease ids it gives.
+impl RedisQueue {
+    /// How many tasks have `status` (in `queue`, or in every queue), as the
+    /// counts the routines keep say.
+    async fn count_of(&self, status: Status, queue: Option<&str>) -> QueueResult<u64> {
+        let mut conn = self.conn.clone();
+        if let Some(queue) = queue {
+            let n: Option<i64> = ::redis::cmd("HGET")
+                .arg(self.key("counts"))
+                .arg(format!("{queue}\t{}", status.as_str()))
+                .query_async(&mut conn)
+                .await
+                .map_err(unavailable)?;
+            return Ok(n.unwrap_or(0).max(0) as u64);
+        }
+        let counts: Vec<(String, i64)> = ::redis::cmd("HGETALL")
+            .arg(self.key("counts"))
+            .query_async(&mut conn)
+            .await
+            .map_err(unavailable)?;
+        Ok(counts
+            .iter()
+            .filter(|(key, _)| {
+                key.split_once('\t')
+                    .is_some_and(|(_, s)| s == status.as_str())
+            })
+            .map(|(_, n)| (*n).max(0) as u64)
+            .sum())
+    }
+
+    /// Tasks in enqueue order, after the task numbered `after`, walking
+    /// every task ever stored: up to `limit` (0: all) of `status` and `queue`.
+    async fn list_walk(
+        &self,
+        status: Option<Status>,
+        queue: Option<&str>,
+        limit: u32,
+        after: Option<f64>,
+    ) -> QueueResult<Vec<Task>> {
+        let mut conn = self.conn.clone();
+        let mut found = Vec::new();
+        let mut from = after.map_or_else(|| "-inf".to_string(), |seq| format!("({seq}"));
+        loop {
+            let page: Vec<(String, f64)> = ::redis::cmd("ZRANGEBYSCORE")
+                .arg(self.key("all"))
+                .arg(&from)
+                .arg("+inf")
+                .arg("WITHSCORES")
+                .arg("LIMIT")
+                .arg(0)
+                .arg(if status.is_some() || queue.is_some() {
+                    LOOK_CHUNK
+                } else {
+                    LIST_CHUNK
+                })
+                .query_async(&mut conn)
+                .await
+                .map_err(unavailable)?;
+            let Some((_, last)) = page.last() else {
+                return Ok(found);
+            };
+            from = format!("({last}");
+            let mut ids: Vec<&str> = page.iter().map(|(id, _)| id.as_str()).collect();
+            if status.is_some() || queue.is_some() {
+                // Only each one's status and queue first: whole tasks
+                // (payloads and all) only for those that match.
+                let mut pipe = ::redis::pipe();
+                for id in &ids {
+                    pipe.cmd("HMGET")
+                        .arg(self.key(&format!("t:{id}")))
+                        .arg(&["status", "queue"]);
+                }
+                let rows: Vec<(Option<String>, Option<String>)> =
+                    pipe.query_async(&mut conn).await.map_err(unavailable)?;
+                let mut rows = rows.into_iter();
+                ids.retain(|_| {
+                    rows.next().is_some_and(|(st, q)| {
+                        status.is_none_or(|s| st.as_deref() == Some(s.as_str()))
+                            && queue.is_none_or(|want| q.as_deref() == Some(want))
+                    })
+                });
+            }
+            if limit > 0 {
+                ids.truncate(limit as usize - found.len());
+            }
+            for chunk in ids.chunks(LIST_CHUNK as usize) {
+                for task in self.read_tasks(chunk).await? {
+                    if status.is_some_and(|s| task.status != s.as_str())
+                        || queue.is_some_and(|q| task.queue != q)
+                    {
+                        continue;
+                    }
+                    found.push(task);
+                    if limit > 0 && found.len() >= limit as usize {
+                        return Ok(found);
+                    }
+                }
+            }
+        }
+    }
+
+    /// Up to `limit` tasks of a live `status` in enqueue order, after the
+    /// task numbered `after`, read from the set that holds every task of
+    /// that status (`set`: pending or leases), not from the whole history.
+    async fn list_live(
+        &self,
+        set: &str,
+        status: Status,
+        queue: Option<&str>,
+        limit: u64,
+        after: Option<f64>,
+    ) -> QueueResult<Vec<Task>> {
+        let mut conn = self.conn.clone();
+        let ids: Vec<String> = ::redis::cmd("ZRANGE")
+            .arg(self.key(set))
+            .arg(0)
+            .arg(-1)
+            .query_async(&mut conn)
+            .await
+            .map_err(unavailable)?;
+        // Each one's place, queue and status first; whole tasks only for
+        // those listed.
+        let mut picked: Vec<(i64, String)> = Vec::new();
+        for chunk in ids.chunks(LOOK_CHUNK as usize) {
+            let mut pipe = ::redis::pipe();
+            for id in chunk {
+                pipe.cmd("HMGET")
+                    .arg(self.key(&format!("t:{id}")))
+                    .arg(&["seq", "queue", "status"]);
+            }
+            let rows: Vec<(Option<i64>, Option<String>, Option<String>)> =
+                pipe.query_async(&mut conn).await.map_err(unavailable)?;
+            for (id, (seq, q, st)) in chunk.iter().zip(rows) {
+                // Gone or changed since the set was read: not listed.
+                let (Some(seq), Some(q), Some(st)) = (seq, q, st) else {
+                    continue;
+                };
+                if st == status.as_str()
+                    && queue.is_none_or(|want| want == q)
+                    && after.is_none_or(|a| seq as f64 > a)
+                {
+                    picked.push((seq, id.clone()));
+                }
+            }
+        }
+        picked.sort_unstable();
+        picked.truncate(limit as usize);
+        let ids: Vec<&str> = picked.iter().map(|(_, id)| id.as_str()).collect();
+        let mut found = Vec::with_capacity(ids.len());
+        for chunk in ids.chunks(LIST_CHUNK as usize) {
+            found.extend(
+                self.read_tasks(chunk)
+                    .await?
+                    .into_iter()
+                    .filter(|t| t.status == status.as_str()),
+            );
+        }
+        Ok(found)
+    }
+
+    /// The tasks `ids` name, in that order; one deleted meanwhile is left out.
+    async fn read_tasks(&self, ids: &[&str]) -> QueueResult<Vec<Task>> {
+        if ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut conn = self.conn.clone();
+        let mut pipe = ::redis::pipe();
+        for id in ids {
+            pipe.cmd("HMGET")
+                .arg(self.key(&format!("t:{id}")))
+                .arg(&FIELDS[..]);
+        }
+        let rows: Vec<Vec<Value>> = pipe.query_async(&mut conn).await.map_err(unavailable)?;
+        rows.into_iter()
+            .filter(|row| row.first().is_some_and(|id| *id != Value::Nil))
+            .map(task)
+            .collect()
+    }
+}
+
 fn lease_args(spec: DequeueSpec, args: &mut Vec<Vec<u8>>) -> String {
     let max = spec.max_tasks.clamp(1, 256);
     args.extend([
@@ -522,50 +704,46 @@ impl QueueBackend for RedisQueue {
         after: Option<String>,
     ) -> QueueResult<Vec<Task>> {
         let mut conn = self.conn.clone();
-        let mut found = Vec::new();
-        let mut start: isize = match after {
-            None => 0,
+        let after = match after {
+            None => None,
             Some(after) => {
-                let rank: Option<isize> = ::redis::cmd("ZRANK")
+                let seq: Option<f64> = ::redis::cmd("ZSCORE")
                     .arg(self.key("all"))
                     .arg(&after)
                     .query_async(&mut conn)
                     .await
                     .map_err(unavailable)?;
-                rank.ok_or(QueueError::NotFound(after))? + 1
+                Some(seq.ok_or(QueueError::NotFound(after))?)
             }
         };
-        loop {
-            let ids: Vec<String> = ::redis::cmd("ZRANGE")
-                .arg(self.key("all"))
-                .arg(start)
-                .arg(start + LIST_CHUNK - 1)
-                .query_async(&mut conn)
-                .await
-                .map_err(unavailable)?;
-            if ids.is_empty() {
-                return Ok(found);
+        let Some(status) = status else {
+            return self.list_walk(None, queue.as_deref(), limit, after).await;
+        };
+        // No more tasks can match than the counts hold: none, and the
+        // history need not be read at all; a few, and the walk stops at
+        // the last of them.
+        let most = self.count_of(status, queue.as_deref()).await?;
+        let want = if limit == 0 {
+            most
+        } else {
+            most.min(limit as u64)
+        };
+        if want == 0 {
+            return Ok(Vec::new());
+        }
+        match status {
+            Status::Pending => {
+                self.list_live("pending", status, queue.as_deref(), want, after)
+                    .await
             }
-            let mut pipe = ::redis::pipe();
-            for id in &ids {
-                pipe.cmd("HMGET")
-                    .arg(self.key(&format!("t:{id}")))
-                    .arg(&FIELDS[..]);
+            Status::InProgress => {
+                self.list_live("leases", status, queue.as_deref(), want, after)
+                    .await
             }
-            let rows: Vec<Vec<Value>> = pipe.query_async(&mut conn).await.map_err(unavailable)?;
-            for row in rows {
-                let task = task(row)?;
-                if status.is_some_and(|s| task.status != s.as_str())
-                    || queue.as_ref().is_some_and(|q| &task.queue != q)
-                {
-                    continue;
-                }
-                found.push(task);
-                if limit > 0 && found.len() >= limit as usize {
-                    return Ok(found);
-                }
+            _ => {
+                self.list_walk(Some(status), queue.as_deref(), want as u32, after)
+                    .await
             }
-            start += LIST_CHUNK;
         }
     }
 
