@@ -1366,6 +1366,15 @@ async fn a_queue_bigger_than_one_answer_is_listed_in_parts(backend: Backend) {
     assert_eq!(got, ids[5..8].to_vec());
 }
 
+/// A connection of the test's own to `redis`, for what the queue keeps there.
+async fn redis_connection(redis: &RedisServer) -> ::redis::aio::MultiplexedConnection {
+    ::redis::Client::open(redis.url())
+        .unwrap()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap()
+}
+
 /// A list by status and queue holds every such task, oldest first, paged by
 /// `after` and `limit`, whatever else the history holds: the backends find
 /// live tasks through what holds only them, and stop once the counts say
@@ -1460,6 +1469,82 @@ async fn a_list_by_status_holds_every_such_task_in_order(backend: Backend) {
             .await
             .is_empty()
     );
+    let failed: Vec<String> = tasks
+        .iter()
+        .filter(|t| t.status == "FAILED")
+        .map(|t| t.id.clone())
+        .collect();
+    let cancelled: Vec<String> = tasks
+        .iter()
+        .filter(|t| t.status == "CANCELLED")
+        .map(|t| t.id.clone())
+        .collect();
+
+    // A Redis store begun before nova kept sets of failed and cancelled
+    // tasks has them filed by its first list of either.
+    if let Some(redis) = &h._redis {
+        let mut r = redis_connection(redis).await;
+        let () = ::redis::cmd("DEL")
+            .arg(&["nova:q:finals", "nova:q:failed", "nova:q:cancelled"][..])
+            .query_async(&mut r)
+            .await
+            .unwrap();
+        let c = &mut h.client;
+        assert_eq!(list(c, "FAILED", "", 0, "").await, failed);
+        assert_eq!(list(c, "CANCELLED", "", 0, "").await, cancelled);
+        let filed: bool = ::redis::cmd("EXISTS")
+            .arg("nova:q:finals")
+            .query_async(&mut r)
+            .await
+            .unwrap();
+        assert!(filed, "filed once, for every later list");
+    }
+
+    // A retried task leaves its status's list; purged ones leave every list.
+    let c = &mut h.client;
+    for id in [&failed[0], &cancelled[0]] {
+        c.retry(RetryRequest {
+            task_id: id.clone(),
+        })
+        .await
+        .unwrap();
+    }
+    assert_eq!(list(c, "FAILED", "", 0, "").await, failed[1..].to_vec());
+    assert_eq!(
+        list(c, "CANCELLED", "", 0, "").await,
+        cancelled[1..].to_vec()
+    );
+    assert!(list(c, "PENDING", "", 0, "").await.contains(&failed[0]));
+    if let Some(redis) = &h._redis {
+        let mut r = redis_connection(redis).await;
+        let n: usize = ::redis::cmd("ZCARD")
+            .arg("nova:q:failed")
+            .query_async(&mut r)
+            .await
+            .unwrap();
+        assert_eq!(n, failed.len() - 1, "a retried task leaves the set");
+    }
+    {
+        use nova::queue::backend::QueueBackend;
+        let later = nova::queue::model::now_ms() + 1;
+        assert!(h.queue.purge(later, None).await.unwrap() > 0);
+    }
+    let c = &mut h.client;
+    for status in ["COMPLETED", "FAILED", "CANCELLED"] {
+        assert!(list(c, status, "", 0, "").await.is_empty(), "{status}");
+    }
+    // What lists them is emptied as they go, not left to be read and skipped.
+    if let Some(redis) = &h._redis {
+        let mut r = redis_connection(redis).await;
+        for set in ["nova:q:failed", "nova:q:cancelled"] {
+            let n: u64 = ::redis::cmd("ZCARD")
+                .arg(set)
+                .query_async(&mut r)
+                .await
+                .unwrap();
+            assert_eq!(n, 0, "{set}");
+        }
+    }
 }
 
 // 40 tasks of 1 MiB, then Dequeue(max_tasks=40): the client got OUT_OF_RANGE

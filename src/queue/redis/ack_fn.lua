@@ -45,6 +45,7 @@ local function ack_all(from, to)
       else
         update(t, 'status', 'FAILED', 'result', result, 'last_error', err, 'lease_expires_at', '0', 'updated_at', NOW_ARG)
         move(queue, 'IN_PROGRESS', 'FAILED')
+        file_final(id, 'FAILED')
       end
       out[#out + 1] = brief and {'brief', t[F.status]} or ok(t)
     end

@@ -13,4 +13,5 @@ else
 end
 update(t, 'status', 'CANCELLED', 'lease_id', '', 'lease_expires_at', 0, 'updated_at', NOW)
 move(t[F.queue], status, 'CANCELLED')
+file_final(id, 'CANCELLED')
 return finish(ok(t))

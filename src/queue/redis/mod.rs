@@ -259,9 +259,11 @@ impl RedisQueue {
     }
 
     /// Tasks in enqueue order, after the task numbered `after`, walking
-    /// every task ever stored: up to `limit` (0: all) of `status` and `queue`.
+    /// `set` (scored by enqueue number: every task ever stored, or those
+    /// failed or cancelled): up to `limit` (0: all) of `status` and `queue`.
     async fn list_walk(
         &self,
+        set: &str,
         status: Option<Status>,
         queue: Option<&str>,
         limit: u32,
@@ -270,28 +272,18 @@ impl RedisQueue {
         let mut conn = self.conn.clone();
         let mut found = Vec::new();
         let mut from = after.map_or_else(|| "-inf".to_string(), |seq| format!("({seq}"));
+        // Walking every task for some: each one's status and queue first.
+        let look_first = set == "all" && (status.is_some() || queue.is_some());
         loop {
-            let page: Vec<(String, f64)> = ::redis::cmd("ZRANGEBYSCORE")
-                .arg(self.key("all"))
-                .arg(&from)
-                .arg("+inf")
-                .arg("WITHSCORES")
-                .arg("LIMIT")
-                .arg(0)
-                .arg(if status.is_some() || queue.is_some() {
-                    LOOK_CHUNK
-                } else {
-                    LIST_CHUNK
-                })
-                .query_async(&mut conn)
-                .await
-                .map_err(unavailable)?;
+            let page = self
+                .page_after(set, &from, if look_first { LOOK_CHUNK } else { LIST_CHUNK })
+                .await?;
             let Some((_, last)) = page.last() else {
                 return Ok(found);
             };
             from = format!("({last}");
             let mut ids: Vec<&str> = page.iter().map(|(id, _)| id.as_str()).collect();
-            if status.is_some() || queue.is_some() {
+            if look_first {
                 // Only each one's status and queue first: whole tasks
                 // (payloads and all) only for those that match.
                 let mut pipe = ::redis::pipe();
@@ -327,6 +319,64 @@ impl RedisQueue {
                 }
             }
         }
+    }
+
+    /// Make the sets of FAILED and CANCELLED tasks whole, once: the routines
+    /// keep them from a store's first task on, and a store begun before
+    /// them has its older such tasks filed here, by walking every task. A
+    /// task that changes meanwhile is filed by its routine; one filed here
+    /// just after leaving its status is read, seen not to match, and left
+    /// out of the list.
+    async fn index_finals(&self) -> QueueResult<()> {
+        let mut conn = self.conn.clone();
+        let done: bool = ::redis::cmd("EXISTS")
+            .arg(self.key("finals"))
+            .query_async(&mut conn)
+            .await
+            .map_err(unavailable)?;
+        if done {
+            return Ok(());
+        }
+        tracing::info!("indexing this store's failed and cancelled tasks (once)");
+        let mut from = "-inf".to_string();
+        loop {
+            let page = self.page_after("all", &from, LOOK_CHUNK).await?;
+            let Some((_, last)) = page.last() else { break };
+            from = format!("({last}");
+            let mut pipe = ::redis::pipe();
+            for (id, _) in &page {
+                pipe.cmd("HGET")
+                    .arg(self.key(&format!("t:{id}")))
+                    .arg("status");
+            }
+            let statuses: Vec<Option<String>> =
+                pipe.query_async(&mut conn).await.map_err(unavailable)?;
+            let mut file = ::redis::pipe();
+            let mut filed = 0;
+            for ((id, seq), status) in page.iter().zip(statuses) {
+                let set = match status.as_deref() {
+                    Some("FAILED") => "failed",
+                    Some("CANCELLED") => "cancelled",
+                    _ => continue,
+                };
+                file.cmd("ZADD")
+                    .arg(self.key(set))
+                    .arg(*seq)
+                    .arg(id)
+                    .ignore();
+                filed += 1;
+            }
+            if filed > 0 {
+                let () = file.query_async(&mut conn).await.map_err(unavailable)?;
+            }
+        }
+        let () = ::redis::cmd("SET")
+            .arg(self.key("finals"))
+            .arg("1")
+            .query_async(&mut conn)
+            .await
+            .map_err(unavailable)?;
+        Ok(())
     }
 
     /// Up to `limit` tasks of a live `status` in enqueue order, after the
@@ -386,6 +436,28 @@ impl RedisQueue {
             );
         }
         Ok(found)
+    }
+
+    /// The next `count` members of sorted set `set` scored above `from`
+    /// (`-inf`, or `(N`), with their scores: a page of tasks by number.
+    async fn page_after(
+        &self,
+        set: &str,
+        from: &str,
+        count: isize,
+    ) -> QueueResult<Vec<(String, f64)>> {
+        let mut conn = self.conn.clone();
+        ::redis::cmd("ZRANGEBYSCORE")
+            .arg(self.key(set))
+            .arg(from)
+            .arg("+inf")
+            .arg("WITHSCORES")
+            .arg("LIMIT")
+            .arg(0)
+            .arg(count)
+            .query_async(&mut conn)
+            .await
+            .map_err(unavailable)
     }
 
     /// The tasks `ids` name, in that order; one deleted meanwhile is left out.
@@ -717,11 +789,12 @@ impl QueueBackend for RedisQueue {
             }
         };
         let Some(status) = status else {
-            return self.list_walk(None, queue.as_deref(), limit, after).await;
+            return self
+                .list_walk("all", None, queue.as_deref(), limit, after)
+                .await;
         };
-        // No more tasks can match than the counts hold: none, and the
-        // history need not be read at all; a few, and the walk stops at
-        // the last of them.
+        // No more tasks can match than the counts hold: none, and nothing
+        // need be read; a few, and a walk stops at the last of them.
         let most = self.count_of(status, queue.as_deref()).await?;
         let want = if limit == 0 {
             most
@@ -731,18 +804,36 @@ impl QueueBackend for RedisQueue {
         if want == 0 {
             return Ok(Vec::new());
         }
+        let queue = queue.as_deref();
         match status {
-            Status::Pending => {
-                self.list_live("pending", status, queue.as_deref(), want, after)
-                    .await
+            Status::Pending => self.list_live("pending", status, queue, want, after).await,
+            Status::InProgress => self.list_live("leases", status, queue, want, after).await,
+            Status::Failed | Status::Cancelled => {
+                let set = if status == Status::Failed {
+                    "failed"
+                } else {
+                    "cancelled"
+                };
+                self.index_finals().await?;
+                self.list_walk(
+                    set,
+                    Some(status),
+                    queue,
+                    u32::try_from(want).unwrap_or(u32::MAX),
+                    after,
+                )
+                .await
             }
-            Status::InProgress => {
-                self.list_live("leases", status, queue.as_deref(), want, after)
-                    .await
-            }
-            _ => {
-                self.list_walk(Some(status), queue.as_deref(), want as u32, after)
-                    .await
+            // Most tasks: found first by walking every task.
+            Status::Completed => {
+                self.list_walk(
+                    "all",
+                    Some(status),
+                    queue,
+                    u32::try_from(want).unwrap_or(u32::MAX),
+                    after,
+                )
+                .await
             }
         }
     }

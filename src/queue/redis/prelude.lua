@@ -14,6 +14,11 @@
 --   P..'leases'        zset id -> lease_expires_at: tasks IN_PROGRESS
 --   P..'idem:'..key    string: the task an idempotency key created
 --   P..'counts'        hash queue..'\t'..status -> count
+--   P..'failed'        zset id -> seq: tasks FAILED, for listing them
+--   P..'cancelled'     zset id -> seq: tasks CANCELLED, for listing them
+--   P..'finals'        string: set when the two above hold every such
+--                      task (a store begun before them is indexed once by
+--                      its first list of either status)
 --
 -- Set by begin() at the start of every call (a function of the library is
 -- called many times per load): the call's arguments, the prefix P and the
@@ -64,6 +69,27 @@ local RANK_LEN = 36
 local function count(queue, status, by)
   local k = queue .. '\t' .. status
   deltas[k] = (deltas[k] or 0) + by
+end
+
+-- The set that lists tasks of a final status other than COMPLETED (most
+-- tasks, found first when walking every task): FAILED and CANCELLED ones.
+local FINALS = {FAILED = 'failed', CANCELLED = 'cancelled'}
+
+-- Task id has just become `status`: list it under that status if it has a set.
+local function file_final(id, status)
+  if FINALS[status] then
+    redis.call('ZADD', P .. FINALS[status], redis.call('HGET', tkey(id), 'seq'), id)
+  end
+end
+
+-- Task id is no longer `status` (retried, or deleted).
+local function unfile_final(id, status)
+  if FINALS[status] then redis.call('ZREM', P .. FINALS[status], id) end
+end
+
+-- A store's first task: the final statuses' sets hold every such task from the start.
+local function first_task(seq)
+  if tonumber(seq) == 1 then redis.call('SET', P .. 'finals', '1') end
 end
 
 local function move(queue, from, to)

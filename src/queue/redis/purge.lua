@@ -14,6 +14,9 @@ for i = 1, #rows, 2 do
       and updated and updated < before and (only == '' or queue == only) then
     redis.call('DEL', tkey(id))
     redis.call('ZREM', P .. 'all', id)
+    -- Both: one indexed once by a list may be in a set its status left.
+    unfile_final(id, 'FAILED')
+    unfile_final(id, 'CANCELLED')
     if idem and idem ~= '' and redis.call('GET', P .. 'idem:' .. idem) == id then
       redis.call('DEL', P .. 'idem:' .. idem)
     end

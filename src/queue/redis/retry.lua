@@ -9,5 +9,6 @@ end
 update(t, 'status', 'PENDING', 'attempts', 0, 'run_at', NOW, 'worker_id', '', 'lease_id', '',
   'lease_expires_at', 0, 'updated_at', NOW)
 move(t[F.queue], status, 'PENDING')
+unfile_final(id, status)
 file_pending(id, t[F.queue], tonumber(t[F.priority]), NOW, tonumber(redis.call('HGET', tkey(id), 'seq')))
 return finish(ok(t))
