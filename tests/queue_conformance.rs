@@ -1366,6 +1366,40 @@ async fn a_queue_bigger_than_one_answer_is_listed_in_parts(backend: Backend) {
     assert_eq!(got, ids[5..8].to_vec());
 }
 
+/// A poller waiting in a long poll is noted again while it waits, so it
+/// stays listed through a wait longer than a listing lasts. (The service's
+/// own, the same on every backend: run on one.)
+#[tokio::test]
+async fn a_poller_in_a_long_poll_is_noted_while_it_waits() {
+    let mut h = start(Backend::Sqlite, None).await;
+    let mut waiter = h.client.clone();
+    let poll = tokio::spawn(async move {
+        waiter
+            .dequeue(DequeueRequest {
+                worker_id: "patient".into(),
+                wait_ms: 30_000,
+                lease_ms: 60_000,
+                ..Default::default()
+            })
+            .await
+            .unwrap()
+            .into_inner()
+    });
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let first = workers(&mut h.client).await;
+    assert_eq!(first.len(), 1, "{first:?}");
+    tokio::time::sleep(Duration::from_millis(10_700)).await;
+    let later = workers(&mut h.client).await;
+    assert_eq!(later.len(), 1, "{later:?}");
+    assert_eq!(later[0].connected_at, first[0].connected_at);
+    assert!(
+        later[0].last_seen_at >= first[0].last_seen_at + 10_000,
+        "noted again while waiting: {later:?}"
+    );
+    let task = enqueue(&mut h.client, req("at last")).await;
+    assert_eq!(poll.await.unwrap().task.unwrap().id, task.id);
+}
+
 /// A connection of the test's own to `redis`, for what the queue keeps there.
 async fn redis_connection(redis: &RedisServer) -> ::redis::aio::MultiplexedConnection {
     ::redis::Client::open(redis.url())

@@ -276,20 +276,21 @@ impl<B: QueueBackend> QueueService<B> {
         }
     }
 
-    /// `call`, a poller's (Dequeue, or an ack's `next`): the poller is
-    /// noted in the store when due (see [`super::pollers`]), and again every
-    /// [`WORKER_REFRESH`] while `call` waits in a long poll.
-    async fn polling<T>(
+    /// `call` of `spec`, a poller's (Dequeue, or an ack's `next`): the
+    /// poller is noted in the store when due (see [`super::pollers`]), and
+    /// again every [`WORKER_REFRESH`] while `call` waits in a long poll.
+    async fn polling<T, F: Future<Output = T>>(
         &self,
-        spec: &DequeueSpec,
+        spec: DequeueSpec,
         peer: Option<std::net::SocketAddr>,
         wait_ms: u32,
-        call: impl Future<Output = T>,
+        call: impl FnOnce(DequeueSpec) -> F,
     ) -> T {
-        self.note_poller(spec, peer, false).await;
+        self.note_poller(&spec, peer, false).await;
         if Duration::from_millis(wait_ms.into()) < WORKER_REFRESH {
-            return call.await;
+            return call(spec).await;
         }
+        let call = call(spec.clone());
         tokio::pin!(call);
         let start = tokio::time::Instant::now() + WORKER_REFRESH;
         let mut every = tokio::time::interval_at(start, WORKER_REFRESH);
@@ -297,7 +298,7 @@ impl<B: QueueBackend> QueueService<B> {
             tokio::select! {
                 biased;
                 out = &mut call => return out,
-                _ = every.tick() => self.note_poller(spec, peer, true).await,
+                _ = every.tick() => self.note_poller(&spec, peer, true).await,
             }
         }
     }
@@ -598,12 +599,7 @@ impl<B: QueueBackend> TaskQueue for QueueService<B> {
         let wait_ms = req.wait_ms;
         let spec = dequeue_spec("", req)?;
         let tasks = self
-            .polling(
-                &spec,
-                peer,
-                wait_ms,
-                self.lease(spec.clone(), wait_ms, true),
-            )
+            .polling(spec, peer, wait_ms, |spec| self.lease(spec, wait_ms, true))
             .await?;
         Ok(Response::new(DequeueResponse {
             has_task: !tasks.is_empty(),
@@ -666,17 +662,12 @@ impl<B: QueueBackend> TaskQueue for QueueService<B> {
         let next = match next {
             Some((spec, wait_ms)) if leased.is_empty() && wait_ms > 0 => {
                 // The ack's own lease just found nothing: wait before looking again.
-                self.polling(
-                    &spec,
-                    peer,
-                    wait_ms,
-                    self.lease(spec.clone(), wait_ms, false),
-                )
-                .await
-                .unwrap_or_else(|e| {
-                    tracing::warn!(error = %e.message(), "the lease after an ack failed");
-                    Vec::new()
-                })
+                self.polling(spec, peer, wait_ms, |spec| self.lease(spec, wait_ms, false))
+                    .await
+                    .unwrap_or_else(|e| {
+                        tracing::warn!(error = %e.message(), "the lease after an ack failed");
+                        Vec::new()
+                    })
             }
             _ => leased,
         };
