@@ -975,6 +975,7 @@ pub enum QueueAction {
         /// PENDING, IN_PROGRESS, COMPLETED, FAILED or CANCELLED
         #[arg(long)]
         status: Option<String>,
+        /// Only tasks of this queue
         #[arg(long)]
         queue: Option<String>,
         /// At most this many tasks
