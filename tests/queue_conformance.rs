@@ -1467,11 +1467,21 @@ async fn a_list_by_status_holds_every_such_task_in_order(backend: Backend) {
         .map(|t| t.id)
         .collect::<Vec<_>>()
     };
-    for status in ["PENDING", "IN_PROGRESS", "COMPLETED", "FAILED", "CANCELLED"] {
+    for status in [
+        "",
+        "PENDING",
+        "IN_PROGRESS",
+        "COMPLETED",
+        "FAILED",
+        "CANCELLED",
+    ] {
         for queue in ["", "a", "b"] {
             let want: Vec<String> = tasks
                 .iter()
-                .filter(|t| t.status == status && (queue.is_empty() || t.queue == queue))
+                .filter(|t| {
+                    (status.is_empty() || t.status == status)
+                        && (queue.is_empty() || t.queue == queue)
+                })
                 .map(|t| t.id.clone())
                 .collect();
             assert_eq!(

@@ -243,19 +243,12 @@ impl RedisQueue {
                 .map_err(unavailable)?;
             return Ok(n.unwrap_or(0).max(0) as u64);
         }
-        let counts: Vec<(String, i64)> = ::redis::cmd("HGETALL")
+        let counts: Counts = ::redis::cmd("HGETALL")
             .arg(self.key("counts"))
             .query_async(&mut conn)
             .await
             .map_err(unavailable)?;
-        Ok(counts
-            .iter()
-            .filter(|(key, _)| {
-                key.split_once('\t')
-                    .is_some_and(|(_, s)| s == status.as_str())
-            })
-            .map(|(_, n)| (*n).max(0) as u64)
-            .sum())
+        Ok(counted(&counts, |_, s| s == status.as_str()))
     }
 
     /// Tasks in enqueue order, after the task numbered `after`, walking
@@ -379,6 +372,83 @@ impl RedisQueue {
         Ok(())
     }
 
+    /// Up to `limit` tasks of `queue` in enqueue order, after the task
+    /// numbered `after`. When that is all of them (the counts say how many
+    /// there are), they are looked for newest first, which finds a recent
+    /// queue's (a run's) at once in a long history, and the walk stops at
+    /// the last; otherwise oldest first, up to the limit.
+    async fn list_queue(
+        &self,
+        queue: &str,
+        limit: u32,
+        after: Option<f64>,
+    ) -> QueueResult<Vec<Task>> {
+        let mut conn = self.conn.clone();
+        // The counts and the newest task number together: a task enqueued
+        // afterwards is not counted, and is above where the walk starts.
+        let (counts, newest): (Counts, Vec<(String, f64)>) = ::redis::pipe()
+            .atomic()
+            .cmd("HGETALL")
+            .arg(self.key("counts"))
+            .cmd("ZREVRANGE")
+            .arg(self.key("all"))
+            .arg(0)
+            .arg(0)
+            .arg("WITHSCORES")
+            .query_async(&mut conn)
+            .await
+            .map_err(unavailable)?;
+        let most = counted(&counts, |q, _| q == queue);
+        let Some((_, newest)) = newest.first() else {
+            return Ok(Vec::new());
+        };
+        if most == 0 {
+            return Ok(Vec::new());
+        }
+        if limit > 0 && most > limit as u64 {
+            return self.list_walk("all", None, Some(queue), limit, after).await;
+        }
+        let mut ids: Vec<String> = Vec::new();
+        let mut below = format!("{newest}");
+        let floor = after.map_or_else(|| "-inf".to_string(), |seq| format!("({seq}"));
+        while (ids.len() as u64) < most {
+            let page: Vec<(String, f64)> = ::redis::cmd("ZREVRANGEBYSCORE")
+                .arg(self.key("all"))
+                .arg(&below)
+                .arg(&floor)
+                .arg("WITHSCORES")
+                .arg("LIMIT")
+                .arg(0)
+                .arg(LOOK_CHUNK)
+                .query_async(&mut conn)
+                .await
+                .map_err(unavailable)?;
+            let Some((_, last)) = page.last() else { break };
+            below = format!("({last}");
+            let mut pipe = ::redis::pipe();
+            for (id, _) in &page {
+                pipe.cmd("HGET")
+                    .arg(self.key(&format!("t:{id}")))
+                    .arg("queue");
+            }
+            let queues: Vec<Option<String>> =
+                pipe.query_async(&mut conn).await.map_err(unavailable)?;
+            ids.extend(
+                page.into_iter()
+                    .zip(queues)
+                    .filter(|(_, q)| q.as_deref() == Some(queue))
+                    .map(|((id, _), _)| id),
+            );
+        }
+        ids.reverse();
+        let mut found = Vec::with_capacity(ids.len());
+        for chunk in ids.chunks(LIST_CHUNK as usize) {
+            let chunk: Vec<&str> = chunk.iter().map(String::as_str).collect();
+            found.extend(self.read_tasks(&chunk).await?);
+        }
+        Ok(found)
+    }
+
     /// Up to `limit` tasks of a live `status` in enqueue order, after the
     /// task numbered `after`, read from the set that holds every task of
     /// that status (`set`: pending or leases), not from the whole history.
@@ -478,6 +548,18 @@ impl RedisQueue {
             .map(task)
             .collect()
     }
+}
+
+/// The `counts` hash as read: `queue\tstatus` and how many.
+type Counts = Vec<(String, i64)>;
+
+/// How many tasks the counts hold whose queue and status `of` takes.
+fn counted(counts: &Counts, of: impl Fn(&str, &str) -> bool) -> u64 {
+    counts
+        .iter()
+        .filter(|(key, _)| key.split_once('\t').is_some_and(|(q, s)| of(q, s)))
+        .map(|(_, n)| (*n).max(0) as u64)
+        .sum()
 }
 
 fn lease_args(spec: DequeueSpec, args: &mut Vec<Vec<u8>>) -> String {
@@ -789,9 +871,10 @@ impl QueueBackend for RedisQueue {
             }
         };
         let Some(status) = status else {
-            return self
-                .list_walk("all", None, queue.as_deref(), limit, after)
-                .await;
+            if let Some(queue) = queue.as_deref() {
+                return self.list_queue(queue, limit, after).await;
+            }
+            return self.list_walk("all", None, None, limit, after).await;
         };
         // No more tasks can match than the counts hold: none, and nothing
         // need be read; a few, and a walk stops at the last of them.
