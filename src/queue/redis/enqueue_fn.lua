@@ -14,7 +14,6 @@ local function enqueue_tasks(from, to)
       local priority, run_at = tonumber(ARGV[i + 5]), tonumber(ARGV[i + 8])
       local seq = redis.call('INCR', P .. 'seq')
       local seq_arg = int(seq)
-      first_task(seq)
       redis.call('HSET', tkey(id), 'id', id, 'queue', queue, 'type', ARGV[i + 2], 'payload', ARGV[i + 3],
         'metadata', ARGV[i + 4], 'status', 'PENDING', 'priority', ARGV[i + 5], 'attempts', '0',
         'max_attempts', ARGV[i + 6], 'retry_backoff_ms', ARGV[i + 7], 'run_at', ARGV[i + 8], 'created_at', ARGV[2],

@@ -37,7 +37,6 @@ local function store_leased()
   local worker, expires = ARGV[a], int(NOW + tonumber(ARGV[a + 1]))
   local lease = ARGV[a + 4 + tonumber(ARGV[a + 3])]
   local seq = int(redis.call('INCR', P .. 'seq'))
-  first_task(seq)
   redis.call('HSET', tkey(id), 'seq', seq, 'id', id, 'type', ARGV[b + 2], 'payload', ARGV[b + 3], 'metadata', ARGV[b + 4],
     'status', 'IN_PROGRESS', 'created_at', NOW_ARG, 'updated_at', NOW_ARG, 'result', '', 'worker_id', worker,
     'queue', queue, 'priority', ARGV[b + 5], 'attempts', '1', 'max_attempts', ARGV[b + 6], 'run_at', ARGV[b + 8],

@@ -314,23 +314,24 @@ impl RedisQueue {
         }
     }
 
-    /// Make the sets of FAILED and CANCELLED tasks whole, once: the routines
-    /// keep them from a store's first task on, and a store begun before
-    /// them has its older such tasks filed here, by walking every task. A
+    /// Make the set `set` of tasks of `status` (FAILED or CANCELLED) whole
+    /// when it holds fewer than the counts: the routines keep both sets, but
+    /// a store an older nova wrote (or one that still shares the store) has
+    /// such tasks the sets lack. They are filed by walking every task. A
     /// task that changes meanwhile is filed by its routine; one filed here
     /// just after leaving its status is read, seen not to match, and left
     /// out of the list.
-    async fn index_finals(&self) -> QueueResult<()> {
+    async fn file_finals(&self, set: &str, status: Status) -> QueueResult<()> {
         let mut conn = self.conn.clone();
-        let done: bool = ::redis::cmd("EXISTS")
-            .arg(self.key("finals"))
+        let filed: u64 = ::redis::cmd("ZCARD")
+            .arg(self.key(set))
             .query_async(&mut conn)
             .await
             .map_err(unavailable)?;
-        if done {
+        if filed >= self.count_of(status, None).await? {
             return Ok(());
         }
-        tracing::info!("indexing this store's failed and cancelled tasks (once)");
+        tracing::info!("filing this store's failed and cancelled tasks for listing");
         let mut from = "-inf".to_string();
         loop {
             let page = self.page_after("all", &from, LOOK_CHUNK).await?;
@@ -363,12 +364,6 @@ impl RedisQueue {
                 let () = file.query_async(&mut conn).await.map_err(unavailable)?;
             }
         }
-        let () = ::redis::cmd("SET")
-            .arg(self.key("finals"))
-            .arg("1")
-            .query_async(&mut conn)
-            .await
-            .map_err(unavailable)?;
         Ok(())
     }
 
@@ -897,7 +892,7 @@ impl QueueBackend for RedisQueue {
                 } else {
                     "cancelled"
                 };
-                self.index_finals().await?;
+                self.file_finals(set, status).await?;
                 self.list_walk(
                     set,
                     Some(status),

@@ -16,9 +16,8 @@
 --   P..'counts'        hash queue..'\t'..status -> count
 --   P..'failed'        zset id -> seq: tasks FAILED, for listing them
 --   P..'cancelled'     zset id -> seq: tasks CANCELLED, for listing them
---   P..'finals'        string: set when the two above hold every such
---                      task (a store begun before them is indexed once by
---                      its first list of either status)
+--                      (a list that finds one holding fewer tasks than the
+--                      counts, as one an older nova wrote, files them first)
 --
 -- Set by begin() at the start of every call (a function of the library is
 -- called many times per load): the call's arguments, the prefix P and the
@@ -85,11 +84,6 @@ end
 -- Task id is no longer `status` (retried, or deleted).
 local function unfile_final(id, status)
   if FINALS[status] then redis.call('ZREM', P .. FINALS[status], id) end
-end
-
--- A store's first task: the final statuses' sets hold every such task from the start.
-local function first_task(seq)
-  if tonumber(seq) == 1 then redis.call('SET', P .. 'finals', '1') end
 end
 
 local function move(queue, from, to)
