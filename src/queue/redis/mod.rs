@@ -337,14 +337,7 @@ impl RedisQueue {
             let page = self.page_after("all", &from, LOOK_CHUNK).await?;
             let Some((_, last)) = page.last() else { break };
             from = format!("({last}");
-            let mut pipe = ::redis::pipe();
-            for (id, _) in &page {
-                pipe.cmd("HGET")
-                    .arg(self.key(&format!("t:{id}")))
-                    .arg("status");
-            }
-            let statuses: Vec<Option<String>> =
-                pipe.query_async(&mut conn).await.map_err(unavailable)?;
+            let statuses = self.field_of(&page, "status").await?;
             let mut file = ::redis::pipe();
             let mut filed = 0;
             for ((id, seq), status) in page.iter().zip(statuses) {
@@ -420,14 +413,7 @@ impl RedisQueue {
                 .map_err(unavailable)?;
             let Some((_, last)) = page.last() else { break };
             below = format!("({last}");
-            let mut pipe = ::redis::pipe();
-            for (id, _) in &page {
-                pipe.cmd("HGET")
-                    .arg(self.key(&format!("t:{id}")))
-                    .arg("queue");
-            }
-            let queues: Vec<Option<String>> =
-                pipe.query_async(&mut conn).await.map_err(unavailable)?;
+            let queues = self.field_of(&page, "queue").await?;
             ids.extend(
                 page.into_iter()
                     .zip(queues)
@@ -523,6 +509,23 @@ impl RedisQueue {
             .query_async(&mut conn)
             .await
             .map_err(unavailable)
+    }
+
+    /// One field of each task of `page` (ids with their numbers), in that
+    /// order; `None` for a task deleted meanwhile.
+    async fn field_of(
+        &self,
+        page: &[(String, f64)],
+        field: &str,
+    ) -> QueueResult<Vec<Option<String>>> {
+        let mut conn = self.conn.clone();
+        let mut pipe = ::redis::pipe();
+        for (id, _) in page {
+            pipe.cmd("HGET")
+                .arg(self.key(&format!("t:{id}")))
+                .arg(field);
+        }
+        pipe.query_async(&mut conn).await.map_err(unavailable)
     }
 
     /// The tasks `ids` name, in that order; one deleted meanwhile is left out.
