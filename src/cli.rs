@@ -920,6 +920,10 @@ pub struct BenchQueueArgs {
     /// its own as `nova serve` would [default: as `nova serve --threads`]
     #[arg(long, value_name = "N")]
     pub server_threads: Option<std::num::NonZeroUsize>,
+    /// Worker threads of the runtime the producers and workers run on
+    /// [default: the CPUs the server's threads leave, at least one]
+    #[arg(long, value_name = "N")]
+    pub client_threads: Option<std::num::NonZeroUsize>,
 }
 
 #[derive(Debug, Args)]

@@ -14,10 +14,15 @@ pub fn runtime() -> Result<tokio::runtime::Runtime> {
 /// [`server_threads`] when not given.
 pub fn server_runtime(threads: Option<NonZeroUsize>) -> Result<tokio::runtime::Runtime> {
     let threads = threads.map_or_else(server_threads, NonZeroUsize::get);
+    sized_runtime(threads, "nova-server")
+}
+
+/// A multi-threaded runtime of `threads` worker threads named `name`.
+pub fn sized_runtime(threads: usize, name: &str) -> Result<tokio::runtime::Runtime> {
     build(
         tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(threads)
-            .thread_name("nova-server")
+            .worker_threads(threads.max(1))
+            .thread_name(name)
             .enable_all(),
     )
 }

@@ -40,12 +40,15 @@ fn bench_queue_on_sqlite_reports_both_paths_and_leaves_nothing() {
             "10",
             "--server-threads",
             "2",
+            "--client-threads",
+            "3",
             "--json",
         ])
         .success()
         .json();
     check_report(&report, 300);
     assert_eq!(report["server_threads"], 2);
+    assert_eq!(report["client_threads"], 3);
     // What bounds a durable commit on this disk, measured beside the store.
     let fsync = report["fsync_p50_us"].as_f64().unwrap();
     assert!(fsync > 0.0, "{report}");
@@ -98,6 +101,13 @@ fn bench_queue_on_redis_cleans_up_its_keys() {
     assert_eq!(report["grpc_producers"], "stream");
     assert_eq!(report["grpc_workers"], "stream");
     assert_eq!(report["quiet_acks"], false);
+    // The clients take the CPUs the server's threads leave, at least one.
+    let cpus = std::thread::available_parallelism().unwrap().get() as u64;
+    let server = report["server_threads"].as_u64().unwrap();
+    assert_eq!(
+        report["client_threads"].as_u64().unwrap(),
+        cpus.saturating_sub(server).max(1)
+    );
     // Workers whose applied acks are not answered still see every task
     // through (the run ends when their streams end, all acks applied).
     let quiet = ws

@@ -6,7 +6,8 @@
 //! with its own connection), once against the backend directly, so the cost of
 //! the network layer shows as the difference. The server runs on a runtime
 //! and threads of its own, sized as `nova serve` sizes them, so it is
-//! scheduled as a separate server process would be. Each task carries the
+//! scheduled as a separate server process would be; the producers and
+//! workers share a runtime with the CPUs it leaves. Each task carries the
 //! time it was sent; its latency is from then until its ack returned.
 
 use std::num::NonZeroUsize;
@@ -56,6 +57,8 @@ pub struct Report {
     pub grpc_producers: &'static str,
     /// Worker threads of the gRPC run's server runtime.
     pub server_threads: usize,
+    /// Worker threads of the runtime the producers and workers run on.
+    pub client_threads: usize,
     /// On SQLite: the median time of an fsync (a 4 KiB write, then
     /// `fdatasync`) in the store's folder, measured before the runs. Every
     /// durable commit waits for one, so it bounds what producers that wait
@@ -600,7 +603,13 @@ pub fn run(ws: &Workspace, out: &Output, args: &BenchQueueArgs) -> Result<()> {
         (StoreUrl::Sqlite(_), None) => "sqlite (temporary file, durable)".to_string(),
         (_, Some(url)) | (StoreUrl::Redis(url), None) => crate::store_url::without_password(url),
     };
-    let rt = crate::runtime::runtime()?;
+    let server_threads = args
+        .server_threads
+        .map_or_else(crate::runtime::server_threads, NonZeroUsize::get);
+    let client_threads = args
+        .client_threads
+        .map_or_else(|| default_client_threads(server_threads), NonZeroUsize::get);
+    let rt = crate::runtime::sized_runtime(client_threads, "nova-bench-client")?;
     let report = rt.block_on(async {
         let tmp = tempfile::tempdir().map_err(|e| Error::io(std::env::temp_dir(), e))?;
         let fsync_p50_us = match &base {
@@ -650,14 +659,23 @@ pub fn run(ws: &Workspace, out: &Output, args: &BenchQueueArgs) -> Result<()> {
             } else {
                 "stream"
             },
-            server_threads: args
-                .server_threads
-                .map_or_else(crate::runtime::server_threads, NonZeroUsize::get),
+            server_threads,
+            client_threads,
             fsync_p50_us,
             runs,
         })
     })?;
     print(out, &report)
+}
+
+/// The CPUs the server's threads leave, at least one: producers and
+/// workers with more threads than that wake each other for every message
+/// and take the CPU the server and its store need (on 2 cores, with Redis,
+/// two client threads finished 10 to 15 % fewer tasks a second than one;
+/// docs/performance.md). BullMQ's producers and workers share node's one.
+fn default_client_threads(server_threads: usize) -> usize {
+    let cpus = std::thread::available_parallelism().map_or(1, NonZeroUsize::get);
+    cpus.saturating_sub(server_threads).max(1)
 }
 
 fn print(out: &Output, report: &Report) -> Result<()> {
@@ -666,7 +684,7 @@ fn print(out: &Output, report: &Report) -> Result<()> {
     }
     out.text(&format!(
         "queue benchmark: {} tasks, {} producers ({} over gRPC), {} workers ({} over gRPC{}), \
-         batch {}, server threads {}, store {}\n",
+         batch {}, server threads {}, client threads {}, store {}\n",
         report.tasks,
         report.producers,
         report.grpc_producers,
@@ -679,6 +697,7 @@ fn print(out: &Output, report: &Report) -> Result<()> {
         },
         report.batch,
         report.server_threads,
+        report.client_threads,
         report.store
     ))?;
     if let Some(us) = report.fsync_p50_us {
