@@ -2689,6 +2689,45 @@ async fn an_answered_ack_goes_with_the_next_enqueue(backend: Backend) {
     assert_eq!(get(c, a.id.clone()).await.status, "COMPLETED");
 }
 
+/// Of the streams waiting, the one holding its worker's acks takes the
+/// next task before one that went idle after it with nothing held, so the
+/// acks ride that enqueue's call instead of waiting out their hold.
+async fn a_stream_holding_acks_takes_the_next_task_first(backend: Backend) {
+    let hour = Duration::from_secs(3600);
+    let mut q = QuietWorker::start_with(backend, hour, Some(hour)).await;
+    let (c, mut holder, a) = (&mut q.client, q.stream, q.task);
+    holder.send(1, vec![ack(&a, true)]).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    // A second stream goes idle after the first, holding nothing.
+    let lease = DequeueRequest {
+        worker_id: "newer".into(),
+        lease_ms: 60_000,
+        ..Default::default()
+    };
+    let mut newer = WorkStream::open(c, lease, 1).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(get(c, a.id.clone()).await.status, "IN_PROGRESS");
+
+    let b = enqueue(c, req("b")).await;
+    let got = tokio::select! {
+        got = recv(&mut holder) => got,
+        got = recv(&mut newer) => panic!("the newer idle stream took the task: {got:?}"),
+    };
+    assert_eq!(got.tasks[0].id, b.id);
+    assert_eq!(
+        (got.acks[0].task_id.as_str(), got.acks[0].code),
+        (a.id.as_str(), 0)
+    );
+    assert_eq!(get(c, a.id.clone()).await.status, "COMPLETED");
+    // The holder, busy with that task, leaves the next one to the other.
+    let c2 = enqueue(c, req("c")).await;
+    let got = tokio::select! {
+        got = recv(&mut newer) => got,
+        got = recv(&mut holder) => panic!("the busy stream took the task: {got:?}"),
+    };
+    assert_eq!(got.tasks[0].id, c2.id);
+}
+
 /// With no enqueue to carry it, an answered ack is applied and answered
 /// after the service's answered hold (the default, 1 ms), whatever the
 /// poller's pace (an hour here).
@@ -3148,6 +3187,7 @@ conformance!(
     a_held_quiet_ack_is_applied_without_an_enqueue,
     an_answered_ack_goes_with_the_next_enqueue,
     an_answered_ack_is_answered_without_an_enqueue,
+    a_stream_holding_acks_takes_the_next_task_first,
     an_enqueue_for_a_waiting_stream_applies_its_acks_first,
     a_work_stream_answers_acks_briefly_when_asked,
     a_worker_whose_task_failed_is_offered_new_tasks_after_the_others,

@@ -9,8 +9,9 @@
 //! leases while credit lasts, fusing a lease with the acks that arrive
 //! (one backend call, one script on Redis). A stream that found nothing
 //! waits among the service's idle streams: an enqueue on this server takes
-//! the one that went idle last (behind every other, if its worker's last
-//! task failed) and leases for it in the call that stores the
+//! the one that has held acks the longest, or else the one that went idle
+//! last (behind every other, if its worker's last task failed; see
+//! `IdleStreams`) and leases for it in the call that stores the
 //! task (so a task costs two backend calls, not three), while the
 //! service's poller still wakes it for tasks this server did not see
 //! arrive. Every ack's outcome is answered, in order; a stream opened with
