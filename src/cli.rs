@@ -330,8 +330,8 @@ pub struct ServeArgs {
     /// Where scheduled backups go: a folder or s3://bucket/prefix [default: nova.yaml's backup.to]
     #[arg(long, value_name = "URL", requires = "backup_every")]
     pub backup_to: Option<String>,
-    /// Worker threads of the server's runtime [default: half the CPUs, at least 1]
-    #[arg(long, value_name = "N", env = "NOVA_THREADS")]
+    /// Worker threads of the server's runtime, 1 to 1024 [default: half the CPUs, at least 1]
+    #[arg(long, value_name = "N", env = "NOVA_THREADS", value_parser = thread_count)]
     pub threads: Option<std::num::NonZeroUsize>,
 }
 
@@ -917,12 +917,12 @@ pub struct BenchQueueArgs {
     #[arg(long, conflicts_with = "unary")]
     pub quiet_acks: bool,
     /// Worker threads of the gRPC run's server, which runs on a runtime of
-    /// its own as `nova serve` would [default: as `nova serve --threads`]
-    #[arg(long, value_name = "N")]
+    /// its own as `nova serve` would, 1 to 1024 [default: as `nova serve --threads`]
+    #[arg(long, value_name = "N", value_parser = thread_count)]
     pub server_threads: Option<std::num::NonZeroUsize>,
-    /// Worker threads of the runtime the producers and workers run on
-    /// [default: the CPUs the server's threads leave, at least one]
-    #[arg(long, value_name = "N")]
+    /// Worker threads of the runtime the producers and workers run on, 1 to
+    /// 1024 [default: the CPUs the server's threads leave, at least one]
+    #[arg(long, value_name = "N", value_parser = thread_count)]
     pub client_threads: Option<std::num::NonZeroUsize>,
 }
 
@@ -1009,4 +1009,18 @@ pub enum QueueAction {
         #[arg(long)]
         queue: Option<String>,
     },
+}
+
+/// Most worker threads a runtime may be asked for: tokio starts them all at
+/// once and aborts the process when the system refuses one (a million asked
+/// for did that), so a count past any machine's use is refused here.
+const MAX_THREADS: usize = 1024;
+
+/// A thread count from 1 to [`MAX_THREADS`].
+fn thread_count(text: &str) -> Result<std::num::NonZeroUsize, String> {
+    text.parse::<usize>()
+        .ok()
+        .filter(|n| (1..=MAX_THREADS).contains(n))
+        .and_then(std::num::NonZeroUsize::new)
+        .ok_or_else(|| format!("expected a number of threads from 1 to {MAX_THREADS}"))
 }

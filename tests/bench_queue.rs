@@ -162,9 +162,19 @@ fn bench_queue_flags_are_checked() {
     ws.run(&["bench", "queue", "--store", "postgres://x"])
         .code(2)
         .stderr_has("expected sqlite:PATH or redis://");
-    ws.run(&["bench", "queue", "--server-threads", "0"])
+    // Tokio starts every thread asked for and aborts when one is refused.
+    for flag in ["--server-threads", "--client-threads"] {
+        for n in ["0", "1025", "1000000"] {
+            ws.run(&["bench", "queue", flag, n])
+                .code(2)
+                .stderr_has(flag)
+                .stderr_has("from 1 to 1024");
+        }
+    }
+    ws.run(&["serve", "--threads", "1000000"])
         .code(2)
-        .stderr_has("--server-threads");
+        .stderr_has("--threads")
+        .stderr_has("from 1 to 1024");
     ws.run(&["bench", "queue", "--quiet-acks", "--unary"])
         .code(2)
         .stderr_has("--quiet-acks");
