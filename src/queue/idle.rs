@@ -16,8 +16,8 @@
 //! ran slower; see docs/performance.md, session 22). Which worker gets a
 //! task was never promised.
 //!
-//! Before the newest, though, the stream that has held its worker's acks
-//! the longest: they ride the call that hands it the task, and an answered
+//! Before the newest, though, of the streams holding their worker's acks
+//! the one that has waited the longest: the acks ride the call that hands it the task, and an answered
 //! ack may wait for that only so long (1 ms) before its stream applies it
 //! in a call of its own. Newest first alone left the stream that finished
 //! a moment before another waiting behind it, again and again: with 4
@@ -108,8 +108,8 @@ impl IdleStreams {
         }
     }
 
-    /// The live stream that takes tasks of `queue` and has held acks the
-    /// longest, or else the newest.
+    /// Of the live streams that take tasks of `queue`, the one holding acks
+    /// that has waited the longest, or else the newest.
     pub(super) fn take(&self, queue: &str) -> Option<IdleStream> {
         let mut list = self.list();
         list.retain(|s| !s.hand.is_closed());
