@@ -17,9 +17,9 @@
 //! task was never promised.
 //!
 //! Before the newest, though, of the streams holding their worker's acks
-//! the one that has waited the longest: the acks ride the call that hands it the task, and an answered
-//! ack may wait for that only so long (1 ms) before its stream applies it
-//! in a call of its own. Newest first alone left the stream that finished
+//! the one that has waited the longest: the acks ride the call that hands
+//! it the task, and an answered ack may wait for that only so long (1 ms)
+//! before its stream applies it in a call of its own. Newest first alone left the stream that finished
 //! a moment before another waiting behind it, again and again: with 4
 //! workers on Redis one task in ten paid that extra call. The streams that
 //! hold acks are the few that just finished a task, so the work still stays
