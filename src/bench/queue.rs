@@ -264,7 +264,19 @@ impl Endpoint {
 struct Shared {
     start: Instant,
     acked: AtomicU64,
+    /// True once every task counted: workers waiting for more stop waiting
+    /// then, so the run ends with its last task, not a wait's time later.
+    done: tokio::sync::watch::Sender<bool>,
     latencies_us: Mutex<Vec<u64>>,
+}
+
+impl Shared {
+    /// Count `n` more tasks of `total` done.
+    fn count(&self, n: u64, total: u64) {
+        if self.acked.fetch_add(n, Ordering::Relaxed) + n >= total {
+            self.done.send_replace(true);
+        }
+    }
 }
 
 async fn produce(
@@ -324,9 +336,13 @@ async fn work(
 ) -> std::result::Result<(), Failure> {
     let mut latencies = Vec::new();
     let mut ready = Vec::new();
+    let mut done = shared.done.subscribe();
     while shared.acked.load(Ordering::Relaxed) < total {
         let tasks = if ready.is_empty() {
-            endpoint.dequeue(&name, batch).await?
+            tokio::select! {
+                tasks = endpoint.dequeue(&name, batch) => tasks?,
+                _ = done.wait_for(|done| *done) => break,
+            }
         } else {
             std::mem::take(&mut ready)
         };
@@ -335,9 +351,7 @@ async fn work(
         }
         ready = endpoint.ack(&tasks, &name).await?;
         record_latencies(&shared, &tasks, &mut latencies)?;
-        shared
-            .acked
-            .fetch_add(tasks.len() as u64, Ordering::Relaxed);
+        shared.count(tasks.len() as u64, total);
     }
     shared.latencies_us.lock().await.extend(latencies);
     Ok(())
@@ -384,10 +398,11 @@ async fn work_stream(
     }
     .map_err(|e| e.to_string())?;
     let mut latencies = Vec::new();
+    let mut done = shared.done.subscribe();
     while shared.acked.load(Ordering::Relaxed) < total {
-        let wait = Duration::from_millis(WAIT_MS as u64);
-        let Ok(message) = tokio::time::timeout(wait, stream.next()).await else {
-            continue;
+        let message = tokio::select! {
+            message = stream.next() => message,
+            _ = done.wait_for(|done| *done) => break,
         };
         let message = message
             .map_err(|e| e.to_string())?
@@ -398,17 +413,13 @@ async fn work_stream(
         // A task counts once the server answers that its ack was applied
         // (with quiet acks, when it arrives: the run then waits for the
         // stream's end, which comes after every ack was applied).
-        shared
-            .acked
-            .fetch_add(message.acks.len() as u64, Ordering::Relaxed);
+        shared.count(message.acks.len() as u64, total);
         let tasks = message.tasks;
         if tasks.is_empty() {
             continue;
         }
         if quiet {
-            shared
-                .acked
-                .fetch_add(tasks.len() as u64, Ordering::Relaxed);
+            shared.count(tasks.len() as u64, total);
         }
         let acks = tasks
             .iter()
@@ -531,6 +542,7 @@ async fn one_run(path: &'static str, target: Target, args: &BenchQueueArgs) -> R
     let shared = Arc::new(Shared {
         start: Instant::now(),
         acked: AtomicU64::new(0),
+        done: tokio::sync::watch::channel(false).0,
         latencies_us: Mutex::new(Vec::with_capacity(args.tasks as usize)),
     });
     let total = args.tasks as u64;
